@@ -1,0 +1,39 @@
+"""devnet: multi-layer perceptrons with hand-written backpropagation on the CPU or an NVIDIA GPU.
+
+    import devnet as dn
+    model = dn.MLP([64, 128, 10], backend="auto")
+    hist = dn.fit(model, X, y, loss="cross_entropy", optimizer="adam", epochs=10)
+"""
+
+import logging as _logging
+
+from devnet import data, losses, optim
+from devnet.backend import Backend, available_backends, get_backend
+from devnet.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DeviceUnavailableError,
+    DevnetError,
+    DivergenceError,
+)
+from devnet.nn import MLP, Dense, Parameter
+from devnet.train import Callback, History, evaluate, fit, predict_proba
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "DataError", "Dense",
+    "DeviceUnavailableError", "DevnetError", "DivergenceError", "History", "Parameter",
+    "available_backends", "data", "evaluate", "fit", "get_backend", "losses", "optim",
+    "predict_proba",
+]
+
+# One line on stderr says which device "auto" picked and why, unless the user configured
+# logging for "devnet" themselves.
+_log = _logging.getLogger("devnet")
+if not _log.handlers:
+    _handler = _logging.StreamHandler()
+    _handler.setFormatter(_logging.Formatter("%(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(_logging.INFO)

@@ -1,0 +1,73 @@
+"""The Backend base class: what every device offers the rest of devnet."""
+
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+
+from devnet.kernels import reference
+
+# Kernel tables a backend can run: "fused" (the device's compiled kernels) or "reference".
+KERNEL_SETS = ("fused", "reference")
+
+
+def kernel_table(module: ModuleType) -> SimpleNamespace:
+    """Collect ``reference.KERNEL_NAMES`` from ``module`` into a namespace."""
+    missing = [n for n in reference.KERNEL_NAMES if not hasattr(module, n)]
+    if missing:
+        raise ImportError(f"{module.__name__} lacks kernels: {', '.join(missing)}")
+    table = SimpleNamespace(**{n: getattr(module, n) for n in reference.KERNEL_NAMES})
+    table.source = module.__name__
+    return table
+
+
+class Backend:
+    """One device: its array module ``xp``, its kernel table, and transfers at the edges.
+
+    Outside ``devnet.backend`` code never tests ``name``: it uses ``xp`` and ``kernels``.
+    """
+
+    name: str = "base"  #: "cpu" or "cuda"
+    device: str = "base"  #: "cpu" or "cuda:N"
+    xp: ModuleType = np
+    kernels: SimpleNamespace
+    reason: str = ""  #: why this backend was chosen (set by ``get_backend("auto")``)
+
+    def asarray(self, a, dtype=None):
+        """``a`` as a C-contiguous array on this device (no copy when it already is one)."""
+        raise NotImplementedError
+
+    def to_numpy(self, a) -> np.ndarray:
+        """``a`` as a NumPy array on the host."""
+        raise NotImplementedError
+
+    def rng(self, seed=None):
+        """A random Generator on this device, seeded."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait until all work queued on this device is done (call before reading a clock)."""
+
+    def is_array(self, a) -> bool:
+        """True when ``a`` already lives on this device as an ``xp.ndarray``."""
+        return isinstance(a, self.xp.ndarray)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def matmul(self, a, b, out):
+        """``out <- a @ b`` with BLAS / cuBLAS, no temporary."""
+        return self.xp.matmul(a, b, out=out)
+
+    def thread_limits(self):
+        """A context manager that keeps the device's thread pools from fighting (no-op here)."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.device} kernels={self.kernels.source}>"

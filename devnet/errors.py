@@ -1,0 +1,40 @@
+"""devnet's exceptions: one hierarchy under DevnetError, each naming what was wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+class DevnetError(Exception):
+    """Base class of every error devnet raises on purpose."""
+
+
+class DeviceUnavailableError(DevnetError, RuntimeError):
+    """The requested device cannot be used here; the message says why."""
+
+
+class ConfigError(DevnetError, ValueError):
+    """A name or hyper-parameter is not valid (unknown activation, negative lr, ...)."""
+
+
+class DataError(DevnetError, ValueError):
+    """Input data has the wrong shape, dtype, range or contains NaN/Inf."""
+
+
+class CheckpointError(DevnetError):
+    """A checkpoint cannot be written or read: truncated, corrupt, wrong version or model."""
+
+
+class DivergenceError(DevnetError, FloatingPointError):
+    """Training produced a non-finite loss, activation, gradient or parameter."""
+
+
+def lookup(table: Mapping, name, kind: str):
+    """``table[name]``, or a ConfigError naming ``kind`` and listing the valid names."""
+    if isinstance(name, str) and name in table:
+        return table[name]
+    raise ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {_names(table)}")
+
+
+def _names(names: Iterable) -> str:
+    return ", ".join(sorted(str(n) for n in names))

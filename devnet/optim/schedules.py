@@ -1,0 +1,154 @@
+"""Learning-rate schedules: pure functions of the step count, so resuming needs only the step.
+
+Every schedule is callable as ``schedule(step) -> lr`` (step counts from 0) and serialises with
+``config()`` / ``from_config()``. ``warmup(inner, steps)`` composes with any of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from devnet.errors import ConfigError, lookup
+
+
+def _positive(name: str, value, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+class Schedule:
+    """Base class: ``lr = schedule(step)``."""
+
+    name = "schedule"
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if k != "inner"}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(Schedule):
+    """``lr`` at every step."""
+
+    name = "constant"
+
+    def __init__(self, lr: float):
+        self.lr = _positive("lr", lr)
+
+    def __call__(self, step: int) -> float:
+        return self.lr
+
+
+class Step(Schedule):
+    """``lr * gamma ** (step // step_size)``."""
+
+    name = "step"
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
+        self.lr = _positive("lr", lr)
+        self.step_size = int(_positive("step_size", step_size))
+        self.gamma = _positive("gamma", gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma ** (step // self.step_size)
+
+
+class Exponential(Schedule):
+    """``lr * gamma ** step``."""
+
+    name = "exponential"
+
+    def __init__(self, lr: float, gamma: float):
+        self.lr = _positive("lr", lr)
+        self.gamma = _positive("gamma", gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma**step
+
+
+class Cosine(Schedule):
+    """Cosine decay from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``."""
+
+    name = "cosine"
+
+    def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0):
+        self.lr = _positive("lr", lr)
+        self.total_steps = int(_positive("total_steps", total_steps))
+        self.min_lr = _positive("min_lr", min_lr, allow_zero=True)
+
+    def __call__(self, step: int) -> float:
+        t = min(step, self.total_steps) / self.total_steps
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
+
+
+class Warmup(Schedule):
+    """Linear warm-up over ``warmup_steps`` to ``inner``'s value, then ``inner(step - warmup)``.
+
+    During warm-up ``lr = inner(0) * (start_factor + (1 - start_factor) * (step + 1) / warmup)``.
+    """
+
+    name = "warmup"
+
+    def __init__(self, inner: Schedule, warmup_steps: int, start_factor: float = 0.0):
+        if not isinstance(inner, Schedule):
+            raise ConfigError(f"warmup wraps a Schedule, got {type(inner).__name__}")
+        self.inner = inner
+        self.warmup_steps = int(_positive("warmup_steps", warmup_steps))
+        self.start_factor = _positive("start_factor", start_factor, allow_zero=True)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            frac = (step + 1) / self.warmup_steps
+            return self.inner(0) * (self.start_factor + (1 - self.start_factor) * frac)
+        return self.inner(step - self.warmup_steps)
+
+    def config(self) -> dict:
+        return {**super().config(), "inner": self.inner.config()}
+
+
+SCHEDULES = {s.name: s for s in (Constant, Step, Exponential, Cosine, Warmup)}
+
+
+def constant(lr: float) -> Constant:
+    return Constant(lr)
+
+
+def step(lr: float, step_size: int, gamma: float = 0.1) -> Step:
+    return Step(lr, step_size, gamma)
+
+
+def exponential(lr: float, gamma: float) -> Exponential:
+    return Exponential(lr, gamma)
+
+
+def cosine(lr: float, total_steps: int, min_lr: float = 0.0) -> Cosine:
+    return Cosine(lr, total_steps, min_lr)
+
+
+def warmup(inner: Schedule, warmup_steps: int, start_factor: float = 0.0) -> Warmup:
+    return Warmup(inner, warmup_steps, start_factor)
+
+
+def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> Warmup:
+    """Linear warm-up for ``warmup_steps``, then cosine decay over the remaining steps."""
+    return Warmup(Cosine(lr, max(total_steps - warmup_steps, 1), min_lr), warmup_steps)
+
+
+def from_config(config: dict) -> Schedule:
+    """Rebuild a schedule from ``Schedule.config()``."""
+    config = dict(config)
+    cls = lookup(SCHEDULES, config.pop("name", None), "schedule")
+    if cls is Warmup:
+        config["inner"] = from_config(config["inner"])
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ConfigError(f"bad arguments for schedule {cls.name!r}: {exc}") from None

@@ -1,0 +1,289 @@
+"""xp-generic (NumPy or CuPy) versions of every fused op: the oracle all kernels are tested against.
+
+Every function here has the same name and signature as its fused counterpart in ``cpu.py`` and
+``cuda.py``. Conventions shared by all kernel tables:
+
+- matrices are C-contiguous ``(n_samples, n_features)``; dtypes float32 or float64;
+- ``act`` is an activation name from ``ACTIVATION_NAMES``; ``alpha`` is leaky_relu's slope;
+- a function that writes into an argument says so; outputs may alias inputs where documented;
+- losses return ``scale * sum_i w_i * l_i`` (a 0-d array / scalar on the array's device) and
+  write ``grad = scale * w_i * dl_i/dpred`` so the caller picks the mean (``scale = 1/n``);
+- optimizer steps update ``p`` and their state buffers in place over the whole flat buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
+# Activations whose derivative cannot be recovered from the output alone: the forward pass must
+# keep the pre-activation Z for them. All others differentiate from the output A.
+NEEDS_PREACTIVATION = frozenset({"gelu", "silu"})
+# Activations that mix a row (not elementwise); only allowed as an output activation.
+ROWWISE = frozenset({"softmax"})
+
+LOSS_KERNELS = ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber")
+STEP_KERNELS = (
+    "sgd_step", "momentum_step", "nesterov_step", "rmsprop_step", "adam_step", "adamw_step",
+)
+KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS)
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def get_xp(a):
+    """The array module (numpy or cupy) that owns ``a``."""
+    if isinstance(a, np.ndarray):
+        return np
+    try:
+        import cupy
+
+        return cupy.get_array_module(a)
+    except ImportError:  # pragma: no cover - only without CuPy
+        return np
+
+
+# --- activations: value and derivative side by side --------------------------------------------
+
+def _act_value(xp, act, z, alpha):
+    if act == "identity":
+        return z
+    if act == "relu":
+        return xp.maximum(z, 0)
+    if act == "leaky_relu":
+        return xp.where(z > 0, z, alpha * z)
+    if act == "sigmoid":
+        return 1 / (1 + xp.exp(-z))
+    if act == "tanh":
+        return xp.tanh(z)
+    if act == "gelu":  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
+        return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + 0.044715 * z**3)))
+    if act == "silu":
+        return z / (1 + xp.exp(-z))
+    if act == "softmax":
+        e = xp.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+
+
+def _act_grad(xp, act, a, z, alpha):
+    """d act / d z at each element, from the output ``a`` (or ``z`` where needed)."""
+    if act == "identity":
+        return xp.ones_like(a)
+    if act == "relu":  # d relu = 1 where the output is positive
+        return (a > 0).astype(a.dtype)
+    if act == "leaky_relu":  # sign is kept by the output, so a > 0 <=> z > 0
+        return xp.where(a > 0, 1, alpha).astype(a.dtype)
+    if act == "sigmoid":  # d sigmoid = y (1 - y), from the output
+        return a * (1 - a)
+    if act == "tanh":  # d tanh = 1 - y**2, from the output
+        return 1 - a * a
+    if act == "gelu":
+        u = _GELU_C * (z + 0.044715 * z**3)
+        t = xp.tanh(u)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
+    if act == "silu":  # d silu = s (1 + z (1 - s)), s = sigmoid(z)
+        s = 1 / (1 + xp.exp(-z))
+        return s * (1 + z * (1 - s))
+    raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+
+
+def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
+    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
+
+    A: (n, m) matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it exactly when
+    ``act in NEEDS_PREACTIVATION``. Row-wise ``softmax`` is allowed (output layers).
+    """
+    xp = get_xp(A)
+    A += b
+    if Z is not None:
+        Z[...] = A
+    A[...] = _act_value(xp, act, A, alpha)
+
+
+def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
+    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``, in one pass.
+
+    G: (n, m) upstream gradient dL/dA; A: (n, m) forward output; Z: (n, m) pre-activation or
+    None (needed for ``NEEDS_PREACTIVATION``); dZ: (n, m) output, may be ``G`` itself;
+    db: (m,) output. For ``softmax`` the row-wise Jacobian is applied:
+    ``dZ = A * (G - sum(G * A, axis=1))``.
+    """
+    xp = get_xp(G)
+    if act == "softmax":
+        s = (G * A).sum(axis=1, keepdims=True)
+        dZ[...] = A * (G - s)
+    else:
+        dZ[...] = G * _act_grad(xp, act, A, Z, alpha)
+    db[...] = dZ.sum(axis=0)
+
+
+def act_fwd(act, Z, alpha=0.01):
+    """``act(Z)`` as a new array (used by tests and predict paths, never in the step)."""
+    return _act_value(get_xp(Z), act, Z, alpha)
+
+
+# --- losses: value and gradient in one call ----------------------------------------------------
+
+def _row_weight(xp, weight, n, dtype):
+    return xp.ones((n,), dtype=dtype) if weight is None else weight
+
+
+def softmax_xent(logits, target, grad, weight, scale):
+    """Softmax cross-entropy from logits; returns ``scale * sum_i w_i l_i``; writes ``grad``.
+
+    logits: (n, k). target: (n,) integer labels in [0, k) or (n, k) probabilities (rows need
+    not sum to 1: ``l_i = sum_k t_ik (lse_i - z_ik)``). grad: (n, k) output, may be ``logits``.
+    weight: (n,) or None. scale: float.
+    """
+    xp = get_xp(logits)
+    n, k = logits.shape
+    w = _row_weight(xp, weight, n, logits.dtype)
+    m = logits.max(axis=1, keepdims=True)
+    lse = m + xp.log(xp.exp(logits - m).sum(axis=1, keepdims=True))
+    p = xp.exp(logits - lse)
+    if target.ndim == 1:
+        rows = xp.arange(n)
+        t = target.astype(xp.int64)
+        loss_rows = lse[:, 0] - logits[rows, t]
+        g = p
+        g[rows, t] -= 1  # d l / d z = softmax - onehot
+    else:
+        tsum = target.sum(axis=1, keepdims=True)
+        loss_rows = (target * (lse - logits)).sum(axis=1)
+        g = p * tsum - target  # d l / d z = p * sum(t) - t
+    total = scale * (w * loss_rows).sum()
+    grad[...] = g * (scale * w)[:, None]
+    return total
+
+
+def _elementwise_loss(logits_or_pred, target, grad, weight, scale, value_and_grad):
+    xp = get_xp(logits_or_pred)
+    n = logits_or_pred.shape[0]
+    w = _row_weight(xp, weight, n, logits_or_pred.dtype)[:, None]
+    value, g = value_and_grad(xp, logits_or_pred, target)
+    total = scale * (w * value).sum()
+    grad[...] = g * (scale * w)
+    return total
+
+
+def sigmoid_bce(logits, target, grad, weight, scale):
+    """Binary cross-entropy from logits, elementwise; shapes (n, k); see ``softmax_xent``."""
+    def f(xp, z, t):
+        # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
+        value = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+        return value, 1 / (1 + xp.exp(-z)) - t
+    return _elementwise_loss(logits, target, grad, weight, scale, f)
+
+
+def mse(pred, target, grad, weight, scale):
+    """Squared error ``(p - t)**2`` elementwise; d = 2 (p - t). Shapes (n, k)."""
+    def f(xp, p, t):
+        r = p - t
+        return r * r, 2 * r
+    return _elementwise_loss(pred, target, grad, weight, scale, f)
+
+
+def mae(pred, target, grad, weight, scale):
+    """Absolute error ``|p - t|`` elementwise; d = sign(p - t) (0 at 0). Shapes (n, k)."""
+    def f(xp, p, t):
+        r = p - t
+        return xp.abs(r), xp.sign(r)
+    return _elementwise_loss(pred, target, grad, weight, scale, f)
+
+
+def huber(pred, target, grad, weight, scale, delta=1.0):
+    """Huber loss: ``r**2 / 2`` for ``|r| <= delta``, else ``delta (|r| - delta / 2)``.
+
+    d = r inside, ``delta * sign(r)`` outside. Shapes (n, k).
+    """
+    def f(xp, p, t):
+        r = p - t
+        a = xp.abs(r)
+        inside = a <= delta
+        value = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
+        return value, xp.where(inside, r, delta * xp.sign(r))
+    return _elementwise_loss(pred, target, grad, weight, scale, f)
+
+
+# --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
+# p, g and every state buffer are 1-D arrays of the same length and dtype; p and the state are
+# updated in place; scalars are Python floats. ``wd`` is L2 weight decay added to the gradient
+# (coupled), except in adamw_step where it is decoupled.
+
+def sgd_step(p, g, lr, wd):
+    """``p -= lr (g + wd p)``."""
+    p -= lr * (g + wd * p)
+
+
+def momentum_step(p, g, buf, lr, mu, wd):
+    """Heavy ball: ``buf = mu buf + d; p -= lr buf`` with ``d = g + wd p``."""
+    d = g + wd * p
+    buf *= mu
+    buf += d
+    p -= lr * buf
+
+
+def nesterov_step(p, g, buf, lr, mu, wd):
+    """Nesterov (Sutskever form): ``buf = mu buf + d; p -= lr (d + mu buf)``."""
+    d = g + wd * p
+    buf *= mu
+    buf += d
+    p -= lr * (d + mu * buf)
+
+
+def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+    """RMSProp (Hinton): ``sq = rho sq + (1 - rho) d**2``; step ``d / (sqrt(sq) + eps)``.
+
+    centered: also ``gavg = rho gavg + (1 - rho) d`` and the denominator uses
+    ``sqrt(sq - gavg**2)``. mu > 0: ``mom = mu mom + step; p -= lr mom``. ``mom`` and ``gavg``
+    may be None when unused (mu == 0, not centered).
+    """
+    xp = get_xp(p)
+    d = g + wd * p
+    sq *= rho
+    sq += (1 - rho) * d * d
+    if centered:
+        gavg *= rho
+        gavg += (1 - rho) * d
+        denom = xp.sqrt(sq - gavg * gavg) + eps
+    else:
+        denom = xp.sqrt(sq) + eps
+    if mu > 0:
+        mom *= mu
+        mom += d / denom
+        p -= lr * mom
+    else:
+        p -= lr * d / denom
+
+
+def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    """Adam (Kingma & Ba) with L2 ``wd``; bc1 = 1 - beta1**t, bc2 = 1 - beta2**t.
+
+    ``m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d**2``; amsgrad: ``vmax = max(vmax, v)`` is
+    used instead of v; ``p -= lr (m / bc1) / (sqrt(v / bc2) + eps)``. vmax may be None unless
+    amsgrad.
+    """
+    _adam(p, g + wd * p, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
+
+
+def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    """AdamW (Loshchilov & Hutter): decoupled decay ``p *= 1 - lr wd``, then Adam on ``g``."""
+    p *= 1 - lr * wd
+    _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
+
+
+def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
+    xp = get_xp(p)
+    m *= beta1
+    m += (1 - beta1) * d
+    v *= beta2
+    v += (1 - beta2) * d * d
+    if amsgrad:
+        xp.maximum(vmax, v, out=vmax)
+        vhat = vmax
+    else:
+        vhat = v
+    p -= lr * (m / bc1) / (xp.sqrt(vhat / bc2) + eps)
