@@ -1,0 +1,232 @@
+"""The MLP: the worked example to the digit, finite-difference gradient checks, buffers."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import devnet as dn
+from devnet.nn.activations import HIDDEN_ACTIVATIONS
+
+LOSS_NAMES = ("mse", "mae", "huber", "cross_entropy", "binary_cross_entropy")
+
+
+def _targets(loss, rng, n, k):
+    if loss == "cross_entropy":
+        return rng.integers(0, k, size=n)
+    if loss == "binary_cross_entropy":
+        return rng.uniform(0, 1, size=(n, k))
+    return rng.standard_normal((n, k))
+
+
+def test_worked_example_to_the_digit():
+    """The explainer's example: inputs [5, 6], two ReLU layers, dL/dA2 = -1, SGD lr 0.01."""
+    model = dn.MLP([2, 2, 1], activation="relu", output_activation="relu", dtype="float64",
+                   backend="cpu")
+    l1, l2 = model.layers
+    l1.W[...] = [[2, 2], [1, 3]]
+    l1.b[...] = [1, 1]
+    l2.W[...] = [[0.5], [0]]
+    l2.b[...] = [3.5]
+    X = np.array([[5.0, 6.0]])
+    out = model.forward(X)
+    np.testing.assert_array_equal(model._work[1].A[0], [[17, 29]])
+    np.testing.assert_array_equal(out, [[12]])
+    dX = model.backward(np.array([[-1.0]]))
+    np.testing.assert_array_equal(l2.dW, [[-17], [-29]])
+    np.testing.assert_array_equal(l2.db, [-1])
+    np.testing.assert_array_equal(model._work[1].G[0], [[-0.5, 0]])  # dL/dZ1 = dL/dA1 * relu'
+    np.testing.assert_array_equal(l1.dW, [[-2.5, 0], [-3, 0]])
+    np.testing.assert_array_equal(l1.db, [-0.5, 0])
+    np.testing.assert_array_equal(dX, [[-1.0, -0.5]])  # dL/dX = dL/dZ1 @ W1.T
+    opt = dn.optim.SGD(model.parameters(), lr=0.01)
+    opt.step()
+    np.testing.assert_allclose(l2.W, [[0.67], [0.29]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(l2.b, [3.51], rtol=0, atol=1e-15)
+
+
+def _numeric_grad(f, x, eps=1e-6):
+    """Central differences of scalar f w.r.t. every element of x (modified in place)."""
+    g = np.empty_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return g
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30)
+
+
+def _check_gradients(model, X, y, loss, sample_weight=None):
+    loss = dn.losses.get(loss)
+
+    def value():
+        return loss(model.forward(X), y, sample_weight)[0]
+
+    _, dpred = loss(model.forward(X), y, sample_weight)
+    dX = model.backward(dpred).copy()
+    analytic = model.grads.copy()
+    numeric = _numeric_grad(value, model.params)
+    assert _rel_err(analytic, numeric) < 1e-6
+    numeric_dx = _numeric_grad(value, X)
+    assert _rel_err(dX, numeric_dx) < 1e-6
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("act", HIDDEN_ACTIVATIONS)
+def test_gradients_every_activation_and_loss(act, loss, rng):
+    n_in, n_out, n = 3, 4, 6
+    model = dn.MLP([n_in, 5, n_out], activation=act, dtype="float64", backend="cpu",
+                   seed=int(rng.integers(1 << 30)))
+    model.params[...] = rng.normal(0, 0.7, model.params.shape)  # non-zero biases too
+    X = rng.standard_normal((n, n_in))
+    _check_gradients(model, X, _targets(loss, rng, n, n_out), loss)
+
+
+@pytest.mark.parametrize("out_act", ["sigmoid", "tanh", "softmax", "relu", "gelu", "silu"])
+def test_gradients_output_activations(out_act, rng):
+    model = dn.MLP([4, 6, 3], activation="tanh", output_activation=out_act, dtype="float64",
+                   backend="cpu")
+    model.params[...] = rng.normal(0, 0.7, model.params.shape)
+    X = rng.standard_normal((5, 4))
+    _check_gradients(model, X, rng.standard_normal((5, 3)), "mse")
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_gradients_with_sample_weight(loss, rng):
+    model = dn.MLP([3, 4, 2], activation="tanh", dtype="float64", backend="cpu")
+    X = rng.standard_normal((7, 3))
+    w = rng.uniform(0.1, 3.0, size=7)
+    _check_gradients(model, X, _targets(loss, rng, 7, 2), loss, sample_weight=w)
+
+
+def test_cross_entropy_probability_targets(rng):
+    model = dn.MLP([3, 4, 5], activation="silu", dtype="float64", backend="cpu")
+    X = rng.standard_normal((6, 3))
+    t = rng.dirichlet(np.ones(5), size=6)
+    _check_gradients(model, X, t, "cross_entropy")
+
+
+@settings(max_examples=15, deadline=None)
+@given(widths=st.lists(st.integers(1, 7), min_size=2, max_size=3),
+       n_in=st.integers(1, 5), n_out=st.integers(1, 4), n=st.integers(1, 6),
+       act=st.sampled_from(HIDDEN_ACTIVATIONS), seed=st.integers(0, 2**31))
+def test_gradients_random_deep_networks(widths, n_in, n_out, n, act, seed):
+    """3-4 layer networks of random widths (hypothesis), every parameter checked."""
+    rng = np.random.default_rng(seed)
+    model = dn.MLP([n_in, *widths, n_out], activation=act, dtype="float64", backend="cpu",
+                   seed=seed)
+    model.params[...] = rng.normal(0, 0.8, model.params.shape)
+    X = rng.standard_normal((n, n_in))
+    _check_gradients(model, X, rng.standard_normal((n, n_out)), "huber")
+
+
+def test_parameters_are_views_of_one_flat_buffer(backend):
+    model = dn.MLP([4, 8, 3, 2], backend=backend)
+    params = model.parameters()
+    assert [p.name for p in params] == ["layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b",
+                                        "layers.2.W", "layers.2.b"]
+    assert model.params.size == sum(p.data.size for p in params) == model.n_params
+    model.params[...] = 7
+    assert all(float(p.data.min()) == 7 for p in params)
+    model.grads[...] = 3
+    assert all(float(p.grad.max()) == 3 for p in params)
+    assert model.layers[0].W.shape == (4, 8) and model.layers[0].b.shape == (8,)
+
+
+def test_backward_overwrites_gradients(rng):
+    model = dn.MLP([3, 4, 2], backend="cpu", dtype="float64")
+    X = rng.standard_normal((5, 3))
+    dY = rng.standard_normal((5, 2))
+    model.forward(X)
+    model.backward(dY)
+    first = model.grads.copy()
+    model.grads[...] = np.nan
+    model.forward(X)
+    model.backward(dY)
+    np.testing.assert_array_equal(model.grads, first)
+
+
+def test_backward_does_not_modify_dY(rng):
+    model = dn.MLP([3, 4, 2], activation="tanh", output_activation="sigmoid", backend="cpu")
+    dY = rng.standard_normal((5, 2)).astype(np.float32)
+    keep = dY.copy()
+    model.forward(rng.standard_normal((5, 3)))
+    model.backward(dY)
+    np.testing.assert_array_equal(dY, keep)
+
+
+def test_work_buffers_are_reused_per_batch_size(rng):
+    model = dn.MLP([3, 4, 2], backend="cpu")
+    a = model.forward(rng.standard_normal((5, 3)))
+    b = model.forward(rng.standard_normal((5, 3)))
+    assert a is b  # the same preallocated output buffer
+    assert model.forward(rng.standard_normal((6, 3))) is not a
+
+
+def test_seeded_init_is_reproducible_and_he_scaled():
+    a, b = dn.MLP([400, 300, 2], seed=3, backend="cpu"), dn.MLP([400, 300, 2], seed=3,
+                                                               backend="cpu")
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.array_equal(a.params, dn.MLP([400, 300, 2], seed=4, backend="cpu").params)
+    assert abs(a.layers[0].W.std() - np.sqrt(2 / 400)) < 0.003
+    assert np.all(a.layers[0].b == 0)
+    x = dn.MLP([400, 300, 2], init="xavier_uniform", seed=3, backend="cpu").layers[0].W
+    assert np.abs(x).max() <= np.sqrt(6 / 700)
+
+
+def test_predict_batches_and_returns_numpy(rng):
+    model = dn.MLP([3, 5, 2], backend="cpu", dtype="float64")
+    X = rng.standard_normal((10, 3))
+    full = model.forward(X).copy()
+    np.testing.assert_allclose(model.predict(X, batch_size=3), full, rtol=1e-12)
+    assert model.predict(X[:0]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"layer_sizes": [3]}, "at least two positive integers"),
+    ({"layer_sizes": [3, 0, 2]}, "at least two positive integers"),
+    ({"layer_sizes": [3, 2.5, 2]}, "at least two positive integers"),
+    ({"activation": "swish"}, "valid activations: gelu, identity"),
+    ({"activation": "softmax"}, "only valid as output_activation"),
+    ({"output_activation": "softplus"}, "unknown activation 'softplus'"),
+    ({"init": "orthogonal"}, "valid initializers: glorot"),
+    ({"dtype": "float16"}, "valid dtypes: float32, float64"),
+    ({"activation": ["relu", "tanh"]}, "2 names for 1 hidden layers"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    args = {"layer_sizes": [3, 4, 2], **kwargs}
+    with pytest.raises(dn.ConfigError, match=match):
+        dn.MLP(backend="cpu", **args)
+
+
+def test_wrong_feature_count_is_a_clear_error(rng):
+    model = dn.MLP([3, 4, 2], backend="cpu")
+    with pytest.raises(dn.DataError, match=r"shape \(n_samples, 3\)"):
+        model.forward(rng.standard_normal((5, 4)))
+
+
+def test_to_moves_and_keeps_parameters():
+    model = dn.MLP([3, 4, 2], backend="cpu")
+    before = model.params.copy()
+    assert model.to("cpu") is model
+    np.testing.assert_array_equal(model.params, before)
+
+
+@pytest.mark.gpu
+def test_cpu_and_gpu_agree_forward_backward(rng):
+    X = rng.standard_normal((9, 5))
+    dY = rng.standard_normal((9, 3))
+    cpu = dn.MLP([5, 7, 3], activation="gelu", dtype="float64", backend="cpu")
+    gpu = dn.MLP([5, 7, 3], activation="gelu", dtype="float64", backend="cuda")
+    np.testing.assert_allclose(gpu.backend.to_numpy(gpu.forward(X)), cpu.forward(X), rtol=1e-12)
+    gpu.backward(dY)
+    cpu.backward(dY)
+    np.testing.assert_allclose(gpu.backend.to_numpy(gpu.grads), cpu.grads, rtol=1e-10)
