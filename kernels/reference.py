@@ -45,6 +45,11 @@ def get_xp(a):
         return np
 
 
+def _sigmoid(xp, z):
+    # 1 / (1 + exp(-z)) without overflow for large |z|
+    return 0.5 * (1 + xp.tanh(0.5 * z))
+
+
 # --- activations: value and derivative side by side --------------------------------------------
 
 def _act_value(xp, act, z, alpha):
@@ -55,13 +60,13 @@ def _act_value(xp, act, z, alpha):
     if act == "leaky_relu":
         return xp.where(z > 0, z, alpha * z)
     if act == "sigmoid":
-        return 1 / (1 + xp.exp(-z))
+        return _sigmoid(xp, z)
     if act == "tanh":
         return xp.tanh(z)
     if act == "gelu":  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
         return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + 0.044715 * z**3)))
     if act == "silu":
-        return z / (1 + xp.exp(-z))
+        return z * _sigmoid(xp, z)
     if act == "softmax":
         e = xp.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -85,7 +90,7 @@ def _act_grad(xp, act, a, z, alpha):
         t = xp.tanh(u)
         return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
     if act == "silu":  # d silu = s (1 + z (1 - s)), s = sigmoid(z)
-        s = 1 / (1 + xp.exp(-z))
+        s = _sigmoid(xp, z)
         return s * (1 + z * (1 - s))
     raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
 
@@ -174,7 +179,7 @@ def sigmoid_bce(logits, target, grad, weight, scale):
     def f(xp, z, t):
         # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
         value = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
-        return value, 1 / (1 + xp.exp(-z)) - t
+        return value, _sigmoid(xp, z) - t
     return _elementwise_loss(logits, target, grad, weight, scale, f)
 
 

@@ -1,0 +1,155 @@
+"""Kernel suite: each fused kernel's time and GB/s against a plain copy's GB/s, same run.
+
+For every size (bytes of ONE operand, from cache-resident to >= 64 MB) the suite measures:
+
+- ``copy``: ``dst[...] = src`` on the device (NumPy / CuPy), the memory ceiling at that size;
+- each fused kernel from ``backend.kernels`` and, next to it, the unfused NumPy / CuPy sequence
+  it replaces (``devnet.kernels.reference``, the same name and signature).
+
+GB/s counts the bytes the op must move at least (each operand read once, each output written
+once, in-place operands both), the same count for fused and unfused, so the unfused figure shows
+what its extra passes and temporaries cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from devnet.kernels import reference
+
+from .timing import Rotation, Settings, clock_for, is_gpu, measure, n_rotations
+
+COLS = 1024  # columns of the (rows, COLS) activation matrices
+CLASSES = 10  # columns of the logits for the loss kernels
+SIZES_MB = (0.25, 1, 4, 16, 64, 128)
+QUICK_SIZES_MB = (0.0625, 0.25)
+
+
+@dataclass
+class KernelSpec:
+    """One kernel: how to build its operands, call it, and count its bytes."""
+
+    name: str
+    make: Callable  # (xp, rng, n_elems, dtype) -> dict of operands
+    fused: Callable  # (kernels, ops) -> None
+    nbytes: Callable  # (ops) -> minimal bytes moved
+
+
+def _mat(xp, rng, n, dtype, cols=COLS):
+    rows = max(1, n // cols)
+    return xp.asarray(rng.standard_normal((rows, cols), dtype=np.float32).astype(dtype))
+
+
+def _make_bias_act(xp, rng, n, dtype, keep_z=False):
+    A = _mat(xp, rng, n, dtype)
+    b = xp.asarray(rng.standard_normal(A.shape[1], dtype=np.float32).astype(dtype) * 1e-3)
+    return {"A": A, "b": b, "Z": xp.empty_like(A) if keep_z else None}
+
+
+def _make_act_bwd(xp, rng, n, dtype, keep_z=False):
+    G = _mat(xp, rng, n, dtype)
+    A = _mat(xp, rng, n, dtype)
+    return {"G": G, "A": xp.abs(A) * (A > 0), "Z": A if keep_z else None,
+            "dZ": xp.empty_like(G), "db": xp.empty(G.shape[1], dtype=dtype)}
+
+
+def _make_xent(xp, rng, n, dtype):
+    Z = _mat(xp, rng, n, dtype, cols=CLASSES)
+    t = xp.asarray(rng.integers(0, CLASSES, Z.shape[0]))
+    return {"Z": Z, "t": t, "g": xp.empty_like(Z)}
+
+
+def _make_mse(xp, rng, n, dtype):
+    P = _mat(xp, rng, n, dtype, cols=CLASSES)
+    return {"Z": P, "t": _mat(xp, rng, n, dtype, cols=CLASSES), "g": xp.empty_like(P)}
+
+
+def _make_flat(xp, rng, n, dtype, states=2):
+    def vec():
+        return xp.asarray(rng.standard_normal(n, dtype=np.float32).astype(dtype))
+    ops = {"p": vec(), "g": vec()}
+    for i in range(states):
+        ops[f"s{i}"] = xp.abs(vec())
+    return ops
+
+
+def _nb(*arrays):
+    return sum(int(a.nbytes) for a in arrays if a is not None)
+
+
+def _adam_call(k, o):
+    k.adam_step(o["p"], o["g"], o["s0"], o["s1"], None, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.1,
+                0.001, False)
+
+
+SPECS = (
+    KernelSpec("bias_act_fwd[relu]", lambda xp, r, n, d: _make_bias_act(xp, r, n, d),
+               lambda k, o: k.bias_act_fwd("relu", o["A"], o["b"], None),
+               lambda o: 2 * _nb(o["A"]) + _nb(o["b"])),
+    KernelSpec("bias_act_fwd[gelu]", lambda xp, r, n, d: _make_bias_act(xp, r, n, d, True),
+               lambda k, o: k.bias_act_fwd("gelu", o["A"], o["b"], o["Z"]),
+               lambda o: 2 * _nb(o["A"]) + _nb(o["b"], o["Z"])),
+    KernelSpec("act_bwd[relu]", lambda xp, r, n, d: _make_act_bwd(xp, r, n, d),
+               lambda k, o: k.act_bwd("relu", o["G"], o["A"], None, o["dZ"], o["db"]),
+               lambda o: _nb(o["G"], o["A"], o["dZ"], o["db"])),
+    KernelSpec("act_bwd[gelu]", lambda xp, r, n, d: _make_act_bwd(xp, r, n, d, True),
+               lambda k, o: k.act_bwd("gelu", o["G"], o["A"], o["Z"], o["dZ"], o["db"]),
+               lambda o: _nb(o["G"], o["A"], o["Z"], o["dZ"], o["db"])),
+    KernelSpec("softmax_xent", _make_xent,
+               lambda k, o: k.softmax_xent(o["Z"], o["t"], o["g"], None, 1.0 / len(o["Z"])),
+               lambda o: _nb(o["Z"], o["t"], o["g"])),
+    KernelSpec("mse", _make_mse,
+               lambda k, o: k.mse(o["Z"], o["t"], o["g"], None, 1.0 / o["Z"].size),
+               lambda o: _nb(o["Z"], o["t"], o["g"])),
+    KernelSpec("sgd_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 0),
+               lambda k, o: k.sgd_step(o["p"], o["g"], 1e-3, 0.0),
+               lambda o: 2 * _nb(o["p"]) + _nb(o["g"])),
+    KernelSpec("adam_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 2), _adam_call,
+               lambda o: 2 * _nb(o["p"], o["s0"], o["s1"]) + _nb(o["g"])),
+)
+SPEC_NAMES = tuple(s.name for s in SPECS)
+
+
+def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float32",
+        seed: int = 0, log=print) -> list[dict]:
+    """Measure copy, fused and unfused at every size; one row per (kernel, size)."""
+    xp = backend.xp
+    clock = clock_for(backend)
+    gpu = is_gpu(backend)
+    rng = np.random.default_rng(seed)
+    specs = [s for s in SPECS if names is None or s.name in names]
+    rows = []
+    for mb in sizes_mb:
+        n = max(COLS, int(mb * (1 << 20)) // np.dtype(dtype).itemsize)
+        src = xp.asarray(rng.standard_normal(n, dtype=np.float32).astype(dtype))
+        dst = xp.empty_like(src)
+        copy = measure(lambda: dst.__setitem__(Ellipsis, src), clock, settings)
+        copy_gbs = 2 * src.nbytes / copy.median / 1e9
+        del src, dst
+        for spec in specs:
+            sets = [spec.make(xp, rng, n, dtype)]
+            nbytes = spec.nbytes(sets[0])
+            sets += [spec.make(xp, rng, n, dtype)
+                     for _ in range(n_rotations(nbytes, gpu, cap=8) - 1)]
+            rot = Rotation(sets)
+            fused = measure(lambda: spec.fused(backend.kernels, rot.next()), clock, settings)
+            unfused = measure(lambda: spec.fused(reference, rot.next()), clock, settings)
+            row = {
+                "kernel": spec.name, "size_mb": mb, "elements": n, "bytes": nbytes,
+                "fused_s": fused.median, "unfused_s": unfused.median,
+                "fused_gbs": nbytes / fused.median / 1e9,
+                "unfused_gbs": nbytes / unfused.median / 1e9,
+                "copy_gbs": copy_gbs,
+                "fused_over_copy": nbytes / fused.median / 1e9 / copy_gbs,
+                "speedup": unfused.median / fused.median,
+                "repeats": fused.repeats, "rotations": len(sets),
+            }
+            rows.append(row)
+            log(f"  kernels {spec.name:<20} {mb:>8g} MB  fused {fused.median * 1e3:9.3f} ms "
+                f"{row['fused_gbs']:7.2f} GB/s  unfused {row['unfused_gbs']:7.2f} GB/s  "
+                f"copy {copy_gbs:7.2f} GB/s  ratio {row['fused_over_copy']:.2f}")
+            del sets, rot
+    return rows

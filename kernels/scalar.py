@@ -1,0 +1,328 @@
+"""The scalar math of every fused op, written once; ``cpu.py`` and ``cuda.py`` compile it.
+
+Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops
+(``njit(inline="always")``) and CUDA grid-stride kernels (``cuda.jit(device=True)``), and they
+run as they are in plain Python. Every function computes in float64 (Python float literals
+promote float32 under Numba's typing); kernels store back in the array's dtype.
+
+- activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative
+  from the output ``a`` or the pre-activation ``z``, side by side; ``ACTIVATIONS`` maps names to
+  the pair, ``ACT_CODES`` to the integer a single compiled kernel switches on (``act_value``,
+  ``act_grad``);
+- losses: ``<name>(pred, target, delta) -> (value, dvalue/dpred)`` per element, and the pieces
+  of a softmax-cross-entropy row;
+- optimizers: the per-element update of each step, returning the new parameter and state.
+
+``exp`` and ``log1p`` are written out (range reduction + polynomial) rather than taken from
+``math`` so that LLVM can vectorise the CPU loops: with no SVML, ``math.exp`` is a scalar libm
+call per element (1M float64 exps: 11.8 ms with ``math.exp``, 2.1 ms with ``exp`` below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import sys
+from types import FunctionType, SimpleNamespace
+
+import numpy as np
+
+# --- elementary functions, vectorisable --------------------------------------------------------
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact (Cody-Waite)
+_LN2_LO = 1.90821492927058770002e-10
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = 0.044715
+
+
+def exp(x):
+    """``e**x`` to about 1 ulp in float64; clamps to [-708, 709] (no inf, no subnormals)."""
+    x = min(max(x, -708.0), 709.0)
+    k = math.floor(x * _LOG2E + 0.5)
+    r = x - k * _LN2_HI - k * _LN2_LO  # |r| <= ln2 / 2: Taylor to r**12 is below 1 ulp
+    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
+        1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (
+            1 / 3628800 + r * (1 / 39916800 + r * (1 / 479001600))))))))))))
+    # 2**k built from its bits: a bit cast, not a libm call
+    return p * np.int64((np.int64(k) + 1023) << 52).view(np.float64)
+
+
+def log1p(t):
+    """``log(1 + t)`` for ``0 <= t <= 1`` (what log-sum-exp terms need), to a few ulp."""
+    s = t / (2.0 + t)  # log1p(t) = 2 atanh(s), s in [0, 1/3]: the series needs s**33
+    s2 = s * s
+    q = 1 / 31 + s2 * (1 / 33)
+    q = 1 / 29 + s2 * q
+    q = 1 / 27 + s2 * q
+    q = 1 / 25 + s2 * q
+    q = 1 / 23 + s2 * q
+    q = 1 / 21 + s2 * q
+    q = 1 / 19 + s2 * q
+    q = 1 / 17 + s2 * q
+    q = 1 / 15 + s2 * q
+    q = 1 / 13 + s2 * q
+    q = 1 / 11 + s2 * q
+    q = 1 / 9 + s2 * q
+    q = 1 / 7 + s2 * q
+    q = 1 / 5 + s2 * q
+    q = 1 / 3 + s2 * q
+    return 2.0 * s * (1.0 + s2 * q)
+
+
+def sigmoid_of(z):
+    """``1 / (1 + e**-z)`` without overflow for either sign."""
+    e = exp(-abs(z))
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+def tanh_of(z):
+    """``tanh(z)``; an odd Taylor polynomial near 0, where ``(1 - t) / (1 + t)`` cancels."""
+    x = abs(z)
+    x2 = x * x
+    small = x * (1.0 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315 + x2 * (
+        62 / 2835 + x2 * (-1382 / 155925 + x2 * (21844 / 6081075)))))))
+    t = exp(-2.0 * x)
+    y = small if x < 0.0625 else (1.0 - t) / (1.0 + t)
+    return y if z >= 0 else -y
+
+
+# --- activations: value and derivative side by side --------------------------------------------
+
+def identity(z, alpha):
+    return z + 0.0
+
+
+def identity_grad(a, z, alpha):  # d identity = 1
+    return 1.0
+
+
+def relu(z, alpha):
+    return z + 0.0 if z > 0 else 0.0
+
+
+def relu_grad(a, z, alpha):  # d relu = 1 where the output is positive
+    return 1.0 if a > 0 else 0.0
+
+
+def leaky_relu(z, alpha):
+    return z + 0.0 if z > 0 else alpha * z
+
+
+def leaky_relu_grad(a, z, alpha):  # d leaky = 1 or alpha; the output keeps z's sign
+    return 1.0 if a > 0 else alpha + 0.0
+
+
+def sigmoid(z, alpha):
+    return sigmoid_of(z)
+
+
+def sigmoid_grad(a, z, alpha):  # d sigmoid = y (1 - y), from the output
+    return a * (1.0 - a)
+
+
+def tanh(z, alpha):
+    return tanh_of(z)
+
+
+def tanh_grad(a, z, alpha):  # d tanh = 1 - y**2, from the output
+    return 1.0 - a * a
+
+
+def gelu(z, alpha):  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
+    return 0.5 * z * (1.0 + tanh_of(_GELU_C * (z + _GELU_K * z * z * z)))
+
+
+def gelu_grad(a, z, alpha):  # d gelu = (1 + t)/2 + z (1 - t**2) u'/2, t = tanh(u), from z
+    t = tanh_of(_GELU_C * (z + _GELU_K * z * z * z))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
+
+
+def silu(z, alpha):
+    return z * sigmoid_of(z)
+
+
+def silu_grad(a, z, alpha):  # d silu = s (1 + z (1 - s)), s = sigmoid(z), from z
+    s = sigmoid_of(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+# Elementwise activations: name -> (value, derivative). Softmax is row-wise: see softmax_* below.
+ACTIVATIONS = {
+    "identity": (identity, identity_grad),
+    "relu": (relu, relu_grad),
+    "leaky_relu": (leaky_relu, leaky_relu_grad),
+    "sigmoid": (sigmoid, sigmoid_grad),
+    "tanh": (tanh, tanh_grad),
+    "gelu": (gelu, gelu_grad),
+    "silu": (silu, silu_grad),
+}
+ACT_CODES = {name: code for code, name in enumerate((*ACTIVATIONS, "softmax"))}
+SOFTMAX = ACT_CODES["softmax"]
+
+
+def act_value(code, z, alpha):
+    """``ACTIVATIONS`` by integer code, for a kernel that serves every activation (CUDA).
+
+    A compiled kernel cannot index a table of functions, hence the chain; its order is
+    ``ACT_CODES``'s, checked by the tests.
+    """
+    if code == 0:
+        return identity(z, alpha)
+    if code == 1:
+        return relu(z, alpha)
+    if code == 2:
+        return leaky_relu(z, alpha)
+    if code == 3:
+        return sigmoid(z, alpha)
+    if code == 4:
+        return tanh(z, alpha)
+    if code == 5:
+        return gelu(z, alpha)
+    return silu(z, alpha)
+
+
+def act_grad(code, a, z, alpha):
+    """The derivative matching ``act_value(code, ...)``."""
+    if code == 0:
+        return identity_grad(a, z, alpha)
+    if code == 1:
+        return relu_grad(a, z, alpha)
+    if code == 2:
+        return leaky_relu_grad(a, z, alpha)
+    if code == 3:
+        return sigmoid_grad(a, z, alpha)
+    if code == 4:
+        return tanh_grad(a, z, alpha)
+    if code == 5:
+        return gelu_grad(a, z, alpha)
+    return silu_grad(a, z, alpha)
+
+
+# Softmax over a row z: a_j = exp(z_j - m) / s with m = max_j z_j, s = sum_j exp(z_j - m).
+def softmax_term(z, m):
+    return exp(z - m)
+
+
+def softmax_grad(a, g, ga):  # d softmax: dz_j = a_j (g_j - sum_k g_k a_k), ga = that sum
+    return a * (g - ga)
+
+
+# --- losses: value and gradient of one element -------------------------------------------------
+
+def xent_label(z, lse, is_target):
+    """Softmax-xent with a label: ``(-log p_j if target else 0, p_j - onehot_j)``."""
+    return (lse - z if is_target else 0.0), exp(z - lse) - (1.0 if is_target else 0.0)
+
+
+def xent_prob(z, lse, t, tsum):
+    """Softmax-xent with probabilities: ``(t (lse - z), p tsum - t)``; rows need not sum to 1."""
+    return t * (lse - z), exp(z - lse) * tsum - t
+
+
+def sigmoid_bce(z, t, delta):
+    # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
+    e = exp(-abs(z))
+    s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+    return max(z, 0.0) - z * t + log1p(e), s - t
+
+
+def mse(p, t, delta):
+    r = p - t
+    return r * r, 2.0 * r  # d r**2 = 2 r
+
+
+def mae(p, t, delta):
+    r = p - t
+    sign = 1.0 if r > 0 else (-1.0 if r < 0 else 0.0)
+    return abs(r), sign  # d |r| = sign(r), 0 at 0
+
+
+def huber(p, t, delta):
+    r = p - t
+    a = abs(r)
+    sign = 1.0 if r > 0 else (-1.0 if r < 0 else 0.0)
+    if a <= delta:
+        return 0.5 * r * r, r + 0.0  # d r**2/2 = r
+    return delta * (a - 0.5 * delta), delta * sign  # d delta |r| = delta sign(r)
+
+
+ELEMENT_LOSSES = {"sigmoid_bce": sigmoid_bce, "mse": mse, "mae": mae, "huber": huber}
+
+
+# --- optimizers: the update of one element -----------------------------------------------------
+# Arguments and hyper-parameters as in reference.py; each returns the new (p, state...).
+
+def sgd(p, g, lr, wd):
+    return p - lr * (g + wd * p)
+
+
+def momentum(p, g, buf, lr, mu, wd):
+    d = g + wd * p
+    buf = mu * buf + d
+    return p - lr * buf, buf
+
+
+def nesterov(p, g, buf, lr, mu, wd):
+    d = g + wd * p
+    buf = mu * buf + d
+    return p - lr * (d + mu * buf), buf
+
+
+def rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+    """Returns ``(p, sq, mom, gavg)``; ``mom`` is used when ``mu > 0``, ``gavg`` if centered."""
+    d = g + wd * p
+    sq = rho * sq + (1.0 - rho) * d * d
+    if centered:
+        gavg = rho * gavg + (1.0 - rho) * d
+        denom = math.sqrt(sq - gavg * gavg) + eps
+    else:
+        denom = math.sqrt(sq) + eps
+    if mu > 0:
+        mom = mu * mom + d / denom
+        return p - lr * mom, sq, mom, gavg
+    return p - lr * d / denom, sq, mom, gavg
+
+
+def adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
+    """Adam on the (already decayed) gradient ``d``; returns ``(p, m, v, vmax)``."""
+    m = beta1 * m + (1.0 - beta1) * d
+    v = beta2 * v + (1.0 - beta2) * d * d
+    vhat = v
+    if amsgrad:
+        vmax = max(vmax, v)
+        vhat = vmax
+    return p - lr * (m / bc1) / (math.sqrt(vhat / bc2) + eps), m, v, vmax
+
+
+def adam_l2(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    return adam(p, g + wd * p, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
+
+
+def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    # decoupled decay first, then Adam on the raw gradient
+    return adam(p * (1.0 - lr * wd), g, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
+
+
+# --- compiling this module ---------------------------------------------------------------------
+
+def compiled(decorate) -> SimpleNamespace:
+    """Every function above, passed through ``decorate``, calling each other's compiled copies.
+
+    ``decorate``: e.g. ``numba.njit(inline="always")`` or ``numba.cuda.jit(device=True)``.
+    Each function is cloned with its globals pointing at the compiled namespace, so ``sigmoid``
+    calls the compiled ``sigmoid_of`` and ``exp``; this module itself stays plain Python.
+    """
+    ns = dict(globals())
+    for name, obj in globals().items():
+        if isinstance(obj, FunctionType) and obj.__module__ == __name__ and name != "compiled":
+            clone = FunctionType(obj.__code__, ns, name, obj.__defaults__, obj.__closure__)
+            clone.__qualname__ = obj.__qualname__
+            ns[name] = decorate(clone)
+    return SimpleNamespace(**ns)
+
+
+SOURCE_TAG = hashlib.sha1(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]
+"""Hash of this file: compiled kernels put it in their cache names, so an edit here recompiles
+them (Numba's on-disk cache only watches the file a kernel is defined in)."""
