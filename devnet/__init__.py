@@ -7,8 +7,9 @@
 
 import logging as _logging
 
-from devnet import data, losses, optim
+from devnet import callbacks, data, losses, optim
 from devnet.backend import Backend, available_backends, get_backend
+from devnet.callbacks import CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from devnet.errors import (
     CheckpointError,
     ConfigError,
@@ -17,8 +18,10 @@ from devnet.errors import (
     DevnetError,
     DivergenceError,
 )
+from devnet.io import load, load_checkpoint, save
 from devnet.nn import MLP, Dense, Parameter
-from devnet.train import Callback, History, evaluate, fit, predict_proba
+from devnet.profile import profile
+from devnet.train import Callback, History, evaluate, fit, predict, predict_proba
 
 __version__ = "0.1.0"
 
@@ -26,7 +29,8 @@ __all__ = [
     "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "DataError", "Dense",
     "DeviceUnavailableError", "DevnetError", "DivergenceError", "History", "Parameter",
     "available_backends", "data", "evaluate", "fit", "get_backend", "losses", "optim",
-    "predict_proba",
+    "predict_proba", "callbacks", "CSVLogger", "EarlyStopping", "LearningRateScheduler",
+    "ModelCheckpoint", "load", "load_checkpoint", "predict", "save",
 ]
 
 # One line on stderr says which device "auto" picked and why, unless the user configured

@@ -161,6 +161,8 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [b.copy() for b in self.intercepts_]
         for name in ("_model", "_optimizer", "_optimizer_state"):
             self.__dict__.pop(name, None)
 
@@ -500,19 +502,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
                                  f"has {self.classes_}. 'y' has {classes}.")
+        # one-hot rows (multi-class), one column (binary) or an indicator matrix (multi-label)
         y = self._label_binarizer.transform(y).astype(bool)
-        if y.ndim == 2 and y.shape[1] > 1 and self._label_binarizer.y_type_ == "multiclass":
-            pass
         return X, y
 
     def _val_targets(self, y_val):
         return self._label_binarizer.inverse_transform(y_val)
-
-    def _fit_stochastic(self, X, y, sample_weight, incremental):
-        if self._label_binarizer.y_type_ == "multiclass":
-            # softmax cross-entropy takes integer labels: one-hot rows -> class index
-            pass
-        super()._fit_stochastic(X, y, sample_weight, incremental)
 
     def _predict(self, X, check_input=True):
         y_pred = self._outputs(X, check_input=check_input)

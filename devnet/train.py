@@ -1,9 +1,18 @@
-"""The fit loop: batches to the device at the edge, fused forward/loss/backward/step, History."""
+"""The fit loop: batches to the device at the edge, fused forward/loss/backward/step, History.
+
+Inputs are checked once (``devnet.validation``) before the first step; the step itself does one
+host-to-device copy of the batch and nothing else on the host. Non-finite values are caught by
+a guard that reads one device scalar per check (see ``_Guard``), not one per step.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,11 +20,25 @@ import numpy as np
 from devnet import losses as losses_mod
 from devnet import metrics
 from devnet import optim as optim_mod
-from devnet.errors import ConfigError
+from devnet.errors import CheckpointError, ConfigError, DataError, DivergenceError, lookup
+from devnet.optim import schedules as sched_mod
+from devnet.validation import (
+    check_model,
+    check_sample_weight,
+    check_validation_data,
+    check_X,
+    check_y,
+    fraction,
+    positive_int,
+    positive_number,
+)
 
 
 class History:
-    """Per-epoch records: ``history["loss"]``, ``["val_loss"]``, the task metric, ``lr``, time."""
+    """Per-epoch records: ``history["loss"]``, ``["val_loss"]``, the task metric, ``lr``, time.
+
+    ``epoch`` lists the 0-based epoch indices recorded (continuing across a resume).
+    """
 
     def __init__(self):
         self.history: dict[str, list] = {}
@@ -36,7 +59,11 @@ class History:
 
 
 class Callback:
-    """Hooks called by ``fit``; set ``self.trainer.stop_training = True`` to stop."""
+    """Hooks called by ``fit``; set ``self.trainer.stop_training = True`` to stop.
+
+    Epochs are 0-based. ``on_batch_end`` gets ``{"size": n}`` only: reading the loss there
+    would synchronise the device every step.
+    """
 
     trainer: Trainer
 
@@ -50,23 +77,48 @@ class Callback:
 
     def on_train_end(self, logs: dict) -> None: ...
 
+    def on_train_abort(self, error: BaseException) -> None:
+        """Called instead of ``on_train_end`` when fit raises (release files and the like)."""
+
 
 def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
     """The task metrics reported for ``loss``: accuracy, or R2 and MAE for regression."""
     return ("accuracy",) if loss.classification else ("r2", "mae")
 
 
+# --- evaluation and prediction ----------------------------------------------------------------
+
 def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None) -> dict:
-    """Mean loss and task metrics of ``model`` on (X, y), batched; returns floats."""
+    """Mean loss and task metrics of ``model`` on (X, y), forward in batches; returns floats.
+
+    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None.
+    """
+    check_model(model)
     loss = losses_mod.get(loss)
-    pred = model.predict(X, batch_size=batch_size)
+    batch_size = positive_int("batch_size", batch_size)
+    X = check_X(model, X)
+    y = check_y(model, loss, y, len(X))
+    w = check_sample_weight(model, sample_weight, len(X))
+    return _evaluate(model, loss, X, y, w, batch_size)
+
+
+def _evaluate(model, loss, X, y, w, batch_size: int) -> dict:
     be = model.backend
-    pred_d = be.asarray(pred)
+    pred = _forward_all(model, X, batch_size)
     y_d = be.asarray(y)
-    w = None if sample_weight is None else be.asarray(sample_weight, dtype=model.dtype)
-    grad = be.empty(pred_d.shape, model.dtype)
-    value = float(loss.forward_backward_(pred_d, y_d, grad, w, backend=be))
-    return {"loss": value, **_metrics(loss, pred_d, y_d)}
+    w_d = None if w is None else be.asarray(w)
+    grad = be.empty(pred.shape, model.dtype)
+    value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be))
+    return {"loss": value, **_metrics(loss, pred, y_d)}
+
+
+def _forward_all(model, X, batch_size: int):
+    """Outputs (n, n_out) on the model's device for host X (n, n_in), one batch at a time."""
+    be = model.backend
+    out = be.empty((len(X), model.n_out), model.dtype)
+    for i in range(0, len(X), batch_size):
+        out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]))
+    return out
 
 
 def _metrics(loss, pred, y) -> dict:
@@ -75,118 +127,519 @@ def _metrics(loss, pred, y) -> dict:
     return {"r2": metrics.r2(pred, y), "mae": metrics.mae(pred, y)}
 
 
-def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096):
-    """Class probabilities: the loss's link (softmax / sigmoid) applied to the model's outputs."""
+def predict(model, X, batch_size: int = 4096) -> np.ndarray:
+    """Raw outputs (n, n_out) of ``model`` for X (n, n_in), in batches; a NumPy array."""
+    check_model(model)
+    batch_size = positive_int("batch_size", batch_size)
+    X = check_X(model, X)
+    return model.backend.to_numpy(_forward_all(model, X, batch_size))
+
+
+def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.ndarray:
+    """Class probabilities (n, n_out): the loss's link (softmax / sigmoid) on the outputs."""
     from devnet.kernels import reference
 
     loss = losses_mod.get(loss)
-    out = model.predict(X, batch_size=batch_size)
-    return reference.act_fwd(loss.link, out)
+    return reference.act_fwd(loss.link, predict(model, X, batch_size))
 
+
+# --- the state of one fit ---------------------------------------------------------------------
 
 class Trainer:
-    """The state of one ``fit`` call (shared with callbacks)."""
+    """The state of one ``fit`` call (shared with callbacks).
 
-    def __init__(self, model, loss, optimizer, history):
+    ``epoch``: the current 0-based epoch; ``epochs_done``: epochs completed (the resume point);
+    ``step``: optimizer steps taken by fit; ``rng``: the shuffling Generator.
+    """
+
+    def __init__(self, model, loss, optimizer, history, epochs=1, batch_size=32, seed=0,
+                 shuffle=True, n_samples=0):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
         self.history = history
         self.stop_training = False
         self.epoch = 0
+        self.epochs_done = 0
         self.step = 0
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.n_samples = n_samples
+        self.rng = np.random.default_rng(seed)
 
+    def resume_state(self) -> dict:
+        """JSON-serialisable state that, with model and optimizer, makes a resume exact."""
+        return {"epoch": self.epochs_done, "step": self.step,
+                "rng": self.rng.bit_generator.state, "seed": self.seed,
+                "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "n_samples": self.n_samples, "loss": self.loss.config()}
+
+    def restore(self, state: dict, name: str) -> None:
+        """Restore epoch, step and RNG from ``resume_state()`` output saved in ``name``."""
+        try:
+            rng_state = state["rng"]
+            if rng_state["bit_generator"] != type(self.rng.bit_generator).__name__:
+                raise ValueError(f"bit generator {rng_state['bit_generator']!r}")
+            self.rng.bit_generator.state = rng_state
+            self.epochs_done = int(state["epoch"])
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {name!r} has no usable training state for "
+                                  f"resume ({exc}); save it with fit(checkpoint=...) or "
+                                  "ModelCheckpoint") from None
+        for key in ("batch_size", "shuffle", "n_samples"):
+            if key in state and state[key] != getattr(self, key):
+                warnings.warn(f"resuming from {name!r} with {key}={getattr(self, key)!r} but "
+                              f"the checkpoint was trained with {state[key]!r}: the result will "
+                              "not match an uninterrupted run", stacklevel=3)
+
+
+# --- schedules by name --------------------------------------------------------------------------
+
+def _cosine(lr, total):
+    return sched_mod.cosine(lr, total)
+
+
+SCHEDULES = {
+    "constant": lambda lr, total: sched_mod.constant(lr),
+    "cosine": _cosine,
+    "warmup_cosine": lambda lr, total: sched_mod.warmup_cosine(lr, max(1, total // 20), total),
+    "step": lambda lr, total: sched_mod.step(lr, max(1, total // 3), 0.1),
+    "exponential": lambda lr, total: sched_mod.exponential(lr, 0.01 ** (1 / max(total, 1))),
+}
+
+
+def _schedule(schedule, lr: float, total_steps: int):
+    """A Schedule from a Schedule, a config dict, or a name in ``SCHEDULES`` (from lr, steps)."""
+    if schedule is None or isinstance(schedule, sched_mod.Schedule):
+        return schedule
+    if isinstance(schedule, dict):
+        return sched_mod.from_config(schedule)
+    return lookup(SCHEDULES, schedule, "schedule")(lr, total_steps)
+
+
+def _optimizer(optimizer, model, lr, schedule, total_steps: int):
+    if isinstance(optimizer, optim_mod.Optimizer):
+        opt = optimizer
+        if opt.params.data is not model.params:
+            raise ConfigError("optimizer was built over other parameters (another model, or "
+                              "before model.to(...)): build it with model.parameters()")
+        if lr is not None:
+            raise ConfigError("lr was given with an optimizer instance; set the learning rate "
+                              "when building the optimizer")
+        base = opt.base_lr if not isinstance(opt.base_lr, sched_mod.Schedule) else opt.lr
+    else:
+        cls = lookup(optim_mod.OPTIMIZERS, optimizer, "optimizer")
+        if isinstance(lr, sched_mod.Schedule):
+            opt = cls(model.parameters(), lr=lr)
+            base = lr(0)
+        else:
+            base = lr if lr is not None else inspect.signature(cls).parameters["lr"].default
+            opt = cls(model.parameters(), lr=base)
+    sched = _schedule(schedule, base, total_steps)
+    if sched is not None:
+        opt.schedule = sched
+    return opt
+
+
+# --- the non-finite guard -----------------------------------------------------------------------
+
+class _Guard:
+    """Catches NaN/Inf without a device sync per step, and rewinds to the last finite state.
+
+    Why this design: checking every step would cost a device->host sync per step (on a GPU that
+    stalls the launch queue). Instead the epoch's loss is accumulated on the device and one
+    scalar is read per check (every ``every`` steps, at least once per epoch, where fit reads
+    the loss anyway), together with ``isfinite(params).all()`` -- a non-finite gradient always
+    reaches the parameters through the update, and a non-finite activation reaches the loss.
+    After each passing check the parameters, optimizer state and step count are copied into
+    preallocated buffers ON THE DEVICE (a device-to-device copy: no host transfer, no
+    allocation, ~3 buffer-copies of the model per check). When a check fails, that snapshot is
+    restored and the steps since it are replayed with a check after every array (input batch,
+    parameters, each layer's forward activation, the loss and its gradient, each layer's
+    gradient, the update) to name the first one that went non-finite; then the snapshot is
+    restored again, so the model ends at its last finite state. Replaying is exact because the
+    batches and the state are the same; it costs nothing until something diverges.
+    """
+
+    def __init__(self, model, opt, every: int | None):
+        self.model, self.opt, self.every = model, opt, every
+        self.params = model.params.copy()
+        self.state = {k: v.copy() for k, v in opt.state.items()}
+        self.t, self.base_lr, self.schedule = opt.t, opt.base_lr, opt.schedule
+        self.step = 0  # the global step count at the snapshot
+        self.first_step = 0  # the first step of the epoch after the snapshot
+        self.where = "the start of training"
+
+    def finite(self, acc=None) -> bool:
+        """One device read: is the accumulated loss and every parameter finite?"""
+        xp = self.model.backend.xp
+        ok = xp.isfinite(self.model.params).all()
+        if acc is not None:
+            ok = ok & xp.isfinite(acc)
+        return bool(ok)
+
+    def snapshot(self, step: int, where: str) -> None:
+        xp = self.model.backend.xp
+        xp.copyto(self.params, self.model.params)
+        for k, buf in self.state.items():
+            xp.copyto(buf, self.opt.state[k])
+        self.t, self.base_lr, self.schedule = self.opt.t, self.opt.base_lr, self.opt.schedule
+        self.step, self.where = step, where
+
+    def restore(self, trainer) -> None:
+        xp = self.model.backend.xp
+        xp.copyto(self.model.params, self.params)
+        for k, buf in self.state.items():
+            xp.copyto(self.opt.state[k], buf)
+        self.opt.t, self.opt.base_lr, self.opt.schedule = self.t, self.base_lr, self.schedule
+        trainer.step = self.step
+
+
+def _nonfinite(xp, a) -> bool:
+    return not bool(xp.isfinite(a).all())
+
+
+def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows) -> tuple | None:
+    """Run one step checking every array; returns (layer, array, description) of the first
+    non-finite one, or None. ``rows``: the batch's sample indices in the training data.
+    """
+    from devnet.kernels import reference
+
+    be = model.backend
+    xp = be.xp
+    if _nonfinite(xp, xb):
+        bad = be.to_numpy(~xp.isfinite(xb).all(axis=1))
+        return ("input", "X", f"the input batch X (training rows {rows[bad][:5].tolist()})")
+    if yb.dtype.kind == "f" and _nonfinite(xp, yb):
+        return ("input", "y", "the target batch y")
+    for layer in model.layers:
+        for arr, nm in ((layer.W, "W"), (layer.b, "b")):
+            if _nonfinite(xp, arr):
+                return (layer.name, nm, f"parameter {layer.name}.{nm} (before the step)")
+    with np.errstate(all="ignore"):
+        A = xb
+        for layer in model.layers:  # the forward pass again, layer by layer (diagnosis only)
+            Z = A @ layer.W + layer.b
+            A = reference.act_fwd(layer.activation, Z, model.alpha)
+            if _nonfinite(xp, A):
+                return (layer.name, "A", f"forward activation of {layer.name} "
+                        f"({layer.activation}(X @ W + b) overflowed)")
+        pred = model.forward(xb)
+        if _nonfinite(xp, pred):
+            return (model.layers[-1].name, "A", f"forward output of {model.layers[-1].name}")
+        value = loss.forward_backward_(pred, yb, grad, wb, backend=be)
+        if _nonfinite(xp, xp.asarray(value)):
+            return ("loss", "value", f"the {loss.name} loss value")
+        if _nonfinite(xp, grad):
+            return ("loss", "grad", f"the {loss.name} loss gradient dL/dpred")
+        model.backward(grad, input_grad=False)
+        for layer in reversed(model.layers):  # backprop order: the last layer first
+            for arr, nm in ((layer.dW, "dW"), (layer.db, "db")):
+                if _nonfinite(xp, arr):
+                    return (layer.name, nm, f"gradient {layer.name}.{nm}")
+        lr = opt.lr
+        opt.step()
+    for layer in model.layers:
+        for arr, nm in ((layer.W, "W"), (layer.b, "b")):
+            if _nonfinite(xp, arr):
+                return (layer.name, nm, f"parameter {layer.name}.{nm} after the "
+                        f"{opt.name} update with lr={lr:g} (the step overflowed)")
+    for k, buf in opt.state.items():
+        if _nonfinite(xp, buf):
+            return ("optimizer", k, f"optimizer state {k!r}")
+    return None
+
+
+# --- fit ----------------------------------------------------------------------------------------
 
 def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size: int = 32,
         validation_data: tuple | None = None, validation_split: float | None = None,
         shuffle: bool = True, seed: int | None = 0, callbacks: Sequence[Callback] = (),
-        progress: bool = True, lr: float | None = None, sample_weight=None) -> History:
-    """Train ``model`` on (X, y); returns a History.
+        progress: bool = True, lr=None, schedule=None, sample_weight=None,
+        resume_from=None, checkpoint=None, checkpoint_every: int = 1, guard: bool = True,
+        guard_every: int | None = None, train_metrics: bool = True) -> History:
+    """Train ``model`` on (X, y); returns a History (one entry per epoch).
 
     Args:
-        X: (n, n_in) features; y: targets for ``loss`` (labels (n,) for cross_entropy).
+        X: (n, n_in) features; y: targets for ``loss`` (integer labels (n,) or probabilities
+            (n, k) for cross_entropy; (n, n_out) or (n,) floats otherwise).
         loss: a name from ``devnet.losses.LOSSES`` or a Loss.
-        optimizer: a name from ``devnet.optim.OPTIMIZERS`` or an Optimizer over the model.
-        lr: learning rate (or Schedule) for an optimizer given by name.
-        validation_data / validation_split: held-out data, or the last fraction of (X, y).
-        seed: seeds the shuffling.
+        optimizer: a name from ``devnet.optim.OPTIMIZERS`` or an Optimizer over
+            ``model.parameters()``.
+        epochs: the total number of epochs of the run; when resuming, training continues from
+            the checkpoint's epoch up to ``epochs``.
+        batch_size: samples per step; the last partial batch is used, not dropped.
+        validation_data: (X_val, y_val) or (X_val, y_val, w_val); or ``validation_split``: the
+            last fraction (0, 1) of (X, y), taken before shuffling.
+        seed: seeds the shuffling Generator (the model's init has its own seed).
+        lr: learning rate (float or Schedule) for an optimizer given by name.
+        schedule: a Schedule, a config dict, or a name from ``SCHEDULES`` built from lr and the
+            run's total step count; stepped per optimizer step.
+        sample_weight: (n,) non-negative weights.
+        resume_from: a checkpoint path written by ``checkpoint=`` / ``ModelCheckpoint``:
+            restores parameters, optimizer state and step, schedule, shuffle RNG, epoch and
+            History, so the run continues bit-identically (CPU). lr / schedule are then ignored.
+        checkpoint: path to save a resumable checkpoint every ``checkpoint_every`` epochs
+            (atomically) and after the last epoch.
+        guard: stop with DivergenceError at the first non-finite loss, activation, gradient or
+            parameter, leaving the model at its last finite state; checks every
+            ``guard_every`` steps (default: once per epoch) -- see ``_Guard``.
+        train_metrics: also compute the task metric on the training data at each epoch end
+            (one extra forward pass over it).
+        progress: a tqdm bar per epoch (samples/s, loss) when stderr is a terminal.
     """
+    check_model(model)
     loss = losses_mod.get(loss)
-    opt_kwargs = {} if lr is None else {"lr": lr}
-    opt = optim_mod.get(optimizer, model, **opt_kwargs)
-    be, dtype = model.backend, model.dtype
-    X = np.ascontiguousarray(X, dtype=dtype) if not be.is_array(X) else be.asarray(X, dtype)
-    y = np.asarray(y) if not be.is_array(y) else y
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
+    checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
+    guard_every = None if guard_every is None else positive_int("guard_every", guard_every)
+    if lr is not None and not isinstance(lr, sched_mod.Schedule):
+        lr = positive_number("lr", lr)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    callbacks = _check_callbacks(callbacks)
+
+    X = check_X(model, X)
+    y = check_y(model, loss, y, len(X))
+    sw = check_sample_weight(model, sample_weight, len(X))
+    val = None
     if validation_split is not None:
         if validation_data is not None:
             raise ConfigError("give validation_data or validation_split, not both")
-        n_val = int(round(len(X) * validation_split))
-        X, validation_data = X[:-n_val], (X[-n_val:], y[-n_val:])
-        y = y[:-n_val]
-    if loss.classification and y.dtype.kind == "f" and y.ndim == 2:
-        y = y.astype(dtype)
-    elif not loss.classification:
-        y = y.astype(dtype)
+        frac = fraction("validation_split", validation_split)
+        n_val = int(round(len(X) * frac))
+        if not 1 <= n_val < len(X):
+            raise DataError(f"validation_split={frac} of {len(X)} samples leaves {n_val} for "
+                            f"validation and {len(X) - n_val} for training; both need >= 1")
+        val = (X[-n_val:], y[-n_val:], None if sw is None else sw[-n_val:])
+        X, y, sw = X[:-n_val], y[:-n_val], None if sw is None else sw[:-n_val]
+    elif validation_data is not None:
+        val = check_validation_data(model, loss, validation_data)
 
+    n = len(X)
+    steps_per_epoch = math.ceil(n / batch_size)
+    opt = _optimizer(optimizer, model, lr, schedule, epochs * steps_per_epoch)
     history = History()
-    history.params = {"epochs": epochs, "batch_size": batch_size, "n_samples": len(X)}
-    trainer = Trainer(model, loss, opt, history)
+    trainer = Trainer(model, loss, opt, history, epochs, batch_size, seed, bool(shuffle), n)
+    if resume_from is not None:
+        opt = _resume(trainer, optimizer, resume_from)
+        history = trainer.history
+    history.params = {"epochs": epochs, "batch_size": batch_size, "n_samples": n,
+                      "steps_per_epoch": steps_per_epoch}
+    if checkpoint is not None:
+        from devnet.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(checkpoint, every=checkpoint_every))
     for cb in callbacks:
         cb.trainer = trainer
-        cb.on_train_begin({})
-
-    rng = np.random.default_rng(seed)
-    n = len(X)
-    grad_bufs: dict[int, object] = {}
-    show = progress and sys.stderr.isatty()
-    for epoch in range(epochs):
-        trainer.epoch = epoch
+    try:
         for cb in callbacks:
-            cb.on_epoch_begin(epoch, {})
-        t0 = time.perf_counter()
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        total = 0.0
-        lr_epoch = opt.lr
-        bar = _progress_bar(n, epoch, epochs) if show else None
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb = be.asarray(X[idx])
-            yb = be.asarray(y[idx])
-            nb = xb.shape[0]
-            grad = grad_bufs.get(nb)
-            if grad is None:
-                grad = grad_bufs[nb] = be.empty((nb, model.n_out), dtype)
-            pred = model.forward(xb)
-            value = loss.forward_backward_(pred, yb, grad, backend=be)
-            model.backward(grad, input_grad=False)
-            opt.step()
-            total = total + value * nb
-            trainer.step += 1
-            if bar is not None:
-                bar.update(nb)
-            for cb in callbacks:
-                cb.on_batch_end(trainer.step, {"size": nb})
-        be.synchronize()
-        logs = {"loss": float(total) / n}
-        if bar is not None:
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            bar.close()
-        if validation_data is not None:
-            val = evaluate(model, *validation_data, loss=loss)
-            logs.update({f"val_{k}": v for k, v in val.items()})
-        logs["lr"] = lr_epoch
-        logs["time"] = time.perf_counter() - t0
-        history.append(epoch, logs)
+            cb.on_train_begin({})
+        _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
+              progress, train_metrics)
+    except BaseException as exc:
         for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if trainer.stop_training:
-            break
+            cb.on_train_abort(exc)
+        raise
     for cb in callbacks:
         cb.on_train_end({})
     return history
 
 
+def _check_callbacks(callbacks) -> list:
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    try:
+        callbacks = list(callbacks or ())
+    except TypeError:
+        raise ConfigError(f"callbacks must be a list of devnet Callbacks, got "
+                          f"{type(callbacks).__name__}") from None
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks must be devnet.Callback instances, got "
+                              f"{type(cb).__name__} (a class? instantiate it)")
+    return callbacks
+
+
+def _resume(trainer, optimizer, path):
+    from devnet import io
+
+    name = str(path)
+    model = trainer.model
+    ck = io.load_checkpoint(path, backend=model.backend)
+    io.check_architecture(ck.meta["model"], model, name)
+    if ck.optimizer is None:
+        raise CheckpointError(f"checkpoint {name!r} has no optimizer state; resuming needs a "
+                              "checkpoint written by fit(checkpoint=...) or ModelCheckpoint")
+    want = optimizer.name if isinstance(optimizer, optim_mod.Optimizer) else optimizer
+    if ck.optimizer.name != want:
+        raise CheckpointError(f"checkpoint {name!r} was trained with optimizer "
+                              f"{ck.optimizer.name!r}, but fit got optimizer {want!r}")
+    saved_loss = ck.train_state.get("loss", {}).get("name")
+    if saved_loss is not None and saved_loss != trainer.loss.name:
+        raise CheckpointError(f"checkpoint {name!r} was trained with loss {saved_loss!r}, but "
+                              f"fit got loss {trainer.loss.name!r}")
+    trainer.restore(ck.train_state, name)
+    model.params[...] = ck.model.params
+    state = ck.optimizer.state_dict()
+    if isinstance(optimizer, optim_mod.Optimizer):
+        opt = optimizer
+        opt.load_state_dict(state)
+        opt.schedule, opt.base_lr = ck.optimizer.schedule, ck.optimizer.base_lr
+    else:
+        opt = optim_mod.from_state_dict(model.parameters(), state)
+    trainer.optimizer = opt
+    trainer.history = ck.history or History()
+    return opt
+
+
+def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every, progress,
+          train_metrics):
+    model, loss, opt, history = trainer.model, trainer.loss, trainer.optimizer, trainer.history
+    be = model.backend
+    n, bs = len(X), trainer.batch_size
+    m = min(bs, n)
+    # host staging buffers: each batch is gathered into them, then copied to the device once
+    xbuf = np.empty((m, X.shape[1]), X.dtype)
+    ybuf = np.empty((m, *y.shape[1:]), y.dtype)
+    wbuf = None if sw is None else np.empty(m, sw.dtype)
+    grads = {}
+    acc_full = be.zeros((), np.float64)  # sum of full-batch mean losses, on the device
+    show = bool(progress) and sys.stderr.isatty()
+    g = _Guard(model, opt, guard_every) if guard else None
+    val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
+
+    def batch(order, s):
+        idx = order[s * bs:(s + 1) * bs]
+        nb = len(idx)
+        np.take(X, idx, axis=0, out=xbuf[:nb])
+        np.take(y, idx, axis=0, out=ybuf[:nb])
+        wb = None
+        if wbuf is not None:
+            np.take(sw, idx, axis=0, out=wbuf[:nb])
+            wb = be.asarray(wbuf[:nb])
+        grad = grads.get(nb)
+        if grad is None:
+            grad = grads[nb] = be.empty((nb, model.n_out), model.dtype)
+        return idx, be.asarray(xbuf[:nb]), be.asarray(ybuf[:nb]), wb, grad
+
+    for epoch in range(trainer.epochs_done, trainer.epochs):
+        trainer.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        t0 = time.perf_counter()
+        order = trainer.rng.permutation(n) if trainer.shuffle else np.arange(n)
+        if g is not None:
+            if not g.finite():  # changed between epochs (by a callback or the caller)
+                _diverged(trainer, g, epoch, 0, -1, order, batch)
+            g.snapshot(trainer.step, f"the start of epoch {epoch}")
+            g.first_step = 0
+        lr_epoch = opt.lr
+        acc_full[...] = 0
+        last = None
+        bar = _progress_bar(n, epoch, trainer.epochs) if show else None
+        for s in range(steps_per_epoch):
+            _, xb, yb, wb, grad = batch(order, s)
+            pred = model.forward(xb)
+            value = loss.forward_backward_(pred, yb, grad, wb, backend=be)
+            model.backward(grad, input_grad=False)
+            opt.step()
+            if xb.shape[0] == bs:
+                acc_full += value
+            else:
+                last = value
+            trainer.step += 1
+            if bar is not None:
+                bar.update(xb.shape[0])
+            for cb in callbacks:
+                cb.on_batch_end(trainer.step, {"size": xb.shape[0]})
+            if g is not None and g.every and (s + 1) % g.every == 0 and s + 1 < steps_per_epoch:
+                if not g.finite(acc_full):
+                    _diverged(trainer, g, epoch, g.first_step, s, order, batch)
+                g.snapshot(trainer.step, f"epoch {epoch}, step {s}")
+                g.first_step = s + 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(acc_full) / (s + 1):.4f}")
+        if g is not None and not g.finite(acc_full):
+            _diverged(trainer, g, epoch, g.first_step, steps_per_epoch - 1, order, batch)
+        full = n // bs
+        total = float(acc_full) * bs + (0.0 if last is None else float(last) * (n - full * bs))
+        logs = {"loss": total / n}
+        if bar is not None:
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            bar.close()
+        if train_metrics:
+            logs.update({k: v for k, v in _evaluate(model, loss, X, y, sw, 4096).items()
+                         if k != "loss"})
+        if val_y is not None:
+            res = _evaluate(model, loss, val[0], val_y[1], val[2], 4096)
+            logs.update({f"val_{k}": v for k, v in res.items()})
+        logs["lr"] = lr_epoch
+        logs["time"] = time.perf_counter() - t0
+        history.append(epoch, logs)
+        trainer.epochs_done = epoch + 1
+        if g is not None:
+            g.snapshot(trainer.step, f"the end of epoch {epoch}")
+            g.first_step = 0
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if trainer.stop_training:
+            break
+
+
+def _scan_params(model, when: str):
+    """(layer, array, description) of the first non-finite parameter, or None."""
+    xp = model.backend.xp
+    for layer in model.layers:
+        for arr, nm in ((layer.W, "W"), (layer.b, "b")):
+            if _nonfinite(xp, arr):
+                return (layer.name, nm, f"parameter {layer.name}.{nm}, {when}")
+    return None
+
+
+def _diverged(trainer, g, epoch, first, last, order, batch):
+    """Rewind to the guard's snapshot, find the first non-finite array, raise DivergenceError.
+
+    ``first..last``: the steps of this epoch since the snapshot (``last < first``: none; the
+    parameters went bad outside any step).
+    """
+    model, loss, opt = trainer.model, trainer.loss, trainer.optimizer
+    found, step = None, first
+    if last < first:
+        found = _scan_params(model, "changed outside the training step (by a callback or the "
+                                    "caller) before the epoch's first step")
+        g.restore(trainer)
+    else:
+        g.restore(trainer)
+        for step in range(first, last + 1):
+            idx, xb, yb, wb, grad = batch(order, step)
+            found = _diagnose_step(model, loss, opt, xb, yb, wb, grad, idx)
+            if found is not None:
+                break
+        g.restore(trainer)
+    if found is None:
+        layer = array = None
+        where = ("an array that could not be located: the failure did not reproduce when "
+                 "replaying from the last finite state (were the parameters or data changed "
+                 "outside the step, e.g. by a callback?)")
+    else:
+        layer, array, where = found
+    err = DivergenceError(
+        f"training diverged in epoch {epoch}, step {step} of the epoch (global step "
+        f"{g.step + step - first + 1}): first non-finite value in {where}. The model and "
+        f"optimizer were restored to their last finite state ({g.where}). Try a lower "
+        "learning rate or clip_norm, or check the data.")
+    err.epoch, err.step, err.layer, err.array = epoch, step, layer, array
+    raise err
+
+
 def _progress_bar(n: int, epoch: int, epochs: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", leave=False)
+    return tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", unit_scale=True,
+                leave=True, file=sys.stderr)

@@ -25,7 +25,7 @@ from devnet.errors import lookup
 # Element count from which a kernel runs as a Numba parallel region. Measured on this 2-core
 # KVM Xeon (numba 0.68, workqueue layer, OpenBLAS 0.3.31 pthreads x2): see _measure notes in
 # the module's closing comment.
-PARALLEL_MIN = 1 << 20
+PARALLEL_MIN = 1 << 62
 
 
 def set_parallel_min(n: int) -> None:
@@ -50,7 +50,8 @@ def _build(template, tag, **funcs):
     for parallel in (False, True):
         fn = FunctionType(template.__code__, ns, template.__name__)
         fn.__qualname__ = f"{tag}_{'par' if parallel else 'ser'}_{scalar.SOURCE_TAG}"
-        kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy")(fn))
+        kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy",
+                            fastmath={"reassoc", "contract", "nsz", "arcp"})(fn))
     return tuple(kernels)
 
 

@@ -39,7 +39,7 @@ _GELU_K = 0.044715
 
 def exp(x):
     """``e**x`` to about 1 ulp in float64; clamps to [-708, 709] (no inf, no subnormals)."""
-    x = min(max(x, -708.0), 709.0)
+    x = min(max(x + 0.0, -708.0), 709.0)  # + 0.0: float64 even for float32 x (vectorises)
     k = math.floor(x * _LOG2E + 0.5)
     r = x - k * _LN2_HI - k * _LN2_LO  # |r| <= ln2 / 2: Taylor to r**12 is below 1 ulp
     p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
@@ -79,7 +79,7 @@ def sigmoid_of(z):
 
 def tanh_of(z):
     """``tanh(z)``; an odd Taylor polynomial near 0, where ``(1 - t) / (1 + t)`` cancels."""
-    x = abs(z)
+    x = abs(z + 0.0)
     x2 = x * x
     small = x * (1.0 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315 + x2 * (
         62 / 2835 + x2 * (-1382 / 155925 + x2 * (21844 / 6081075)))))))

@@ -1,0 +1,335 @@
+"""Training-step suite: devnet vs PyTorch eager vs scikit-learn, and devnet's GEMM floor.
+
+One step = forward, fused loss + gradient, backward (no input gradient), Adam. The GEMM floor
+is the same step's matrix products alone (forward, dW and dX, the layouts the MLP uses) through
+``backend.matmul`` in the same run: what the step would cost if every elementwise kernel and all
+Python glue were free. PyTorch runs the same architecture, loss, Adam and dtype with
+``torch.set_num_threads`` set to devnet's BLAS thread count; scikit-learn's MLPClassifier is
+timed per epoch (``partial_fit``) against a ``devnet.fit`` epoch over the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+import devnet as dn
+
+from .env import optional
+from .timing import (
+    Rotation,
+    Settings,
+    TorchEventClock,
+    HostClock,
+    clock_for,
+    is_gpu,
+    measure,
+    n_rotations,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """An architecture and batch size; ``gpu_only`` ones are skipped on the CPU."""
+
+    name: str
+    sizes: tuple[int, ...]
+    batch: int
+    gpu_only: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{'-'.join(map(str, self.sizes))} b{self.batch}"
+
+
+CONFIGS = {
+    "tiny": Config("tiny", (2, 8, 1), 4),
+    "S": Config("S", (64, 128, 128, 10), 64),
+    "M1": Config("M1", (784, 256, 256, 10), 128),
+    "M": Config("M", (784, 1024, 1024, 10), 256),
+    "L": Config("L", (784, 4096, 4096, 4096, 10), 8192, gpu_only=True),
+}
+QUICK_CONFIGS = {
+    "tiny": Config("tiny", (2, 8, 1), 4),
+    "S": Config("S", (16, 32, 10), 8),
+}
+
+
+def parse_config(spec: str) -> Config:
+    """A named config (``CONFIGS``) or ``"784-256-10:b128"`` / ``"784-256-10"`` (b64)."""
+    if spec in CONFIGS:
+        return CONFIGS[spec]
+    arch, _, batch = spec.partition(":")
+    try:
+        sizes = tuple(int(s) for s in arch.split("-"))
+        b = int(batch.lstrip("b")) if batch else 64
+    except ValueError:
+        raise SystemExit(f"bad size {spec!r}: give one of {', '.join(CONFIGS)} or "
+                         "'784-256-10:b128'") from None
+    if len(sizes) < 2:
+        raise SystemExit(f"bad size {spec!r}: at least an input and an output width")
+    return Config(spec, sizes, b)
+
+
+def loss_name(sizes) -> str:
+    """cross_entropy over >= 2 classes; one output is a binary (sigmoid) classifier."""
+    return "cross_entropy" if sizes[-1] > 1 else "binary_cross_entropy"
+
+
+def step_flops(sizes, batch: int) -> float:
+    """Matrix-product FLOPs of one step: forward, dW, and dX for every layer but the first."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    total = sum(2 * batch * a * b for a, b in pairs) * 2
+    return float(total + sum(2 * batch * a * b for a, b in pairs[1:]))
+
+
+def _data(rng, sizes, n, dtype=np.float32):
+    X = rng.standard_normal((n, sizes[0]), dtype=np.float32).astype(dtype)
+    if sizes[-1] > 1:
+        y = rng.integers(0, sizes[-1], n).astype(np.int64)
+    else:
+        y = rng.integers(0, 2, (n, 1)).astype(dtype)
+    return X, y
+
+
+# --- devnet -------------------------------------------------------------------------------------
+
+def devnet_step(backend, sizes, batch: int, seed: int = 0, dtype="float32"):
+    """A closure running one devnet training step (rotating batches on a GPU)."""
+    model = dn.MLP(list(sizes), backend=backend, seed=seed, dtype=dtype)
+    loss = dn.losses.get(loss_name(sizes))
+    opt = dn.optim.Adam(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(seed)
+    k = n_rotations(batch * sizes[0] * 4, is_gpu(backend))
+    batches = []
+    for _ in range(k):
+        X, y = _data(rng, sizes, batch, dtype)
+        batches.append((backend.asarray(X), backend.asarray(y)))
+    rot = Rotation(batches)
+    grad = backend.empty((batch, sizes[-1]), model.dtype)
+
+    def step():
+        X, y = rot.next()
+        pred = model.forward(X)
+        loss.forward_backward_(pred, y, grad, None, backend)
+        model.backward(grad, input_grad=False)
+        opt.step()
+
+    return step
+
+
+def gemm_floor(backend, sizes, batch: int, seed: int = 0, dtype="float32"):
+    """A closure running the matrix products of one step only, as the MLP lays them out."""
+    xp = backend.xp
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return backend.asarray(rng.standard_normal(shape, dtype=np.float32).astype(dtype))
+
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    W = [rand(a, b) for a, b in pairs]
+    dW = [xp.empty_like(w) for w in W]
+    A = [backend.empty((batch, b), dtype) for _, b in pairs]
+    G = [rand(batch, b) for _, b in pairs]
+    k = n_rotations(batch * sizes[0] * 4, is_gpu(backend))
+    rot = Rotation([rand(batch, sizes[0]) for _ in range(k)])
+    mm = backend.matmul
+
+    def floor():
+        X = rot.next()
+        prev = X
+        for w, a in zip(W, A):
+            mm(prev, w, out=a)
+            prev = a
+        for i in range(len(W) - 1, -1, -1):
+            mm((X if i == 0 else A[i - 1]).T, G[i], out=dW[i])
+            if i > 0:
+                mm(G[i], W[i].T, out=G[i - 1])
+
+    return floor
+
+
+def devnet_epoch(backend, sizes, batch, X, y, epochs: int, seed: int = 0) -> list[float]:
+    """Per-epoch seconds of ``devnet.fit`` (Adam) over (X, y); the first epoch is warm-up."""
+    model = dn.MLP(list(sizes), backend=backend, seed=seed)
+    hist = dn.fit(model, X, y, loss=loss_name(sizes), optimizer="adam", epochs=epochs,
+                  batch_size=batch, seed=seed, progress=False, lr=1e-4)
+    return hist.history["time"]
+
+
+# --- PyTorch ------------------------------------------------------------------------------------
+
+def torch_device(backend):
+    """PyTorch's device for the peer run: the same CUDA device, else the CPU."""
+    return backend.device if is_gpu(backend) else "cpu"
+
+
+def torch_clock(torch, device):
+    return TorchEventClock(torch) if str(device).startswith("cuda") else HostClock()
+
+
+def _torch_mlp(torch, sizes, device):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).to(device=device, dtype=torch.float32)
+
+
+def torch_step(torch, sizes, batch: int, device="cpu", seed: int = 0):
+    """A closure running one PyTorch eager training step (same model, loss, Adam)."""
+    torch.manual_seed(seed)
+    model = _torch_mlp(torch, sizes, device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    crit = (torch.nn.CrossEntropyLoss() if sizes[-1] > 1 else torch.nn.BCEWithLogitsLoss())
+    rng = np.random.default_rng(seed)
+    k = n_rotations(batch * sizes[0] * 4, str(device).startswith("cuda"))
+    batches = []
+    for _ in range(k):
+        X, y = _data(rng, sizes, batch)
+        batches.append((torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)))
+    rot = Rotation(batches)
+
+    def step():
+        X, y = rot.next()
+        opt.zero_grad(set_to_none=True)
+        crit(model(X), y).backward()
+        opt.step()
+
+    return step
+
+
+def torch_floor(torch, sizes, batch: int, device="cpu", seed: int = 0):
+    """PyTorch's matrix products of one step alone (its own GEMM floor, for reference)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    X = rand(batch, sizes[0])
+    W = [rand(a, b) for a, b in pairs]
+    dW = [torch.empty_like(w) for w in W]
+    A = [torch.empty(batch, b, device=device) for _, b in pairs]
+    G = [rand(batch, b) for _, b in pairs]
+
+    def floor():
+        prev = X
+        for w, a in zip(W, A):
+            torch.matmul(prev, w, out=a)
+            prev = a
+        for i in range(len(W) - 1, -1, -1):
+            torch.matmul((X if i == 0 else A[i - 1]).T, G[i], out=dW[i])
+            if i > 0:
+                torch.matmul(G[i], W[i].T, out=G[i - 1])
+
+    return floor
+
+
+# --- scikit-learn -------------------------------------------------------------------------------
+
+def sklearn_epochs(sklearn, sizes, batch, X, y, epochs: int, seed: int = 0) -> list[float]:
+    """Per-epoch seconds of MLPClassifier(solver="adam").partial_fit over (X, y)."""
+    import time
+
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu", solver="adam",
+                        alpha=0.0, batch_size=batch, learning_rate_init=1e-4, shuffle=True,
+                        random_state=seed)
+    labels = y.ravel().astype(np.int64)
+    classes = np.arange(max(2, sizes[-1]))
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            t0 = time.perf_counter()
+            clf.partial_fit(X, labels, classes=classes)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- the suite ----------------------------------------------------------------------------------
+
+def run(backend, configs, settings: Settings, torch=None, sklearn=None, sklearn_samples=None,
+        epochs: int = 3, seed: int = 0, log=print) -> list[dict]:
+    """One row per config: devnet step, GEMM floor, PyTorch step, scikit-learn epoch."""
+    clock = clock_for(backend)
+    gpu = is_gpu(backend)
+    tdev = torch_device(backend)
+    rows = []
+    for cfg in configs:
+        if cfg.gpu_only and not gpu:
+            log(f"  step {cfg.name}: skipped (GPU only)")
+            continue
+        row = {"config": cfg.name, "sizes": list(cfg.sizes), "batch": cfg.batch,
+               "loss": loss_name(cfg.sizes), "gflop": step_flops(cfg.sizes, cfg.batch) / 1e9}
+        t = measure(devnet_step(backend, cfg.sizes, cfg.batch, seed), clock, settings)
+        row.update(devnet_s=t.median, devnet_min_s=t.min, repeats=t.repeats,
+                   samples_per_s=cfg.batch / t.median)
+        f = measure(gemm_floor(backend, cfg.sizes, cfg.batch, seed), clock, settings)
+        row.update(floor_s=f.median, devnet_over_floor=t.median / f.median,
+                   floor_gflops=row["gflop"] / f.median)
+        if torch is not None:
+            tt = measure(torch_step(torch, cfg.sizes, cfg.batch, tdev, seed),
+                         torch_clock(torch, tdev), settings)
+            tf = measure(torch_floor(torch, cfg.sizes, cfg.batch, tdev, seed),
+                         torch_clock(torch, tdev), settings)
+            row.update(torch_s=tt.median, torch_samples_per_s=cfg.batch / tt.median,
+                       devnet_over_torch=t.median / tt.median, torch_floor_s=tf.median)
+        if sklearn is not None and not gpu:
+            n = sklearn_samples or max(1024, 32 * cfg.batch)
+            row.update(epoch_compare(backend, cfg.sizes, cfg.batch, n, epochs, sklearn, seed))
+        rows.append(row)
+        log("  step " + _summary(row))
+    return rows
+
+
+def epoch_compare(backend, sizes, batch, n_samples, epochs, sklearn, seed=0) -> dict:
+    """devnet.fit epoch vs MLPClassifier epoch on the same random (X, y); medians after one."""
+    rng = np.random.default_rng(seed)
+    X, y = _data(rng, sizes, n_samples)
+    dv = devnet_epoch(backend, sizes, batch, X, y, epochs, seed)
+    sk = sklearn_epochs(sklearn, sizes, batch, X, y, epochs, seed)
+    d, s = float(np.median(dv[1:] or dv)), float(np.median(sk[1:] or sk))
+    return {"epoch_samples": n_samples, "devnet_epoch_s": d, "sklearn_epoch_s": s,
+            "devnet_over_sklearn": d / s}
+
+
+def sklearn_target(backend, sklearn, n_samples=60000, sizes=(784, 256, 256, 10), batch=128,
+                   epochs: int = 3, seed: int = 0, log=print) -> dict:
+    """The issue's row: 60000x784, hidden (256, 256), batch 128, Adam, per epoch."""
+    row = {"config": "sklearn-target", "sizes": list(sizes), "batch": batch}
+    row.update(epoch_compare(backend, sizes, batch, n_samples, epochs, sklearn, seed))
+    log(f"  sklearn {n_samples}x{sizes[0]} {sizes[1:-1]} b{batch}: devnet "
+        f"{row['devnet_epoch_s']:.3f} s/epoch, sklearn {row['sklearn_epoch_s']:.3f} s/epoch, "
+        f"ratio {row['devnet_over_sklearn']:.3f}")
+    return row
+
+
+def _summary(row: dict) -> str:
+    s = (f"{row['config']:<5} {'-'.join(map(str, row['sizes']))} b{row['batch']}: devnet "
+         f"{_ms(row['devnet_s'])}, floor {_ms(row['floor_s'])} "
+         f"(x{row['devnet_over_floor']:.2f})")
+    if "torch_s" in row:
+        s += f", torch {_ms(row['torch_s'])} (devnet/torch {row['devnet_over_torch']:.3f})"
+    if "sklearn_epoch_s" in row:
+        s += f", epoch devnet/sklearn {row['devnet_over_sklearn']:.3f}"
+    return s
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f} ms" if math.isfinite(s) else "-"
+
+
+def optional_peers(no_torch: bool, no_sklearn: bool, threads: int):
+    """(torch, sklearn) modules or None; PyTorch set to ``threads`` intra-op threads."""
+    torch = None if no_torch else optional("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    sklearn = None if no_sklearn else optional("sklearn")
+    return torch, sklearn

@@ -1,0 +1,209 @@
+"""Callbacks for ``fit``: early stopping, checkpoints, learning-rate changes, CSV logs.
+
+Each callback gets ``self.trainer`` (the running ``devnet.train.Trainer``: model, optimizer,
+history, epoch, step, ``stop_training``) before ``on_train_begin``. Epoch numbers are 0-based.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from devnet.errors import ConfigError
+from devnet.train import Callback
+from devnet.validation import positive_int
+
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+
+_MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
+
+
+def _mode(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        return "max" if monitor.removeprefix("val_") in _MAX_METRICS else "min"
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _monitored(logs: dict, monitor: str, who: str) -> float:
+    if monitor not in logs:
+        hint = " (pass validation_data or validation_split to fit)" if monitor.startswith(
+            "val_") else ""
+        raise ConfigError(f"{who} monitors {monitor!r} but the epoch logs have only "
+                          f"{', '.join(sorted(logs))}{hint}")
+    return float(logs[monitor])
+
+
+class _Improvement:
+    """Tracks the best value of a monitored quantity."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float):
+        self.monitor = monitor
+        self.mode = _mode(monitor, mode)
+        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
+                and min_delta >= 0):
+            raise ConfigError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        self.min_delta = float(min_delta)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best=True`` (the default) the model ends with the weights of its best epoch
+    (kept as a device copy of the flat parameter buffer, one copy per improvement).
+    ``mode``: "auto" (max for accuracy / r2, min otherwise), "min" or "max".
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best: bool = True, mode: str = "auto"):
+        self.tracker = _Improvement(monitor, mode, min_delta)
+        self.monitor = monitor
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
+        self.patience = patience
+        self.restore_best = restore_best
+        self.wait = 0
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self._best_params = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        self.wait = 0
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        value = _monitored(logs, self.monitor, "EarlyStopping")
+        if self.tracker.improved(value):
+            self.tracker.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                params = self.trainer.model.params
+                if self._best_params is None or self._best_params.shape != params.shape:
+                    self._best_params = params.copy()
+                else:
+                    self._best_params[...] = params
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs: dict) -> None:
+        if self.restore_best and self._best_params is not None:
+            self.trainer.model.params[...] = self._best_params
+
+    @property
+    def best(self) -> float:
+        return self.tracker.best
+
+
+class ModelCheckpoint(Callback):
+    """Save a resumable checkpoint (model, optimizer, History, RNG) at the end of epochs.
+
+    Args:
+        path: file path; may contain ``{epoch}`` (1-based) and any log key, e.g.
+            ``"ckpt-{epoch:03d}-{val_loss:.3f}.safetensors"``.
+        every: save every this many epochs (and always after the last epoch).
+        save_best_only: save only when ``monitor`` improves.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int = 1, save_best_only: bool = False,
+                 monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
+        self.path = str(path)
+        self.every = positive_int("every", every)
+        self.save_best_only = save_best_only
+        self.monitor = monitor
+        self.tracker = _Improvement(monitor, mode, min_delta) if save_best_only else None
+        self.saved: list[str] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        from devnet import io
+
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            if not self.tracker.improved(value):
+                return
+            self.tracker.best = value
+        else:
+            last = epoch + 1 >= self.trainer.epochs
+            if (epoch + 1) % self.every and not last:
+                return
+        try:
+            path = self.path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"ModelCheckpoint path {self.path!r} cannot be formatted with "
+                              f"epoch and the logs ({', '.join(sorted(logs))}): {exc}") from None
+        t = self.trainer
+        io.save(t.model, path, optimizer=t.optimizer, history=t.history,
+                train_state=t.resume_state())
+        self.saved.append(path)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at each epoch start to ``fn(epoch, lr) -> new_lr``.
+
+    Replaces the optimizer's schedule, if any, by the constant rate ``fn`` returns.
+    """
+
+    def __init__(self, fn: Callable[[int, float], float]):
+        if not callable(fn):
+            raise ConfigError(f"LearningRateScheduler needs a function fn(epoch, lr) -> lr, "
+                              f"got {type(fn).__name__}")
+        self.fn = fn
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        opt = self.trainer.optimizer
+        lr = self.fn(epoch, opt.lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
+                or lr <= 0:
+            raise ConfigError(f"LearningRateScheduler function returned lr={lr!r} at epoch "
+                              f"{epoch}; expected a finite number > 0")
+        opt.schedule = None
+        opt.base_lr = float(lr)
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (epoch, then every log key) to a CSV file, flushed each epoch.
+
+    ``append=False`` starts a new file (header first); ``append=True`` continues an existing
+    one (e.g. when resuming) and writes the header only if the file is empty.
+    """
+
+    def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ","):
+        self.path = Path(path)
+        self.append = append
+        self.separator = separator
+        self._file = None
+        self._writer = None
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
+        self._file = open(self.path, "a" if self.append else "w", newline="")
+        self._keys = None
+        if has_rows:
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.separator), None)
+            self._keys = header[1:] if header else None
+        self._writer = csv.writer(self._file, delimiter=self.separator)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if self._keys is None:
+            self._keys = list(logs)
+            self._writer.writerow(["epoch", *self._keys])
+        self._writer.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
+        self._file.flush()
+
+    def on_train_end(self, logs: dict) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,386 @@
+"""Per-layer, per-op breakdown of one training step, against ceilings measured on the spot.
+
+``profile(model, X, y)`` runs the model's OWN step (``model.forward``, the loss's
+``forward_backward_``, ``model.backward(input_grad=False)``, ``opt.step()``) with the backend
+swapped for a thin proxy that times every ``matmul`` and kernel call it forwards, so the ops
+timed are exactly the ops the MLP runs. Each op is attributed to its layer from the arrays it
+is handed (``W``, ``b``, ``dW``, ``db`` are views owned by one layer).
+
+Each op's time is the median over ``repeats`` instrumented steps (device synchronised around
+every op; CUDA events on a GPU); the step time is the median of uninstrumented steps, and the
+difference between the step and the sum of its ops is reported as ``python/glue``. Ceilings:
+the bandwidth of a plain copy and the GFLOP/s of a large square GEMM, measured in the same call.
+
+    report = dn.profile(model, X, y, loss="cross_entropy")
+    print(report); report.to_dict()
+
+``python -m devnet.profile --sizes 784-1024-1024-10 --batch-size 256`` (also ``devnet profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from devnet import losses as losses_mod
+from devnet import optim as optim_mod
+from devnet.backend import get_backend
+
+__all__ = ["profile", "ProfileReport", "OpRecord", "measure_ceilings", "main"]
+
+
+# --- clocks -------------------------------------------------------------------------------------
+
+def _events(backend):
+    """CuPy's CUDA Event class when the backend's arrays live on a GPU, else None."""
+    return getattr(getattr(backend.xp, "cuda", None), "Event", None)
+
+
+class _Clock:
+    """Times one region: CUDA events on a GPU, perf_counter after synchronize on the CPU."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.Event = _events(backend)
+
+    def start(self):
+        self.backend.synchronize()
+        if self.Event is None:
+            return time.perf_counter()
+        ev = self.Event()
+        ev.record()
+        return ev
+
+    def stop(self, token) -> float:
+        if self.Event is None:
+            self.backend.synchronize()
+            return time.perf_counter() - token
+        end = self.Event()
+        end.record()
+        end.synchronize()
+        return self.backend.xp.cuda.get_elapsed_time(token, end) / 1e3
+
+
+# --- byte and flop models -----------------------------------------------------------------------
+
+def _nb(*arrays) -> int:
+    return sum(int(a.nbytes) for a in arrays if hasattr(a, "nbytes"))
+
+
+def _kernel_bytes(name: str, args: tuple) -> int:
+    """Minimal bytes a kernel moves: each operand read once, outputs written (in place: both)."""
+    if name == "bias_act_fwd":
+        _, A, b, Z = (args + (None,))[:4]
+        return 2 * _nb(A) + _nb(b, Z)
+    if name == "act_bwd":
+        _, G, A, Z, dZ, db = args[:6]
+        return _nb(G, A, dZ, db) + (_nb(Z) if Z is not None and Z is not A else 0)
+    if name.endswith("_step"):  # p, g, state...: everything but g is read and written
+        arrays = [a for a in args if hasattr(a, "nbytes")]
+        return 2 * _nb(*arrays) - _nb(arrays[1])
+    return _nb(*args[:4])  # losses: pred, target, grad, weight
+
+
+# --- the proxy backend --------------------------------------------------------------------------
+
+@dataclass
+class OpRecord:
+    """One op of the step: where it sits, what it costs and how close to the ceilings."""
+
+    layer: str
+    op: str
+    time_s: float
+    share: float = 0.0
+    bytes: int = 0
+    flops: float = 0.0
+    gbs: float = 0.0
+    gflops: float = 0.0
+    pct_bandwidth: float = 0.0
+    pct_gemm: float = 0.0
+    calls: int = 1
+
+
+class _Recorder:
+    """Collects (layer, op, seconds, bytes, flops) for every forwarded call of one step."""
+
+    def __init__(self, backend, model, optimizer):
+        self.clock = _Clock(backend)
+        self.events: list[tuple[str, str, float, int, float]] = []
+        self.layer_of_W = {id(layer.W): i for i, layer in enumerate(model.layers)}
+        self.layer_of_b = {id(layer.b): i for i, layer in enumerate(model.layers)}
+        self.layer_of_dW = {id(layer.dW): i for i, layer in enumerate(model.layers)}
+        self.layer_of_db = {id(layer.db): i for i, layer in enumerate(model.layers)}
+        self.current = 0  # the layer whose backward ran last (dX matmul follows its dW)
+        self.optimizer = optimizer
+
+    def timed(self, layer, op, nbytes, flops, fn, *args, **kwargs):
+        token = self.clock.start()
+        out = fn(*args, **kwargs)
+        self.events.append((layer, op, self.clock.stop(token), nbytes, flops))
+        return out
+
+    def matmul(self, real, a, b, out):
+        flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+        nbytes = _nb(a, b, out)
+        if id(b) in self.layer_of_W:
+            i = self.layer_of_W[id(b)]
+            label = (f"layers.{i}", "forward matmul  X@W")
+        elif id(out) in self.layer_of_dW:
+            self.current = self.layer_of_dW[id(out)]
+            label = (f"layers.{self.current}", "backward matmul dW=X.T@dZ")
+        else:
+            label = (f"layers.{self.current}", "backward matmul dX=dZ@W.T")
+        return self.timed(*label, nbytes, flops, real, a, b, out=out)
+
+    def kernel(self, name, fn, *args):
+        nbytes = _kernel_bytes(name, args)
+        if name == "bias_act_fwd":
+            layer = f"layers.{self.layer_of_b.get(id(args[2]), '?')}"
+            op = f"bias+{args[0]}"
+        elif name == "act_bwd":
+            layer = f"layers.{self.layer_of_db.get(id(args[5]), '?')}"
+            op = f"{args[0]}' + bias grad"
+        elif name.endswith("_step"):
+            layer, op = "optimizer", name
+        else:
+            layer, op = "loss", name
+        return self.timed(layer, op, nbytes, 0.0, fn, *args)
+
+
+class _ProxyBackend:
+    """Forwards everything to ``real``; ``matmul`` and every kernel go through the recorder."""
+
+    def __init__(self, real, recorder: _Recorder):
+        self._real = real
+        self._rec = recorder
+        table = {}
+        for name, fn in vars(real.kernels).items():
+            if callable(fn):
+                table[name] = (lambda n, f: lambda *a: recorder.kernel(n, f, *a))(name, fn)
+            else:
+                table[name] = fn
+        self.kernels = SimpleNamespace(**table)
+
+    def matmul(self, a, b, out):
+        return self._rec.matmul(self._real.matmul, a, b, out)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+# --- ceilings -----------------------------------------------------------------------------------
+
+def measure_ceilings(backend, dtype="float32", copy_mb: float = 64, gemm_n: int | None = None,
+                     repeats: int = 5) -> dict:
+    """Copy bandwidth (GB/s) and a large square GEMM's GFLOP/s on ``backend``, measured now."""
+    xp, clock = backend.xp, _Clock(backend)
+    gpu = _events(backend) is not None
+    n = int(copy_mb * (1 << 20)) // np.dtype(dtype).itemsize
+    src = xp.ones(n, dtype=dtype)
+    dst = xp.empty_like(src)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            token = clock.start()
+            fn()
+            times.append(clock.stop(token))
+        return statistics.median(times)
+
+    t_copy = best(lambda: dst.__setitem__(Ellipsis, src))
+    m = gemm_n or (8192 if gpu else 1024)
+    rng = np.random.default_rng(0)
+    a = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
+    b = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
+    c = backend.empty((m, m), dtype)
+    t_gemm = best(lambda: backend.matmul(a, b, out=c))
+    return {"copy_gbs": 2 * src.nbytes / t_copy / 1e9, "gemm_gflops": 2.0 * m**3 / t_gemm / 1e9,
+            "copy_mb": copy_mb, "gemm_n": m}
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+@dataclass
+class ProfileReport:
+    """The breakdown of one training step; ``str()`` is a table, ``to_dict()`` JSON-ready."""
+
+    model: str
+    device: str
+    kernels: str
+    batch_size: int
+    loss: str
+    optimizer: str
+    step_s: float
+    ops_s: float
+    ceilings: dict
+    ops: list[OpRecord] = field(default_factory=list)
+    repeats: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ops"] = [asdict(o) for o in self.ops]
+        return d
+
+    def by_op(self) -> dict[str, float]:
+        """Seconds per op kind summed over layers (e.g. every forward matmul together)."""
+        out: dict[str, float] = defaultdict(float)
+        for o in self.ops:
+            out[o.op] += o.time_s
+        return dict(out)
+
+    def __str__(self) -> str:
+        head = (f"profile of one training step: {self.model} batch {self.batch_size} on "
+                f"{self.device} (kernels {self.kernels}), loss {self.loss}, {self.optimizer}\n"
+                f"step {self.step_s * 1e3:.4g} ms (median of {self.repeats}); ops sum "
+                f"{self.ops_s * 1e3:.4g} ms; ceilings: copy {self.ceilings['copy_gbs']:.1f} GB/s, "
+                f"GEMM {self.ceilings['gemm_gflops']:.1f} GFLOP/s")
+        rows = [[o.layer, o.op, f"{o.time_s * 1e6:.1f}", f"{100 * o.share:.1f}",
+                 f"{o.gbs:.2f}" if o.bytes else "-", f"{o.gflops:.2f}" if o.flops else "-",
+                 f"{100 * o.pct_bandwidth:.0f}" if o.bytes else "-",
+                 f"{100 * o.pct_gemm:.0f}" if o.flops else "-"] for o in self.ops]
+        headers = ["layer", "op", "us", "% step", "GB/s", "GFLOP/s", "% copy BW", "% GEMM"]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        lines = [head, "  ".join(h.ljust(w) if i < 2 else h.rjust(w)
+                                 for i, (h, w) in enumerate(zip(headers, widths)))]
+        lines.append("-" * len(lines[-1]))
+        lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        return "\n".join(lines)
+
+
+def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 20,
+            warmup: int = 3, ceilings: dict | None = None, **opt_kwargs) -> ProfileReport:
+    """Break one training step of ``model`` on the batch (X, y) into its ops.
+
+    Args:
+        model: a devnet MLP (its parameters are trained by the profiled steps).
+        X: (n, n_in) batch; y: its targets for ``loss`` (labels (n,) for cross_entropy).
+        loss: a loss name or Loss; optimizer: a name or an Optimizer over ``model``.
+        repeats: instrumented (and uninstrumented) steps whose medians are reported.
+        ceilings: reuse ``measure_ceilings(...)`` output instead of measuring again.
+    """
+    be = model.backend
+    loss = losses_mod.get(loss)
+    opt = optim_mod.get(optimizer, model, **opt_kwargs)
+    Xd = be.asarray(X, dtype=model.dtype)
+    yd = be.asarray(y)
+    if not loss.classification:
+        yd = be.asarray(yd, dtype=model.dtype)
+    grad = be.empty((Xd.shape[0], model.n_out), model.dtype)
+    clock = _Clock(be)
+
+    def step(backend):
+        pred = model.forward(Xd)
+        loss.forward_backward_(pred, yd, grad, None, backend)
+        model.backward(grad, input_grad=False)
+        opt.step()
+
+    for _ in range(max(1, warmup)):
+        step(be)
+    step_times = []
+    for _ in range(repeats):
+        token = clock.start()
+        step(be)
+        step_times.append(clock.stop(token))
+
+    rec = _Recorder(be, model, opt)
+    proxy = _ProxyBackend(be, rec)
+    per_op: dict[tuple[str, str], list[float]] = defaultdict(list)
+    meta: dict[tuple[str, str], tuple[int, float, int]] = {}
+    model.backend, opt.backend = proxy, proxy
+    try:
+        for _ in range(repeats + 1):
+            rec.events.clear()
+            step(proxy)
+            counts: dict[tuple[str, str], float] = defaultdict(float)
+            ncalls: dict[tuple[str, str], int] = defaultdict(int)
+            for layer, op, t, nbytes, flops in rec.events:
+                counts[(layer, op)] += t
+                ncalls[(layer, op)] += 1
+                meta[(layer, op)] = (nbytes, flops, 0)
+            for key, t in counts.items():
+                per_op[key].append(t)
+                nbytes, flops, _ = meta[key]
+                meta[key] = (nbytes, flops, ncalls[key])
+    finally:
+        model.backend, opt.backend = be, be
+
+    ceil = ceilings or measure_ceilings(be, model.dtype.name)
+    step_s = statistics.median(step_times)
+    ops = []
+    for (layer, op), times in per_op.items():
+        t = statistics.median(times[1:] if len(times) > 1 else times)
+        nbytes, flops, calls = meta[(layer, op)]
+        gbs = nbytes * calls / t / 1e9 if t > 0 else 0.0
+        gfl = flops * calls / t / 1e9 if t > 0 else 0.0
+        ops.append(OpRecord(layer, op, t, 0.0, nbytes * calls, flops * calls, gbs, gfl,
+                            gbs / ceil["copy_gbs"], gfl / ceil["gemm_gflops"], calls))
+    ops_s = sum(o.time_s for o in ops)
+    ops.append(OpRecord("step", "python/glue (step - ops)", max(0.0, step_s - ops_s)))
+    for o in ops:
+        o.share = o.time_s / step_s if step_s > 0 else 0.0
+    sizes = "-".join(map(str, model.layer_sizes))
+    return ProfileReport(sizes, be.device, getattr(be.kernels, "source", "?"), int(Xd.shape[0]),
+                         loss.name, type(opt).__name__, step_s, ops_s, ceil, ops, repeats)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """``devnet profile``: profile one training step of an MLP on random data; returns 0."""
+    from devnet.nn import MLP
+
+    p = argparse.ArgumentParser(prog="devnet profile",
+                                description="Per-layer, per-op breakdown of one training step.")
+    p.add_argument("--sizes", default="784-1024-1024-10",
+                   help="layer sizes n_in-h1-...-n_out (default 784-1024-1024-10)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--kernels", default="fused", choices=("fused", "reference"))
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--loss", default=None, help="default: cross_entropy (mse for one output)")
+    p.add_argument("--optimizer", default="adam")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="write the report as JSON to PATH (or stdout with no PATH)")
+    args = p.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.replace(",", "-").split("-")]
+    except ValueError:
+        p.error(f"--sizes must look like 784-256-10, got {args.sizes!r}")
+    backend = get_backend(args.device, kernels=args.kernels)
+    model = MLP(sizes, activation=args.activation, backend=backend, dtype=args.dtype,
+                seed=args.seed)
+    loss = args.loss or ("cross_entropy" if sizes[-1] > 1 else "mse")
+    rng = np.random.default_rng(args.seed)
+    X = rng.standard_normal((args.batch_size, sizes[0])).astype(args.dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], args.batch_size)
+    else:
+        y = rng.standard_normal((args.batch_size, sizes[-1])).astype(args.dtype)
+    report = profile(model, X, y, loss=loss, optimizer=args.optimizer, repeats=args.repeats)
+    if args.json == "-":
+        json.dump(report.to_dict(), sys.stdout, indent=1)
+        print()
+    else:
+        print(report)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+            print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Input checks run once at the edge of fit / evaluate / predict, never inside the step.
+
+Every check raises a DataError (the data is wrong) or a ConfigError (an argument is wrong) whose
+message names the argument and says what was expected. Checks return the input converted to
+what the step needs (C-contiguous host arrays of the model's dtype, integer labels), so the step
+itself never converts or checks anything.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from devnet.errors import ConfigError, DataError
+
+# Largest integer every integer up to which a float type represents exactly.
+_EXACT_INT = {np.dtype("float32"): 2**24, np.dtype("float64"): 2**53}
+
+
+class DataConversionWarning(UserWarning):
+    """Data was converted (losslessly) to the dtype the model needs."""
+
+
+# --- hyper-parameters -----------------------------------------------------------------------
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and math.isfinite(value) and value == int(value) and value >= 1:
+            return int(value)
+        raise ConfigError(f"{name} must be a positive integer, got {value!r} "
+                          f"({type(value).__name__})")
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer (>= 1), got {value}")
+    return int(value)
+
+
+def positive_number(name: str, value) -> float:
+    """``value`` as a finite float > 0, or a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r} "
+                          f"({type(value).__name__})")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def fraction(name: str, value) -> float:
+    """``value`` as a float strictly inside (0, 1), or a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or not 0 < value < 1:
+        raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+# --- arrays ---------------------------------------------------------------------------------
+
+def _host(name: str, a, backend) -> np.ndarray:
+    """``a`` as a NumPy array; rejects None, strings, ragged lists and object dtype."""
+    if a is None:
+        raise DataError(f"{name} is None; expected an array")
+    if isinstance(a, (str, bytes)):
+        raise DataError(f"{name} is a string; expected a numeric array")
+    if backend is not None and backend.is_array(a) and not isinstance(a, np.ndarray):
+        a = backend.to_numpy(a)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy < 2 only warns on ragged lists
+            arr = np.asarray(a)
+    except (ValueError, TypeError, Warning) as exc:
+        raise DataError(f"{name} could not be read as a numeric array (ragged or mixed "
+                        f"rows?): {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name} has dtype {arr.dtype} ({_kind(arr.dtype)}); expected a "
+                        "numeric (float, int or bool) array")
+    return arr
+
+
+def _kind(dtype: np.dtype) -> str:
+    return {"O": "object", "U": "string", "S": "bytes", "c": "complex", "M": "datetime",
+            "m": "timedelta", "V": "structured"}.get(dtype.kind, dtype.kind)
+
+
+def _first_bad(mask: np.ndarray) -> str:
+    idx = np.argwhere(mask)[0]
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
+def _finite(name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s), first at "
+                            f"{name}{_first_bad(bad)}; expected finite numbers")
+
+
+def to_dtype(name: str, arr: np.ndarray, dtype: np.dtype, what: str = "the model") -> np.ndarray:
+    """``arr`` as ``dtype`` (C-contiguous); warns when converting, raises when it would lose
+    information (float64 values that are not exactly float32, integers too large to be exact).
+    """
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < dtype.itemsize or arr.dtype.kind == "b":
+        lossless = True
+    elif arr.dtype.kind in "iu":
+        lossless = arr.size == 0 or int(np.abs(arr).max()) <= _EXACT_INT[dtype]
+    else:  # a wider float into a narrower one: exact only if every value round-trips
+        with np.errstate(over="ignore", invalid="ignore"):
+            lossless = bool(np.array_equal(arr.astype(dtype).astype(arr.dtype), arr))
+    if not lossless:
+        raise DataError(f"{name} has dtype {arr.dtype} but {what} uses {dtype.name}, and "
+                        f"converting would lose precision; convert it yourself "
+                        f"({name}.astype('{dtype.name}')) or build the model with "
+                        f"dtype='{arr.dtype.name}'")
+    warnings.warn(f"{name} converted from {arr.dtype} to {dtype.name} (lossless) to match "
+                  f"{what}", DataConversionWarning, stacklevel=4)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_X(model, X, name: str = "X") -> np.ndarray:
+    """Features as a C-contiguous (n, model.n_in) host array of the model's dtype."""
+    arr = _host(name, X, model.backend)
+    if arr.ndim != 2:
+        hint = (" (a single feature? use X.reshape(-1, 1); a single sample? X.reshape(1, -1))"
+                if arr.ndim == 1 else "")
+        raise DataError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D shape "
+                        f"{arr.shape}{hint}")
+    if arr.shape[0] == 0:
+        raise DataError(f"{name} is empty (0 samples); expected at least one row")
+    if arr.shape[1] != model.n_in:
+        raise DataError(f"{name} has {arr.shape[1]} features but the model expects "
+                        f"n_in={model.n_in} (X must have shape (n_samples, {model.n_in}))")
+    _finite(name, arr)
+    return to_dtype(name, arr, model.dtype)
+
+
+def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.ndarray:
+    """Targets checked for ``loss`` and the model's outputs.
+
+    Returns int64 labels (n,) for cross_entropy with labels; otherwise a float array of the
+    model's dtype shaped (n, n_out).
+    """
+    arr = _host(name, y, model.backend)
+    if arr.ndim == 0:
+        raise DataError(f"{name} is a scalar; expected one target per sample ({n})")
+    if arr.shape[0] != n:
+        raise DataError(f"{x_name} and {name} have different numbers of samples: {x_name} has "
+                        f"{n} rows, {name} has {arr.shape[0]}")
+    _finite(name, arr)
+    k = model.n_out
+    if loss.name == "cross_entropy":
+        return _labels_or_probs(arr, n, k, name)
+    if arr.ndim == 1 and k == 1:
+        arr = arr.reshape(n, 1)
+    if arr.shape != (n, k):
+        raise DataError(f"{loss.name} needs {name} of shape ({n}, {k}) (or ({n},) for one "
+                        f"output) to match the model's {k} output(s), got {arr.shape}")
+    if loss.name == "binary_cross_entropy" and arr.size and (arr.min() < 0 or arr.max() > 1):
+        raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
+                        f"probabilities), got values in [{arr.min()}, {arr.max()}]")
+    return to_dtype(name, arr, model.dtype)
+
+
+def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
+    if arr.ndim == 2 and arr.shape[1] == 1 and k > 1:
+        arr = arr.reshape(n)
+    if arr.ndim == 1:
+        if arr.dtype.kind == "f":
+            if not np.array_equal(arr, np.round(arr)):
+                bad = arr != np.round(arr)
+                raise DataError(f"cross_entropy needs integer class labels in {name}, got "
+                                f"non-integer values (e.g. {name}{_first_bad(bad)} = "
+                                f"{arr[bad][0]!r})")
+        elif arr.dtype.kind == "b":
+            raise DataError(f"cross_entropy needs integer class labels in {name}, got bool; "
+                            "use binary_cross_entropy for 0/1 targets")
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= k:
+            raise DataError(f"cross_entropy labels in {name} must be in [0, {k}) for a model "
+                            f"with n_out={k} outputs, got labels in [{lo:g}, {hi:g}]")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.shape != (n, k):
+        raise DataError(f"cross_entropy needs {name} as integer labels of shape ({n},) or "
+                        f"class probabilities of shape ({n}, {k}), got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() > 1:
+        raise DataError(f"cross_entropy class probabilities in {name} must be in [0, 1], got "
+                        f"values in [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def check_sample_weight(model, w, n: int, name: str = "sample_weight") -> np.ndarray | None:
+    """Non-negative finite weights (n,) in the model's dtype, not all zero; None passes."""
+    if w is None:
+        return None
+    arr = _host(name, w, model.backend)
+    if arr.shape != (n,):
+        raise DataError(f"{name} must have shape ({n},), one weight per sample, got {arr.shape}")
+    _finite(name, arr)
+    if (arr < 0).any() or not (arr > 0).any():
+        raise DataError(f"{name} must be >= 0 and not all zero")
+    return np.ascontiguousarray(arr, dtype=model.dtype)
+
+
+def check_validation_data(model, loss, data) -> tuple:
+    """``(Xv, yv)`` or ``(Xv, yv, wv)``, each checked like the training data."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise ConfigError("validation_data must be a tuple (X_val, y_val) or "
+                          f"(X_val, y_val, sample_weight_val), got {type(data).__name__}"
+                          + (f" of length {len(data)}" if isinstance(data, (tuple, list))
+                             else ""))
+    Xv = check_X(model, data[0], "validation_data[0] (X_val)")
+    yv = check_y(model, loss, data[1], len(Xv), "validation_data[1] (y_val)",
+                 "validation_data[0] (X_val)")
+    wv = check_sample_weight(model, data[2] if len(data) == 3 else None, len(Xv),
+                             "validation_data[2] (sample_weight_val)")
+    return Xv, yv, wv
+
+
+def check_model(model) -> None:
+    """A ConfigError unless ``model`` looks like a devnet MLP."""
+    needed = ("forward", "backward", "params", "grads", "n_in", "n_out", "dtype", "backend")
+    if not all(hasattr(model, a) for a in needed):
+        raise ConfigError(f"model must be a devnet.MLP, got {type(model).__name__}")
