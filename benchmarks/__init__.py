@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             torch=torch, seed=args.seed, log=log, **kw)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
+    results["meta"]["loadavg_end"] = env.loadavg()
     results["targets"] = report.check_targets(results)
 
     print(report.render(results))

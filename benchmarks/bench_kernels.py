@@ -13,11 +13,10 @@ what its extra passes and temporaries cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
-
 from devnet.kernels import reference
 
 from .timing import Rotation, Settings, clock_for, is_gpu, measure, n_rotations
@@ -126,17 +125,19 @@ def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float
         n = max(COLS, int(mb * (1 << 20)) // np.dtype(dtype).itemsize)
         src = xp.asarray(rng.standard_normal(n, dtype=np.float32).astype(dtype))
         dst = xp.empty_like(src)
-        copy = measure(lambda: dst.__setitem__(Ellipsis, src), clock, settings)
+        copy = measure(lambda d=dst, s=src: d.__setitem__(Ellipsis, s), clock, settings)
         copy_gbs = 2 * src.nbytes / copy.median / 1e9
-        del src, dst
+        src = dst = None  # free before the kernels allocate theirs
         for spec in specs:
             sets = [spec.make(xp, rng, n, dtype)]
             nbytes = spec.nbytes(sets[0])
             sets += [spec.make(xp, rng, n, dtype)
                      for _ in range(n_rotations(nbytes, gpu, cap=8) - 1)]
             rot = Rotation(sets)
-            fused = measure(lambda: spec.fused(backend.kernels, rot.next()), clock, settings)
-            unfused = measure(lambda: spec.fused(reference, rot.next()), clock, settings)
+            fused = measure(lambda f=spec.fused, r=rot: f(backend.kernels, r.next()), clock,
+                            settings)
+            unfused = measure(lambda f=spec.fused, r=rot: f(reference, r.next()), clock,
+                              settings)
             row = {
                 "kernel": spec.name, "size_mb": mb, "elements": n, "bytes": nbytes,
                 "fused_s": fused.median, "unfused_s": unfused.median,
@@ -151,5 +152,5 @@ def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float
             log(f"  kernels {spec.name:<20} {mb:>8g} MB  fused {fused.median * 1e3:9.3f} ms "
                 f"{row['fused_gbs']:7.2f} GB/s  unfused {row['unfused_gbs']:7.2f} GB/s  "
                 f"copy {copy_gbs:7.2f} GB/s  ratio {row['fused_over_copy']:.2f}")
-            del sets, rot
+            sets = rot = None
     return rows

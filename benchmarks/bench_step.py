@@ -20,10 +20,10 @@ import devnet as dn
 
 from .env import optional
 from .timing import (
+    HostClock,
     Rotation,
     Settings,
     TorchEventClock,
-    HostClock,
     clock_for,
     is_gpu,
     measure,
@@ -81,7 +81,7 @@ def loss_name(sizes) -> str:
 
 def step_flops(sizes, batch: int) -> float:
     """Matrix-product FLOPs of one step: forward, dW, and dX for every layer but the first."""
-    pairs = list(zip(sizes[:-1], sizes[1:]))
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=False))
     total = sum(2 * batch * a * b for a, b in pairs) * 2
     return float(total + sum(2 * batch * a * b for a, b in pairs[1:]))
 
@@ -129,7 +129,7 @@ def gemm_floor(backend, sizes, batch: int, seed: int = 0, dtype="float32"):
     def rand(*shape):
         return backend.asarray(rng.standard_normal(shape, dtype=np.float32).astype(dtype))
 
-    pairs = list(zip(sizes[:-1], sizes[1:]))
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=False))
     W = [rand(a, b) for a, b in pairs]
     dW = [xp.empty_like(w) for w in W]
     A = [backend.empty((batch, b), dtype) for _, b in pairs]
@@ -141,7 +141,7 @@ def gemm_floor(backend, sizes, batch: int, seed: int = 0, dtype="float32"):
     def floor():
         X = rot.next()
         prev = X
-        for w, a in zip(W, A):
+        for w, a in zip(W, A, strict=False):
             mm(prev, w, out=a)
             prev = a
         for i in range(len(W) - 1, -1, -1):
@@ -173,7 +173,7 @@ def torch_clock(torch, device):
 
 def _torch_mlp(torch, sizes, device):
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
         layers.append(torch.nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
@@ -210,7 +210,7 @@ def torch_floor(torch, sizes, batch: int, device="cpu", seed: int = 0):
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device)
 
-    pairs = list(zip(sizes[:-1], sizes[1:]))
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=False))
     X = rand(batch, sizes[0])
     W = [rand(a, b) for a, b in pairs]
     dW = [torch.empty_like(w) for w in W]
@@ -219,7 +219,7 @@ def torch_floor(torch, sizes, batch: int, device="cpu", seed: int = 0):
 
     def floor():
         prev = X
-        for w, a in zip(W, A):
+        for w, a in zip(W, A, strict=False):
             torch.matmul(prev, w, out=a)
             prev = a
         for i in range(len(W) - 1, -1, -1):

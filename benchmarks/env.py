@@ -76,6 +76,11 @@ def numpy_blas_threads(default: int) -> int:
     return int(pools[0]["num_threads"]) if pools else default
 
 
+def loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: other work on the machine skews every figure."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def device_info(backend) -> dict:
     """The backend's device, its name and the kernel table it runs."""
     name = platform.processor() or platform.machine()
@@ -104,6 +109,7 @@ def meta(backend, quick: bool, argv: list[str], torch_threads: int | None) -> di
         "platform": platform.platform(),
         **device_info(backend),
         "quick": quick,
+        "loadavg_start": loadavg(),
         "argv": list(argv),
         "versions": versions(),
         "threads": threads(torch_threads),

@@ -62,8 +62,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain-text table with right-aligned columns."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
-    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=False))
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join([line, "-" * len(line), *body])
 
 
@@ -175,7 +175,7 @@ def write_plots(results: dict, stem: Path) -> list[Path]:
         written.append(_save(fig, stem, "step"))
     if results.get("scaling"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-        for ax, sweep, xkey in zip(axes, ("batch", "width"), ("batch", "width")):
+        for ax, sweep, xkey in zip(axes, ("batch", "width"), ("batch", "width"), strict=False):
             rs = [r for r in results["scaling"] if r["sweep"] == sweep]
             if not rs:
                 continue

@@ -14,7 +14,7 @@ the bandwidth of a plain copy and the GFLOP/s of a large square GEMM, measured i
     report = dn.profile(model, X, y, loss="cross_entropy")
     print(report); report.to_dict()
 
-``python -m devnet.profile --sizes 784-1024-1024-10 --batch-size 256`` (also ``devnet profile``).
+``devnet profile --sizes 784-1024-1024-10 --batch-size 256`` (the CLI calls ``main``).
 """
 
 from __future__ import annotations
@@ -249,11 +249,14 @@ class ProfileReport:
                  f"{100 * o.pct_gemm:.0f}" if o.flops else "-"] for o in self.ops]
         headers = ["layer", "op", "us", "% step", "GB/s", "GFLOP/s", "% copy BW", "% GEMM"]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        lines = [head, "  ".join(h.ljust(w) if i < 2 else h.rjust(w)
-                                 for i, (h, w) in enumerate(zip(headers, widths)))]
+
+        def line(cells):
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+        lines = [head, line(headers)]
         lines.append("-" * len(lines[-1]))
-        lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                            for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines += [line(r) for r in rows]
         return "\n".join(lines)
 
 

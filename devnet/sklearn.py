@@ -59,6 +59,19 @@ def _as_host(a):
     return a
 
 
+def _set_lr(opt, lr: float) -> None:
+    """Change an SGD optimizer's rate the way scikit-learn does.
+
+    scikit-learn's velocity holds ``lr * gradient`` sums while devnet's momentum buffer holds
+    plain gradient sums, scaled by the current rate at each step: rescaling the buffer by
+    ``old / new`` keeps the velocity already built up, as scikit-learn's does.
+    """
+    buf = opt.state.get("momentum_buffer")
+    if buf is not None and lr != opt.base_lr:
+        buf *= opt.base_lr / lr
+    opt.base_lr = lr
+
+
 class _BaseMLP(BaseEstimator):
     """Shared fit loop; see MLPClassifier / MLPRegressor for the parameters."""
 
@@ -308,7 +321,7 @@ class _BaseMLP(BaseEstimator):
                                                   else None, y_val if early_stopping else None,
                                                   sw_val if early_stopping else None)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    opt.base_lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                    _set_lr(opt, float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if early_stopping else "Training loss"
                     msg = (f"{what} did not improve more than tol={self.tol:f} for "
@@ -332,7 +345,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's rule: adaptive SGD divides the rate by 5 until it is <= 1e-6."""
         if self.solver == "sgd" and self.learning_rate == "adaptive":
             if opt.base_lr > 1e-6:
-                opt.base_lr /= 5.0
+                _set_lr(opt, opt.base_lr / 5.0)
                 if self.verbose:
                     print(msg + f" Setting learning rate to {opt.base_lr:f}")
                 return False

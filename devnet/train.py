@@ -440,8 +440,10 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
     try:
         for cb in callbacks:
             cb.on_train_begin({})
-        _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
-              progress, train_metrics)
+        # overflow is the guard's business: it reports where, NumPy's warnings only add noise
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
+                  progress, train_metrics)
     except BaseException as exc:
         for cb in callbacks:
             cb.on_train_abort(exc)

@@ -1,4 +1,4 @@
-"""xp-generic (NumPy or CuPy) versions of every fused op: the oracle all kernels are tested against.
+"""xp-generic (NumPy or CuPy) versions of every fused op: the oracle kernels are tested against.
 
 Every function here has the same name and signature as its fused counterpart in ``cpu.py`` and
 ``cuda.py``. Conventions shared by all kernel tables:
@@ -46,8 +46,9 @@ def get_xp(a):
 
 
 def _sigmoid(xp, z):
-    # 1 / (1 + exp(-z)) without overflow for large |z|
-    return 0.5 * (1 + xp.tanh(0.5 * z))
+    # 1 / (1 + exp(-z)) without overflow: exp only ever sees -|z|
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 # --- activations: value and derivative side by side --------------------------------------------

@@ -1,12 +1,12 @@
-"""Every Numba CPU kernel against ``kernels/reference.py``: fresh random inputs, poisoned outputs."""
+"""Every Numba CPU kernel against the reference: fresh random inputs, poisoned outputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from devnet.kernels import cpu, reference, scalar
 
 from devnet.errors import ConfigError
-from devnet.kernels import cpu, reference, scalar
 
 DTYPES = (np.float32, np.float64)
 # 1x1, 1xn, nx1, and sizes that are multiples of no block or chunk size

@@ -1,0 +1,298 @@
+"""Interop with PyTorch and JAX: DLPack zero-copy exchange and nn.Sequential weights.
+
+Arrays cross with DLPack (``__dlpack__``; CuPy also reads ``__cuda_array_interface__``), so a
+tensor already on the right device is shared, not copied::
+
+    X = interop.as_array(torch_tensor, model.backend)      # zero-copy when devices match
+    params = interop.export_parameters(model, "torch")      # torch views of model.params
+
+PyTorch ``nn.Sequential`` stacks of ``Linear`` (+ activation) layers convert both ways, in
+memory (``from_torch_sequential`` / ``to_torch_sequential``) or through a safetensors file whose
+keys are the Sequential's own ``state_dict`` keys (``import_torch`` / ``export_torch``).
+PyTorch's Linear weight is (out, in): devnet's W is its transpose, (in, out).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from devnet.backend import Backend, get_backend
+from devnet.errors import CheckpointError, ConfigError, DataError
+
+__all__ = ["as_array", "from_dlpack", "to_numpy", "export_parameters", "to_torch", "to_jax",
+           "to_torch_sequential", "from_torch_sequential", "export_torch", "import_torch",
+           "TORCH_ACTIVATIONS"]
+
+#: torch.nn module class name -> devnet activation name (Linear layers carry the weights)
+TORCH_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
+                     "LeakyReLU": "leaky_relu", "GELU": "gelu", "SiLU": "silu",
+                     "Softmax": "softmax", "Identity": "identity"}
+_TO_TORCH = {v: k for k, v in TORCH_ACTIVATIONS.items()}
+_META_KEY = "devnet.activations"
+
+
+def _detach(x):
+    # torch refuses to export tensors that require grad; the data is what we want
+    return x.detach() if hasattr(x, "detach") and callable(x.detach) else x
+
+
+def _is_foreign(x) -> bool:
+    return not isinstance(x, np.ndarray) and (hasattr(x, "__dlpack__")
+                                              or hasattr(x, "__cuda_array_interface__"))
+
+
+def from_dlpack(x, backend: str | Backend = "auto"):
+    """``x`` (any DLPack / CUDA-array-interface producer) as an array on ``backend``.
+
+    Shares memory when ``x`` already lives on that device (a CPU tensor for the CPU backend,
+    a tensor on the same GPU for CUDA); otherwise copies through the host.
+    """
+    be = get_backend(backend)
+    x = _detach(x)
+    if be.is_array(x):
+        return x
+    try:
+        return be.xp.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
+        pass  # another device, or an old producer: copy at the edge
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, be.xp.ndarray):
+        try:
+            return be.asarray(x)  # CuPy reads __cuda_array_interface__ zero-copy
+        except Exception:  # the CPU backend cannot read device memory
+            pass
+    return be.asarray(to_numpy(x))
+
+
+def to_numpy(x) -> np.ndarray:
+    """``x`` as a NumPy array on the host: NumPy, CuPy, torch (any device), JAX, lists."""
+    if isinstance(x, np.ndarray):
+        return x
+    x = _detach(x)
+    if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):  # CuPy
+        return x.get()
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass  # on a GPU: ask the framework to copy it over
+        if hasattr(x, "cpu"):  # torch
+            return x.cpu().numpy()
+    return np.asarray(x)
+
+
+def as_array(x, backend: str | Backend = "auto"):
+    """The edge conversion for ``fit`` / ``predict`` inputs: ``x`` on ``backend``'s device.
+
+    Device arrays pass through; torch / JAX / CuPy tensors arrive by DLPack (zero-copy on the
+    same device); anything else (lists, NumPy on a GPU backend) is copied with ``asarray``.
+    The dtype is kept: cast afterwards if the model needs another.
+    """
+    be = get_backend(backend)
+    if be.is_array(x):
+        return x
+    if _is_foreign(x):
+        return from_dlpack(x, be)
+    try:
+        return be.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"cannot convert {type(x).__name__} to an array on {be.device}: "
+                        f"{exc}") from None
+
+
+def export_parameters(model, to: str | None = None) -> dict:
+    """The model's parameters by name (``layers.0.W`` (n_in, n_out), ``layers.0.b``, ...).
+
+    ``to=None`` returns the backend's own arrays (NumPy / CuPy views, which export
+    ``__dlpack__``); ``"torch"`` or ``"jax"`` wraps each view by DLPack. Torch tensors share
+    memory with the model (writing to them changes the model); JAX arrays are immutable.
+    """
+    wrap = {None: lambda a: a, "torch": to_torch, "jax": to_jax}
+    if to not in wrap:
+        raise ConfigError(f"unknown export target {to!r}; valid targets: None, jax, torch")
+    return {p.name: wrap[to](p.data) for p in model.parameters()}
+
+
+def to_torch(a):
+    """A torch tensor sharing memory with ``a`` (NumPy or CuPy), via DLPack."""
+    torch = _import("torch", "PyTorch")
+    return torch.from_dlpack(a)
+
+
+def to_jax(a):
+    """A JAX array from ``a`` (NumPy or CuPy) via DLPack (zero-copy where JAX allows)."""
+    jax = _import("jax", "JAX")
+    return jax.dlpack.from_dlpack(a)
+
+
+def _import(name: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} is not installed ({exc}); pip install {name}") from None
+
+
+# --- PyTorch nn.Sequential ------------------------------------------------------------------
+
+def _torch_act(torch, name: str, alpha: float):
+    nn = torch.nn
+    if name == "identity":
+        return None
+    if name == "leaky_relu":
+        return nn.LeakyReLU(alpha)
+    if name == "softmax":
+        return nn.Softmax(dim=1)
+    if name == "gelu":
+        return nn.GELU(approximate="tanh")  # devnet's gelu is the tanh approximation
+    if name not in _TO_TORCH:
+        raise ConfigError(f"activation {name!r} has no torch.nn equivalent; valid: "
+                          f"{', '.join(sorted(_TO_TORCH))}")
+    return getattr(nn, _TO_TORCH[name])()
+
+
+def to_torch_sequential(model):
+    """A ``torch.nn.Sequential`` of Linear (+ activation) layers computing what ``model`` does.
+
+    Weights are copied to the CPU in the model's dtype; Linear.weight = W.T.
+    """
+    torch = _import("torch", "PyTorch")
+    dtype = getattr(torch, model.dtype.name)
+    modules = []
+    for layer in model.layers:
+        lin = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(model.backend.to_numpy(layer.W).T.copy()))
+            lin.bias.copy_(torch.from_numpy(model.backend.to_numpy(layer.b).copy()))
+        modules.append(lin)
+        act = _torch_act(torch, layer.activation, model.alpha)
+        if act is not None:
+            modules.append(act)
+    return torch.nn.Sequential(*modules)
+
+
+def _parse_sequential(modules) -> tuple[list, list[str], float]:
+    """[(weight (out, in), bias)] per Linear, one activation name per Linear, leaky slope."""
+    layers, acts, alpha = [], [], 0.01
+    for i, mod in enumerate(modules):
+        kind = type(mod).__name__
+        if kind == "Linear":
+            if mod.bias is None:
+                raise ConfigError(f"module {i} is a Linear without bias; devnet layers have one")
+            layers.append((mod.weight.detach().cpu().numpy(), mod.bias.detach().cpu().numpy()))
+            acts.append("identity")
+        elif kind in TORCH_ACTIVATIONS:
+            if not layers or acts[-1] != "identity":
+                raise ConfigError(f"module {i} ({kind}) must follow a Linear layer directly")
+            acts[-1] = TORCH_ACTIVATIONS[kind]
+            if kind == "LeakyReLU":
+                alpha = float(mod.negative_slope)
+            if kind == "GELU" and getattr(mod, "approximate", "none") != "tanh":
+                raise ConfigError(f"module {i}: devnet's gelu is GELU(approximate='tanh'); "
+                                  "the exact (erf) GELU has no devnet equivalent")
+        else:
+            raise ConfigError(f"module {i} is a {kind}; a devnet MLP imports only Linear and "
+                              f"{', '.join(sorted(TORCH_ACTIVATIONS))}")
+    if not layers:
+        raise ConfigError("the Sequential has no Linear layer")
+    return layers, acts, alpha
+
+
+def _build(layers, acts, alpha, backend, dtype):
+    from devnet.nn import MLP
+
+    sizes = [layers[0][0].shape[1]] + [w.shape[0] for w, _ in layers]
+    for i, ((w, b), n_in) in enumerate(zip(layers, sizes[:-1])):
+        if w.shape != (sizes[i + 1], n_in) or b.shape != (sizes[i + 1],):
+            raise ConfigError(f"Linear {i}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do "
+                              f"not chain with the previous layer's {n_in} outputs")
+    model = MLP(sizes, activation=acts[:-1], output_activation=acts[-1], dtype=dtype,
+                backend=backend, seed=None, alpha=alpha)
+    be = model.backend
+    for layer, (w, b) in zip(model.layers, layers):
+        layer.W[...] = be.asarray(np.ascontiguousarray(w.T), dtype=model.dtype)
+        layer.b[...] = be.asarray(b, dtype=model.dtype)
+    return model
+
+
+def from_torch_sequential(seq, backend: str | Backend = "auto", dtype: str | None = None):
+    """A devnet MLP with the weights of ``seq`` (Linear and activation modules only).
+
+    dtype: "float32" / "float64", default the Linear weights' dtype.
+    """
+    layers, acts, alpha = _parse_sequential(list(seq))
+    dtype = dtype or np.dtype(layers[0][0].dtype).name
+    return _build(layers, acts, alpha, backend, dtype)
+
+
+def export_torch(model, path: str | Path) -> Path:
+    """Write ``model`` as the safetensors ``state_dict`` of ``to_torch_sequential(model)``.
+
+    Keys are ``"<index>.weight"`` (out, in) and ``"<index>.bias"``, so
+    ``seq.load_state_dict(safetensors.torch.load_file(path))`` loads it; the metadata records
+    the activations so ``import_torch`` rebuilds the same network. Needs no PyTorch.
+    """
+    from safetensors.numpy import save_file
+
+    tensors, index = {}, 0
+    for layer in model.layers:
+        tensors[f"{index}.weight"] = np.ascontiguousarray(model.backend.to_numpy(layer.W).T)
+        tensors[f"{index}.bias"] = np.ascontiguousarray(model.backend.to_numpy(layer.b))
+        index += 1 if layer.activation == "identity" else 2
+    meta = {_META_KEY: json.dumps([layer.activation for layer in model.layers]),
+            "devnet.alpha": repr(model.alpha)}
+    path = Path(path)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def import_torch(path: str | Path, activation: str = "relu", output_activation: str = "identity",
+                 backend: str | Backend = "auto", dtype: str | None = None):
+    """A devnet MLP from a safetensors file of an ``nn.Sequential`` state_dict.
+
+    Linear layers are the ``"<index>.weight"`` / ``"<index>.bias"`` pairs in index order. The
+    activations come from the file's devnet metadata when ``export_torch`` wrote it, else
+    ``activation`` between layers and ``output_activation`` after the last.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") \
+            from None
+    indices = {}
+    for key in tensors:
+        m = re.fullmatch(r"(.*?)(\d+)\.(weight|bias)", key)
+        if m is None:
+            raise CheckpointError(f"{path}: key {key!r} is not '<index>.weight' / "
+                                  "'<index>.bias' of an nn.Sequential")
+        indices.setdefault(int(m.group(2)), {})[m.group(3)] = tensors[key]
+    layers = []
+    for i in sorted(indices):
+        entry = indices[i]
+        if set(entry) != {"weight", "bias"}:
+            raise CheckpointError(f"{path}: layer {i} needs both weight and bias")
+        layers.append((entry["weight"], entry["bias"]))
+    if not layers:
+        raise CheckpointError(f"{path}: no Linear weights in the file")
+    if _META_KEY in meta:
+        acts = json.loads(meta[_META_KEY])
+        alpha = float(meta.get("devnet.alpha", 0.01))
+        if len(acts) != len(layers):
+            raise CheckpointError(f"{path}: metadata lists {len(acts)} activations for "
+                                  f"{len(layers)} layers")
+    else:
+        acts = [activation] * (len(layers) - 1) + [output_activation]
+        alpha = 0.01
+    dtype = dtype or np.dtype(layers[0][0].dtype).name
+    return _build(layers, acts, alpha, backend, dtype)
