@@ -258,7 +258,8 @@ def _read_csv(path: Path) -> np.ndarray:
     try:
         table = np.asarray(rows, dtype=np.float64)
     except ValueError:
-        raise DataError(f"{path}: every row must hold the same number of numeric values")
+        raise DataError(f"{path}: every row must hold the same number of numeric "
+                        "values") from None
     if table.ndim != 2 or table.size == 0:
         raise DataError(f"{path}: no numeric rows")
     return table
@@ -347,8 +348,9 @@ def cmd_train(args) -> int:
         X = dn.data.standardize(X)
     loss = _auto_loss(y) if t["loss"] == "auto" else t["loss"]
     loss_obj = dn.losses.get(loss)
+    X = X.astype(m["dtype"])  # the config chose the precision: convert once, here
     if not loss_obj.classification:
-        y = np.asarray(y, dtype=np.float64)
+        y = np.asarray(y, dtype=m["dtype"])
     if d["test_size"] > 0:
         Xtr, Xte, ytr, yte = dn.data.train_test_split(X, y, d["test_size"], seed=d["seed"])
         validation = (Xte, yte)
@@ -506,8 +508,9 @@ def cmd_eval(args) -> int:
     model, run = _load_run(args)
     X, y = _eval_data(args, run)
     loss = args.loss or run.get("loss") or _auto_loss(y)
+    X = X.astype(model.dtype)
     if not dn.losses.get(loss).classification:
-        y = np.asarray(y, dtype=np.float64)
+        y = np.asarray(y, dtype=model.dtype)
     result = dn.evaluate(model, X, y, loss=loss)
     if args.json:
         print(json.dumps(result))
@@ -525,6 +528,7 @@ def cmd_predict(args) -> int:
     if X.shape[1] == model.n_in + 1 and args.data and args.data.endswith(".csv"):
         X = np.delete(X, run.get("config", {}).get("data", {}).get("target_column", -1),
                       axis=1)
+    X = X.astype(model.dtype)
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
         raise UsageError(f"--out {str(out)!r}: valid formats: .npy, .csv")

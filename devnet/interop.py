@@ -206,14 +206,14 @@ def _build(layers, acts, alpha, backend, dtype):
     from devnet.nn import MLP
 
     sizes = [layers[0][0].shape[1]] + [w.shape[0] for w, _ in layers]
-    for i, ((w, b), n_in) in enumerate(zip(layers, sizes[:-1])):
+    for i, ((w, b), n_in) in enumerate(zip(layers, sizes[:-1], strict=True)):
         if w.shape != (sizes[i + 1], n_in) or b.shape != (sizes[i + 1],):
             raise ConfigError(f"Linear {i}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do "
                               f"not chain with the previous layer's {n_in} outputs")
     model = MLP(sizes, activation=acts[:-1], output_activation=acts[-1], dtype=dtype,
                 backend=backend, seed=None, alpha=alpha)
     be = model.backend
-    for layer, (w, b) in zip(model.layers, layers):
+    for layer, (w, b) in zip(model.layers, layers, strict=True):
         layer.W[...] = be.asarray(np.ascontiguousarray(w.T), dtype=model.dtype)
         layer.b[...] = be.asarray(b, dtype=model.dtype)
     return model

@@ -158,7 +158,7 @@ class _BaseMLP(BaseEstimator):
         # Glorot-uniform weights and biases, drawn exactly as scikit-learn does
         factor = 2.0 if self.activation == "logistic" else 6.0
         self.coefs_, self.intercepts_ = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=True):
             bound = np.sqrt(factor / (fan_in + fan_out))
             coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
             intercept = self._random_state.uniform(-bound, bound, fan_out)
@@ -192,7 +192,8 @@ class _BaseMLP(BaseEstimator):
         if self.__dict__.get("_synced") is not self.coefs_:
             # fitted attributes are the truth: upload them (they may have been set by hand)
             be = model.backend
-            for layer, W, b in zip(model.layers, self.coefs_, self.intercepts_):
+            for layer, W, b in zip(model.layers, self.coefs_, self.intercepts_,
+                                   strict=True):
                 layer.W[...] = be.asarray(W, dtype=model.dtype)
                 layer.b[...] = be.asarray(b, dtype=model.dtype)
             self._synced = self.coefs_
@@ -306,7 +307,7 @@ class _BaseMLP(BaseEstimator):
                         sw_sum = nb if wb is None else wb.sum()
                         sq = sum(xp.dot(W.ravel(), W.ravel()) for W in weights)
                         batch_loss = batch_loss + 0.5 * alpha * sq / sw_sum
-                        for W, dW in zip(weights, dweights):
+                        for W, dW in zip(weights, dweights, strict=True):
                             dW += (alpha / sw_sum) * W
                     opt.step()
                     total = total + batch_loss * (sl.stop - sl.start)

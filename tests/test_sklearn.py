@@ -65,7 +65,7 @@ def test_parity_with_scikit_learn(name, solver):
     assert ours.n_iter_ == theirs.n_iter_
     assert abs(ours.score(Xte, yte) - theirs.score(Xte, yte)) < 0.02
     assert ours.score(Xte, yte) > (0.9 if name != "diabetes" else 0.2)
-    for a, b in zip(ours.coefs_, theirs.coefs_):
+    for a, b in zip(ours.coefs_, theirs.coefs_, strict=True):
         assert isinstance(a, np.ndarray) and a.shape == b.shape
 
 

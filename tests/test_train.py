@@ -1,0 +1,241 @@
+"""fit / evaluate / predict on XOR, digits and diabetes; batching; the divergence guard."""
+
+from __future__ import annotations
+
+import io as _io
+import math
+
+import numpy as np
+import pytest
+
+import devnet as dn
+
+
+def _seed(rng) -> int:
+    return int(rng.integers(1 << 30))
+
+
+def test_fit_xor_learns(rng, backend):
+    X, y = dn.data.make_xor()
+    model = dn.MLP([2, 16, 1], activation="tanh", backend=backend, seed=_seed(rng))
+    hist = dn.fit(model, X, y, loss="binary_cross_entropy", lr=0.05, epochs=300, batch_size=4,
+                  seed=_seed(rng), progress=False)
+    assert hist["loss"][-1] < 0.1 * hist["loss"][0]
+    assert hist["accuracy"][-1] == 1.0
+    assert len(hist["loss"]) == 300 and hist.epoch == list(range(300))
+
+
+def test_fit_digits_classification(rng, backend):
+    X, y = dn.data.load_digits()
+    model = dn.MLP([64, 32, 10], backend=backend, seed=_seed(rng))
+    hist = dn.fit(model, X, y, loss="cross_entropy", lr=1e-2, epochs=5, batch_size=32,
+                  validation_split=0.2, seed=_seed(rng), progress=False)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"):
+        assert len(hist[key]) == 5, key
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert hist["val_accuracy"][-1] > 0.8
+    assert all(t > 0 for t in hist["time"]) and hist["lr"] == [1e-2] * 5
+
+
+def test_fit_diabetes_regression(rng, backend):
+    X, y = dn.data.load_diabetes()
+    Xt, Xv, yt, yv = dn.data.train_test_split(X, y, 0.2, seed=_seed(rng))
+    model = dn.MLP([10, 32, 1], backend=backend, seed=_seed(rng))
+    hist = dn.fit(model, Xt, yt, loss="mse", lr=3e-3, epochs=20, batch_size=32,
+                  validation_data=(Xv, yv), seed=_seed(rng), progress=False)
+    assert {"loss", "r2", "mae", "val_loss", "val_r2", "val_mae"} <= set(hist.history)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert hist["val_r2"][-1] > 0.2
+    ev = dn.evaluate(model, Xv, yv, loss="mse")
+    assert ev["loss"] == pytest.approx(hist["val_loss"][-1], rel=1e-6)
+
+
+def test_last_partial_batch_is_used(rng):
+    n, bs, epochs = 37, 16, 3
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    y = rng.standard_normal((n, 2)).astype(np.float32)
+    model = dn.MLP([4, 2], backend="cpu", seed=_seed(rng))
+    opt = dn.optim.SGD(model, lr=0.01)
+    seen = []
+
+    class Sizes(dn.Callback):
+        def on_batch_end(self, step, logs):
+            seen.append(logs["size"])
+
+    dn.fit(model, X, y, optimizer=opt, epochs=epochs, batch_size=bs, callbacks=[Sizes()],
+           progress=False, train_metrics=False)
+    assert opt.t == epochs * math.ceil(n / bs)
+    assert seen == [16, 16, 5] * epochs
+
+
+def test_epoch_loss_is_the_sample_mean_of_the_batches(rng):
+    """Without shuffling and lr ~ 0, the epoch loss equals the loss over the whole set."""
+    X = rng.standard_normal((29, 3)).astype(np.float32)
+    y = rng.standard_normal((29, 1)).astype(np.float32)
+    model = dn.MLP([3, 1], backend="cpu", seed=_seed(rng))
+    opt = dn.optim.SGD(model, lr=1e-30)
+    hist = dn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=8, shuffle=False,
+                  progress=False)
+    assert hist["loss"][0] == pytest.approx(dn.evaluate(model, X, y)["loss"], rel=1e-5)
+
+
+def test_same_seed_same_result_different_seed_different(rng):
+    X = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+
+    def run(seed):
+        m = dn.MLP([5, 8, 3], backend="cpu", seed=1)
+        dn.fit(m, X, y, loss="cross_entropy", epochs=2, batch_size=8, seed=seed,
+               progress=False)
+        return m.params.copy()
+
+    s = _seed(rng)
+    np.testing.assert_array_equal(run(s), run(s))
+    assert not np.array_equal(run(s), run(s + 1))
+
+
+def test_named_schedule_decays_lr(rng):
+    X = rng.standard_normal((32, 3)).astype(np.float32)
+    y = rng.standard_normal(32).astype(np.float32)
+    model = dn.MLP([3, 4, 1], backend="cpu", seed=_seed(rng))
+    hist = dn.fit(model, X, y, lr=0.01, schedule="cosine", epochs=4, batch_size=8,
+                  progress=False)
+    lrs = hist["lr"]
+    assert lrs[0] == pytest.approx(0.01) and all(np.diff(lrs) < 0)
+
+
+def test_predict_and_evaluate_batch_large_inputs(rng):
+    model = dn.MLP([6, 9, 4], backend="cpu", seed=_seed(rng))
+    X = rng.standard_normal((103, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 103)
+    full = model.predict(X)
+    np.testing.assert_allclose(dn.predict(model, X, batch_size=10), full, rtol=1e-6)
+    ev_small = dn.evaluate(model, X, y, loss="cross_entropy", batch_size=7)
+    ev_big = dn.evaluate(model, X, y, loss="cross_entropy")
+    assert ev_small["loss"] == pytest.approx(ev_big["loss"], rel=1e-6)
+    assert ev_small["accuracy"] == ev_big["accuracy"]
+    value, _ = dn.losses.get("cross_entropy")(full, y)
+    assert ev_big["loss"] == pytest.approx(value, rel=1e-5)
+    proba = dn.predict_proba(model, X, batch_size=13)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(axis=1), full.argmax(axis=1))
+
+
+class _FakeTTY(_io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(rng, monkeypatch, capsys):
+    X = rng.standard_normal((64, 3)).astype(np.float32)
+    y = rng.standard_normal(64).astype(np.float32)
+    model = dn.MLP([3, 1], backend="cpu", seed=_seed(rng))
+    dn.fit(model, X, y, epochs=2, batch_size=16, progress=True)  # pytest's stderr: no TTY
+    assert capsys.readouterr().err == ""
+    tty = _FakeTTY()
+    monkeypatch.setattr("sys.stderr", tty)
+    dn.fit(model, X, y, epochs=2, batch_size=16, progress=True)
+    out = tty.getvalue()
+    assert "epoch 2/2" in out and "sample/s" in out and "loss=" in out
+    tty2 = _FakeTTY()
+    monkeypatch.setattr("sys.stderr", tty2)
+    dn.fit(model, X, y, epochs=2, batch_size=16, progress=False)
+    assert tty2.getvalue() == ""
+
+
+# --- the divergence guard -----------------------------------------------------------------------
+
+def _regression(rng, n=64):
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    y = rng.standard_normal((n, 1)).astype(np.float32)
+    return X, y
+
+
+def test_guard_huge_learning_rate(rng):
+    X, y = _regression(rng)
+    model = dn.MLP([5, 16, 1], backend="cpu", seed=_seed(rng))
+    start = model.params.copy()
+    opt = dn.optim.SGD(model, lr=1e8)
+    with pytest.raises(dn.DivergenceError) as info:
+        dn.fit(model, X, y, optimizer=opt, epochs=3, batch_size=8, progress=False)
+    err = info.value
+    assert err.epoch == 0 and err.layer.startswith("layers.")
+    assert "epoch 0" in str(err) and f"step {err.step}" in str(err) and "layers." in str(err)
+    np.testing.assert_array_equal(model.params, start)  # the last finite state: the start
+    assert opt.t == 0
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_guard_nan_injected_in_a_weight(rng, layer):
+    X, y = _regression(rng)
+    model = dn.MLP([5, 8, 4, 1], backend="cpu", seed=_seed(rng))
+    kept = {}
+
+    class Inject(dn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                kept["params"] = model.params.copy()
+                kept["t"] = self.trainer.optimizer.t
+
+        def on_epoch_begin(self, epoch, logs):
+            if epoch == 2:
+                model.layers[layer].W[1, 0] = np.nan
+
+    with pytest.raises(dn.DivergenceError, match=rf"parameter layers\.{layer}\.W") as info:
+        dn.fit(model, X, y, epochs=4, batch_size=16, callbacks=[Inject()], progress=False)
+    assert (info.value.epoch, info.value.layer, info.value.array) == (2, f"layers.{layer}", "W")
+    np.testing.assert_array_equal(model.params, kept["params"])
+
+
+def test_guard_weight_changed_by_a_callback_mid_epoch_is_reported(rng):
+    X, y = _regression(rng)
+    model = dn.MLP([5, 8, 1], backend="cpu", seed=_seed(rng))
+
+    class Inject(dn.Callback):
+        def on_batch_end(self, step, logs):
+            if step == 6:  # epoch 1, after its 2nd step; not replayed, so not reproduced
+                model.layers[1].b[0] = np.inf
+
+    with pytest.raises(dn.DivergenceError, match="could not be located") as info:
+        dn.fit(model, X, y, epochs=3, batch_size=16, callbacks=[Inject()], progress=False)
+    assert info.value.epoch == 1
+    assert np.isfinite(model.params).all()
+
+
+@pytest.mark.parametrize("batch", [0, 2])
+def test_guard_nan_in_the_data(rng, batch):
+    """NaN written into the training data mid-run; guard checks every 2 of the 3 steps/epoch."""
+    X, y = _regression(rng, 48)
+    model = dn.MLP([5, 8, 1], backend="cpu", seed=_seed(rng))
+    row = 16 * batch + int(rng.integers(16))  # shuffle=False: batch b holds rows 16b..16b+15
+    kept = {}
+
+    class Inject(dn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                kept[0] = model.params.copy()
+
+        def on_batch_end(self, step, logs):
+            if step == 3 + 2:  # epoch 1 after 2 steps: the guard's mid-epoch snapshot
+                kept[2] = model.params.copy()
+
+        def on_epoch_begin(self, epoch, logs):
+            if epoch == 1:
+                X[row, 2] = np.nan  # fit trains on X itself (float32, contiguous: no copy)
+
+    with pytest.raises(dn.DivergenceError,
+                       match=rf"input batch X \(training rows \[{row}\]\)") as info:
+        dn.fit(model, X, y, epochs=3, batch_size=16, callbacks=[Inject()], guard_every=2,
+               shuffle=False, progress=False)
+    err = info.value
+    assert (err.epoch, err.step, err.layer, err.array) == (1, batch, "input", "X")
+    # the last finite state: the epoch start for a NaN in batch 0, the mid-epoch check for 2
+    np.testing.assert_array_equal(model.params, kept[batch])
+
+
+def test_guard_off_lets_nan_through(rng):
+    X, y = _regression(rng)
+    model = dn.MLP([5, 8, 1], backend="cpu", seed=_seed(rng))
+    dn.fit(model, X, y, optimizer=dn.optim.SGD(model, lr=1e8), epochs=3, batch_size=8,
+           guard=False, progress=False)
+    assert not np.isfinite(model.params).all()
