@@ -75,7 +75,7 @@ def render(results: dict) -> str:
     blas = ", ".join(f"{p['internal_api']}x{p['num_threads']}" for p in thr["pools"]) or "?"
     parts.append(f"devnet bench on {m['host']} ({m['device']}: {m['device_name']}), "
                  f"kernels={m['kernels']}, threads: BLAS {blas}, numba {thr['numba']}, "
-                 f"torch {thr['torch']}")
+                 f"torch {thr['torch']}; load average {m.get('loadavg_start')} (start)")
     if results.get("kernels"):
         parts.append("\nkernels (GB/s = minimal bytes moved / median time; copy = same run)")
         parts.append(table(

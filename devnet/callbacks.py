@@ -207,3 +207,6 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def on_train_abort(self, error: BaseException) -> None:
+        self.on_train_end({})

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devnet.errors import CheckpointError, DevnetError
+from devnet.errors import CheckpointError, DeviceUnavailableError, DevnetError
 
 FORMAT = "devnet-checkpoint"
 FORMAT_VERSION = 1
@@ -171,9 +171,9 @@ def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
     name = str(path)
     try:
         model = MLP(**meta["model"], backend=backend)
+    except DeviceUnavailableError:
+        raise
     except DevnetError as exc:
-        if type(exc).__name__ == "DeviceUnavailableError":
-            raise
         raise CheckpointError(f"checkpoint {name!r}: cannot rebuild the model from its "
                               f"config {meta['model']!r}: {exc}") from None
     set_params_(model, tensors["params"], name)

@@ -441,7 +441,8 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
         for cb in callbacks:
             cb.on_train_begin({})
         # overflow is the guard's business: it reports where, NumPy's warnings only add noise
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                model.backend.thread_limits():
             _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
                   progress, train_metrics)
     except BaseException as exc:

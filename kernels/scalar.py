@@ -221,6 +221,18 @@ def xent_prob(z, lse, t, tsum):
     return t * (lse - z), exp(z - lse) * tsum - t
 
 
+def xent_label_row(log_s, m, z_t):
+    """A row's ``-log p_t = lse - z_t`` from ``lse = m + log_s`` (m the row max, s the sum of
+    ``exp(z - m)``), summed as two terms >= 0 so nothing cancels; d/dz = ``p - onehot``."""
+    return log_s + (m - z_t)
+
+
+def xent_prob_row(log_s, tsum, tmz):
+    """A row's ``sum_j t_j (lse - z_j) = tsum log_s + sum_j t_j (m - z_j)``, ``tmz`` that
+    last sum; both terms >= 0. d/dz = ``p tsum - t``."""
+    return tsum * log_s + tmz
+
+
 def sigmoid_bce(z, t, delta):
     # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
     e = exp(-abs(z))

@@ -1,0 +1,800 @@
+"""Numba-CUDA kernels built from ``scalar.py``: the CUDA backend's kernel table.
+
+Same names and signatures as ``reference.py`` (read its docstrings for the contract); arrays are
+CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float64, C-contiguous.
+
+How the kernels are built and launched:
+
+- ``scalar.py``'s functions become ``cuda.jit(device=True, inline="always")`` device functions
+  (``scalar.compiled``). ``inline="always"`` inlines them at Numba-IR level: besides saving the
+  calls, that is what lets ``compile_ptx`` run without a GPU (a non-inlined device function asks
+  the driver for the current device's compute capability when it is compiled).
+- Each kernel is a plain-Python template below, cloned per scalar function with those bound as
+  globals (as ``cpu.py`` does): one specialised kernel per activation, loss and optimizer. Each is
+  compiled on first use for exactly one signature per dtype (``cuda.jit(sig)``), and then launched
+  through the compiled kernel object itself, which skips the dispatcher's per-call type inference.
+- Elementwise ops are grid-stride loops; the bias gradient is a column reduction (each block
+  sums a tile of rows per column in shared memory and writes one partial per column; a second
+  small kernel adds the partials; no atomics, so results are deterministic); softmax and
+  softmax-xent give each row a row of threads of a 2-D block, reduced in shared memory; a loss
+  value is reduced on the device (per-block partials, then one block) into a 0-d array.
+- Launches go on CuPy's current stream. Kernel arguments are Numba device-array views of the CuPy
+  buffers made with ``sync=False`` and cached by (pointer, shape, strides, dtype): when Numba is
+  handed a CUDA-Array-Interface object it synchronises on the producer's exported stream before
+  the launch (numba PR #5162, "Specify synchronization semantics of CUDA Array Interface";
+  ``NUMBA_CUDA_ARRAY_INTERFACE_SYNC`` and ``as_cuda_array(obj, sync=False)`` in numba-cuda's
+  cuda_array_interface docs), and building that view from CuPy's interface dict each call is what
+  makes CuPy arguments slow (NVIDIA/numba-cuda issue #578). numba-cuda 0.30 takes DLPack objects
+  through ``StridedMemoryView`` instead (NVIDIA/numba-cuda PR #703); a device array bypasses both.
+
+``scalar.exp`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast ``2**k`` that does
+not compile for CUDA without a driver); the GPU gets ``math.exp`` / ``math.log1p`` (libdevice)
+in their place through ``scalar.compiled``'s globals, so every caller of ``exp`` uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from types import FunctionType
+
+import numpy as np
+from devnet.kernels import scalar
+from devnet.kernels.reference import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
+from numba import cuda, types
+
+from devnet.errors import lookup
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# Threads per block. 256 on a GPU (8 warps: enough to hide latency, small enough for many
+# resident blocks per SM); 32 under the simulator, which runs every thread as a Python thread.
+NT = 32 if SIMULATOR else 256
+# Blocks per SM a grid-stride kernel is given at most (H100: 132 SMs x 8 = 1056 blocks).
+BLOCKS_PER_SM = 8
+# Under the simulator a grid of at most this many blocks, so grid-stride loops wrap around.
+SIM_MAX_BLOCKS = 2
+_NEG_INF = -math.inf
+
+
+# --- scalar functions, compiled as inlined device functions -------------------------------------
+
+def _gpu_exp(x):
+    return math.exp(x + 0.0)  # + 0.0: float64 like scalar.exp
+
+
+def _gpu_log1p(t):
+    return math.log1p(t + 0.0)
+
+
+_GPU_MATH = {"exp": _gpu_exp, "log1p": _gpu_log1p}
+
+
+def _device(fn):
+    """``scalar.compiled``'s decorator: libdevice exp/log1p, every function inlined."""
+    return cuda.jit(device=True, inline="always")(_GPU_MATH.get(fn.__name__, fn))
+
+
+S = scalar.compiled(_device)
+
+
+# --- block-level helpers (inlined into the kernels) ----------------------------------------------
+
+def _row_reduce(x, is_max):
+    """Max or sum of ``x`` over threadIdx.x, per threadIdx.y; every thread gets the result.
+
+    blockDim.x must be a power of two; every thread of the block must call it (syncthreads).
+    """
+    sh = cuda.shared.array(NT, np.float64)
+    tx = cuda.threadIdx.x
+    base = cuda.threadIdx.y * cuda.blockDim.x
+    cuda.syncthreads()  # earlier readers of sh are done
+    sh[base + tx] = x
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tx < s:
+            if is_max:
+                sh[base + tx] = max(sh[base + tx], sh[base + tx + s])
+            else:
+                sh[base + tx] += sh[base + tx + s]
+        cuda.syncthreads()
+        s //= 2
+    return sh[base]
+
+
+def _block_sum(x, part, slot):
+    """Sum ``x`` over the whole block (power-of-two size) into ``part[slot]`` (thread 0)."""
+    sh = cuda.shared.array(NT, np.float64)
+    nt = cuda.blockDim.x * cuda.blockDim.y
+    t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    sh[t] = x
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if t < s:
+            sh[t] += sh[t + s]
+        cuda.syncthreads()
+        s //= 2
+    if t == 0:
+        part[slot] = sh[0]
+
+
+def _col_partial(acc, j, m, part):
+    """Sum ``acc`` over threadIdx.y (one column j per threadIdx.x) into ``part[blockIdx.y, j]``.
+
+    ``part`` is the flat (gridDim.y, m) float64 scratch; blockDim.y a power of two.
+    """
+    sh = cuda.shared.array(NT, np.float64)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    bx = cuda.blockDim.x
+    sh[ty * bx + tx] = acc
+    cuda.syncthreads()
+    s = cuda.blockDim.y // 2
+    while s > 0:
+        if ty < s:
+            sh[ty * bx + tx] += sh[(ty + s) * bx + tx]
+        cuda.syncthreads()
+        s //= 2
+    if ty == 0 and j < m:
+        part[cuda.blockIdx.y * m + j] = sh[tx]
+
+
+_HELPERS = {
+    name: cuda.jit(device=True, inline="always")(fn)
+    for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
+                     ("col_partial", _col_partial))
+}
+
+
+# --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
+# Globals bound per kernel: value / grad (an activation), loss (an element loss), update (an
+# optimizer); the helpers above, exp_, log_, softmax_term, softmax_grad, xent_* to all.
+
+def _bias_act_fwd(A, b, Z, keep_z, alpha):
+    n, m = A.shape
+    for idx in range(cuda.grid(1), n * m, cuda.gridsize(1)):
+        i = idx // m
+        j = idx - i * m
+        z = A[i, j] + b[j]
+        if keep_z:
+            Z[i, j] = z
+        A[i, j] = value(z, alpha)  # noqa: F821
+
+
+def _act_bwd(G, A, Z, dZ, part, alpha):
+    # 2-D blocks: threadIdx.x a column of a tile of blockDim.x columns (coalesced rows),
+    # threadIdx.y strides over rows; one partial column sum per (row block, column)
+    n, m = G.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    acc = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            d = G[i, j] * grad(A[i, j], Z[i, j], alpha)  # noqa: F821
+            dZ[i, j] = d
+            acc += d
+    col_partial(acc, j, m, part)  # noqa: F821
+
+
+def _col_partials(X, part):
+    # column partial sums of X, as in _act_bwd (softmax's db after its row pass)
+    n, m = X.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    acc = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            acc += X[i, j]
+    col_partial(acc, j, m, part)  # noqa: F821
+
+
+def _col_sum(part, rows, db):
+    m = db.size
+    for j in range(cuda.grid(1), m, cuda.gridsize(1)):
+        s = 0.0
+        for r in range(rows):
+            s += part[r * m + j]
+        db[j] = s
+
+
+def _sum_partials(part, count, out):
+    # one block: out[0] = sum(part[:count])
+    s = 0.0
+    nt = cuda.blockDim.x * cuda.blockDim.y
+    for r in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, count, nt):
+        s += part[r]
+    block_sum(s, out, 0)  # noqa: F821
+
+
+# Row kernels: block (tx, ty) = (a power of two >= the row length or NT, NT // that); thread row
+# ty of block b handles rows b * ty_count + ty, grid-stride; the loop bounds are the same for all
+# threads of a block, so every thread reaches every syncthreads.
+
+def _softmax_fwd(A, b, Z, keep_z, alpha):
+    n, k = A.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        if i < n:
+            for j in range(tx, k, bx):
+                z = A[i, j] + b[j]
+                if keep_z:
+                    Z[i, j] = z
+                A[i, j] = z
+                mx = max(mx, z)
+        mx = row_reduce(mx, True)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                e = softmax_term(A[i, j], mx)  # noqa: F821
+                A[i, j] = e
+                s += e
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            r = 1.0 / s
+            for j in range(tx, k, bx):
+                A[i, j] = A[i, j] * r
+
+
+def _softmax_bwd_rows(G, A, dZ):
+    n, k = G.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        ga = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                ga += G[i, j] * A[i, j]
+        ga = row_reduce(ga, False)  # noqa: F821
+        if i < n:
+            for j in range(tx, k, bx):
+                dZ[i, j] = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
+
+
+def _xent_label(L, T, grad, w, has_w, scale, part):
+    n, k = L.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    total = 0.0
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        if i < n:
+            for j in range(tx, k, bx):
+                mx = max(mx, L[i, j])
+        mx = row_reduce(mx, True)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                s += exp_(L[i, j] - mx)  # noqa: F821
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            lse = mx + log_(s)  # noqa: F821
+            c = scale * w[i] if has_w else scale
+            t = T[i]
+            row = 0.0
+            for j in range(tx, k, bx):  # grad may be L: each element read before written
+                v, d = xent_label(L[i, j], lse, j == t)  # noqa: F821
+                row += v
+                grad[i, j] = c * d
+            total += c * row
+    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+
+
+def _xent_prob(L, T, grad, w, has_w, scale, part):
+    n, k = L.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    total = 0.0
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        ts = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                mx = max(mx, L[i, j])
+                ts += T[i, j]
+        mx = row_reduce(mx, True)  # noqa: F821
+        tsum = row_reduce(ts, False)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                s += exp_(L[i, j] - mx)  # noqa: F821
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            lse = mx + log_(s)  # noqa: F821
+            c = scale * w[i] if has_w else scale
+            row = 0.0
+            for j in range(tx, k, bx):
+                v, d = xent_prob(L[i, j], lse, T[i, j], tsum)  # noqa: F821
+                row += v
+                grad[i, j] = c * d
+            total += c * row
+    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+
+
+def _elem_loss(P, T, grad, w, has_w, scale, delta, part):
+    n, k = P.shape
+    total = 0.0
+    for idx in range(cuda.grid(1), n * k, cuda.gridsize(1)):
+        i = idx // k
+        j = idx - i * k
+        c = scale * w[i] if has_w else scale
+        v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
+        total += c * v
+        grad[i, j] = c * d
+    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+
+
+def _sgd(p, g, lr, wd):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        p[i] = update(p[i], g[i], lr, wd)  # noqa: F821
+
+
+def _heavy_ball(p, g, buf, lr, mu, wd):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, bi = update(p[i], g[i], buf[i], lr, mu, wd)  # noqa: F821
+        p[i] = pi
+        buf[i] = bi
+
+
+def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+    use_mom = mu > 0
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, s, mo, ga = update(  # noqa: F821
+            p[i], g[i], sq[i], mom[i] if use_mom else 0.0, gavg[i] if centered else 0.0,
+            lr, rho, mu, eps, wd, centered)
+        p[i] = pi
+        sq[i] = s
+        if use_mom:
+            mom[i] = mo
+        if centered:
+            gavg[i] = ga
+
+
+def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, mi, vi, vm = update(  # noqa: F821
+            p[i], g[i], m[i], v[i], vmax[i] if amsgrad else 0.0,
+            lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad)
+        p[i] = pi
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vmax[i] = vm
+
+
+# --- signatures ----------------------------------------------------------------------------------
+
+def _sig(kind, ft):
+    """The one signature kernel ``kind`` is compiled for, with float type ``ft``."""
+    a2, a1, part, f8, b1, i8 = ft[:, ::1], ft[::1], types.float64[::1], types.float64, \
+        types.boolean, types.int64
+    sigs = {
+        "fwd": (a2, a1, a2, b1, f8),
+        "bwd": (a2, a2, a2, a2, part, f8),
+        "col_partials": (a2, part),
+        "col_sum": (part, i8, a1),
+        "sum_partials": (part, i8, a1),
+        "softmax_bwd_rows": (a2, a2, a2),
+        "xent_label_i32": (a2, types.int32[::1], a2, a1, b1, f8, part),
+        "xent_label_i64": (a2, types.int64[::1], a2, a1, b1, f8, part),
+        "xent_prob": (a2, a2, a2, a1, b1, f8, part),
+        "elem_loss": (a2, a2, a2, a1, b1, f8, f8, part),
+        "sgd": (a1, a1, f8, f8),
+        "heavy_ball": (a1, a1, a1, f8, f8, f8),
+        "rmsprop": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, b1),
+        "adam": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, f8, f8, b1),
+    }
+    return types.void(*sigs[kind])
+
+
+# --- the kernel registry: name -> (template, signature kind, bound functions) --------------------
+
+_COMMON = dict(
+    cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, exp_=S.exp, log_=math.log,
+    softmax_term=S.softmax_term, softmax_grad=S.softmax_grad, xent_label=S.xent_label,
+    xent_prob=S.xent_prob, **_HELPERS,
+)
+
+_SPECS: dict[str, tuple] = {}
+for _a in scalar.ACTIVATIONS:
+    _SPECS[f"bias_act_fwd_{_a}"] = (_bias_act_fwd, "fwd", {"value": getattr(S, _a)})
+    _SPECS[f"act_bwd_{_a}"] = (_act_bwd, "bwd", {"grad": getattr(S, f"{_a}_grad")})
+_SPECS["bias_act_fwd_softmax"] = (_softmax_fwd, "fwd", {})
+_SPECS["softmax_bwd_rows"] = (_softmax_bwd_rows, "softmax_bwd_rows", {})
+_SPECS["col_partials"] = (_col_partials, "col_partials", {})
+_SPECS["col_sum"] = (_col_sum, "col_sum", {})
+_SPECS["sum_partials"] = (_sum_partials, "sum_partials", {})
+_SPECS["softmax_xent_label_i32"] = (_xent_label, "xent_label_i32", {})
+_SPECS["softmax_xent_label_i64"] = (_xent_label, "xent_label_i64", {})
+_SPECS["softmax_xent_prob"] = (_xent_prob, "xent_prob", {})
+for _n in scalar.ELEMENT_LOSSES:
+    _SPECS[_n] = (_elem_loss, "elem_loss", {"loss": getattr(S, _n)})
+_SPECS["sgd_step"] = (_sgd, "sgd", {"update": S.sgd})
+_SPECS["momentum_step"] = (_heavy_ball, "heavy_ball", {"update": S.momentum})
+_SPECS["nesterov_step"] = (_heavy_ball, "heavy_ball", {"update": S.nesterov})
+_SPECS["rmsprop_step"] = (_rmsprop, "rmsprop", {"update": S.rmsprop})
+_SPECS["adam_step"] = (_adam, "adam", {"update": S.adam_l2})
+_SPECS["adamw_step"] = (_adam, "adam", {"update": S.adamw})
+
+_FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+
+
+def _pyfunc(name):
+    """The plain-Python kernel ``name``: its template cloned with its functions as globals."""
+    template, _, funcs = _SPECS[name]
+    ns = {**template.__globals__, **_COMMON, **funcs}
+    fn = FunctionType(template.__code__, ns, template.__name__)
+    # the name carries scalar.py's hash: Numba's disk cache then recompiles when it changes
+    fn.__qualname__ = f"{name}_{scalar.SOURCE_TAG}"
+    return fn
+
+
+PTX_TARGETS = [
+    (f"{name}[{dt.name}]", _pyfunc(name), _sig(_SPECS[name][1], ft))
+    for name in _SPECS for dt, ft in _FLOAT_TYPES.items()
+]
+"""(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests."""
+
+
+class _Kernel:
+    """One kernel compiled for one dtype; launched without the dispatcher's type inference."""
+
+    __slots__ = ("name", "dispatcher", "compiled")
+
+    def __init__(self, name, dtype):
+        self.name = name
+        sig = _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)])
+        if SIMULATOR:
+            self.dispatcher = cuda.jit(_pyfunc(name))
+            self.compiled = None
+        else:
+            # eager: compiles now for this one signature; cache=True keeps the cubin on disk
+            self.dispatcher = cuda.jit(sig, cache=True)(_pyfunc(name))
+            self.compiled = next(iter(self.dispatcher.overloads.values()), None)
+
+    def __call__(self, grid, block, stream, *args):
+        if self.compiled is not None:
+            # the specialised kernel's own launch: no typeof per argument, no overload lookup
+            self.compiled.launch(args, grid, block, stream, 0)
+        else:
+            self.dispatcher[grid, block, stream](*args)
+
+
+_KERNELS: dict[tuple, _Kernel] = {}
+
+
+def _kernel(name, dtype):
+    key = (name, dtype)
+    k = _KERNELS.get(key)
+    if k is None:
+        if np.dtype(dtype) not in _FLOAT_TYPES:
+            raise TypeError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
+        k = _KERNELS[key] = _Kernel(name, dtype)
+    return k
+
+
+# --- launch configurations -----------------------------------------------------------------------
+
+_MAX_BLOCKS: list[int] = []
+
+
+def _max_blocks():
+    """Most blocks a grid-stride kernel is given (SMs x BLOCKS_PER_SM; small under the sim)."""
+    if not _MAX_BLOCKS:
+        if SIMULATOR:
+            _MAX_BLOCKS.append(SIM_MAX_BLOCKS)
+        else:
+            sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+            _MAX_BLOCKS.append(sms * BLOCKS_PER_SM)
+    return _MAX_BLOCKS[0]
+
+
+def _pow2_at_least(n, cap):
+    p = 1
+    while p < n and p < cap:
+        p *= 2
+    return p
+
+
+_CONFIGS: dict[tuple, tuple] = {}
+
+
+def _config(kind, n, m=1):
+    """(grid, block) as 3-tuples for ``kind`` on ``n`` rows x ``m`` columns; cached."""
+    key = (kind, n, m)
+    cfg = _CONFIGS.get(key)
+    if cfg is not None:
+        return cfg
+    top = _max_blocks()
+    if kind == "flat":  # grid-stride over n * m elements
+        cfg = ((max(1, min(-(-(n * m) // NT), top)), 1, 1), (NT, 1, 1))
+    elif kind == "cols":  # column tiles x row blocks, for column partial sums
+        tx = _pow2_at_least(m, 32)  # a warp's worth of columns: coalesced row segments
+        ty = NT // tx
+        gx = -(-m // tx)
+        gy = max(1, min(-(-n // ty), max(1, top // gx)))
+        cfg = ((gx, gy, 1), (tx, ty, 1))
+    elif kind == "rows":  # one row of threads per matrix row
+        tx = _pow2_at_least(m, NT)
+        ty = NT // tx
+        cfg = ((max(1, min(-(-n // ty), top)), 1, 1), (tx, ty, 1))
+    else:  # "one": a single block
+        cfg = ((1, 1, 1), (NT, 1, 1))
+    if len(_CONFIGS) > 4096:
+        _CONFIGS.clear()
+    _CONFIGS[key] = cfg
+    return cfg
+
+
+# --- arrays and streams --------------------------------------------------------------------------
+
+_cupy = None
+
+
+def _cp():
+    global _cupy
+    if _cupy is None:
+        import cupy
+
+        _cupy = cupy
+    return _cupy
+
+
+_VIEWS: dict[tuple, object] = {}
+_STREAMS: dict[int, object] = {}
+_SCRATCH: dict[tuple, object] = {}
+
+
+class _Call:
+    """Arrays, stream and scratch for one public call, on CuPy or (simulator) NumPy arrays."""
+
+    __slots__ = ("sim", "stream", "ptr", "_memo")
+
+    def __init__(self, like):
+        self.sim = isinstance(like, np.ndarray)
+        if self.sim:
+            if not SIMULATOR:
+                raise TypeError("CUDA kernels take CuPy arrays (NumPy only under the simulator)")
+            self.stream = self.ptr = 0
+            self._memo = {}
+        else:
+            ptr = _cp().cuda.get_current_stream().ptr
+            stream = _STREAMS.get(ptr)
+            if stream is None:
+                # ptr 0 is CuPy's null stream, the legacy default stream
+                stream = cuda.legacy_default_stream() if ptr == 0 else cuda.external_stream(ptr)
+                _STREAMS[ptr] = stream
+            self.stream = stream
+            self.ptr = ptr
+
+    def dev(self, a, cache=True):
+        """``a`` as a kernel argument: a cached no-sync device view (CuPy) or a device copy."""
+        if self.sim:
+            hit = self._memo.get(id(a))
+            if hit is None:  # keeps ``a`` alive too, so its id is not reused in this call
+                hit = self._memo[id(a)] = (a, cuda.to_device(a))
+            return hit[1]
+        if not cache:  # a one-off array (a loss value): not worth a cache entry
+            return cuda.from_cuda_array_interface(a.__cuda_array_interface__, sync=False)
+        key = (a.data.ptr, a.shape, a.strides, a.dtype.char)
+        d = _VIEWS.get(key)
+        if d is None:
+            if len(_VIEWS) > 4096:
+                _VIEWS.clear()
+            # owner=None: the view holds no reference; the caller's array outlives the launch
+            d = _VIEWS[key] = cuda.from_cuda_array_interface(
+                a.__cuda_array_interface__, owner=None, sync=False)
+        return d
+
+    def back(self, *arrays):
+        """Copy device results into the caller's NumPy arrays (simulator only)."""
+        if self.sim:
+            for a in arrays:
+                if a is not None:
+                    self._memo[id(a)][1].copy_to_host(a)
+
+    def scratch(self, size):
+        """A float64 device buffer of at least ``size`` elements, reused on this stream."""
+        size = max(int(size), 1)
+        if self.sim:
+            return cuda.device_array(size, np.float64)
+        cp = _cp()
+        key = (cp.cuda.runtime.getDevice(), self.ptr)
+        buf = _SCRATCH.get(key)
+        if buf is None or buf.size < size:
+            arr = cp.empty(max(size, 2 * (0 if buf is None else buf.size), 1024), np.float64)
+            # kept alive here (the dict holds the CuPy array too)
+            buf = _SCRATCH[key] = cuda.from_cuda_array_interface(
+                arr.__cuda_array_interface__, owner=arr, sync=False)
+        return buf
+
+    def scalar_out(self, dtype):
+        """A fresh 1-element output array for a loss value (host or device)."""
+        if self.sim:
+            return np.empty(1, dtype)
+        return _cp().empty(1, dtype)
+
+
+def _check_act(table_key, act):
+    if table_key not in _SPECS:
+        lookup({**{a: 0 for a in scalar.ACTIVATIONS}, "softmax": 0}, act, "activation")
+
+
+# --- the kernel table: activations ---------------------------------------------------------------
+
+def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
+    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
+
+    A: (n, m) float32/float64 matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it
+    when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise (a row per thread row).
+    """
+    name = f"bias_act_fwd_{act}"
+    _check_act(name, act)
+    n, m = A.shape
+    c = _Call(A)
+    grid, block = _config("rows" if act == "softmax" else "flat", n, m)
+    _kernel(name, A.dtype)(grid, block, c.stream, c.dev(A), c.dev(b),
+                           c.dev(A if Z is None else Z), Z is not None, float(alpha))
+    c.back(A, Z)
+
+
+def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
+    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one pass plus a partial-sum pass.
+
+    G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
+    dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
+    """
+    name = f"act_bwd_{act}"
+    if act != "softmax":
+        _check_act(name, act)
+    if Z is None:
+        if act in NEEDS_PREACTIVATION:
+            raise ValueError(f"act_bwd({act!r}) needs the pre-activation Z")
+        Z = A
+    n, m = G.shape
+    c = _Call(G)
+    dt = G.dtype
+    grid, block = _config("cols", n, m)
+    part = c.scratch(grid[1] * m)
+    ddZ = c.dev(dZ)
+    if act == "softmax":
+        rgrid, rblock = _config("rows", n, m)
+        _kernel("softmax_bwd_rows", dt)(rgrid, rblock, c.stream, c.dev(G), c.dev(A), ddZ)
+        _kernel("col_partials", dt)(grid, block, c.stream, ddZ, part)
+    else:
+        _kernel(name, dt)(grid, block, c.stream, c.dev(G), c.dev(A), c.dev(Z), ddZ, part,
+                          float(alpha))
+    sgrid, sblock = _config("flat", m)
+    _kernel("col_sum", dt)(sgrid, sblock, c.stream, part, grid[1], c.dev(db))
+    c.back(dZ, db)
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+def _finish_loss(c, part, nparts, dtype):
+    out = c.scalar_out(dtype)
+    grid, block = _config("one", 1)
+    _kernel("sum_partials", dtype)(grid, block, c.stream, part, nparts, c.dev(out, cache=False))
+    c.back(out)
+    return out.reshape(())
+
+
+def _weight_arg(c, weight, like):
+    # an unused stand-in of the right type when there is no weight (has_w=False)
+    return c.dev(weight if weight is not None else like[0])
+
+
+def softmax_xent(logits, target, grad, weight, scale):
+    """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` as a 0-d array; writes ``grad``.
+
+    logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
+    ``logits``; weight: (n,) or None; scale: float. The value stays on the device (no sync).
+    """
+    n, k = logits.shape
+    dt = logits.dtype
+    c = _Call(logits)
+    if target.ndim == 1:
+        if target.dtype not in (np.int32, np.int64):
+            target = target.astype(np.int64)
+        name = f"softmax_xent_label_{'i32' if target.dtype == np.int32 else 'i64'}"
+    else:
+        if target.dtype != dt:
+            target = target.astype(dt)
+        name = "softmax_xent_prob"
+    grid, block = _config("rows", n, k)
+    part = c.scratch(grid[0])
+    _kernel(name, dt)(grid, block, c.stream, c.dev(logits), c.dev(target), c.dev(grad),
+                      _weight_arg(c, weight, grad), weight is not None, float(scale), part)
+    c.back(grad)
+    return _finish_loss(c, part, grid[0], dt)
+
+
+def _loss(name, pred, target, grad, weight, scale, delta=1.0):
+    if target.shape != pred.shape:
+        target = target.reshape(pred.shape)
+    if target.dtype != pred.dtype:
+        target = target.astype(pred.dtype)
+    n, k = pred.shape
+    c = _Call(pred)
+    grid, block = _config("flat", n, k)
+    part = c.scratch(grid[0])
+    _kernel(name, pred.dtype)(grid, block, c.stream, c.dev(pred), c.dev(target), c.dev(grad),
+                              _weight_arg(c, weight, grad), weight is not None, float(scale),
+                              float(delta), part)
+    c.back(grad)
+    return _finish_loss(c, part, grid[0], pred.dtype)
+
+
+def sigmoid_bce(logits, target, grad, weight, scale):
+    """Binary cross-entropy from logits, elementwise; (n, k) arrays; see ``softmax_xent``."""
+    return _loss("sigmoid_bce", logits, target, grad, weight, scale)
+
+
+def mse(pred, target, grad, weight, scale):
+    """Squared error, elementwise; (n, k) arrays; see ``softmax_xent``."""
+    return _loss("mse", pred, target, grad, weight, scale)
+
+
+def mae(pred, target, grad, weight, scale):
+    """Absolute error, elementwise; (n, k) arrays; see ``softmax_xent``."""
+    return _loss("mae", pred, target, grad, weight, scale)
+
+
+def huber(pred, target, grad, weight, scale, delta=1.0):
+    """Huber loss with threshold ``delta``, elementwise; (n, k) arrays."""
+    return _loss("huber", pred, target, grad, weight, scale, delta)
+
+
+# --- optimizer steps: one launch over the flat buffers, all updated in place ---------------------
+
+def _step(name, p, *args):
+    """Launch step ``name`` over flat buffers; ``args``: arrays (None: unused) then scalars."""
+    c = _Call(p)
+    grid, block = _config("flat", p.size)
+    dev = [c.dev(p if a is None else a) if not isinstance(a, (float, bool)) else a
+           for a in args]
+    _kernel(name, p.dtype)(grid, block, c.stream, c.dev(p), *dev)
+    c.back(p, *[a for a in args if not isinstance(a, (float, bool))])
+
+
+def sgd_step(p, g, lr, wd):
+    """In place ``p -= lr (g + wd p)``. p, g: (N,) flat buffers, same dtype."""
+    _step("sgd_step", p, g, float(lr), float(wd))
+
+
+def momentum_step(p, g, buf, lr, mu, wd):
+    """In place heavy ball on p and buf; (N,) flat buffers. See ``reference.momentum_step``."""
+    _step("momentum_step", p, g, buf, float(lr), float(mu), float(wd))
+
+
+def nesterov_step(p, g, buf, lr, mu, wd):
+    """In place Nesterov on p and buf; (N,) flat buffers. See ``reference.nesterov_step``."""
+    _step("nesterov_step", p, g, buf, float(lr), float(mu), float(wd))
+
+
+def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+    """In place RMSProp on p, sq (and mom if mu > 0, gavg if centered); (N,) flat buffers."""
+    _step("rmsprop_step", p, g, sq, mom, gavg, float(lr), float(rho), float(mu), float(eps),
+          float(wd), bool(centered))
+
+
+def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    """In place Adam (L2 ``wd``) on p, m, v (and vmax if amsgrad); (N,) flat buffers."""
+    _step("adam_step", p, g, m, v, vmax, float(lr), float(beta1), float(beta2), float(eps),
+          float(wd), float(bc1), float(bc2), bool(amsgrad))
+
+
+def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    """In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad); (N,) buffers."""
+    _step("adamw_step", p, g, m, v, vmax, float(lr), float(beta1), float(beta2), float(eps),
+          float(wd), float(bc1), float(bc2), bool(amsgrad))

@@ -1,0 +1,227 @@
+"""Every Numba-CUDA kernel under the CUDA simulator against the reference, on NumPy arrays.
+
+Runs only in its own pytest process with ``NUMBA_ENABLE_CUDASIM=1`` set before Numba is imported
+(``make test`` does that). Shapes are small (the simulator runs every thread in Python) and not
+multiples of the block or tile sizes; ``cuda.SIM_MAX_BLOCKS`` keeps grids small so grid-stride
+loops wrap around; outputs are poisoned with NaN so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.cudasim,
+    pytest.mark.skipif(
+        os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
+        reason="CUDA simulator tests need NUMBA_ENABLE_CUDASIM=1 set before numba is imported "
+               "(run: NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cudasim "
+               "tests/test_kernels_cudasim.py)",
+    ),
+]
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    from devnet.kernels import cuda as kcuda
+    from devnet.kernels import reference, scalar
+else:  # pragma: no cover - the module is skipped
+    kcuda = reference = scalar = None
+
+DTYPES = (np.float32, np.float64)
+SHAPES = ((1, 1), (1, 7), (9, 1), (33, 5), (70, 3))
+TOL = {np.float32: dict(rtol=2e-5, atol=5e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
+ACTS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
+
+
+def _rand(rng, shape, dtype, scale=2.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def _poison(a):
+    return np.full_like(a, np.nan)
+
+
+def _close(actual, expected, dtype):
+    tol = TOL[dtype]
+    big = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * big)
+
+
+def test_table_complete():
+    assert all(callable(getattr(kcuda, n)) for n in reference.KERNEL_NAMES)
+    assert set(ACTS) == set(reference.ACTIVATION_NAMES)
+
+
+def test_simulator_is_on():
+    assert kcuda.SIMULATOR and kcuda.NT == 32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", ACTS)
+def test_bias_act_fwd_and_bwd(act, shape, dtype):
+    rng = np.random.default_rng()
+    A0, b = _rand(rng, shape, dtype), _rand(rng, shape[1], dtype)
+    keep_z = act in reference.NEEDS_PREACTIVATION
+    A1, A2 = A0.copy(), A0.copy()
+    Z1, Z2 = (_poison(A0), _poison(A0)) if keep_z else (None, None)
+    kcuda.bias_act_fwd(act, A1, b, Z1, alpha=0.03)
+    reference.bias_act_fwd(act, A2, b, Z2, alpha=0.03)
+    _close(A1, A2, dtype)
+    if keep_z:
+        _close(Z1, Z2, dtype)
+
+    G = _rand(rng, shape, dtype)
+    dZ1, db1 = _poison(G), np.full(shape[1], np.nan, dtype)
+    dZ2, db2 = _poison(G), np.full(shape[1], np.nan, dtype)
+    kcuda.act_bwd(act, G, A2, Z2, dZ1, db1, alpha=0.03)
+    reference.act_bwd(act, G, A2, Z2, dZ2, db2, alpha=0.03)
+    _close(dZ1, dZ2, dtype)
+    _close(db1, db2, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ("relu", "softmax"))
+def test_act_bwd_in_place(act, dtype):
+    """dZ may be G itself."""
+    rng = np.random.default_rng()
+    A = reference.act_fwd(act, _rand(rng, (33, 5), dtype))
+    G = _rand(rng, A.shape, dtype)
+    dZ2, db2 = _poison(G), np.full(5, np.nan, dtype)
+    reference.act_bwd(act, G, A, None, dZ2, db2)
+    db1 = np.full(5, np.nan, dtype)
+    kcuda.act_bwd(act, G, A, None, G, db1)
+    _close(G, dZ2, dtype)
+    _close(db1, db2, dtype)
+
+
+def test_unknown_activation_lists_valid_names():
+    with pytest.raises(Exception, match="relu"):
+        kcuda.bias_act_fwd("swish", np.ones((2, 2)), np.ones(2))
+
+
+def test_needs_preactivation():
+    A = np.ones((2, 2))
+    with pytest.raises(ValueError, match="pre-activation"):
+        kcuda.act_bwd("gelu", A, A, None, A.copy(), np.ones(2))
+
+
+def _check_loss(name, pred, target, weight, scale, dtype, **kw):
+    g1, g2 = _poison(pred), _poison(pred)
+    v1 = getattr(kcuda, name)(pred, target, g1, weight, scale, **kw)
+    v2 = getattr(reference, name)(pred, target, g2, weight, scale, **kw)
+    assert np.ndim(v1) == 0
+    _close(g1, g2, dtype)
+    _close(float(v1), float(v2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("target_kind", ("labels32", "labels64", "probs"))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_softmax_xent(target_kind, weighted, shape, dtype):
+    rng = np.random.default_rng()
+    n, k = shape
+    Z = _rand(rng, shape, dtype, scale=3.0)
+    if target_kind == "probs":
+        T = rng.random(shape).astype(dtype)  # rows need not sum to 1
+    else:
+        T = rng.integers(0, k, n).astype(np.int32 if target_kind == "labels32" else np.int64)
+    w = rng.random(n).astype(dtype) + 0.5 if weighted else None
+    _check_loss("softmax_xent", Z, T, w, 1.0 / n, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_grad_aliases_logits(dtype):
+    rng = np.random.default_rng()
+    Z = _rand(rng, (33, 5), dtype, scale=3.0)
+    T = rng.integers(0, 5, 33)
+    g2 = _poison(Z)
+    v2 = reference.softmax_xent(Z.copy(), T, g2, None, 0.5)
+    v1 = kcuda.softmax_xent(Z, T, Z, None, 0.5)
+    _close(Z, g2, dtype)
+    _close(float(v1), float(v2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", ("sigmoid_bce", "mse", "mae", "huber"))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_elementwise_losses(name, weighted, shape, dtype):
+    rng = np.random.default_rng()
+    P = _rand(rng, shape, dtype)
+    if name == "sigmoid_bce":
+        T = rng.random(shape).astype(dtype)
+    else:
+        T = _rand(rng, shape, dtype)
+    w = rng.random(shape[0]).astype(dtype) + 0.5 if weighted else None
+    kw = {"delta": 0.7} if name == "huber" else {}
+    _check_loss(name, P, T, w, 1.0 / P.size, dtype, **kw)
+
+
+# --- optimizer steps ---------------------------------------------------------------------------
+
+STEP_SIZES = (1, 7, 70, 257)
+
+
+def _run_step(name, dtype, n, **kw):
+    """Run ``name`` from both modules on identical fresh state; compare every buffer."""
+    rng = np.random.default_rng()
+    p = _rand(rng, n, dtype)
+    g = _rand(rng, n, dtype)
+    lift = {"pos": 0.1, "big": 1.5}  # positive state; "big" keeps sq - gavg**2 > 0
+    bufs = {k: (rng.random(n) + lift[v]).astype(dtype) if v in lift else _rand(rng, n, dtype)
+            for k, v in kw.pop("bufs").items()}
+    a = {"p": p.copy(), "g": g.copy(), **{k: v.copy() for k, v in bufs.items()}}
+    r = {"p": p.copy(), "g": g.copy(), **{k: v.copy() for k, v in bufs.items()}}
+    for key in kw.pop("none", ()):
+        a[key] = r[key] = None
+    getattr(kcuda, name)(**a, **kw)
+    getattr(reference, name)(**r, **kw)
+    for key, val in r.items():
+        if val is not None:
+            _close(a[key], val, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", STEP_SIZES)
+def test_sgd(n, dtype):
+    _run_step("sgd_step", dtype, n, bufs={}, lr=0.1, wd=0.01)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", STEP_SIZES)
+@pytest.mark.parametrize("name", ("momentum_step", "nesterov_step"))
+def test_momentum(name, n, dtype):
+    _run_step(name, dtype, n, bufs={"buf": "any"}, lr=0.1, mu=0.9, wd=0.01)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", STEP_SIZES)
+@pytest.mark.parametrize("centered", (False, True))
+@pytest.mark.parametrize("mu", (0.0, 0.9))
+def test_rmsprop(mu, centered, n, dtype):
+    none = [k for k, used in (("mom", mu > 0), ("gavg", centered)) if not used]
+    _run_step("rmsprop_step", dtype, n, bufs={"sq": "big", "mom": "any", "gavg": "pos"},
+              none=none, lr=0.01, rho=0.9, mu=mu, eps=1e-8, wd=0.01, centered=centered)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", STEP_SIZES)
+@pytest.mark.parametrize("amsgrad", (False, True))
+@pytest.mark.parametrize("name", ("adam_step", "adamw_step"))
+def test_adam(name, amsgrad, n, dtype):
+    t = 3
+    _run_step(name, dtype, n, bufs={"m": "any", "v": "pos", "vmax": "pos"},
+              none=() if amsgrad else ("vmax",), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+              wd=0.01, bc1=1 - 0.9**t, bc2=1 - 0.999**t, amsgrad=amsgrad)
+
+
+def test_ptx_targets_cover_every_kernel():
+    names = {n.split("[")[0] for n, _, _ in kcuda.PTX_TARGETS}
+    for act in scalar.ACTIVATIONS:
+        assert f"bias_act_fwd_{act}" in names and f"act_bwd_{act}" in names
+    for step in reference.STEP_KERNELS:
+        assert step in names

@@ -1,0 +1,55 @@
+"""Every Numba-CUDA kernel compiles to PTX for compute capabilities 8.0 and 9.0, without a GPU.
+
+``numba.cuda.compile_ptx`` needs numba-cuda (with its cu12 NVVM), not a device; this runs in the
+ordinary pytest process. The kernels and their signatures come from ``cuda.PTX_TARGETS``: each
+activation, loss and optimizer specialisation, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("PTX compilation is not available under the CUDA simulator "
+                "(NUMBA_ENABLE_CUDASIM=1)", allow_module_level=True)
+
+try:
+    from numba import cuda
+    from numba.cuda import compile_ptx
+except Exception as exc:  # numba-cuda missing, or its NVVM / toolkit bindings broken
+    pytest.skip(f"numba-cuda is not importable ({type(exc).__name__}: {exc}); install "
+                "numba-cuda[cu12] (the test extra)", allow_module_level=True)
+
+from devnet.kernels import cuda as kcuda  # noqa: E402
+from devnet.kernels import reference, scalar  # noqa: E402
+
+CCS = ((8, 0), (9, 0))
+_NAMES = [name for name, _, _ in kcuda.PTX_TARGETS]
+
+
+def test_targets_cover_every_op():
+    """Each activation (both directions), loss and step, in both dtypes."""
+    names = set(_NAMES)
+    for dt in ("float32", "float64"):
+        for act in scalar.ACTIVATIONS:
+            assert f"bias_act_fwd_{act}[{dt}]" in names
+            assert f"act_bwd_{act}[{dt}]" in names
+        assert f"bias_act_fwd_softmax[{dt}]" in names
+        assert f"softmax_bwd_rows[{dt}]" in names
+        for loss in ("softmax_xent_label_i32", "softmax_xent_label_i64", "softmax_xent_prob",
+                     *scalar.ELEMENT_LOSSES):
+            assert f"{loss}[{dt}]" in names
+        for step in reference.STEP_KERNELS:
+            assert f"{step}[{dt}]" in names
+
+
+@pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"sm{cc[0]}{cc[1]}")
+@pytest.mark.parametrize("target", kcuda.PTX_TARGETS, ids=_NAMES)
+def test_compiles_to_ptx(target, cc):
+    _, pyfunc, sig = target
+    ptx, _ = compile_ptx(pyfunc, sig.args, cc=cc)
+    assert ".entry" in ptx
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    assert cuda is not None
