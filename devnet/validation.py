@@ -116,7 +116,7 @@ def to_dtype(name: str, arr: np.ndarray, dtype: np.dtype, what: str = "the model
         raise DataError(f"{name} has dtype {arr.dtype} but {what} uses {dtype.name}, and "
                         f"converting would lose precision; convert it yourself "
                         f"({name}.astype('{dtype.name}')) or build the model with "
-                        f"dtype='{arr.dtype.name}'")
+                        "dtype='float64'")
     warnings.warn(f"{name} converted from {arr.dtype} to {dtype.name} (lossless) to match "
                   f"{what}", DataConversionWarning, stacklevel=4)
     return np.ascontiguousarray(arr, dtype=dtype)
@@ -175,7 +175,7 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
                 bad = arr != np.round(arr)
                 raise DataError(f"cross_entropy needs integer class labels in {name}, got "
                                 f"non-integer values (e.g. {name}{_first_bad(bad)} = "
-                                f"{arr[bad][0]!r})")
+                                f"{arr[bad][0].item()!r})")
         elif arr.dtype.kind == "b":
             raise DataError(f"cross_entropy needs integer class labels in {name}, got bool; "
                             "use binary_cross_entropy for 0/1 targets")

@@ -13,7 +13,8 @@ How the kernels are built and launched:
   globals (as ``cpu.py`` does): one specialised kernel per activation, loss and optimizer. Each is
   compiled on first use for exactly one signature per dtype (``cuda.jit(sig)``), and then launched
   through the compiled kernel object itself, which skips the dispatcher's per-call type inference.
-- Elementwise ops are grid-stride loops; the bias gradient is a column reduction (each block
+- Elementwise ops are grid-stride loops (2-D over (rows, columns) for matrices, so no
+  per-element integer division); the bias gradient is a column reduction (each block
   sums a tile of rows per column in shared memory and writes one partial per column; a second
   small kernel adds the partials; no atomics, so results are deterministic); softmax and
   softmax-xent give each row a row of threads of a 2-D block, reduced in shared memory; a loss
@@ -152,14 +153,17 @@ _HELPERS = {
 # optimizer); the helpers above, exp_, log_, softmax_term, softmax_grad, xent_* to all.
 
 def _bias_act_fwd(A, b, Z, keep_z, alpha):
+    # the "cols" layout of _act_bwd: no per-element integer division to recover (i, j)
     n, m = A.shape
-    for idx in range(cuda.grid(1), n * m, cuda.gridsize(1)):
-        i = idx // m
-        j = idx - i * m
-        z = A[i, j] + b[j]
-        if keep_z:
-            Z[i, j] = z
-        A[i, j] = value(z, alpha)  # noqa: F821
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if j < m:
+        bj = b[j]
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            z = A[i, j] + bj
+            if keep_z:
+                Z[i, j] = z
+            A[i, j] = value(z, alpha)  # noqa: F821
 
 
 def _act_bwd(G, A, Z, dZ, part, alpha):
@@ -322,16 +326,18 @@ def _xent_prob(L, T, grad, w, has_w, scale, part):
 
 
 def _elem_loss(P, T, grad, w, has_w, scale, delta, part):
+    # "cols" layout as _act_bwd; one partial per block, blocks numbered x-fastest
     n, k = P.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     total = 0.0
-    for idx in range(cuda.grid(1), n * k, cuda.gridsize(1)):
-        i = idx // k
-        j = idx - i * k
-        c = scale * w[i] if has_w else scale
-        v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
-        total += c * v
-        grad[i, j] = c * d
-    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+    if j < k:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            c = scale * w[i] if has_w else scale
+            v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
+            total += c * v
+            grad[i, j] = c * d
+    block_sum(total, part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)  # noqa: F821
 
 
 def _sgd(p, g, lr, wd):
@@ -642,7 +648,7 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     _check_act(name, act)
     n, m = A.shape
     c = _Call(A)
-    grid, block = _config("rows" if act == "softmax" else "flat", n, m)
+    grid, block = _config("rows" if act == "softmax" else "cols", n, m)
     _kernel(name, A.dtype)(grid, block, c.stream, c.dev(A), c.dev(b),
                            c.dev(A if Z is None else Z), Z is not None, float(alpha))
     c.back(A, Z)
@@ -726,13 +732,14 @@ def _loss(name, pred, target, grad, weight, scale, delta=1.0):
         target = target.astype(pred.dtype)
     n, k = pred.shape
     c = _Call(pred)
-    grid, block = _config("flat", n, k)
-    part = c.scratch(grid[0])
+    grid, block = _config("cols", n, k)
+    nparts = grid[0] * grid[1]
+    part = c.scratch(nparts)
     _kernel(name, pred.dtype)(grid, block, c.stream, c.dev(pred), c.dev(target), c.dev(grad),
                               _weight_arg(c, weight, grad), weight is not None, float(scale),
                               float(delta), part)
     c.back(grad)
-    return _finish_loss(c, part, grid[0], pred.dtype)
+    return _finish_loss(c, part, nparts, pred.dtype)
 
 
 def sigmoid_bce(logits, target, grad, weight, scale):

@@ -84,12 +84,14 @@ def test_resume_in_new_process_is_bit_identical(job):
     proc, resumed = child(5, ck, resume=True)
     assert proc.returncode == 0, proc.stderr
     assert dn.io.read_metadata(ck)["train_state"]["epoch"] == 5
-    reference = here(5)
+    # the reference runs in a fresh process too, so both use the same code and thread setup
+    proc, reference = child(5, tmp / "ref.safetensors")
+    assert proc.returncode == 0, proc.stderr
     assert resumed.dtype == reference.dtype
     np.testing.assert_array_equal(resumed, reference)
+    np.testing.assert_array_equal(here(5), reference)  # and in this process
     # and the continuation really trained: it differs from the 3-epoch state
-    three = here(3)
-    assert not np.array_equal(three, reference)
+    assert not np.array_equal(here(3), reference)
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(job):
@@ -102,7 +104,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(job):
     assert dn.io.read_metadata(ck)["train_state"]["epoch"] == 2  # last completed epoch
     proc, resumed = child(4, ck, resume=True)
     assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(resumed, here(4, tmp / "ref.safetensors"))
+    proc, reference = child(4, tmp / "ref.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(resumed, reference)
 
 
 SAVER = textwrap.dedent("""
