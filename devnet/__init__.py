@@ -7,7 +7,7 @@
 
 import logging as _logging
 
-from devnet import callbacks, data, losses, optim
+from devnet import callbacks, data, interop, losses, optim
 from devnet.backend import Backend, available_backends, get_backend
 from devnet.callbacks import CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from devnet.errors import (
@@ -26,11 +26,11 @@ from devnet.train import Callback, History, evaluate, fit, predict, predict_prob
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "DataError", "Dense",
-    "DeviceUnavailableError", "DevnetError", "DivergenceError", "History", "Parameter",
-    "available_backends", "data", "evaluate", "fit", "get_backend", "losses", "optim",
-    "predict_proba", "callbacks", "CSVLogger", "EarlyStopping", "LearningRateScheduler",
-    "ModelCheckpoint", "load", "load_checkpoint", "predict", "save",
+    "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "CSVLogger", "DataError",
+    "Dense", "DeviceUnavailableError", "DevnetError", "DivergenceError", "EarlyStopping",
+    "History", "LearningRateScheduler", "ModelCheckpoint", "Parameter", "available_backends",
+    "callbacks", "data", "evaluate", "fit", "get_backend", "interop", "load", "load_checkpoint",
+    "losses", "optim", "predict", "predict_proba", "profile", "save",
 ]
 
 # One line on stderr says which device "auto" picked and why, unless the user configured

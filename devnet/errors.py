@@ -33,7 +33,8 @@ def lookup(table: Mapping, name, kind: str):
     """``table[name]``, or a ConfigError naming ``kind`` and listing the valid names."""
     if isinstance(name, str) and name in table:
         return table[name]
-    raise ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {_names(table)}")
+    plural = kind + ("es" if kind.endswith("s") else "s")
+    raise ConfigError(f"unknown {kind} {name!r}; valid {plural}: {_names(table)}")
 
 
 def _names(names: Iterable) -> str:

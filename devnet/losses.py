@@ -108,7 +108,7 @@ class Huber(Loss):
 
 
 class CrossEntropy(Loss):
-    """Softmax cross-entropy from logits; targets are integer labels (n,) or probabilities (n, k)."""
+    """Softmax cross-entropy from logits; targets: integer labels (n,) or probabilities (n, k)."""
 
     name, kernel, link, classification = "cross_entropy", "softmax_xent", "softmax", True
 

@@ -67,6 +67,10 @@ def _host(name: str, a, backend) -> np.ndarray:
         raise DataError(f"{name} is a string; expected a numeric array")
     if backend is not None and backend.is_array(a) and not isinstance(a, np.ndarray):
         a = backend.to_numpy(a)
+    elif not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):
+        from devnet.interop import to_numpy  # torch / JAX / CuPy tensors, by DLPack
+
+        a = to_numpy(a)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NumPy < 2 only warns on ragged lists

@@ -4,10 +4,10 @@ import logging
 
 import numpy as np
 import pytest
+from devnet.kernels import reference
 
 import devnet as dn
 from devnet.backend import cuda as cuda_backend
-from devnet.kernels import reference
 
 NO_CUDA = cuda_backend.unavailable_reason()
 

@@ -121,3 +121,18 @@ def test_jax_round_trip():
     j = interop.to_jax(a)
     np.testing.assert_array_equal(np.asarray(j), a)
     np.testing.assert_array_equal(interop.as_array(jax.numpy.asarray(a), "cpu"), a)
+
+
+def test_fit_evaluate_predict_accept_torch_tensors():
+    torch = pytest.importorskip("torch")
+    X, y = dn.data.load_digits()
+    model = dn.MLP([64, 32, 10], backend="cpu", seed=0)
+    twin = dn.MLP([64, 32, 10], backend="cpu", seed=0)
+    dn.fit(model, torch.from_numpy(X), torch.from_numpy(y), loss="cross_entropy", epochs=2,
+           progress=False)
+    dn.fit(twin, X, y, loss="cross_entropy", epochs=2, progress=False)
+    np.testing.assert_array_equal(model.params, twin.params)
+    got = dn.evaluate(model, torch.from_numpy(X), torch.from_numpy(y), loss="cross_entropy")
+    assert got == dn.evaluate(twin, X, y, loss="cross_entropy")
+    np.testing.assert_array_equal(dn.predict(model, torch.from_numpy(X[:5])),
+                                  dn.predict(twin, X[:5]))

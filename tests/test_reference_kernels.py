@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from devnet.kernels import reference as ref
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (13, 5)]

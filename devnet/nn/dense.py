@@ -44,7 +44,7 @@ class Dense:
         return self.n_in * self.n_out + self.n_out
 
     def bind_(self, params, grads, offset: int) -> int:
-        """Point W, b, dW, db at ``params`` / ``grads`` from ``offset``; returns the next offset."""
+        """Point W, b, dW, db into ``params`` / ``grads`` at ``offset``; return the next offset."""
         w_end = offset + self.n_in * self.n_out
         end = w_end + self.n_out
         self.W = params[offset:w_end].reshape(self.n_in, self.n_out)

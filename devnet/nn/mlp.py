@@ -11,7 +11,8 @@ import numpy as np
 
 from devnet.backend import Backend, get_backend
 from devnet.errors import ConfigError, DataError
-from devnet.nn import activations, init as initializers
+from devnet.nn import activations
+from devnet.nn import init as initializers
 from devnet.nn.dense import Dense, ParameterList
 
 DTYPES = ("float32", "float64")

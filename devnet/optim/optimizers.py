@@ -13,8 +13,12 @@ from devnet.optim.schedules import Schedule
 
 def _number(name: str, value, lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False):
     ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if ok and math.isfinite(value):
+        above = value > lo if lo_open else value >= lo
+        below = value < hi if hi_open else value <= hi
+        ok = above and below
+    else:
+        ok = False
     if not ok:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise ConfigError(f"{name} must be a number in {left}{lo}, {hi}{right}, got {value!r}")
