@@ -525,11 +525,11 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         wb = None
         if wbuf is not None:
             np.take(sw, idx, axis=0, out=wbuf[:nb])
-            wb = be.asarray(wbuf[:nb])
+            wb = be.upload(wbuf[:nb], "w")
         grad = grads.get(nb)
         if grad is None:
             grad = grads[nb] = be.empty((nb, model.n_out), model.dtype)
-        return idx, be.asarray(xbuf[:nb]), be.asarray(ybuf[:nb]), wb, grad
+        return idx, be.upload(xbuf[:nb], "x"), be.upload(ybuf[:nb], "y"), wb, grad
 
     for epoch in range(trainer.epochs_done, trainer.epochs):
         trainer.epoch = epoch

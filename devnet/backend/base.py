@@ -53,6 +53,14 @@ class Backend:
         """True when ``a`` already lives on this device as an ``xp.ndarray``."""
         return isinstance(a, self.xp.ndarray)
 
+    def upload(self, host: np.ndarray, slot: str):
+        """``host`` (a C-contiguous NumPy batch) on the device, for the step about to run.
+
+        ``slot`` names a reusable staging buffer ("x", "y", ...): the result stays valid until
+        the upload after next to the same slot. On the host this is ``host`` itself.
+        """
+        return host
+
     def empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
 

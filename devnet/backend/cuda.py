@@ -59,6 +59,11 @@ class CUDABackend(Backend):
         self.kernel_set = kernels
         self._device = cupy.cuda.Device(index)
         self._device.use()
+        self._stagers: dict[tuple, _Stager] = {}
+        if index != 0:  # Numba-CUDA keeps its own current device: launch on the same GPU
+            from numba import cuda as numba_cuda
+
+            numba_cuda.select_device(index)
         if kernels == "reference":
             self.kernels = kernel_table(reference)
         else:
@@ -75,6 +80,19 @@ class CUDABackend(Backend):
         with self._device:
             return cupy.random.default_rng(seed)
 
+    def upload(self, host: np.ndarray, slot: str):
+        """Copy a host batch to the device asynchronously, through pinned memory.
+
+        Each slot keeps two pinned host buffers and two device buffers used in turn, with an
+        event per pair: the host waits only until the copy made two uploads ago has finished,
+        so gathering batch k+1 on the host overlaps the GPU's work on batch k.
+        """
+        key = (slot, host.dtype.str, host.shape[1:])
+        stager = self._stagers.get(key)
+        if stager is None or stager.capacity < host.shape[0]:
+            stager = self._stagers[key] = _Stager(host.shape, host.dtype, self._device)
+        return stager.put(host)
+
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
@@ -83,3 +101,28 @@ class CUDABackend(Backend):
         props = cupy.cuda.runtime.getDeviceProperties(self.index)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class _Stager:
+    """Double-buffered pinned-host -> device copies for one batch slot (see ``upload``)."""
+
+    def __init__(self, shape, dtype, device):
+        import cupyx
+
+        self.capacity = shape[0]
+        with device:
+            self.pinned = [cupyx.empty_pinned(shape, dtype) for _ in range(2)]
+            self.dev = [cupy.empty(shape, dtype) for _ in range(2)]
+            self.done = [None, None]
+        self.turn = 0
+
+    def put(self, host: np.ndarray):
+        i = self.turn = 1 - self.turn
+        if self.done[i] is not None:
+            self.done[i].synchronize()  # the copy out of pinned[i] two uploads ago is over
+        n = host.shape[0]
+        np.copyto(self.pinned[i][:n], host)
+        stream = cupy.cuda.get_current_stream()
+        self.dev[i][:n].set(self.pinned[i][:n], stream=stream)
+        self.done[i] = stream.record()
+        return self.dev[i][:n]
