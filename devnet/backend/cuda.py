@@ -18,9 +18,12 @@ try:
     import cupy
 
     IMPORT_ERROR: str | None = None
-except Exception as exc:  # ImportError, or a broken CUDA install raising on import
+except ModuleNotFoundError:
     cupy = None
-    IMPORT_ERROR = f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})"
+    IMPORT_ERROR = "CuPy is not installed (pip install 'devnet[cuda12]' or 'devnet[cuda13]')"
+except Exception as exc:  # a broken CUDA install raising on import
+    cupy = None
+    IMPORT_ERROR = f"CuPy failed to import ({type(exc).__name__}: {exc})"
 
 
 def device_count() -> int:
