@@ -6,14 +6,17 @@ Python wrapper picks one by size. Activations get one specialised kernel each (a
 the scalar function): an in-loop switch on an activation code blocks vectorisation (bias+relu on
 1000x1000 float32: 1.97 ms with the switch, 0.14 ms specialised).
 
+Each kernel is also specialised per dtype (``scalar.specialise``: the float literals of the loop
+and of the scalar functions typed as the array's dtype, ``exp_f32`` for float32) and the wrappers
+cast scalar arguments to it, so float32 kernels compute in float32: 8 lanes of AVX2 instead of 4,
+float32 divides, square roots and exp. Only loss totals are summed in float64.
+
 Thread pools (2-core machine, OpenBLAS with 2 threads, Numba's workqueue layer): see
 ``PARALLEL_MIN`` for the measured threshold; below it every kernel runs serially, so a small
 MLP's step never enters a Numba parallel region and never fights OpenBLAS for the cores.
 """
 
 from __future__ import annotations
-
-from types import FunctionType
 
 import numpy as np
 from devnet.kernels import scalar
@@ -37,32 +40,46 @@ def set_parallel_min(n: int) -> None:
     PARALLEL_MIN = int(n)
 
 
-# The scalar functions, compiled for inlining into the loops below.
-S = scalar.compiled(njit(inline="always"))
+# The dtypes kernels are specialised for, by ``dtype.char``; any other dtype runs the float64 ones.
+DTYPES = {"f": np.float32, "d": np.float64}
+# The scalar functions per dtype, compiled for inlining into the loops below.
+S = {c: scalar.compiled(njit(inline="always"), dt) for c, dt in DTYPES.items()}
+# Fast-math flags of every kernel. "reassoc" lets LLVM vectorise sums; without "nsz" LLVM's
+# Reassociate pass and InstCombine's factoring leave floating-point chains alone, which is what
+# keeps exp's Cody-Waite reduction x - k*ln2_hi - k*ln2_lo intact: with "nsz" it was folded to
+# x - k*ln2, and exp lost accuracy growing with |x| (4.5 ulp at 88 in float32, 211 ulp at 700 in
+# float64, against 1.0 and 2.3 without), at no measured speed difference.
+FASTMATH = frozenset({"reassoc", "contract", "arcp"})
 
 
-def _build(template, tag, **funcs):
-    """(serial, parallel) kernels compiled from ``template`` with ``funcs`` bound as globals.
+def _build(template, tag, dtype, **funcs):
+    """(serial, parallel) kernels for ``dtype`` from ``template`` with ``funcs`` as globals.
 
-    A clone per (op, scalar function) rather than a closure: Numba never finds a closure over a
-    dispatcher in its on-disk cache (the pickled dispatcher carries a per-process uuid). The
-    cache name carries ``scalar.SOURCE_TAG`` so editing scalar.py recompiles.
+    A clone per (op, scalar function, dtype) rather than a closure: Numba never finds a closure
+    over a dispatcher in its on-disk cache (the pickled dispatcher carries a per-process uuid).
+    The cache name carries the dtype (the clones share their bytecode, which the cache index
+    keys on) and ``scalar.SOURCE_TAG``, so editing scalar.py recompiles.
     """
-    ns = {**template.__globals__, **funcs}
+    ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dtype}, dtype)
     kernels = []
     for parallel in (False, True):
-        fn = FunctionType(template.__code__, ns, template.__name__)
-        fn.__qualname__ = f"{tag}_{'par' if parallel else 'ser'}_{scalar.SOURCE_TAG}"
+        fn = scalar.specialise(template, ns, dtype)
+        fn.__qualname__ = (f"{tag}_{np.dtype(dtype).name}_{'par' if parallel else 'ser'}_"
+                           f"{scalar.SOURCE_TAG}")
         kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy",
-                            fastmath={"reassoc", "contract", "nsz", "arcp"})(fn))
+                            fastmath=set(FASTMATH))(fn))
     return tuple(kernels)
 
 
 # --- kernel templates: plain functions, compiled by _build with their scalar functions bound --
 # Globals bound per kernel: value / grad (an activation), loss (an element loss), update (an
-# optimizer); the names in _COMMON are bound to all.
+# optimizer); the names in _COMMON are bound to all, and ``real``, the kernel's dtype.
+# Scalar arguments come in as Python floats and are cast to ``real`` first thing: the
+# dispatcher's fast path takes a Python float, while a NumPy float32 argument cost ~0.2 us to
+# make and type, each (adam_step on 33 elements: 0.75 us with floats, 2.1 us with float32s).
 
 def _bias_act_fwd(A, b, Z, keep_z, alpha):
+    alpha = real(alpha)  # noqa: F821
     # Two loops, not one with `if keep_z: Z[i, j] = z` inside: without Z the wrapper passes A
     # as Z, the vectoriser's runtime overlap check on Z vs A then fails and every element ran
     # in the scalar remainder loop (bias+sigmoid 1000x1000 float32: 5.4-11 ms vs 0.87 ms), and
@@ -111,6 +128,7 @@ def _col_sums(part, db):
 
 
 def _act_bwd(G, A, Z, dZ, db, alpha, nchunks, inplace):
+    alpha = real(alpha)  # noqa: F821
     # Rows split in nchunks, each with its own contiguous partial column sums (the inner loop
     # over columns vectorises), added at the end. ``inplace`` (dZ is G): a loop that names only
     # G, since the vectoriser's runtime overlap check of dZ against G would send every element
@@ -194,10 +212,11 @@ def _softmax_exp_row(z, g, mx, inplace):
 
 
 def _xent_label(Z, T, grad, w, has_w, scale, inplace):
+    scale = real(scale)  # noqa: F821
     # Per row: max; exp (once per element) into grad with its sum; grad *= c / s, then the
     # one-hot subtracted at the label. 1000x1000 float32: 4.2 ms with exp twice per element.
     n, k = Z.shape
-    total = 0.0
+    total = np.float64(0.0)  # float64 whatever the dtype: the sum over every row
     for i in prange(n):
         mx = row_max(Z[i])  # noqa: F821
         t = T[i]
@@ -213,9 +232,10 @@ def _xent_label(Z, T, grad, w, has_w, scale, inplace):
 
 
 def _xent_prob(Z, T, grad, w, has_w, scale, inplace):
+    scale = real(scale)  # noqa: F821
     # as _xent_label; the row sums of t and t (mx - z) are taken before grad overwrites Z
     n, k = Z.shape
-    total = 0.0
+    total = np.float64(0.0)  # see _xent_label
     for i in prange(n):
         mx = row_max(Z[i])  # noqa: F821
         tsum = 0.0
@@ -234,8 +254,9 @@ def _xent_prob(Z, T, grad, w, has_w, scale, inplace):
 
 
 def _elem_loss_kernel(P, T, grad, w, has_w, scale, delta):
+    scale, delta = real(scale), real(delta)  # noqa: F821
     n, k = P.shape
-    total = 0.0
+    total = np.float64(0.0)  # see _xent_label
     for i in prange(n):
         c = scale * w[i] if has_w else scale
         row = 0.0
@@ -248,16 +269,19 @@ def _elem_loss_kernel(P, T, grad, w, has_w, scale, delta):
 
 
 def _sgd(p, g, lr, wd):
+    lr, wd = real(lr), real(wd)  # noqa: F821
     for i in prange(p.size):
         p[i] = update(p[i], g[i], lr, wd)  # noqa: F821
 
 
 def _heavy_ball(p, g, buf, lr, mu, wd):
+    lr, mu, wd = real(lr), real(mu), real(wd)  # noqa: F821
     for i in prange(p.size):
         p[i], buf[i] = update(p[i], g[i], buf[i], lr, mu, wd)  # noqa: F821
 
 
 def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+    lr, rho, mu, eps, wd = real(lr), real(rho), real(mu), real(eps), real(wd)  # noqa: F821
     use_mom = mu > 0
     for i in prange(p.size):
         pi, s, mo, ga = update(  # noqa: F821
@@ -272,6 +296,8 @@ def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
 
 
 def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+    lr, beta1, beta2, eps = real(lr), real(beta1), real(beta2), real(eps)  # noqa: F821
+    wd, bc1, bc2 = real(wd), real(bc1), real(bc2)  # noqa: F821
     for i in prange(p.size):
         pi, mi, vi, vm = update(  # noqa: F821
             p[i], g[i], m[i], v[i], vmax[i] if amsgrad else 0.0,
@@ -283,33 +309,48 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
             vmax[i] = vm
 
 
-_COMMON = dict(
-    softmax_term=S.softmax_term, softmax_grad=S.softmax_grad,
-    xent_label_row=S.xent_label_row, xent_prob_row=S.xent_prob_row,
-    col_sums=njit(inline="always")(_col_sums), row_max=njit(inline="always")(_row_max),
-)
-_COMMON["softmax_exp_row"] = njit(inline="always")(
-    FunctionType(_softmax_exp_row.__code__, {**globals(), **_COMMON}, "_softmax_exp_row"))
+def _common(c):
+    """The helpers every kernel of dtype ``DTYPES[c]`` is given as globals."""
+    dt, fns = DTYPES[c], S[c]
+    common = dict(
+        softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
+        xent_label_row=fns.xent_label_row, xent_prob_row=fns.xent_prob_row,
+        col_sums=njit(inline="always")(_col_sums), row_max=njit(inline="always")(_row_max),
+    )
+    common["softmax_exp_row"] = njit(inline="always")(scalar.specialise(
+        _softmax_exp_row, scalar.typed_globals({**globals(), **common}, dt), dt))
+    return common
 
 
-def _k(template, tag, **funcs):
-    return _build(template, tag, **_COMMON, **funcs)
+_COMMON = {c: _common(c) for c in DTYPES}
 
 
-_FWD = {a: _k(_bias_act_fwd, f"bias_act_fwd_{a}", value=getattr(S, a)) for a in scalar.ACTIVATIONS}
+def _k(template, tag, **names):
+    """``{dtype char: (serial, parallel)}``; ``names``: global -> name of a scalar function."""
+    return {c: _build(template, tag, dt, **_COMMON[c],
+                      **{g: getattr(S[c], n) for g, n in names.items()})
+            for c, dt in DTYPES.items()}
+
+
+_FWD = {a: _k(_bias_act_fwd, f"bias_act_fwd_{a}", value=a) for a in scalar.ACTIVATIONS}
 _FWD["softmax"] = _k(_softmax_fwd, "bias_act_fwd_softmax")
-_BWD = {a: _k(_act_bwd, f"act_bwd_{a}", grad=getattr(S, f"{a}_grad")) for a in scalar.ACTIVATIONS}
+_BWD = {a: _k(_act_bwd, f"act_bwd_{a}", grad=f"{a}_grad") for a in scalar.ACTIVATIONS}
 _BWD["softmax"] = _k(_softmax_bwd, "act_bwd_softmax")
 _NCHUNKS = 2  # row chunks of a parallel act_bwd: one per core
 _XENT_LABEL = _k(_xent_label, "softmax_xent_label")
 _XENT_PROB = _k(_xent_prob, "softmax_xent_prob")
-_ELEM = {n: _k(_elem_loss_kernel, n, loss=getattr(S, n)) for n in scalar.ELEMENT_LOSSES}
-_SGD = _k(_sgd, "sgd_step", update=S.sgd)
-_MOMENTUM = _k(_heavy_ball, "momentum_step", update=S.momentum)
-_NESTEROV = _k(_heavy_ball, "nesterov_step", update=S.nesterov)
-_RMSPROP = _k(_rmsprop, "rmsprop_step", update=S.rmsprop)
-_ADAM = _k(_adam, "adam_step", update=S.adam_l2)
-_ADAMW = _k(_adam, "adamw_step", update=S.adamw)
+_ELEM = {n: _k(_elem_loss_kernel, n, loss=n) for n in scalar.ELEMENT_LOSSES}
+_SGD = _k(_sgd, "sgd_step", update="sgd")
+_MOMENTUM = _k(_heavy_ball, "momentum_step", update="momentum")
+_NESTEROV = _k(_heavy_ball, "nesterov_step", update="nesterov")
+_RMSPROP = _k(_rmsprop, "rmsprop_step", update="rmsprop")
+_ADAM = _k(_adam, "adam_step", update="adam_l2")
+_ADAMW = _k(_adam, "adamw_step", update="adamw")
+
+
+def _pick(kernels, a):
+    """The kernel of ``kernels`` (``{dtype char: (serial, parallel)}``) for array ``a``."""
+    return kernels["f" if a.dtype.char == "f" else "d"][a.size >= PARALLEL_MIN]
 
 
 # --- the kernel table: activations ---------------------------------------------------------------
@@ -320,12 +361,12 @@ def _same(out, a):
     return out is a
 
 
-def _kernel(table, act, size):
+def _kernel(table, act, a):
     try:
-        pair = table[act]
+        kernels = table[act]
     except KeyError:
         lookup(table, act, "activation")  # raises ConfigError listing the valid names
-    return pair[size >= PARALLEL_MIN]
+    return _pick(kernels, a)
 
 
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
@@ -334,7 +375,8 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     A: (n, m) float32/float64 matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it
     when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise.
     """
-    _kernel(_FWD, act, A.size)(A, b, A if Z is None else Z, Z is not None, alpha)
+    kernel = _kernel(_FWD, act, A)
+    kernel(A, b, A if Z is None else Z, Z is not None, float(alpha))
 
 
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
@@ -343,12 +385,13 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
     dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
     """
-    kernel = _kernel(_BWD, act, G.size)
+    kernel = _kernel(_BWD, act, G)
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise ValueError(f"act_bwd({act!r}) needs the pre-activation Z")
         Z = A
-    kernel(G, A, Z, dZ, db, alpha, _NCHUNKS if G.size >= PARALLEL_MIN else 1, _same(dZ, G))
+    kernel(G, A, Z, dZ, db, float(alpha), _NCHUNKS if G.size >= PARALLEL_MIN else 1,
+           _same(dZ, G))
 
 
 # --- losses -------------------------------------------------------------------------------------
@@ -359,18 +402,17 @@ def softmax_xent(logits, target, grad, weight, scale):
     logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
     ``logits``; weight: (n,) or None; scale: float.
     """
-    pair = _XENT_LABEL if target.ndim == 1 else _XENT_PROB
+    kernel = _pick(_XENT_LABEL if target.ndim == 1 else _XENT_PROB, logits)
     w = logits[:, 0] if weight is None else weight
-    return pair[logits.size >= PARALLEL_MIN](
-        logits, target, grad, w, weight is not None, float(scale), _same(grad, logits))
+    return kernel(logits, target, grad, w, weight is not None, float(scale), _same(grad, logits))
 
 
 def _elem_loss(name, pred, target, grad, weight, scale, delta=1.0):
     if target.shape != pred.shape:
         target = target.reshape(pred.shape)
     w = pred[:, 0] if weight is None else weight
-    return _ELEM[name][pred.size >= PARALLEL_MIN](
-        pred, target, grad, w, weight is not None, float(scale), float(delta))
+    kernel = _pick(_ELEM[name], pred)
+    return kernel(pred, target, grad, w, weight is not None, float(scale), float(delta))
 
 
 def sigmoid_bce(logits, target, grad, weight, scale):
@@ -397,35 +439,38 @@ def huber(pred, target, grad, weight, scale, delta=1.0):
 
 def sgd_step(p, g, lr, wd):
     """In place ``p -= lr (g + wd p)``. p, g: (N,) flat buffers, same dtype."""
-    _SGD[p.size >= PARALLEL_MIN](p, g, float(lr), float(wd))
+    kernel = _pick(_SGD, p)
+    kernel(p, g, float(lr), float(wd))
 
 
 def momentum_step(p, g, buf, lr, mu, wd):
     """In place heavy ball on p and buf; (N,) flat buffers. See ``reference.momentum_step``."""
-    _MOMENTUM[p.size >= PARALLEL_MIN](p, g, buf, float(lr), float(mu), float(wd))
+    kernel = _pick(_MOMENTUM, p)
+    kernel(p, g, buf, float(lr), float(mu), float(wd))
 
 
 def nesterov_step(p, g, buf, lr, mu, wd):
     """In place Nesterov on p and buf; (N,) flat buffers. See ``reference.nesterov_step``."""
-    _NESTEROV[p.size >= PARALLEL_MIN](p, g, buf, float(lr), float(mu), float(wd))
+    kernel = _pick(_NESTEROV, p)
+    kernel(p, g, buf, float(lr), float(mu), float(wd))
 
 
 def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
     """In place RMSProp on p, sq (and mom if mu > 0, gavg if centered); (N,) flat buffers."""
-    _RMSPROP[p.size >= PARALLEL_MIN](
-        p, g, sq, p if mom is None else mom, p if gavg is None else gavg, float(lr),
-        float(rho), float(mu), float(eps), float(wd), bool(centered))
+    kernel = _pick(_RMSPROP, p)
+    kernel(p, g, sq, p if mom is None else mom, p if gavg is None else gavg, float(lr),
+           float(rho), float(mu), float(eps), float(wd), bool(centered))
 
 
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
     """In place Adam (L2 ``wd``) on p, m, v (and vmax if amsgrad); (N,) flat buffers."""
-    _ADAM[p.size >= PARALLEL_MIN](
-        p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
-        float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))
+    kernel = _pick(_ADAM, p)
+    kernel(p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
+           float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))
 
 
 def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
     """In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad); (N,) buffers."""
-    _ADAMW[p.size >= PARALLEL_MIN](
-        p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
-        float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))
+    kernel = _pick(_ADAMW, p)
+    kernel(p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
+           float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))

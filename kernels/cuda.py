@@ -28,16 +28,23 @@ How the kernels are built and launched:
   makes CuPy arguments slow (NVIDIA/numba-cuda issue #578). numba-cuda 0.30 takes DLPack objects
   through ``StridedMemoryView`` instead (NVIDIA/numba-cuda PR #703); a device array bypasses both.
 
-``scalar.exp`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast ``2**k`` that does
-not compile for CUDA without a driver); the GPU gets ``math.exp`` / ``math.log1p`` (libdevice)
-in their place through ``scalar.compiled``'s globals, so every caller of ``exp`` uses them.
+``scalar.exp`` / ``scalar.exp_f32`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast
+``2**k`` that does not compile for CUDA without a driver); the GPU gets ``math.exp`` /
+``math.log1p`` (libdevice) in their place through ``scalar.compiled``'s globals, so every caller
+of ``exp`` uses them.
+
+Precision: every kernel is compiled per dtype from clones with their float literals typed as
+that dtype (``scalar.specialise``), and takes its scalar arguments in that dtype, so a float32
+kernel computes in float32 (``math.exp`` of a float32 is libdevice's ``__nv_expf``; one float64
+literal would turn the whole chain into f64 divides and ``__nv_exp``). What stays float64 on
+purpose: the loss totals and the scratch partial sums (column sums of db, loss values), a few
+adds per row or block; ``tests/test_kernels_ptx.py`` checks that nothing else is.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from types import FunctionType
 
 import numpy as np
 from devnet.kernels import scalar
@@ -60,14 +67,14 @@ _NEG_INF = -math.inf
 # --- scalar functions, compiled as inlined device functions -------------------------------------
 
 def _gpu_exp(x):
-    return math.exp(x + 0.0)  # + 0.0: float64 like scalar.exp
+    return math.exp(x)  # libdevice __nv_expf for a float32 x, __nv_exp for a float64
 
 
 def _gpu_log1p(t):
-    return math.log1p(t + 0.0)
+    return math.log1p(t)
 
 
-_GPU_MATH = {"exp": _gpu_exp, "log1p": _gpu_log1p}
+_GPU_MATH = {"exp": _gpu_exp, "exp_f32": _gpu_exp, "log1p": _gpu_log1p}
 
 
 def _device(fn):
@@ -75,7 +82,9 @@ def _device(fn):
     return cuda.jit(device=True, inline="always")(_GPU_MATH.get(fn.__name__, fn))
 
 
-S = scalar.compiled(_device)
+_FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+# The scalar functions per dtype (their float literals in that dtype).
+S = {dt: scalar.compiled(_device, dt) for dt in _FLOAT_TYPES}
 
 
 # --- block-level helpers (inlined into the kernels) ----------------------------------------------
@@ -84,8 +93,9 @@ def _row_reduce(x, is_max):
     """Max or sum of ``x`` over threadIdx.x, per threadIdx.y; every thread gets the result.
 
     blockDim.x must be a power of two; every thread of the block must call it (syncthreads).
+    In the kernel's dtype ``real``: a row's max and exp sum feed each element's exp.
     """
-    sh = cuda.shared.array(NT, np.float64)
+    sh = cuda.shared.array(NT, real)  # noqa: F821
     tx = cuda.threadIdx.x
     base = cuda.threadIdx.y * cuda.blockDim.x
     cuda.syncthreads()  # earlier readers of sh are done
@@ -104,7 +114,10 @@ def _row_reduce(x, is_max):
 
 
 def _block_sum(x, part, slot):
-    """Sum ``x`` over the whole block (power-of-two size) into ``part[slot]`` (thread 0)."""
+    """Sum ``x`` over the whole block (power-of-two size) into ``part[slot]`` (thread 0).
+
+    float64 in every kernel: it sums loss totals and float64 partials.
+    """
     sh = cuda.shared.array(NT, np.float64)
     nt = cuda.blockDim.x * cuda.blockDim.y
     t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
@@ -123,9 +136,10 @@ def _block_sum(x, part, slot):
 def _col_partial(acc, j, m, part):
     """Sum ``acc`` over threadIdx.y (one column j per threadIdx.x) into ``part[blockIdx.y, j]``.
 
-    ``part`` is the flat (gridDim.y, m) float64 scratch; blockDim.y a power of two.
+    ``part`` is the flat (gridDim.y, m) float64 scratch; blockDim.y a power of two. Sums in
+    the kernel's dtype ``real`` (a few rows per column), stored as float64.
     """
-    sh = cuda.shared.array(NT, np.float64)
+    sh = cuda.shared.array(NT, real)  # noqa: F821
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     bx = cuda.blockDim.x
@@ -141,11 +155,14 @@ def _col_partial(acc, j, m, part):
         part[cuda.blockIdx.y * m + j] = sh[tx]
 
 
-_HELPERS = {
-    name: cuda.jit(device=True, inline="always")(fn)
-    for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
-                     ("col_partial", _col_partial))
-}
+def _helpers(dt):
+    """The block helpers for kernels of dtype ``dt``, as inlined device functions."""
+    ns = scalar.typed_globals({**globals(), "real": dt.type}, dt)
+    return {
+        name: cuda.jit(device=True, inline="always")(scalar.specialise(fn, ns, dt))
+        for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
+                         ("col_partial", _col_partial))
+    }
 
 
 # --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
@@ -196,7 +213,7 @@ def _col_partials(X, part):
 def _col_sum(part, rows, db):
     m = db.size
     for j in range(cuda.grid(1), m, cuda.gridsize(1)):
-        s = 0.0
+        s = np.float64(0.0)  # the partials are float64
         for r in range(rows):
             s += part[r * m + j]
         db[j] = s
@@ -204,7 +221,7 @@ def _col_sum(part, rows, db):
 
 def _sum_partials(part, count, out):
     # one block: out[0] = sum(part[:count])
-    s = 0.0
+    s = np.float64(0.0)
     nt = cuda.blockDim.x * cuda.blockDim.y
     for r in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, count, nt):
         s += part[r]
@@ -266,7 +283,7 @@ def _xent_label(L, T, grad, w, has_w, scale, part):
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
     by = cuda.blockDim.y
-    total = 0.0
+    total = np.float64(0.0)  # loss totals in float64 whatever the dtype
     for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
         i = r0 + cuda.threadIdx.y
         mx = _NEG_INF
@@ -297,7 +314,7 @@ def _xent_prob(L, T, grad, w, has_w, scale, part):
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
     by = cuda.blockDim.y
-    total = 0.0
+    total = np.float64(0.0)  # loss totals in float64 whatever the dtype
     for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
         i = r0 + cuda.threadIdx.y
         mx = _NEG_INF
@@ -329,7 +346,7 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part):
     # "cols" layout as _act_bwd; one partial per block, blocks numbered x-fastest
     n, k = P.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    total = 0.0
+    total = np.float64(0.0)
     if j < k:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
@@ -382,7 +399,8 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 
 def _sig(kind, ft):
     """The one signature kernel ``kind`` is compiled for, with float type ``ft``."""
-    a2, a1, part, f8, b1, i8 = ft[:, ::1], ft[::1], types.float64[::1], types.float64, \
+    # scalar arguments (alpha, scale, lr, ...) in the arrays' type ft: a float64 would promote
+    a2, a1, part, f8, b1, i8 = ft[:, ::1], ft[::1], types.float64[::1], ft, \
         types.boolean, types.int64
     sigs = {
         "fwd": (a2, a1, a2, b1, f8),
@@ -405,16 +423,23 @@ def _sig(kind, ft):
 
 # --- the kernel registry: name -> (template, signature kind, bound functions) --------------------
 
-_COMMON = dict(
-    cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, exp_=S.exp, log_=math.log,
-    softmax_term=S.softmax_term, softmax_grad=S.softmax_grad, xent_label=S.xent_label,
-    xent_prob=S.xent_prob, **_HELPERS,
-)
+def _common(dt):
+    """The globals every kernel of dtype ``dt`` is given."""
+    fns = S[dt]
+    return dict(
+        cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, exp_=fns.exp, log_=math.log,
+        softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
+        xent_label=fns.xent_label, xent_prob=fns.xent_prob, **_helpers(dt),
+    )
 
+
+_COMMON = {dt: _common(dt) for dt in _FLOAT_TYPES}
+
+# funcs: global -> name of the scalar function bound to it (from S[dtype])
 _SPECS: dict[str, tuple] = {}
 for _a in scalar.ACTIVATIONS:
-    _SPECS[f"bias_act_fwd_{_a}"] = (_bias_act_fwd, "fwd", {"value": getattr(S, _a)})
-    _SPECS[f"act_bwd_{_a}"] = (_act_bwd, "bwd", {"grad": getattr(S, f"{_a}_grad")})
+    _SPECS[f"bias_act_fwd_{_a}"] = (_bias_act_fwd, "fwd", {"value": _a})
+    _SPECS[f"act_bwd_{_a}"] = (_act_bwd, "bwd", {"grad": f"{_a}_grad"})
 _SPECS["bias_act_fwd_softmax"] = (_softmax_fwd, "fwd", {})
 _SPECS["softmax_bwd_rows"] = (_softmax_bwd_rows, "softmax_bwd_rows", {})
 _SPECS["col_partials"] = (_col_partials, "col_partials", {})
@@ -424,29 +449,32 @@ _SPECS["softmax_xent_label_i32"] = (_xent_label, "xent_label_i32", {})
 _SPECS["softmax_xent_label_i64"] = (_xent_label, "xent_label_i64", {})
 _SPECS["softmax_xent_prob"] = (_xent_prob, "xent_prob", {})
 for _n in scalar.ELEMENT_LOSSES:
-    _SPECS[_n] = (_elem_loss, "elem_loss", {"loss": getattr(S, _n)})
-_SPECS["sgd_step"] = (_sgd, "sgd", {"update": S.sgd})
-_SPECS["momentum_step"] = (_heavy_ball, "heavy_ball", {"update": S.momentum})
-_SPECS["nesterov_step"] = (_heavy_ball, "heavy_ball", {"update": S.nesterov})
-_SPECS["rmsprop_step"] = (_rmsprop, "rmsprop", {"update": S.rmsprop})
-_SPECS["adam_step"] = (_adam, "adam", {"update": S.adam_l2})
-_SPECS["adamw_step"] = (_adam, "adam", {"update": S.adamw})
-
-_FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+    _SPECS[_n] = (_elem_loss, "elem_loss", {"loss": _n})
+_SPECS["sgd_step"] = (_sgd, "sgd", {"update": "sgd"})
+_SPECS["momentum_step"] = (_heavy_ball, "heavy_ball", {"update": "momentum"})
+_SPECS["nesterov_step"] = (_heavy_ball, "heavy_ball", {"update": "nesterov"})
+_SPECS["rmsprop_step"] = (_rmsprop, "rmsprop", {"update": "rmsprop"})
+_SPECS["adam_step"] = (_adam, "adam", {"update": "adam_l2"})
+_SPECS["adamw_step"] = (_adam, "adam", {"update": "adamw"})
 
 
-def _pyfunc(name):
-    """The plain-Python kernel ``name``: its template cloned with its functions as globals."""
+def _pyfunc(name, dtype):
+    """The plain-Python kernel ``name`` for ``dtype``: its template cloned with its functions
+    as globals and its float literals in ``dtype`` (``scalar.specialise``)."""
+    dt = np.dtype(dtype)
     template, _, funcs = _SPECS[name]
-    ns = {**template.__globals__, **_COMMON, **funcs}
-    fn = FunctionType(template.__code__, ns, template.__name__)
-    # the name carries scalar.py's hash: Numba's disk cache then recompiles when it changes
-    fn.__qualname__ = f"{name}_{scalar.SOURCE_TAG}"
+    ns = scalar.typed_globals(
+        {**template.__globals__, **_COMMON[dt],
+         **{g: getattr(S[dt], f) for g, f in funcs.items()}}, dt)
+    fn = scalar.specialise(template, ns, dt)
+    # the name carries the dtype (the clones share their bytecode) and scalar.py's hash: Numba's
+    # disk cache then recompiles when it changes
+    fn.__qualname__ = f"{name}_{dt.name}_{scalar.SOURCE_TAG}"
     return fn
 
 
 PTX_TARGETS = [
-    (f"{name}[{dt.name}]", _pyfunc(name), _sig(_SPECS[name][1], ft))
+    (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
     for name in _SPECS for dt, ft in _FLOAT_TYPES.items()
 ]
 """(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests."""
@@ -461,11 +489,11 @@ class _Kernel:
         self.name = name
         sig = _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)])
         if SIMULATOR:
-            self.dispatcher = cuda.jit(_pyfunc(name))
+            self.dispatcher = cuda.jit(_pyfunc(name, dtype))
             self.compiled = None
         else:
             # eager: compiles now for this one signature; cache=True keeps the cubin on disk
-            self.dispatcher = cuda.jit(sig, cache=True)(_pyfunc(name))
+            self.dispatcher = cuda.jit(sig, cache=True)(_pyfunc(name, dtype))
             self.compiled = next(iter(self.dispatcher.overloads.values()), None)
 
     def __call__(self, grid, block, stream, *args):
@@ -650,7 +678,7 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     c = _Call(A)
     grid, block = _config("rows" if act == "softmax" else "cols", n, m)
     _kernel(name, A.dtype)(grid, block, c.stream, c.dev(A), c.dev(b),
-                           c.dev(A if Z is None else Z), Z is not None, float(alpha))
+                           c.dev(A if Z is None else Z), Z is not None, A.dtype.type(alpha))
     c.back(A, Z)
 
 
@@ -679,7 +707,7 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
         _kernel("col_partials", dt)(grid, block, c.stream, ddZ, part)
     else:
         _kernel(name, dt)(grid, block, c.stream, c.dev(G), c.dev(A), c.dev(Z), ddZ, part,
-                          float(alpha))
+                          dt.type(alpha))
     sgrid, sblock = _config("flat", m)
     _kernel("col_sum", dt)(sgrid, sblock, c.stream, part, grid[1], c.dev(db))
     c.back(dZ, db)
@@ -720,7 +748,7 @@ def softmax_xent(logits, target, grad, weight, scale):
     grid, block = _config("rows", n, k)
     part = c.scratch(grid[0])
     _kernel(name, dt)(grid, block, c.stream, c.dev(logits), c.dev(target), c.dev(grad),
-                      _weight_arg(c, weight, grad), weight is not None, float(scale), part)
+                      _weight_arg(c, weight, grad), weight is not None, dt.type(scale), part)
     c.back(grad)
     return _finish_loss(c, part, grid[0], dt)
 
@@ -735,9 +763,10 @@ def _loss(name, pred, target, grad, weight, scale, delta=1.0):
     grid, block = _config("cols", n, k)
     nparts = grid[0] * grid[1]
     part = c.scratch(nparts)
+    real = pred.dtype.type
     _kernel(name, pred.dtype)(grid, block, c.stream, c.dev(pred), c.dev(target), c.dev(grad),
-                              _weight_arg(c, weight, grad), weight is not None, float(scale),
-                              float(delta), part)
+                              _weight_arg(c, weight, grad), weight is not None, real(scale),
+                              real(delta), part)
     c.back(grad)
     return _finish_loss(c, part, nparts, pred.dtype)
 
@@ -765,11 +794,15 @@ def huber(pred, target, grad, weight, scale, delta=1.0):
 # --- optimizer steps: one launch over the flat buffers, all updated in place ---------------------
 
 def _step(name, p, *args):
-    """Launch step ``name`` over flat buffers; ``args``: arrays (None: unused) then scalars."""
+    """Launch step ``name`` over flat buffers; ``args``: arrays (None: unused) then scalars.
+
+    Float scalars go in p's dtype (the kernel's signature), bools as they are.
+    """
     c = _Call(p)
     grid, block = _config("flat", p.size)
-    dev = [c.dev(p if a is None else a) if not isinstance(a, (float, bool)) else a
-           for a in args]
+    real = p.dtype.type
+    dev = [a if isinstance(a, bool) else real(a) if isinstance(a, float)
+           else c.dev(p if a is None else a) for a in args]
     _kernel(name, p.dtype)(grid, block, c.stream, c.dev(p), *dev)
     c.back(p, *[a for a in args if not isinstance(a, (float, bool))])
 

@@ -2,8 +2,15 @@
 
 Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops
 (``njit(inline="always")``) and CUDA grid-stride kernels (``cuda.jit(device=True)``), and they
-run as they are in plain Python. Every function computes in float64 (Python float literals
-promote float32 under Numba's typing); kernels store back in the array's dtype.
+run as they are in plain Python.
+
+Precision follows the array: ``compiled(decorate, dtype)`` clones every function with its float
+literals (``1.0 - beta1``, ``0.5 * z``) and float globals (``_GELU_C``) turned into ``dtype``
+scalars, since Numba types a Python float literal as float64 and ``float32 * float64`` is
+float64: one literal would send a whole float32 kernel to float64 (4 lanes instead of 8 on the
+CPU, f64 divides and libdevice calls on the GPU). Kernels take hyper-parameters in the array's
+dtype too (cpu.py casts them on entry, cuda.py launches with them so). The source stays written
+once, with ordinary literals.
 
 - activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative
   from the output ``a`` or the pre-activation ``z``, side by side; ``ACTIVATIONS`` maps names to
@@ -16,6 +23,8 @@ promote float32 under Numba's typing); kernels store back in the array's dtype.
 ``exp`` and ``log1p`` are written out (range reduction + polynomial) rather than taken from
 ``math`` so that LLVM can vectorise the CPU loops: with no SVML, ``math.exp`` is a scalar libm
 call per element (1M float64 exps: 11.8 ms with ``math.exp``, 2.1 ms with ``exp`` below).
+float32 kernels get ``exp_f32`` as their ``exp`` (``DTYPE_FUNCTIONS``): a degree-6 polynomial is
+a float32 ulp where float64 needs degree 12.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import hashlib
 import inspect
 import math
 import sys
-from types import FunctionType, SimpleNamespace
+from types import CodeType, FunctionType, SimpleNamespace
 
 import numpy as np
 
@@ -39,7 +48,7 @@ _GELU_K = 0.044715
 
 def exp(x):
     """``e**x`` to about 1 ulp in float64; clamps to [-708, 709] (no inf, no subnormals)."""
-    x = min(max(x + 0.0, -708.0), 709.0)  # + 0.0: float64 even for float32 x (vectorises)
+    x = min(max(x, -708.0), 709.0)
     k = math.floor(x * _LOG2E + 0.5)
     r = x - k * _LN2_HI - k * _LN2_LO  # |r| <= ln2 / 2: Taylor to r**12 is below 1 ulp
     p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
@@ -47,6 +56,31 @@ def exp(x):
             1 / 3628800 + r * (1 / 39916800 + r * (1 / 479001600))))))))))))
     # 2**k built from its bits: a bit cast, not a libm call
     return p * np.int64((np.int64(k) + 1023) << 52).view(np.float64)
+
+
+# Cody-Waite split of ln 2 for float32: _LN2_HI_F32 = 355/512 has 9 significant bits, so
+# k * _LN2_HI_F32 is exact for |k| <= 2**15; the degree-6 polynomial is Cephes' expf (minimax).
+_LN2_HI_F32 = 0.693359375
+_LN2_LO_F32 = -2.12194440e-4
+
+
+def exp_f32(x):
+    """``e**x`` to about 1 ulp in float32, subnormal results included; 0 from -104 down (the
+    float32 result rounds to 0), inf from 88.73 up (float32's largest is 3.4e38 = e**88.72)."""
+    x = min(max(x, -104.0), 89.0)  # so k stays in [-150, 128]: no NaN from inf * 0
+    k = np.floor(x * _LOG2E + 0.5)  # np.floor keeps x's type (math.floor is an int64)
+    r = x - k * _LN2_HI_F32 - k * _LN2_LO_F32  # |r| <= ln2 / 2
+    p = 1.0 + (r + r * r * (0.5000000120 + r * (0.16666665459 + r * (0.041665795894 + r * (
+        0.0083334519073 + r * (0.0013981999507 + r * 0.00019875691500))))))
+    # times 2**k in two steps, 2**k1 added to p's exponent bits (exact: the exponent stays in
+    # [51, 191]) then one multiply by 2**k2 (both halves normal floats): the multiply's single
+    # rounding gives subnormal results and overflow to inf, where one bit-cast 2**k cannot reach
+    # k < -126 or k = 128, and p * 2**k1 * 2**k2 with two float multiplies is not safe under
+    # fastmath "reassoc" (2**k1 * 2**k2 first: 0 or inf)
+    ki = np.int32(k)
+    k1 = np.int32(ki >> 1)
+    q = np.int32(np.float32(p).view(np.int32) + (k1 << 23)).view(np.float32)
+    return q * np.int32((ki - k1 + 127) << 23).view(np.float32)
 
 
 def log1p(t):
@@ -79,7 +113,7 @@ def sigmoid_of(z):
 
 def tanh_of(z):
     """``tanh(z)``; an odd Taylor polynomial near 0, where ``(1 - t) / (1 + t)`` cancels."""
-    x = abs(z + 0.0)
+    x = abs(z)
     x2 = x * x
     small = x * (1.0 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315 + x2 * (
         62 / 2835 + x2 * (-1382 / 155925 + x2 * (21844 / 6081075)))))))
@@ -91,7 +125,7 @@ def tanh_of(z):
 # --- activations: value and derivative side by side --------------------------------------------
 
 def identity(z, alpha):
-    return z + 0.0
+    return z
 
 
 def identity_grad(a, z, alpha):  # d identity = 1
@@ -99,7 +133,7 @@ def identity_grad(a, z, alpha):  # d identity = 1
 
 
 def relu(z, alpha):
-    return z + 0.0 if z > 0 else 0.0
+    return z if z > 0 else 0.0
 
 
 def relu_grad(a, z, alpha):  # d relu = 1 where the output is positive
@@ -107,11 +141,11 @@ def relu_grad(a, z, alpha):  # d relu = 1 where the output is positive
 
 
 def leaky_relu(z, alpha):
-    return z + 0.0 if z > 0 else alpha * z
+    return z if z > 0 else alpha * z
 
 
 def leaky_relu_grad(a, z, alpha):  # d leaky = 1 or alpha; the output keeps z's sign
-    return 1.0 if a > 0 else alpha + 0.0
+    return 1.0 if a > 0 else alpha
 
 
 def sigmoid(z, alpha):
@@ -256,7 +290,7 @@ def huber(p, t, delta):
     a = abs(r)
     sign = 1.0 if r > 0 else (-1.0 if r < 0 else 0.0)
     if a <= delta:
-        return 0.5 * r * r, r + 0.0  # d r**2/2 = r
+        return 0.5 * r * r, r  # d r**2/2 = r
     return delta * (a - 0.5 * delta), delta * sign  # d delta |r| = delta sign(r)
 
 
@@ -319,20 +353,55 @@ def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 
 # --- compiling this module ---------------------------------------------------------------------
 
-def compiled(decorate) -> SimpleNamespace:
-    """Every function above, passed through ``decorate``, calling each other's compiled copies.
+DTYPE_FUNCTIONS = {np.dtype(np.float32): {"exp": "exp_f32"}}
+"""Per dtype, functions replaced by a version for that precision, under the name callers use."""
+
+
+def typed_code(code: CodeType, dtype) -> CodeType:
+    """``code`` with every float literal a ``dtype`` scalar (nested code objects too)."""
+    ftype = np.dtype(dtype).type
+    consts = tuple(
+        ftype(c) if type(c) is float else typed_code(c, dtype) if isinstance(c, CodeType) else c
+        for c in code.co_consts)
+    return code.replace(co_consts=consts)
+
+
+def typed_globals(ns: dict, dtype) -> dict:
+    """A copy of the namespace ``ns`` with every float value a ``dtype`` scalar."""
+    ftype = np.dtype(dtype).type
+    return {k: ftype(v) if type(v) is float else v for k, v in ns.items()}
+
+
+def specialise(fn: FunctionType, ns: dict, dtype, name: str | None = None) -> FunctionType:
+    """A clone of ``fn`` computing in ``dtype``: float literals typed, globals from ``ns``.
+
+    Numba then infers ``dtype`` throughout for ``dtype`` arguments (a float64 would promote).
+    ``ns`` should come from ``typed_globals`` so float constants read as globals follow too.
+    """
+    clone = FunctionType(typed_code(fn.__code__, dtype), ns, name or fn.__name__,
+                         fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__
+    return clone
+
+
+def compiled(decorate, dtype=np.float64) -> SimpleNamespace:
+    """Every function above for ``dtype``, through ``decorate``, calling each other's copies.
 
     ``decorate``: e.g. ``numba.njit(inline="always")`` or ``numba.cuda.jit(device=True)``.
-    Each function is cloned with its globals pointing at the compiled namespace, so ``sigmoid``
-    calls the compiled ``sigmoid_of`` and ``exp``; this module itself stays plain Python.
+    Each function is cloned (``specialise``) with its float constants in ``dtype`` and its
+    globals pointing at the compiled namespace, so ``sigmoid`` calls the compiled ``sigmoid_of``
+    and ``exp`` (``exp_f32`` for float32, ``DTYPE_FUNCTIONS``); this module stays plain Python.
     """
-    ns = dict(globals())
+    ns = typed_globals(globals(), dtype)
     for name, obj in globals().items():
-        if isinstance(obj, FunctionType) and obj.__module__ == __name__ and name != "compiled":
-            clone = FunctionType(obj.__code__, ns, name, obj.__defaults__, obj.__closure__)
-            clone.__qualname__ = obj.__qualname__
-            ns[name] = decorate(clone)
+        if isinstance(obj, FunctionType) and obj.__module__ == __name__ and obj not in _TOOLS:
+            ns[name] = decorate(specialise(obj, ns, dtype))
+    for name, impl in DTYPE_FUNCTIONS.get(np.dtype(dtype), {}).items():
+        ns[name] = ns[impl]
     return SimpleNamespace(**ns)
+
+
+_TOOLS = (typed_code, typed_globals, specialise, compiled)
 
 
 SOURCE_TAG = hashlib.sha1(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]

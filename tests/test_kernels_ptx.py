@@ -2,12 +2,15 @@
 
 ``numba.cuda.compile_ptx`` needs numba-cuda (with its cu12 NVVM), not a device; this runs in the
 ordinary pytest process. The kernels and their signatures come from ``cuda.PTX_TARGETS``: each
-activation, loss and optimizer specialisation, float32 and float64.
+activation, loss and optimizer specialisation, float32 and float64. Float32 kernels are also
+checked to compute in float32: a stray float64 literal or argument shows up as ``.f64`` math.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 
 import pytest
 
@@ -27,6 +30,18 @@ from devnet.kernels import reference, scalar  # noqa: E402
 
 CCS = ((8, 0), (9, 0))
 _NAMES = [name for name, _, _ in kcuda.PTX_TARGETS]
+# The .f64 instructions a float32 kernel may hold: moving, converting and adding the float64
+# partial sums (db's column sums, loss totals), kept in float64 on purpose. Any other (mul, div,
+# fma, sqrt, sub, setp, selp, max, ...) is float32 math promoted to float64.
+F64_ALLOWED = frozenset({"add", "cvt", "mov", "ld", "st"})
+# float32 kernels with no float64 data at all: not even those
+NO_F64 = re.compile(r"^(bias_act_fwd_|softmax_bwd_rows|\w+_step)")
+_INSTR = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z0-9]+)((?:\.[a-z0-9]+)*)\s", re.M)
+
+
+def f64_ops(ptx: str) -> Counter:
+    """Opcode -> count of the PTX instructions that have a ``.f64`` type suffix."""
+    return Counter(op for op, suffix in _INSTR.findall(ptx) if ".f64" in suffix)
 
 
 def test_targets_cover_every_op():
@@ -48,8 +63,22 @@ def test_targets_cover_every_op():
 @pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"sm{cc[0]}{cc[1]}")
 @pytest.mark.parametrize("target", kcuda.PTX_TARGETS, ids=_NAMES)
 def test_compiles_to_ptx(target, cc):
-    _, pyfunc, sig = target
+    name, pyfunc, sig = target
     ptx, _ = compile_ptx(pyfunc, sig.args, cc=cc)
     assert ".entry" in ptx
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
     assert cuda is not None
+    if name.endswith("[float32]"):
+        ops = f64_ops(ptx)
+        if NO_F64.match(name):
+            assert not ops, f"float64 instructions in a float32 kernel: {dict(ops)}"
+        else:
+            bad = {op: n for op, n in ops.items() if op not in F64_ALLOWED}
+            assert not bad, f"float64 math in a float32 kernel: {bad}"
+
+
+def test_f64_check_sees_float64_math():
+    """The check above is live: a float64 kernel's PTX shows the math it must flag."""
+    name, pyfunc, sig = next(t for t in kcuda.PTX_TARGETS if t[0] == "adam_step[float64]")
+    ops = f64_ops(compile_ptx(pyfunc, sig.args, cc=(8, 0))[0])
+    assert ops["div"] and ops["sqrt"] and ops["fma"]
