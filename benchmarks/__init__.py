@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "step", "sklearn", "scaling")
+SUITES = ("kernels", "step", "sklearn", "scaling", "threads")
 
 __all__ = ["main", "SUITES"]
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; returns the process exit code (0)."""
     import devnet as dn
 
-    from . import bench_kernels, bench_scaling, bench_step, env, report
+    from . import bench_kernels, bench_scaling, bench_step, bench_threads, env, report
     from .timing import Settings, is_gpu
 
     args = build_parser().parse_args(argv)
@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             widths=args.widths or (bench_scaling.QUICK_WIDTHS if args.quick
                                    else bench_scaling.WIDTHS),
             torch=torch, seed=args.seed, log=log, **kw)
+    if "threads" in suites and not gpu:
+        configs = ([bench_step.parse_config(s) for s in args.sizes.split(",")] if args.sizes
+                   else list((bench_step.QUICK_CONFIGS if args.quick
+                              else bench_step.CONFIGS).values()))
+        log("thread-pool suite (serial vs parallel elementwise kernels)")
+        results["threads"] = bench_threads.run(backend, configs, settings, seed=args.seed,
+                                               log=log)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()

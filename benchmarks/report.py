@@ -110,6 +110,13 @@ def render(results: dict) -> str:
               _fmt(r["devnet_s"], "ms"), _fmt(r["floor_s"], "ms"), _fmt(r.get("torch_s"), "ms"),
               _fmt(r["devnet_gflops"]), _fmt(r["floor_gflops"]), _fmt(r["devnet_over_floor"]),
               _fmt(r.get("devnet_over_torch"))] for r in results["scaling"]]))
+    if results.get("threads"):
+        parts.append("\nthread pools (step with serial vs Numba-parallel elementwise kernels)")
+        parts.append(table(
+            ["config", "arch", "batch", "serial ms", "parallel ms", "parallel/serial"],
+            [[r["config"], "-".join(map(str, r["sizes"])), str(r["batch"]),
+              _fmt(r["serial_s"], "ms"), _fmt(r["parallel_s"], "ms"),
+              _fmt(r["parallel_over_serial"])] for r in results["threads"]]))
     if results.get("targets"):
         parts.append("\ntargets (the issue's, for the 2-core CPU)")
         parts.append(table(

@@ -158,3 +158,17 @@ def test_profile_command_json(capsys):
     assert d["model"] == "4-8-2" and d["batch_size"] == 3
     assert {"copy_gbs", "gemm_gflops"} <= set(d["ceilings"])
     assert {o["layer"] for o in d["ops"]} >= {"layers.0", "layers.1", "loss", "optimizer"}
+
+
+def test_bench_threads_suite_compares_serial_and_parallel_kernels(tmp_path):
+    from devnet.kernels import cpu
+
+    default = cpu.PARALLEL_MIN
+    res = _run(tmp_path, "threads", "--sizes", "3-5-2:b2,8-16-4:b8", "--no-torch",
+               "--no-sklearn", "--no-plots")
+    rows = res["threads"]
+    assert [r["config"] for r in rows] == ["3-5-2:b2", "8-16-4:b8"]
+    for r in rows:
+        assert _positive(r["serial_s"]) and _positive(r["parallel_s"])
+        assert r["parallel_over_serial"] == pytest.approx(r["parallel_s"] / r["serial_s"])
+    assert cpu.PARALLEL_MIN == default  # the switch is restored
