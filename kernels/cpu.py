@@ -30,7 +30,11 @@ from devnet.errors import lookup
 # 1000x1000, no matmul running: bias+relu 0.15 ms serial vs 6.3 ms parallel, act_bwd relu
 # 0.47 vs 12.4 ms, sgd 0.29 vs 6.1 ms, adam 2.7 vs 7.6 ms; only gelu was close (2.4 vs 8.0 ms,
 # still slower). A parallel region costs more than the whole serial kernel here, so kernels stay
-# serial and OpenBLAS keeps both cores. Raise it with set_parallel_min on machines with more cores.
+# serial and OpenBLAS keeps both cores. Inside a training step it is worse, since OpenBLAS's
+# threads spin after each product (`python -m benchmarks threads`, step with every kernel
+# parallel / serial: tiny 2.3x, S 131x, M1 34x, M 4.8x slower); with NUMBA_THREADING_LAYER=omp
+# and OMP_WAIT_POLICY=passive parallel was still 8% (M1) and 4% (M) slower than serial.
+# Raise it with set_parallel_min on machines with more cores.
 PARALLEL_MIN = 1 << 62
 
 
