@@ -14,8 +14,7 @@ once, with ordinary literals.
 
 - activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative
   from the output ``a`` or the pre-activation ``z``, side by side; ``ACTIVATIONS`` maps names to
-  the pair, ``ACT_CODES`` to the integer a single compiled kernel switches on (``act_value``,
-  ``act_grad``);
+  the pair (each kernel is specialised per activation: an in-loop switch blocks vectorisation);
 - losses: ``<name>(pred, target, delta) -> (value, dvalue/dpred)`` per element, and the pieces
   of a softmax-cross-entropy row;
 - optimizers: the per-element update of each step, returning the new parameter and state.
@@ -192,46 +191,6 @@ ACTIVATIONS = {
     "gelu": (gelu, gelu_grad),
     "silu": (silu, silu_grad),
 }
-ACT_CODES = {name: code for code, name in enumerate((*ACTIVATIONS, "softmax"))}
-SOFTMAX = ACT_CODES["softmax"]
-
-
-def act_value(code, z, alpha):
-    """``ACTIVATIONS`` by integer code, for a kernel that serves every activation (CUDA).
-
-    A compiled kernel cannot index a table of functions, hence the chain; its order is
-    ``ACT_CODES``'s, checked by the tests.
-    """
-    if code == 0:
-        return identity(z, alpha)
-    if code == 1:
-        return relu(z, alpha)
-    if code == 2:
-        return leaky_relu(z, alpha)
-    if code == 3:
-        return sigmoid(z, alpha)
-    if code == 4:
-        return tanh(z, alpha)
-    if code == 5:
-        return gelu(z, alpha)
-    return silu(z, alpha)
-
-
-def act_grad(code, a, z, alpha):
-    """The derivative matching ``act_value(code, ...)``."""
-    if code == 0:
-        return identity_grad(a, z, alpha)
-    if code == 1:
-        return relu_grad(a, z, alpha)
-    if code == 2:
-        return leaky_relu_grad(a, z, alpha)
-    if code == 3:
-        return sigmoid_grad(a, z, alpha)
-    if code == 4:
-        return tanh_grad(a, z, alpha)
-    if code == 5:
-        return gelu_grad(a, z, alpha)
-    return silu_grad(a, z, alpha)
 
 
 # Softmax over a row z: a_j = exp(z_j - m) / s with m = max_j z_j, s = sum_j exp(z_j - m).
