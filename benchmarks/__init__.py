@@ -1,4 +1,4 @@
-"""devnet's benchmarks: kernels, training step, scaling; devnet beside PyTorch and scikit-learn.
+"""devnet's benchmarks: kernels, fusion, training step, scaling; beside PyTorch and scikit-learn.
 
 Run ``python -m benchmarks`` (or ``devnet bench``) from the repository root; ``--help`` lists the
 options, ``--quick`` runs tiny sizes in seconds. Everything is measured in ONE process, after
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "step", "sklearn", "scaling", "threads")
+SUITES = ("kernels", "fusion", "step", "sklearn", "scaling", "threads")
 
 __all__ = ["main", "SUITES"]
 
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="step configs, comma-separated: tiny,S,M1,M,L or '784-256-10:b128'")
     p.add_argument("--kernel-sizes", type=_floats, default=None, metavar="MB,...",
                    help="operand sizes in MB for the kernel suite")
-    p.add_argument("--kernel-names", default=None, help="only these kernels (comma-separated)")
+    p.add_argument("--kernel-names", default=None,
+                   help="only these kernels in the kernel and fusion suites (comma-separated)")
+    p.add_argument("--fusion-elements", type=int, default=None, metavar="N",
+                   help="elements per operand of the fusion suite (default 1048576)")
     p.add_argument("--batches", type=_ints, default=None, help="batch sizes of the batch sweep")
     p.add_argument("--widths", type=_ints, default=None, help="widths of the width sweep")
     p.add_argument("--sklearn-samples", type=int, default=None,
@@ -68,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; returns the process exit code (0)."""
     import devnet as dn
 
-    from . import bench_kernels, bench_scaling, bench_step, bench_threads, env, report
+    from . import (
+        bench_fusion,
+        bench_kernels,
+        bench_scaling,
+        bench_step,
+        bench_threads,
+        env,
+        report,
+    )
     from .timing import Settings, is_gpu
 
     args = build_parser().parse_args(argv)
@@ -97,13 +108,19 @@ def main(argv: list[str] | None = None) -> int:
                                          "--no-sklearn" if args.no_sklearn else
                                          "scikit-learn not installed")
 
+    names = args.kernel_names.split(",") if args.kernel_names else None
     if "kernels" in suites:
         sizes = args.kernel_sizes or (bench_kernels.QUICK_SIZES_MB if args.quick
                                       else bench_kernels.SIZES_MB)
-        names = args.kernel_names.split(",") if args.kernel_names else None
         log("kernel suite")
         results["kernels"] = bench_kernels.run(backend, settings, sizes, names, seed=args.seed,
                                                log=log)
+    if "fusion" in suites:
+        log("fusion suite (fused vs unfused, every kernel)")
+        elements = args.fusion_elements or (bench_fusion.QUICK_ELEMENTS if args.quick
+                                            else bench_fusion.ELEMENTS)
+        results["fusion"] = bench_fusion.run(backend, settings, elements, names, seed=args.seed,
+                                             log=log)
     if "step" in suites:
         if args.sizes:
             configs = [bench_step.parse_config(s) for s in args.sizes.split(",")]

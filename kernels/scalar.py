@@ -121,6 +121,25 @@ def tanh_of(z):
     return y if z >= 0 else -y
 
 
+# tanh(x) / x = P(x**2) / Q(x**2) on |x| <= 8, fitted here for float32 (Lawson's iteration for
+# the least maximum relative error, coefficients then rounded to float32): 5.5 ulp at most, 0.46
+# on average, and never above 1 (fitted to 9, the quotient reached 1 + 2 ulp near 8.5, and
+# clamping the result cost a quarter of the kernel's time). Past 8 it stays at 0.9999999, 2 ulp
+# below tanh. Four FMAs each side and one divide, no exp and no branch: bias + tanh over 1M
+# float32 elements in 0.27 ms, against 0.73 ms with tanh_of (its exp, Taylor branch and select
+# are ~40 vector ops per element) and 0.49 ms for NumPy's AVX-512 tanh alone. float64 keeps
+# tanh_of: a rational function good to a float64 ulp needs about twice the terms.
+def tanh_of_f32(z):
+    """``tanh(z)`` to 6 float32 ulp: a rational function of z, odd, exactly z near 0."""
+    x = min(max(z, -8.0), 8.0)
+    u = x * x
+    p = 1.0 + u * (0.13444535434246063 + u * (0.0035716432612389326 + u * (
+        2.1895417376072146e-05 + u * 1.5231501393486724e-08)))
+    q = 1.0 + u * (0.46777862310409546 + u * (0.026164615526795387 + u * (
+        0.0003411366487853229 + u * 8.522881671524374e-07)))
+    return x * p / q
+
+
 # --- activations: value and derivative side by side --------------------------------------------
 
 def identity(z, alpha):
@@ -312,7 +331,7 @@ def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 
 # --- compiling this module ---------------------------------------------------------------------
 
-DTYPE_FUNCTIONS = {np.dtype(np.float32): {"exp": "exp_f32"}}
+DTYPE_FUNCTIONS = {np.dtype(np.float32): {"exp": "exp_f32", "tanh_of": "tanh_of_f32"}}
 """Per dtype, functions replaced by a version for that precision, under the name callers use."""
 
 

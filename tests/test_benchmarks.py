@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from devnet.kernels.reference import KERNEL_NAMES
 
 import devnet as dn
 
@@ -19,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder of the repository
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import bench_fusion, report  # noqa: E402
 from benchmarks import main as bench_main  # noqa: E402
-from benchmarks import report  # noqa: E402
 from devnet.profile import ProfileReport, measure_ceilings  # noqa: E402
 from devnet.profile import main as profile_main  # noqa: E402
 
@@ -63,10 +64,17 @@ def test_bench_quick_writes_the_json_schema(tmp_path, capsys):
     assert all(SCALING_KEYS <= set(r) for r in res["scaling"])
     assert all(_positive(r[k]) for r in res["step"] for k in ("devnet_s", "floor_s"))
     assert all(_positive(r["fused_gbs"]) for r in res["kernels"])
+    # the fusion suite covers the whole kernel table: every activation both ways, every loss
+    # and optimizer step
+    fusion = {r["kernel"]: r for r in res["fusion"]}
+    assert set(fusion) == set(bench_fusion.CASE_NAMES)
+    for name in KERNEL_NAMES:
+        assert any(k.split("[")[0] == name for k in fusion), name
+    assert all(_positive(r["speedup"]) for r in res["fusion"])
     assert len(res["targets"]) == len(report.TARGETS)
     assert all(TARGET_KEYS <= set(t) for t in res["targets"])
     out = capsys.readouterr().out
-    assert "training step" in out and "targets" in out
+    assert "training step" in out and "fusion" in out and "targets" in out
     if HAS_MPL:
         assert (tmp_path / "bench-kernels.png").exists()
         assert (tmp_path / "bench-scaling.png").exists()
@@ -104,13 +112,16 @@ def test_report_targets_on_synthetic_results():
     res = {"step": [{"config": "M", "devnet_over_torch": 0.8, "devnet_over_floor": 1.3}],
            "kernels": [{"kernel": "a", "size_mb": 64, "fused_over_copy": 0.9},
                        {"kernel": "b", "size_mb": 128, "fused_over_copy": 0.5},
-                       {"kernel": "c", "size_mb": 1, "fused_over_copy": 0.1}]}
+                       {"kernel": "c", "size_mb": 1, "fused_over_copy": 0.1}],
+           "fusion": [{"kernel": "d", "speedup": 3.0}, {"kernel": "e", "speedup": 1.5}]}
     got = {t["target"]: t for t in report.check_targets(res)}
     assert got["devnet step / PyTorch step, M"]["met"] is True
     assert got["devnet step / GEMM floor, M"]["met"] is False
     worst = [t for t in got.values() if t["field"] == "fused_over_copy"][0]
     assert worst["value"] == 0.5 and worst["where"] == "b" and worst["met"] is False
     assert got["devnet step / PyTorch step, S"]["met"] is None
+    fusion = [t for t in got.values() if t["field"] == "speedup"][0]
+    assert fusion["value"] == 1.5 and fusion["where"] == "e" and fusion["met"] is False
 
 
 @pytest.fixture

@@ -1,0 +1,137 @@
+"""Fusion suite: every fused kernel against the unfused NumPy / CuPy sequence it replaces.
+
+One size (1M elements by default, float32), every entry of the kernel table: ``bias_act_fwd``
+and ``act_bwd`` for each activation, every loss, every optimizer step and its variants (Nesterov,
+centered RMSProp with momentum, AMSGrad). The unfused sequence is ``devnet.kernels.reference``,
+called with the same arguments; ``speedup`` is its median time over the fused kernel's.
+
+Shapes follow the training step: activations are (rows, 1024) matmul outputs, loss inputs are
+(rows, 10) logits or predictions, optimizer buffers are flat. Calls repeat on the same operands
+(in-place kernels drift to a fixed point that keeps values normal: no subnormal slowdown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from devnet.kernels import reference
+
+from .bench_kernels import CLASSES, _mat
+from .timing import Settings, clock_for, measure
+
+ELEMENTS = 1 << 20
+QUICK_ELEMENTS = 1 << 14
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
+
+
+@dataclass
+class FusionCase:
+    """One kernel call: ``make(xp, rng, n, dtype) -> operands``, ``call(kernels, ops)``."""
+
+    name: str
+    make: Callable
+    call: Callable
+
+
+def _fwd(act):
+    def make(xp, rng, n, dtype):
+        A = _mat(xp, rng, n, dtype)
+        b = xp.asarray((rng.standard_normal(A.shape[1]) * 1e-3).astype(dtype))
+        Z = xp.empty_like(A) if act in reference.NEEDS_PREACTIVATION else None
+        return {"A": A, "b": b, "Z": Z}
+    return FusionCase(f"bias_act_fwd[{act}]", make,
+                      lambda k, o: k.bias_act_fwd(act, o["A"], o["b"], o["Z"]))
+
+
+def _bwd(act):
+    def make(xp, rng, n, dtype):
+        Z = _mat(xp, rng, n, dtype)
+        return {"G": _mat(xp, rng, n, dtype), "A": reference.act_fwd(act, Z), "Z": Z,
+                "dZ": xp.empty_like(Z), "db": xp.empty(Z.shape[1], dtype=dtype)}
+    return FusionCase(f"act_bwd[{act}]", make,
+                      lambda k, o: k.act_bwd(act, o["G"], o["A"], o["Z"], o["dZ"], o["db"]))
+
+
+def _loss(name, target):
+    def make(xp, rng, n, dtype):
+        Z = _mat(xp, rng, n, dtype, cols=CLASSES)
+        rows = Z.shape[0]
+        if target == "labels":
+            T = xp.asarray(rng.integers(0, CLASSES, rows))
+        elif target == "probs":
+            T = reference.act_fwd("softmax", _mat(xp, rng, n, dtype, cols=CLASSES))
+        elif target == "binary":
+            T = xp.asarray(rng.integers(0, 2, Z.shape).astype(dtype))
+        else:
+            T = _mat(xp, rng, n, dtype, cols=CLASSES)
+        return {"Z": Z, "T": T, "g": xp.empty_like(Z), "scale": 1.0 / rows}
+    label = name if target in ("labels", "values", "binary") else f"{name}[{target}]"
+    return FusionCase(label, make,
+                      lambda k, o: getattr(k, name)(o["Z"], o["T"], o["g"], None, o["scale"]))
+
+
+def _step(label, states, call):
+    def make(xp, rng, n, dtype):
+        def vec():
+            return xp.asarray(rng.standard_normal(n).astype(dtype))
+        ops = {"p": vec(), "g": vec()}
+        for s in states:  # gavg starts at 0: sq >= gavg**2 then holds at every step
+            ops[s] = xp.zeros(n, dtype=dtype) if s == "gavg" else xp.abs(vec())
+        return ops
+    return FusionCase(label, make, call)
+
+
+_ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=1e-4, bc1=0.1, bc2=0.001)
+
+CASES = (
+    *(_fwd(a) for a in ACTIVATIONS),
+    *(_bwd(a) for a in ACTIVATIONS),
+    _loss("softmax_xent", "labels"), _loss("softmax_xent", "probs"),
+    _loss("sigmoid_bce", "binary"), _loss("mse", "values"), _loss("mae", "values"),
+    _loss("huber", "values"),
+    _step("sgd_step", (), lambda k, o: k.sgd_step(o["p"], o["g"], 1e-3, 1e-4)),
+    _step("momentum_step", ("b",),
+          lambda k, o: k.momentum_step(o["p"], o["g"], o["b"], 1e-3, 0.9, 1e-4)),
+    _step("nesterov_step", ("b",),
+          lambda k, o: k.nesterov_step(o["p"], o["g"], o["b"], 1e-3, 0.9, 1e-4)),
+    _step("rmsprop_step", ("sq",),
+          lambda k, o: k.rmsprop_step(o["p"], o["g"], o["sq"], None, None, 1e-3, 0.99, 0.0,
+                                      1e-8, 1e-4, False)),
+    _step("rmsprop_step[centered,momentum]", ("sq", "mom", "gavg"),
+          lambda k, o: k.rmsprop_step(o["p"], o["g"], o["sq"], o["mom"], o["gavg"], 1e-3,
+                                      0.99, 0.9, 1e-8, 1e-4, True)),
+    _step("adam_step", ("m", "v"),
+          lambda k, o: k.adam_step(o["p"], o["g"], o["m"], o["v"], None, amsgrad=False,
+                                   **_ADAM)),
+    _step("adam_step[amsgrad]", ("m", "v", "vmax"),
+          lambda k, o: k.adam_step(o["p"], o["g"], o["m"], o["v"], o["vmax"], amsgrad=True,
+                                   **_ADAM)),
+    _step("adamw_step", ("m", "v"),
+          lambda k, o: k.adamw_step(o["p"], o["g"], o["m"], o["v"], None, amsgrad=False,
+                                    **_ADAM)),
+)
+CASE_NAMES = tuple(c.name for c in CASES)
+
+
+def run(backend, settings: Settings, elements: int = ELEMENTS, names=None, dtype="float32",
+        seed: int = 0, log=print) -> list[dict]:
+    """Fused and unfused median times of every case at ``elements``; one row per case."""
+    xp = backend.xp
+    clock = clock_for(backend)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for case in CASES:
+        if names is not None and case.name not in names:
+            continue
+        ops = case.make(xp, rng, elements, dtype)
+        fused = measure(lambda c=case.call, o=ops: c(backend.kernels, o), clock, settings)
+        unfused = measure(lambda c=case.call, o=ops: c(reference, o), clock, settings)
+        row = {"kernel": case.name, "elements": elements, "dtype": dtype,
+               "fused_s": fused.median, "unfused_s": unfused.median,
+               "speedup": unfused.median / fused.median, "repeats": fused.repeats}
+        rows.append(row)
+        log(f"  fusion {case.name:<32} fused {fused.median * 1e3:8.3f} ms  unfused "
+            f"{unfused.median * 1e3:8.3f} ms  speedup {row['speedup']:6.2f}")
+    return rows
