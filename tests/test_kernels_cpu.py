@@ -278,6 +278,38 @@ def test_exp_accuracy_and_limits(dtype):
         np.testing.assert_array_equal(out[:6], [0, 0, np.inf, np.inf, 0, np.inf])
 
 
+@pytest.mark.parametrize("name,dtype,limit", [("tanh_value", np.float32, 6.0),
+                                               ("tanh_of", np.float32, 8.0),
+                                               ("tanh_of", np.float64, 8.0)])
+def test_tanh_accuracy_and_limits(name, dtype, limit):
+    """The compiled tanh within ``limit`` ulp of tanh: on every 61st float32 in [1e-7, 30], on
+    800k points in float64; odd, inside [-1, 1], exactly z near 0, NaN kept.
+
+    ``tanh_value`` (the tanh activation) is a rational function in float32
+    (``scalar.tanh_rational_f32``), measured 5.5 ulp, 4 ulp below 1 from |z| = 8 on;
+    ``tanh_of`` (gelu's, and float64's activation) measured 5.6 ulp in float32 and 6.0 in
+    float64, where ``(1 - t) / (1 + t)`` cancels just past its Taylor branch.
+    """
+    if dtype == np.float32:
+        lo, hi = np.array([1e-7, 30.0], dtype).view(np.int32)
+        pos = np.arange(lo, hi, 61, dtype=np.int32).view(dtype)
+    else:
+        pos = np.concatenate([np.geomspace(1e-12, 30, 400_001), np.linspace(0, 30, 400_001)[1:]])
+    fn = getattr(cpu.S[np.dtype(dtype).char], name)
+    x = np.concatenate([pos, -pos])
+    out = np.empty_like(x)
+    _compiled_loop(fn)(x, out)
+    exact = np.tanh(x.astype(np.longdouble))
+    ulps = np.abs(out - exact) / np.spacing(np.abs(exact).astype(dtype))
+    assert float(ulps.max()) <= limit, (float(ulps.max()), x[ulps.argmax()])
+    np.testing.assert_array_equal(out[pos.size:], -out[:pos.size])
+    assert np.abs(out).max() <= 1.0
+    edges = np.array([0.0, 1e-30, -1e-20, np.inf, -np.inf, np.nan], dtype)
+    _compiled_loop(fn)(edges, out[:6])
+    np.testing.assert_allclose(out[:6], np.tanh(edges), rtol=limit * np.finfo(dtype).eps)
+    assert out[0] == 0 and out[1] == edges[1] and out[2] == edges[2]
+
+
 def test_float32_kernels_compute_in_float32():
     """Scalar functions compiled for float32 return float32 from float32 arguments: no float64
     literal or global promotes them (``scalar.compiled(..., np.float32)``)."""
