@@ -112,7 +112,10 @@ def sigmoid_of(z):
 
 def tanh_of(z):
     """``tanh(z)``; an odd Taylor polynomial near 0, where ``(1 - t) / (1 + t)`` cancels."""
-    x = abs(z)
+    # |z| capped at 20, where tanh is 1 in float64 too: past ~44 exp(-2x) is subnormal in
+    # float32, and subnormal arithmetic is a microcode assist per element (bias+gelu on 1M
+    # float32 with a tenth of the inputs above 50: 7.1 ms, against 1.05 ms)
+    x = min(abs(z), 20.0)
     x2 = x * x
     small = x * (1.0 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315 + x2 * (
         62 / 2835 + x2 * (-1382 / 155925 + x2 * (21844 / 6081075)))))))
