@@ -79,7 +79,7 @@ def exp_f32(x):
     p = 1.0 + (r + r * r * (0.5000000120 + r * (0.16666665459 + r * (0.041665795894 + r * (
         0.0083334519073 + r * (0.0013981999507 + r * 0.00019875691500))))))
     # times 2**k in two steps, 2**k1 added to p's exponent bits (exact: the exponent stays in
-    # [64, 191]) then one multiply by 2**k2 (both halves normal floats): the multiply rounds
+    # [63, 191]) then one multiply by 2**k2 (both halves normal floats): the multiply rounds
     # once and overflows to inf, where a one-step bit-cast 2**k cannot reach k = 128, and
     # p * 2**k1 * 2**k2 with two float multiplies is not safe under fastmath "reassoc"
     # (2**k1 * 2**k2 first: inf)
