@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from devnet.errors import ConfigError
 from devnet.train import Callback
@@ -19,6 +22,11 @@ from devnet.validation import positive_int
 __all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
 
 _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
+
+
+def _real(value) -> bool:
+    """A real number, NumPy scalars included; bools are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _mode(monitor: str, mode: str) -> str:
@@ -44,8 +52,7 @@ class _Improvement:
     def __init__(self, monitor: str, mode: str, min_delta: float):
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
-        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
-                and min_delta >= 0):
+        if not (_real(min_delta) and math.isfinite(min_delta) and min_delta >= 0):
             raise ConfigError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -68,9 +75,10 @@ class EarlyStopping(Callback):
                  restore_best: bool = True, mode: str = "auto"):
         self.tracker = _Improvement(monitor, mode, min_delta)
         self.monitor = monitor
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, (bool, np.bool_)) or not isinstance(patience, numbers.Integral) \
+                or patience < 0:
             raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
-        self.patience = patience
+        self.patience = int(patience)
         self.restore_best = restore_best
         self.wait = 0
         self.best_epoch: int | None = None
@@ -163,8 +171,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         opt = self.trainer.optimizer
         lr = self.fn(epoch, opt.lr)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
-                or lr <= 0:
+        if not _real(lr) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"LearningRateScheduler function returned lr={lr!r} at epoch "
                               f"{epoch}; expected a finite number > 0")
         opt.schedule = None

@@ -1,7 +1,9 @@
 """The ``devnet`` command: info, train, eval, predict, bench, profile.
 
-Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure. Errors print one
-line on stderr (``devnet: error: ...``); ``--debug`` prints the traceback too.
+Exit codes: 0 success, 2 usage, configuration or data error, 1 runtime failure. Errors print
+one line on stderr (``devnet: error: ...``); ``--debug`` prints the traceback too. The command
+parses and delegates: data files are read by ``devnet.data``, the task and default loss are
+decided by ``devnet.task`` (the same rules as ``dn.fit``), checkpoints by ``devnet.io``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -39,24 +42,25 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {
         "dataset": ("digits", "dataset"),
         "target_column": (-1, "int"),
+        "task": ("auto", "task"),
         "test_size": (0.2, "fraction"),
         "standardize": (False, "bool"),
-        "seed": (0, "int"),
+        "seed": (0, "seed"),
     },
     "model": {
         "hidden": ([64], "sizes"),
         "activation": ("relu", "activation"),
         "init": ("he", "init"),
         "dtype": ("float32", ("float32", "float64")),
-        "seed": (0, "int"),
+        "seed": (0, "seed"),
     },
     "train": {
         "loss": ("auto", "loss"),
         "epochs": (10, "posint"),
         "batch_size": (64, "posint"),
         "device": ("auto", "device"),
-        "seed": (0, "int"),
-        "progress": (False, "bool"),
+        "seed": (0, "seed"),
+        "progress": ("auto", "progress"),
     },
     "optimizer": {"name": ("adam", "optimizer"), "lr": (1e-3, "posfloat")},  # + its own args
     "schedule": {"name": ("constant", _SCHEDULES)},  # + the schedule's own args
@@ -71,21 +75,26 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
 
 
 def _load_toml(path: Path) -> dict:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # a dependency of devnet-mlp on Python 3.10
         try:
             import tomli as tomllib
         except ModuleNotFoundError:
             raise UsageError("reading TOML on Python 3.10 needs tomli: pip install tomli") \
                 from None
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} is not a regular file")
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
 
 
 def _check_value(where: str, value, check):
@@ -116,6 +125,17 @@ def _check(where: str, value, check):
     if check == "int":
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad("an integer")
+    elif check == "seed":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+            raise bad("an integer in [0, 2**32)")
+    elif check == "progress":
+        if value != "auto" and not isinstance(value, bool):
+            raise bad('"auto", true or false')
+    elif check == "task":
+        from devnet.task import TASKS
+
+        if value not in TASKS:
+            raise ConfigError(f"{where} = {value!r}: valid tasks: {', '.join(TASKS)}")
     elif check == "posint":
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise bad("an integer >= 1")
@@ -209,75 +229,6 @@ def validate_config(raw: dict) -> dict:
     return cfg
 
 
-# --- data -----------------------------------------------------------------------------------
-
-def load_dataset(spec: str, target_column: int = -1, with_target: bool = True):
-    """(X, y) from a bundled name, an .npz (arrays ``X`` and ``y``) or a numeric .csv.
-
-    CSV: an optional header row; the target is column ``target_column`` when ``with_target``.
-    y is None when ``with_target`` is False or the .npz has no ``y``.
-    """
-    from devnet import data as data_mod
-
-    if spec in data_mod.DATASETS:
-        X, y = data_mod.load(spec)
-        return X, (y if with_target else None)
-    path = Path(spec)
-    if not path.is_file():
-        raise ConfigError(f"data file {spec!r} does not exist (and is not a bundled dataset: "
-                        f"{', '.join(sorted(data_mod.DATASETS))})")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z:
-                raise DataError(f"{spec}: an .npz needs an array named 'X' (and 'y'); it has "
-                                f"{', '.join(z.files) or 'none'}")
-            X = z["X"]
-            y = z["y"] if with_target and "y" in z else None
-        if with_target and y is None:
-            raise DataError(f"{spec}: no array named 'y' for the targets")
-        return X, y
-    if path.suffix == ".csv":
-        table = _read_csv(path)
-        if not with_target:
-            return table, None
-        col = target_column % table.shape[1]
-        y = table[:, col]
-        X = np.delete(table, col, axis=1)
-        if np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        return X, y
-    raise ConfigError(f"{spec}: unknown data format {path.suffix!r}; valid: .npz, .csv, or a "
-                    "bundled dataset name")
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r]
-    if rows and not _numeric(rows[0]):
-        rows = rows[1:]  # header
-    try:
-        table = np.asarray(rows, dtype=np.float64)
-    except ValueError:
-        raise DataError(f"{path}: every row must hold the same number of numeric "
-                        "values") from None
-    if table.ndim != 2 or table.size == 0:
-        raise DataError(f"{path}: no numeric rows")
-    return table
-
-
-def _numeric(row) -> bool:
-    try:
-        [float(v) for v in row]
-    except ValueError:
-        return False
-    return True
-
-
-def _auto_loss(y) -> str:
-    y = np.asarray(y)
-    return "cross_entropy" if y.ndim == 1 and y.dtype.kind in "iub" else "mse"
-
-
 # --- subcommands ----------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
@@ -328,64 +279,150 @@ def _save_api():
     return dn_io
 
 
+#: the plot formats matplotlib writes without extra packages
+_PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def _check_outputs(o: dict) -> Path:
+    """The output folder, created, after checking that every output can be written there.
+
+    Runs before training, so a bad ``--out`` or file name costs nothing (ConfigError, exit 2).
+    """
+    names = {key: o[key] for key in _OUTPUTS}
+    names["run"] = "run.json"
+    for key, name in names.items():
+        if Path(name).name != name or name in (".", "..") or "\\" in name:
+            raise ConfigError(f"output.{key} = {name!r}: expected a plain file name (no folder; "
+                              "the folder is output.dir / --out)")
+    if len(set(names.values())) < len(names):
+        raise ConfigError(f"output file names must differ: {', '.join(names.values())}")
+    suffix = Path(names["plot"]).suffix.lower()
+    if suffix not in _PLOT_FORMATS:
+        raise ConfigError(f"output.plot = {names['plot']!r}: valid formats: "
+                          f"{', '.join(_PLOT_FORMATS)}")
+    out = Path(o["dir"]).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {str(out)!r}: "
+                          f"{exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {str(out)!r} is not writable")
+    for key, name in names.items():
+        target = out / name
+        if target.is_dir():
+            raise ConfigError(f"output.{key}: {str(target)!r} is an existing folder")
+        if target.exists() and not os.access(target, os.W_OK):
+            raise ConfigError(f"output.{key}: {str(target)!r} exists and is not writable")
+    return out
+
+
+def _resolve_dataset(spec: str, config_path: Path) -> str:
+    """A bundled name as is; a file path relative to the config file's folder, made absolute."""
+    from devnet import data as data_mod
+
+    if spec in data_mod.DATASETS:
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = config_path.resolve().parent / path
+    return str(path)
+
+
+def _progress(setting) -> bool:
+    """``train.progress``: "auto" shows the per-epoch progress when stderr is a terminal."""
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
 def cmd_train(args) -> int:
     """Train from a TOML config; write checkpoint, history JSON/CSV and a plot."""
     import devnet as dn
     from devnet import optim
+    from devnet.task import default_loss
 
-    cfg = validate_config(_load_toml(Path(args.config)))
+    config_path = Path(args.config)
+    cfg = validate_config(_load_toml(config_path))
     for key in ("device", "epochs"):
         if getattr(args, key) is not None:
             cfg["train"][key] = _check_value(f"--{key}", getattr(args, key),
                                              CONFIG_SCHEMA["train"][key][1])
     if args.out is not None:
-        cfg["output"]["dir"] = args.out
-    d, m, t, o = cfg["data"], cfg["model"], cfg["train"], cfg["output"]
+        cfg["output"]["dir"] = _check_value("--out", args.out, "str")
+    data_cfg, model_cfg, train_cfg = cfg["data"], cfg["model"], cfg["train"]
+    data_cfg["dataset"] = _resolve_dataset(data_cfg["dataset"], config_path)
+    out = _check_outputs(cfg["output"])
 
-    X, y = load_dataset(d["dataset"], d["target_column"])
-    X = np.asarray(X, dtype=np.float64)
-    if d["standardize"]:
-        X = dn.data.standardize(X)
-    loss = _auto_loss(y) if t["loss"] == "auto" else t["loss"]
-    loss_obj = dn.losses.get(loss)
-    X = X.astype(m["dtype"])  # the config chose the precision: convert once, here
-    if not loss_obj.classification:
-        y = np.asarray(y, dtype=m["dtype"])
-    if d["test_size"] > 0:
-        Xtr, Xte, ytr, yte = dn.data.train_test_split(X, y, d["test_size"], seed=d["seed"])
-        validation = (Xte, yte)
+    # an explicit loss says the task when the config leaves it to "auto"
+    task = data_cfg["task"]
+    if train_cfg["loss"] != "auto":
+        loss_task = ("classification" if dn.losses.get(train_cfg["loss"]).classification
+                     else "regression")
+        if task == "auto":
+            task = loss_task
+        elif task != loss_task:
+            raise ConfigError(f"train.loss = {train_cfg['loss']!r} is a {loss_task} loss but "
+                              f"data.task = {task!r}")
+    X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task)
+    task = "classification" if y.dtype.kind in "iu" else "regression"
+    classes = None
+    if task == "classification":
+        classes, y = dn.data.encode_labels(y)
+        if len(classes) < 2:
+            raise DataError(f"{data_cfg['dataset']}: classification needs at least 2 classes; "
+                            f"every label is {classes[0]!r}")
+        n_out = len(classes)
+        if train_cfg["loss"] == "binary_cross_entropy":
+            if n_out != 2:
+                raise ConfigError(f"train.loss = 'binary_cross_entropy' needs 2 classes, the "
+                                  f"data has {n_out}: use cross_entropy")
+            n_out = 1
+    else:
+        n_out = 1 if y.ndim == 1 else y.shape[1]
+    loss = (default_loss(task, y, n_out) if train_cfg["loss"] == "auto"
+            else train_cfg["loss"])
+    if loss != "cross_entropy":  # every other loss takes float targets
+        y = y.astype(model_cfg["dtype"])
+    if data_cfg["test_size"] > 0:
+        Xtr, Xte, ytr, yte = dn.data.train_test_split(X, y, data_cfg["test_size"],
+                                                      seed=data_cfg["seed"])
+        validation = (Xte.astype(model_cfg["dtype"]), yte)
     else:
         Xtr, ytr, validation = X, y, None
-    if loss == "cross_entropy":
-        n_out = int(np.max(y)) + 1
-    else:
-        n_out = 1 if np.ndim(y) == 1 else np.shape(y)[1]
-    model = dn.MLP([X.shape[1], *m["hidden"], n_out], activation=m["activation"],
-                   init=m["init"], dtype=m["dtype"], backend=t["device"], seed=m["seed"])
+    model = dn.MLP([X.shape[1], *model_cfg["hidden"], n_out], activation=model_cfg["activation"],
+                   init=model_cfg["init"], dtype=model_cfg["dtype"], backend=train_cfg["device"],
+                   seed=model_cfg["seed"])
+    if data_cfg["standardize"]:
+        # statistics of the training rows only; the model applies them to whatever it sees
+        model.set_input_scaling(*dn.data.fit_standardization(Xtr))
+    Xtr = Xtr.astype(model_cfg["dtype"])  # the config chose the precision: convert once, here
 
     opt_args = {k: v for k, v in cfg["optimizer"].items() if k not in ("name", "lr")}
-    s = cfg["schedule"]
+    sched = cfg["schedule"]
     lr = cfg["optimizer"]["lr"]
-    if s["name"] != "constant":
-        steps = t["epochs"] * math.ceil(len(Xtr) / t["batch_size"])
-        sched_args = {k: v for k, v in s.items() if k != "name"}
-        if "total_steps" in _extra_args("schedule", s["name"]):
+    if sched["name"] != "constant":
+        steps = train_cfg["epochs"] * math.ceil(len(Xtr) / train_cfg["batch_size"])
+        sched_args = {k: v for k, v in sched.items() if k != "name"}
+        if "total_steps" in _extra_args("schedule", sched["name"]):
             sched_args.setdefault("total_steps", steps)
         try:
-            lr = getattr(optim.schedules, s["name"])(lr, **sched_args)
+            lr = getattr(optim.schedules, sched["name"])(lr, **sched_args)
         except TypeError as exc:
-            raise ConfigError(f"[schedule] {s['name']!r}: {exc}") from None
+            raise ConfigError(f"[schedule] {sched['name']!r}: {exc}") from None
     opt = optim.get(cfg["optimizer"]["name"], model, lr=lr, **opt_args)
 
     t0 = time.perf_counter()
-    hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=t["epochs"],
-                  batch_size=t["batch_size"], validation_data=validation, seed=t["seed"],
-                  progress=t["progress"])
+    hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
+                  batch_size=train_cfg["batch_size"], validation_data=validation,
+                  seed=train_cfg["seed"], progress=_progress(train_cfg["progress"]))
     elapsed = time.perf_counter() - t0
 
-    out = Path(o["dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    written = _write_run(out, o, model, opt, hist, cfg, loss)
+    labels = None if classes is None else classes.tolist()
+    run = {"config": cfg, "loss": loss, "task": task, "classes": labels}
+    written = _write_run(out, cfg["output"], model, opt, hist, run)
     last = {k: v[-1] for k, v in hist.history.items() if k not in ("lr", "time")}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
     print(f"trained {len(hist.epoch)} epochs in {elapsed:.1f}s on {model.backend.device}: "
@@ -394,14 +431,15 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _write_run(out: Path, o: dict, model, opt, hist, cfg, loss) -> list[Path]:
+def _write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
     dn_io = _save_api()
     written = []
     ckpt = out / o["checkpoint"]
-    dn_io.save(model, ckpt, optimizer=opt, history=hist)
+    # what predicting needs travels in the checkpoint itself: task, loss, class labels
+    extra = {k: run[k] for k in ("task", "loss", "classes")}
+    dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=extra)
     written.append(ckpt)
-    # what eval / predict need to reuse the run: the resolved config and the loss
-    run = {"config": cfg, "loss": loss}
+    # what eval / predict reuse for the data: the resolved config (dataset, split)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
     written.append(out / "run.json")
     rows = _history_rows(hist)
@@ -419,7 +457,7 @@ def _write_run(out: Path, o: dict, model, opt, hist, cfg, loss) -> list[Path]:
         written.append(png)
     else:
         print("note: matplotlib is not installed, so no plot was written "
-              "(pip install 'devnet[plot]')", file=sys.stderr)
+              "(pip install 'devnet-mlp[plot]')", file=sys.stderr)
     return written
 
 
@@ -432,8 +470,12 @@ def _history_rows(hist) -> list[dict]:
     return rows
 
 
+#: one colour per series across both panels: training blue, validation orange
+_SERIES_COLOURS = {"train": "tab:blue", "validation": "tab:orange"}
+
+
 def plot_history(hist, path: Path) -> bool:
-    """Loss (train and validation) and the task metric per epoch to a PNG; False without
+    """Loss and the task metric (training and validation) per epoch to an image; False without
     matplotlib."""
     try:
         import matplotlib
@@ -442,74 +484,144 @@ def plot_history(hist, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    h = hist.history
-    metrics = [k for k in ("val_accuracy", "accuracy", "val_r2", "r2") if k in h]
-    fig, axes = plt.subplots(1, 1 + bool(metrics), figsize=(5 + 5 * bool(metrics), 4))
-    axes = np.atleast_1d(axes)
-    epochs = np.asarray(hist.epoch) + 1
-    for key in ("loss", "val_loss"):
-        if key in h:
-            axes[0].plot(epochs, h[key], label=key)
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    if metrics:
-        for key in metrics:
-            axes[1].plot(epochs, h[key], label=key)
-        axes[1].set_xlabel("epoch")
-        axes[1].legend()
-    fig.tight_layout()
+    fig = history_figure(hist)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
+def history_figure(hist):
+    """The matplotlib Figure of ``plot_history``: a loss panel and a metric panel, training
+    and validation in the same two colours in both, integer epoch ticks."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    h = hist.history
+    metric = next((m for m in ("accuracy", "r2") if m in h or f"val_{m}" in h), None)
+    panels = ["loss"] + ([metric] if metric else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    epochs = np.asarray(hist.epoch) + 1
+    for ax, name in zip(axes[0], panels):
+        for series, key in (("train", name), ("validation", f"val_{name}")):
+            if key in h and len(h[key]) == len(epochs):
+                ax.plot(epochs, h[key], label=series, color=_SERIES_COLOURS[series],
+                        marker="o" if len(epochs) < 20 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def _load_run(args):
-    """The checkpointed model (on ``--device``) and the run.json beside it (or {})."""
+    """The checkpointed model (on ``--device``) and what the run recorded about itself.
+
+    Returns ``(model, run)``: run.json beside the checkpoint (or {}), updated with the task,
+    loss and class labels the checkpoint carries.
+    """
     dn_io = _save_api()
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
-        raise UsageError(f"checkpoint {str(ckpt)!r} does not exist")
-    model, _ = dn_io.load(ckpt, backend=args.device)
+        raise UsageError(f"checkpoint {str(ckpt)!r} does not exist"
+                         + (" as a file" if ckpt.exists() else ""))
+    loaded = dn_io.load_checkpoint(ckpt, backend=args.device)
     run_file = ckpt.parent / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
-    return model, run
+    run: dict = {}
+    if run_file.is_file():
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{run_file}: broken run.json ({exc}); pass --data (and --loss) "
+                             "or remove the file") from None
+        if not isinstance(run, dict) or not isinstance(run.get("config", {}), dict) \
+                or not isinstance(run.get("config", {}).get("data", {}), dict):
+            raise UsageError(f"{run_file}: broken run.json (expected an object with a "
+                             "'config' table); pass --data (and --loss) or remove the file")
+    extra = loaded.meta.get("extra") or {}
+    run.update({k: extra[k] for k in ("task", "loss", "classes") if k in extra})
+    return loaded.model, run
 
 
-def _eval_data(args, run, with_target=True):
+def _eval_data(args, run, model, with_target=True):
+    """(X, y) for eval / predict: ``--data`` or the run's dataset, ``--split`` of it.
+
+    X is raw: the model applies its own input scaling. For predict (no target), a CSV with
+    one column more than the model's inputs has its target column dropped.
+    """
+    import devnet as dn
+
     data_cfg = run.get("config", {}).get("data", {})
     spec = args.data or data_cfg.get("dataset")
     if spec is None:
         raise UsageError("give --data (no run.json next to the checkpoint names a dataset)")
-    X, y = load_dataset(spec, data_cfg.get("target_column", -1), with_target=with_target)
-    X = np.asarray(X, dtype=np.float64)
-    if data_cfg.get("standardize") and spec == data_cfg.get("dataset"):
-        from devnet.data import standardize
-
-        X = standardize(X)
+    target_column = data_cfg.get("target_column", -1)
+    task = run.get("task")
+    if task is None:  # a run from before tasks were recorded: its loss tells
+        loss = args.loss or run.get("loss")
+        task = "auto" if not loss else (
+            "classification" if dn.losses.get(loss).classification else "regression")
+    if with_target or args.data is None:
+        # the run's own dataset keeps its layout: the target column is dropped by the loader
+        X, y = dn.data.load_dataset(spec, target_column, task=task)
+    else:
+        X, y = dn.data.load_dataset(spec, with_target=False)
+        if X.shape[1] == model.n_in + 1 and str(spec).endswith(".csv"):
+            X = np.delete(X, target_column, axis=1)
+    if X.shape[1] != model.n_in:
+        raise DataError(f"{spec}: has {X.shape[1]} feature columns, the model takes "
+                        f"{model.n_in}")
     if args.split != "all":
-        from devnet.data import train_test_split
-
         size, seed = data_cfg.get("test_size", 0.2), data_cfg.get("seed", 0)
         if not size:
             raise UsageError("--split needs a run with data.test_size > 0; use --split all")
-        dummy = np.zeros(len(X)) if y is None else y
-        Xtr, Xte, ytr, yte = train_test_split(X, dummy, size, seed=seed)
-        X, y = (Xte, yte) if args.split == "test" else (Xtr, ytr)
-        if not with_target:
-            y = None
+        order = np.arange(len(X))
+        tr, te, _, _ = dn.data.train_test_split(order, order, size, seed=seed)
+        rows = te if args.split == "test" else tr
+        X = X[rows]
+        y = None if y is None else y[rows]
+    if not with_target:
+        y = None
     return X, y
+
+
+def _encode_with(classes, y, spec):
+    """Labels y as indices into the run's ``classes`` (DataError for unseen labels)."""
+    classes = np.asarray(classes)
+    codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    unseen = np.unique(y[classes[codes] != y])
+    if unseen.size:
+        raise DataError(f"{spec}: labels {unseen[:10].tolist()} were not among the run's "
+                        f"classes {classes[:20].tolist()}")
+    return codes.astype(np.int64)
+
+
+def _run_loss(args, run, y, model) -> str:
+    """--loss, else the run's loss, else the default for the data (``devnet.task``)."""
+    from devnet.task import default_loss, infer_task
+
+    if args.loss:
+        return _check_value("--loss", args.loss, "loss")
+    if run.get("loss"):
+        return run["loss"]
+    if y is None:
+        return "mse"
+    return default_loss(infer_task(y), y, model.n_out)
 
 
 def cmd_eval(args) -> int:
     """Loss and metrics of a checkpoint on a dataset."""
     import devnet as dn
 
+    _check_device(args)
     model, run = _load_run(args)
-    X, y = _eval_data(args, run)
-    loss = args.loss or run.get("loss") or _auto_loss(y)
+    X, y = _eval_data(args, run, model)
+    if run.get("classes") is not None and y.dtype.kind in "iu":
+        y = _encode_with(run["classes"], y, args.data or "the run's dataset")
+    loss = _run_loss(args, run, y, model)
     X = X.astype(model.dtype)
-    if not dn.losses.get(loss).classification:
+    if loss != "cross_entropy":
         y = np.asarray(y, dtype=model.dtype)
     result = dn.evaluate(model, X, y, loss=loss)
     if args.json:
@@ -519,38 +631,62 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+_PREDICT_FORMATS = (".npy", ".csv")
+
+
+def _check_predict_out(path: str) -> Path:
+    out = Path(path).expanduser()
+    if out.suffix not in _PREDICT_FORMATS:
+        raise UsageError(f"--out {path!r}: valid formats: {', '.join(_PREDICT_FORMATS)}")
+    if out.is_dir():
+        raise UsageError(f"--out {path!r} is an existing folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {path!r}: cannot create its folder: "
+                         f"{exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists()
+                                                        and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {path!r} is not writable")
+    return out
+
+
 def cmd_predict(args) -> int:
     """Predictions of a checkpoint, written to .npy or .csv."""
     import devnet as dn
 
+    _check_device(args)
+    out = _check_predict_out(args.out)
     model, run = _load_run(args)
-    X, _ = _eval_data(args, run, with_target=False)
-    if X.shape[1] == model.n_in + 1 and args.data and args.data.endswith(".csv"):
-        X = np.delete(X, run.get("config", {}).get("data", {}).get("target_column", -1),
-                      axis=1)
+    X, _ = _eval_data(args, run, model, with_target=False)
     X = X.astype(model.dtype)
-    out = Path(args.out)
-    if out.suffix not in (".npy", ".csv"):
-        raise UsageError(f"--out {str(out)!r}: valid formats: .npy, .csv")
-    loss = dn.losses.get(args.loss or run.get("loss") or "mse")
-    raw = model.predict(X)
+    loss = dn.losses.get(_run_loss(args, run, None, model))
     if args.proba:
         pred = dn.predict_proba(model, X, loss=loss)
-    elif loss.name == "cross_entropy":
-        pred = raw.argmax(axis=1)
-    elif loss.name == "binary_cross_entropy":
-        pred = (raw > 0).astype(np.int64)
     else:
-        pred = raw
+        raw = model.predict(X)
+        if loss.name == "cross_entropy":
+            pred = raw.argmax(axis=1)
+        elif loss.name == "binary_cross_entropy" and raw.shape[1] == 1:
+            pred = (raw[:, 0] > 0).astype(np.int64)
+        elif loss.name == "binary_cross_entropy":
+            pred = (raw > 0).astype(np.int64)
+        else:
+            pred = raw
+        if run.get("classes") is not None and pred.ndim == 1:
+            pred = np.asarray(run["classes"])[pred]  # back to the labels the data used
     pred = np.asarray(pred)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, pred)
     else:
-        fmt = "%d" if pred.dtype.kind in "iu" else "%.8g"
+        fmt = "%d" if pred.dtype.kind in "iub" else "%.8g"
         np.savetxt(out, pred.reshape(len(pred), -1), delimiter=",", fmt=fmt)
     print(f"wrote {len(pred)} predictions {tuple(pred.shape)} to {out}")
     return EXIT_OK
+
+
+def _check_device(args) -> None:
+    args.device = _check_value("--device", args.device, "device")
 
 
 def _entry_point(module: str, what: str):
@@ -573,27 +709,42 @@ def _entry_point(module: str, what: str):
     return main
 
 
-def cmd_bench(args) -> int:
-    """Run the benchmarks (``benchmarks.main``) with the remaining arguments."""
-    return int(_entry_point("benchmarks", "bench")(_rest(args.args)) or 0)
+#: subcommands whose own options are forwarded verbatim: command -> (module, its main)
+_FORWARDED = {"bench": "benchmarks", "profile": "devnet.profile"}
 
 
-def cmd_profile(args) -> int:
-    """Profile a training step (``devnet.profile.main``) with the remaining arguments."""
-    return int(_entry_point("devnet.profile", "profile")(_rest(args.args)) or 0)
+def _forward(args) -> int:
+    """Run ``benchmarks.main`` / ``devnet.profile.main`` with the arguments after the command."""
+    main = _entry_point(_FORWARDED[args.command], args.command)
+    try:
+        return int(main(list(args.rest)) or 0)
+    except SystemExit as exc:  # their argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (EXIT_USAGE if exc.code else EXIT_OK)
 
 
-def _rest(argv: list[str]) -> list[str]:
-    return argv[1:] if argv[:1] == ["--"] else list(argv)
+def _split_forwarded(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """argv up to a forwarded subcommand, and what follows it (None for other commands)."""
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":
+        i += 1
+    if i < len(argv) and argv[i] in _FORWARDED:
+        rest = argv[i + 1:]
+        if rest[:1] == ["--"]:  # the old spelling: devnet bench -- ARGS
+            rest = rest[1:]
+        return argv[:i + 1], rest
+    return argv, None
 
 
 # --- the parser -----------------------------------------------------------------------------
 
 _EXAMPLE_TOML = """\
-example run.toml (every key optional; unknown keys are errors):
+example run.toml (every key optional; unknown keys are errors; data paths are relative to
+the config file's folder, output.dir to the current directory):
   [data]
   dataset = "digits"        # bundled name, or a path to .npz (X, y) / .csv
+  task = "auto"             # auto, classification, regression
   test_size = 0.2
+  standardize = false       # mean/std of the training split, stored in the checkpoint
   [model]
   hidden = [128, 64]
   activation = "relu"
@@ -607,6 +758,7 @@ example run.toml (every key optional; unknown keys are errors):
   epochs = 20
   batch_size = 64
   device = "auto"           # auto, cpu, cuda, cuda:N
+  progress = "auto"         # auto (when stderr is a terminal), true, false
   [output]
   dir = "runs/digits"
 """
@@ -621,12 +773,20 @@ _COMMANDS = {
              "example:\n  devnet eval --checkpoint runs/digits/model.safetensors --split test"),
     "predict": ("write a checkpoint's predictions to .npy or .csv",
                 "example:\n  devnet predict --checkpoint runs/digits/model.safetensors "
-                "--data digits --split all --out preds.csv"),
-    "bench": ("run the benchmarks (arguments after -- go to benchmarks.main)",
-              "example:\n  devnet bench -- --quick"),
-    "profile": ("profile training (arguments after -- go to devnet.profile.main)",
-                "example:\n  devnet profile -- --device cpu"),
+                "--out preds.csv"),
+    "bench": ("run the benchmarks: every option after 'bench' goes to benchmarks.main "
+              "(python -m benchmarks --help lists them)",
+              "example:\n  devnet bench --quick\n  devnet bench step --sizes S --no-sklearn"),
+    "profile": ("profile a training step: every option after 'profile' goes to "
+                "devnet.profile.main",
+                "example:\n  devnet profile --sizes 784-1024-1024-10 --batch-size 256"),
 }
+
+
+def _version() -> str:
+    from devnet import __version__
+
+    return f"devnet {__version__} (distribution devnet-mlp)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -637,8 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="devnet", parents=[common],
         description="Train, evaluate and profile devnet MLPs on the CPU or an NVIDIA GPU.",
         epilog="example:\n  devnet info\n  devnet train --config run.toml\n\n"
-               "exit codes: 0 success, 2 usage or config error, 1 runtime failure",
+               "exit codes: 0 success, 2 usage, config or data error, 1 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs = {}
     for name, (summary, example) in _COMMANDS.items():
@@ -650,46 +811,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the run's TOML file")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--out", help="override output.dir")
+    p.add_argument("--out", help="override output.dir (created if missing)")
     for name in ("eval", "predict"):
         p = subs[name]
         p.add_argument("--checkpoint", required=True, help="a checkpoint written by train")
-        p.add_argument("--data", help="bundled dataset name or .npz/.csv path "
-                                      "(default: the run's dataset)")
+        p.add_argument("--data", metavar="DATA",
+                       help="bundled dataset name or .npz/.csv path (default: the run's "
+                            "dataset, from run.json beside the checkpoint"
+                            + (")" if name == "eval" else
+                               ", target column dropped; a .csv may hold the target column or "
+                               "only the features)"))
         p.add_argument("--split", choices=("test", "train", "all"),
                        default="test" if name == "eval" else "all",
-                       help="which part of the run's train/test split to use")
+                       help="which part of the run's train/test split to use (default: "
+                            f"{'test' if name == 'eval' else 'all'})")
         p.add_argument("--loss", help="loss name (default: the run's loss)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--device", default="auto",
+                       help="auto, cpu, cuda, cuda:N (default: auto)")
     subs["eval"].add_argument("--json", action="store_true", help="print JSON")
     subs["predict"].add_argument("--out", required=True, help="output file: .npy or .csv")
     subs["predict"].add_argument("--proba", action="store_true",
-                                 help="write class probabilities instead of labels")
-    for name in ("bench", "profile"):
-        subs[name].add_argument("args", nargs=argparse.REMAINDER,
-                                help="arguments passed through")
+                                 help="write class probabilities instead of labels (columns in "
+                                      "the order of the sorted class labels)")
+    parser.subcommand_parsers = subs  # for the forwarded commands' --help
     return parser
 
 
 _HANDLERS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-             "bench": cmd_bench, "profile": cmd_profile}
+             "bench": _forward, "profile": _forward}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``devnet`` command; returns the exit code (0, 1 or 2)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, rest = _split_forwarded(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
         return int(exc.code or 0)
+    args.rest = rest
     debug = getattr(args, "debug", False)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if rest is not None and ("-h" in rest or "--help" in rest):
+        # ours first (what the command is, an example), then the forwarded module's options
+        parser.subcommand_parsers[args.command].print_help()
+        print()
+        sys.stdout.flush()
     try:
         return _HANDLERS[args.command](args)
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, DataError) as exc:
         code = EXIT_USAGE
         err = exc
     except KeyboardInterrupt:

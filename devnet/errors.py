@@ -39,3 +39,7 @@ def lookup(table: Mapping, name, kind: str):
 
 def _names(names: Iterable) -> str:
     return ", ".join(sorted(str(n) for n in names))
+
+
+class MissingDependencyError(DevnetError, ImportError):
+    """An optional dependency is not installed; the message says what to ``pip install``."""

@@ -3,39 +3,55 @@
 File layout (a plain safetensors file, readable by any safetensors reader):
 
 - tensors ``params`` (the model's flat parameter buffer) and ``optimizer.<name>`` (each
-  optimizer state buffer), all 1-D in the model's dtype;
+  optimizer state buffer), all 1-D in the model's dtype; ``input.mean`` and ``input.scale``
+  (float64, (n_in,)) when the model standardizes its inputs (format version 2 on);
 - ``__metadata__`` with two string entries: ``devnet`` (JSON: format name and version, the
   model's config, the optimizer's kind, hyper-parameters, schedule and step count, the History,
   the training state for exact resume: epoch, global step, shuffle RNG state, and the sha256 of
-  every tensor's bytes) and ``devnet_sha256`` (the sha256 of that JSON text).
+  every tensor's bytes, ``extra``: the caller's JSON dict) and ``devnet_sha256`` (the sha256
+  of that JSON text).
 
 Reading parses the header ourselves (JSON only: nothing is ever executed, never pickle), then
-checks the format, version, sizes and both checksums, so a truncated, bit-flipped, foreign or
-future file raises a CheckpointError saying what is wrong.
+checks the format, version, sizes and both checksums, then the type and structure of every
+metadata field it uses (before any model is built), so a truncated, bit-flipped, foreign,
+hand-edited or future file raises a CheckpointError saying what is wrong. Only regular files
+are read (a FIFO would block forever).
 
-Writing is atomic: the bytes go to a temporary file in the same folder, flushed and fsynced,
-then ``os.replace``-d over the target and the folder is fsynced. A crash at any point leaves
-the old checkpoint or the new one, never a broken one (a stray ``.<name>.*.tmp`` may remain).
+Writing is atomic: the bytes go to a temporary file ``.<name>.<8 random chars>.tmp`` in the
+same folder (created with mode 0666 less the umask, like any other file), fsynced, then
+``os.replace``-d over the target, and the folder is fsynced. A crash at any point leaves the
+old checkpoint or the new one, never a broken one; a temporary file a killed save left behind
+is removed by the next successful save of the same path.
+
+Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``) and 2 (current) are read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from devnet.errors import CheckpointError, DeviceUnavailableError, DevnetError
+from devnet.errors import CheckpointError, ConfigError, DeviceUnavailableError, DevnetError
 
 FORMAT = "devnet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input scaling tensors and ``extra``
 _ST_DTYPES = {"F32": np.float32, "F64": np.float64}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+_SCALING_TENSORS = ("input.mean", "input.scale")
+# the random middle of a temporary name (ours, and tempfile.mkstemp's in older versions)
+_TMP_MIDDLE = r"[a-z0-9_]{8}"
 
 # Indirection so tests can inject a fault between the write and the rename.
 _replace = os.replace
@@ -57,18 +73,30 @@ class Checkpoint:
 # --- writing --------------------------------------------------------------------------------
 
 def save(model, path: str | os.PathLike, optimizer=None, history=None,
-         train_state: dict | None = None) -> Path:
+         train_state: dict | None = None, extra: dict | None = None) -> Path:
     """Write ``model`` (and optionally its optimizer, History, resume state) to ``path``.
 
-    The write is atomic (see the module docstring). Returns the path.
+    ``extra``: a JSON-serialisable dict kept as ``meta["extra"]`` (``read_metadata(path)``).
+    The model's input scaling, if set, is saved too. The write is atomic (see the module
+    docstring). Returns the path.
     """
     from safetensors.numpy import save as st_save
 
-    path = Path(path)
+    path = _as_path(path, "save a checkpoint to")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"extra must be a dict (JSON-serialisable), got "
+                          f"{type(extra).__name__}")
     tensors = {"params": np.ascontiguousarray(model.backend.to_numpy(model.params))}
+    scaling = model.input_scaling
+    if scaling is not None:
+        for name, vec in zip(_SCALING_TENSORS, scaling):
+            tensors[name] = np.ascontiguousarray(vec, dtype=np.float64)
     meta: dict = {"format": FORMAT, "format_version": FORMAT_VERSION,
                   "devnet_version": _version(), "model": model.config(), "optimizer": None,
-                  "history": None, "train_state": train_state or {}}
+                  "history": None, "train_state": train_state or {},
+                  "input_scaling": scaling is not None, "extra": extra}
     if optimizer is not None:
         state = optimizer.state_dict()
         for name, buf in state.pop("state").items():
@@ -78,20 +106,39 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
         meta["history"] = {"history": history.history, "epoch": list(history.epoch),
                            "params": history.params}
     meta["tensors"] = {name: _tensor_digest(a) for name, a in tensors.items()}
-    text = json.dumps(meta, sort_keys=True, default=_json_default)
+    try:
+        text = json.dumps(meta, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata (extra, "
+                          f"train_state or history) is not JSON-serialisable: {exc}") from None
     data = st_save(tensors, metadata={"devnet": text, "devnet_sha256": _sha(text.encode())})
     atomic_write(path, data)
     return path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    In that order: write the temp file, fsync it, ``os.replace`` it over ``path``, fsync the
+    folder. The file gets mode 0666 less the umask. Afterwards, stale temp files of ``path``
+    (``.<name>.<8 chars>.tmp``, older than this write) left by killed saves are removed.
+    """
+    path = _as_path(path, "save a checkpoint to")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: folder "
                               f"{str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: {exc}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: it is "
+                              f"{_file_kind(mode)}, not a regular file; give a file name")
+    started = time.time()
+    fd, tmp = _create_temp(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -105,6 +152,59 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(folder)
+    _remove_stale_temps(folder, path.name, started)
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    # os.open with 0o666 lets the kernel apply the umask, as for any file the user writes
+    # (tempfile.mkstemp would force 0600).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CheckpointError(f"cannot save checkpoint {str(folder / name)!r}: cannot "
+                                  f"create a temporary file in {str(folder)!r}: {exc}") from None
+    raise CheckpointError(f"cannot save checkpoint {str(folder / name)!r}: no free temporary "
+                          f"file name in {str(folder)!r}")  # pragma: no cover
+
+
+def _remove_stale_temps(folder: Path, name: str, before: float) -> None:
+    """Remove ``.<name>.<8 chars>.tmp`` regular files last written before ``before``."""
+    pattern = re.compile(re.escape(f".{name}.") + _TMP_MIDDLE + re.escape(".tmp"))
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < before:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _as_path(path, what: str) -> Path:
+    if isinstance(path, (bytes, bytearray)):
+        path = os.fsdecode(bytes(path))
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise ConfigError(f"cannot {what} {path!r}: the path must be a non-empty str or "
+                          f"os.PathLike, got {type(path).__name__}")
+    return Path(path)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -163,7 +263,10 @@ def load(path: str | os.PathLike, backend="auto"):
 
 
 def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
-    """Load everything in a checkpoint (model, optimizer, History, resume state)."""
+    """Load everything in a checkpoint (model, optimizer, History, resume state).
+
+    The model gets the saved input scaling back, so it predicts on raw data.
+    """
     from devnet import optim
     from devnet.nn import MLP
 
@@ -177,17 +280,23 @@ def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
         raise CheckpointError(f"checkpoint {name!r}: cannot rebuild the model from its "
                               f"config {meta['model']!r}: {exc}") from None
     set_params_(model, tensors["params"], name)
+    if meta["input_scaling"]:
+        try:
+            model.set_input_scaling(*(tensors[k] for k in _SCALING_TENSORS))
+        except DevnetError as exc:
+            raise CheckpointError(f"checkpoint {name!r}: bad input scaling: {exc}") from None
     opt = None
-    if meta.get("optimizer") is not None:
+    if meta["optimizer"] is not None:
         state = dict(meta["optimizer"])
         prefix = "optimizer."
         state["state"] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             opt = optim.from_state_dict(model.parameters(), state)
-        except (DevnetError, KeyError, TypeError, ValueError) as exc:
+        except (DevnetError, KeyError, TypeError, ValueError, AttributeError,
+                OverflowError) as exc:
             raise CheckpointError(f"checkpoint {name!r}: bad optimizer state: {exc}") from None
-    return Checkpoint(model, opt, history_from(meta.get("history")),
-                      dict(meta.get("train_state") or {}), meta)
+    return Checkpoint(model, opt, history_from(meta["history"]), dict(meta["train_state"]),
+                      meta)
 
 
 def set_params_(model, flat: np.ndarray, name: str = "checkpoint") -> None:
@@ -212,14 +321,9 @@ def history_from(data: dict | None):
 
 
 def _read(path) -> tuple[dict, dict]:
+    path = _as_path(path, "load a checkpoint from")
     name = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {name!r}: file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
+    raw = _read_regular_file(path, name)
     header, data = _parse_header(raw, name)
     meta_entry = header.pop("__metadata__", None)
     if not isinstance(meta_entry, dict) or "devnet" not in meta_entry:
@@ -237,15 +341,196 @@ def _read(path) -> tuple[dict, dict]:
         raise CheckpointError(f"{name!r} is not a devnet checkpoint (format "
                               f"{meta.get('format') if isinstance(meta, dict) else None!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not _is_int(version) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(f"checkpoint {name!r} has format version {version!r}; this devnet "
                               f"reads versions 1 to {FORMAT_VERSION} (upgrade devnet to read "
                               "newer checkpoints)")
+    _check_meta(meta, name)
+    tensors = _tensors(header, data, meta["tensors"], name)
+    return meta, tensors
+
+
+def _read_regular_file(path: Path, name: str) -> bytes:
+    # A FIFO would block open() / read() forever and a device could stream without end:
+    # refuse anything but a regular file, both before opening and on the opened descriptor
+    # (O_NONBLOCK so that a FIFO swapped in between cannot block the open either).
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {name!r}: file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"cannot read checkpoint {name!r}: it is {_file_kind(mode)}, "
+                              "not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {name!r}: file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"cannot read checkpoint {name!r}: it is "
+                                  f"{_file_kind(mode)}, not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            return f.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+# --- metadata validation: a hand-made file with a recomputed checksum gets here ----------------
+
+_MODEL_KEYS = {"layer_sizes", "activation", "output_activation", "init", "dtype", "seed", "alpha"}
+_MAX_LAYER_SIZE = 2**40  # far past any real layer; keeps products exact and messages sane
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_meta(meta: dict, name: str) -> None:
+    """CheckpointError unless every metadata field devnet reads has the right type and shape.
+
+    Fills the defaults of older format versions (``extra``: {}, ``input_scaling``: False).
+    """
+    from devnet.nn.mlp import n_parameters
+
+    def bad(field_name: str, why: str):
+        raise CheckpointError(f"checkpoint {name!r} is malformed: {field_name} {why}")
+
     for key in ("model", "tensors"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"checkpoint {name!r}: metadata lacks {key!r}")
-    tensors = _tensors(header, data, meta["tensors"], name)
-    return meta, tensors
+    model = meta["model"]
+    unknown = set(model) - _MODEL_KEYS
+    if unknown or "layer_sizes" not in model:
+        bad("model config", f"has keys {sorted(model)}; expected layer_sizes and some of "
+                            f"{sorted(_MODEL_KEYS - {'layer_sizes'})}")
+    sizes = model["layer_sizes"]
+    if not (isinstance(sizes, list) and len(sizes) >= 2
+            and all(_is_int(s) and 0 < s <= _MAX_LAYER_SIZE for s in sizes)):
+        bad("model.layer_sizes", f"must list at least two positive integers, got {sizes!r}")
+    act = model.get("activation", "relu")
+    if not (isinstance(act, str) or (isinstance(act, list)
+                                     and all(isinstance(a, str) for a in act))):
+        bad("model.activation", f"must be a name or a list of names, got {act!r}")
+    for key in ("output_activation", "init", "dtype"):
+        if key in model and not isinstance(model[key], str):
+            bad(f"model.{key}", f"must be a string, got {model[key]!r}")
+    if model.get("seed") is not None and not (_is_int(model["seed"]) and model["seed"] >= 0):
+        bad("model.seed", f"must be a non-negative integer or null, got {model['seed']!r}")
+    if "alpha" in model and not _is_number(model["alpha"]):
+        bad("model.alpha", f"must be a number, got {model['alpha']!r}")
+
+    digests = meta["tensors"]
+    for key, digest in digests.items():
+        if not (isinstance(digest, dict) and isinstance(digest.get("dtype"), str)
+                and isinstance(digest.get("sha256"), str)
+                and isinstance(digest.get("shape"), list)
+                and all(_is_int(d) and d >= 0 for d in digest["shape"])):
+            bad(f"tensors[{key!r}]", f"must give dtype, shape and sha256, got {digest!r}")
+        if not (key == "params" or key.startswith("optimizer.") or key in _SCALING_TENSORS):
+            bad("tensors", f"lists an unknown tensor {key!r}")
+    # the parameter count follows from the layer sizes: check it before building anything
+    n_params = n_parameters(sizes)
+    dtype = model.get("dtype", "float32")
+    params = digests.get("params")
+    if params is None or params["shape"] != [n_params] or params["dtype"] != dtype:
+        got = None if params is None else f"shape {params['shape']} {params['dtype']}"
+        bad("params", f"({got}) do not match the model config: layer_sizes {sizes} need "
+                      f"{n_params} {dtype} parameters")
+
+    if meta["format_version"] < 2:  # written before input scaling and extra existed
+        meta.setdefault("input_scaling", False)
+        meta.setdefault("extra", {})
+    scaling = meta.get("input_scaling")
+    if not isinstance(scaling, bool):
+        bad("input_scaling", f"must be true or false, got {scaling!r}")
+    for key in _SCALING_TENSORS:
+        if (key in digests) != scaling:
+            bad("input_scaling", f"is {scaling} but tensor {key!r} is "
+                                 f"{'present' if key in digests else 'absent'}")
+        if scaling and (digests[key]["shape"] != [sizes[0]] or digests[key]["dtype"] != "float64"):
+            bad(f"tensors[{key!r}]", f"must be float64 of shape [{sizes[0]}] (n_in)")
+    if not isinstance(meta.get("extra"), dict):
+        bad("extra", f"must be a JSON object, got {meta.get('extra')!r}")
+
+    opt = meta.get("optimizer")
+    if opt is not None:
+        if not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
+                and _is_int(opt.get("t")) and opt["t"] >= 0
+                and (_is_number(opt.get("lr")) or isinstance(opt.get("lr"), dict))
+                and isinstance(opt.get("hyperparameters", {}), dict)):
+            bad("optimizer", "must be null or {name: str, lr: number or schedule, "
+                             f"hyperparameters: dict, t: int >= 0}}, got {opt!r}")
+    elif any(k.startswith("optimizer.") for k in digests):
+        bad("optimizer", "is null but optimizer state tensors are present")
+    meta["optimizer"] = opt
+
+    _check_history(meta.get("history"), bad)
+    meta["history"] = meta.get("history")
+    state = meta.get("train_state")
+    if state is None:
+        state = meta["train_state"] = {}
+    _check_train_state(state, bad)
+
+
+def _check_history(hist, bad) -> None:
+    if hist is None:
+        return
+    if not isinstance(hist, dict) or set(hist) - {"history", "epoch", "params"}:
+        bad("history", f"must be null or {{history, epoch, params}}, got {_short(hist)}")
+    records = hist.get("history", {})
+    if not (isinstance(records, dict) and all(
+            isinstance(v, list) and all(x is None or _is_number(x) for x in v)
+            for v in records.values())):
+        bad("history.history", f"must map names to lists of numbers, got {_short(records)}")
+    epochs = hist.get("epoch", [])
+    if not (isinstance(epochs, list) and all(_is_int(e) and e >= 0 for e in epochs)):
+        bad("history.epoch", f"must be a list of epoch numbers, got {_short(epochs)}")
+    if not isinstance(hist.get("params", {}), dict):
+        bad("history.params", f"must be a dict, got {_short(hist.get('params'))}")
+
+
+# train_state keys devnet itself writes (Trainer.resume_state) and the types they must have;
+# other keys pass through for their readers to check
+_STATE_TYPES = {
+    "epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "seed": ("an integer >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
+    "batch_size": ("an integer > 0", lambda v: _is_int(v) and v > 0),
+    "n_samples": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "shuffle": ("true or false", lambda v: isinstance(v, bool)),
+    "rng": ("a bit generator state {bit_generator: str, state: {...}}",
+            lambda v: isinstance(v, dict) and isinstance(v.get("bit_generator"), str)
+            and isinstance(v.get("state"), dict)),
+    "loss": ("a loss config {name: str, ...}",
+             lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)),
+}
+
+
+def _check_train_state(state, bad) -> None:
+    if not isinstance(state, dict):
+        bad("train_state", f"must be a JSON object, got {_short(state)}")
+    for key, (what, ok) in _STATE_TYPES.items():
+        if key in state and not ok(state[key]):
+            bad(f"train_state.{key}", f"must be {what}, got {_short(state[key])}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _parse_header(raw: bytes, name: str) -> tuple[dict, bytes]:
@@ -277,16 +562,18 @@ def _tensors(header: dict, data: bytes, digests: dict, name: str) -> dict:
     for key, info in header.items():
         try:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            shape = tuple(int(s) for s in info["shape"])
-            start, end = (int(o) for o in info["data_offsets"])
+            shape = tuple(info["shape"])
+            start, end = info["data_offsets"]
+            if not all(_is_int(d) and d >= 0 for d in (*shape, start, end)):
+                raise ValueError("negative or non-integer size")
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"checkpoint {name!r} is corrupt: bad header entry for "
-                                  f"tensor {key!r}: {info!r}") from None
+                                  f"tensor {key!r}: {_short(info)}") from None
         end_max = max(end_max, end)
         if end > len(data):
             raise CheckpointError(f"checkpoint {name!r} is truncated: tensor {key!r} ends at "
                                   f"byte {end} of the data section, which has {len(data)}")
-        if start < 0 or end - start != dtype.itemsize * int(np.prod(shape)):
+        if end - start != dtype.itemsize * math.prod(shape):
             raise CheckpointError(f"checkpoint {name!r} is corrupt: tensor {key!r} offsets "
                                   f"{start}..{end} do not match shape {shape} {dtype}")
         buf = data[start:end]

@@ -1,12 +1,83 @@
-"""Losses: the mean loss and its gradient w.r.t. the prediction (logits) in one fused kernel."""
+"""Losses: the mean loss and its gradient w.r.t. the prediction (logits) in one fused kernel.
+
+Two doors: ``loss(pred, target)`` (any array-like, checked, a new gradient) and
+``loss.forward_backward_(pred, target, grad)`` (device arrays, your buffer). Both check their
+inputs unless the caller passes ``checked=True``, which ``fit`` does after checking the whole
+data set once (``devnet.validation``): the checks cost a few passes over the batch and, on a
+GPU, a synchronisation, which a training step must not pay.
+"""
 
 from __future__ import annotations
+
+import inspect
+import numbers
 
 import numpy as np
 
 from devnet.backend import backend_of
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels.reference import get_xp
+
+# Prediction dtypes the fused kernels compute in; ``loss(...)`` also takes float16 (widened).
+PRED_DTYPES = ("float32", "float64")
+_SHOWN = 5  # bad labels named in an error message
+
+
+def _as_array(name: str, a, xp):
+    """``a`` as an ``xp`` array; lists / tuples are converted; a DataError if that fails."""
+    if isinstance(a, xp.ndarray):
+        return a
+    if a is None or isinstance(a, (str, bytes)):
+        raise DataError(f"{name} must be a numeric array, got {type(a).__name__}")
+    try:
+        arr = xp.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{name} could not be read as a numeric array (ragged rows or "
+                        f"mixed types?): {exc}") from None
+    return arr
+
+
+def _real(name: str, a):
+    """A DataError unless ``a`` holds real numbers (bool, int or float)."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers (bool, int or float), got dtype "
+                        f"{a.dtype}")
+
+
+def _cast(a, dtype):
+    """``a`` as ``dtype``; values beyond its range become inf, which the caller reports."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return a.astype(dtype, copy=False)
+
+
+def _bounds(a) -> tuple[float, float]:
+    """(min, max) of a non-empty array as Python numbers: one host read for both."""
+    return float(a.min()), float(a.max())
+
+
+def _finite(name: str, a, xp, what: str = "") -> None:
+    if a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
+        raise DataError(f"{name} contains NaN or Inf{what}; expected finite numbers")
+
+
+def _label_list(xp, labels) -> str:
+    """Up to ``_SHOWN`` distinct values of ``labels`` (a device array), for a message."""
+    values = np.unique(np.asarray(labels.get() if hasattr(labels, "get") else labels))
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                      for v in values[:_SHOWN].tolist())
+    return shown + (f", ... ({len(values)} distinct)" if len(values) > _SHOWN else "")
+
+
+def _normalised_weights(w, dtype, xp):
+    """``w / mean(w)`` in ``dtype``, divided in float64; a batch weighing 0 in total stays 0.
+
+    float64 because a float32 mean of float32 weights of 1e38 overflows to inf and every weight
+    became 0 (loss 0, nothing learnt). All-zero weights can reach here only from ``fit``, whose
+    data set as a whole is checked to weigh more than 0: such a batch contributes nothing,
+    rather than NaN. Normalised weights never exceed n, so the cast cannot overflow.
+    """
+    mean = w.mean(dtype=xp.float64)
+    return (w / xp.where(mean > 0, mean, 1.0)).astype(dtype, copy=False)
 
 
 class Loss:
@@ -45,33 +116,80 @@ class Loss:
         raise DataError(f"{self.name} needs targets shaped like the predictions "
                         f"{tuple(pred.shape)}, got {tuple(target.shape)}")
 
-    def forward_backward_(self, pred, target, grad, sample_weight=None, backend=None):
+    def prepare_target(self, pred, target, xp):
+        """``target`` checked (values too) and converted to what the kernel takes.
+
+        The base version (regression): real numbers shaped like ``pred``, finite in its dtype.
+        """
+        _real(f"{self.name} target", target)
+        target = _cast(self.check_target(pred, target), pred.dtype)
+        _finite(f"{self.name} target", target, xp,
+                f" (or values beyond the range of {pred.dtype})")
+        return target
+
+    def _check_inputs(self, pred, target, grad, sample_weight):
+        """The unchecked door's checks: (target, sample_weight) ready for the kernel."""
+        xp = get_xp(pred)
+        if not isinstance(pred, xp.ndarray):
+            raise DataError(f"{self.name}: pred must be a NumPy or CuPy array, got "
+                            f"{type(pred).__name__} (loss(pred, target) also takes lists)")
+        if pred.dtype.name not in PRED_DTYPES:
+            hint = (" (integer predictions would get an integer gradient; are pred and target "
+                    "swapped?)" if pred.dtype.kind in "biu" else "")
+            raise DataError(f"{self.name}: predictions must be floating point, one of "
+                            f"{', '.join(PRED_DTYPES)}; got {pred.dtype}{hint}")
+        if pred.ndim != 2:
+            raise DataError(f"{self.name}: predictions must be 2-D (n, k), got shape "
+                            f"{tuple(pred.shape)}")
+        if pred.size == 0:
+            raise DataError(f"{self.name}: predictions are empty, shape {tuple(pred.shape)}; "
+                            "expected at least one sample and one output")
+        if not isinstance(grad, xp.ndarray) or grad.shape != pred.shape \
+                or grad.dtype != pred.dtype:
+            raise DataError(f"{self.name}: grad must be an array like pred, "
+                            f"{pred.dtype} {tuple(pred.shape)}, got "
+                            f"{getattr(grad, 'dtype', type(grad).__name__)} "
+                            f"{tuple(getattr(grad, 'shape', ()))}")
+        if isinstance(grad, np.ndarray) and not grad.flags.writeable:
+            raise DataError(f"{self.name}: grad is read-only; pass a writable buffer")
+        _finite(f"{self.name} predictions", pred, xp)
+        target = self.prepare_target(pred, _as_array(f"{self.name} target", target, xp), xp)
+        if sample_weight is not None:
+            sample_weight = _check_weights(_as_array("sample_weight", sample_weight, xp),
+                                           pred.shape[0], xp)
+        return target, sample_weight
+
+    def forward_backward_(self, pred, target, grad, sample_weight=None, backend=None,
+                          checked: bool = False):
         """Write dL/dpred into ``grad`` (may be ``pred``); return the loss on the device.
 
-        pred: (n, k) float; target: see ``check_target``; grad: (n, k), overwritten;
+        pred: (n, k) float32/float64; target: see ``check_target``; grad: (n, k), overwritten;
         sample_weight: (n,) or None, normalised to mean 1 so the loss stays a weighted mean.
         backend: whose kernel table to use (default: the device ``pred`` lives on).
+        checked: the caller has already checked target (and sample_weight) as
+            ``prepare_target`` does, e.g. ``fit`` once for the whole data set: skip the checks
+            that read the data (and synchronise a GPU). Shapes are checked either way.
         The returned value is a device scalar: reading it (``float``) synchronises.
         """
+        if not checked:
+            target, sample_weight = self._check_inputs(pred, target, grad, sample_weight)
         target = self.check_target(pred, target)
         w = None
         if sample_weight is not None:
-            w = sample_weight / sample_weight.mean()
+            w = _normalised_weights(sample_weight, pred.dtype, get_xp(pred))
         kernel = getattr((backend or backend_of(pred)).kernels, self.kernel)
         return kernel(pred, target, grad, w, self._scale(pred), **self.params())
 
     def __call__(self, pred, target, sample_weight=None):
-        """Mean loss (a float) and its gradient w.r.t. ``pred`` (a new array)."""
+        """Mean loss (a float) and its gradient w.r.t. ``pred`` (a new array).
+
+        pred: (n, k) floats (float16 is widened to float32; lists are converted; integer
+        predictions are refused: their gradient would be truncated to integers).
+        """
         xp = get_xp(pred)
-        if pred.ndim != 2:
-            raise DataError(f"{self.name}: predictions must be 2-D (n, k), got shape "
-                            f"{tuple(pred.shape)}")
-        target = xp.asarray(target)
-        if sample_weight is not None:
-            sample_weight = xp.asarray(sample_weight, dtype=pred.dtype)
-            if sample_weight.shape != (pred.shape[0],):
-                raise DataError(f"sample_weight must have shape ({pred.shape[0]},), "
-                                f"got {tuple(sample_weight.shape)}")
+        pred = _as_array(f"{self.name} predictions", pred, xp)
+        if pred.dtype == np.float16:
+            pred = pred.astype(np.float32)
         grad = xp.empty_like(pred)
         value = self.forward_backward_(pred, target, grad, sample_weight)
         return float(value), grad
@@ -79,6 +197,27 @@ class Loss:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _check_weights(w, n: int, xp):
+    """Sample weights (n,) as float64, finite, >= 0, not all 0, scaled to a maximum of 1.
+
+    Scaling by the maximum keeps the mean taken later from overflowing even float64.
+    """
+    if w.shape != (n,):
+        raise DataError(f"sample_weight must have shape ({n},), one weight per sample, got "
+                        f"{tuple(w.shape)}")
+    _real("sample_weight", w)
+    w = w.astype(xp.float64, copy=False)
+    lo, hi = _bounds(w)  # NaN propagates into both
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError("sample_weight contains NaN or Inf; expected finite weights >= 0")
+    if lo < 0:
+        raise DataError(f"sample_weight must be >= 0, got a weight of {lo:g}")
+    if hi == 0:
+        raise DataError("sample_weight is all zero: no sample would count; give at least "
+                        "one weight > 0")
+    return w / hi
 
 
 class MSE(Loss):
@@ -99,7 +238,8 @@ class Huber(Loss):
     name, kernel = "huber", "huber"
 
     def __init__(self, delta: float = 1.0):
-        if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) \
+                or not np.isfinite(delta) or delta <= 0:
             raise ConfigError(f"huber delta must be a finite number > 0, got {delta!r}")
         self.delta = float(delta)
 
@@ -125,12 +265,78 @@ class CrossEntropy(Loss):
                         f"probabilities of shape ({n}, {k}), got {target.dtype} "
                         f"{tuple(target.shape)}")
 
+    def prepare_target(self, pred, target, xp):
+        """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
+        probabilities: (n, k) finite, in [0, 1], in pred's dtype."""
+        n, k = pred.shape
+        _real("cross_entropy target", target)
+        if target.ndim == 2 and target.shape == (n, 1) and k > 1:
+            target = target.reshape(n)
+        if target.ndim == 2 and target.shape == (n, k):
+            probs = _cast(target, pred.dtype)
+            lo, hi = _bounds(probs)
+            if not (0 <= lo and hi <= 1):  # also False for NaN
+                raise DataError(f"cross_entropy class probabilities must be finite and in "
+                                f"[0, 1], got values in [{lo:g}, {hi:g}]")
+            return probs
+        if target.ndim != 1 or target.shape[0] != n:
+            raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
+                            f"probabilities of shape ({n}, {k}), got shape "
+                            f"{tuple(target.shape)}")
+        if target.dtype.kind == "b":
+            raise DataError("cross_entropy needs integer class labels 0..k-1, got bool; use "
+                            "binary_cross_entropy for 0/1 targets of one output")
+        lo, hi = _bounds(target)
+        if target.dtype.kind == "f":
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise DataError("cross_entropy labels contain NaN or Inf; expected integer "
+                                f"class labels 0..{k - 1}")
+            frac = target != xp.floor(target)
+            if bool(frac.any()):
+                raise DataError(f"cross_entropy labels must be whole numbers (class indices "
+                                f"0..{k - 1}), got {_label_list(xp, target[frac])}")
+        if lo < 0 or hi >= k:
+            bad = target[(target < 0) | (target >= k)]
+            raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
+                            f"for predictions with {k} columns; got out-of-range label(s) "
+                            f"{_label_list(xp, bad)}")
+        return target.astype(xp.int64, copy=False)
+
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid binary cross-entropy from logits, per output (multi-label); targets in [0, 1]."""
 
     name, kernel, link, classification = ("binary_cross_entropy", "sigmoid_bce", "sigmoid",
                                           True)
+
+    def prepare_target(self, pred, target, xp):
+        """0/1 labels or probabilities shaped like ``pred``, in [0, 1], in pred's dtype."""
+        _real("binary_cross_entropy target", target)
+        target = _cast(self.check_target(pred, target), pred.dtype)
+        lo, hi = _bounds(target)
+        if not (0 <= lo and hi <= 1):  # also False for NaN
+            raise DataError(f"binary_cross_entropy targets must be in [0, 1] (0/1 labels or "
+                            f"probabilities), got values in [{lo:g}, {hi:g}]")
+        return target
+
+
+class Poisson(Loss):
+    """Half Poisson deviance with a log link: the model outputs ``z = log(mean)``.
+
+    ``mean(t log(t / mu) - t + mu)`` with ``mu = exp(z)``: 0 where ``mu = t``, as
+    scikit-learn's ``MLPRegressor(loss="poisson")``; targets: counts or rates ``t >= 0``.
+    """
+
+    name, kernel, link = "poisson", "poisson", "exp"
+
+    def prepare_target(self, pred, target, xp):
+        """Finite targets >= 0 shaped like ``pred``, in pred's dtype."""
+        target = super().prepare_target(pred, target, xp)
+        lo = float(target.min())
+        if lo < 0:
+            raise DataError(f"poisson targets must be >= 0 (counts or rates), got a minimum "
+                            f"of {lo:g}")
+        return target
 
 
 LOSSES = {
@@ -139,11 +345,21 @@ LOSSES = {
     "huber": Huber,
     "cross_entropy": CrossEntropy,
     "binary_cross_entropy": BinaryCrossEntropy,
+    "poisson": Poisson,
 }
 
 
 def get(name: str | Loss, **kwargs) -> Loss:
     """The loss called ``name`` (``LOSSES``), built with ``kwargs``; a Loss is returned as is."""
     if isinstance(name, Loss):
+        if kwargs:
+            raise ConfigError(f"keyword arguments {sorted(kwargs)} given with a built loss "
+                              f"{name!r}; pass them to its constructor instead")
         return name
-    return lookup(LOSSES, name, "loss")(**kwargs)
+    cls = lookup(LOSSES, name, "loss")
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"loss {name!r} got unknown keyword argument(s) {', '.join(unknown)}"
+                          f"; valid: {', '.join(valid) if valid else 'none'}")
+    return cls(**kwargs)

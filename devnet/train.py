@@ -20,9 +20,11 @@ import numpy as np
 from devnet import losses as losses_mod
 from devnet import metrics
 from devnet import optim as optim_mod
+from devnet import task as task_mod
 from devnet.errors import CheckpointError, ConfigError, DataError, DivergenceError, lookup
 from devnet.optim import schedules as sched_mod
 from devnet.validation import (
+    _host,
     check_model,
     check_sample_weight,
     check_validation_data,
@@ -108,8 +110,20 @@ def _evaluate(model, loss, X, y, w, batch_size: int) -> dict:
     y_d = be.asarray(y)
     w_d = None if w is None else be.asarray(w)
     grad = be.empty(pred.shape, model.dtype)
-    value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be))
+    value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be,
+                                          **_checked(loss)))
     return {"loss": value, **_metrics(loss, pred, y_d)}
+
+
+def _checked(loss) -> dict:
+    """``checked=True`` for losses that can skip their per-call data checks: fit and evaluate
+    check the data once up front (``devnet.validation``), so the step reads nothing back.
+    """
+    try:
+        params = inspect.signature(loss.forward_backward_).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"checked": True} if "checked" in params else {}
 
 
 def _forward_all(model, X, batch_size: int):
@@ -153,7 +167,7 @@ class Trainer:
     """
 
     def __init__(self, model, loss, optimizer, history, epochs=1, batch_size=32, seed=0,
-                 shuffle=True, n_samples=0):
+                 shuffle=True, n_samples=0, total_steps=0):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -167,6 +181,7 @@ class Trainer:
         self.seed = seed
         self.shuffle = shuffle
         self.n_samples = n_samples
+        self.total_steps = total_steps  # optimizer steps the run is planned for (its horizon)
         self.rng = np.random.default_rng(seed)
 
     def resume_state(self) -> dict:
@@ -174,7 +189,8 @@ class Trainer:
         return {"epoch": self.epochs_done, "step": self.step,
                 "rng": self.rng.bit_generator.state, "seed": self.seed,
                 "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "n_samples": self.n_samples, "loss": self.loss.config()}
+                "n_samples": self.n_samples, "loss": self.loss.config(),
+                "epochs": self.epochs, "total_steps": self.total_steps}
 
     def restore(self, state: dict, name: str) -> None:
         """Restore epoch, step and RNG from ``resume_state()`` output saved in ``name``."""
@@ -330,7 +346,7 @@ def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows) -> tuple | None:
         pred = model.forward(xb)
         if _nonfinite(xp, pred):
             return (model.layers[-1].name, "A", f"forward output of {model.layers[-1].name}")
-        value = loss.forward_backward_(pred, yb, grad, wb, backend=be)
+        value = loss.forward_backward_(pred, yb, grad, wb, backend=be, **_checked(loss))
         if _nonfinite(xp, xp.asarray(value)):
             return ("loss", "value", f"the {loss.name} loss value")
         if _nonfinite(xp, grad):
@@ -355,18 +371,25 @@ def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows) -> tuple | None:
 
 # --- fit ----------------------------------------------------------------------------------------
 
-def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size: int = 32,
+def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size: int = 32,
         validation_data: tuple | None = None, validation_split: float | None = None,
         shuffle: bool = True, seed: int | None = 0, callbacks: Sequence[Callback] = (),
-        progress: bool = True, lr=None, schedule=None, sample_weight=None,
+        progress: bool | str = "auto", lr=None, schedule=None, sample_weight=None,
         resume_from=None, checkpoint=None, checkpoint_every: int = 1, guard: bool = True,
-        guard_every: int | None = None, train_metrics: bool = True) -> History:
+        guard_every: int | None = None, train_metrics: bool = True, task: str = "auto",
+        extend_schedule: bool = False) -> History:
     """Train ``model`` on (X, y); returns a History (one entry per epoch).
 
     Args:
         X: (n, n_in) features; y: targets for ``loss`` (integer labels (n,) or probabilities
             (n, k) for cross_entropy; (n, n_out) or (n,) floats otherwise).
-        loss: a name from ``devnet.losses.LOSSES`` or a Loss.
+        loss: a name from ``devnet.losses.LOSSES``, a Loss, or "auto": the loss for ``task``
+            (``devnet.task.default_loss``): cross_entropy for class labels 0..K-1 and a model
+            with K > 1 outputs, binary_cross_entropy for 0/1 labels and one output, else mse.
+        task: "auto", "classification" or "regression" (``devnet.task.TASKS``). "auto" reads y
+            as class labels only if it is 1-D, whole numbers, 2..256 distinct values each
+            occurring at least twice (``devnet.task.infer_task``). With an explicit loss, a
+            task that contradicts it is a ConfigError.
         optimizer: a name from ``devnet.optim.OPTIMIZERS`` or an Optimizer over
             ``model.parameters()``.
         epochs: the total number of epochs of the run; when resuming, training continues from
@@ -374,14 +397,21 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
         batch_size: samples per step; the last partial batch is used, not dropped.
         validation_data: (X_val, y_val) or (X_val, y_val, w_val); or ``validation_split``: the
             last fraction (0, 1) of (X, y), taken before shuffling.
+        shuffle: True / False: reshuffle the samples every epoch.
         seed: seeds the shuffling Generator (the model's init has its own seed).
         lr: learning rate (float or Schedule) for an optimizer given by name.
         schedule: a Schedule, a config dict, or a name from ``SCHEDULES`` built from lr and the
             run's total step count; stepped per optimizer step.
-        sample_weight: (n,) non-negative weights.
+        sample_weight: (n,) finite weights >= 0, not all zero; only their ratios matter
+            (they are rescaled to mean 1 in float64 before the cast to the model's dtype).
         resume_from: a checkpoint path written by ``checkpoint=`` / ``ModelCheckpoint``:
             restores parameters, optimizer state and step, schedule, shuffle RNG, epoch and
-            History, so the run continues bit-identically (CPU). lr / schedule are then ignored.
+            History, so the run continues bit-identically (CPU). lr / schedule are then
+            taken from the checkpoint.
+        extend_schedule: when resuming with more epochs than the checkpoint's run was planned
+            for, stretch its lr schedule over the new total (``Schedule.extended``): from the
+            resume point on the lr follows the curve of a run planned for the new length from
+            the start. Without it fit warns that the extra steps run past the schedule's end.
         checkpoint: path to save a resumable checkpoint every ``checkpoint_every`` epochs
             (atomically) and after the last epoch.
         guard: stop with DivergenceError at the first non-finite loss, activation, gradient or
@@ -389,22 +419,29 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
             ``guard_every`` steps (default: once per epoch) -- see ``_Guard``.
         train_metrics: also compute the task metric on the training data at each epoch end
             (one extra forward pass over it).
-        progress: a tqdm bar per epoch (samples/s, loss) when stderr is a terminal.
+        progress: one line per epoch on stderr. "auto": a live tqdm bar per epoch when stderr
+            is a terminal, nothing otherwise; True: the tqdm bar on a terminal, else a plain
+            line printed (and flushed) at each epoch end; False: nothing.
     """
     check_model(model)
-    loss = losses_mod.get(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
     guard_every = None if guard_every is None else positive_int("guard_every", guard_every)
     if lr is not None and not isinstance(lr, sched_mod.Schedule):
         lr = positive_number("lr", lr)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                             or seed < 0):
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    shuffle = _flag("shuffle", shuffle)
+    guard = _flag("guard", guard)
+    train_metrics = _flag("train_metrics", train_metrics)
+    extend_schedule = _flag("extend_schedule", extend_schedule)
+    progress = _progress_mode(progress)
     callbacks = _check_callbacks(callbacks)
 
     X = check_X(model, X)
+    loss = _resolve_loss(model, loss, task, y)
     y = check_y(model, loss, y, len(X))
     sw = check_sample_weight(model, sample_weight, len(X))
     val = None
@@ -418,19 +455,26 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
                             f"validation and {len(X) - n_val} for training; both need >= 1")
         val = (X[-n_val:], y[-n_val:], None if sw is None else sw[-n_val:])
         X, y, sw = X[:-n_val], y[:-n_val], None if sw is None else sw[:-n_val]
+        if sw is not None and not (sw > 0).any():
+            raise DataError("sample_weight is zero for every training sample left after "
+                            f"validation_split={frac}; no training sample would count")
     elif validation_data is not None:
         val = check_validation_data(model, loss, validation_data)
 
     n = len(X)
     steps_per_epoch = math.ceil(n / batch_size)
-    opt = _optimizer(optimizer, model, lr, schedule, epochs * steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    opt = _optimizer(optimizer, model, lr, schedule, total_steps)
     history = History()
-    trainer = Trainer(model, loss, opt, history, epochs, batch_size, seed, bool(shuffle), n)
+    trainer = Trainer(model, loss, opt, history, epochs, batch_size, seed, shuffle, n,
+                      total_steps)
     if resume_from is not None:
-        opt = _resume(trainer, optimizer, resume_from)
+        opt = _resume(trainer, optimizer, resume_from, steps_per_epoch, extend_schedule)
         history = trainer.history
+    else:
+        _check_horizon(opt.schedule, total_steps)
     history.params = {"epochs": epochs, "batch_size": batch_size, "n_samples": n,
-                      "steps_per_epoch": steps_per_epoch}
+                      "steps_per_epoch": steps_per_epoch, "loss": loss.name}
     if checkpoint is not None:
         from devnet.callbacks import ModelCheckpoint
 
@@ -454,6 +498,42 @@ def fit(model, X, y, loss="mse", optimizer="adam", epochs: int = 10, batch_size:
     return history
 
 
+def _flag(name: str, value) -> bool:
+    """``value`` if it is a bool (NumPy's too); "no", 0 or None are a ConfigError."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+PROGRESS = (True, False, "auto")
+
+
+def _progress_mode(progress) -> bool | str:
+    if isinstance(progress, (bool, np.bool_)):
+        return bool(progress)
+    if progress == "auto":
+        return "auto"
+    raise ConfigError(f"progress must be True, False or 'auto', got {progress!r}")
+
+
+def _resolve_loss(model, loss, task, y) -> losses_mod.Loss:
+    """The Loss for fit: ``loss`` itself, or for "auto" the one ``devnet.task`` picks."""
+    task = task_mod.check_task(task)
+    if isinstance(loss, str) and loss == "auto":
+        arr = _host("y", y, model.backend)
+        chosen = task_mod.infer_task(arr, task)
+        return losses_mod.get(task_mod.default_loss(chosen, arr, model.n_out))
+    loss = losses_mod.get(loss)
+    if task != "auto" and (task == "classification") != bool(loss.classification):
+        fits = [name for name, cls in losses_mod.LOSSES.items()
+                if bool(getattr(cls, "classification", False)) == (task == "classification")]
+        raise ConfigError(f"loss {loss.name!r} is a "
+                          f"{'classification' if loss.classification else 'regression'} loss "
+                          f"but task={task!r}; use one of {', '.join(sorted(fits))} or "
+                          "loss='auto' for this task, or change task")
+    return loss
+
+
 def _check_callbacks(callbacks) -> list:
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
@@ -469,7 +549,7 @@ def _check_callbacks(callbacks) -> list:
     return callbacks
 
 
-def _resume(trainer, optimizer, path):
+def _resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: bool):
     from devnet import io
 
     name = str(path)
@@ -498,7 +578,68 @@ def _resume(trainer, optimizer, path):
         opt = optim_mod.from_state_dict(model.parameters(), state)
     trainer.optimizer = opt
     trainer.history = ck.history or History()
+    _resume_schedule(trainer, ck.train_state, name, steps_per_epoch, extend_schedule)
     return opt
+
+
+def _planned_steps(state: dict, schedule, steps_per_epoch: int) -> int | None:
+    """The steps the checkpoint's run was planned for: stored since train state "total_steps";
+    for older checkpoints the schedule's own horizon, else None (unknown).
+    """
+    planned = state.get("total_steps")
+    if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 1:
+        return planned
+    epochs = state.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1:
+        return epochs * steps_per_epoch
+    return schedule.horizon
+
+
+def _resume_schedule(trainer, state, name, steps_per_epoch, extend_schedule) -> None:
+    """Resuming past the end the checkpoint's run was planned for: stretch or warn.
+
+    The schedule was built for the checkpoint's planned step count (its horizon, stored in the
+    train state as ``total_steps``). A run resumed with more epochs than that would otherwise
+    train its extra steps at the schedule's end value -- lr 0 after a cosine decay.
+    """
+    opt, new = trainer.optimizer, trainer.total_steps
+    sched = opt.schedule
+    if sched is None or isinstance(sched, sched_mod.Constant):
+        return
+    planned = _planned_steps(state, sched, steps_per_epoch)
+    if planned is None or new <= planned:
+        return
+    if extend_schedule:
+        opt.schedule = sched.extended(planned, new)
+        return
+    warnings.warn(
+        f"resuming from {name!r} to {trainer.epochs} epochs ({new} steps), but its learning-rate "
+        f"schedule {sched!r} was planned for {planned} steps: the {new - planned} extra steps "
+        f"would train at lr {_lr_range(sched, planned, new)}, the schedule's end. Pass "
+        "fit(..., extend_schedule=True) to stretch the schedule over "
+        f"{new} steps (as if the run had been planned for {trainer.epochs} epochs from the "
+        "start).", ScheduleHorizonWarning, stacklevel=4)
+
+
+def _lr_range(sched, first: int, end: int) -> str:
+    lo, hi = sched(first), sched(end - 1)
+    return f"{lo:.3g}" if lo == hi else f"{lo:.3g} .. {hi:.3g}"
+
+
+class ScheduleHorizonWarning(UserWarning):
+    """Training runs past the end of its learning-rate schedule."""
+
+
+def _check_horizon(sched, total_steps: int) -> None:
+    """Warn when a fresh run's schedule reaches lr 0 before its last step (steps wasted)."""
+    horizon = None if sched is None else sched.horizon
+    if horizon is None or total_steps <= horizon or sched(horizon) > 0:
+        return
+    warnings.warn(
+        f"the learning-rate schedule {sched!r} reaches lr 0 at step {horizon}, but this fit "
+        f"runs {total_steps} steps: the last {total_steps - horizon} steps would not train. "
+        f"Build the schedule with total_steps={total_steps} (minus any warm-up), or give "
+        "schedule= by name so fit sizes it.", ScheduleHorizonWarning, stacklevel=3)
 
 
 def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every, progress,
@@ -512,8 +653,9 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
     ybuf = np.empty((m, *y.shape[1:]), y.dtype)
     wbuf = None if sw is None else np.empty(m, sw.dtype)
     grads = {}
+    checked = _checked(loss)
     acc_full = be.zeros((), np.float64)  # sum of full-batch mean losses, on the device
-    show = bool(progress) and sys.stderr.isatty()
+    shown = _Progress(progress, n, trainer.epochs)
     g = _Guard(model, opt, guard_every) if guard else None
     val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
 
@@ -545,11 +687,11 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         lr_epoch = opt.lr
         acc_full[...] = 0
         last = None
-        bar = _progress_bar(n, epoch, trainer.epochs) if show else None
+        bar = shown.bar(epoch)
         for s in range(steps_per_epoch):
             _, xb, yb, wb, grad = batch(order, s)
             pred = model.forward(xb)
-            value = loss.forward_backward_(pred, yb, grad, wb, backend=be)
+            value = loss.forward_backward_(pred, yb, grad, wb, backend=be, **checked)
             model.backward(grad, input_grad=False)
             opt.step()
             if xb.shape[0] == bs:
@@ -573,9 +715,6 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         full = n // bs
         total = float(acc_full) * bs + (0.0 if last is None else float(last) * (n - full * bs))
         logs = {"loss": total / n}
-        if bar is not None:
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            bar.close()
         if train_metrics:
             logs.update({k: v for k, v in _evaluate(model, loss, X, y, sw, 4096).items()
                          if k != "loss"})
@@ -584,6 +723,7 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
             logs.update({f"val_{k}": v for k, v in res.items()})
         logs["lr"] = lr_epoch
         logs["time"] = time.perf_counter() - t0
+        shown.epoch_end(bar, epoch, logs)
         history.append(epoch, logs)
         trainer.epochs_done = epoch + 1
         if g is not None:
@@ -641,8 +781,44 @@ def _diverged(trainer, g, epoch, first, last, order, batch):
     raise err
 
 
-def _progress_bar(n: int, epoch: int, epochs: int):
-    from tqdm.auto import tqdm
+class _Progress:
+    """One line per epoch on stderr: a live tqdm bar on a terminal, else a plain line.
 
-    return tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", unit_scale=True,
-                leave=True, file=sys.stderr)
+    ``mode``: "auto" shows the bar only on a terminal; True also prints a plain line per epoch
+    (flushed as it is written) when stderr is a pipe or file; False shows nothing. The bar
+    ends with the epoch's logs, so the line it leaves is the epoch's summary.
+    """
+
+    def __init__(self, mode, n: int, epochs: int):
+        stream = sys.stderr
+        tty = stream is not None and _isatty(stream)
+        self.stream, self.n, self.epochs = stream, n, epochs
+        self.kind = ("tqdm" if tty and mode else "plain" if mode is True and stream is not None
+                     else None)
+
+    def bar(self, epoch: int):
+        if self.kind != "tqdm":
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.n, desc=f"epoch {epoch + 1}/{self.epochs}", unit="sample",
+                    unit_scale=True, leave=True, file=self.stream, dynamic_ncols=True)
+
+    def epoch_end(self, bar, epoch: int, logs: dict) -> None:
+        fields = {k: v for k, v in logs.items() if k not in ("lr", "time")}
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=False)
+            bar.close()
+        elif self.kind == "plain":
+            rate = self.n / logs["time"] if logs["time"] > 0 else float("inf")
+            parts = "  ".join(f"{k} {v:.4g}" for k, v in fields.items())
+            self.stream.write(f"epoch {epoch + 1}/{self.epochs}  {parts}  lr {logs['lr']:.3g}  "
+                              f"{logs['time']:.2f}s ({rate:,.0f} samples/s)\n")
+            self.stream.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

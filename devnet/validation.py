@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from devnet.errors import ConfigError, DataError
+from devnet.task import check_class_labels
 
 # Largest integer every integer up to which a float type represents exactly.
 _EXACT_INT = {np.dtype("float32"): 2**24, np.dtype("float64"): 2**53}
@@ -164,9 +165,12 @@ def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.nd
     if arr.shape != (n, k):
         raise DataError(f"{loss.name} needs {name} of shape ({n}, {k}) (or ({n},) for one "
                         f"output) to match the model's {k} output(s), got {arr.shape}")
-    if loss.name == "binary_cross_entropy" and arr.size and (arr.min() < 0 or arr.max() > 1):
-        raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
-                        f"probabilities), got values in [{arr.min()}, {arr.max()}]")
+    if loss.name == "binary_cross_entropy":
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
+                            f"probabilities), got values in [{arr.min()}, {arr.max()}]")
+        if arr.dtype.kind in "biu":  # 0/1 labels: exact in any float, nothing to warn about
+            return np.ascontiguousarray(arr, dtype=model.dtype)
     return to_dtype(name, arr, model.dtype)
 
 
@@ -183,10 +187,7 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
         elif arr.dtype.kind == "b":
             raise DataError(f"cross_entropy needs integer class labels in {name}, got bool; "
                             "use binary_cross_entropy for 0/1 targets")
-        lo, hi = arr.min(), arr.max()
-        if lo < 0 or hi >= k:
-            raise DataError(f"cross_entropy labels in {name} must be in [0, {k}) for a model "
-                            f"with n_out={k} outputs, got labels in [{lo:g}, {hi:g}]")
+        check_class_labels(arr, k, name)  # one rule (devnet.task) for fit, CLI and losses
         return np.ascontiguousarray(arr, dtype=np.int64)
     if arr.shape != (n, k):
         raise DataError(f"cross_entropy needs {name} as integer labels of shape ({n},) or "
@@ -198,15 +199,30 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
 
 
 def check_sample_weight(model, w, n: int, name: str = "sample_weight") -> np.ndarray | None:
-    """Non-negative finite weights (n,) in the model's dtype, not all zero; None passes."""
+    """Weights (n,) rescaled to mean 1 in float64, then cast to the model's dtype; None passes.
+
+    Weights must be finite, >= 0 and not all zero. Only their ratios matter (the loss is a
+    weighted mean), so rescaling changes no result, but it keeps every weight representable:
+    float32 weights near 1e38 would overflow their own mean (zeroing every weight) and
+    float64 weights beyond float32's range would become inf in a float32 model.
+    """
     if w is None:
         return None
     arr = _host(name, w, model.backend)
     if arr.shape != (n,):
         raise DataError(f"{name} must have shape ({n},), one weight per sample, got {arr.shape}")
     _finite(name, arr)
-    if (arr < 0).any() or not (arr > 0).any():
-        raise DataError(f"{name} must be >= 0 and not all zero")
+    arr = arr.astype(np.float64)
+    if (arr < 0).any():
+        bad = arr < 0
+        raise DataError(f"{name} must be >= 0, got {int(bad.sum())} negative weight(s), first "
+                        f"{name}{_first_bad(bad)} = {arr[bad][0]:g}")
+    top = arr.max()
+    if not top > 0:
+        raise DataError(f"{name} is all zero: no sample would count; give at least one "
+                        "weight > 0")
+    arr = arr / top  # in [0, 1] first, so the mean cannot overflow
+    arr /= arr.mean()
     return np.ascontiguousarray(arr, dtype=model.dtype)
 
 

@@ -23,7 +23,7 @@ from devnet.kernels import scalar
 from devnet.kernels.reference import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import njit, prange
 
-from devnet.errors import lookup
+from devnet.errors import DataError, lookup
 
 # Element count from which a kernel runs as a Numba parallel region: never, by default. Measured
 # on this 2-core KVM Xeon (numba 0.68.1 workqueue layer, OpenBLAS 0.3.31 pthreads x2), float32
@@ -219,19 +219,27 @@ def _xent_label(Z, T, grad, w, has_w, scale, inplace):
     scale = real(scale)  # noqa: F821
     # Per row: max; exp (once per element) into grad with its sum; grad *= c / s, then the
     # one-hot subtracted at the label. 1000x1000 float32: 4.2 ms with exp twice per element.
+    # A label outside [0, k) gives that row a NaN loss and a NaN gradient and is never used
+    # as an index: Numba does not check bounds, and a label of k wrote past grad, 1e9
+    # segfaulted, -1 read the last class. One compare per row, not measurable.
     n, k = Z.shape
     total = np.float64(0.0)  # float64 whatever the dtype: the sum over every row
     for i in prange(n):
-        mx = row_max(Z[i])  # noqa: F821
         t = T[i]
-        zt = Z[i, t]
-        s = softmax_exp_row(Z[i], grad[i], mx, inplace)  # noqa: F821
-        c = scale * w[i] if has_w else scale
-        r = c / s
-        for j in range(k):
-            grad[i, j] = grad[i, j] * r
-        grad[i, t] = grad[i, t] - c
-        total += c * xent_label_row(np.log(s), mx, zt)  # noqa: F821
+        if t < 0 or t >= k:
+            for j in range(k):
+                grad[i, j] = np.nan
+            total += np.nan
+        else:
+            mx = row_max(Z[i])  # noqa: F821
+            zt = Z[i, t]
+            s = softmax_exp_row(Z[i], grad[i], mx, inplace)  # noqa: F821
+            c = scale * w[i] if has_w else scale
+            r = c / s
+            for j in range(k):
+                grad[i, j] = grad[i, j] * r
+            grad[i, t] = grad[i, t] - c
+            total += c * xent_label_row(np.log(s), mx, zt)  # noqa: F821
     return total
 
 
@@ -400,20 +408,67 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
 
 # --- losses -------------------------------------------------------------------------------------
 
+def _loss_args(name, pred, target, grad, weight, labels=False):
+    """(target, weight) checked in O(1) and cast for the kernel, or a DataError.
+
+    Shapes, dtypes and writability only, never the values: a kernel must not read or write
+    outside its arrays whatever it is given (softmax_xent's label bounds are checked per row
+    inside the kernel), and a wrong argument is a DataError, not a Numba typing error.
+    """
+    arrays = {"pred": pred, "target": target, "grad": grad}
+    if weight is not None:
+        arrays["weight"] = weight
+    for arg, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise DataError(f"{name}: {arg} must be a NumPy array, got {type(a).__name__}")
+    if pred.ndim != 2 or pred.dtype.char not in DTYPES:
+        raise DataError(f"{name}: pred must be a 2-D float32 or float64 array, got "
+                        f"{pred.dtype} {pred.shape}")
+    n, k = pred.shape
+    if k == 0:
+        raise DataError(f"{name}: pred has no columns, shape {pred.shape}")
+    if grad.shape != pred.shape or grad.dtype != pred.dtype or not grad.flags.writeable:
+        raise DataError(f"{name}: grad must be a writable {pred.dtype} array of pred's shape "
+                        f"{pred.shape}, got {grad.dtype} {grad.shape}")
+    if weight is not None:
+        if weight.shape != (n,) or weight.dtype.kind not in "biuf":
+            raise DataError(f"{name}: weight must be a real array of shape ({n},), got "
+                            f"{weight.dtype} {weight.shape}")
+        weight = weight.astype(pred.dtype, copy=False)
+    if labels:
+        if target.shape != (n,) or target.dtype.kind not in "iu":
+            raise DataError(f"{name}: integer labels of shape ({n},) expected, got "
+                            f"{target.dtype} {target.shape}")
+        # one compiled kernel per label type: int32 / int64 (out-of-range values stay so)
+        if target.dtype not in (np.int32, np.int64):
+            with np.errstate(over="ignore"):
+                target = target.astype(np.int64)
+        return target, weight
+    if not (target.shape == pred.shape or target.shape == (n,) and k == 1) \
+            or target.dtype.kind not in "biuf":
+        raise DataError(f"{name}: target must be a real array of pred's shape {pred.shape}, "
+                        f"got {target.dtype} {target.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        target = target.reshape(pred.shape).astype(pred.dtype, copy=False)
+    return target, weight
+
+
 def softmax_xent(logits, target, grad, weight, scale):
     """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` (float); writes ``grad``.
 
     logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
-    ``logits``; weight: (n,) or None; scale: float.
+    ``logits``; weight: (n,) or None; scale: float. A label outside [0, k) gives its row a
+    NaN loss and NaN gradient (no out-of-bounds access).
     """
-    kernel = _pick(_XENT_LABEL if target.ndim == 1 else _XENT_PROB, logits)
+    labels = isinstance(target, np.ndarray) and target.ndim == 1
+    target, weight = _loss_args("softmax_xent", logits, target, grad, weight, labels)
+    kernel = _pick(_XENT_LABEL if labels else _XENT_PROB, logits)
     w = logits[:, 0] if weight is None else weight
     return kernel(logits, target, grad, w, weight is not None, float(scale), _same(grad, logits))
 
 
 def _elem_loss(name, pred, target, grad, weight, scale, delta=1.0):
-    if target.shape != pred.shape:
-        target = target.reshape(pred.shape)
+    target, weight = _loss_args(name, pred, target, grad, weight)
     w = pred[:, 0] if weight is None else weight
     kernel = _pick(_ELEM[name], pred)
     return kernel(pred, target, grad, w, weight is not None, float(scale), float(delta))
@@ -437,6 +492,11 @@ def mae(pred, target, grad, weight, scale):
 def huber(pred, target, grad, weight, scale, delta=1.0):
     """Huber loss with threshold ``delta``, elementwise; (n, k) arrays."""
     return _elem_loss("huber", pred, target, grad, weight, scale, delta)
+
+
+def poisson(pred, target, grad, weight, scale):
+    """Half Poisson deviance, log link (``pred`` = log of the mean), elementwise; (n, k)."""
+    return _elem_loss("poisson", pred, target, grad, weight, scale)
 
 
 # --- optimizer steps: one pass over the flat buffers, all updated in place ---------------------

@@ -51,7 +51,7 @@ from devnet.kernels import scalar
 from devnet.kernels.reference import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import cuda, types
 
-from devnet.errors import lookup
+from devnet.errors import DataError, lookup
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # Threads per block. 256 on a GPU (8 warps: enough to hide latency, small enough for many
@@ -62,6 +62,7 @@ BLOCKS_PER_SM = 8
 # Under the simulator a grid of at most this many blocks, so grid-stride loops wrap around.
 SIM_MAX_BLOCKS = 2
 _NEG_INF = -math.inf
+_NAN = math.nan
 
 
 # --- scalar functions, compiled as inlined device functions -------------------------------------
@@ -300,12 +301,15 @@ def _xent_label(L, T, grad, w, has_w, scale, part):
             lse = mx + log_(s)  # noqa: F821
             c = scale * w[i] if has_w else scale
             t = T[i]
+            # a label outside [0, k) is never used as an index: its row's loss and gradient
+            # are NaN (as on the CPU), so the loss shows it
+            ok = t >= 0 and t < k
             row = 0.0
             for j in range(tx, k, bx):  # grad may be L: each element read before written
                 v, d = xent_label(L[i, j], lse, j == t)  # noqa: F821
                 row += v
-                grad[i, j] = c * d
-            total += c * row
+                grad[i, j] = c * d if ok else _NAN
+            total += c * row if ok else _NAN
     block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
 
 
@@ -427,7 +431,7 @@ def _common(dt):
     """The globals every kernel of dtype ``dt`` is given."""
     fns = S[dt]
     return dict(
-        cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, exp_=fns.exp, log_=math.log,
+        cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, _NAN=_NAN, exp_=fns.exp, log_=math.log,
         softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
         xent_label=fns.xent_label, xent_prob=fns.xent_prob, **_helpers(dt),
     )
@@ -480,28 +484,60 @@ PTX_TARGETS = [
 """(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests."""
 
 
-class _Kernel:
-    """One kernel compiled for one dtype; launched without the dispatcher's type inference."""
+def _array_specs(sig):
+    """(position, dtype, ndim) of each array argument of ``sig``."""
+    return tuple((i, np.dtype(str(t.dtype)), t.ndim) for i, t in enumerate(sig.args)
+                 if isinstance(t, types.Array))
 
-    __slots__ = ("name", "dispatcher", "compiled")
+
+class _Kernel:
+    """One kernel compiled for one dtype; launched without the dispatcher's type inference.
+
+    ``compiled.launch`` skips the dispatcher's typing, so nothing would notice a float64 array
+    handed to a float32 kernel or a strided view read as contiguous: ``check`` does, from the
+    signature, before every launch (dtype, rank and C-contiguity: attribute reads only).
+    """
+
+    __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames")
 
     def __init__(self, name, dtype):
         self.name = name
         sig = _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)])
+        pyfunc = _pyfunc(name, dtype)
+        self.arrays = _array_specs(sig)
+        self.argnames = pyfunc.__code__.co_varnames[:pyfunc.__code__.co_argcount]
         if SIMULATOR:
-            self.dispatcher = cuda.jit(_pyfunc(name, dtype))
+            self.dispatcher = cuda.jit(pyfunc)
             self.compiled = None
         else:
             # eager: compiles now for this one signature; cache=True keeps the cubin on disk
-            self.dispatcher = cuda.jit(sig, cache=True)(_pyfunc(name, dtype))
+            self.dispatcher = cuda.jit(sig, cache=True)(pyfunc)
             self.compiled = next(iter(self.dispatcher.overloads.values()), None)
 
-    def __call__(self, grid, block, stream, *args):
+    def check(self, args):
+        """A DataError naming the argument unless each array matches the signature."""
+        for i, dtype, ndim in self.arrays:
+            a = args[i]
+            if a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
+                layout = "C-contiguous" if a.flags.c_contiguous else \
+                    f"not C-contiguous (strides {tuple(a.strides)})"
+                raise DataError(
+                    f"CUDA kernel {self.name}: argument {self.argnames[i]!r} must be a "
+                    f"C-contiguous {ndim}-D {dtype} array, got a {a.ndim}-D {a.dtype} array, "
+                    f"{layout}; pass arrays of the model's dtype (a contiguous copy of a view)")
+
+    def __call__(self, c, grid, block, *args):
+        """Launch on ``c``'s device and stream; ``args`` are arrays (CuPy) and scalars."""
+        self.check(args)
+        dev = c.dev
+        kargs = list(args)
+        for i, _, _ in self.arrays:
+            kargs[i] = dev(args[i])
         if self.compiled is not None:
             # the specialised kernel's own launch: no typeof per argument, no overload lookup
-            self.compiled.launch(args, grid, block, stream, 0)
+            self.compiled.launch(kargs, grid, block, c.stream, 0)
         else:
-            self.dispatcher[grid, block, stream](*args)
+            self.dispatcher[grid, block, c.stream](*kargs)
 
 
 _KERNELS: dict[tuple, _Kernel] = {}
@@ -512,25 +548,27 @@ def _kernel(name, dtype):
     k = _KERNELS.get(key)
     if k is None:
         if np.dtype(dtype) not in _FLOAT_TYPES:
-            raise TypeError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
+            raise DataError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
         k = _KERNELS[key] = _Kernel(name, dtype)
     return k
 
 
 # --- launch configurations -----------------------------------------------------------------------
 
-_MAX_BLOCKS: list[int] = []
+_MAX_BLOCKS: dict[int, int] = {}
 
 
-def _max_blocks():
-    """Most blocks a grid-stride kernel is given (SMs x BLOCKS_PER_SM; small under the sim)."""
-    if not _MAX_BLOCKS:
+def _max_blocks(device):
+    """Most blocks a grid-stride kernel is given on ``device`` (SMs x BLOCKS_PER_SM)."""
+    top = _MAX_BLOCKS.get(device)
+    if top is None:
         if SIMULATOR:
-            _MAX_BLOCKS.append(SIM_MAX_BLOCKS)
+            top = SIM_MAX_BLOCKS
         else:
-            sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-            _MAX_BLOCKS.append(sms * BLOCKS_PER_SM)
-    return _MAX_BLOCKS[0]
+            props = _cp().cuda.runtime.getDeviceProperties(device)
+            top = props["multiProcessorCount"] * BLOCKS_PER_SM
+        top = _MAX_BLOCKS[device] = top
+    return top
 
 
 def _pow2_at_least(n, cap):
@@ -543,13 +581,13 @@ def _pow2_at_least(n, cap):
 _CONFIGS: dict[tuple, tuple] = {}
 
 
-def _config(kind, n, m=1):
-    """(grid, block) as 3-tuples for ``kind`` on ``n`` rows x ``m`` columns; cached."""
-    key = (kind, n, m)
+def _config(c, kind, n, m=1):
+    """(grid, block) as 3-tuples for ``kind`` on ``n`` rows x ``m`` columns on ``c``'s device."""
+    key = (c.device, kind, n, m)
     cfg = _CONFIGS.get(key)
     if cfg is not None:
         return cfg
-    top = _max_blocks()
+    top = _max_blocks(c.device)
     if kind == "flat":  # grid-stride over n * m elements
         cfg = ((max(1, min(-(-(n * m) // NT), top)), 1, 1), (NT, 1, 1))
     elif kind == "cols":  # column tiles x row blocks, for column partial sums
@@ -578,51 +616,77 @@ _cupy = None
 def _cp():
     global _cupy
     if _cupy is None:
-        import cupy
+        import cupy  # under DEVNET_CUDA_SIMULATOR=1: devnet.backend.cupy_sim
 
         _cupy = cupy
     return _cupy
 
 
+if SIMULATOR:
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+# Every cache below is keyed by device first: a pointer, a stream or an SM count of one GPU
+# must never serve a launch on another.
 _VIEWS: dict[tuple, object] = {}
-_STREAMS: dict[int, object] = {}
+_STREAMS: dict[tuple, object] = {}
 _SCRATCH: dict[tuple, object] = {}
+_OUTS: dict[tuple, list] = {}
+# Loss values are 0-d slots of a ring per (device, stream, dtype), handed out in turn: no
+# allocation per step; a value stays valid for LOSS_RING later loss calls on that stream.
+LOSS_RING = 64
 
 
 class _Call:
-    """Arrays, stream and scratch for one public call, on CuPy or (simulator) NumPy arrays."""
+    """Device, stream and scratch for one public call, on CuPy or (simulator) NumPy arrays.
 
-    __slots__ = ("sim", "stream", "ptr", "_memo")
+    The launch goes to the current device and stream (the backend's ``scope()``): arrays of
+    another device are refused rather than read through the wrong context.
+    """
+
+    __slots__ = ("numpy", "device", "stream", "key")
 
     def __init__(self, like):
-        self.sim = isinstance(like, np.ndarray)
-        if self.sim:
+        self.numpy = isinstance(like, np.ndarray)
+        if self.numpy:  # the simulator's kernel tests call with NumPy arrays
             if not SIMULATOR:
-                raise TypeError("CUDA kernels take CuPy arrays (NumPy only under the simulator)")
-            self.stream = self.ptr = 0
-            self._memo = {}
-        else:
-            ptr = _cp().cuda.get_current_stream().ptr
-            stream = _STREAMS.get(ptr)
-            if stream is None:
-                # ptr 0 is CuPy's null stream, the legacy default stream
-                stream = cuda.legacy_default_stream() if ptr == 0 else cuda.external_stream(ptr)
-                _STREAMS[ptr] = stream
-            self.stream = stream
-            self.ptr = ptr
+                raise DataError("CUDA kernels take CuPy arrays (NumPy arrays only under the "
+                                "CUDA simulator)")
+            self.device = -1
+            self.stream = 0
+            self.key = (-1, 0)
+            return
+        cp = _cp()
+        self.device = cp.cuda.runtime.getDevice()
+        ptr = cp.cuda.get_current_stream().ptr
+        self.key = (self.device, ptr)
+        if SIMULATOR:
+            self.stream = 0
+            return
+        stream = _STREAMS.get(self.key)
+        if stream is None:
+            # ptr 0 is CuPy's null stream, the legacy default stream
+            stream = cuda.legacy_default_stream() if ptr == 0 else cuda.external_stream(ptr)
+            _STREAMS[self.key] = stream
+        self.stream = stream
 
-    def dev(self, a, cache=True):
-        """``a`` as a kernel argument: a cached no-sync device view (CuPy) or a device copy."""
-        if self.sim:
-            hit = self._memo.get(id(a))
-            if hit is None:  # keeps ``a`` alive too, so its id is not reused in this call
-                hit = self._memo[id(a)] = (a, cuda.to_device(a))
-            return hit[1]
-        if not cache:  # a one-off array (a loss value): not worth a cache entry
-            return cuda.from_cuda_array_interface(a.__cuda_array_interface__, sync=False)
+    def _wrong_device(self, a):
+        return DataError(f"an array on cuda:{a.data.device_id} was passed to a kernel "
+                         f"launching on cuda:{self.device}; run it under its backend's scope()")
+
+    def dev(self, a):
+        """``a`` as a kernel argument: a cached no-sync device view (CuPy) or, under the
+        simulator, the host buffer itself (no copy)."""
+        if SIMULATOR:
+            if self.numpy:
+                return FakeCUDAArray(a)
+            if a.data.device_id != self.device:
+                raise self._wrong_device(a)
+            return FakeCUDAArray(a._a)
         key = (a.data.ptr, a.shape, a.strides, a.dtype.char)
         d = _VIEWS.get(key)
         if d is None:
+            if a.data.device_id != self.device:
+                raise self._wrong_device(a)
             if len(_VIEWS) > 4096:
                 _VIEWS.clear()
             # owner=None: the view holds no reference; the caller's array outlives the launch
@@ -630,33 +694,29 @@ class _Call:
                 a.__cuda_array_interface__, owner=None, sync=False)
         return d
 
-    def back(self, *arrays):
-        """Copy device results into the caller's NumPy arrays (simulator only)."""
-        if self.sim:
-            for a in arrays:
-                if a is not None:
-                    self._memo[id(a)][1].copy_to_host(a)
-
     def scratch(self, size):
-        """A float64 device buffer of at least ``size`` elements, reused on this stream."""
+        """A float64 array of at least ``size`` elements, reused on this device and stream."""
         size = max(int(size), 1)
-        if self.sim:
-            return cuda.device_array(size, np.float64)
-        cp = _cp()
-        key = (cp.cuda.runtime.getDevice(), self.ptr)
-        buf = _SCRATCH.get(key)
+        if self.numpy:
+            return np.empty(size, np.float64)
+        buf = _SCRATCH.get(self.key)
         if buf is None or buf.size < size:
-            arr = cp.empty(max(size, 2 * (0 if buf is None else buf.size), 1024), np.float64)
-            # kept alive here (the dict holds the CuPy array too)
-            buf = _SCRATCH[key] = cuda.from_cuda_array_interface(
-                arr.__cuda_array_interface__, owner=arr, sync=False)
+            buf = _SCRATCH[self.key] = _cp().empty(
+                max(size, 2 * (0 if buf is None else buf.size), 1024), np.float64)
         return buf
 
     def scalar_out(self, dtype):
-        """A fresh 1-element output array for a loss value (host or device)."""
-        if self.sim:
+        """A 1-element output array for a loss value: the next slot of this stream's ring."""
+        if self.numpy:
             return np.empty(1, dtype)
-        return _cp().empty(1, dtype)
+        key = (*self.key, dtype.char)
+        ring = _OUTS.get(key)
+        if ring is None:
+            buf = _cp().empty(LOSS_RING, dtype)
+            ring = _OUTS[key] = [0, [buf[i:i + 1] for i in range(LOSS_RING)]]
+        turn = ring[0]
+        ring[0] = (turn + 1) % LOSS_RING
+        return ring[1][turn]
 
 
 def _check_act(table_key, act):
@@ -676,10 +736,9 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     _check_act(name, act)
     n, m = A.shape
     c = _Call(A)
-    grid, block = _config("rows" if act == "softmax" else "cols", n, m)
-    _kernel(name, A.dtype)(grid, block, c.stream, c.dev(A), c.dev(b),
-                           c.dev(A if Z is None else Z), Z is not None, A.dtype.type(alpha))
-    c.back(A, Z)
+    grid, block = _config(c, "rows" if act == "softmax" else "cols", n, m)
+    _kernel(name, A.dtype)(c, grid, block, A, b, A if Z is None else Z, Z is not None,
+                           A.dtype.type(alpha))
 
 
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
@@ -698,34 +757,30 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     n, m = G.shape
     c = _Call(G)
     dt = G.dtype
-    grid, block = _config("cols", n, m)
+    grid, block = _config(c, "cols", n, m)
     part = c.scratch(grid[1] * m)
-    ddZ = c.dev(dZ)
     if act == "softmax":
-        rgrid, rblock = _config("rows", n, m)
-        _kernel("softmax_bwd_rows", dt)(rgrid, rblock, c.stream, c.dev(G), c.dev(A), ddZ)
-        _kernel("col_partials", dt)(grid, block, c.stream, ddZ, part)
+        rgrid, rblock = _config(c, "rows", n, m)
+        _kernel("softmax_bwd_rows", dt)(c, rgrid, rblock, G, A, dZ)
+        _kernel("col_partials", dt)(c, grid, block, dZ, part)
     else:
-        _kernel(name, dt)(grid, block, c.stream, c.dev(G), c.dev(A), c.dev(Z), ddZ, part,
-                          dt.type(alpha))
-    sgrid, sblock = _config("flat", m)
-    _kernel("col_sum", dt)(sgrid, sblock, c.stream, part, grid[1], c.dev(db))
-    c.back(dZ, db)
+        _kernel(name, dt)(c, grid, block, G, A, Z, dZ, part, dt.type(alpha))
+    sgrid, sblock = _config(c, "flat", m)
+    _kernel("col_sum", dt)(c, sgrid, sblock, part, grid[1], db)
 
 
 # --- losses --------------------------------------------------------------------------------------
 
 def _finish_loss(c, part, nparts, dtype):
     out = c.scalar_out(dtype)
-    grid, block = _config("one", 1)
-    _kernel("sum_partials", dtype)(grid, block, c.stream, part, nparts, c.dev(out, cache=False))
-    c.back(out)
+    grid, block = _config(c, "one", 1)
+    _kernel("sum_partials", dtype)(c, grid, block, part, nparts, out)
     return out.reshape(())
 
 
 def _weight_arg(c, weight, like):
     # an unused stand-in of the right type when there is no weight (has_w=False)
-    return c.dev(weight if weight is not None else like[0])
+    return weight if weight is not None else like[0]
 
 
 def softmax_xent(logits, target, grad, weight, scale):
@@ -745,11 +800,10 @@ def softmax_xent(logits, target, grad, weight, scale):
         if target.dtype != dt:
             target = target.astype(dt)
         name = "softmax_xent_prob"
-    grid, block = _config("rows", n, k)
+    grid, block = _config(c, "rows", n, k)
     part = c.scratch(grid[0])
-    _kernel(name, dt)(grid, block, c.stream, c.dev(logits), c.dev(target), c.dev(grad),
-                      _weight_arg(c, weight, grad), weight is not None, dt.type(scale), part)
-    c.back(grad)
+    _kernel(name, dt)(c, grid, block, logits, target, grad, _weight_arg(c, weight, grad),
+                      weight is not None, dt.type(scale), part)
     return _finish_loss(c, part, grid[0], dt)
 
 
@@ -760,14 +814,12 @@ def _loss(name, pred, target, grad, weight, scale, delta=1.0):
         target = target.astype(pred.dtype)
     n, k = pred.shape
     c = _Call(pred)
-    grid, block = _config("cols", n, k)
+    grid, block = _config(c, "cols", n, k)
     nparts = grid[0] * grid[1]
     part = c.scratch(nparts)
     real = pred.dtype.type
-    _kernel(name, pred.dtype)(grid, block, c.stream, c.dev(pred), c.dev(target), c.dev(grad),
-                              _weight_arg(c, weight, grad), weight is not None, real(scale),
-                              real(delta), part)
-    c.back(grad)
+    _kernel(name, pred.dtype)(c, grid, block, pred, target, grad, _weight_arg(c, weight, grad),
+                              weight is not None, real(scale), real(delta), part)
     return _finish_loss(c, part, nparts, pred.dtype)
 
 
@@ -791,6 +843,11 @@ def huber(pred, target, grad, weight, scale, delta=1.0):
     return _loss("huber", pred, target, grad, weight, scale, delta)
 
 
+def poisson(pred, target, grad, weight, scale):
+    """Half Poisson deviance, log link (``pred`` = log of the mean), elementwise; (n, k)."""
+    return _loss("poisson", pred, target, grad, weight, scale)
+
+
 # --- optimizer steps: one launch over the flat buffers, all updated in place ---------------------
 
 def _step(name, p, *args):
@@ -799,12 +856,11 @@ def _step(name, p, *args):
     Float scalars go in p's dtype (the kernel's signature), bools as they are.
     """
     c = _Call(p)
-    grid, block = _config("flat", p.size)
+    grid, block = _config(c, "flat", p.size)
     real = p.dtype.type
-    dev = [a if isinstance(a, bool) else real(a) if isinstance(a, float)
-           else c.dev(p if a is None else a) for a in args]
-    _kernel(name, p.dtype)(grid, block, c.stream, c.dev(p), *dev)
-    c.back(p, *[a for a in args if not isinstance(a, (float, bool))])
+    kargs = [a if isinstance(a, bool) else real(a) if isinstance(a, float)
+             else p if a is None else a for a in args]
+    _kernel(name, p.dtype)(c, grid, block, p, *kargs)
 
 
 def sgd_step(p, g, lr, wd):

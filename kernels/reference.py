@@ -24,7 +24,7 @@ NEEDS_PREACTIVATION = frozenset({"gelu", "silu"})
 # Activations that mix a row (not elementwise); only allowed as an output activation.
 ROWWISE = frozenset({"softmax"})
 
-LOSS_KERNELS = ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber")
+LOSS_KERNELS = ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber", "poisson")
 STEP_KERNELS = (
     "sgd_step", "momentum_step", "nesterov_step", "rmsprop_step", "adam_step", "adamw_step",
 )
@@ -211,6 +211,18 @@ def huber(pred, target, grad, weight, scale, delta=1.0):
         inside = a <= delta
         value = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
         return value, xp.where(inside, r, delta * xp.sign(r))
+    return _elementwise_loss(pred, target, grad, weight, scale, f)
+
+
+def poisson(pred, target, grad, weight, scale):
+    """Half Poisson deviance with a log link: ``pred`` is ``z = log(mu)``, targets ``t >= 0``.
+
+    ``l = t log(t / mu) - t + mu`` (``t log t`` is 0 at t = 0); d = ``mu - t``. Shapes (n, k).
+    """
+    def f(xp, z, t):
+        mu = xp.exp(z)
+        tlog = xp.where(t > 0, t * (xp.log(xp.where(t > 0, t, 1)) - z), 0)
+        return mu - t + tlog, mu - t
     return _elementwise_loss(pred, target, grad, weight, scale, f)
 
 

@@ -291,7 +291,15 @@ def huber(p, t, delta):
     return delta * (a - 0.5 * delta), delta * sign  # d delta |r| = delta sign(r)
 
 
-ELEMENT_LOSSES = {"sigmoid_bce": sigmoid_bce, "mse": mse, "mae": mae, "huber": huber}
+def poisson(z, t, delta):
+    # half Poisson deviance of the mean mu = exp(z) (log link), t >= 0:
+    # l = t log(t / mu) - t + mu (0 at mu = t; t log t is 0 at t = 0); d l / d z = mu - t
+    mu = exp(z)
+    return mu - t + (t * (math.log(t) - z) if t > 0 else 0.0), mu - t
+
+
+ELEMENT_LOSSES = {"sigmoid_bce": sigmoid_bce, "mse": mse, "mae": mae, "huber": huber,
+                  "poisson": poisson}
 
 
 # --- optimizers: the update of one element -----------------------------------------------------

@@ -1,5 +1,7 @@
-"""Static checks of the Dockerfiles (no Docker engine here): pinned base, non-root user,
-devnet installed, `devnet` as entry point, `devnet info` as health check."""
+"""Static checks of the Dockerfiles (no Docker engine needed): pinned base, non-root user that
+does not collide with the base image's, devnet installed, `devnet` as entry point, `devnet info`
+as health check, Numba's cache on a volume, and documented `docker run`s that mount what they
+read and write."""
 
 from __future__ import annotations
 
@@ -77,3 +79,108 @@ def test_readme_shows_a_gpu_training_run():
     assert re.search(r"docker run --gpus all .*devnet:gpu train --config", text)
     for path in FILES.values():
         assert path.name in text
+
+
+# --- the mistakes of issue 10 ----------------------------------------------------------------
+
+ROOT = DOCKER.parent
+#: base images that already have a user with uid 1000 ("ubuntu" since Ubuntu 23.04)
+UID_1000_BASES = re.compile(r"(^ubuntu:(2[3-9]|[3-9]\d)\.)"
+                            r"|(^nvidia/cuda:.*-ubuntu(2[3-9]|[3-9]\d))")
+
+
+def _env(instrs) -> dict[str, str]:
+    env = {}
+    for word, args in instrs:
+        if word == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", args):
+                env[key] = value
+    return env
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_uid_1000_user_does_not_collide_with_the_base_image(kind):
+    instrs = instructions(FILES[kind])
+    base = _one(instrs, "FROM")[0]
+    for i, (word, args) in enumerate(instrs):
+        if word != "RUN" or not re.search(r"useradd\b.*--uid[ =]1000\b", args):
+            continue
+        before = " ".join(a for w, a in instrs[:i + 1] if w == "RUN")
+        before = before[:before.rindex("useradd")]
+        frees_it = re.search(r"\b(userdel|usermod)\b", before)
+        if UID_1000_BASES.search(base):
+            assert frees_it, f"{base} already has uid 1000: useradd --uid 1000 fails"
+        # the generic guard works on any base: it must look the uid up, not assume a name
+        if frees_it:
+            assert "getent passwd 1000" in before
+
+
+def test_uid_1000_check_knows_the_ubuntu_24_04_bases():
+    assert UID_1000_BASES.search("nvidia/cuda:12.6.3-runtime-ubuntu24.04")
+    assert UID_1000_BASES.search("ubuntu:24.04")
+    assert not UID_1000_BASES.search("nvidia/cuda:12.6.3-runtime-ubuntu22.04")
+    assert not UID_1000_BASES.search("python:3.12.8-slim-bookworm")
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_numba_cache_dir_is_a_writable_volume(kind):
+    instrs = instructions(FILES[kind])
+    cache = _env(instrs).get("NUMBA_CACHE_DIR")
+    assert cache and cache.startswith("/"), "NUMBA_CACHE_DIR is not set"
+    volumes = [v for args in _one(instrs, "VOLUME") for v in json.loads(args)]
+    assert any(cache == v or cache.startswith(v.rstrip("/") + "/") for v in volumes), volumes
+    runs = " ".join(_one(instrs, "RUN"))
+    assert re.search(rf"chown [^&]*{re.escape(cache)}", runs), "the cache is not the user's"
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_copies_every_file_pyproject_names(kind):
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = [project["readme"], *project.get("license-files", [])]
+    copies = " ".join(_one(instructions(FILES[kind]), "COPY")).split()
+    for name in needed:
+        assert name in copies, f"pip install . needs {name}, which is not copied"
+
+
+def docker_runs(text: str) -> list[str]:
+    """Every ``docker run ...`` command in ``text`` (comment markers and continuations
+    removed)."""
+    text = re.sub(r"\\\n\s*#?\s*", " ", text)
+    return [m.group(0) for m in re.finditer(r"docker run [^\n]*", text)]
+
+
+def _mounted(command: str, path: str, workdir: str = "/work") -> bool:
+    """Whether ``path`` (relative to the container's workdir) lies under a ``-v`` mount."""
+    target = path if path.startswith("/") else f"{workdir}/{path}"
+    mounts = re.findall(r"-v\s+\"?[^\s:\"]+:([^\s:\"]+)", command)
+    return any(target == m or target.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
+def _documented_runs() -> list[str]:
+    runs = []
+    for path in (*FILES.values(), DOCKER / "README.md", ROOT / "README.md"):
+        runs += docker_runs(path.read_text())
+    return runs
+
+
+def test_documented_runs_mount_what_they_read_and_write():
+    runs = _documented_runs()
+    assert any("train --config" in r for r in runs)
+    for command in runs:
+        for flag in ("--config", "--out", "--checkpoint", "--data"):
+            for value in re.findall(rf"{flag}\s+(\S+)", command):
+                if flag == "--data" and "." not in value:
+                    continue  # a bundled dataset name
+                assert _mounted(command, value), f"{value} is not in a mounted folder: {command}"
+
+
+def test_mount_check_catches_the_old_header():
+    old = 'docker run --gpus all --rm -v "$PWD/runs:/work/runs" devnet:gpu train --config run.toml'
+    assert not _mounted(docker_runs(old)[0], "run.toml")
+    assert _mounted(docker_runs(old)[0], "runs/digits")

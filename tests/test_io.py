@@ -164,7 +164,8 @@ def test_future_format_version(saved, monkeypatch):
     monkeypatch.setattr(io, "FORMAT_VERSION", io.FORMAT_VERSION + 1)
     dn.save(model, path)
     monkeypatch.undo()
-    with pytest.raises(dn.CheckpointError, match=r"format version 2.*upgrade devnet"):
+    future = io.FORMAT_VERSION + 1
+    with pytest.raises(dn.CheckpointError, match=rf"format version {future}.*upgrade devnet"):
         dn.load(path, backend="cpu")
 
 
@@ -181,7 +182,7 @@ def test_metadata_rewritten_with_valid_checksum_but_wrong_sizes(saved, tmp_path)
     text = json.dumps(meta)
     data = st_save({"params": params},
                    metadata={"devnet": text, "devnet_sha256": io._sha(text.encode())})
-    with pytest.raises(dn.CheckpointError, match="params have shape"):
+    with pytest.raises(dn.CheckpointError, match=r"params .*do not match the model config"):
         dn.load(_write(tmp_path / "y.safetensors", data), backend="cpu")
 
 

@@ -130,17 +130,56 @@ def test_progress_bar_only_on_a_terminal(rng, monkeypatch, capsys):
     X = rng.standard_normal((64, 3)).astype(np.float32)
     y = rng.standard_normal(64).astype(np.float32)
     model = dn.MLP([3, 1], backend="cpu", seed=_seed(rng))
-    dn.fit(model, X, y, epochs=2, batch_size=16, progress=True)  # pytest's stderr: no TTY
+    dn.fit(model, X, y, epochs=2, batch_size=16)  # default "auto", pytest's stderr: no TTY
     assert capsys.readouterr().err == ""
-    tty = _FakeTTY()
-    monkeypatch.setattr("sys.stderr", tty)
-    dn.fit(model, X, y, epochs=2, batch_size=16, progress=True)
-    out = tty.getvalue()
-    assert "epoch 2/2" in out and "sample/s" in out and "loss=" in out
+    for progress in ("auto", True):
+        tty = _FakeTTY()
+        monkeypatch.setattr("sys.stderr", tty)
+        dn.fit(model, X, y, epochs=2, batch_size=16, progress=progress)
+        out = tty.getvalue()
+        assert "epoch 2/2" in out and "sample/s" in out and "loss=" in out
     tty2 = _FakeTTY()
     monkeypatch.setattr("sys.stderr", tty2)
     dn.fit(model, X, y, epochs=2, batch_size=16, progress=False)
     assert tty2.getvalue() == ""
+
+
+def test_progress_true_when_piped_prints_one_flushed_line_per_epoch(rng, monkeypatch):
+    """make demo piped: one plain line per epoch as it ends, none repeated, no bar."""
+    X = rng.standard_normal((48, 3)).astype(np.float32)
+    y = rng.standard_normal(48).astype(np.float32)
+    model = dn.MLP([3, 1], backend="cpu", seed=_seed(rng))
+    seen = []
+
+    class Pipe(_io.StringIO):  # not a terminal; records what was flushed at each epoch end
+        def flush(self):
+            seen.append(self.getvalue())
+
+    pipe = Pipe()
+    monkeypatch.setattr("sys.stderr", pipe)
+
+    class AtEpochEnd(dn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            seen.append(("end", epoch, pipe.getvalue()))
+
+    dn.fit(model, X, y, epochs=3, batch_size=16, progress=True, validation_split=0.25,
+           callbacks=[AtEpochEnd()])
+    lines = pipe.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("loss" in line and "val_loss" in line and "samples/s" in line for line in lines)
+    assert "\r" not in pipe.getvalue() and "|" not in pipe.getvalue()  # no tqdm bar
+    ends = [entry for entry in seen if isinstance(entry, tuple)]
+    for epoch, (_, e, text) in enumerate(ends):  # written before the next epoch starts
+        assert e == epoch and len(text.splitlines()) == epoch + 1
+    flushed = [len(text.splitlines()) for text in seen if isinstance(text, str)]
+    assert flushed == [1, 2, 3]  # each line flushed as it was written
+
+
+@pytest.mark.parametrize("progress", ["no", "yes", 1, None])
+def test_progress_rejects_non_bool_values(rng, progress):
+    X = rng.standard_normal((8, 3)).astype(np.float32)
+    with pytest.raises(dn.ConfigError, match="progress must be True, False or 'auto'"):
+        dn.fit(dn.MLP([3, 1], backend="cpu"), X, X[:, 0], epochs=1, progress=progress)
 
 
 # --- the divergence guard -----------------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 ``get_backend("auto")`` picks CUDA when CuPy imports and sees a GPU, else the CPU, and logs one
 line saying which and why. ``DEVNET_DEVICE`` overrides ``"auto"``.
+
+``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) makes ``"cuda"`` / ``"cuda:N"`` the real CUDA
+backend over Numba's CUDA simulator and a NumPy stand-in for CuPy (``cupy_sim``); ``"auto"``
+never picks it. Numba reads its simulator switch when it is imported, so the variable must be
+set before devnet (or numba) is imported: a separate process.
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+
+if os.environ.get("DEVNET_CUDA_SIMULATOR") == "1":
+    # too late when numba is already imported: cuda.numba_cuda_reason() then says so
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np
 
@@ -57,6 +66,8 @@ def get_backend(spec: str | Backend | None = "auto", kernels: str = "fused") -> 
 def _make(spec: str, kernels: str) -> Backend:
     if spec == "auto":
         reason = _cuda().unavailable_reason(0)
+        if reason is None and _cuda().SIMULATOR:
+            reason = "DEVNET_CUDA_SIMULATOR=1: the CUDA simulator runs only when asked for by name"
         if reason is None:
             backend = _cuda().CUDABackend(0, kernels)
             backend.reason = f"CuPy sees {backend.device_name}"

@@ -71,6 +71,15 @@ class Backend:
         """``out <- a @ b`` with BLAS / cuBLAS, no temporary."""
         return self.xp.matmul(a, b, out=out)
 
+    def scope(self):
+        """A context manager running what it encloses on this backend's device (no-op here).
+
+        Code that calls ``xp`` directly (not through the backend) does so inside it.
+        """
+        from contextlib import nullcontext
+
+        return nullcontext()
+
     def thread_limits(self):
         """A context manager that keeps the device's thread pools from fighting (no-op here)."""
         from contextlib import nullcontext

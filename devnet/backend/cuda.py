@@ -1,12 +1,23 @@
 """The CUDA backend: CuPy arrays, cuBLAS matmuls and Numba-CUDA kernels.
 
-Importing this module never fails: without CuPy or a usable GPU it records why, and
+Importing this module never fails: without CuPy, numba-cuda or a usable GPU it records why, and
 ``CUDABackend(...)`` raises DeviceUnavailableError with that reason.
+
+Device state is per backend, never global: every operation of a ``CUDABackend`` (allocations,
+transfers, matmuls, each kernel of its table) runs under its own device and stream
+(``scope()``), so ``cuda:1`` and ``cuda:0`` backends, or a ``fit`` in another thread, each keep
+to their GPU whatever device is current around them.
+
+``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) builds this same backend over Numba's CUDA
+simulator and ``cupy_sim``, a NumPy-backed stand-in for CuPy, so the whole GPU path runs
+without a GPU (slowly: keep data tiny). It must be set before numba is imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import numpy as np
 
@@ -14,25 +25,106 @@ from devnet.backend.base import Backend, kernel_table
 from devnet.errors import DeviceUnavailableError, lookup
 from devnet.kernels import reference
 
-try:
-    import cupy
+SIMULATOR = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
 
+if SIMULATOR:
+    from devnet.backend import cupy_sim as cupy
+
+    cupyx = cupy.cupyx
+    # every ``import cupy`` in devnet (the reference kernels' get_xp, the kernel launcher)
+    # then finds the stand-in
+    sys.modules.update({"cupy": cupy, "cupy.cuda": cupy.cuda, "cupy.random": cupy.random,
+                        "cupyx": cupyx})
     IMPORT_ERROR: str | None = None
-except ModuleNotFoundError:
-    cupy = None
-    IMPORT_ERROR = "CuPy is not installed (pip install 'devnet[cuda12]' or 'devnet[cuda13]')"
-except Exception as exc:  # a broken CUDA install raising on import
-    cupy = None
-    IMPORT_ERROR = f"CuPy failed to import ({type(exc).__name__}: {exc})"
+else:
+    try:
+        import cupy
+        import cupyx
+
+        IMPORT_ERROR = None
+    except ModuleNotFoundError:
+        cupy = cupyx = None
+        IMPORT_ERROR = "CuPy is not installed (pip install 'devnet[cuda12]' or 'devnet[cuda13]')"
+    except Exception as exc:  # a broken CUDA install raising on import
+        cupy = cupyx = None
+        IMPORT_ERROR = f"CuPy failed to import ({type(exc).__name__}: {exc})"
 
 
 def device_count() -> int:
     """Number of CUDA devices CuPy sees (0 without CuPy or a driver)."""
-    return 0 if unavailable_reason() else cupy.cuda.runtime.getDeviceCount()
+    if cupy is None:
+        return 0
+    try:
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver
+        return 0
+
+
+def _trivial_kernel(a):  # compiled once per device to prove the kernel toolchain works
+    a[0] = 1.0
+
+
+_NUMBA_REASON: list = []
+_COMPILE_REASON: dict[int, str | None] = {}
+
+
+def numba_cuda_reason() -> str | None:
+    """Why Numba cannot build devnet's kernels here (cached), or None when it can.
+
+    devnet's kernels need the ``numba-cuda`` package: without it ``from numba import cuda``
+    falls back to Numba's deprecated built-in target, which fails only at the first launch.
+    """
+    if not _NUMBA_REASON:
+        _NUMBA_REASON.append(_numba_cuda_reason())
+    return _NUMBA_REASON[0]
+
+
+def _numba_cuda_reason() -> str | None:
+    hint = "pip install 'numba-cuda[cu12]' or 'numba-cuda[cu13]' (the cuda12 / cuda13 extras)"
+    try:
+        import numba_cuda
+        from numba import cuda
+    except ImportError:
+        return f"numba-cuda is not installed ({hint})"
+    except Exception as exc:
+        return f"numba.cuda failed to import ({type(exc).__name__}: {exc})"
+    package = os.path.dirname(os.path.abspath(numba_cuda.__file__))
+    if not os.path.abspath(getattr(cuda, "__file__", "")).startswith(package + os.sep):
+        return (f"numba.cuda is Numba's deprecated built-in CUDA target ({cuda.__file__}), "
+                f"not numba-cuda's ({package}); {hint}")
+    from numba.cuda.core import config
+
+    simulated = bool(config.ENABLE_CUDASIM)  # read once, when numba.cuda was imported
+    if simulated != SIMULATOR:
+        return ("DEVNET_CUDA_SIMULATOR and NUMBA_ENABLE_CUDASIM disagree: set "
+                "DEVNET_CUDA_SIMULATOR=1 before numba is imported, and NUMBA_ENABLE_CUDASIM "
+                "only with it")
+    return None
+
+
+def kernel_compile_reason(index: int) -> str | None:
+    """Why a trivial kernel does not compile and load on ``cuda:index`` (cached per device)."""
+    if index not in _COMPILE_REASON:
+        try:
+            from numba import cuda
+
+            with cupy.cuda.Device(index):
+                kernel = cuda.jit("void(float32[::1])")(_trivial_kernel)
+                if not SIMULATOR:  # link and load the cubin on this device too
+                    next(iter(kernel.overloads.values()))._codelibrary.get_cufunc()
+            _COMPILE_REASON[index] = None
+        except Exception as exc:  # NVVM missing, unsupported compute capability, ...
+            _COMPILE_REASON[index] = (f"numba-cuda cannot compile a kernel for cuda:{index} "
+                                      f"({type(exc).__name__}: {str(exc).strip()[:300]})")
+    return _COMPILE_REASON[index]
 
 
 def unavailable_reason(index: int = 0) -> str | None:
-    """Why ``cuda:index`` cannot be used, or None when it can."""
+    """Why ``cuda:index`` cannot be used, or None when it can.
+
+    Checks, in order: CuPy imports; it sees a driver and the device; numba-cuda (not Numba's
+    built-in target) is the CUDA target in use; a trivial kernel compiles there (cached).
+    """
     if cupy is None:
         return IMPORT_ERROR
     try:
@@ -43,11 +135,49 @@ def unavailable_reason(index: int = 0) -> str | None:
         return "CuPy sees no CUDA device"
     if not 0 <= index < count:
         return f"no CUDA device {index}: this machine has {count} (cuda:0 .. cuda:{count - 1})"
-    return None
+    return numba_cuda_reason() or kernel_compile_reason(index)
+
+
+class _Scope:
+    """``with scope:`` makes a device and a stream current, restoring the previous ones."""
+
+    __slots__ = ("device", "stream")
+
+    def __init__(self, device, stream):
+        self.device = device
+        self.stream = stream
+
+    def __enter__(self):
+        self.device.__enter__()
+        self.stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.__exit__(*exc)
+        self.device.__exit__(*exc)
+
+
+class _OnDevice:
+    """A kernel-table entry that runs under its backend's device and stream."""
+
+    __slots__ = ("fn", "scope", "__name__", "__wrapped__")
+
+    def __init__(self, fn, scope):
+        self.fn = self.__wrapped__ = fn
+        self.scope = scope
+        self.__name__ = getattr(fn, "__name__", "kernel")
+
+    def __call__(self, *args, **kwargs):
+        with self.scope:
+            return self.fn(*args, **kwargs)
 
 
 class CUDABackend(Backend):
-    """CuPy + Numba-CUDA on one GPU. ``kernels="reference"`` runs the xp-generic oracle."""
+    """CuPy + Numba-CUDA on one GPU. ``kernels="reference"`` runs the xp-generic oracle.
+
+    The backend owns a stream on its device (blocking with respect to the legacy default
+    stream, so CuPy work queued outside ``scope()`` stays ordered with it).
+    """
 
     name = "cuda"
 
@@ -58,30 +188,55 @@ class CUDABackend(Backend):
             raise DeviceUnavailableError(f"cuda:{index} is unavailable: {reason}")
         self.index = index
         self.device = f"cuda:{index}"
+        self.simulated = SIMULATOR
         self.xp = cupy
         self.kernel_set = kernels
         self._device = cupy.cuda.Device(index)
-        self._device.use()
+        with self._device:
+            self.stream = cupy.cuda.Stream(non_blocking=False)
+        self._scope = _Scope(self._device, self.stream)
         self._stagers: dict[tuple, _Stager] = {}
-        if index != 0:  # Numba-CUDA keeps its own current device: launch on the same GPU
-            from numba import cuda as numba_cuda
+        module = reference if kernels == "reference" else \
+            importlib.import_module("devnet.kernels.cuda")
+        table = kernel_table(module)
+        for name in reference.KERNEL_NAMES:
+            setattr(table, name, _OnDevice(getattr(table, name), self._scope))
+        self.kernels = table
 
-            numba_cuda.select_device(index)
-        if kernels == "reference":
-            self.kernels = kernel_table(reference)
-        else:
-            self.kernels = kernel_table(importlib.import_module("devnet.kernels.cuda"))
+    def scope(self):
+        """A context manager running what it encloses on this backend's device and stream."""
+        return self._scope
+
+    def thread_limits(self):
+        """The training loop's context: this backend's device and stream."""
+        return self._scope
 
     def asarray(self, a, dtype=None):
-        with self._device:
+        with self._scope:
             return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
 
     def to_numpy(self, a) -> np.ndarray:
-        return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else np.asarray(a)
+        if not isinstance(a, cupy.ndarray):
+            return np.asarray(a)
+        with self._scope:
+            return cupy.asnumpy(a)
 
     def rng(self, seed=None):
-        with self._device:
+        with self._scope:
             return cupy.random.default_rng(seed)
+
+    def empty(self, shape, dtype):
+        with self._scope:
+            return cupy.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        with self._scope:
+            return cupy.zeros(shape, dtype=dtype)
+
+    def matmul(self, a, b, out):
+        """``out <- a @ b`` with cuBLAS on this backend's device and stream."""
+        with self._scope:
+            return cupy.matmul(a, b, out=out)
 
     def upload(self, host: np.ndarray, slot: str):
         """Copy a host batch to the device asynchronously, through pinned memory.
@@ -91,13 +246,16 @@ class CUDABackend(Backend):
         so gathering batch k+1 on the host overlaps the GPU's work on batch k.
         """
         key = (slot, host.dtype.str, host.shape[1:])
-        stager = self._stagers.get(key)
-        if stager is None or stager.capacity < host.shape[0]:
-            stager = self._stagers[key] = _Stager(host.shape, host.dtype, self._device)
-        return stager.put(host)
+        with self._scope:
+            stager = self._stagers.get(key)
+            if stager is None or stager.capacity < host.shape[0]:
+                stager = self._stagers[key] = _Stager(host.shape, host.dtype)
+            return stager.put(host, self.stream)
 
     def synchronize(self) -> None:
-        cupy.cuda.get_current_stream().synchronize()
+        """Wait for all work queued on this backend's device (every stream)."""
+        with self._device:
+            self._device.synchronize()
 
     @property
     def device_name(self) -> str:
@@ -107,25 +265,24 @@ class CUDABackend(Backend):
 
 
 class _Stager:
-    """Double-buffered pinned-host -> device copies for one batch slot (see ``upload``)."""
+    """Double-buffered pinned-host -> device copies for one batch slot (see ``upload``).
 
-    def __init__(self, shape, dtype, device):
-        import cupyx
+    Made and used under its backend's scope: buffers on that device.
+    """
 
+    def __init__(self, shape, dtype):
         self.capacity = shape[0]
-        with device:
-            self.pinned = [cupyx.empty_pinned(shape, dtype) for _ in range(2)]
-            self.dev = [cupy.empty(shape, dtype) for _ in range(2)]
-            self.done = [None, None]
+        self.pinned = [cupyx.empty_pinned(shape, dtype) for _ in range(2)]
+        self.dev = [cupy.empty(shape, dtype) for _ in range(2)]
+        self.done = [None, None]
         self.turn = 0
 
-    def put(self, host: np.ndarray):
+    def put(self, host: np.ndarray, stream):
         i = self.turn = 1 - self.turn
         if self.done[i] is not None:
             self.done[i].synchronize()  # the copy out of pinned[i] two uploads ago is over
         n = host.shape[0]
         np.copyto(self.pinned[i][:n], host)
-        stream = cupy.cuda.get_current_stream()
         self.dev[i][:n].set(self.pinned[i][:n], stream=stream)
         self.done[i] = stream.record()
         return self.dev[i][:n]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ class _Work:
     Z: list  # per layer (n, n_out) pre-activation, or None where act' comes from A
     G: list  # per layer (n, n_out): dL/dA, turned into dL/dZ in place (top layer: dL/dZ only)
     dX: Any = None  # (n, n_in), allocated on the first backward that asks for it
+    X: Any = None  # (n, n_in) the standardized input, allocated when input scaling is set
 
 
 class MLP:
@@ -52,21 +56,12 @@ class MLP:
                  dtype: str = "float32", backend: str | Backend = "auto", seed: int | None = 0,
                  alpha: float = 0.01):
         sizes = _check_sizes(layer_sizes)
-        n_hidden = len(sizes) - 2
-        if isinstance(activation, str):
-            hidden = [activation] * n_hidden
-        else:
-            hidden = list(activation)
-            if len(hidden) != n_hidden:
-                raise ConfigError(f"activation lists {len(hidden)} names for {n_hidden} hidden "
-                                  "layers; give one name or one per hidden layer")
-        for name in hidden:
-            activations.get(name, hidden=True)
+        hidden = _check_activations(activation, len(sizes) - 2)
         activations.get(output_activation)
-        if str(dtype) not in DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+        dtype = _check_dtype(dtype)
         initializers.get(init)
-        if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
+        seed = _check_seed(seed)
+        if not (_is_finite_real(alpha) and alpha >= 0):
             raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
 
         self.layer_sizes = sizes
@@ -74,14 +69,20 @@ class MLP:
         self.activation = activation if isinstance(activation, str) else list(activation)
         self.output_activation = output_activation
         self.init = init
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = dtype
         self.seed = seed
         self.alpha = float(alpha)
         self.layers = [Dense(f"layers.{i}", sizes[i], sizes[i + 1], act)
                        for i, act in enumerate(self.activations)]
         self.n_params = sum(layer.n_params for layer in self.layers)
+        _check_memory(sizes, self.n_params, self.dtype)
         self.backend = get_backend(backend)
-        self._allocate(self._initial_params())
+        self._in_mean = self._in_scale = None  # host float64 (n_in,), or None: no scaling
+        try:
+            self._allocate(self._initial_params())
+        except MemoryError:
+            raise ConfigError(_too_large(sizes, self.n_params, self.dtype,
+                                                "the allocation failed")) from None
 
     # --- construction and devices ----------------------------------------------------------
 
@@ -106,6 +107,43 @@ class MLP:
         self._work: OrderedDict[int, _Work] = OrderedDict()
         self._n = None
         self._X = None
+        self._upload_scaling()
+
+    def _upload_scaling(self) -> None:
+        # device copies in the model's dtype, used by forward / backward
+        if self._in_mean is None:
+            self._dev_mean = self._dev_scale = None
+        else:
+            self._dev_mean = self.backend.asarray(self._in_mean, dtype=self.dtype)
+            self._dev_scale = self.backend.asarray(self._in_scale, dtype=self.dtype)
+
+    def set_input_scaling(self, mean, scale) -> None:
+        """Standardize every input as ``(X - mean) / scale`` before the first layer.
+
+        ``mean``, ``scale``: host arrays shaped (n_in,), finite, ``scale > 0`` (stored as
+        float64, applied in the model's dtype). ``set_input_scaling(None, None)`` clears it.
+        fit / evaluate / predict then take raw data; ``backward`` returns dL/d(raw X).
+        """
+        if mean is None and scale is None:
+            new_mean = new_scale = None
+        else:
+            new_mean = _scaling_vector("mean", mean, self.n_in)
+            new_scale = _scaling_vector("scale", scale, self.n_in)
+            if not np.all(new_scale > 0):
+                bad = np.flatnonzero(~(new_scale > 0))
+                raise DataError(f"input scaling: scale must be > 0 for every feature; "
+                                f"scale[{bad[0]}] = {float(new_scale[bad[0]])!r} "
+                                f"({bad.size} bad entries)")
+        self._in_mean, self._in_scale = new_mean, new_scale
+        self._n = self._X = None  # a cached forward used the old scaling
+        self._upload_scaling()
+
+    @property
+    def input_scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, scale)`` as float64 host copies, or None when inputs are not scaled."""
+        if self._in_mean is None:
+            return None
+        return self._in_mean.copy(), self._in_scale.copy()
 
     def to(self, backend: str | Backend) -> MLP:
         """Move the parameters to another device (in place); returns self.
@@ -116,7 +154,7 @@ class MLP:
         if new is not self.backend:
             host = self.backend.to_numpy(self.params)
             self.backend = new
-            self._allocate(host)
+            self._allocate(host)  # keeps the input scaling (host copies)
         return self
 
     def parameters(self) -> ParameterList:
@@ -144,13 +182,19 @@ class MLP:
         work = self._work.get(n)
         if work is None:
             be, dt = self.backend, self.dtype
-            work = _Work(
-                A=[be.empty((n, layer.n_out), dt) for layer in self.layers],
-                Z=[be.empty((n, layer.n_out), dt)
-                   if activations.get(layer.activation).needs_preactivation else None
-                   for layer in self.layers],
-                G=[be.empty((n, layer.n_out), dt) for layer in self.layers],
-            )
+            try:
+                work = _Work(
+                    A=[be.empty((n, layer.n_out), dt) for layer in self.layers],
+                    Z=[be.empty((n, layer.n_out), dt)
+                       if activations.get(layer.activation).needs_preactivation else None
+                       for layer in self.layers],
+                    G=[be.empty((n, layer.n_out), dt) for layer in self.layers],
+                )
+            except MemoryError:
+                need = 3 * n * sum(layer.n_out for layer in self.layers) * dt.itemsize
+                raise DataError(f"out of memory allocating the work buffers for a batch of {n} "
+                                f"samples (about {need:,} bytes); use a smaller batch_size"
+                                ) from None
             self._work[n] = work
             if len(self._work) > _MAX_CACHED_BATCH_SIZES:
                 self._work.popitem(last=False)
@@ -177,6 +221,8 @@ class MLP:
         n = X.shape[0]
         work = self._buffers(n)
         kernels, alpha = self.backend.kernels, self.alpha
+        if self._dev_mean is not None:
+            X = self._standardize(X, work)
         A = X
         for layer, out, Z in zip(self.layers, work.A, work.Z):
             self.backend.matmul(A, layer.W, out=out)
@@ -185,6 +231,15 @@ class MLP:
         self._X, self._n = X, n
         return A
 
+    def _standardize(self, X, work: _Work):
+        """``(X - mean) / scale`` into the work buffer (X itself is left untouched)."""
+        xp = self.backend.xp
+        if work.X is None:
+            work.X = self.backend.empty(X.shape, self.dtype)
+        xp.subtract(X, self._dev_mean, out=work.X)
+        xp.divide(work.X, self._dev_scale, out=work.X)
+        return work.X
+
     def backward(self, dY, input_grad: bool = True):
         """Backpropagate dL/dY (n, n_out) through the last ``forward``.
 
@@ -192,7 +247,8 @@ class MLP:
         ``input_grad=False`` (saves the first layer's input-gradient matmul).
         """
         if self._n is None:
-            raise RuntimeError("backward() called before forward()")
+            raise DataError("backward() called before forward(): there is no forward pass to "
+                            "backpropagate through; call model.forward(X) on the batch first")
         n = self._n
         dY = self._as_grad(dY, n)
         work = self._work[n]
@@ -211,6 +267,9 @@ class MLP:
                 if work.dX is None:
                     work.dX = be.empty((n, self.n_in), self.dtype)
                 be.matmul(dZ, layer.W.T, out=work.dX)
+                if self._dev_scale is not None:
+                    # d((x - mean) / scale) / dx = 1 / scale, per feature
+                    be.xp.divide(work.dX, self._dev_scale, out=work.dX)
                 return work.dX
         return None
 
@@ -218,6 +277,10 @@ class MLP:
         be = self.backend
         if not (be.is_array(dY) and dY.dtype == self.dtype and dY.flags.c_contiguous):
             dY = be.asarray(dY, dtype=self.dtype)
+        if dY.ndim == 2 and dY.shape[0] != n:
+            raise DataError(f"backward() got dY for {dY.shape[0]} samples but the last "
+                            f"forward() ran on {n}: backward must follow the forward of the "
+                            "same batch")
         if dY.shape != (n, self.n_out):
             raise DataError(f"dY must have the shape of the last output {(n, self.n_out)}, "
                             f"got {tuple(dY.shape)}")
@@ -225,6 +288,9 @@ class MLP:
 
     def predict(self, X, batch_size: int = 4096):
         """Outputs for X in batches; a NumPy array unless X already lives on the device."""
+        if not _is_int(batch_size) or batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
         on_device = self.backend.is_array(X)
         X = self._as_input(X) if on_device else np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:
@@ -245,13 +311,111 @@ class MLP:
                 f"device={self.backend.device})")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite_real(value) -> bool:
+    try:
+        return _is_real(value) and math.isfinite(value)
+    except OverflowError:  # an int past float range
+        return False
+
+
 def _check_sizes(layer_sizes) -> list[int]:
     try:
-        sizes = [int(s) for s in layer_sizes]
-        ok = len(sizes) >= 2 and all(s == t and s > 0 for s, t in zip(sizes, layer_sizes))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+        sizes = list(layer_sizes)
+    except TypeError:
+        sizes = None
+    if isinstance(layer_sizes, (str, bytes)) or sizes is None or len(sizes) < 2 \
+            or not all(_is_int(s) and s > 0 for s in sizes):
         raise ConfigError(f"layer_sizes must list at least two positive integers "
                           f"[n_in, ..., n_out], got {layer_sizes!r}")
-    return sizes
+    return [int(s) for s in sizes]
+
+
+def n_parameters(layer_sizes: Sequence[int]) -> int:
+    """Weights plus biases of an MLP with these layer sizes (exact Python int)."""
+    sizes = [int(s) for s in layer_sizes]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def _check_activations(activation, n_hidden: int) -> list[str]:
+    if isinstance(activation, str):
+        hidden = [activation] * n_hidden
+    elif isinstance(activation, (list, tuple)):
+        hidden = list(activation)
+        if len(hidden) != n_hidden:
+            raise ConfigError(f"activation lists {len(hidden)} names for {n_hidden} hidden "
+                              "layers; give one name or one per hidden layer")
+    else:
+        valid = ", ".join(sorted(activations.HIDDEN_ACTIVATIONS))
+        raise ConfigError(f"activation must be a name or a list of names (one per hidden "
+                          f"layer), got {activation!r}; valid activations: {valid}")
+    for name in hidden:
+        activations.get(name, hidden=True)
+    return hidden
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    return dt
+
+
+def _check_seed(seed) -> int | None:
+    if seed is None:
+        return None
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def _scaling_vector(name: str, value, n_in: int) -> np.ndarray:
+    if value is None:
+        raise DataError(f"input scaling: {name} must be a numeric array of shape ({n_in},), "
+                        "got None; give both mean and scale, or None for both to clear it")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"input scaling: {name} must be a numeric array of shape ({n_in},), "
+                        f"got {type(value).__name__}") from None
+    if arr.shape != (n_in,):
+        raise DataError(f"input scaling: {name} must have shape ({n_in},) (one value per "
+                        f"input feature), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"input scaling: {name} contains NaN/Inf at index "
+                        f"{int(np.flatnonzero(~np.isfinite(arr))[0])}; it must be finite")
+    return arr
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _too_large(sizes, n_params: int, dtype: np.dtype, why: str) -> str:
+    need = 2 * n_params * dtype.itemsize
+    return (f"MLP {sizes} is too large: {n_params:,} parameters in {dtype.name} need "
+            f"{need:,} bytes ({need / 2**30:,.1f} GiB) for parameters + gradients; {why}")
+
+
+def _check_memory(sizes, n_params: int, dtype: np.dtype) -> None:
+    # Refuse before allocating: the host draws the initial weights, then params + grads are
+    # allocated on the device; past physical RAM that is a swap storm or an OOM kill.
+    memory = _physical_memory()
+    need = 2 * n_params * dtype.itemsize
+    if memory is not None and need > memory:
+        raise ConfigError(_too_large(sizes, n_params, dtype,
+                                     f"this machine has {memory:,} bytes of memory"))

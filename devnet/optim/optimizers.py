@@ -25,6 +25,13 @@ def _number(name: str, value, lo: float, hi: float = math.inf, *, lo_open=False,
     return float(value)
 
 
+def _flag(name: str, value) -> bool:
+    """``value`` if it is a bool (NumPy's too): "no" or 0 would silently mean True / False."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
 class Optimizer:
     """Base class. ``params`` is ``model.parameters()`` (or the model itself).
 
@@ -119,9 +126,9 @@ class SGD(Optimizer):
     def __init__(self, params, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, clip_norm: float | None = None):
         self.momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
-        if nesterov and self.momentum == 0:
+        self.nesterov = _flag("nesterov", nesterov)
+        if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
         self.state_names = ("momentum_buffer",) if self.momentum > 0 else ()
         super().__init__(params, lr, weight_decay, clip_norm)
 
@@ -149,7 +156,7 @@ class RMSProp(Optimizer):
         self.rho = _number("rho", rho, 0.0, 1.0, hi_open=True)
         self.eps = _number("eps", eps, 0.0, lo_open=True)
         self.momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
-        self.centered = bool(centered)
+        self.centered = _flag("centered", centered)
         names = ["square_avg"]
         if self.momentum > 0:
             names.append("momentum_buffer")
@@ -185,8 +192,9 @@ class Adam(Optimizer):
         self.betas = (_number("beta1", beta1, 0.0, 1.0, hi_open=True),
                       _number("beta2", beta2, 0.0, 1.0, hi_open=True))
         self.eps = _number("eps", eps, 0.0, lo_open=True)
-        self.amsgrad = bool(amsgrad)
-        self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        self.amsgrad = _flag("amsgrad", amsgrad)
+        self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad
+                                                        else ())
         super().__init__(params, lr, weight_decay, clip_norm)
 
     def _update(self, lr: float) -> None:

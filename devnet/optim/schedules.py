@@ -7,16 +7,36 @@ Every schedule is callable as ``schedule(step) -> lr`` (step counts from 0) and 
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
 
 from devnet.errors import ConfigError, lookup
 
 
-def _positive(name: str, value, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
+def _rate(name: str, value, *, allow_zero: bool = False, most: float | None = None) -> float:
+    """A finite float > 0 (>= 0 with ``allow_zero``; <= ``most``); NumPy scalars accepted."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value))
+    if not ok or value < 0 or (value == 0 and not allow_zero) or (most is not None
+                                                                  and value > most):
         bound = ">= 0" if allow_zero else "> 0"
+        bound += f" and <= {most:g}" if most is not None else ""
         raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
-    return value
+    return float(value)
+
+
+def _count(name: str, value) -> int:
+    """A whole number of steps >= 1 (5, np.int64(5), 5.0); 0.5 or 2.5 is a ConfigError."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value) and value == int(value) and value >= 1
+    if not ok:
+        raise ConfigError(f"{name} must be a whole number of steps >= 1, got {value!r}")
+    return int(value)
+
+
+def _stretch(steps: int, old: int, new: int) -> int:
+    return max(1, round(steps * new / old))
 
 
 class Schedule:
@@ -24,8 +44,22 @@ class Schedule:
 
     name = "schedule"
 
+    # The step from which the lr stays at its final value; None: it never settles (constant,
+    # step, exponential). Resuming past a finished schedule is checked against it.
+    horizon: int | None = None
+
     def __call__(self, step: int) -> float:
         raise NotImplementedError
+
+    def extended(self, planned_steps: int, new_steps: int) -> Schedule:
+        """This schedule with its time axis stretched by ``new_steps / planned_steps``.
+
+        The lr curve a run planned for ``new_steps`` instead of ``planned_steps`` would follow:
+        cosine ``total_steps`` and step ``step_size`` scale by the ratio (rounded, >= 1),
+        exponential ``gamma`` becomes ``gamma ** (planned / new)``; warm-up keeps its length
+        and stretches what follows it. Constant schedules are returned unchanged.
+        """
+        return self
 
     def config(self) -> dict:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if k != "inner"}}
@@ -41,7 +75,7 @@ class Constant(Schedule):
     name = "constant"
 
     def __init__(self, lr: float):
-        self.lr = _positive("lr", lr)
+        self.lr = _rate("lr", lr)
 
     def __call__(self, step: int) -> float:
         return self.lr
@@ -53,12 +87,15 @@ class Step(Schedule):
     name = "step"
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
-        self.lr = _positive("lr", lr)
-        self.step_size = int(_positive("step_size", step_size))
-        self.gamma = _positive("gamma", gamma)
+        self.lr = _rate("lr", lr)
+        self.step_size = _count("step_size", step_size)
+        self.gamma = _rate("gamma", gamma)
 
     def __call__(self, step: int) -> float:
         return self.lr * self.gamma ** (step // self.step_size)
+
+    def extended(self, planned_steps: int, new_steps: int) -> Step:
+        return Step(self.lr, _stretch(self.step_size, planned_steps, new_steps), self.gamma)
 
 
 class Exponential(Schedule):
@@ -67,11 +104,14 @@ class Exponential(Schedule):
     name = "exponential"
 
     def __init__(self, lr: float, gamma: float):
-        self.lr = _positive("lr", lr)
-        self.gamma = _positive("gamma", gamma)
+        self.lr = _rate("lr", lr)
+        self.gamma = _rate("gamma", gamma)
 
     def __call__(self, step: int) -> float:
         return self.lr * self.gamma**step
+
+    def extended(self, planned_steps: int, new_steps: int) -> Exponential:
+        return Exponential(self.lr, self.gamma ** (planned_steps / new_steps))
 
 
 class Cosine(Schedule):
@@ -80,13 +120,21 @@ class Cosine(Schedule):
     name = "cosine"
 
     def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0):
-        self.lr = _positive("lr", lr)
-        self.total_steps = int(_positive("total_steps", total_steps))
-        self.min_lr = _positive("min_lr", min_lr, allow_zero=True)
+        self.lr = _rate("lr", lr)
+        self.total_steps = _count("total_steps", total_steps)
+        self.min_lr = _rate("min_lr", min_lr, allow_zero=True, most=self.lr)
+
+    @property
+    def horizon(self) -> int:
+        return self.total_steps
 
     def __call__(self, step: int) -> float:
         t = min(step, self.total_steps) / self.total_steps
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
+
+    def extended(self, planned_steps: int, new_steps: int) -> Cosine:
+        return Cosine(self.lr, _stretch(self.total_steps, planned_steps, new_steps),
+                      self.min_lr)
 
 
 class Warmup(Schedule):
@@ -101,8 +149,18 @@ class Warmup(Schedule):
         if not isinstance(inner, Schedule):
             raise ConfigError(f"warmup wraps a Schedule, got {type(inner).__name__}")
         self.inner = inner
-        self.warmup_steps = int(_positive("warmup_steps", warmup_steps))
-        self.start_factor = _positive("start_factor", start_factor, allow_zero=True)
+        self.warmup_steps = _count("warmup_steps", warmup_steps)
+        self.start_factor = _rate("start_factor", start_factor, allow_zero=True, most=1.0)
+
+    @property
+    def horizon(self) -> int | None:
+        inner = self.inner.horizon
+        return None if inner is None else self.warmup_steps + inner
+
+    def extended(self, planned_steps: int, new_steps: int) -> Warmup:
+        w = self.warmup_steps
+        inner = self.inner.extended(max(planned_steps - w, 1), max(new_steps - w, 1))
+        return Warmup(inner, w, self.start_factor)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -139,6 +197,8 @@ def warmup(inner: Schedule, warmup_steps: int, start_factor: float = 0.0) -> War
 
 def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> Warmup:
     """Linear warm-up for ``warmup_steps``, then cosine decay over the remaining steps."""
+    warmup_steps, total_steps = _count("warmup_steps", warmup_steps), _count("total_steps",
+                                                                           total_steps)
     return Warmup(Cosine(lr, max(total_steps - warmup_steps, 1), min_lr), warmup_steps)
 
 

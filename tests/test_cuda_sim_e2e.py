@@ -1,0 +1,226 @@
+"""The whole CUDA backend end to end on Numba's CUDA simulator and the CuPy stand-in.
+
+Runs only in its own pytest process with ``DEVNET_CUDA_SIMULATOR=1`` set before devnet (and
+numba) is imported; ``make test`` does that:
+
+    DEVNET_CUDA_SIMULATOR=1 python -m pytest -q -m cudasim tests/test_cuda_sim_e2e.py
+
+``get_backend("cuda")`` is then the real ``CUDABackend``: its device scopes, streams, pinned
+staging, kernel table and launch checks run as on a GPU; only the kernels' threads and CuPy's
+arrays are simulated. The simulator runs each GPU thread in Python, so the data are tiny.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+SIM = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
+pytestmark = [
+    pytest.mark.cudasim,
+    pytest.mark.skipif(not SIM, reason="needs DEVNET_CUDA_SIMULATOR=1 set before devnet is "
+                       "imported (run: DEVNET_CUDA_SIMULATOR=1 python -m pytest -m cudasim "
+                       "tests/test_cuda_sim_e2e.py)"),
+]
+
+import devnet as dn  # noqa: E402
+from devnet.backend import cuda as cuda_backend  # noqa: E402
+
+F32 = dict(rtol=2e-4, atol=2e-5)  # a few float32 steps: matmul sums in another order
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return dn.get_backend("cuda")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = dn.data.load_digits()
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(y))[:96]
+    return (X[idx] / 16.0).astype(np.float32), y[idx].astype(np.int64)
+
+
+def _params(model):
+    return [model.backend.to_numpy(p.data).copy() for p in model.parameters()]
+
+
+def test_cuda_is_the_real_backend_over_the_simulator(gpu):
+    from devnet.backend import cupy_sim
+
+    assert type(gpu) is cuda_backend.CUDABackend and gpu.simulated
+    assert gpu.name == "cuda" and gpu.device == "cuda:0" and gpu.xp is cupy_sim
+    assert gpu.kernels.source == "devnet.kernels.cuda"
+    assert dn.available_backends()[1:] == [f"cuda:{i}" for i in range(cupy_sim.DEVICE_COUNT)]
+    assert dn.get_backend("auto").name == "cpu"  # "auto" never picks the simulator
+
+
+def test_standin_refuses_implicit_host_conversion(gpu, rng):
+    a = gpu.asarray(rng.standard_normal(3))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    np.testing.assert_array_equal(gpu.to_numpy(a), a.get())
+
+
+def test_step_parity_with_cpu(gpu, rng):
+    """Fused CUDA kernels vs fused CPU kernels, parameters compared after every step."""
+    X = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    models, opts = {}, {}
+    for dev in ("cpu", "cuda"):
+        models[dev] = dn.MLP([6, 8, 3], activation="tanh", backend=dev, seed=3)
+        opts[dev] = dn.optim.Adam(models[dev].parameters(), lr=1e-2)
+    loss = dn.losses.get("cross_entropy")
+    for _ in range(3):
+        values = {}
+        for dev, model in models.items():
+            be = model.backend
+            pred = model.forward(be.asarray(X))
+            grad = be.xp.empty_like(pred)
+            values[dev] = float(loss.forward_backward_(pred, be.asarray(y), grad, backend=be))
+            model.backward(grad)
+            opts[dev].step()
+        assert values["cuda"] == pytest.approx(values["cpu"], rel=1e-5)
+        for a, b in zip(_params(models["cuda"]), _params(models["cpu"])):
+            np.testing.assert_allclose(a, b, **F32)
+
+
+def test_fit_on_digits_learns(gpu, digits):
+    X, y = digits
+    model = dn.MLP([64, 32, 10], backend="cuda", seed=0)
+    hist = dn.fit(model, X, y, loss="cross_entropy", optimizer="adam", lr=1e-2, epochs=3,
+                  batch_size=48, progress=False)
+    assert hist.history["loss"][-1] < 0.8 * hist.history["loss"][0]
+    assert gpu.is_array(model.layers[0].W)
+    proba = dn.predict_proba(model, X[:5])
+    assert isinstance(proba, np.ndarray) and proba.shape == (5, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_sklearn_estimators(digits):
+    from devnet.sklearn import MLPClassifier, MLPRegressor
+
+    X, y = digits
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, batch_size=48, device="cuda",
+                        random_state=0).fit(X, y)
+    assert clf.predict(X[:7]).shape == (7,) and set(clf.classes_) <= set(range(10))
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=2, batch_size=48, device="cuda",
+                       random_state=0).fit(X[:, :10], X[:, 10])
+    assert np.isfinite(reg.predict(X[:5, :10])).all()
+
+
+def test_profile_runs_on_the_gpu_path(digits):
+    X, y = digits
+    model = dn.MLP([64, 16, 10], backend="cuda", seed=0)
+    report = dn.profile(model, X[:32], y[:32], repeats=1, warmup=1,
+                        ceilings={"copy_gbps": 1.0, "gemm_gflops": 1.0})
+    names = {op.op for op in report.ops}
+    assert {"matmul", "bias_act_fwd", "act_bwd", "softmax_xent", "adam_step"} <= names
+
+
+def test_checkpoint_across_devices_is_bit_identical(tmp_path, digits):
+    X, y = digits
+    model = dn.MLP([64, 8, 10], backend="cuda", seed=0)
+    opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+    dn.fit(model, X[:48], y[:48], loss="cross_entropy", optimizer=opt, epochs=1,
+           batch_size=48, progress=False)
+    dn.save(model, tmp_path / "gpu.safetensors", optimizer=opt)
+    on_cpu, opt_cpu = dn.load(tmp_path / "gpu.safetensors", backend="cpu")
+    for a, b in zip(_params(on_cpu), _params(model)):
+        np.testing.assert_array_equal(a, b)
+    dn.save(on_cpu, tmp_path / "cpu.safetensors", optimizer=opt_cpu)
+    back, _ = dn.load(tmp_path / "cpu.safetensors", backend="cuda")
+    assert back.backend.name == "cuda"
+    for a, b in zip(_params(back), _params(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, digits):
+    X, y = digits
+    X, y = X[:48], y[:48]
+    kw = dict(loss="cross_entropy", optimizer="adam", batch_size=24, progress=False, seed=1)
+    straight = dn.MLP([64, 8, 10], backend="cuda", seed=0)
+    dn.fit(straight, X, y, epochs=2, **kw)
+    first = dn.MLP([64, 8, 10], backend="cuda", seed=0)
+    ck = tmp_path / "ck.safetensors"
+    dn.fit(first, X, y, epochs=1, checkpoint=ck, **kw)
+    resumed = dn.MLP([64, 8, 10], backend="cuda", seed=0)
+    dn.fit(resumed, X, y, epochs=2, resume_from=ck, **kw)
+    for a, b in zip(_params(resumed), _params(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_divergence_guard(digits):
+    X, y = digits
+    model = dn.MLP([64, 8, 10], backend="cuda", seed=0)
+    with pytest.raises(dn.DivergenceError):
+        dn.fit(model, X[:48] * 1e30, y[:48], loss="cross_entropy", optimizer="sgd", lr=1e30,
+               epochs=2, batch_size=48, progress=False)
+
+
+# --- device state: per backend, never global -----------------------------------------------------
+
+def test_each_backend_allocates_and_launches_on_its_own_device(rng):
+    be0, be1 = dn.get_backend("cuda:0"), dn.get_backend("cuda:1")
+    X = rng.standard_normal((24, 5)).astype(np.float32)
+    y = rng.integers(0, 2, 24)
+    model = dn.MLP([5, 4, 2], backend=be1, seed=0)
+    assert all(p.data.data.device_id == 1 for p in model.parameters())
+    with be0.scope():  # another device current around the call: fit keeps to cuda:1
+        dn.fit(model, X, y, loss="cross_entropy", epochs=1, batch_size=12, progress=False)
+        assert be0.xp.cuda.runtime.getDevice() == 0
+        a = be1.empty((2, 3), np.float32)
+        assert a.data.device_id == 1
+    assert be1.asarray(X).data.device_id == 1 and be0.asarray(X).data.device_id == 0
+
+
+def test_kernel_refuses_an_array_of_another_device(rng):
+    be0, be1 = dn.get_backend("cuda:0"), dn.get_backend("cuda:1")
+    A = be1.asarray(rng.standard_normal((3, 4)), dtype=np.float32)
+    b = be0.asarray(rng.standard_normal(4), dtype=np.float32)
+    with pytest.raises(dn.DataError, match="cuda:0 was passed to a kernel launching on cuda:1"):
+        be1.kernels.bias_act_fwd("relu", A, b)
+
+
+# --- launch checks (the simulator would re-type; devnet's own check must catch these) ------------
+
+def test_launch_refuses_float64_on_a_float32_kernel(gpu, rng):
+    A = gpu.asarray(rng.standard_normal((4, 3)), dtype=np.float32)
+    b64 = gpu.asarray(rng.standard_normal(3), dtype=np.float64)
+    with pytest.raises(dn.DataError, match="'b' must be a C-contiguous 1-D float32"):
+        gpu.kernels.bias_act_fwd("relu", A, b64)
+
+
+def test_launch_refuses_a_strided_view(gpu, rng):
+    A = gpu.asarray(rng.standard_normal((4, 6)), dtype=np.float32)[:, ::2]
+    b = gpu.asarray(rng.standard_normal(3), dtype=np.float32)
+    with pytest.raises(dn.DataError, match="not C-contiguous"):
+        gpu.kernels.bias_act_fwd("relu", A, b)
+
+
+def test_out_of_range_label_gives_nan_not_out_of_bounds(gpu, rng):
+    logits = gpu.asarray(rng.standard_normal((5, 3)), dtype=np.float32)
+    grad = gpu.xp.empty_like(logits)
+    labels = gpu.asarray(np.array([0, 1, 3, 2, -1]))
+    value = gpu.kernels.softmax_xent(logits, labels, grad, None, 0.2)
+    assert np.isnan(float(value))
+    g = gpu.to_numpy(grad)
+    assert np.isnan(g[[2, 4]]).all() and np.isfinite(g[[0, 1, 3]]).all()
+
+
+def test_loss_values_need_no_allocation_per_step(gpu, rng):
+    from devnet.kernels import cuda as kcuda
+
+    pred = gpu.asarray(rng.standard_normal((6, 2)), dtype=np.float32)
+    grad = gpu.xp.empty_like(pred)
+    target = gpu.asarray(rng.standard_normal((6, 2)), dtype=np.float32)
+    first = gpu.kernels.mse(pred, target, grad, None, 1.0 / 12)
+    slots = {first.data.ptr}
+    for _ in range(kcuda.LOSS_RING):
+        slots.add(gpu.kernels.mse(pred, target, grad, None, 1.0 / 12).data.ptr)
+    assert len(slots) == kcuda.LOSS_RING  # a fixed ring: the 65th value reuses the first slot
+    expected = np.mean((gpu.to_numpy(pred) - gpu.to_numpy(target)) ** 2)
+    assert float(first) == pytest.approx(expected, rel=1e-5)
