@@ -331,13 +331,6 @@ def _resolve_dataset(spec: str, config_path: Path) -> str:
     return str(path)
 
 
-def _progress(setting) -> bool:
-    """``train.progress``: "auto" shows the per-epoch progress when stderr is a terminal."""
-    if setting == "auto":
-        return sys.stderr.isatty()
-    return bool(setting)
-
-
 def cmd_train(args) -> int:
     """Train from a TOML config; write checkpoint, history JSON/CSV and a plot."""
     import devnet as dn
@@ -417,7 +410,7 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
                   batch_size=train_cfg["batch_size"], validation_data=validation,
-                  seed=train_cfg["seed"], progress=_progress(train_cfg["progress"]))
+                  seed=train_cfg["seed"], progress=train_cfg["progress"], task=task)
     elapsed = time.perf_counter() - t0
 
     labels = None if classes is None else classes.tolist()

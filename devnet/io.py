@@ -88,6 +88,8 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict (JSON-serialisable), got "
                           f"{type(extra).__name__}")
+    if train_state is not None and not isinstance(train_state, dict):
+        raise ConfigError(f"train_state must be a dict or None, got {type(train_state).__name__}")
     tensors = {"params": np.ascontiguousarray(model.backend.to_numpy(model.params))}
     scaling = model.input_scaling
     if scaling is not None:
@@ -512,12 +514,26 @@ _STATE_TYPES = {
     "batch_size": ("an integer > 0", lambda v: _is_int(v) and v > 0),
     "n_samples": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "shuffle": ("true or false", lambda v: isinstance(v, bool)),
-    "rng": ("a bit generator state {bit_generator: str, state: {...}}",
-            lambda v: isinstance(v, dict) and isinstance(v.get("bit_generator"), str)
-            and isinstance(v.get("state"), dict)),
+    "rng": ("a NumPy bit generator state {bit_generator: str, state: {...}, ...}",
+            lambda v: _valid_rng_state(v)),
     "loss": ("a loss config {name: str, ...}",
              lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)),
 }
+
+
+def _valid_rng_state(value) -> bool:
+    # the one full check is NumPy's own: set it on a fresh generator of that kind
+    if not (isinstance(value, dict) and isinstance(value.get("bit_generator"), str)
+            and isinstance(value.get("state"), dict)):
+        return False
+    kind = getattr(np.random, value["bit_generator"], None)
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        return False
+    try:
+        kind().state = value
+    except Exception:  # NumPy raises ValueError, TypeError, OverflowError, KeyError, ...
+        return False
+    return True
 
 
 def _check_train_state(state, bad) -> None:

@@ -287,20 +287,21 @@ class CrossEntropy(Loss):
             raise DataError("cross_entropy needs integer class labels 0..k-1, got bool; use "
                             "binary_cross_entropy for 0/1 targets of one output")
         lo, hi = _bounds(target)
-        if target.dtype.kind == "f":
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                raise DataError("cross_entropy labels contain NaN or Inf; expected integer "
-                                f"class labels 0..{k - 1}")
-            frac = target != xp.floor(target)
-            if bool(frac.any()):
-                raise DataError(f"cross_entropy labels must be whole numbers (class indices "
-                                f"0..{k - 1}), got {_label_list(xp, target[frac])}")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise DataError("cross_entropy labels contain NaN or Inf; expected integer class "
+                            f"labels 0..{k - 1}")
         if lo < 0 or hi >= k:
             bad = target[(target < 0) | (target >= k)]
             raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
                             f"for predictions with {k} columns; got out-of-range label(s) "
                             f"{_label_list(xp, bad)}")
-        return target.astype(xp.int64, copy=False)
+        labels = target.astype(xp.int64, copy=False)  # in range now: no overflow
+        if target.dtype.kind == "f":
+            frac = labels != target
+            if bool(frac.any()):
+                raise DataError(f"cross_entropy labels must be whole numbers (class indices "
+                                f"0..{k - 1}), got {_label_list(xp, target[frac])}")
+        return labels
 
 
 class BinaryCrossEntropy(Loss):

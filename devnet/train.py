@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 import sys
 import time
 import warnings
@@ -90,15 +91,18 @@ def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
 
 # --- evaluation and prediction ----------------------------------------------------------------
 
-def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None) -> dict:
+def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None,
+             task: str = "auto") -> dict:
     """Mean loss and task metrics of ``model`` on (X, y), forward in batches; returns floats.
 
-    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None.
+    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None. ``loss="auto"`` and
+    ``task`` pick the loss by fit's rule (``devnet.task``); pass the loss fit used
+    (``history.params["loss"]``) to score a small set whose labels are ambiguous.
     """
     check_model(model)
-    loss = losses_mod.get(loss)
     batch_size = positive_int("batch_size", batch_size)
     X = check_X(model, X)
+    loss = _resolve_loss(model, loss, task, y)
     y = check_y(model, loss, y, len(X))
     w = check_sample_weight(model, sample_weight, len(X))
     return _evaluate(model, loss, X, y, w, batch_size)
@@ -802,7 +806,7 @@ class _Progress:
         from tqdm.auto import tqdm
 
         return tqdm(total=self.n, desc=f"epoch {epoch + 1}/{self.epochs}", unit="sample",
-                    unit_scale=True, leave=True, file=self.stream, dynamic_ncols=True)
+                    unit_scale=True, leave=True, file=self.stream)
 
     def epoch_end(self, bar, epoch: int, logs: dict) -> None:
         fields = {k: v for k, v in logs.items() if k not in ("lr", "time")}
@@ -818,7 +822,13 @@ class _Progress:
 
 
 def _isatty(stream) -> bool:
+    """A terminal a bar can be drawn on (a pty reporting 0 columns would get empty bars)."""
     try:
-        return bool(stream.isatty())
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # a terminal-like object without a fd
+        return True

@@ -142,7 +142,8 @@ def softmax_xent(logits, target, grad, weight, scale):
 
     logits: (n, k). target: (n,) integer labels in [0, k) or (n, k) probabilities (rows need
     not sum to 1: ``l_i = sum_k t_ik (lse_i - z_ik)``). grad: (n, k) output, may be ``logits``.
-    weight: (n,) or None. scale: float.
+    weight: (n,) or None. scale: float. A label outside [0, k) (or not a whole number) makes
+    its row's loss and gradient NaN, never an index.
     """
     xp = get_xp(logits)
     n, k = logits.shape
@@ -152,10 +153,16 @@ def softmax_xent(logits, target, grad, weight, scale):
     p = xp.exp(logits - lse)
     if target.ndim == 1:
         rows = xp.arange(n)
-        t = target.astype(xp.int64)
-        loss_rows = lse[:, 0] - logits[rows, t]
+        # a label that is not an integer in [0, k) gives a NaN row, as the fused kernels do:
+        # astype alone wrapped -1 to the last class and indexed past k
+        valid = (target >= 0) & (target < k)
+        t = xp.where(valid, target, 0).astype(xp.int64)
+        valid &= t == target  # whole numbers only
+        t[~valid] = 0
+        loss_rows = xp.where(valid, lse[:, 0] - logits[rows, t], xp.nan)
         g = p
         g[rows, t] -= 1  # d l / d z = softmax - onehot
+        g[~valid] = xp.nan
     else:
         tsum = target.sum(axis=1, keepdims=True)
         loss_rows = (target * (lse - logits)).sum(axis=1)

@@ -388,15 +388,23 @@ def test_profile_runs_with_options_directly(capsys):
     assert "python/glue" in capsys.readouterr().out
 
 
-def test_progress_defaults_to_auto_and_follows_the_terminal(monkeypatch):
+def test_train_shows_progress_by_default(tmp_path, monkeypatch, capsys):
     cfg = cli.validate_config({})
-    assert cfg["train"]["progress"] == "auto"
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert cli._progress("auto") is True
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert cli._progress("auto") is False and cli._progress(True) is True
+    assert cfg["train"]["progress"] == "auto"  # fit: a live bar when stderr is a terminal
     with pytest.raises(ConfigError, match="train.progress"):
         cli.validate_config({"train": {"progress": "yes"}})
+    seen = []
+
+    def fake_fit(*args, **kwargs):
+        seen.append(kwargs["progress"])
+        raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(dn, "fit", fake_fit)
+    for line, expected in (("", "auto"), ("progress = false", False),
+                           ("progress = true", True)):
+        path = write_config(tmp_path / "run.toml", "xor", tmp_path / "o", train_extra=line)
+        assert run_cli(capsys, "train", "--config", path)[0] == 130
+        assert seen[-1] == expected
 
 
 def test_history_plot_colours_ticks_and_labels():

@@ -50,6 +50,55 @@ def _close(actual, expected, dtype, scale=1.0):
     np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale * big)
 
 
+# Rounding-error bounds, in units of the dtype's eps (measured maxima in the comments; the
+# bounds leave ~4x room). A 1% error exceeds them by orders of magnitude: see tests/README.md.
+TERM_ULPS = 8.0  # one loss term or a bias-gradient term: a few roundings of its own pieces
+STEP_ULPS = 16.0  # one optimizer element: the update chain (Adam's is longest, measured ~3)
+
+
+def _assert_within(actual, expected, bound, what):
+    """Elementwise ``|actual - expected| <= bound``; NaN only where expected is NaN."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    err = np.abs(actual - expected)
+    nan_ok = np.isnan(actual) & np.isnan(expected)
+    bad = ~(nan_ok | (err <= bound))
+    if np.any(bad):
+        i = np.flatnonzero(bad.ravel())[0]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.size} elements outside the rounding bound; "
+            f"first at flat index {i}: got {actual.ravel()[i]!r}, expected "
+            f"{expected.ravel()[i]!r}, |error| {err.ravel()[i]:.3g} > bound "
+            f"{np.broadcast_to(bound, err.shape).ravel()[i]:.3g}")
+
+
+def _close_sum(actual, expected, abs_terms, n, dtype, what="sum"):
+    """A sum of ``n`` terms within the reduction's rounding bound.
+
+    Each term is off by a few ulp of its own pieces (``abs_terms`` = the sum of the pieces'
+    magnitudes), and the additions by ~sqrt(n) eps sum|terms| (rounding errors of random
+    sign add up like a random walk; the worst case is n eps). The bound does not grow with
+    the size of the terms' sum itself, so a 1% error in any loss or column sum fails.
+    """
+    eps = float(np.finfo(dtype).eps)
+    bound = eps * (TERM_ULPS + 2.0 * np.sqrt(n)) * np.asarray(abs_terms, dtype=np.float64)
+    _assert_within(actual, expected, bound + np.finfo(dtype).tiny, what)
+
+
+def _close_step(new, expected, old, dtype, what):
+    """An in-place update ``old -> new`` within STEP_ULPS eps of the values involved.
+
+    The bound is elementwise on |old| + |new| + |new - old|: a float32 update is off by a few
+    roundings of those, never by a fraction of the step itself, so a 1% error in the step
+    (the update, not the parameter) fails.
+    """
+    eps = float(np.finfo(dtype).eps)
+    old = np.asarray(old, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = np.abs(old) + np.abs(expected) + np.abs(expected - old)
+    _assert_within(new, expected, STEP_ULPS * eps * scale + np.finfo(dtype).tiny, what)
+
+
 def test_table_complete():
     assert all(callable(getattr(cpu, n)) for n in reference.KERNEL_NAMES)
     assert [*scalar.ACTIVATIONS, "softmax"] == list(reference.ACTIVATION_NAMES)
@@ -58,8 +107,7 @@ def test_table_complete():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("act", reference.ACTIVATION_NAMES)
-def test_bias_act_fwd_and_bwd(act, shape, dtype, mode):
-    rng = np.random.default_rng()
+def test_bias_act_fwd_and_bwd(act, shape, dtype, mode, rng):
     A0, b = _rand(rng, shape, dtype), _rand(rng, shape[1], dtype)
     keep_z = act in reference.NEEDS_PREACTIVATION
     A1, A2 = A0.copy(), _f64(A0)
@@ -78,7 +126,9 @@ def test_bias_act_fwd_and_bwd(act, shape, dtype, mode):
     cpu.act_bwd(act, G, A, Z, dZ, db)
     reference.act_bwd(act, _f64(G), _f64(A), _f64(Z), dZr, dbr)
     _close(dZ, dZr, dtype)
-    _close(db, dbr, dtype, scale=np.sqrt(shape[0]) * 10)
+    # a term G * act'(.) is off by a few ulp of |G| (act' = 1 - a*a cancels near |a| = 1)
+    terms = (np.abs(dZr) + np.abs(_f64(G))).sum(axis=0)
+    _close_sum(db, dbr, terms, shape[0], dtype, "db (column sums)")
 
     Gc = G.copy()  # dZ may be G itself
     cpu.act_bwd(act, Gc, A, Z, Gc, db)
@@ -111,8 +161,7 @@ def _weights(rng, n, dtype, weighted):
 @pytest.mark.parametrize("shape", ((1, 1), (1, 9), (37, 1), (1000, 3), (257, 1031)))
 @pytest.mark.parametrize("target_kind", ["labels", "probs"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_softmax_xent(shape, dtype, target_kind, weighted, mode):
-    rng = np.random.default_rng()
+def test_softmax_xent(shape, dtype, target_kind, weighted, mode, rng):
     n, k = shape
     Z = _rand(rng, shape, dtype, scale=3.0)
     if target_kind == "labels":
@@ -124,20 +173,48 @@ def test_softmax_xent(shape, dtype, target_kind, weighted, mode):
     g, gr = _poison(Z), _poison(_f64(Z))
     v = cpu.softmax_xent(Z, T, g, w, scale)
     vr = reference.softmax_xent(_f64(Z), _f64(T), gr, _f64(w), scale)
+    terms = _xent_abs_terms(_f64(Z), T, _f64(w), scale)
     _close(g, gr, dtype)
-    _close(v, vr, dtype)
+    _close_sum(v, vr, terms, Z.size, dtype, "loss value")
     Zc = Z.copy()  # grad may be the logits buffer
     v2 = cpu.softmax_xent(Zc, T, Zc, w, scale)
     _close(Zc, gr, dtype)
-    _close(v2, vr, dtype)
+    _close_sum(v2, vr, terms, Z.size, dtype, "loss value (grad aliases logits)")
+
+
+def _xent_abs_terms(Z, T, w, scale):
+    """sum |pieces| of softmax cross-entropy: per row, lse and the logits the targets pick."""
+    mx = Z.max(axis=1, keepdims=True)
+    lse = mx + np.log(np.exp(Z - mx).sum(axis=1, keepdims=True))
+    if T.ndim == 1:
+        rows = np.abs(lse[:, 0]) + np.abs(Z[np.arange(len(Z)), T]) + np.abs(mx[:, 0])
+    else:
+        rows = (np.abs(T) * (np.abs(lse) + 2 * np.abs(mx) + np.abs(Z))).sum(axis=1)
+    c = np.abs(scale) * (np.ones(len(Z)) if w is None else np.abs(w))
+    return float((c * rows).sum())
+
+
+def _elementwise_abs_terms(name, P, T, w, scale, delta=0.7):
+    """sum |pieces| of an elementwise loss (the terms before they are added up)."""
+    r = P - T
+    pieces = {
+        "sigmoid_bce": lambda: np.maximum(P, 0) + np.abs(P * T) + np.log1p(np.exp(-np.abs(P))),
+        "mse": lambda: r * r,
+        "mae": lambda: np.abs(r),
+        "huber": lambda: np.where(np.abs(r) <= delta, 0.5 * r * r,
+                                  delta * (np.abs(r) + 0.5 * delta)),
+        "poisson": lambda: np.exp(P) + np.abs(T) * (1 + np.abs(np.log(np.where(T > 0, T, 1)))
+                                                    + np.abs(P)),
+    }[name]()
+    c = np.abs(scale) * (np.ones(len(P)) if w is None else np.abs(w))
+    return float((c[:, None] * pieces).sum())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ((1, 1), (1, 9), (37, 1), (1000, 3), (257, 1031)))
 @pytest.mark.parametrize("name", ["sigmoid_bce", "mse", "mae", "huber"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_elementwise_losses(name, shape, dtype, weighted, mode):
-    rng = np.random.default_rng()
+def test_elementwise_losses(name, shape, dtype, weighted, mode, rng):
     P = _rand(rng, shape, dtype, scale=3.0)
     if name == "sigmoid_bce":
         T = rng.uniform(0, 1, shape).astype(dtype)
@@ -153,7 +230,8 @@ def test_elementwise_losses(name, shape, dtype, weighted, mode):
     v = getattr(cpu, name)(P, T, g, w, 0.5, **kwargs)
     vr = getattr(reference, name)(_f64(P), _f64(T), gr, _f64(w), 0.5, **kwargs)
     _close(g, gr, dtype)
-    _close(v, vr, dtype, scale=P.size)
+    terms = _elementwise_abs_terms(name, _f64(P), _f64(T), _f64(w), 0.5, **kwargs)
+    _close_sum(v, vr, terms, P.size, dtype, "loss value")
 
 
 STEPS = {
@@ -182,9 +260,10 @@ def _copy(bufs, dtype=None):
     return {k: v.astype(dtype or v.dtype) for k, v in bufs.items()}
 
 
-def _check_all(b1, b2, dtype):
+def _check_all(b1, b2, dtype, before):
+    """Every buffer against the reference, as an update of its value ``before`` the step."""
     for key in b1:
-        _close(b1[key], b2[key], dtype, scale=10)
+        _close_step(b1[key], b2[key], before[key], dtype, f"buffer {key!r}")
 
 
 SIZES = (1, 7, 1000, 100_003)
@@ -193,29 +272,29 @@ SIZES = (1, 7, 1000, 100_003)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("name", list(STEPS))
-def test_simple_steps(name, n, dtype, mode):
-    bufs = _buffers(np.random.default_rng(), n, dtype)
+def test_simple_steps(name, n, dtype, mode, rng):
+    bufs = _buffers(rng, n, dtype)
     b1, b2 = _copy(bufs), _copy(bufs, np.float64)
     args1, kw = STEPS[name](b1)
     args2, _ = STEPS[name](b2)
     getattr(cpu, name)(*args1, **kw)
     getattr(reference, name)(*args2, **kw)
     assert not np.array_equal(b1["p"], bufs["p"])
-    _check_all(b1, b2, dtype)
+    _check_all(b1, b2, dtype, bufs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("mu,centered", RMSPROP)
-def test_rmsprop_step(mu, centered, n, dtype, mode):
-    bufs = _buffers(np.random.default_rng(), n, dtype)
+def test_rmsprop_step(mu, centered, n, dtype, mode, rng):
+    bufs = _buffers(rng, n, dtype)
     # centered needs sq > gavg**2: sq in [0.5, 2], gavg ~ 0.1
     b1, b2 = _copy(bufs), _copy(bufs, np.float64)
     for b, mod in ((b1, cpu), (b2, reference)):
         mod.rmsprop_step(b["p"], b["g"], b["sq"], b["s3"] if mu else None,
                          b["s2"] if centered else None, lr=0.01, rho=0.9, mu=mu, eps=1e-8,
                          wd=0.01, centered=centered)
-    _check_all(b1, b2, dtype)
+    _check_all(b1, b2, dtype, bufs)
     if not mu:
         np.testing.assert_array_equal(b1["s3"], bufs["s3"])  # unused state untouched
 
@@ -224,15 +303,15 @@ def test_rmsprop_step(mu, centered, n, dtype, mode):
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("name", ["adam_step", "adamw_step"])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_adam_steps(name, amsgrad, n, dtype, mode):
-    bufs = _buffers(np.random.default_rng(), n, dtype)
+def test_adam_steps(name, amsgrad, n, dtype, mode, rng):
+    bufs = _buffers(rng, n, dtype)
     b1, b2 = _copy(bufs), _copy(bufs, np.float64)
     t = 3
     for b, mod in ((b1, cpu), (b2, reference)):
         getattr(mod, name)(b["p"], b["g"], b["s1"], b["sq"], b["vmax"] if amsgrad else None,
                            lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.05,
                            bc1=1 - 0.9**t, bc2=1 - 0.999**t, amsgrad=amsgrad)
-    _check_all(b1, b2, dtype)
+    _check_all(b1, b2, dtype, bufs)
 
 
 def test_scalar_functions_run_as_plain_python():

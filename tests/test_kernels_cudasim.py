@@ -13,6 +13,8 @@ import os
 import numpy as np
 import pytest
 
+from devnet.errors import ConfigError
+
 pytestmark = [
     pytest.mark.cudasim,
     pytest.mark.skipif(
@@ -61,8 +63,7 @@ def test_simulator_is_on():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("act", ACTS)
-def test_bias_act_fwd_and_bwd(act, shape, dtype):
-    rng = np.random.default_rng()
+def test_bias_act_fwd_and_bwd(act, shape, dtype, rng):
     A0, b = _rand(rng, shape, dtype), _rand(rng, shape[1], dtype)
     keep_z = act in reference.NEEDS_PREACTIVATION
     A1, A2 = A0.copy(), A0.copy()
@@ -84,9 +85,8 @@ def test_bias_act_fwd_and_bwd(act, shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ("relu", "softmax"))
-def test_act_bwd_in_place(act, dtype):
+def test_act_bwd_in_place(act, dtype, rng):
     """dZ may be G itself."""
-    rng = np.random.default_rng()
     A = reference.act_fwd(act, _rand(rng, (33, 5), dtype))
     G = _rand(rng, A.shape, dtype)
     dZ2, db2 = _poison(G), np.full(5, np.nan, dtype)
@@ -98,7 +98,7 @@ def test_act_bwd_in_place(act, dtype):
 
 
 def test_unknown_activation_lists_valid_names():
-    with pytest.raises(Exception, match="relu"):
+    with pytest.raises(ConfigError, match="unknown activation 'swish'.*relu"):
         kcuda.bias_act_fwd("swish", np.ones((2, 2)), np.ones(2))
 
 
@@ -121,8 +121,7 @@ def _check_loss(name, pred, target, weight, scale, dtype, **kw):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target_kind", ("labels32", "labels64", "probs"))
 @pytest.mark.parametrize("weighted", (False, True))
-def test_softmax_xent(target_kind, weighted, shape, dtype):
-    rng = np.random.default_rng()
+def test_softmax_xent(target_kind, weighted, shape, dtype, rng):
     n, k = shape
     Z = _rand(rng, shape, dtype, scale=3.0)
     if target_kind == "probs":
@@ -134,8 +133,7 @@ def test_softmax_xent(target_kind, weighted, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_grad_aliases_logits(dtype):
-    rng = np.random.default_rng()
+def test_softmax_xent_grad_aliases_logits(dtype, rng):
     Z = _rand(rng, (33, 5), dtype, scale=3.0)
     T = rng.integers(0, 5, 33)
     g2 = _poison(Z)
@@ -149,8 +147,7 @@ def test_softmax_xent_grad_aliases_logits(dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", ("sigmoid_bce", "mse", "mae", "huber"))
 @pytest.mark.parametrize("weighted", (False, True))
-def test_elementwise_losses(name, weighted, shape, dtype):
-    rng = np.random.default_rng()
+def test_elementwise_losses(name, weighted, shape, dtype, rng):
     P = _rand(rng, shape, dtype)
     if name == "sigmoid_bce":
         T = rng.random(shape).astype(dtype)
@@ -166,9 +163,8 @@ def test_elementwise_losses(name, weighted, shape, dtype):
 STEP_SIZES = (1, 7, 70, 257)
 
 
-def _run_step(name, dtype, n, **kw):
+def _run_step(name, dtype, n, rng, **kw):
     """Run ``name`` from both modules on identical fresh state; compare every buffer."""
-    rng = np.random.default_rng()
     p = _rand(rng, n, dtype)
     g = _rand(rng, n, dtype)
     lift = {"pos": 0.1, "big": 1.5}  # positive state; "big" keeps sq - gavg**2 > 0
@@ -187,24 +183,24 @@ def _run_step(name, dtype, n, **kw):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", STEP_SIZES)
-def test_sgd(n, dtype):
-    _run_step("sgd_step", dtype, n, bufs={}, lr=0.1, wd=0.01)
+def test_sgd(n, dtype, rng):
+    _run_step("sgd_step", dtype, n, rng, bufs={}, lr=0.1, wd=0.01)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", STEP_SIZES)
 @pytest.mark.parametrize("name", ("momentum_step", "nesterov_step"))
-def test_momentum(name, n, dtype):
-    _run_step(name, dtype, n, bufs={"buf": "any"}, lr=0.1, mu=0.9, wd=0.01)
+def test_momentum(name, n, dtype, rng):
+    _run_step(name, dtype, n, rng, bufs={"buf": "any"}, lr=0.1, mu=0.9, wd=0.01)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", STEP_SIZES)
 @pytest.mark.parametrize("centered", (False, True))
 @pytest.mark.parametrize("mu", (0.0, 0.9))
-def test_rmsprop(mu, centered, n, dtype):
+def test_rmsprop(mu, centered, n, dtype, rng):
     none = [k for k, used in (("mom", mu > 0), ("gavg", centered)) if not used]
-    _run_step("rmsprop_step", dtype, n, bufs={"sq": "big", "mom": "any", "gavg": "pos"},
+    _run_step("rmsprop_step", dtype, n, rng, bufs={"sq": "big", "mom": "any", "gavg": "pos"},
               none=none, lr=0.01, rho=0.9, mu=mu, eps=1e-8, wd=0.01, centered=centered)
 
 
@@ -212,9 +208,9 @@ def test_rmsprop(mu, centered, n, dtype):
 @pytest.mark.parametrize("n", STEP_SIZES)
 @pytest.mark.parametrize("amsgrad", (False, True))
 @pytest.mark.parametrize("name", ("adam_step", "adamw_step"))
-def test_adam(name, amsgrad, n, dtype):
+def test_adam(name, amsgrad, n, dtype, rng):
     t = 3
-    _run_step(name, dtype, n, bufs={"m": "any", "v": "pos", "vmax": "pos"},
+    _run_step(name, dtype, n, rng, bufs={"m": "any", "v": "pos", "vmax": "pos"},
               none=() if amsgrad else ("vmax",), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
               wd=0.01, bc1=1 - 0.9**t, bc2=1 - 0.999**t, amsgrad=amsgrad)
 

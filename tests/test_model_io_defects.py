@@ -144,14 +144,22 @@ def test_standardization_lost_at_predict_is_saved_in_checkpoint(rng, tmp_path, b
 
 
 def test_fit_and_evaluate_see_raw_data_with_input_scaling(rng):
-    X = rng.normal(1000, 300, (64, 3)).astype(np.float32)
-    y = rng.integers(0, 2, 64)
-    model = dn.MLP([3, 8, 2], backend="cpu", seed=1)
-    model.set_input_scaling(X.mean(0), X.std(0))
-    dn.fit(model, X, y, loss="cross_entropy", epochs=2, batch_size=16, progress=False)
-    assert np.all(np.isfinite(model.params))
-    # the first layer only ever saw standardized inputs: its pre-activations stay O(1)
-    assert np.abs(model.forward(X[:8])).max() < 50
+    """fit on raw X with the scaling set == fit on standardized X without it."""
+    X = rng.normal(1000, 300, (48, 3))
+    y = rng.integers(0, 2, 48)
+    Xv, yv = rng.normal(1000, 300, (16, 3)), rng.integers(0, 2, 16)
+    mean, scale = X.mean(0), X.std(0)
+    seed = int(rng.integers(1 << 30))
+    scaled = dn.MLP([3, 8, 2], dtype="float64", backend="cpu", seed=seed)
+    scaled.set_input_scaling(mean, scale)
+    plain = dn.MLP([3, 8, 2], dtype="float64", backend="cpu", seed=seed)
+    args = dict(loss="cross_entropy", epochs=2, batch_size=16, progress=False, seed=seed)
+    h1 = dn.fit(scaled, X, y, validation_data=(Xv, yv), **args)
+    h2 = dn.fit(plain, (X - mean) / scale, y, validation_data=((Xv - mean) / scale, yv), **args)
+    np.testing.assert_allclose(scaled.params, plain.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-9)
+    np.testing.assert_allclose(scaled.predict(Xv), plain.predict((Xv - mean) / scale),
+                               rtol=1e-9, atol=1e-12)
 
 
 # --- (B) extra metadata --------------------------------------------------------------------------
@@ -166,13 +174,14 @@ def test_save_extra_metadata_round_trip(rng, tmp_path):
     assert io.read_metadata(path)["extra"] == {}
 
 
-@pytest.mark.parametrize("extra,match", [
-    ([1, 2], "extra must be a dict"),
-    ({"s": {1, 2}}, "not JSON-serialisable"),
+@pytest.mark.parametrize("kwargs,match", [
+    ({"extra": [1, 2]}, "extra must be a dict"),
+    ({"extra": {"s": {1, 2}}}, "not JSON-serialisable"),
+    ({"train_state": [1]}, "train_state must be a dict"),
 ])
-def test_save_bad_extra_is_a_config_error(tmp_path, extra, match):
+def test_save_bad_extra_is_a_config_error(tmp_path, kwargs, match):
     with pytest.raises(dn.ConfigError, match=match):
-        dn.save(dn.MLP([3, 2], backend="cpu"), tmp_path / "m.safetensors", extra=extra)
+        dn.save(dn.MLP([3, 2], backend="cpu"), tmp_path / "m.safetensors", **kwargs)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -244,6 +253,10 @@ MALFORMED = {
     "train_state_epoch_string": (_set(["train_state", "epoch"], "x"), "train_state.epoch"),
     "train_state_step_negative": (_set(["train_state", "step"], -1), "train_state.step"),
     "train_state_rng_int": (_set(["train_state", "rng"], 5), "train_state.rng"),
+    "train_state_rng_overflow": (_set(["train_state", "rng", "state", "inc"], -1),
+                                 "train_state.rng"),
+    "train_state_rng_unknown_kind": (_set(["train_state", "rng", "bit_generator"], "Nope"),
+                                     "train_state.rng"),
     "train_state_loss_string": (_set(["train_state", "loss"], "mse"), "train_state.loss"),
     "train_state_shuffle_string": (_set(["train_state", "shuffle"], "no"),
                                    "train_state.shuffle"),
@@ -461,6 +474,12 @@ def test_mlp_numpy_dtype_spellings_are_accepted(dtype, name):
 def test_mlp_unknown_dtype_lists_valid_ones(dtype):
     with pytest.raises(dn.ConfigError, match="valid dtypes: float32, float64"):
         dn.MLP([3, 2], dtype=dtype, backend="cpu")
+
+
+@pytest.mark.parametrize("alpha", [10**400, float("nan"), -0.5, "0.1", True])
+def test_mlp_alpha_past_float_range_is_a_config_error(alpha):
+    with pytest.raises(dn.ConfigError, match="alpha must be a finite number >= 0"):
+        dn.MLP([3, 2], activation="leaky_relu", alpha=alpha, backend="cpu")
 
 
 def test_mlp_numpy_scalar_alpha_is_accepted():

@@ -177,6 +177,6 @@ def test_torch_tensors_are_accepted():
 def test_bad_parameters_name_the_problem():
     X, y = datasets.load_iris(return_X_y=True)
     with pytest.raises(ValueError, match="solver"):
-        MLPClassifier(solver="lbfgs").fit(X, y)
+        MLPClassifier(solver="newton").fit(X, y)
     with pytest.raises(ValueError, match="device"):
         MLPClassifier(device="tpu", max_iter=1).fit(X, y)

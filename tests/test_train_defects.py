@@ -316,3 +316,12 @@ def test_lr_schedule_cosine_value_math():
     """The stretched cosine's value at the resume step matches the formula."""
     cos = schedules.cosine(0.2, 10).extended(10, 40)
     assert cos(10) == pytest.approx(0.1 * (1 + math.cos(math.pi * 10 / 40)), rel=1e-12)
+
+
+def test_evaluate_auto_loss_follows_fits_rule(rng):
+    X, y = _blobs(rng)
+    model = dn.MLP([4, 8, 3], backend="cpu", seed=_seed(rng))
+    hist = dn.fit(model, X, y, epochs=2, progress=False)
+    auto = dn.evaluate(model, X, y, loss="auto")
+    assert auto == dn.evaluate(model, X, y, loss=hist.params["loss"])
+    assert "accuracy" in auto

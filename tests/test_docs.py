@@ -1,0 +1,218 @@
+"""The READMEs' fenced ```sh and ```python blocks, run.
+
+Cheap blocks run for real: Python blocks in a subprocess (with the few edits below that make
+them quick), `devnet ...` commands in-process in a temporary folder holding README's run.toml.
+Expensive or GPU-only commands have their arguments parsed by the real parser and stop there;
+commands that need a network, a Docker engine or a fresh virtualenv are skipped, each for the
+reason given in the tables below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devnet import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", ROOT / "docker" / "README.md", ROOT / "benchmarks" / "README.md")
+
+#: sh commands not run here, by their first word, and why
+SKIPPED = {
+    "make": "builds a virtualenv and runs the whole suite or the 40-epoch demo (CI runs "
+            "`make test` itself)",
+    "pip": "installs packages from the network",
+    "docker": "needs a Docker engine; tests/test_docker.py checks these commands and the "
+              "Dockerfiles statically",
+}
+
+#: commands run only up to their argument parsing (the parse must succeed), and why
+PARSE_ONLY = (
+    ("python -m benchmarks", "every suite takes minutes; tests/test_benchmarks.py runs --quick"),
+    ("devnet bench", "a benchmark run takes minutes"),
+    ("--device cuda", "needs a GPU"),
+    ("devnet profile --sizes 784-", "profiling a 784-1024-1024-10 step 20 times takes tens of "
+                                    "seconds on a 2-core CPU"),
+)
+
+#: edits that keep the Python blocks quick: (old, new)
+PYTHON_EDITS = (
+    ("epochs=40", "epochs=2"), ("epochs=20", "epochs=2"), ("epochs=30", "epochs=3"),
+    ("total_steps=1700", "total_steps=90"), ("max_iter=50", "max_iter=2"),
+    ('device="cuda"', 'device="cpu"'),  # the estimators' example names a GPU
+)
+
+#: names a Python block uses without defining them (the README's prose defines them)
+PYTHON_PRELUDE = """\
+import devnet as dn
+_X, _y = dn.data.load_digits()
+X_train, X_test, y_train, y_test = dn.data.train_test_split(_X, _y, 0.25, seed=0)
+"""
+
+
+def fenced_blocks(path: Path) -> list[tuple[str, str, int]]:
+    """(language, text, line number) of every fenced block in a Markdown file."""
+    text = path.read_text()
+    out = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+        out.append((match.group(1), match.group(2), text[:match.start()].count("\n") + 1))
+    return out
+
+
+def sh_commands(block: str) -> list[str]:
+    """The commands of a sh block: continuations joined, comments dropped."""
+    block = re.sub(r"\\\n\s*", " ", block)
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            commands.append(shlex.join(words))
+    return commands
+
+
+def _cases(lang: str):
+    for path in DOCS:
+        for block_lang, text, line in fenced_blocks(path):
+            if block_lang != lang:
+                continue
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if lang == "python":
+                yield pytest.param(text, id=where)
+            else:
+                for command in sh_commands(text):
+                    yield pytest.param(command, id=f"{where}:{command[:40]}")
+
+
+def test_the_docs_have_runnable_blocks():
+    assert len(list(_cases("python"))) >= 3 and len(list(_cases("sh"))) >= 10
+
+
+@pytest.fixture(scope="module")
+def readme_folder(tmp_path_factory):
+    """A folder holding README's run.toml (2 epochs) and the run its train command writes."""
+    folder = tmp_path_factory.mktemp("readme")
+    toml = [text for lang, text, _ in fenced_blocks(ROOT / "README.md") if lang == "toml"]
+    assert len(toml) == 1
+    (folder / "run.toml").write_text(toml[0].replace("epochs = 20", "epochs = 2"))
+    train = [c for c in sh_commands_of_readme() if c.startswith("devnet train ")]
+    assert train, "README shows no devnet train command"
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        assert cli.main(shlex.split(train[0])[1:]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def sh_commands_of_readme() -> list[str]:
+    return [c for lang, text, _ in fenced_blocks(ROOT / "README.md") if lang == "sh"
+            for c in sh_commands(text)]
+
+
+class _Parsed(BaseException):
+    """Raised right after a forwarded command's arguments parsed (not an Exception, so the
+    CLI's error handling lets it through)."""
+
+
+def _parse_only(monkeypatch):
+    real_parse = argparse.ArgumentParser.parse_args
+    real_entry = cli._entry_point
+
+    def stop_after_parse(self, args=None, namespace=None):
+        raise _Parsed(real_parse(self, args, namespace))
+
+    def entry(module, what):
+        main = real_entry(module, what)
+
+        def run(argv):
+            monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after_parse)
+            try:
+                return main(argv)
+            finally:
+                monkeypatch.setattr(argparse.ArgumentParser, "parse_args", real_parse)
+        return run
+
+    monkeypatch.setattr(cli, "_entry_point", entry)
+
+
+def _run_sh(command: str, monkeypatch, capsys) -> None:
+    words = shlex.split(command)
+    if words[0] in SKIPPED:
+        pytest.skip(SKIPPED[words[0]])
+    if words[0] == "python" and words[1:3] == ["-m", "benchmarks"]:
+        words = ["devnet", "bench", *words[3:]]  # the same main(argv), through the CLI
+    assert words[0] == "devnet", f"no rule for running {command!r}: add one to the tables"
+    why = next((why for prefix, why in PARSE_ONLY if prefix in command), None)
+    if why is not None:
+        _parse_only(monkeypatch)
+        with pytest.raises(_Parsed):
+            cli.main(words[1:])
+        capsys.readouterr()
+        return
+    code = cli.main(words[1:])
+    out, err = capsys.readouterr()
+    assert code == 0, f"{command}: exit {code}\n{out}\n{err}"
+
+
+@pytest.mark.parametrize("command", list(_cases("sh")))
+def test_sh_command(command, readme_folder, monkeypatch, capsys):
+    monkeypatch.chdir(readme_folder)
+    monkeypatch.setenv("DEVNET_DEVICE", "cpu")
+    _run_sh(command, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("code", list(_cases("python")))
+def test_python_block(code, tmp_path):
+    for old, new in PYTHON_EDITS:
+        code = code.replace(old, new)
+    env = dict(os.environ, DEVNET_DEVICE="cpu", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", PYTHON_PRELUDE + code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_readme_layout_lists_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    package = ROOT / "devnet"
+    names = {p.name for p in package.glob("*.py")}
+    names |= {p.name + "/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    missing = sorted(n for n in names if not re.search(rf"(^|\s){re.escape(n)}(\s|$)", layout,
+                                                       re.M))
+    assert not missing, f"README's layout does not list {missing}"
+
+
+def test_readme_keeps_the_benchmark_markers():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Benchmarks and profiling"):]
+    section = section[:section.index("\n## ")]
+    start, end = section.find("<!-- bench:start -->"), section.find("<!-- bench:end -->")
+    assert 0 <= start < end
+
+
+def test_eval_and_predict_help_show_the_defaults():
+    subs = cli.build_parser().subcommand_parsers
+    for name, split in (("eval", "test"), ("predict", "all")):
+        text = " ".join(subs[name].format_help().split())
+        assert f"(default: {split})" in text
+        assert "default: the run's dataset" in text and "(default: auto)" in text
+
+
+def test_no_install_hint_names_the_wrong_distribution():
+    """`pip install devnet` installs an unrelated PyPI project: hints say devnet-mlp."""
+    files = [*DOCS, *(ROOT / "devnet").rglob("*.py"), *(ROOT / "docker").glob("Dockerfile*")]
+    bad = []
+    for path in files:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"pip install[^\n]*['\"\s]devnet(\[|['\"\s]|$)", line):
+                bad.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not bad, "\n".join(bad)

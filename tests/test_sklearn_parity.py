@@ -1,0 +1,293 @@
+"""devnet.sklearn against scikit-learn itself, in float64 on the same data and seed: L-BFGS,
+Adam and SGD runs (whole loss curves and final coefficients), the Poisson loss, and the
+scikit-learn behaviours issue 13 asked for (max_fun, hidden partial_fit, messages)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn import datasets  # noqa: E402
+from sklearn import neural_network as sk_nn  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.neural_network._base import poisson_loss  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+import devnet as dn  # noqa: E402
+from devnet.kernels import reference  # noqa: E402
+from devnet.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from devnet.sklearn import _lbfgs, _optim  # noqa: E402
+
+RTOL = 1e-10  # float64: the runs agree to rounding, far below this
+
+
+def _digits(n=300, n_class=10):
+    X, y = datasets.load_digits(n_class=n_class, return_X_y=True)
+    return StandardScaler().fit_transform(X[:n]), y[:n]
+
+
+def _poisson_data(rng, n=120):
+    X = rng.uniform(0, 1, (n, 3))
+    y = rng.poisson(np.exp(X @ np.array([0.5, -0.3, 1.0]) + 0.5))
+    return X, y
+
+
+def _close_params(ours, theirs, rtol=RTOL):
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_,
+                    strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=0, atol=rtol * np.abs(b).max())
+
+
+def _fit_both(ours_cls, theirs_cls, X, y, sample_weight=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = theirs_cls(**kw).fit(X, y, sample_weight=sample_weight)
+        ours = ours_cls(device="cpu", **kw).fit(X, y, sample_weight=sample_weight)
+    return ours, theirs
+
+
+# --- L-BFGS ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "weighted"])
+def test_lbfgs_classifier_matches_scikit_learn(case, rng):
+    if case == "multilabel":
+        X, y = datasets.make_multilabel_classification(n_samples=80, n_classes=4,
+                                                       random_state=int(rng.integers(1000)))
+    else:
+        X, y = _digits(200, n_class=2 if case == "binary" else 10)
+    sw = rng.uniform(0.5, 2.0, len(X)) if case == "weighted" else None
+    kw = dict(hidden_layer_sizes=(12,), activation="tanh", solver="lbfgs", max_iter=25,
+              alpha=1e-3, random_state=int(rng.integers(1000)))
+    ours, theirs = _fit_both(MLPClassifier, sk_nn.MLPClassifier, X, y, sw, **kw)
+    assert ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=RTOL)
+    _close_params(ours, theirs)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-9,
+                               atol=1e-12)
+    assert not hasattr(ours, "loss_curve_") and not hasattr(theirs, "loss_curve_")
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_lbfgs_regressor_matches_scikit_learn(loss, rng):
+    X, y = _poisson_data(rng)
+    if loss == "squared_error":
+        y = np.column_stack([y, rng.standard_normal(len(y))])  # two outputs
+    # 12 iterations: in this ill-conditioned valley scikit-learn drifts from itself by 1e-10
+    # at 40 iterations when X moves by one ulp, so a longer run would test the valley
+    kw = dict(loss=loss, hidden_layer_sizes=(6,), activation="relu", solver="lbfgs",
+              max_iter=12, random_state=int(rng.integers(1000)))
+    ours, theirs = _fit_both(MLPRegressor, sk_nn.MLPRegressor, X, y, **kw)
+    assert ours.n_iter_ == theirs.n_iter_ and ours.out_activation_ == theirs.out_activation_
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=RTOL)
+    _close_params(ours, theirs)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9)
+
+
+def test_lbfgs_warnings_and_max_fun_follow_scikit_learn():
+    X, y = _digits(150)
+    texts = []
+    for cls in (sk_nn.MLPClassifier, MLPClassifier):
+        for kw in (dict(max_iter=3), dict(max_fun=5)):
+            with pytest.warns(ConvergenceWarning) as record:
+                est = cls(hidden_layer_sizes=(8,), solver="lbfgs", random_state=0, **kw).fit(X, y)
+            texts.append((est.n_iter_, [str(w.message) for w in record]))
+    assert texts[:2] == texts[2:]
+    assert "lbfgs failed to converge after 3 iteration(s)" in texts[0][1][0]
+    assert "max_iter=3" in texts[0][1][0]
+
+
+def test_max_fun_accepted_so_scikit_learn_params_port():
+    for theirs_cls, ours_cls in ((sk_nn.MLPClassifier, MLPClassifier),
+                                 (sk_nn.MLPRegressor, MLPRegressor)):
+        params = theirs_cls(solver="lbfgs", max_fun=77, alpha=0.5).get_params()
+        ours = ours_cls(**params)
+        assert ours.get_params()["max_fun"] == 77
+        assert set(params) <= set(ours.get_params())
+    with pytest.raises(ValueError, match="max_fun"):
+        MLPClassifier(solver="lbfgs", max_fun=0).fit(*_digits(20))
+
+
+def test_partial_fit_hidden_for_lbfgs_as_scikit_learn():
+    for cls in (MLPClassifier, MLPRegressor):
+        assert not hasattr(cls(solver="lbfgs"), "partial_fit")
+        assert hasattr(cls(solver="sgd"), "partial_fit")
+    with pytest.raises(AttributeError, match="partial_fit"):
+        MLPClassifier(solver="lbfgs").partial_fit  # noqa: B018
+
+
+def test_lbfgs_objective_gradient_and_layout(rng):
+    """The packed gradient is the loss's derivative, entry by entry (central differences)."""
+    X = rng.standard_normal((7, 4))
+    y = rng.integers(0, 3, 7)
+    y[:3] = [0, 1, 2]
+    clf = MLPClassifier(hidden_layer_sizes=(5, 3), solver="lbfgs", max_iter=1, alpha=0.1,
+                        activation="tanh", random_state=int(rng.integers(1000)), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    Y = clf._label_binarizer.transform(y)
+    theta = np.hstack([p.ravel() for p in clf.coefs_ + clf.intercepts_])  # scikit-learn's
+    value, grad = clf._loss_grad_lbfgs(theta, X, Y, None, [], [], [], [])
+    for a, b in zip(clf.coefs_ + clf.intercepts_,
+                    np.split(theta, np.cumsum([p.size for p in clf.coefs_ + clf.intercepts_])),
+                    strict=False):
+        np.testing.assert_array_equal(a.ravel(), b)  # the network is left at theta
+    eps = 1e-6
+    numeric = np.empty_like(theta)
+    for i in range(theta.size):
+        d = np.zeros_like(theta)
+        d[i] = eps
+        numeric[i] = (clf._loss_grad_lbfgs(theta + d, X, Y)[0]
+                      - clf._loss_grad_lbfgs(theta - d, X, Y)[0]) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    order, coef_slices = _lbfgs.packed_layout([4, 5, 3, 3])
+    assert sorted(order.tolist()) == list(range(order.size))
+    assert coef_slices[-1].stop == 4 * 5 + 5 * 3 + 3 * 3
+
+
+def test_lbfgs_same_path_on_every_device(backend):
+    X, y = _digits(120)
+    kw = dict(hidden_layer_sizes=(10,), solver="lbfgs", max_iter=8, random_state=0,
+              dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cpu = MLPClassifier(device="cpu", **kw).fit(X, y)
+        dev = MLPClassifier(device=backend.device, **kw).fit(X, y)
+    assert dev.n_iter_ == cpu.n_iter_
+    np.testing.assert_allclose(dev.loss_, cpu.loss_, rtol=1e-9)
+
+
+# --- Adam and SGD: whole loss curves -----------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "sgd_plain"])
+def test_stochastic_loss_curves_match_scikit_learn(solver, rng):
+    X, y = _digits(250)
+    extra = dict(momentum=0.0) if solver == "sgd_plain" else {}
+    kw = dict(hidden_layer_sizes=(16,), solver=solver.split("_")[0], max_iter=30,
+              learning_rate_init=0.01, alpha=1e-3, batch_size=64,
+              random_state=int(rng.integers(1000)), **extra)
+    ours, theirs = _fit_both(MLPClassifier, sk_nn.MLPClassifier, X, y, **kw)
+    assert ours.n_iter_ == theirs.n_iter_ == len(ours.loss_curve_)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=RTOL)
+    _close_params(ours, theirs)
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate,
+                                                          rel=1e-15)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_regressor_adam_loss_curves_match_scikit_learn(loss, rng):
+    X, y = _poisson_data(rng, 150)
+    kw = dict(loss=loss, hidden_layer_sizes=(8,), max_iter=40, learning_rate_init=0.01,
+              random_state=int(rng.integers(1000)))
+    ours, theirs = _fit_both(MLPRegressor, sk_nn.MLPRegressor, X, y, **kw)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=RTOL)
+    _close_params(ours, theirs)
+
+
+def test_estimator_adam_folds_bias_correction_into_step_size(rng):
+    """The defect: the estimators used devnet's Adam (eps added to sqrt(v_hat)), scikit-learn
+    adds it to sqrt(v) and corrects the step size; dn.optim.Adam keeps PyTorch's formula."""
+    model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu", seed=0)
+    p0 = model.params.copy()
+    g = rng.standard_normal(p0.size) * 1e-6  # small gradients: where eps matters
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    ours = _optim.SklearnAdam(model, lr=lr, betas=(b1, b2), eps=eps)
+    m = np.zeros_like(p0)
+    v = np.zeros_like(p0)
+    expected = p0.copy()
+    for t in range(1, 4):
+        model.grads[...] = g * t
+        ours.step()
+        m = b1 * m + (1 - b1) * g * t
+        v = b2 * v + (1 - b2) * (g * t) ** 2
+        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        expected += -lr_t * m / (np.sqrt(v) + eps)
+        assert ours.learning_rate == lr_t
+    np.testing.assert_allclose(model.params, expected, rtol=1e-14)
+    model.params[...] = p0
+    torch_like = dn.optim.Adam(model, lr=lr, betas=(b1, b2), eps=eps)
+    for t in range(1, 4):
+        model.grads[...] = g * t
+        torch_like.step()
+    assert np.abs(model.params - expected).max() > 1e-6  # the two formulas really differ
+
+
+# --- Poisson -------------------------------------------------------------------------------------
+
+def test_poisson_loss_matches_scikit_learn_and_reference(rng, backend):
+    z = rng.standard_normal((40, 3))
+    t = rng.poisson(2.0, (40, 3)).astype(np.float64)
+    loss = dn.losses.get("poisson")
+    value, grad = loss(backend.asarray(z), backend.asarray(t))
+    # scikit-learn's half deviance averages samples and sums outputs; devnet's averages both
+    assert value == pytest.approx(poisson_loss(t, np.exp(z)) / 3, rel=1e-12)
+    ref = np.empty_like(z)
+    ref_value = reference.poisson(z, t, ref, None, 1 / z.size)
+    np.testing.assert_allclose(backend.to_numpy(grad), ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(grad), (np.exp(z) - t) / z.size, rtol=1e-12)
+    assert value == pytest.approx(float(ref_value), rel=1e-12)
+    with pytest.raises(dn.errors.DataError, match="poisson targets must be >= 0"):
+        loss(z, -t - 1)
+
+
+def test_poisson_regressor_refuses_negative_targets(rng):
+    X, y = _poisson_data(rng, 30)
+    y = y - y.max() - 1.0
+    with pytest.raises(ValueError, match="negative.*loss='poisson'"):
+        MLPRegressor(loss="poisson", device="cpu").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPRegressor(loss="squared_error", max_iter=2, device="cpu").fit(X, y)  # fine there
+
+
+# --- messages and private state ------------------------------------------------------------------
+
+def test_stratified_early_stopping_error_names_labels_as_scikit_learn():
+    X = [[1, 2], [2, 3], [3, 4], [4, 5]]
+    y = [0, 0, 0, 1]
+    messages = []
+    for cls in (sk_nn.MLPClassifier, MLPClassifier):
+        with pytest.raises(ValueError) as info:
+            cls(early_stopping=True).fit(X, y)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "Classes with too few members are: ['True']" in messages[1]
+
+
+def test_partial_fit_continues_from_hand_set_coefs(rng):
+    X = rng.standard_normal((6, 3))
+    y = np.array([0, 1, 0, 1, 1, 0])
+    coefs = [rng.standard_normal((3, 2)), rng.standard_normal((2, 1))]
+    intercepts = [rng.standard_normal(2), rng.standard_normal(1)]
+    runs = []
+    for cls in (sk_nn.MLPClassifier, MLPClassifier):
+        est = cls(solver="sgd", hidden_layer_sizes=2, momentum=0, learning_rate_init=0.1,
+                  alpha=0.1, activation="logistic")
+        est.coefs_ = [c.copy() for c in coefs]
+        est.intercepts_ = [b.copy() for b in intercepts]
+        est.n_outputs_, est.n_features_in_, est.n_layers_ = 1, 3, 3
+        est.n_iter_, est.t_, est.out_activation_ = 0, 0, "logistic"
+        est.best_loss_, est.loss_curve_, est._no_improvement_count = np.inf, [], 0
+        est.partial_fit(X, y, classes=[0, 1])
+        runs.append(est)
+    _close_params(runs[1], runs[0])
+
+
+def test_import_without_scikit_learn_says_how_to_install():
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "try:\n    import devnet.sklearn\n"
+            "except ImportError as exc:\n"
+            "    from devnet.errors import MissingDependencyError\n"
+            "    assert isinstance(exc, MissingDependencyError), type(exc)\n"
+            "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'devnet-mlp[sklearn]'" in out.stdout
