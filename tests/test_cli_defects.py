@@ -427,3 +427,15 @@ def test_history_plot_colours_ticks_and_labels():
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_predict_checks_its_output_path_first(tmp_path, capsys):
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "file").write_text("x")
+    missing = tmp_path / "missing.safetensors"  # never read: the output is checked first
+    for out, needle in ((tmp_path / "folder.csv", "existing folder"),
+                        (tmp_path / "file" / "p.csv", "cannot create"),
+                        (tmp_path / "p.txt", "valid formats: .npy, .csv")):
+        code, _, err = run_cli(capsys, "predict", "--checkpoint", missing, "--out", out)
+        assert code == 2
+        one_line_error(err, needle)

@@ -76,7 +76,8 @@ def test_entrypoint_and_healthcheck(kind):
 
 def test_readme_shows_a_gpu_training_run():
     text = (DOCKER / "README.md").read_text()
-    assert re.search(r"docker run --gpus all .*devnet:gpu train --config", text)
+    assert any(re.search(r"docker run --gpus all .*devnet:gpu train --config", run)
+               for run in docker_runs(text))
     for path in FILES.values():
         assert path.name in text
 
@@ -152,7 +153,7 @@ def docker_runs(text: str) -> list[str]:
     """Every ``docker run ...`` command in ``text`` (comment markers and continuations
     removed)."""
     text = re.sub(r"\\\n\s*#?\s*", " ", text)
-    return [m.group(0) for m in re.finditer(r"docker run [^\n]*", text)]
+    return [" ".join(m.group(0).split()) for m in re.finditer(r"docker run [^\n]*", text)]
 
 
 def _mounted(command: str, path: str, workdir: str = "/work") -> bool:
@@ -184,3 +185,15 @@ def test_mount_check_catches_the_old_header():
     old = 'docker run --gpus all --rm -v "$PWD/runs:/work/runs" devnet:gpu train --config run.toml'
     assert not _mounted(docker_runs(old)[0], "run.toml")
     assert _mounted(docker_runs(old)[0], "runs/digits")
+
+
+def test_dockerignore_keeps_what_the_images_copy():
+    """The context skips .venv and the rest (gigabytes) but not a file a COPY needs."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "*"
+    kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for path in FILES.values():
+        for args in _one(instructions(path), "COPY"):
+            for source in args.split()[:-1]:
+                assert source.rstrip("/") in kept, f"{path.name}: COPY {source} is ignored"

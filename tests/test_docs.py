@@ -209,7 +209,8 @@ def test_eval_and_predict_help_show_the_defaults():
 
 def test_no_install_hint_names_the_wrong_distribution():
     """`pip install devnet` installs an unrelated PyPI project: hints say devnet-mlp."""
-    files = [*DOCS, *(ROOT / "devnet").rglob("*.py"), *(ROOT / "docker").glob("Dockerfile*")]
+    files = [*DOCS, *(ROOT / "devnet").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+             *(ROOT / "docker").glob("Dockerfile*")]
     bad = []
     for path in files:
         for i, line in enumerate(path.read_text().splitlines(), 1):

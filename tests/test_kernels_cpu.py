@@ -212,7 +212,7 @@ def _elementwise_abs_terms(name, P, T, w, scale, delta=0.7):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ((1, 1), (1, 9), (37, 1), (1000, 3), (257, 1031)))
-@pytest.mark.parametrize("name", ["sigmoid_bce", "mse", "mae", "huber"])
+@pytest.mark.parametrize("name", ["sigmoid_bce", "mse", "mae", "huber", "poisson"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_elementwise_losses(name, shape, dtype, weighted, mode, rng):
     P = _rand(rng, shape, dtype, scale=3.0)
@@ -221,6 +221,9 @@ def test_elementwise_losses(name, shape, dtype, weighted, mode, rng):
         P[0, 0] = 50.0  # saturated logits on both sides
         if P.size > 1:
             P.flat[1] = -50.0
+    elif name == "poisson":
+        T = np.abs(_rand(rng, shape, dtype))  # counts-like targets >= 0, one of them 0
+        T.flat[0] = 0.0
     else:
         T = _rand(rng, shape, dtype)
         T.flat[0] = P.flat[0]  # r == 0: sign is 0

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from devnet.kernels import reference  # noqa: E402
 from sklearn import datasets  # noqa: E402
 from sklearn import neural_network as sk_nn  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -20,9 +21,7 @@ from sklearn.neural_network._base import poisson_loss  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import devnet as dn  # noqa: E402
-from devnet.kernels import reference  # noqa: E402
-from devnet.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-from devnet.sklearn import _lbfgs, _optim  # noqa: E402
+from devnet.sklearn import MLPClassifier, MLPRegressor, _lbfgs, _optim  # noqa: E402
 
 RTOL = 1e-10  # float64: the runs agree to rounding, far below this
 

@@ -40,13 +40,14 @@ def _unwrap(x):
     return x
 
 
-def _wrap(x):
+def _wrap(x, device=None):
+    """NumPy results as stand-in arrays on ``device`` (default: the current one)."""
     if isinstance(x, (np.ndarray, np.generic)) and not isinstance(x, ndarray):
-        return ndarray._from(np.asarray(x) if isinstance(x, np.generic) else x)
+        return ndarray._from(np.asarray(x) if isinstance(x, np.generic) else x, device)
     if isinstance(x, tuple):
-        return tuple(_wrap(v) for v in x)
+        return tuple(_wrap(v, device) for v in x)
     if isinstance(x, list):
-        return [_wrap(v) for v in x]
+        return [_wrap(v, device) for v in x]
     return x
 
 
@@ -260,8 +261,8 @@ Stream.null = Stream(null=True)
 
 def _operator(name):
     def op(self, *args):
-        _check_devices(args)
-        return _wrap(getattr(self._a, name)(*_unwrap(args)))
+        _check_devices((self, *args))
+        return _wrap(getattr(self._a, name)(*_unwrap(args)), self._device)
 
     op.__name__ = name
     return op
@@ -269,7 +270,7 @@ def _operator(name):
 
 def _inplace(name):
     def op(self, other):
-        _check_devices((other,))
+        _check_devices((self, other))
         getattr(self._a, name)(_unwrap(other))
         return self
 
@@ -345,10 +346,10 @@ class ndarray:  # noqa: N801 (CuPy's name)
         if callable(attr):
             def method(*args, **kwargs):
                 _check_devices(args)
-                return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
+                return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)), self._device)
 
             return method
-        return _wrap(attr) if isinstance(attr, np.ndarray) else attr
+        return _wrap(attr, self._device) if isinstance(attr, np.ndarray) else attr
 
     @property
     def T(self):  # noqa: N802

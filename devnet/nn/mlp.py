@@ -82,7 +82,7 @@ class MLP:
             self._allocate(self._initial_params())
         except MemoryError:
             raise ConfigError(_too_large(sizes, self.n_params, self.dtype,
-                                                "the allocation failed")) from None
+                                         "the allocation failed")) from None
 
     # --- construction and devices ----------------------------------------------------------
 
