@@ -4,11 +4,13 @@ For every size (bytes of ONE operand, from cache-resident to >= 64 MB) the suite
 
 - ``copy``: ``dst[...] = src`` on the device (NumPy / CuPy), the memory ceiling at that size;
 - each fused kernel from ``backend.kernels`` and, next to it, the unfused NumPy / CuPy sequence
-  it replaces (``devnet.kernels.reference``, the same name and signature).
+  a competent user writes (``benchmarks.baseline``: in place, ``out=``); the test oracle
+  (``devnet.kernels.reference``) is timed too, for reference only.
 
 GB/s counts the bytes the op must move at least (each operand read once, each output written
 once, in-place operands both), the same count for fused and unfused, so the unfused figure shows
-what its extra passes and temporaries cost.
+what its extra passes and temporaries cost. Copy, fused and unfused are measured interleaved,
+``settings.repetitions`` times round; graded ratios keep every repetition.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from devnet.kernels import reference
 
-from .timing import Rotation, Settings, clock_for, is_gpu, measure, n_rotations
+from . import baseline
+from .timing import Rotation, Settings, clock_for, interleaved, is_gpu, n_rotations, ratio_stats
 
 COLS = 1024  # columns of the (rows, COLS) activation matrices
 CLASSES = 10  # columns of the logits for the loss kernels
@@ -114,7 +117,7 @@ SPEC_NAMES = tuple(s.name for s in SPECS)
 
 def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float32",
         seed: int = 0, log=print) -> list[dict]:
-    """Measure copy, fused and unfused at every size; one row per (kernel, size)."""
+    """Measure copy, fused, plain and reference at every size; one row per (kernel, size)."""
     xp = backend.xp
     clock = clock_for(backend)
     gpu = is_gpu(backend)
@@ -125,32 +128,52 @@ def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float
         n = max(COLS, int(mb * (1 << 20)) // np.dtype(dtype).itemsize)
         src = xp.asarray(rng.standard_normal(n, dtype=np.float32).astype(dtype))
         dst = xp.empty_like(src)
-        copy = measure(lambda d=dst, s=src: d.__setitem__(Ellipsis, s), clock, settings)
-        copy_gbs = 2 * src.nbytes / copy.median / 1e9
-        src = dst = None  # free before the kernels allocate theirs
         for spec in specs:
             sets = [spec.make(xp, rng, n, dtype)]
             nbytes = spec.nbytes(sets[0])
             sets += [spec.make(xp, rng, n, dtype)
                      for _ in range(n_rotations(nbytes, gpu, cap=8) - 1)]
             rot = Rotation(sets)
-            fused = measure(lambda f=spec.fused, r=rot: f(backend.kernels, r.next()), clock,
-                            settings)
-            unfused = measure(lambda f=spec.fused, r=rot: f(reference, r.next()), clock,
-                              settings)
+            t = interleaved({
+                "copy": (lambda d=dst, s=src: d.__setitem__(Ellipsis, s), clock),
+                "fused": (lambda f=spec.fused, r=rot: f(backend.kernels, r.next()), clock),
+                "plain": (lambda f=spec.fused, r=rot: f(baseline, r.next()), clock),
+                "reference": (lambda f=spec.fused, r=rot: f(reference, r.next()), clock),
+            }, settings, settings.repetitions)
+            copy_gbs = 2 * src.nbytes / t["copy"].median / 1e9
+            # fused GB/s over copy GB/s = (bytes / fused) / (copy bytes / copy time)
+            over_copy = ratio_stats(t["copy"], t["fused"])
+            k = nbytes / (2 * src.nbytes)
             row = {
                 "kernel": spec.name, "size_mb": mb, "elements": n, "bytes": nbytes,
-                "fused_s": fused.median, "unfused_s": unfused.median,
-                "fused_gbs": nbytes / fused.median / 1e9,
-                "unfused_gbs": nbytes / unfused.median / 1e9,
+                "fused_s": t["fused"].median, "unfused_s": t["plain"].median,
+                "reference_s": t["reference"].median,
+                "fused_gbs": nbytes / t["fused"].median / 1e9,
+                "unfused_gbs": nbytes / t["plain"].median / 1e9,
                 "copy_gbs": copy_gbs,
-                "fused_over_copy": nbytes / fused.median / 1e9 / copy_gbs,
-                "speedup": unfused.median / fused.median,
-                "repeats": fused.repeats, "rotations": len(sets),
+                "repetitions": settings.repetitions, "rotations": len(sets),
             }
+            put_ratio(row, "fused_over_copy", {key: (v * k if key != "reps" else
+                                                      [r * k for r in v])
+                                               for key, v in over_copy.items()})
+            put_ratio(row, "speedup", ratio_stats(t["plain"], t["fused"]))
+            put_ratio(row, "speedup_vs_reference", ratio_stats(t["reference"], t["fused"]))
             rows.append(row)
-            log(f"  kernels {spec.name:<20} {mb:>8g} MB  fused {fused.median * 1e3:9.3f} ms "
-                f"{row['fused_gbs']:7.2f} GB/s  unfused {row['unfused_gbs']:7.2f} GB/s  "
-                f"copy {copy_gbs:7.2f} GB/s  ratio {row['fused_over_copy']:.2f}")
+            log(f"  kernels {spec.name:<20} {mb:>8g} MB  fused {row['fused_s'] * 1e3:9.3f} ms "
+                f"{row['fused_gbs']:7.2f} GB/s  plain {row['unfused_gbs']:7.2f} GB/s  "
+                f"copy {copy_gbs:7.2f} GB/s  fused/copy {_spread(row, 'fused_over_copy')}")
             sets = rot = None
+        src = dst = None
     return rows
+
+
+def put_ratio(row: dict, field: str, stats: dict) -> None:
+    """Store a ratio as ``field`` (median), ``field_min``, ``field_max``, ``field_reps``."""
+    row[field] = stats["median"]
+    row[f"{field}_min"] = stats["min"]
+    row[f"{field}_max"] = stats["max"]
+    row[f"{field}_reps"] = list(stats["reps"])
+
+
+def _spread(row: dict, field: str) -> str:
+    return f"{row[field]:.3g} [{row[field + '_min']:.3g}-{row[field + '_max']:.3g}]"

@@ -104,10 +104,12 @@ class Settings:
     min_repeats: int = 7
     max_repeats: int = 200
     min_sample_s: float = 1e-3
+    repetitions: int = 5  # interleaved repetitions behind every graded ratio (>= 5)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(warmup=1, budget_s=0.02, min_repeats=2, max_repeats=5, min_sample_s=1e-4)
+        return cls(warmup=1, budget_s=0.02, min_repeats=2, max_repeats=5, min_sample_s=1e-4,
+                   repetitions=5)
 
 
 def measure(fn: Callable[[], object], clock, settings: Settings) -> Timing:
@@ -127,6 +129,49 @@ def measure(fn: Callable[[], object], clock, settings: Settings) -> Timing:
             fn()
         samples.append(clock.stop(token) / number)
     return Timing(statistics.median(samples), min(samples), max(samples), repeats, number)
+
+
+@dataclass
+class Repeated:
+    """Per-call medians of ``fn`` over interleaved repetitions (one Timing each)."""
+
+    reps: list[Timing]
+
+    @property
+    def medians(self) -> list[float]:
+        return [t.median for t in self.reps]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.medians)
+
+
+def interleaved(fns: dict[str, tuple[Callable[[], object], object]], settings: Settings,
+                repetitions: int = 5) -> dict[str, Repeated]:
+    """Measure every ``name: (fn, clock)`` in turn, ``repetitions`` times round.
+
+    Interleaving puts each competitor under the same background load within a repetition, so
+    the ratio of two of them is taken per repetition and its spread says how much to trust
+    it. Each repetition is a ``measure`` with the budget shared out; warm-up runs once, first.
+    """
+    per = Settings(warmup=0, budget_s=settings.budget_s / max(1, repetitions),
+                   min_repeats=max(2, settings.min_repeats // 2),
+                   max_repeats=settings.max_repeats, min_sample_s=settings.min_sample_s)
+    for fn, _ in fns.values():
+        for _ in range(max(1, settings.warmup)):
+            fn()
+    out = {name: Repeated([]) for name in fns}
+    for _ in range(repetitions):
+        for name, (fn, clock) in fns.items():
+            out[name].reps.append(measure(fn, clock, per))
+    return out
+
+
+def ratio_stats(num: Repeated, den: Repeated) -> dict:
+    """Per-repetition ratios num/den: their median, min, max and the list."""
+    ratios = [a / b for a, b in zip(num.medians, den.medians, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "reps": ratios}
 
 
 class Rotation:

@@ -163,16 +163,31 @@ def to_torch_sequential(model):
     torch = _import("torch", "PyTorch")
     dtype = getattr(torch, model.dtype.name)
     modules = []
-    for layer in model.layers:
+    for layer, (W, b) in zip(model.layers, _host_layers(model)):
         lin = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
         with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(model.backend.to_numpy(layer.W).T.copy()))
-            lin.bias.copy_(torch.from_numpy(model.backend.to_numpy(layer.b).copy()))
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
         modules.append(lin)
         act = _torch_act(torch, layer.activation, model.alpha)
         if act is not None:
             modules.append(act)
     return torch.nn.Sequential(*modules)
+
+
+def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each layer's (W, b) as host copies, the model's input standardization folded into the
+    first layer so that a plain Linear stack computes the same function:
+    ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean / scale) @ W).
+    """
+    layers = [(model.backend.to_numpy(layer.W).copy(), model.backend.to_numpy(layer.b).copy())
+              for layer in model.layers]
+    if model.input_scaling is not None:
+        mean, scale = model.input_scaling
+        W, b = (a.astype(np.float64) for a in layers[0])
+        layers[0] = ((W / scale[:, None]).astype(model.dtype),
+                     (b - (mean / scale) @ W).astype(model.dtype))
+    return layers
 
 
 def _parse_sequential(modules) -> tuple[list, list[str], float]:
@@ -239,9 +254,9 @@ def export_torch(model, path: str | Path) -> Path:
     from safetensors.numpy import save_file
 
     tensors, index = {}, 0
-    for layer in model.layers:
-        tensors[f"{index}.weight"] = np.ascontiguousarray(model.backend.to_numpy(layer.W).T)
-        tensors[f"{index}.bias"] = np.ascontiguousarray(model.backend.to_numpy(layer.b))
+    for layer, (W, b) in zip(model.layers, _host_layers(model)):
+        tensors[f"{index}.weight"] = np.ascontiguousarray(W.T)
+        tensors[f"{index}.bias"] = np.ascontiguousarray(b)
         index += 1 if layer.activation == "identity" else 2
     meta = {_META_KEY: json.dumps([layer.activation for layer in model.layers]),
             "devnet.alpha": repr(model.alpha)}

@@ -512,6 +512,8 @@ _STATE_TYPES = {
     "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "seed": ("an integer >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
     "batch_size": ("an integer > 0", lambda v: _is_int(v) and v > 0),
+    "epochs": ("an integer > 0", lambda v: _is_int(v) and v > 0),
+    "total_steps": ("an integer > 0", lambda v: _is_int(v) and v > 0),
     "n_samples": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "shuffle": ("true or false", lambda v: isinstance(v, bool)),
     "rng": ("a NumPy bit generator state {bit_generator: str, state: {...}, ...}",

@@ -560,6 +560,7 @@ def _resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: boo
     model = trainer.model
     ck = io.load_checkpoint(path, backend=model.backend)
     io.check_architecture(ck.meta["model"], model, name)
+    _resume_input_scaling(model, ck.model, name)
     if ck.optimizer is None:
         raise CheckpointError(f"checkpoint {name!r} has no optimizer state; resuming needs a "
                               "checkpoint written by fit(checkpoint=...) or ModelCheckpoint")
@@ -584,6 +585,21 @@ def _resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: boo
     trainer.history = ck.history or History()
     _resume_schedule(trainer, ck.train_state, name, steps_per_epoch, extend_schedule)
     return opt
+
+
+def _resume_input_scaling(model, saved, name: str) -> None:
+    """Carry the checkpoint's input standardization over: resuming a standardized run into a
+    fresh model must not silently train on unscaled inputs.
+    """
+    theirs, ours = saved.input_scaling, model.input_scaling
+    if theirs is None:
+        return
+    if ours is None:
+        model.set_input_scaling(*theirs)
+    elif not all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
+        raise CheckpointError(f"checkpoint {name!r} standardizes its inputs with other "
+                              "statistics than the model passed to fit; pass a model without "
+                              "input scaling (it is then taken from the checkpoint)")
 
 
 def _planned_steps(state: dict, schedule, steps_per_epoch: int) -> int | None:

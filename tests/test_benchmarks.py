@@ -183,3 +183,103 @@ def test_bench_threads_suite_compares_serial_and_parallel_kernels(tmp_path):
         assert _positive(r["serial_s"]) and _positive(r["parallel_s"])
         assert r["parallel_over_serial"] == pytest.approx(r["parallel_s"] / r["serial_s"])
     assert cpu.PARALLEL_MIN == default  # the switch is restored
+
+
+# --- the plain-NumPy baseline computes what the kernels compute ---------------------------------
+
+from benchmarks import baseline  # noqa: E402
+from devnet.kernels import reference  # noqa: E402
+
+_F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", reference.ACTIVATION_NAMES)
+@pytest.mark.parametrize("with_z", [False, True])
+def test_baseline_activations_match_the_reference(act, with_z, rng):
+    A = 2 * rng.standard_normal((7, 5))
+    b = rng.standard_normal(5)
+    Z1 = np.full_like(A, np.nan) if with_z else None
+    Z2 = np.full_like(A, np.nan) if with_z else None
+    A1, A2 = A.copy(), A.copy()
+    baseline.bias_act_fwd(act, A1, b, Z1, 0.03)
+    reference.bias_act_fwd(act, A2, b, Z2, 0.03)
+    np.testing.assert_allclose(A1, A2, **_F64)
+    if with_z:
+        np.testing.assert_allclose(Z1, Z2, **_F64)
+    Z = A + b
+    G = rng.standard_normal(A.shape)
+    for alias in (False, True):
+        d1, db1 = (G.copy(), np.full(5, np.nan)) if alias else (np.full_like(G, np.nan),
+                                                                np.full(5, np.nan))
+        d2, db2 = np.full_like(G, np.nan), np.full(5, np.nan)
+        baseline.act_bwd(act, d1 if alias else G, A2, Z, d1, db1, 0.03)
+        reference.act_bwd(act, G, A2, Z, d2, db2, 0.03)
+        np.testing.assert_allclose(d1, d2, **_F64)
+        np.testing.assert_allclose(db1, db2, **_F64)
+
+
+def test_baseline_same_accuracy_tanh(rng):
+    x = (6 * rng.standard_normal(1000)).astype(np.float32)
+    out = x.copy()
+    baseline.tanh_rational_(out)
+    ulps = np.abs(out - np.tanh(x.astype(np.float64))) / np.spacing(np.abs(out))
+    assert float(ulps.max()) <= 8
+
+
+@pytest.mark.parametrize("name,target", [("softmax_xent", "labels"), ("softmax_xent", "probs"),
+                                         ("sigmoid_bce", "binary"), ("mse", "values"),
+                                         ("mae", "values"), ("huber", "values"),
+                                         ("poisson", "counts")])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_baseline_losses_match_the_reference(name, target, weighted, rng):
+    Z = 3 * rng.standard_normal((9, 4))
+    T = {"labels": lambda: rng.integers(0, 4, 9), "probs": lambda: rng.random((9, 4)),
+         "binary": lambda: rng.integers(0, 2, (9, 4)).astype(float),
+         "values": lambda: rng.standard_normal((9, 4)),
+         "counts": lambda: rng.poisson(2.0, (9, 4)).astype(float)}[target]()
+    w = rng.random(9) + 0.5 if weighted else None
+    kw = {"delta": 0.8} if name == "huber" else {}
+    g1, g2 = np.full_like(Z, np.nan), np.full_like(Z, np.nan)
+    v1 = getattr(baseline, name)(Z.copy(), T, g1, w, 0.3, **kw)
+    v2 = getattr(reference, name)(Z.copy(), T, g2, w, 0.3, **kw)
+    np.testing.assert_allclose(g1, g2, **_F64)
+    np.testing.assert_allclose(float(v1), float(v2), **_F64)
+    if name == "softmax_xent":  # grad may alias the logits
+        Zc = Z.copy()
+        v3 = baseline.softmax_xent(Zc, T, Zc, w, 0.3)
+        np.testing.assert_allclose(Zc, g2, **_F64)
+        np.testing.assert_allclose(float(v3), float(v2), **_F64)
+
+
+_STEP_CALLS = {
+    "sgd_step": lambda k, b, wd: k.sgd_step(b["p"], b["g"], 0.05, wd),
+    "momentum_step": lambda k, b, wd: k.momentum_step(b["p"], b["g"], b["a"], 0.05, 0.9, wd),
+    "nesterov_step": lambda k, b, wd: k.nesterov_step(b["p"], b["g"], b["a"], 0.05, 0.9, wd),
+    "rmsprop_step": lambda k, b, wd: k.rmsprop_step(b["p"], b["g"], b["sq"], None, None, 0.01,
+                                                    0.9, 0.0, 1e-8, wd, False),
+    "rmsprop_step[centered,momentum]": lambda k, b, wd: k.rmsprop_step(
+        b["p"], b["g"], b["sq"], b["a"], b["gavg"], 0.01, 0.9, 0.9, 1e-8, wd, True),
+    "adam_step": lambda k, b, wd: k.adam_step(b["p"], b["g"], b["a"], b["sq"], None, 1e-2, 0.9,
+                                              0.999, 1e-8, wd, 0.271, 0.003, False),
+    "adam_step[amsgrad]": lambda k, b, wd: k.adam_step(b["p"], b["g"], b["a"], b["sq"],
+                                                       b["vmax"], 1e-2, 0.9, 0.999, 1e-8, wd,
+                                                       0.271, 0.003, True),
+    "adamw_step": lambda k, b, wd: k.adamw_step(b["p"], b["g"], b["a"], b["sq"], None, 1e-2,
+                                                0.9, 0.999, 1e-8, wd, 0.271, 0.003, False),
+}
+
+
+@pytest.mark.parametrize("name", list(_STEP_CALLS))
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_baseline_steps_match_the_reference(name, wd, rng):
+    n = 33
+    bufs = {"p": rng.standard_normal(n), "g": rng.standard_normal(n),
+            "a": rng.standard_normal(n), "sq": rng.uniform(1.5, 2.5, n),
+            "gavg": 0.1 * rng.standard_normal(n), "vmax": rng.uniform(0, 3, n)}
+    b1 = {k: v.copy() for k, v in bufs.items()}
+    b2 = {k: v.copy() for k, v in bufs.items()}
+    _STEP_CALLS[name](baseline, b1, wd)
+    _STEP_CALLS[name](reference, b2, wd)
+    for key in bufs:
+        np.testing.assert_allclose(b1[key], b2[key], **_F64, err_msg=key)
+    assert not np.array_equal(b1["p"], bufs["p"])

@@ -136,3 +136,23 @@ def test_fit_evaluate_predict_accept_torch_tensors():
     assert got == dn.evaluate(twin, X, y, loss="cross_entropy")
     np.testing.assert_array_equal(dn.predict(model, torch.from_numpy(X[:5])),
                                   dn.predict(twin, X[:5]))
+
+
+def test_torch_export_keeps_the_input_standardization(tmp_path, rng):
+    """Regression: to_torch_sequential / export_torch dropped the model's input scaling, so the
+    exported network computed something else on raw inputs."""
+    from safetensors.torch import load_file
+
+    model = dn.MLP([5, 7, 3], activation="tanh", dtype="float64", backend="cpu", seed=1)
+    model.set_input_scaling(rng.normal(size=5), rng.uniform(0.5, 2.0, size=5))
+    X = rng.normal(size=(11, 5))
+    want = model.predict(X)
+    seq = interop.to_torch_sequential(model)
+    np.testing.assert_allclose(seq(torch.from_numpy(X)).detach().numpy(), want, rtol=1e-12,
+                               atol=1e-12)
+    path = interop.export_torch(model, tmp_path / "m.safetensors")
+    seq2 = interop.to_torch_sequential(dn.MLP([5, 7, 3], activation="tanh", dtype="float64",
+                                              backend="cpu"))
+    seq2.load_state_dict(load_file(str(path)))
+    np.testing.assert_allclose(seq2(torch.from_numpy(X)).detach().numpy(), want, rtol=1e-12,
+                               atol=1e-12)

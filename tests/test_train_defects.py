@@ -325,3 +325,23 @@ def test_evaluate_auto_loss_follows_fits_rule(rng):
     auto = dn.evaluate(model, X, y, loss="auto")
     assert auto == dn.evaluate(model, X, y, loss=hist.params["loss"])
     assert "accuracy" in auto
+
+
+# --- input standardization carried across a resume --------------------------------------------
+
+def test_resume_into_a_fresh_model_keeps_the_checkpoints_input_scaling(rng, tmp_path):
+    """Regression: resuming a standardized run into a fresh model trained on unscaled inputs."""
+    X, y = _blobs(rng)
+    mean, scale = X.mean(0).astype(np.float64), X.std(0).astype(np.float64) + 0.5
+    model = dn.MLP([4, 8, 3], backend="cpu", seed=1)
+    model.set_input_scaling(mean, scale)
+    path = tmp_path / "run.safetensors"
+    dn.fit(model, X, y, epochs=1, batch_size=16, checkpoint=path, progress=False)
+    fresh = dn.MLP([4, 8, 3], backend="cpu", seed=1)
+    dn.fit(fresh, X, y, epochs=2, batch_size=16, resume_from=path, progress=False)
+    np.testing.assert_array_equal(fresh.input_scaling[0], mean)
+    np.testing.assert_array_equal(fresh.input_scaling[1], scale)
+    other = dn.MLP([4, 8, 3], backend="cpu", seed=1)
+    other.set_input_scaling(mean + 1.0, scale)
+    with pytest.raises(dn.CheckpointError, match="standardizes its inputs"):
+        dn.fit(other, X, y, epochs=2, batch_size=16, resume_from=path, progress=False)

@@ -424,13 +424,15 @@ for _name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint32", "ui
     globals()[_name] = getattr(np, _name)
 
 
-def asarray(a, dtype=None, order=None, *, blocking=False):
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
     """``a`` on the current device (a copy of a host array; no copy of a device one)."""
     if isinstance(a, ndarray):
         _check_devices((a,))
-        if dtype is None or np.dtype(dtype) == a.dtype:
+        if not copy and (dtype is None or np.dtype(dtype) == a.dtype):
             return a
-        return ndarray._from(a._a.astype(dtype))
+        return ndarray._from(a._a.astype(dtype or a.dtype, order=order or "K"))
+    if copy is False:
+        raise ValueError("a host array cannot be used on the device without a copy")
     return ndarray._from(np.array(a, dtype=dtype, order=order or "K"))
 
 
