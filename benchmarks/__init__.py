@@ -3,8 +3,11 @@
 Run ``python -m benchmarks`` (or ``devnet bench``) from the repository root; ``--help`` lists the
 options, ``--quick`` runs tiny sizes in seconds. Everything is measured in ONE process, after
 warm-up, as medians of many samples, with the device synchronised before every clock read (CUDA
-events on a GPU). Results: a table on stdout, ``benchmarks/results/<host>-<device>-<date>.json``
-and PNG plots beside it. See ``benchmarks/README.md``.
+events on a GPU); competitors are measured interleaved, ``--repetitions`` times round, and every
+graded ratio keeps its spread. Results: a table on stdout, ``<out>/<host>-<device>-<date>.json``
+(``--out``, default the current directory) and PNG plots beside it.
+``python -m benchmarks report --readme RESULTS.json`` rewrites README.md's speed claims from a
+results file. See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=_ints, default=None, help="widths of the width sweep")
     p.add_argument("--sklearn-samples", type=int, default=None,
                    help="samples of the scikit-learn epoch comparison (default 60000)")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="epochs per scikit-learn comparison (the first is warm-up)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="measured epochs per scikit-learn comparison, after one warm-up epoch "
+                   "(the repetitions of that ratio)")
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch intra-op threads (default: NumPy's BLAS thread count)")
     p.add_argument("--budget", type=float, default=None,
@@ -58,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn")
     p.add_argument("--out", type=Path, default=None,
-                   help="directory for the JSON and PNG files (default benchmarks/results)")
+                   help="directory for the JSON and PNG files (default: the current directory)")
+    p.add_argument("--repetitions", type=int, default=None, metavar="N",
+                   help="interleaved repetitions behind every graded ratio (default 5, min 5)")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="skip the torch.compile peer (it compiles for minutes on a small CPU)")
     p.add_argument("--json", type=Path, default=None, help="exact JSON output path")
     p.add_argument("--no-json", action="store_true", help="write no JSON")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
@@ -67,8 +75,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_main(argv: list[str]) -> int:
+    """``python -m benchmarks report [--readme [README]] RESULTS.json``: print or publish."""
+    import json
+
+    from . import report
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks report",
+                                description="Print a results JSON's tables, or rewrite the "
+                                "README block between <!-- bench:start --> and "
+                                "<!-- bench:end --> from it.")
+    p.add_argument("results", type=Path, help="a JSON written by python -m benchmarks")
+    p.add_argument("--readme", nargs="?", type=Path, const=Path("README.md"), default=None,
+                   metavar="README", help="rewrite this README's bench block (default README.md)")
+    args = p.parse_args(argv)
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {args.results}: {exc}", file=sys.stderr)
+        return 2
+    if results.get("schema") != report.SCHEMA:
+        print(f"{args.results}: schema {results.get('schema')!r}, expected {report.SCHEMA!r} "
+              "(rerun the benchmarks)", file=sys.stderr)
+        return 2
+    if args.readme is None:
+        print(report.render(results))
+        return 0
+    if not report.update_readme(args.readme, results, str(args.results)):
+        print(f"{args.readme}: no {report.README_START} ... {report.README_END} block",
+              file=sys.stderr)
+        return 2
+    print(f"rewrote the bench block of {args.readme} from {args.results}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks; returns the process exit code (0)."""
+    """Run the benchmarks (or ``report``); returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     import devnet as dn
 
     from . import (
@@ -82,13 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .timing import Settings, is_gpu
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; valid: {', '.join(SUITES)}, "
+                     "or 'report'")
     suites = tuple(args.suites) or SUITES
     backend = dn.get_backend(args.device, kernels=args.kernels)
     gpu = is_gpu(backend)
     settings = Settings.quick() if args.quick else Settings()
     if args.budget is not None:
         settings.budget_s = args.budget
+    if args.repetitions is not None:
+        if args.repetitions < 5:
+            parser.error("--repetitions must be at least 5: graded ratios need a spread")
+        settings.repetitions = args.repetitions
     threads = args.threads or env.numpy_blas_threads(default=1)
     torch, sklearn = bench_step.optional_peers(args.no_torch, args.no_sklearn, threads)
 
@@ -97,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     results: dict = {"schema": report.SCHEMA,
-                     "meta": env.meta(backend, args.quick, argv if argv is not None
-                                      else sys.argv[1:], threads if torch else None),
+                     "meta": env.meta(backend, args.quick, argv, threads if torch else None),
                      "skipped": {}}
     if torch is None:
         results["skipped"]["torch"] = "PyTorch not installed (pip install 'devnet[bench]')" \
@@ -130,15 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         log("training-step suite")
         results["step"] = bench_step.run(
             backend, configs, settings, torch, sklearn,
-            sklearn_samples=256 if args.quick else None, epochs=2 if args.quick else args.epochs,
-            seed=args.seed, log=log)
+            sklearn_samples=256 if args.quick else None, epochs=args.epochs,
+            seed=args.seed, log=log,
+            torch_compile=("--quick" if args.quick else "--no-torch-compile"
+                           if args.no_torch_compile else True))
     if "sklearn" in suites and sklearn is not None and not gpu:
         n = args.sklearn_samples or (256 if args.quick else 60000)
         arch = (16, 32, 32, 10) if args.quick else (784, 256, 256, 10)
         log("scikit-learn epoch comparison")
         results["sklearn"] = bench_step.sklearn_target(
             backend, sklearn, n, arch, 32 if args.quick else 128,
-            epochs=2 if args.quick else args.epochs, seed=args.seed, log=log)
+            epochs=args.epochs, seed=args.seed, log=log)
     if "scaling" in suites:
         log("scaling suite")
         kw = {}
@@ -158,10 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         log("thread-pool suite (serial vs parallel elementwise kernels)")
         results["threads"] = bench_threads.run(backend, configs, settings, seed=args.seed,
                                                log=log)
+    if "launch" in suites:  # only when asked for: python -m benchmarks launch --device cuda
+        results["launch"] = __import__("benchmarks.bench_launch").bench_launch.run(
+            backend, settings, quick=args.quick, log=log)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()
+    results["meta"]["quiet"], results["meta"]["quiet_reason"] = env.quiet(
+        results["meta"]["loadavg_start"], results["meta"]["loadavg_end"], env.cores())
     results["targets"] = report.check_targets(results)
+    results["targets_not_measured"] = report.not_measured(results)
 
     print(report.render(results))
     if not args.no_json:

@@ -29,7 +29,8 @@ def _data(name, shape, seed=0):
     else:
         from sklearn.datasets import make_classification
 
-        X, y = make_classification(n_samples=shape[0], n_features=shape[1], n_informative=20,
+        X, y = make_classification(n_samples=shape[0], n_features=shape[1],
+                                   n_informative=min(20, shape[1] // 2),
                                    n_classes=10, random_state=seed)
     X = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
     return X, y

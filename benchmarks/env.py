@@ -99,10 +99,62 @@ def device_info(backend) -> dict:
             "kernels": getattr(backend.kernels, "source", "?")}
 
 
+# A run is "quiet" only when the 1-minute load average, at start and at end, stays below this
+# fraction of the usable cores: beyond it other work competes for the cores being measured.
+QUIET_LOAD_PER_CORE = 0.25
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def blas() -> list[dict]:
+    """The BLAS libraries loaded (threadpoolctl): implementation, version, threads."""
+    return [{"library": p.get("internal_api"), "version": p.get("version"),
+             "threads": p.get("num_threads"), "architecture": p.get("architecture")}
+            for p in blas_threads_full() if p.get("user_api") == "blas"]
+
+
+def blas_threads_full() -> list[dict]:
+    tpc = optional("threadpoolctl")
+    return list(tpc.threadpool_info()) if tpc is not None else []
+
+
+def quiet(load_start: list[float] | None, load_end: list[float] | None,
+          n_cores: int) -> tuple[bool | None, str]:
+    """(quiet?, why): None when the load average cannot be read on this platform."""
+    if load_start is None:
+        return None, "load average unavailable on this platform"
+    limit = QUIET_LOAD_PER_CORE * n_cores
+    worst = max(load_start[0], load_end[0] if load_end else 0.0)
+    if worst > limit:
+        return False, (f"NOT quiet: 1-min load average reached {worst:.2f} on {n_cores} cores "
+                       f"(quiet means <= {limit:.2f}); other work skewed these figures")
+    return True, f"quiet: 1-min load average <= {worst:.2f} on {n_cores} cores"
+
+
+def machine() -> dict:
+    """CPU model, cores, BLAS and its version: what the figures were measured on."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu_model": name, "cores": cores(), "cpu_count": os.cpu_count(), "blas": blas()}
+
+
 def meta(backend, quick: bool, argv: list[str], torch_threads: int | None) -> dict:
     """The ``meta`` block of the JSON results."""
     now = _dt.datetime.now(_dt.timezone.utc)
     return {
+        "machine": machine(),
         "host": socket.gethostname(),
         "date": now.strftime("%Y-%m-%d"),
         "time_utc": now.isoformat(timespec="seconds"),

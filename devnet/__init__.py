@@ -7,7 +7,7 @@
 
 import logging as _logging
 
-from devnet import callbacks, data, interop, losses, optim
+from devnet import callbacks, data, interop, losses, optim, task
 from devnet.backend import Backend, available_backends, get_backend
 from devnet.callbacks import CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from devnet.errors import (
@@ -17,6 +17,7 @@ from devnet.errors import (
     DeviceUnavailableError,
     DevnetError,
     DivergenceError,
+    MissingDependencyError,
 )
 from devnet.io import load, load_checkpoint, save
 from devnet.nn import MLP, Dense, Parameter
@@ -30,7 +31,8 @@ __all__ = [
     "Dense", "DeviceUnavailableError", "DevnetError", "DivergenceError", "EarlyStopping",
     "History", "LearningRateScheduler", "ModelCheckpoint", "Parameter", "available_backends",
     "callbacks", "data", "evaluate", "fit", "get_backend", "interop", "load", "load_checkpoint",
-    "losses", "optim", "predict", "predict_proba", "profile", "save",
+    "losses", "MissingDependencyError", "optim", "predict", "predict_proba", "profile", "save",
+    "task",
 ]
 
 # One line on stderr says which device "auto" picked and why, unless the user configured

@@ -127,9 +127,8 @@ class Loss:
                 f" (or values beyond the range of {pred.dtype})")
         return target
 
-    def _check_inputs(self, pred, target, grad, sample_weight):
-        """The unchecked door's checks: (target, sample_weight) ready for the kernel."""
-        xp = get_xp(pred)
+    def _check_arrays(self, pred, target, grad, sample_weight, xp) -> None:
+        """The checks that read no data (O(1)), run on every call."""
         if not isinstance(pred, xp.ndarray):
             raise DataError(f"{self.name}: pred must be a NumPy or CuPy array, got "
                             f"{type(pred).__name__} (loss(pred, target) also takes lists)")
@@ -152,6 +151,14 @@ class Loss:
                             f"{tuple(getattr(grad, 'shape', ()))}")
         if isinstance(grad, np.ndarray) and not grad.flags.writeable:
             raise DataError(f"{self.name}: grad is read-only; pass a writable buffer")
+        for arg, a in (("target", target), ("sample_weight", sample_weight)):
+            if a is not None and not isinstance(a, xp.ndarray):
+                raise DataError(f"{self.name}: {arg} must be an array like pred "
+                                f"({type(pred).__name__}) when checked=True, got "
+                                f"{type(a).__name__}")
+
+    def _check_values(self, pred, target, sample_weight, xp):
+        """The unchecked door's data checks: (target, sample_weight) ready for the kernel."""
         _finite(f"{self.name} predictions", pred, xp)
         target = self.prepare_target(pred, _as_array(f"{self.name} target", target, xp), xp)
         if sample_weight is not None:
@@ -168,15 +175,19 @@ class Loss:
         backend: whose kernel table to use (default: the device ``pred`` lives on).
         checked: the caller has already checked target (and sample_weight) as
             ``prepare_target`` does, e.g. ``fit`` once for the whole data set: skip the checks
-            that read the data (and synchronise a GPU). Shapes are checked either way.
+            that read the data (and synchronise a GPU). Shapes and dtypes are checked either
+            way, and a label out of range then gives a NaN loss, never an out-of-bounds access.
         The returned value is a device scalar: reading it (``float``) synchronises.
         """
+        xp = get_xp(pred)
+        self._check_arrays(pred, None if not checked else target, grad,
+                           None if not checked else sample_weight, xp)
         if not checked:
-            target, sample_weight = self._check_inputs(pred, target, grad, sample_weight)
+            target, sample_weight = self._check_values(pred, target, sample_weight, xp)
         target = self.check_target(pred, target)
         w = None
         if sample_weight is not None:
-            w = _normalised_weights(sample_weight, pred.dtype, get_xp(pred))
+            w = _normalised_weights(sample_weight, pred.dtype, xp)
         kernel = getattr((backend or backend_of(pred)).kernels, self.kernel)
         return kernel(pred, target, grad, w, self._scale(pred), **self.params())
 

@@ -369,11 +369,15 @@ def test_huge_sample_weights_do_not_overflow_the_normalisation(scale, wdtype, dt
     expected, expected_grad = _expected_xent(z, labels, rel)
     assert value == pytest.approx(expected, rel=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
-    # fit's path: weights already checked, still normalised in float64
-    g = np.empty_like(z)
-    checked = loss.forward_backward_(z, labels, g, w.astype(dtype), checked=True)
-    if np.isfinite(w.astype(dtype)).all() and (w.astype(dtype) > 0).all():
+    # fit's path (weights already checked and in the model's dtype): still normalised in
+    # float64, so float32 weights of 1e38 are not all turned into 0
+    with np.errstate(over="ignore", under="ignore"):
+        w_model = w.astype(dtype)
+    if np.isfinite(w_model).all() and (w_model > 0).all() and scale <= 1e300:
+        g = np.empty_like(z)
+        checked = loss.forward_backward_(z, labels, g, w_model, checked=True)
         assert float(checked) == pytest.approx(expected, rel=1e-5)
+        np.testing.assert_allclose(g, expected_grad, rtol=1e-4, atol=1e-7)
 
 
 def test_batch_with_all_zero_weights_contributes_nothing_not_nan(rng):
@@ -407,6 +411,10 @@ def test_weighted_losses_match_the_definition(name, rng):
         elif name == "huber":
             v = np.where(np.abs(r) <= 1, 0.5 * r * r, np.abs(r) - 0.5)
             d = np.clip(r, -1, 1)
+        elif name == "poisson":  # half deviance, log link: mu = exp(p)
+            t = np.abs(t)
+            mu = np.exp(p)
+            v, d = t * np.log(t / mu) - t + mu, mu - t
         else:
             s = 1 / (1 + np.exp(-p))
             v, d = -(t * np.log(s) + (1 - t) * np.log(1 - s)), s - t

@@ -290,3 +290,11 @@ def test_import_without_scikit_learn_says_how_to_install():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install 'devnet-mlp[sklearn]'" in out.stdout
+
+
+def test_bench_lbfgs_runs_on_tiny_sizes():
+    from benchmarks import bench_lbfgs
+
+    rows = bench_lbfgs.run("cpu", {"synthetic": (80, 12)}, max_iter=2, log=lambda *a: None)
+    assert rows[0]["devnet_iters"] == rows[0]["sklearn_iters"] <= 2
+    assert rows[0]["devnet_over_sklearn"] > 0

@@ -16,16 +16,22 @@ the installed ``cupy`` package.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import os
 import threading
 import time
 import types
+import weakref
 
 import numpy as np
 
 __version__ = "14.0.0+devnet-sim"
 DEVICE_COUNT = int(os.environ.get("DEVNET_CUDA_SIMULATOR_DEVICES", "2"))
+# id(NumPy buffer) -> its stand-in array, while that lives (see _wrap)
+_WRAPPERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# device allocations made so far (new buffers, not views): the launch benchmark's counter
+ALLOCATIONS = [0]
 IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. Please use "
                        "`.get()` to construct a NumPy array explicitly.")
 
@@ -41,9 +47,15 @@ def _unwrap(x):
 
 
 def _wrap(x, device=None):
-    """NumPy results as stand-in arrays on ``device`` (default: the current one)."""
-    if isinstance(x, (np.ndarray, np.generic)) and not isinstance(x, ndarray):
-        return ndarray._from(np.asarray(x) if isinstance(x, np.generic) else x, device)
+    """NumPy results as stand-in arrays on ``device`` (default: the current one); a result
+    that is an argument's own buffer (``out=``, in-place methods) comes back as that array."""
+    if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
+        known = _WRAPPERS.get(id(x))
+        if known is not None and known._a is x:
+            return known
+        return ndarray._from(x, device)
+    if isinstance(x, np.generic):
+        return ndarray._from(np.asarray(x), device)
     if isinstance(x, tuple):
         return tuple(_wrap(v, device) for v in x)
     if isinstance(x, list):
@@ -285,14 +297,19 @@ class ndarray:  # noqa: N801 (CuPy's name)
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        ALLOCATIONS[0] += 1
         self._a = np.empty(shape, dtype, order=order)
         self._device = runtime.getDevice()
+        _WRAPPERS[id(self._a)] = self
 
     @classmethod
     def _from(cls, a: np.ndarray, device=None):
+        if a.base is None:  # a new buffer, not a view: what a device allocation would be
+            ALLOCATIONS[0] += 1
         self = object.__new__(cls)
         self._a = a
         self._device = runtime.getDevice() if device is None else device
+        _WRAPPERS[id(a)] = self
         return self
 
     # what CuPy refuses
@@ -377,9 +394,6 @@ class ndarray:  # noqa: N801 (CuPy's name)
     def __int__(self):
         return int(self._a)
 
-    def __index__(self):
-        return self._a.__index__()
-
     def __bool__(self):
         return bool(self._a)
 
@@ -409,12 +423,11 @@ for _name in ("neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne")
 # NumPy functions with CuPy namesakes that devnet (or its tests) call through ``xp``.
 NUMPY_FUNCTIONS = (
     "abs", "absolute", "add", "all", "allclose", "any", "arange", "argmax", "argmin",
-    "array_equal", "clip", "concatenate", "copyto", "cos", "count_nonzero", "dot", "empty",
-    "empty_like", "exp",
-    "expm1", "full", "full_like", "isfinite", "isinf", "isnan", "linspace", "log", "log1p",
-    "logaddexp", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply", "ones",
-    "ones_like", "prod", "ravel", "reshape", "sign", "sin", "sqrt", "square", "stack", "std",
-    "subtract", "sum", "tanh", "unique", "where", "zeros", "zeros_like",
+    "array_equal", "clip", "concatenate", "copyto", "cos", "count_nonzero", "divide", "dot",
+    "empty", "empty_like", "exp", "expm1", "full", "full_like", "isfinite", "isinf", "isnan",
+    "linspace", "log", "log1p", "logaddexp", "matmul", "max", "maximum", "mean", "min", "minimum",
+    "multiply", "ones", "ones_like", "prod", "ravel", "reshape", "sign", "sin", "sqrt", "square",
+    "stack", "std", "subtract", "sum", "tanh", "unique", "where", "zeros", "zeros_like",
 )
 for _name in NUMPY_FUNCTIONS:
     globals()[_name] = _numpy_function(_name)
@@ -464,7 +477,8 @@ def get_array_module(*args):
     """This module when any argument is a stand-in array, else NumPy."""
     import sys
 
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
+    # builtins.any: this module's own ``any`` is NumPy's
+    return sys.modules[__name__] if builtins.any(isinstance(a, ndarray) for a in args) else np
 
 
 def from_dlpack(array, *, device=None, copy=None):
