@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "fusion", "step", "sklearn", "scaling", "threads")
+SUITES = ("kernels", "fusion", "step", "sklearn", "scaling", "threads", "launch")
 
 __all__ = ["main", "SUITES"]
 
@@ -116,19 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     import devnet as dn
 
-    from . import (
-        bench_fusion,
-        bench_kernels,
-        bench_scaling,
-        bench_step,
-        bench_threads,
-        env,
-        report,
-    )
+    from . import bench_step, env
     from .timing import Settings, is_gpu
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; valid: {', '.join(SUITES)}, "
@@ -145,6 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         settings.repetitions = args.repetitions
     threads = args.threads or env.numpy_blas_threads(default=1)
     torch, sklearn = bench_step.optional_peers(args.no_torch, args.no_sklearn, threads)
+    try:
+        return _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn)
+    finally:  # PyTorch's thread count is process-wide: leave it as it was (tests run after)
+        if torch is not None:
+            torch.set_num_threads(torch.PEER_THREADS_BEFORE)
+
+
+def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -> int:
+    from . import (
+        bench_fusion,
+        bench_kernels,
+        bench_scaling,
+        bench_step,
+        bench_threads,
+        env,
+        report,
+    )
+    argv = args.argv
 
     def log(msg: str) -> None:
         if not args.quiet:

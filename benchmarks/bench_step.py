@@ -386,6 +386,8 @@ def optional_peers(no_torch: bool, no_sklearn: bool, threads: int):
     """(torch, sklearn) modules or None; PyTorch set to ``threads`` intra-op threads."""
     torch = None if no_torch else optional("torch")
     if torch is not None:
+        # the caller restores the previous count (PEER_THREADS_BEFORE) when done: a global
+        torch.PEER_THREADS_BEFORE = torch.get_num_threads()
         torch.set_num_threads(threads)
     sklearn = None if no_sklearn else optional("sklearn")
     return torch, sklearn

@@ -23,6 +23,7 @@ from devnet import metrics
 from devnet import optim as optim_mod
 from devnet import task as task_mod
 from devnet.errors import CheckpointError, ConfigError, DataError, DivergenceError, lookup
+from devnet.kernels.reference import get_xp
 from devnet.optim import schedules as sched_mod
 from devnet.validation import (
     _host,
@@ -142,6 +143,8 @@ def _forward_all(model, X, batch_size: int):
 def _metrics(loss, pred, y) -> dict:
     if loss.classification:
         return {"accuracy": metrics.accuracy(pred, y, loss.link)}
+    if loss.link == "exp":  # a log-link model outputs log(mean): score the mean it predicts
+        pred = get_xp(pred).exp(pred)
     return {"r2": metrics.r2(pred, y), "mae": metrics.mae(pred, y)}
 
 

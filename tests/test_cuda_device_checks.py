@@ -93,7 +93,7 @@ def test_no_cuda_device_ordinal_checked_before_numba(fake_gpu):
         "no CUDA device 5: this machine has 2 (cuda:0 .. cuda:1)"
 
 
-# --- the launch wrapper's signature check, on the real _Kernel.check -------------------------------
+# --- the launch wrapper's signature check, on the real _Kernel.check ----------------------------
 
 def _kernel_without_compiling(name, dtype):
     """A ``_Kernel`` whose check is the real one, without compiling (that needs a GPU)."""

@@ -345,3 +345,15 @@ def test_resume_into_a_fresh_model_keeps_the_checkpoints_input_scaling(rng, tmp_
     other.set_input_scaling(mean + 1.0, scale)
     with pytest.raises(dn.CheckpointError, match="standardizes its inputs"):
         dn.fit(other, X, y, epochs=2, batch_size=16, resume_from=path, progress=False)
+
+
+def test_poisson_metrics_score_the_predicted_mean_not_its_log(rng):
+    """Regression: r2/mae of a log-link (poisson) model were computed on log(mean)."""
+    X = rng.standard_normal((64, 3))
+    y = rng.poisson(np.exp(0.5 * X[:, :1] + 1.0)).astype(np.float64)
+    model = dn.MLP([3, 1], dtype="float64", backend="cpu", seed=0)
+    model.layers[0].W[...] = np.array([[0.5], [0.0], [0.0]])
+    model.layers[0].b[...] = 1.0
+    scores = dn.evaluate(model, X, y, loss="poisson")
+    mean = np.exp(0.5 * X[:, :1] + 1.0)
+    assert scores["mae"] == pytest.approx(np.abs(mean - y).mean(), rel=1e-12)
