@@ -224,7 +224,7 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
         log("thread-pool suite (serial vs parallel elementwise kernels)")
         results["threads"] = bench_threads.run(backend, configs, settings, seed=args.seed,
                                                log=log)
-    if "launch" in suites:  # only when asked for: python -m benchmarks launch --device cuda
+    if "launch" in suites:  # bench_launch: skips (saying why) off the CUDA backend
         results["launch"] = __import__("benchmarks.bench_launch").bench_launch.run(
             backend, settings, quick=args.quick, log=log)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)

@@ -5,8 +5,8 @@ on any machine. Only the final driver call is replaced by a no-op, so the host t
 everything devnet and numba-cuda do per launch (device scope, argument checks and views,
 numba-cuda's marshalling) and nothing the GPU does:
 
-- on a GPU, ``numba.cuda.dispatcher.launch`` (cuda.core's launch, numba-cuda's last Python call
-  before ``cuLaunchKernelEx``) is stubbed;
+- on a GPU, cuda.core's ``launch`` (numba-cuda's last Python call before ``cuLaunchKernelEx``,
+  which devnet's launch path calls directly with its own marshalled parameters) is stubbed;
 - under the simulator, the simulated kernel's execution is stubbed (the stand-in's host path is
   not CuPy's: the host times there say little, the counts say all).
 
@@ -55,12 +55,20 @@ def stubbed_driver(backend):
         return
     from numba.cuda import dispatcher
 
-    saved = dispatcher.launch
-    dispatcher.launch = lambda *args, **kwargs: None
+    from devnet.kernels import cuda as kcuda
+
+    def no_op(*args, **kwargs):
+        return None
+
+    saved = dispatcher.launch, kcuda._Driver.launch
+    dispatcher.launch = no_op
+    if kcuda._Driver.launch is not None:  # devnet's own path calls cuda.core's launch
+        kcuda._Driver.launch = staticmethod(no_op)
     try:
-        yield "numba.cuda.dispatcher.launch (cuda.core launch -> cuLaunchKernelEx)"
+        yield "cuda.core's launch (-> cuLaunchKernelEx), numba-cuda's final call"
     finally:
-        dispatcher.launch = saved
+        dispatcher.launch, kcuda._Driver.launch = saved[0], staticmethod(saved[1]) \
+            if saved[1] is not None else None
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Callbacks for ``fit``: early stopping, checkpoints, learning-rate changes, CSV logs.
+"""Callbacks for ``fit``: early stopping, checkpoints, learning-rate changes, CSV logs, and
+the gradient-flow monitor.
 
 Each callback gets ``self.trainer`` (the running ``devnet.train.Trainer``: model, optimizer,
 history, epoch, step, ``stop_training``) before ``on_train_begin``. Epoch numbers are 0-based.
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from devnet.errors import ConfigError
+from devnet.errors import ConfigError, MissingDependencyError
 from devnet.train import Callback
 from devnet.validation import positive_int
 
-__all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "GradientFlow", "LearningRateScheduler",
+           "ModelCheckpoint", "plot_gradient_flow"]
 
 _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
 
@@ -217,3 +219,110 @@ class CSVLogger(Callback):
 
     def on_train_abort(self, error: BaseException) -> None:
         self.on_train_end({})
+
+
+GRAD_NORM = "grad_norm"
+UPDATE_RATIO = "update_ratio"
+
+
+class GradientFlow(Callback):
+    """Per layer and epoch: the weights' gradient norm and update ratio, into the History.
+
+    ``history["grad_norm/layers.i"]``: the root mean square over the epoch's steps of
+    ``||dW_i||`` (the Frobenius norm of layer i's weight gradient), the quantity that shows
+    vanishing gradients: in a deep plain sigmoid stack the first layers' values are orders of
+    magnitude below the last's. ``history["update_ratio/layers.i"]``: ``||W_i(end) -
+    W_i(start)|| / ||W_i(start)||`` over the epoch, how far the optimizer moved the layer.
+    Plot them with ``history.plot_gradient_flow(path)``.
+
+    Cost: one fused multiply-add over the flat gradient buffer per step, on the device (no
+    host read); one per-layer reduction and one parameter copy per epoch.
+    """
+
+    def on_train_begin(self, logs: dict) -> None:
+        model = self.trainer.model
+        self._sq = model.backend.zeros(model.grads.shape, model.dtype)
+        self._start = model.params.copy()
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        model = self.trainer.model
+        self._sq[...] = 0
+        model.backend.xp.copyto(self._start, model.params)
+        self._steps = 0
+
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        grads = self.trainer.model.grads
+        self._sq += grads * grads  # accumulated on the device: no sync per step
+        self._steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        model = self.trainer.model
+        xp = model.backend.xp
+        steps = max(self._steps, 1)
+        record = {}
+        offset = 0
+        for layer in model.layers:
+            w = slice(offset, offset + layer.n_in * layer.n_out)
+            offset += layer.n_params
+            grad_rms = math.sqrt(float(self._sq[w].sum()) / steps)
+            start = self._start[w]
+            moved = float(xp.linalg.norm((model.params[w] - start).astype(np.float64)))
+            size = float(xp.linalg.norm(start.astype(np.float64)))
+            record[f"{GRAD_NORM}/{layer.name}"] = grad_rms
+            record[f"{UPDATE_RATIO}/{layer.name}"] = moved / size if size > 0 else math.inf
+        history = self.trainer.history
+        for key, value in record.items():
+            history.history.setdefault(key, []).append(value)
+        logs.update(record)  # callbacks after this one (CSVLogger) see them too
+
+
+def _gradient_series(history, kind: str) -> tuple[list[str], list[float]]:
+    prefix = f"{kind}/"
+    names = [k[len(prefix):] for k in history.history if k.startswith(prefix)]
+    names.sort(key=lambda name: int(name.rsplit(".", 1)[-1]) if name.rsplit(".", 1)[-1]
+               .isdigit() else 0)
+    return names, [history.history[f"{prefix}{name}"][-1] for name in names]
+
+
+def plot_gradient_flow(histories, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Plot the last epoch's per-layer gradient norms (log scale) of one or more Histories.
+
+    ``histories``: a History, or a dict label -> History, each recorded with ``GradientFlow``.
+    Writes a PNG (or any format matplotlib infers from ``path``) and returns the path. Needs
+    matplotlib (``pip install matplotlib``).
+    """
+    from devnet.train import History
+
+    if isinstance(histories, History):
+        histories = {None: histories}
+    if not isinstance(histories, dict) or not histories:
+        raise ConfigError("plot_gradient_flow takes a History or a dict label -> History")
+    for label, hist in histories.items():
+        if not isinstance(hist, History) or not _gradient_series(hist, GRAD_NORM)[0]:
+            raise ConfigError(f"History {label!r} has no gradient-flow records: pass "
+                              "callbacks=[devnet.callbacks.GradientFlow()] to fit")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("plot_gradient_flow needs matplotlib: pip install "
+                                     "matplotlib") from None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, hist in histories.items():
+        names, values = _gradient_series(hist, GRAD_NORM)
+        ax.semilogy(range(len(values)), values, marker="o", markersize=3,
+                    label=label if label is not None else None)
+    ax.set_xlabel("layer (input -> output)")
+    ax.set_ylabel("RMS gradient norm ||dW|| (last epoch)")
+    ax.set_title(title or "gradient flow")
+    ax.grid(True, which="both", alpha=0.3)
+    if any(label is not None for label in histories):
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -311,11 +311,11 @@ def _check_outputs(o: dict) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"output folder {str(out)!r} is not writable")
     for key, name in names.items():
-        target = out / name
+        target, what = out / name, ("run.json" if key == "run" else f"output.{key}")
         if target.is_dir():
-            raise ConfigError(f"output.{key}: {str(target)!r} is an existing folder")
+            raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
         if target.exists() and not os.access(target, os.W_OK):
-            raise ConfigError(f"output.{key}: {str(target)!r} exists and is not writable")
+            raise ConfigError(f"{what}: {str(target)!r} exists and is not writable")
     return out
 
 

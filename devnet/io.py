@@ -23,7 +23,10 @@ same folder (created with mode 0666 less the umask, like any other file), fsynce
 old checkpoint or the new one, never a broken one; a temporary file a killed save left behind
 is removed by the next successful save of the same path.
 
-Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``) and 2 (current) are read.
+Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``), 2 (no deep-network
+options) and 3 (current: the model config records ``block``, ``norm``, ``dropout`` and, with
+dropout, ``dropout_seed``; LayerNorm's gamma and beta are in ``params``) are read; a config
+without those keys is a plain MLP.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np
 from devnet.errors import CheckpointError, ConfigError, DeviceUnavailableError, DevnetError
 
 FORMAT = "devnet-checkpoint"
-FORMAT_VERSION = 2  # 2: input scaling tensors and ``extra``
+FORMAT_VERSION = 3  # 2: input scaling tensors and ``extra``; 3: block, norm, dropout
 _ST_DTYPES = {"F32": np.float32, "F64": np.float64}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 _SCALING_TENSORS = ("input.mean", "input.scale")
@@ -389,7 +392,10 @@ def _read_regular_file(path: Path, name: str) -> bytes:
 
 # --- metadata validation: a hand-made file with a recomputed checksum gets here ----------------
 
-_MODEL_KEYS = {"layer_sizes", "activation", "output_activation", "init", "dtype", "seed", "alpha"}
+_MODEL_KEYS = {"layer_sizes", "activation", "output_activation", "init", "dtype", "seed", "alpha",
+               "block", "norm", "dropout", "dropout_seed"}
+# the architecture a config without the deep-network keys (format versions 1, 2) describes
+_DEEP_DEFAULTS = {"block": "plain", "norm": None, "dropout": 0.0}
 _MAX_LAYER_SIZE = 2**40  # far past any real layer; keeps products exact and messages sane
 
 
@@ -434,6 +440,16 @@ def _check_meta(meta: dict, name: str) -> None:
         bad("model.seed", f"must be a non-negative integer or null, got {model['seed']!r}")
     if "alpha" in model and not _is_number(model["alpha"]):
         bad("model.alpha", f"must be a number, got {model['alpha']!r}")
+    if "block" in model and not isinstance(model["block"], str):
+        bad("model.block", f"must be a string, got {model['block']!r}")
+    if model.get("norm") is not None and not isinstance(model["norm"], str):
+        bad("model.norm", f"must be a string or null, got {model['norm']!r}")
+    if "dropout" in model and not _is_number(model["dropout"]):
+        bad("model.dropout", f"must be a number, got {model['dropout']!r}")
+    if model.get("dropout_seed") is not None and not (_is_int(model["dropout_seed"])
+                                                      and model["dropout_seed"] >= 0):
+        bad("model.dropout_seed", f"must be a non-negative integer or null, got "
+                                  f"{model['dropout_seed']!r}")
 
     digests = meta["tensors"]
     for key, digest in digests.items():
@@ -445,7 +461,7 @@ def _check_meta(meta: dict, name: str) -> None:
         if not (key == "params" or key.startswith("optimizer.") or key in _SCALING_TENSORS):
             bad("tensors", f"lists an unknown tensor {key!r}")
     # the parameter count follows from the layer sizes: check it before building anything
-    n_params = n_parameters(sizes)
+    n_params = n_parameters(sizes, model.get("norm"))
     dtype = model.get("dtype", "float32")
     params = digests.get("params")
     if params is None or params["shape"] != [n_params] or params["dtype"] != dtype:
@@ -610,9 +626,11 @@ def _tensors(header: dict, data: bytes, digests: dict, name: str) -> dict:
 def check_architecture(meta_model: dict, model, name: str) -> None:
     """CheckpointError unless the checkpoint's model config matches ``model``'s architecture."""
     mine = model.config()
-    keys = ("layer_sizes", "activation", "output_activation", "dtype", "alpha")
-    diff = [f"{k}: checkpoint {meta_model.get(k)!r}, model {mine[k]!r}" for k in keys
-            if meta_model.get(k) != mine[k]]
+    keys = ("layer_sizes", "activation", "output_activation", "dtype", "alpha", "block", "norm",
+            "dropout")
+    theirs = {**_DEEP_DEFAULTS, **meta_model}
+    diff = [f"{k}: checkpoint {theirs.get(k)!r}, model {mine[k]!r}" for k in keys
+            if theirs.get(k) != mine[k]]
     if diff:
         raise CheckpointError(f"checkpoint {name!r} is for a different architecture ("
                               + "; ".join(diff) + ")")

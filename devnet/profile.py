@@ -6,8 +6,12 @@ swapped for a thin proxy that times every ``matmul`` and kernel call it forwards
 timed are exactly the ops the MLP runs. Each op is attributed to its layer from the arrays it
 is handed (``W``, ``b``, ``dW``, ``db`` are views owned by one layer).
 
-Each op's time is the median over ``repeats`` instrumented steps (device synchronised around
-every op; CUDA events on a GPU); the step time is the median of uninstrumented steps, and the
+Each op's time is the median over ``repeats`` instrumented steps. On the CPU an op's time is
+its wall time (its work is done when the call returns). On a GPU two times are kept: ``host_s``,
+the host's time in the call (launch cost; nothing is synchronised between ops, so the host runs
+ahead as in training) and ``time_s``, the GPU's time between CUDA events recorded on the
+backend's stream around the op, read after the step (so it is the kernel's execution, not the
+launch latency). The step time is the median of uninstrumented steps, and the
 difference between the step and the sum of its ops is reported as ``python/glue``. Ceilings:
 the bandwidth of a plain copy and the GFLOP/s of a large square GEMM, measured in the same call.
 
@@ -44,12 +48,46 @@ def _events(backend):
     return getattr(getattr(backend.xp, "cuda", None), "Event", None)
 
 
+class _Pending:
+    """One op's times: the host's now, the GPU's once its end event has completed."""
+
+    __slots__ = ("host_s", "start", "end", "xp")
+
+    def __init__(self, host_s, start=None, end=None, xp=None):
+        self.host_s, self.start, self.end, self.xp = host_s, start, end, xp
+
+    def device_s(self) -> float:
+        if self.start is None:
+            return self.host_s
+        self.end.synchronize()
+        return self.xp.cuda.get_elapsed_time(self.start, self.end) / 1e3
+
+
 class _Clock:
     """Times one region: CUDA events on a GPU, perf_counter after synchronize on the CPU."""
 
     def __init__(self, backend):
         self.backend = backend
         self.Event = _events(backend)
+        self.stream = getattr(backend, "stream", None)  # the backend's own stream, if any
+
+    def op_start(self):
+        """Start timing one op without synchronising (see ``op_stop``)."""
+        if self.Event is None:
+            return time.perf_counter(), None
+        ev = self.Event()
+        ev.record(self.stream)
+        return time.perf_counter(), ev
+
+    def op_stop(self, token) -> _Pending:
+        """The op's host time now; on a GPU its device time once the events are read."""
+        t0, start = token
+        host = time.perf_counter() - t0
+        if start is None:
+            return _Pending(host)
+        end = self.Event()
+        end.record(self.stream)
+        return _Pending(host, start, end, self.backend.xp)
 
     def start(self):
         self.backend.synchronize()
@@ -106,6 +144,7 @@ class OpRecord:
     pct_bandwidth: float = 0.0
     pct_gemm: float = 0.0
     calls: int = 1
+    host_s: float = 0.0  #: host time in the call(s): the launch cost on a GPU
 
 
 class _Recorder:
@@ -122,9 +161,9 @@ class _Recorder:
         self.optimizer = optimizer
 
     def timed(self, layer, op, nbytes, flops, fn, *args, **kwargs):
-        token = self.clock.start()
+        token = self.clock.op_start()
         out = fn(*args, **kwargs)
-        self.events.append((layer, op, self.clock.stop(token), nbytes, flops))
+        self.events.append((layer, op, self.clock.op_stop(token), nbytes, flops))
         return out
 
     def matmul(self, real, a, b, out):
@@ -243,11 +282,14 @@ class ProfileReport:
                 f"step {self.step_s * 1e3:.4g} ms (median of {self.repeats}); ops sum "
                 f"{self.ops_s * 1e3:.4g} ms; ceilings: copy {self.ceilings['copy_gbs']:.1f} GB/s, "
                 f"GEMM {self.ceilings['gemm_gflops']:.1f} GFLOP/s")
-        rows = [[o.layer, o.op, f"{o.time_s * 1e6:.1f}", f"{100 * o.share:.1f}",
+        rows = [[o.layer, o.op, f"{o.host_s * 1e6:.1f}", f"{o.time_s * 1e6:.1f}",
+                 f"{100 * o.share:.1f}",
                  f"{o.gbs:.2f}" if o.bytes else "-", f"{o.gflops:.2f}" if o.flops else "-",
                  f"{100 * o.pct_bandwidth:.0f}" if o.bytes else "-",
                  f"{100 * o.pct_gemm:.0f}" if o.flops else "-"] for o in self.ops]
-        headers = ["layer", "op", "us", "% step", "GB/s", "GFLOP/s", "% copy BW", "% GEMM"]
+        # host us: time in the call (on a GPU: the launch); us: the op's run (GPU: events)
+        headers = ["layer", "op", "host us", "us", "% step", "GB/s", "GFLOP/s", "% copy BW",
+                   "% GEMM"]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
         def line(cells):
@@ -298,20 +340,25 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     rec = _Recorder(be, model, opt)
     proxy = _ProxyBackend(be, rec)
     per_op: dict[tuple[str, str], list[float]] = defaultdict(list)
+    per_op_host: dict[tuple[str, str], list[float]] = defaultdict(list)
     meta: dict[tuple[str, str], tuple[int, float, int]] = {}
     model.backend, opt.backend = proxy, proxy
     try:
         for _ in range(repeats + 1):
             rec.events.clear()
             step(proxy)
+            be.synchronize()  # once per step: the ops' events are complete
             counts: dict[tuple[str, str], float] = defaultdict(float)
+            host: dict[tuple[str, str], float] = defaultdict(float)
             ncalls: dict[tuple[str, str], int] = defaultdict(int)
-            for layer, op, t, nbytes, flops in rec.events:
-                counts[(layer, op)] += t
+            for layer, op, pending, nbytes, flops in rec.events:
+                counts[(layer, op)] += pending.device_s()
+                host[(layer, op)] += pending.host_s
                 ncalls[(layer, op)] += 1
                 meta[(layer, op)] = (nbytes, flops, 0)
             for key, t in counts.items():
                 per_op[key].append(t)
+                per_op_host[key].append(host[key])
                 nbytes, flops, _ = meta[key]
                 meta[key] = (nbytes, flops, ncalls[key])
     finally:
@@ -322,11 +369,13 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     ops = []
     for (layer, op), times in per_op.items():
         t = statistics.median(times[1:] if len(times) > 1 else times)
+        host_times = per_op_host[(layer, op)]
+        host_t = statistics.median(host_times[1:] if len(host_times) > 1 else host_times)
         nbytes, flops, calls = meta[(layer, op)]
         gbs = nbytes * calls / t / 1e9 if t > 0 else 0.0
         gfl = flops * calls / t / 1e9 if t > 0 else 0.0
         ops.append(OpRecord(layer, op, t, 0.0, nbytes * calls, flops * calls, gbs, gfl,
-                            gbs / ceil["copy_gbs"], gfl / ceil["gemm_gflops"], calls))
+                            gbs / ceil["copy_gbs"], gfl / ceil["gemm_gflops"], calls, host_t))
     ops_s = sum(o.time_s for o in ops)
     ops.append(OpRecord("step", "python/glue (step - ops)", max(0.0, step_s - ops_s)))
     for o in ops:

@@ -57,6 +57,12 @@ class History:
     def __getitem__(self, key):
         return self.history[key]
 
+    def plot_gradient_flow(self, path, title: str | None = None):
+        """Plot the per-layer gradient norms ``callbacks.GradientFlow`` recorded (matplotlib)."""
+        from devnet.callbacks import plot_gradient_flow
+
+        return plot_gradient_flow(self, path, title)
+
     def __repr__(self) -> str:
         keys = ", ".join(self.history)
         return f"History(epochs={len(self.epoch)}, keys=[{keys}])"
@@ -136,7 +142,7 @@ def _forward_all(model, X, batch_size: int):
     be = model.backend
     out = be.empty((len(X), model.n_out), model.dtype)
     for i in range(0, len(X), batch_size):
-        out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]))
+        out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]), training=False)
     return out
 
 
@@ -190,6 +196,7 @@ class Trainer:
         self.n_samples = n_samples
         self.total_steps = total_steps  # optimizer steps the run is planned for (its horizon)
         self.rng = np.random.default_rng(seed)
+        self.dist = None  # a devnet.distributed.DataParallel under fit(comm=...)
 
     def resume_state(self) -> dict:
         """JSON-serialisable state that, with model and optimizer, makes a resume exact."""
@@ -325,12 +332,11 @@ def _nonfinite(xp, a) -> bool:
     return not bool(xp.isfinite(a).all())
 
 
-def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows) -> tuple | None:
+def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows, step: int = 0) -> tuple | None:
     """Run one step checking every array; returns (layer, array, description) of the first
-    non-finite one, or None. ``rows``: the batch's sample indices in the training data.
+    non-finite one, or None. ``rows``: the batch's sample indices in the training data;
+    ``step``: the global step (it keys the dropout masks, as in the step replayed).
     """
-    from devnet.kernels import reference
-
     be = model.backend
     xp = be.xp
     if _nonfinite(xp, xb):
@@ -343,14 +349,12 @@ def _diagnose_step(model, loss, opt, xb, yb, wb, grad, rows) -> tuple | None:
             if _nonfinite(xp, arr):
                 return (layer.name, nm, f"parameter {layer.name}.{nm} (before the step)")
     with np.errstate(all="ignore"):
-        A = xb
-        for layer in model.layers:  # the forward pass again, layer by layer (diagnosis only)
-            Z = A @ layer.W + layer.b
-            A = reference.act_fwd(layer.activation, Z, model.alpha)
+        pred = model.forward(xb, training=True, step=step)
+        # each layer's output of that forward, in order (residual blocks and norms included)
+        for layer, A in zip(model.layers, model.layer_outputs()):
             if _nonfinite(xp, A):
                 return (layer.name, "A", f"forward activation of {layer.name} "
                         f"({layer.activation}(X @ W + b) overflowed)")
-        pred = model.forward(xb)
         if _nonfinite(xp, pred):
             return (model.layers[-1].name, "A", f"forward output of {model.layers[-1].name}")
         value = loss.forward_backward_(pred, yb, grad, wb, backend=be, **_checked(loss))
@@ -384,7 +388,7 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
         progress: bool | str = "auto", lr=None, schedule=None, sample_weight=None,
         resume_from=None, checkpoint=None, checkpoint_every: int = 1, guard: bool = True,
         guard_every: int | None = None, train_metrics: bool = True, task: str = "auto",
-        extend_schedule: bool = False) -> History:
+        extend_schedule: bool = False, comm=None) -> History:
     """Train ``model`` on (X, y); returns a History (one entry per epoch).
 
     Args:
@@ -429,6 +433,9 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
         progress: one line per epoch on stderr. "auto": a live tqdm bar per epoch when stderr
             is a terminal, nothing otherwise; True: the tqdm bar on a terminal, else a plain
             line printed (and flushed) at each epoch end; False: nothing.
+        comm: a ``devnet.distributed.init()`` communicator: data-parallel training over its
+            ranks (``devnet.distributed``); batch_size stays the global batch, rank 0 alone
+            shows progress and writes checkpoints and CSV logs.
     """
     check_model(model)
     epochs = positive_int("epochs", epochs)
@@ -486,6 +493,11 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
         from devnet.callbacks import ModelCheckpoint
 
         callbacks.append(ModelCheckpoint(checkpoint, every=checkpoint_every))
+    if comm is not None:  # data-parallel: check the ranks agree, broadcast rank 0's state
+        from devnet.distributed import DataParallel
+
+        trainer.dist = DataParallel(comm, trainer, X, y, sw)
+        progress, callbacks = trainer.dist.root_only(progress, callbacks)
     for cb in callbacks:
         cb.trainer = trainer
     try:
@@ -577,6 +589,7 @@ def _resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: boo
                               f"fit got loss {trainer.loss.name!r}")
     trainer.restore(ck.train_state, name)
     model.params[...] = ck.model.params
+    model.dropout_seed = ck.model.dropout_seed  # the masks continue as in the saved run
     state = ck.optimizer.state_dict()
     if isinstance(optimizer, optim_mod.Optimizer):
         opt = optimizer
@@ -681,9 +694,12 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
     shown = _Progress(progress, n, trainer.epochs)
     g = _Guard(model, opt, guard_every) if guard else None
     val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
+    dist = trainer.dist
 
     def batch(order, s):
         idx = order[s * bs:(s + 1) * bs]
+        if dist is not None:  # this rank's rows of the global batch
+            idx = dist.shard(idx)
         nb = len(idx)
         np.take(X, idx, axis=0, out=xbuf[:nb])
         np.take(y, idx, axis=0, out=ybuf[:nb])
@@ -713,17 +729,21 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         bar = shown.bar(epoch)
         for s in range(steps_per_epoch):
             _, xb, yb, wb, grad = batch(order, s)
-            pred = model.forward(xb)
+            pred = model.forward(xb, training=True, step=trainer.step)
             value = loss.forward_backward_(pred, yb, grad, wb, backend=be, **checked)
+            if dist is not None:  # weigh this rank's share of the global batch mean
+                value = dist.scale_(grad, value)
             model.backward(grad, input_grad=False)
+            if dist is not None:
+                dist.allreduce_grads_()
             opt.step()
-            if xb.shape[0] == bs:
+            if (s + 1) * bs <= n:  # a full global batch
                 acc_full += value
             else:
                 last = value
             trainer.step += 1
             if bar is not None:
-                bar.update(xb.shape[0])
+                bar.update(min(bs, n - s * bs))
             for cb in callbacks:
                 cb.on_batch_end(trainer.step, {"size": xb.shape[0]})
             if g is not None and g.every and (s + 1) % g.every == 0 and s + 1 < steps_per_epoch:
@@ -736,7 +756,10 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         if g is not None and not g.finite(acc_full):
             _diverged(trainer, g, epoch, g.first_step, steps_per_epoch - 1, order, batch)
         full = n // bs
-        total = float(acc_full) * bs + (0.0 if last is None else float(last) * (n - full * bs))
+        acc = acc_full
+        if dist is not None:  # the ranks' shares of the loss, added
+            acc, last = dist.sum_losses(acc_full, last)
+        total = float(acc) * bs + (0.0 if last is None else float(last) * (n - full * bs))
         logs = {"loss": total / n}
         if train_metrics:
             logs.update({k: v for k, v in _evaluate(model, loss, X, y, sw, 4096).items()
@@ -784,7 +807,8 @@ def _diverged(trainer, g, epoch, first, last, order, batch):
         g.restore(trainer)
         for step in range(first, last + 1):
             idx, xb, yb, wb, grad = batch(order, step)
-            found = _diagnose_step(model, loss, opt, xb, yb, wb, grad, idx)
+            found = _diagnose_step(model, loss, opt, xb, yb, wb, grad, idx,
+                                   g.step + step - first)
             if found is not None:
                 break
         g.restore(trainer)

@@ -156,14 +156,60 @@ def _col_partial(acc, j, m, part):
         part[cuda.blockIdx.y * m + j] = sh[tx]
 
 
+def _last_block(count, slot, total):
+    """True, in every thread, in the block that is the last of ``total`` to finish here.
+
+    ``count[slot]`` is an int32 ticket counter, 0 between launches (the last block resets
+    it). Each thread fences its earlier global writes first, so the last block reads every
+    other block's partials: one launch does what a second "sum the partials" launch did.
+    """
+    flag = cuda.shared.array(1, np.int32)
+    cuda.threadfence()
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0:
+        last = cuda.atomic.add(count, slot, 1) == total - 1
+        flag[0] = 1 if last else 0
+        if last:
+            count[slot] = 0
+    cuda.syncthreads()
+    return flag[0] == 1
+
+
+def _col_finish(part, j, m, count, db):
+    """After ``col_partial``: the last row block of this column tile writes ``db[j]``."""
+    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):  # noqa: F821
+        if cuda.threadIdx.y == 0 and j < m:
+            s = np.float64(0.0)  # the partials are float64
+            for r in range(cuda.gridDim.y):
+                s += part[r * m + j]
+            db[j] = s
+
+
+def _sum_finish(part, nparts, count, out):
+    """After each block's ``block_sum`` into ``part[:nparts]``: the last block writes their
+    sum to ``out[0]`` (``part[nparts]`` is its scratch slot)."""
+    if last_block(count, 0, nparts):  # noqa: F821
+        s = np.float64(0.0)
+        nt = cuda.blockDim.x * cuda.blockDim.y
+        t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        for r in range(t, nparts, nt):
+            s += part[r]
+        block_sum(s, part, nparts)  # noqa: F821
+        if t == 0:
+            out[0] = part[nparts]
+
+
 def _helpers(dt):
     """The block helpers for kernels of dtype ``dt``, as inlined device functions."""
     ns = scalar.typed_globals({**globals(), "real": dt.type}, dt)
-    return {
-        name: cuda.jit(device=True, inline="always")(scalar.specialise(fn, ns, dt))
-        for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
-                         ("col_partial", _col_partial))
-    }
+    helpers = {}
+    for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
+                     ("col_partial", _col_partial), ("last_block", _last_block),
+                     ("col_finish", _col_finish), ("sum_finish", _sum_finish)):
+        # later helpers call earlier ones: each sees those compiled before it
+        helpers[name] = cuda.jit(device=True, inline="always")(
+            scalar.specialise(fn, {**ns, **helpers}, dt))
+    return helpers
 
 
 # --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
@@ -184,9 +230,10 @@ def _bias_act_fwd(A, b, Z, keep_z, alpha):
             A[i, j] = value(z, alpha)  # noqa: F821
 
 
-def _act_bwd(G, A, Z, dZ, part, alpha):
+def _act_bwd(G, A, Z, dZ, part, count, db, alpha):
     # 2-D blocks: threadIdx.x a column of a tile of blockDim.x columns (coalesced rows),
-    # threadIdx.y strides over rows; one partial column sum per (row block, column)
+    # threadIdx.y strides over rows; one partial column sum per (row block, column), summed
+    # into db by the tile's last row block
     n, m = G.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     acc = 0.0
@@ -197,10 +244,11 @@ def _act_bwd(G, A, Z, dZ, part, alpha):
             dZ[i, j] = d
             acc += d
     col_partial(acc, j, m, part)  # noqa: F821
+    col_finish(part, j, m, count, db)  # noqa: F821
 
 
-def _col_partials(X, part):
-    # column partial sums of X, as in _act_bwd (softmax's db after its row pass)
+def _col_partials(X, part, count, db):
+    # db = column sums of X, as in _act_bwd (softmax's db after its row pass)
     n, m = X.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     acc = 0.0
@@ -209,24 +257,7 @@ def _col_partials(X, part):
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
             acc += X[i, j]
     col_partial(acc, j, m, part)  # noqa: F821
-
-
-def _col_sum(part, rows, db):
-    m = db.size
-    for j in range(cuda.grid(1), m, cuda.gridsize(1)):
-        s = np.float64(0.0)  # the partials are float64
-        for r in range(rows):
-            s += part[r * m + j]
-        db[j] = s
-
-
-def _sum_partials(part, count, out):
-    # one block: out[0] = sum(part[:count])
-    s = np.float64(0.0)
-    nt = cuda.blockDim.x * cuda.blockDim.y
-    for r in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, count, nt):
-        s += part[r]
-    block_sum(s, out, 0)  # noqa: F821
+    col_finish(part, j, m, count, db)  # noqa: F821
 
 
 # Row kernels: block (tx, ty) = (a power of two >= the row length or NT, NT // that); thread row
@@ -279,7 +310,7 @@ def _softmax_bwd_rows(G, A, dZ):
                 dZ[i, j] = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
 
 
-def _xent_label(L, T, grad, w, has_w, scale, part):
+def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
     n, k = L.shape
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
@@ -303,17 +334,23 @@ def _xent_label(L, T, grad, w, has_w, scale, part):
             t = T[i]
             # a label outside [0, k) is never used as an index: its row's loss and gradient
             # are NaN (as on the CPU), so the loss shows it
+            # (selected in the kernel's dtype, per element: a select on the float64 total
+            # would be float64 math in a float32 kernel)
             ok = t >= 0 and t < k
             row = 0.0
             for j in range(tx, k, bx):  # grad may be L: each element read before written
                 v, d = xent_label(L[i, j], lse, j == t)  # noqa: F821
+                if not ok:
+                    v = _NAN
+                    d = _NAN
                 row += v
-                grad[i, j] = c * d if ok else _NAN
-            total += c * row if ok else _NAN
+                grad[i, j] = c * d
+            total += c * row
     block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
 
 
-def _xent_prob(L, T, grad, w, has_w, scale, part):
+def _xent_prob(L, T, grad, w, has_w, scale, part, count, out):
     n, k = L.shape
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
@@ -344,9 +381,10 @@ def _xent_prob(L, T, grad, w, has_w, scale, part):
                 grad[i, j] = c * d
             total += c * row
     block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
 
 
-def _elem_loss(P, T, grad, w, has_w, scale, delta, part):
+def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
     # "cols" layout as _act_bwd; one partial per block, blocks numbered x-fastest
     n, k = P.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
@@ -359,6 +397,7 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part):
             total += c * v
             grad[i, j] = c * d
     block_sum(total, part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)  # noqa: F821
 
 
 def _sgd(p, g, lr, wd):
@@ -404,19 +443,18 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 def _sig(kind, ft):
     """The one signature kernel ``kind`` is compiled for, with float type ``ft``."""
     # scalar arguments (alpha, scale, lr, ...) in the arrays' type ft: a float64 would promote
-    a2, a1, part, f8, b1, i8 = ft[:, ::1], ft[::1], types.float64[::1], ft, \
-        types.boolean, types.int64
+    # part: float64 partial sums; count: the int32 ticket counters of the last-block sums
+    a2, a1, part, f8, b1, count = ft[:, ::1], ft[::1], types.float64[::1], ft, \
+        types.boolean, types.int32[::1]
     sigs = {
         "fwd": (a2, a1, a2, b1, f8),
-        "bwd": (a2, a2, a2, a2, part, f8),
-        "col_partials": (a2, part),
-        "col_sum": (part, i8, a1),
-        "sum_partials": (part, i8, a1),
+        "bwd": (a2, a2, a2, a2, part, count, a1, f8),
+        "col_partials": (a2, part, count, a1),
         "softmax_bwd_rows": (a2, a2, a2),
-        "xent_label_i32": (a2, types.int32[::1], a2, a1, b1, f8, part),
-        "xent_label_i64": (a2, types.int64[::1], a2, a1, b1, f8, part),
-        "xent_prob": (a2, a2, a2, a1, b1, f8, part),
-        "elem_loss": (a2, a2, a2, a1, b1, f8, f8, part),
+        "xent_label_i32": (a2, types.int32[::1], a2, a1, b1, f8, part, count, a1),
+        "xent_label_i64": (a2, types.int64[::1], a2, a1, b1, f8, part, count, a1),
+        "xent_prob": (a2, a2, a2, a1, b1, f8, part, count, a1),
+        "elem_loss": (a2, a2, a2, a1, b1, f8, f8, part, count, a1),
         "sgd": (a1, a1, f8, f8),
         "heavy_ball": (a1, a1, a1, f8, f8, f8),
         "rmsprop": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, b1),
@@ -447,8 +485,6 @@ for _a in scalar.ACTIVATIONS:
 _SPECS["bias_act_fwd_softmax"] = (_softmax_fwd, "fwd", {})
 _SPECS["softmax_bwd_rows"] = (_softmax_bwd_rows, "softmax_bwd_rows", {})
 _SPECS["col_partials"] = (_col_partials, "col_partials", {})
-_SPECS["col_sum"] = (_col_sum, "col_sum", {})
-_SPECS["sum_partials"] = (_sum_partials, "sum_partials", {})
 _SPECS["softmax_xent_label_i32"] = (_xent_label, "xent_label_i32", {})
 _SPECS["softmax_xent_label_i64"] = (_xent_label, "xent_label_i64", {})
 _SPECS["softmax_xent_prob"] = (_xent_prob, "xent_prob", {})
@@ -490,6 +526,74 @@ def _array_specs(sig):
                  if isinstance(t, types.Array))
 
 
+def _scalar_packers(sig):
+    """Per argument of ``sig``: None for an array, else what numba-cuda wraps the value in."""
+    import ctypes
+
+    packers = []
+    for t in sig.args:
+        if isinstance(t, types.Array):
+            packers.append(None)
+        elif t == types.boolean:
+            packers.append(bool)
+        elif isinstance(t, types.Integer):
+            packers.append(getattr(ctypes, f"c_{t}"))
+        else:
+            packers.append({types.float32: ctypes.c_float, types.float64: ctypes.c_double}[t])
+    return tuple(packers)
+
+
+def marshal(packers, args, device=None):
+    """The kernel parameters numba-cuda's ``_Kernel._prepare_args`` would pass for ``args``.
+
+    An array (C-contiguous, checked) becomes meminfo, parent, size, itemsize, data pointer,
+    shape, strides in bytes; a scalar its ctypes value. Built straight from CuPy's attributes:
+    no Numba device-array view, no ``__cuda_array_interface__`` dict, no typeof.
+    """
+    out = []
+    for pack, a in zip(packers, args):
+        if pack is None:
+            data = a.data
+            if device is not None and data.device_id != device:
+                raise DataError(f"an array on cuda:{data.device_id} was passed to a kernel "
+                                f"launching on cuda:{device}; run it under its backend's "
+                                "scope()")
+            out += (0, 0, a.size, a.itemsize, data.ptr, *a.shape, *a.strides)
+        else:
+            out.append(pack(a))
+    return out
+
+
+class _Driver:
+    """numba-cuda's final launch call (cuda.core's ``launch``); the launch benchmark stubs it."""
+
+    launch = None
+    LaunchConfig = None
+
+
+if not SIMULATOR:
+    try:
+        from cuda.core import LaunchConfig as _LaunchConfig
+        from cuda.core import launch as _core_launch
+        from numba.cuda._compat import CUDA_CORE_GE_1_0 as _GE_1_0
+
+        _Driver.launch = staticmethod(_core_launch)
+        _Driver.LaunchConfig = _LaunchConfig
+        _COOPERATIVE = "is_cooperative" if _GE_1_0 else "cooperative_launch"
+    except ImportError:  # an older numba-cuda: compiled.launch is used instead
+        pass
+
+_LAUNCH_CONFIGS: dict[tuple, object] = {}
+
+
+def _launch_config(grid, block):
+    cfg = _LAUNCH_CONFIGS.get((grid, block))
+    if cfg is None:
+        cfg = _LAUNCH_CONFIGS[(grid, block)] = _Driver.LaunchConfig(
+            grid=grid, block=block, shmem_size=0, **{_COOPERATIVE: False})
+    return cfg
+
+
 class _Kernel:
     """One kernel compiled for one dtype; launched without the dispatcher's type inference.
 
@@ -498,13 +602,15 @@ class _Kernel:
     signature, before every launch (dtype, rank and C-contiguity: attribute reads only).
     """
 
-    __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames")
+    __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames", "packers", "cufuncs")
 
     def __init__(self, name, dtype):
         self.name = name
         sig = _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)])
         pyfunc = _pyfunc(name, dtype)
         self.arrays = _array_specs(sig)
+        self.packers = _scalar_packers(sig)
+        self.cufuncs: dict[int, object] = {}  # device -> the loaded kernel
         self.argnames = pyfunc.__code__.co_varnames[:pyfunc.__code__.co_argcount]
         if SIMULATOR:
             self.dispatcher = cuda.jit(pyfunc)
@@ -529,6 +635,16 @@ class _Kernel:
     def __call__(self, c, grid, block, *args):
         """Launch on ``c``'s device and stream; ``args`` are arrays (CuPy) and scalars."""
         self.check(args)
+        if self.compiled is not None and _Driver.launch is not None:
+            # numba-cuda's launch minus its per-call work: parameters marshalled here from
+            # the CuPy arrays, the loaded kernel and the launch config cached
+            params = marshal(self.packers, args, c.device)
+            kernel = self.cufuncs.get(c.device)
+            if kernel is None:  # loaded into the current (this device's) context
+                kernel = self.cufuncs[c.device] = \
+                    self.compiled._codelibrary.get_cufunc().kernel
+            _Driver.launch(c.stream, _launch_config(grid, block), kernel, *params)
+            return
         dev = c.dev
         kargs = list(args)
         for i, _, _ in self.arrays:
@@ -705,6 +821,20 @@ class _Call:
                 max(size, 2 * (0 if buf is None else buf.size), 1024), np.float64)
         return buf
 
+    def counters(self, size):
+        """int32 ticket counters (>= ``size``, all 0) for last-block sums on this stream.
+
+        Each launch's last block resets the counters it used, so they stay 0 between
+        launches; launches on one stream never overlap.
+        """
+        if self.numpy:
+            return np.zeros(max(int(size), 1), np.int32)
+        key = (*self.key, "count")
+        buf = _SCRATCH.get(key)
+        if buf is None or buf.size < size:
+            buf = _SCRATCH[key] = _cp().zeros(max(int(size), 1024), np.int32)
+        return buf
+
     def scalar_out(self, dtype):
         """A 1-element output array for a loss value: the next slot of this stream's ring."""
         if self.numpy:
@@ -741,8 +871,19 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
                            A.dtype.type(alpha))
 
 
+def _same_buffer(a, b):
+    """True when ``a`` and ``b`` view the same elements (same start, shape and strides)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.strides != b.strides or type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return a.data.ptr == b.data.ptr
+
+
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
-    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one pass plus a partial-sum pass.
+    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one launch (softmax: two).
 
     G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
     dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
@@ -759,24 +900,19 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     dt = G.dtype
     grid, block = _config(c, "cols", n, m)
     part = c.scratch(grid[1] * m)
+    count = c.counters(grid[0])
     if act == "softmax":
         rgrid, rblock = _config(c, "rows", n, m)
         _kernel("softmax_bwd_rows", dt)(c, rgrid, rblock, G, A, dZ)
-        _kernel("col_partials", dt)(c, grid, block, dZ, part)
+        _kernel("col_partials", dt)(c, grid, block, dZ, part, count, db)
+    elif act == "identity" and _same_buffer(dZ, G):
+        # dZ = G already: only the bias gradient, no identity copy of G into itself
+        _kernel("col_partials", dt)(c, grid, block, G, part, count, db)
     else:
-        _kernel(name, dt)(c, grid, block, G, A, Z, dZ, part, dt.type(alpha))
-    sgrid, sblock = _config(c, "flat", m)
-    _kernel("col_sum", dt)(c, sgrid, sblock, part, grid[1], db)
+        _kernel(name, dt)(c, grid, block, G, A, Z, dZ, part, count, db, dt.type(alpha))
 
 
 # --- losses --------------------------------------------------------------------------------------
-
-def _finish_loss(c, part, nparts, dtype):
-    out = c.scalar_out(dtype)
-    grid, block = _config(c, "one", 1)
-    _kernel("sum_partials", dtype)(c, grid, block, part, nparts, out)
-    return out.reshape(())
-
 
 def _weight_arg(c, weight, like):
     # an unused stand-in of the right type when there is no weight (has_w=False)
@@ -801,10 +937,11 @@ def softmax_xent(logits, target, grad, weight, scale):
             target = target.astype(dt)
         name = "softmax_xent_prob"
     grid, block = _config(c, "rows", n, k)
-    part = c.scratch(grid[0])
+    out = c.scalar_out(dt)
     _kernel(name, dt)(c, grid, block, logits, target, grad, _weight_arg(c, weight, grad),
-                      weight is not None, dt.type(scale), part)
-    return _finish_loss(c, part, grid[0], dt)
+                      weight is not None, dt.type(scale), c.scratch(grid[0] + 1),
+                      c.counters(1), out)
+    return out.reshape(())
 
 
 def _loss(name, pred, target, grad, weight, scale, delta=1.0):
@@ -815,12 +952,12 @@ def _loss(name, pred, target, grad, weight, scale, delta=1.0):
     n, k = pred.shape
     c = _Call(pred)
     grid, block = _config(c, "cols", n, k)
-    nparts = grid[0] * grid[1]
-    part = c.scratch(nparts)
+    out = c.scalar_out(pred.dtype)
     real = pred.dtype.type
     _kernel(name, pred.dtype)(c, grid, block, pred, target, grad, _weight_arg(c, weight, grad),
-                              weight is not None, real(scale), real(delta), part)
-    return _finish_loss(c, part, nparts, pred.dtype)
+                              weight is not None, real(scale), real(delta),
+                              c.scratch(grid[0] * grid[1] + 1), c.counters(1), out)
+    return out.reshape(())
 
 
 def sigmoid_bce(logits, target, grad, weight, scale):
@@ -894,3 +1031,21 @@ def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
     """In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad); (N,) buffers."""
     _step("adamw_step", p, g, m, v, vmax, float(lr), float(beta1), float(beta2), float(eps),
           float(wd), float(bc1), float(bc2), bool(amsgrad))
+
+
+# --- deep-network kernels (issue 14): LayerNorm, dropout, residual add; built in cuda_rows.py
+# with this module's pieces (imported first, cuda_rows sets them here itself when it is done)
+from devnet.kernels import cuda_rows as _cuda_rows  # noqa: E402
+
+for _name in getattr(_cuda_rows, "__all__", ()):
+    if hasattr(_cuda_rows, _name):
+        globals()[_name] = getattr(_cuda_rows, _name)
+
+
+# Kernels of the table with no Numba-CUDA version yet (reference.KERNEL_NAMES grows first) run
+# as the xp-generic reference on the CuPy arrays: correct, unfused, and listed here.
+from devnet.kernels import reference as _reference  # noqa: E402
+
+REFERENCE_FALLBACK = tuple(n for n in KERNEL_NAMES if n not in globals())
+for _name in REFERENCE_FALLBACK:
+    globals()[_name] = getattr(_reference, _name)

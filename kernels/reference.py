@@ -312,3 +312,116 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
     else:
         vhat = v
     p -= lr * (m / bc1) / (xp.sqrt(vhat / bc2) + eps)
+
+
+# --- deep networks (issue 14): LayerNorm rows, dropout, the residual add -----------------------
+# Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
+# ``key = scalar.dropout_key(seed, step, layer)``; the same uint64 arithmetic here (NumPy /
+# CuPy arrays) as in the compiled kernels, so every table draws the same bits.
+
+DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
+                "act_drop_bwd")
+KERNEL_NAMES = (*KERNEL_NAMES, *DEEP_KERNELS)
+LAYERNORM_EPS = 1e-5
+
+_U32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    # scalar.mix32 on a uint64 array; uint64 constants, so no array module promotes to float
+    u = np.uint64
+    x = x ^ (x >> u(16))
+    x = (x * u(0x7FEB352D)) & u(_U32)
+    x = x ^ (x >> u(15))
+    x = (x * u(0x846CA68B)) & u(_U32)
+    return x ^ (x >> u(16))
+
+
+def dropout_mask(xp, shape, p, key):
+    """The keep mask (bool, ``shape``) of dropout rate ``p`` and 64-bit ``key``."""
+    from devnet.kernels import scalar
+
+    if p <= 0:
+        return xp.ones(shape, dtype=bool)
+    e = xp.arange(math.prod(shape), dtype=xp.uint64).reshape(shape)
+    k0, k1 = xp.uint64(key & _U32), xp.uint64(key >> 32)
+    return _mix32(_mix32((e & xp.uint64(_U32)) ^ k0) ^ k1) >= xp.uint64(
+        scalar.dropout_threshold(p))
+
+
+def dropout_scales(p, dtype):
+    """``(1 / (1 - p), 1 - p)`` in ``dtype``, rounded from float64 as every table does."""
+    t = np.dtype(dtype).type
+    return t(1.0 / (1.0 - p)), t(1.0 - p)
+
+
+def dropout_fwd(A, p, key):
+    """In place inverted dropout: ``A <- A / (1 - p)`` where kept, 0 where dropped.
+
+    A: (n, m) float32/float64, C-contiguous; p: rate in [0, 1); key: 64-bit int
+    (``scalar.dropout_key``). The mask is a pure function of (key, flat index, p). Its backward
+    is the same call on the gradient.
+    """
+    xp = get_xp(A)
+    scale, _ = dropout_scales(p, A.dtype)
+    keep = dropout_mask(xp, A.shape, p, key)
+    A[...] = xp.where(keep, A * scale, A.dtype.type(0))
+
+
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+    """In place ``A <- dropout(act(A + b))`` (``Z <- A + b`` first when given); then, when ``R``
+    is given, ``out <- R + A`` (a residual block's output).
+
+    A, Z, R, out: (n, m); b: (m,); p, key: as ``dropout_fwd`` (p = 0: no dropout). Elementwise
+    activations only.
+    """
+    bias_act_fwd(act, A, b, Z, alpha)
+    if p > 0:
+        dropout_fwd(A, p, key)
+    if R is not None:
+        get_xp(A).add(R, A, out=out)
+
+
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+    """Backward of ``bias_act_drop_fwd``'s activation and dropout: ``dZ <- G * mask / (1 - p) *
+    act'(.)``, ``db <- column sums of dZ``.
+
+    A: the forward's output (after dropout): where kept, ``act = A (1 - p)`` is recovered from
+    it, so nothing else is stored. G, Z, dZ: (n, m), dZ may be G; db: (m,).
+    """
+    xp = get_xp(G)
+    scale, inv = dropout_scales(p, G.dtype)
+    keep = dropout_mask(xp, G.shape, p, key)
+    a = A * inv
+    dZ[...] = xp.where(keep, G * scale * _act_grad(xp, act, a, Z, alpha), G.dtype.type(0))
+    db[...] = dZ.sum(axis=0)
+
+
+def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=LAYERNORM_EPS):
+    """Per row: ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; writes ``mean``, ``rstd``.
+
+    X, Y: (n, m); gamma, beta: (m,); mean, rstd: (n,) outputs (``rstd = 1/sqrt(var + eps)``,
+    the biased variance); all one float dtype. Y must not alias X.
+    """
+    xp = get_xp(X)
+    mu = X.mean(axis=1)
+    var = ((X - mu[:, None]) ** 2).mean(axis=1)
+    mean[...] = mu
+    rstd[...] = 1 / xp.sqrt(var + X.dtype.type(eps))
+    Y[...] = (X - mean[:, None]) * rstd[:, None] * gamma + beta
+
+
+def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
+    """Backward of ``layernorm_fwd``: ``dX <- dL/dX`` (plus ``R`` when given: a residual
+    block's skip gradient, fused), ``dgamma``, ``dbeta`` <- column sums.
+
+    G: (n, m) dL/dY; X, mean, rstd: the forward's input and statistics; dX: (n, m) output, may
+    be G or R; dgamma, dbeta: (m,) outputs.
+    """
+    xhat = (X - mean[:, None]) * rstd[:, None]
+    g = G * gamma
+    dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True)
+                          - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    dgamma[...] = (G * xhat).sum(axis=0)
+    dbeta[...] = G.sum(axis=0)
+    dX[...] = dx if R is None else R + dx

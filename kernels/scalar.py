@@ -356,6 +356,86 @@ def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
     return adam(p * (1.0 - lr * wd), g, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
 
 
+# --- deep networks (issue 14): LayerNorm rows and counter-based dropout ------------------------
+
+def layernorm_stats(shift, s1, s2, m, eps):
+    """A row's ``(mean, 1 / sqrt(var + eps))`` from its shifted sums ``s1 = sum(x - shift)``,
+    ``s2 = sum((x - shift)**2)`` over ``m`` elements (``m`` in the kernel's dtype).
+
+    One pass over the row: shifting by one of its own elements (``shift = x[0]``) keeps
+    ``s2 / m - (s1 / m)**2`` from cancelling when the mean is large against the spread, which
+    the plain sum-of-squares formula does in float32.
+    """
+    d = s1 / m
+    var = max(s2 / m - d * d, 0.0)
+    return shift + d, 1.0 / math.sqrt(var + eps)
+
+
+def layernorm(x, mean, rstd, gamma, beta):  # y = gamma (x - mean) / sqrt(var + eps) + beta
+    return (x - mean) * rstd * gamma + beta
+
+
+def layernorm_grad(g, xhat, g_mean, gx_mean, rstd):
+    # d LN: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy gamma, xhat = (x - mean) rstd
+    return rstd * (g - g_mean - xhat * gx_mean)
+
+
+# Dropout masks come from a counter-based hash of (key, element): no generator state, so the
+# same (seed, step, layer) gives the same mask on every device, in any thread order, and after a
+# resume, and backward recomputes the mask instead of storing it. Integers are uint64 holding
+# 32-bit words (masked after each multiply): the same arithmetic in Numba, CUDA and NumPy.
+_U32 = np.uint64(0xFFFFFFFF)
+_MIX1 = np.uint64(0x7FEB352D)
+_MIX2 = np.uint64(0x846CA68B)
+_SH15 = np.uint64(15)
+_SH16 = np.uint64(16)
+_U64 = (1 << 64) - 1
+
+
+def mix32(x):
+    """lowbias32 (C. Wellons' hash prospector): a bijection of 32-bit words, ``x`` a uint64
+    below 2**32; xorshift-multiply rounds with near-ideal avalanche."""
+    x = x ^ (x >> _SH16)
+    x = (x * _MIX1) & _U32
+    x = x ^ (x >> _SH15)
+    x = (x * _MIX2) & _U32
+    return x ^ (x >> _SH16)
+
+
+def dropout_keep(e, k0, k1, threshold):
+    """Whether element ``e`` (uint64 flat index) is kept: hash(e, key) >= threshold.
+
+    ``k0``, ``k1``: the key's two 32-bit words (``dropout_key``); ``threshold``:
+    ``dropout_threshold(p)``. Two rounds, the key mixed in before each.
+    """
+    return mix32(mix32((e & _U32) ^ k0) ^ k1) >= threshold
+
+
+def dropout(a, keep, scale):  # inverted dropout: kept values times 1 / (1 - p), so E[out] = a
+    return a * scale if keep else 0.0
+
+
+def _splitmix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def dropout_key(seed, step, layer):
+    """The 64-bit key of one layer's mask at one optimizer step (host side, Python ints).
+
+    SplitMix64 chained over (seed, step, layer); kernels split it into ``k0 = key & 0xFFFFFFFF``
+    and ``k1 = key >> 32``.
+    """
+    return _splitmix64(_splitmix64(_splitmix64(int(seed) & _U64) ^ int(step)) ^ int(layer))
+
+
+def dropout_threshold(p):
+    """The hash threshold (Python int in [0, 2**32)) that drops a fraction ``p`` in [0, 1)."""
+    return min(int(round(p * 4294967296.0)), 4294967295)
+
+
 # --- compiling this module ---------------------------------------------------------------------
 
 DTYPE_FUNCTIONS = {

@@ -124,6 +124,10 @@ def test_profile_runs_on_the_gpu_path(digits):
     names = " ".join(op.op for op in report.ops)
     for op in ("matmul", "bias+relu", "relu' + bias grad", "softmax_xent", "adam_step"):
         assert op in names
+    # on the GPU path each op has its launch's host time and its events' device time
+    timed = [op for op in report.ops if op.layer != "step"]
+    assert all(op.host_s > 0 and op.time_s > 0 for op in timed)
+    assert "host us" in str(report)
 
 
 def test_checkpoint_across_devices_is_bit_identical(tmp_path, digits):

@@ -85,17 +85,18 @@ def _close_sum(actual, expected, abs_terms, n, dtype, what="sum"):
     _assert_within(actual, expected, bound + np.finfo(dtype).tiny, what)
 
 
-def _close_step(new, expected, old, dtype, what):
+def _close_step(new, expected, old, dtype, what, pieces=0.0):
     """An in-place update ``old -> new`` within STEP_ULPS eps of the values involved.
 
-    The bound is elementwise on |old| + |new| + |new - old|: a float32 update is off by a few
-    roundings of those, never by a fraction of the step itself, so a 1% error in the step
-    (the update, not the parameter) fails.
+    The bound is elementwise on |old| + |new| + |new - old| + ``pieces`` (the magnitudes the
+    update was computed from): a float32 update is off by a few roundings of those, never by
+    a fraction of the step itself, so a 1% error in the step (the update, not the parameter)
+    fails.
     """
     eps = float(np.finfo(dtype).eps)
     old = np.asarray(old, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
-    scale = np.abs(old) + np.abs(expected) + np.abs(expected - old)
+    scale = np.abs(old) + np.abs(expected) + np.abs(expected - old) + pieces
     _assert_within(new, expected, STEP_ULPS * eps * scale + np.finfo(dtype).tiny, what)
 
 
@@ -263,10 +264,23 @@ def _copy(bufs, dtype=None):
     return {k: v.astype(dtype or v.dtype) for k, v in bufs.items()}
 
 
-def _check_all(b1, b2, dtype, before):
-    """Every buffer against the reference, as an update of its value ``before`` the step."""
+def _check_step(step, bufs, dtype):
+    """Run ``step(module, buffers)`` on the CPU kernel and on the float64 reference; compare
+    every buffer as an update of its value before the step.
+
+    The rounding bound of an update includes the magnitudes of the pieces it was computed from
+    (``mu buf + d`` cancels to ~0 while its rounding error is ~eps |mu buf|): the step run once
+    more on |buffers| in float64, where nothing cancels, gives those magnitudes.
+    """
+    b1, b2 = _copy(bufs), _copy(bufs, np.float64)
+    babs = {k: np.abs(v).astype(np.float64) for k, v in bufs.items()}
+    step(cpu, b1)
+    step(reference, b2)
+    step(reference, babs)
     for key in b1:
-        _close_step(b1[key], b2[key], before[key], dtype, f"buffer {key!r}")
+        pieces = np.abs(babs[key] - np.abs(bufs[key].astype(np.float64)))
+        _close_step(b1[key], b2[key], bufs[key], dtype, f"buffer {key!r}", pieces)
+    return b1
 
 
 SIZES = (1, 7, 1000, 100_003)
@@ -277,13 +291,13 @@ SIZES = (1, 7, 1000, 100_003)
 @pytest.mark.parametrize("name", list(STEPS))
 def test_simple_steps(name, n, dtype, mode, rng):
     bufs = _buffers(rng, n, dtype)
-    b1, b2 = _copy(bufs), _copy(bufs, np.float64)
-    args1, kw = STEPS[name](b1)
-    args2, _ = STEPS[name](b2)
-    getattr(cpu, name)(*args1, **kw)
-    getattr(reference, name)(*args2, **kw)
+
+    def step(mod, b):
+        args, kw = STEPS[name](b)
+        getattr(mod, name)(*args, **kw)
+
+    b1 = _check_step(step, bufs, dtype)
     assert not np.array_equal(b1["p"], bufs["p"])
-    _check_all(b1, b2, dtype, bufs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -292,12 +306,13 @@ def test_simple_steps(name, n, dtype, mode, rng):
 def test_rmsprop_step(mu, centered, n, dtype, mode, rng):
     bufs = _buffers(rng, n, dtype)
     # centered needs sq > gavg**2: sq in [0.5, 2], gavg ~ 0.1
-    b1, b2 = _copy(bufs), _copy(bufs, np.float64)
-    for b, mod in ((b1, cpu), (b2, reference)):
+
+    def step(mod, b):
         mod.rmsprop_step(b["p"], b["g"], b["sq"], b["s3"] if mu else None,
                          b["s2"] if centered else None, lr=0.01, rho=0.9, mu=mu, eps=1e-8,
                          wd=0.01, centered=centered)
-    _check_all(b1, b2, dtype, bufs)
+
+    b1 = _check_step(step, bufs, dtype)
     if not mu:
         np.testing.assert_array_equal(b1["s3"], bufs["s3"])  # unused state untouched
 
@@ -308,13 +323,14 @@ def test_rmsprop_step(mu, centered, n, dtype, mode, rng):
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adam_steps(name, amsgrad, n, dtype, mode, rng):
     bufs = _buffers(rng, n, dtype)
-    b1, b2 = _copy(bufs), _copy(bufs, np.float64)
     t = 3
-    for b, mod in ((b1, cpu), (b2, reference)):
+
+    def step(mod, b):
         getattr(mod, name)(b["p"], b["g"], b["s1"], b["sq"], b["vmax"] if amsgrad else None,
                            lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.05,
                            bc1=1 - 0.9**t, bc2=1 - 0.999**t, amsgrad=amsgrad)
-    _check_all(b1, b2, dtype, bufs)
+
+    _check_step(step, bufs, dtype)
 
 
 def test_scalar_functions_run_as_plain_python():

@@ -91,11 +91,13 @@ def test_whole_number_float_labels_match_integer_labels(dtype, rng):
     np.testing.assert_allclose(g_int, grad, **TOL[dtype])
 
 
-def test_checked_call_skips_the_label_scan_and_the_kernel_still_stays_in_bounds():
-    """``checked=True`` (what fit passes) reads no data; a bad label then gives NaN, not a
-    write past the buffer: grad is a window of a larger buffer whose guard rows must stay."""
-    out = _isolated("""
+@pytest.fixture(scope="module")
+def isolated():
+    """The calls that would corrupt memory if a label guard regressed, in one subprocess."""
+    return _isolated("""
         import json, numpy as np, devnet as dn
+        from devnet.kernels import cpu, reference
+        out = {}
         rng = np.random.default_rng()
         res = {}
         for dt in (np.float32, np.float64):
@@ -108,19 +110,7 @@ def test_checked_call_skips_the_label_scan_and_the_kernel_still_stays_in_bounds(
             res[dt.__name__] = dict(value=repr(float(v)),
                                     nan_rows=np.isnan(grad).all(axis=1).tolist(),
                                     guard=bool((buf[:2] == 7).all() and (buf[7:] == 7).all()))
-        print(json.dumps(res))
-    """)
-    for got in out.values():
-        assert got == dict(value="nan", nan_rows=[False, True, False, True, True], guard=True)
-
-
-# --- the raw kernels ---------------------------------------------------------------------------
-
-def test_cpu_kernel_out_of_range_label_gives_nan_row_not_memory_corruption():
-    """Every label dtype, serial and parallel kernels, grad aliasing the logits or not."""
-    out = _isolated("""
-        import json, numpy as np
-        from devnet.kernels import cpu, reference
+        out['checked'] = res
         rng = np.random.default_rng()
         bad = {"k": 4, "minus1": -1, "huge": 10**9, "very_negative": -10**12}
         res = []
@@ -153,8 +143,23 @@ def test_cpu_kernel_out_of_range_label_gives_nan_row_not_memory_corruption():
                                 others=bool(np.allclose(g[ok], gr[ok], rtol=1e-4,
                                                         atol=1e-6)),
                                 guard=bool((buf[:2] == 7).all() and (buf[8:] == 7).all())))
-        print(json.dumps(res))
+        out['kernels'] = res
+        print(json.dumps(out))
     """)
+
+
+def test_checked_call_skips_the_label_scan_and_the_kernel_still_stays_in_bounds(isolated):
+    """``checked=True`` (what fit passes) reads no data; a bad label then gives NaN, not a
+    write past the buffer: grad is a window of a larger buffer whose guard rows must stay."""
+    for got in isolated["checked"].values():
+        assert got == dict(value="nan", nan_rows=[False, True, False, True, True], guard=True)
+
+
+# --- the raw kernels ---------------------------------------------------------------------------
+
+def test_cpu_kernel_out_of_range_label_gives_nan_row_not_memory_corruption(isolated):
+    """Every label dtype, serial and parallel kernels, grad aliasing the logits or not."""
+    out = isolated["kernels"]
     bad = [r for r in out if not (r["nan_value"] and r["nan_row"] and r["others"]
                                   and r["guard"])]
     assert len(out) > 40 and not bad, bad

@@ -14,11 +14,14 @@ import numpy as np
 
 from devnet.backend import Backend, get_backend
 from devnet.errors import ConfigError, DataError
+from devnet.kernels import scalar
 from devnet.nn import activations
 from devnet.nn import init as initializers
 from devnet.nn.dense import Dense, ParameterList
 
 DTYPES = ("float32", "float64")
+BLOCKS = ("plain", "residual")
+NORMS = (None, "layernorm")
 _MAX_CACHED_BATCH_SIZES = 4  # work buffers kept for this many batch sizes (LRU)
 
 
@@ -31,14 +34,34 @@ class _Work:
     G: list  # per layer (n, n_out): dL/dA, turned into dL/dZ in place (top layer: dL/dZ only)
     dX: Any = None  # (n, n_in), allocated on the first backward that asks for it
     X: Any = None  # (n, n_in) the standardized input, allocated when input scaling is set
+    # deep-network buffers, None for layers without that option:
+    U: list = None  # per normed layer (n, n_in): LayerNorm of its input (the matmul's input)
+    mean: list = None  # per normed layer (n,): the LayerNorm row means ...
+    rstd: list = None  # ... and 1 / sqrt(var + eps)
+    dU: list = None  # per normed layer (n, n_in): dL/dU
+    R: list = None  # per residual block (n, n_out): its output, input + dropout(act(...))
+    D: list = None  # per residual block (n, n_out): dL/dZ (G stays: it is the skip's gradient)
+    inputs: list = None  # per layer: its input in the last forward (X or the previous output)
 
 
 class MLP:
     """A stack of Dense layers: ``layer_sizes = [n_in, h1, ..., n_out]``.
 
     Rows are samples: ``Z = X @ W + b``. All parameters live in ONE flat buffer (``layers[i].W``
-    and ``.b`` are views), gradients likewise, so an optimizer updates the whole model in one
-    kernel launch.
+    and ``.b`` are views, LayerNorm's gamma and beta too), gradients likewise, so an optimizer
+    updates the whole model in one kernel launch.
+
+    Deep networks: with ``block="residual"``, hidden layer i (1 <= i <= len(layer_sizes) - 3,
+    i.e. every layer but the first and the output layer) whose input and output widths are
+    equal is a pre-norm residual block ``h <- h + dropout(act(norm(h) @ W + b))``; the first
+    layer, the output layer and any layer that changes the width are plain (projection)
+    layers ``h <- dropout(act(norm(h) @ W + b))``. ``norm="layernorm"`` normalizes the input of
+    every layer but the first (whose input is the data: see ``set_input_scaling``), residual
+    or not, output layer included: per row ``gamma (h - mean) / sqrt(var + 1e-5) + beta``, gamma
+    starting at 1 and beta at 0. ``dropout=p`` drops each hidden activation (not the output)
+    with probability p during training only (``forward(X, training=True, step=s)``: fit does
+    that), scaling the kept ones by 1 / (1 - p); the mask is a hash of (dropout_seed, s, layer,
+    element), identical on every device and after a resume.
 
     Args:
         layer_sizes: at least two positive ints.
@@ -49,12 +72,17 @@ class MLP:
         backend: a device spec (``"auto"``, ``"cpu"``, ``"cuda:0"``) or a Backend.
         seed: seeds the initial weights (drawn on the host: identical on every device).
         alpha: the negative slope of leaky_relu.
+        block: "plain" or "residual" (see above).
+        norm: None or "layernorm" (see above).
+        dropout: the hidden activations' dropout rate in [0, 1) during training.
+        dropout_seed: keys the dropout masks; default ``seed`` (a random one if that is None).
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
                  output_activation: str = "identity", init: str = "he",
                  dtype: str = "float32", backend: str | Backend = "auto", seed: int | None = 0,
-                 alpha: float = 0.01):
+                 alpha: float = 0.01, block: str = "plain", norm: str | None = None,
+                 dropout: float = 0.0, dropout_seed: int | None = None):
         sizes = _check_sizes(layer_sizes)
         hidden = _check_activations(activation, len(sizes) - 2)
         activations.get(output_activation)
@@ -63,6 +91,11 @@ class MLP:
         seed = _check_seed(seed)
         if not (_is_finite_real(alpha) and alpha >= 0):
             raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        block, norm, dropout = _check_deep(block, norm, dropout)
+        if dropout_seed is None:
+            dropout_seed = seed if seed is not None else \
+                int(np.random.SeedSequence().entropy % 2**63)
+        dropout_seed = _check_seed(dropout_seed, "dropout_seed")
 
         self.layer_sizes = sizes
         self.activations = hidden + [output_activation]
@@ -72,8 +105,18 @@ class MLP:
         self.dtype = dtype
         self.seed = seed
         self.alpha = float(alpha)
-        self.layers = [Dense(f"layers.{i}", sizes[i], sizes[i + 1], act)
-                       for i, act in enumerate(self.activations)]
+        self.block, self.norm, self.dropout = block, norm, dropout
+        self.dropout_seed = dropout_seed
+        last = len(sizes) - 2
+        self.layers = [
+            Dense(f"layers.{i}", sizes[i], sizes[i + 1], act,
+                  norm=norm == "layernorm" and i > 0,
+                  residual=block == "residual" and 1 <= i < last and sizes[i] == sizes[i + 1],
+                  dropout=dropout if i < last else 0.0)
+            for i, act in enumerate(self.activations)]
+        # any layer with a norm or a skip: forward and backward take the general path
+        self._deep = any(layer.norm or layer.residual for layer in self.layers)
+        self._keys = None  # per layer: the dropout key of the last forward, or None
         self.n_params = sum(layer.n_params for layer in self.layers)
         _check_memory(sizes, self.n_params, self.dtype)
         self.backend = get_backend(backend)
@@ -94,6 +137,9 @@ class MLP:
         for layer in self.layers:
             w = draw(rng, layer.n_in, layer.n_out)
             flat[offset:offset + w.size] = w.ravel()
+            if layer.norm:  # gamma = 1 (beta stays 0), after W and b
+                start = offset + w.size + layer.n_out
+                flat[start:start + layer.n_in] = 1.0
             offset += layer.n_params
         return flat
 
@@ -164,9 +210,13 @@ class MLP:
 
     def config(self) -> dict:
         """The constructor arguments (JSON-serialisable), enough to rebuild the architecture."""
-        return {"layer_sizes": list(self.layer_sizes), "activation": self.activation,
-                "output_activation": self.output_activation, "init": self.init,
-                "dtype": self.dtype.name, "seed": self.seed, "alpha": self.alpha}
+        config = {"layer_sizes": list(self.layer_sizes), "activation": self.activation,
+                  "output_activation": self.output_activation, "init": self.init,
+                  "dtype": self.dtype.name, "seed": self.seed, "alpha": self.alpha,
+                  "block": self.block, "norm": self.norm, "dropout": self.dropout}
+        if self.dropout > 0:
+            config["dropout_seed"] = self.dropout_seed
+        return config
 
     @property
     def n_in(self) -> int:
@@ -190,8 +240,25 @@ class MLP:
                        for layer in self.layers],
                     G=[be.empty((n, layer.n_out), dt) for layer in self.layers],
                 )
+                if self._deep:
+                    def each(cond, shape):
+                        return [be.empty(shape(layer), dt) if cond(layer) else None
+                                for layer in self.layers]
+
+                    def normed(layer):
+                        return layer.norm
+
+                    def resid(layer):
+                        return layer.residual
+
+                    work.U = each(normed, lambda layer: (n, layer.n_in))
+                    work.dU = each(normed, lambda layer: (n, layer.n_in))
+                    work.mean = each(normed, lambda layer: (n,))
+                    work.rstd = each(normed, lambda layer: (n,))
+                    work.R = each(resid, lambda layer: (n, layer.n_out))
+                    work.D = each(resid, lambda layer: (n, layer.n_out))
             except MemoryError:
-                need = 3 * n * sum(layer.n_out for layer in self.layers) * dt.itemsize
+                need = 5 * n * sum(layer.n_out for layer in self.layers) * dt.itemsize
                 raise DataError(f"out of memory allocating the work buffers for a batch of {n} "
                                 f"samples (about {need:,} bytes); use a smaller batch_size"
                                 ) from None
@@ -211,25 +278,72 @@ class MLP:
                             f"got {tuple(X.shape)}")
         return X
 
-    def forward(self, X):
+    def forward(self, X, training: bool = False, step: int = 0):
         """Run the network on X (n, n_in); returns the output (n, n_out) on the model's device.
 
-        The result is the model's own output buffer, overwritten by the next forward with the
-        same batch size: copy it to keep it. Caches only what ``backward`` needs.
+        ``training=True`` applies dropout with the masks of optimizer step ``step`` (fit passes
+        its global step count); the default, inference, never drops. The result is the model's
+        own output buffer, overwritten by the next forward with the same batch size: copy it
+        to keep it. Caches only what ``backward`` needs.
         """
         X = self._as_input(X)
+        drop = _check_training(training, step) and self.dropout > 0
         n = X.shape[0]
         work = self._buffers(n)
         kernels, alpha = self.backend.kernels, self.alpha
         if self._dev_mean is not None:
             X = self._standardize(X, work)
-        A = X
-        for layer, out, Z in zip(self.layers, work.A, work.Z):
-            self.backend.matmul(A, layer.W, out=out)
-            kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
-            A = out
+        if drop or self._deep:
+            A = self._forward_deep(X, work, step if drop else None)
+        else:
+            self._keys = None
+            A = X
+            for layer, out, Z in zip(self.layers, work.A, work.Z):
+                self.backend.matmul(A, layer.W, out=out)
+                kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
+                A = out
         self._X, self._n = X, n
         return A
+
+    def _forward_deep(self, X, work: _Work, step: int | None):
+        """The forward with LayerNorm, residual blocks and (``step`` not None) dropout."""
+        be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
+        keys = [None] * len(self.layers)
+        inputs = [None] * len(self.layers)
+        A = X
+        for i, layer in enumerate(self.layers):
+            inputs[i] = A
+            if layer.norm:
+                kernels.layernorm_fwd(A, layer.gamma, layer.beta, work.U[i], work.mean[i],
+                                      work.rstd[i])
+                A = work.U[i]
+            out, Z = work.A[i], work.Z[i]
+            be.matmul(A, layer.W, out=out)
+            p = layer.dropout if step is not None else 0.0
+            if p > 0:
+                keys[i] = scalar.dropout_key(self.dropout_seed, step, i)
+            if layer.residual:  # out <- dropout(act(out + b)); R <- input + out, one pass
+                kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
+                                          keys[i] or 0, inputs[i], work.R[i])
+                A = work.R[i]
+            else:
+                if p > 0:
+                    kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
+                                              keys[i])
+                else:
+                    kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
+                A = out
+        self._keys = keys
+        work.inputs = inputs
+        return A
+
+    def layer_outputs(self) -> list:
+        """Each layer's output in the last ``forward`` (device arrays, the model's buffers)."""
+        if self._n is None:
+            raise DataError("layer_outputs() called before forward()")
+        work = self._work[self._n]
+        return [work.R[i] if layer.residual else work.A[i]
+                for i, layer in enumerate(self.layers)]
 
     def _standardize(self, X, work: _Work):
         """``(X - mean) / scale`` into the work buffer (X itself is left untouched)."""
@@ -252,6 +366,8 @@ class MLP:
         n = self._n
         dY = self._as_grad(dY, n)
         work = self._work[n]
+        if self._keys is not None or self._deep:
+            return self._backward_deep(dY, work, n, input_grad)
         be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
         G = dY
         for i in range(len(self.layers) - 1, -1, -1):
@@ -264,13 +380,59 @@ class MLP:
                 G = work.G[i - 1]
                 be.matmul(dZ, layer.W.T, out=G)
             elif input_grad:
+                return self._input_grad(dZ, layer, work, n)
+        return None
+
+    def _input_grad(self, dZ, layer, work: _Work, n: int):
+        be = self.backend
+        if work.dX is None:
+            work.dX = be.empty((n, self.n_in), self.dtype)
+        be.matmul(dZ, layer.W.T, out=work.dX)
+        if self._dev_scale is not None:
+            # d((x - mean) / scale) / dx = 1 / scale, per feature
+            be.xp.divide(work.dX, self._dev_scale, out=work.dX)
+        return work.dX
+
+    def _backward_deep(self, dY, work: _Work, n: int, input_grad: bool):
+        """``backward`` through LayerNorm, residual blocks and dropout (``_forward_deep``)."""
+        be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
+        keys = self._keys or [None] * len(self.layers)
+        G = dY  # dL/d(layer output)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            # a residual block keeps G (the skip's gradient) and puts dL/dZ beside it
+            dZ = work.D[i] if layer.residual else work.G[i]
+            if keys[i] is not None:
+                kernels.act_drop_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db,
+                                     alpha, layer.dropout, keys[i])
+            else:
+                kernels.act_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db, alpha)
+            inp = work.inputs[i]
+            be.matmul((work.U[i] if layer.norm else inp).T, dZ, out=layer.dW)
+            if i == 0 and not layer.norm:
+                return self._input_grad(dZ, layer, work, n) if input_grad else None
+            if i == 0 and not input_grad:
+                return None
+            if i == 0:
                 if work.dX is None:
                     work.dX = be.empty((n, self.n_in), self.dtype)
-                be.matmul(dZ, layer.W.T, out=work.dX)
+                dX = work.dX
+            else:
+                dX = work.G[i - 1]
+            skip = G if layer.residual else None
+            if layer.norm:  # dX <- LayerNorm backward of dU (+ the skip's G), fused
+                be.matmul(dZ, layer.W.T, out=work.dU[i])
+                kernels.layernorm_bwd(work.dU[i], inp, work.mean[i], work.rstd[i],
+                                      layer.gamma, dX, layer.dgamma, layer.dbeta, skip)
+            else:
+                be.matmul(dZ, layer.W.T, out=dX)
+                if skip is not None:
+                    be.xp.add(dX, skip, out=dX)
+            if i == 0:
                 if self._dev_scale is not None:
-                    # d((x - mean) / scale) / dx = 1 / scale, per feature
-                    be.xp.divide(work.dX, self._dev_scale, out=work.dX)
-                return work.dX
+                    be.xp.divide(dX, self._dev_scale, out=dX)
+                return dX
+            G = dX
         return None
 
     def _as_grad(self, dY, n):
@@ -306,8 +468,11 @@ class MLP:
 
     def __repr__(self) -> str:
         sizes = "-".join(map(str, self.layer_sizes))
+        deep = "".join([f", block={self.block!r}" if self.block != "plain" else "",
+                        f", norm={self.norm!r}" if self.norm else "",
+                        f", dropout={self.dropout}" if self.dropout else ""])
         return (f"MLP({sizes}, activation={self.activation!r}, "
-                f"output_activation={self.output_activation!r}, dtype={self.dtype.name}, "
+                f"output_activation={self.output_activation!r}{deep}, dtype={self.dtype.name}, "
                 f"device={self.backend.device})")
 
 
@@ -338,10 +503,12 @@ def _check_sizes(layer_sizes) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def n_parameters(layer_sizes: Sequence[int]) -> int:
-    """Weights plus biases of an MLP with these layer sizes (exact Python int)."""
+def n_parameters(layer_sizes: Sequence[int], norm: str | None = None) -> int:
+    """Weights plus biases (plus LayerNorm's gamma and beta with ``norm="layernorm"``: on the
+    input of every layer but the first) of an MLP with these layer sizes (exact Python int)."""
     sizes = [int(s) for s in layer_sizes]
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    return n + (2 * sum(sizes[1:-1]) if norm == "layernorm" else 0)
 
 
 def _check_activations(activation, n_hidden: int) -> list[str]:
@@ -371,12 +538,32 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _check_seed(seed) -> int | None:
+def _check_seed(seed, name: str = "seed") -> int | None:
     if seed is None:
         return None
     if not _is_int(seed) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+        raise ConfigError(f"{name} must be a non-negative integer or None, got {seed!r}")
     return int(seed)
+
+
+def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
+    if not (isinstance(block, str) and block in BLOCKS):
+        raise ConfigError(f"unknown block {block!r}; valid blocks: {', '.join(BLOCKS)}")
+    if not (norm is None or isinstance(norm, str) and norm in NORMS):
+        raise ConfigError(f"unknown norm {norm!r}; valid norms: None, "
+                          f"{', '.join(repr(n) for n in NORMS if n)}")
+    if not (_is_finite_real(dropout) and 0 <= dropout < 1):
+        raise ConfigError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+    return block, norm, float(dropout)
+
+
+def _check_training(training, step) -> bool:
+    if not isinstance(training, (bool, np.bool_)):
+        raise ConfigError(f"training must be True or False, got {training!r}")
+    if not (_is_int(step) and step >= 0):
+        raise ConfigError(f"step must be a non-negative integer (the optimizer step that keys "
+                          f"the dropout masks), got {step!r}")
+    return bool(training)
 
 
 def _scaling_vector(name: str, value, n_in: int) -> np.ndarray:

@@ -160,6 +160,12 @@ def main(argv: list[str]) -> int:
     for spec, path, verdict, detail, _ in rows:
         print(f"| `{spec}` | {path} | {verdict} | `{detail}` |")
     print(f"\n{len(rows) - failed} of {len(rows)} caught")
+    from devnet.kernels import reference
+
+    uncovered = [k for k in reference.KERNEL_NAMES if k not in OUTPUTS]
+    if uncovered:
+        print(f"kernels with no mutation defined here (add them to OUTPUTS and SELECT): "
+              f"{', '.join(uncovered)}")
     return 1 if failed else 0
 
 

@@ -1,0 +1,578 @@
+"""Data-parallel training across processes: MPI (mpi4py) on the CPU, NCCL for CUDA arrays.
+
+    comm = dn.distributed.init()              # under: mpiexec -n 4 python train.py
+    model = dn.MLP([784, 1024, 10], backend=comm.device)
+    dn.fit(model, X, y, batch_size=512, comm=comm)     # 512 = the GLOBAL batch
+
+Every rank holds the whole data set and the same model. Each step every rank takes its share
+(a contiguous slice) of the same globally shuffled batch, scales its loss gradient by its share
+of the batch (rows, or sample weight), and the flat gradient buffer is summed across ranks in
+place -- one all-reduce per step -- so every rank holds the single-process mean gradient before
+the one-launch optimizer update. Parameters and optimizer state are broadcast from rank 0 before
+the first step, after the ranks have checked (one small all-gather) that they agree on the model,
+loss, optimizer, data length and training state.
+
+Learnt from ChainerMN (its communicators and multi-node optimizer): a communicator object with
+rank / size / intra-node rank (here ``local_rank``, from MPI's shared-memory split), the NCCL
+unique id bootstrapped over MPI, parameters broadcast before the first update, rank-0
+snapshots. Unlike ChainerMN there is no pack / unpack of per-layer gradients: devnet's gradients
+already live in one flat buffer, which is handed to MPI / NCCL as is.
+
+Failures never hang: an uncaught exception on any rank aborts every rank (``sys.excepthook``
+calls ``MPI_Abort``, naming the rank), and every collective is non-blocking and polled against
+a deadline (``timeout``), checking once a second whether the ranks on this host are still alive,
+so a rank that was killed is named within about a second and one that stopped answering within
+``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from devnet.errors import DevnetError, MissingDependencyError
+
+DEFAULT_TIMEOUT = 60.0  # seconds a collective may wait for the others (env DEVNET_DIST_TIMEOUT)
+_SIGNATURE_BYTES = 4096  # fixed size of the JSON blob each rank contributes to the start check
+_LIVENESS_PERIOD = 1.0  # seconds between checks that the ranks on this host are still alive
+_ABORT_GRACE = 0.5  # seconds between printing why a rank fails and MPI_Abort
+
+
+class DistributedError(DevnetError, RuntimeError):
+    """Ranks disagree, a rank failed, or a collective did not complete in time."""
+
+
+_COMM: Communicator | None = None
+
+
+def init(timeout: float | None = None, limit_threads: bool = True) -> Communicator:
+    """The communicator of this process (MPI_COMM_WORLD), set up once; later calls return it.
+
+    timeout: seconds a collective may wait for the other ranks before raising
+        DistributedError (default ``DEVNET_DIST_TIMEOUT`` or 60). A rank that died on this host
+        is detected within about a second whatever the timeout.
+    limit_threads: ranks sharing a machine split its cores: unless OMP_NUM_THREADS is set, BLAS
+        and Numba are held to ``cpu_count // local_size`` threads each (threadpoolctl, if
+        installed, for BLAS).
+    Installs an excepthook that aborts every rank when one raises uncaught.
+    """
+    global _COMM
+    if _COMM is not None:
+        return _COMM
+    mpi = _import_mpi()
+    if timeout is None:
+        timeout = float(os.environ.get("DEVNET_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    if not timeout > 0:
+        raise DistributedError(f"timeout must be > 0 seconds, got {timeout!r}")
+    _COMM = Communicator(mpi, mpi.COMM_WORLD, float(timeout))
+    _install_excepthook(_COMM)
+    if limit_threads:
+        _limit_threads(_COMM.local_size)
+    return _COMM
+
+
+def _import_mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"distributed training needs mpi4py and an MPI library ({exc}); install them with "
+            "pip install 'devnet-mlp[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
+        ) from None
+    return MPI
+
+
+def _install_excepthook(comm: Communicator) -> None:
+    """An uncaught exception on one rank would leave the others waiting in a collective:
+    print it, name the rank, and abort the whole job.
+    """
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if comm.size > 1:  # the one line that matters first, then the traceback
+            sys.stderr.write(f"devnet.distributed: rank {comm.rank} of {comm.size} "
+                             f"(pid {os.getpid()} on {comm.host}) failed with "
+                             f"{exc_type.__name__}: {exc}; aborting every rank\n")
+            sys.stderr.flush()
+        previous(exc_type, exc, tb)
+        if comm.size > 1:
+            sys.stderr.flush()
+            # MPI_Abort kills the launcher's output forwarding too: give it time to pass the
+            # message on first
+            time.sleep(_ABORT_GRACE)
+            comm.abort(1)
+
+    sys.excepthook = hook
+
+
+def _limit_threads(local_size: int) -> None:
+    if local_size <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, (os.cpu_count() or 1) // local_size)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError):
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    global _THREAD_LIMITER
+    _THREAD_LIMITER = threadpool_limits(limits=threads, user_api="blas")
+
+
+_THREAD_LIMITER = None  # kept alive: threadpoolctl restores the limits when it is collected
+
+
+class Communicator:
+    """Rank, size and the collectives fit needs, on MPI (host arrays) or NCCL (CUDA arrays).
+
+    ``rank``/``size``: this process in the job; ``local_rank``/``local_size``: among the ranks
+    on this machine (one GPU per local rank); ``device``: the backend name this rank should
+    train on ("cuda:<local_rank mod GPUs>" when CuPy sees GPUs, else "cpu").
+    """
+
+    def __init__(self, mpi, world, timeout: float):
+        self.mpi = mpi
+        self.world = world
+        self.timeout = timeout
+        self.rank = world.Get_rank()
+        self.size = world.Get_size()
+        self.host = socket.gethostname()
+        local = world.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = local.Get_rank()
+        self.local_size = local.Get_size()
+        local.Free()
+        self._nccl = {}  # device id -> _Nccl
+        # who is who: one line from rank 0 maps pids (as a launcher reports them) to ranks
+        table = self.allgather_json({"pid": os.getpid(), "host": self.host})
+        self.pids = [entry["pid"] for entry in table]
+        self.hosts = [entry["host"] for entry in table]
+        if self.rank == 0 and self.size > 1:
+            where = ", ".join(f"rank {r} pid {p} on {h}"
+                              for r, (p, h) in enumerate(zip(self.pids, self.hosts)))
+            version = " ".join(mpi.Get_library_version().splitlines()[0].split())
+            _log(f"devnet.distributed: {self.size} ranks ({version}): {where}")
+
+    def __repr__(self) -> str:
+        return (f"<Communicator rank {self.rank}/{self.size} local {self.local_rank}/"
+                f"{self.local_size} on {self.host}>")
+
+    @property
+    def device(self) -> str:
+        from devnet.backend import available_backends
+
+        gpus = [name for name in available_backends() if name.startswith("cuda")]
+        return gpus[self.local_rank % len(gpus)] if gpus else "cpu"
+
+    # --- collectives: non-blocking, polled against the deadline ---------------------------
+
+    def allreduce_sum_(self, buf, what: str = "all-reduce", xp=None) -> None:
+        """Sum ``buf`` over the ranks, in place. buf: a contiguous host (MPI) or CUDA (NCCL)
+        array, the same shape and dtype on every rank; xp: its array module (CUDA arrays).
+        """
+        if self.size == 1:
+            return
+        if isinstance(buf, np.ndarray):
+            self._wait(self.world.Iallreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM), what)
+        else:
+            self._nccl_for(buf, xp).allreduce_sum_(buf, what)
+
+    def bcast_(self, buf, root: int = 0, what: str = "broadcast", xp=None) -> None:
+        """Overwrite ``buf`` on every rank with rank ``root``'s, in place (host or CUDA)."""
+        if self.size == 1:
+            return
+        if isinstance(buf, np.ndarray):
+            self._wait(self.world.Ibcast(buf, root=root), what)
+        else:
+            self._nccl_for(buf, xp).bcast_(buf, root, what)
+
+    def barrier(self, what: str = "barrier") -> None:
+        if self.size > 1:
+            self._wait(self.world.Ibarrier(), what)
+
+    def allgather_json(self, obj, what: str = "all-gather") -> list:
+        """Every rank's JSON-serialisable ``obj``, in rank order (at most 4 KiB each)."""
+        blob = json.dumps(obj, sort_keys=True).encode()
+        if len(blob) > _SIGNATURE_BYTES:
+            raise DistributedError(f"{what}: {len(blob)} bytes of JSON, more than "
+                                   f"{_SIGNATURE_BYTES}")
+        send = np.zeros(_SIGNATURE_BYTES, np.uint8)
+        send[:len(blob)] = np.frombuffer(blob, np.uint8)
+        recv = np.empty((self.size, _SIGNATURE_BYTES), np.uint8)
+        if self.size == 1:
+            recv[0] = send
+        else:
+            self._wait(self.world.Iallgather(send, recv), what)
+        return [json.loads(row.tobytes().rstrip(b"\0")) for row in recv]
+
+    def bcast_json(self, obj, root: int = 0, what: str = "broadcast"):
+        """Rank ``root``'s JSON-serialisable ``obj`` on every rank."""
+        return self.allgather_json(obj, what)[root]
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (MPI_Abort)."""
+        self.world.Abort(code)
+
+    def _wait(self, request, what: str) -> None:
+        """Poll ``request`` until done; DistributedError if a local rank died or time ran out.
+
+        Polling (rather than a blocking wait) is what makes a timeout possible; MPI progresses
+        inside Test(), so the loop spins briefly before it starts to sleep between polls.
+        """
+        start = time.monotonic()
+        check = start + _LIVENESS_PERIOD
+        polls = 0
+        while not request.Test():
+            polls += 1
+            if polls > 2000:
+                time.sleep(5e-5 if polls < 20000 else 1e-3)
+            now = time.monotonic()
+            if now >= check:
+                check = now + _LIVENESS_PERIOD
+                dead = self.dead_ranks()
+                if dead:
+                    raise DistributedError(
+                        f"rank {self.rank} of {self.size}: {what} cannot complete: "
+                        f"{_ranks(dead)} ({self._where(dead)}) exited or was killed")
+                if now - start > self.timeout:
+                    raise DistributedError(
+                        f"rank {self.rank} of {self.size}: {what} did not complete within "
+                        f"{self.timeout:g} s: another rank failed, is stuck, or is far behind "
+                        "(init(timeout=...) or DEVNET_DIST_TIMEOUT sets the limit)")
+
+    def dead_ranks(self) -> list[int]:
+        """The ranks on this host whose process is gone (other hosts cannot be checked)."""
+        return [r for r, (pid, host) in enumerate(zip(self.pids, self.hosts))
+                if r != self.rank and host == self.host and not _alive(pid)]
+
+    def _where(self, ranks) -> str:
+        return ", ".join(f"pid {self.pids[r]} on {self.hosts[r]}" for r in ranks)
+
+    def _nccl_for(self, buf, xp) -> _Nccl:
+        device = buf.data.device_id
+        if device not in self._nccl:
+            if xp is None:
+                from devnet.kernels.reference import get_xp
+
+                xp = get_xp(buf)
+            self._nccl[device] = _Nccl(self, xp, device)
+        return self._nccl[device]
+
+
+def _ranks(ranks) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def _alive(pid: int) -> bool:
+    """Is process ``pid`` running (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def _log(message: str) -> None:
+    import logging
+
+    logging.getLogger("devnet").info(message)
+
+
+# --- NCCL for CUDA arrays ------------------------------------------------------------------------
+
+def _nccl_module():
+    """CuPy's NCCL binding (``cupy.cuda.nccl``); tests replace this function and nothing more."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        raise MissingDependencyError(f"NCCL is not usable from CuPy ({exc}); install "
+                                     "nvidia-nccl-cu12 (or -cu13) for CuPy") from None
+    if not getattr(nccl, "available", True):
+        raise MissingDependencyError("CuPy was built without NCCL or cannot load it; install "
+                                     "nvidia-nccl-cu12 (or -cu13)")
+    return nccl
+
+
+class _Nccl:
+    """One NCCL communicator per device, its unique id broadcast from rank 0 over MPI."""
+
+    def __init__(self, comm: Communicator, xp, device: int):
+        self.comm, self.nccl, self.xp = comm, _nccl_module(), xp
+        self.types = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32,
+                      np.dtype(np.float64): self.nccl.NCCL_FLOAT64}
+        uid = self.nccl.get_unique_id() if comm.rank == 0 else None
+        uid = comm.bcast_json(None if uid is None else list(uid), what="NCCL id broadcast")
+        with xp.cuda.Device(device):
+            self.handle = self.nccl.NcclCommunicator(comm.size, tuple(uid), comm.rank)
+
+    def _type(self, buf):
+        try:
+            return self.types[np.dtype(buf.dtype)]
+        except KeyError:
+            raise DistributedError(f"NCCL all-reduce of {buf.dtype} arrays: valid dtypes are "
+                                   "float32, float64") from None
+
+    def allreduce_sum_(self, buf, what: str) -> None:
+        stream = self.xp.cuda.get_current_stream()
+        self.handle.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._type(buf),
+                              self.nccl.NCCL_SUM, stream.ptr)
+        self._wait(stream, what)
+
+    def bcast_(self, buf, root: int, what: str) -> None:
+        stream = self.xp.cuda.get_current_stream()
+        self.handle.bcast(buf.data.ptr, buf.size, self._type(buf), root, stream.ptr)
+        self._wait(stream, what)
+
+    def _wait(self, stream, what: str) -> None:
+        """Poll an event after the NCCL call; on a dead rank or the deadline, abort NCCL."""
+        event = stream.record()
+        start = time.monotonic()
+        check = start + _LIVENESS_PERIOD
+        while not event.done:
+            time.sleep(5e-5)
+            now = time.monotonic()
+            if now >= check:
+                check = now + _LIVENESS_PERIOD
+                dead = self.comm.dead_ranks()
+                if dead or now - start > self.comm.timeout:
+                    self.handle.abort()
+                    cause = (f"{_ranks(dead)} exited or was killed" if dead else
+                             f"not complete within {self.comm.timeout:g} s")
+                    raise DistributedError(f"rank {self.comm.rank} of {self.comm.size}: NCCL "
+                                           f"{what}: {cause}")
+
+
+# --- the data-parallel side of fit ---------------------------------------------------------------
+
+class DataParallel:
+    """What ``fit(..., comm=comm)`` does besides the single-process step (its hooks).
+
+    Built before the first step: checks that the ranks agree, broadcasts rank 0's parameters,
+    optimizer state and shuffling RNG. Then per step: ``shard`` picks this rank's rows of the
+    global batch, ``scale_`` weighs its loss gradient by its share, ``allreduce_grads_`` sums
+    the flat gradient buffer; per epoch ``sum_losses`` adds the ranks' loss contributions.
+    """
+
+    def __init__(self, comm: Communicator, trainer, X, y, sample_weight):
+        if not isinstance(comm, Communicator):
+            raise DistributedError(f"comm must be the Communicator from "
+                                   f"devnet.distributed.init(), got {type(comm).__name__}")
+        self.comm, self.trainer = comm, trainer
+        self.model = trainer.model
+        self.sample_weight = sample_weight
+        self.factor = 1.0
+        self._check_agreement(X, y, sample_weight)
+        self._broadcast_state()
+
+    @property
+    def is_root(self) -> bool:
+        return self.comm.rank == 0
+
+    def _signature(self, X, y, sw) -> dict:
+        t = self.trainer
+        opt = t.optimizer
+        return {
+            "model": {k: v for k, v in self.model.config().items() if k != "seed"},
+            "n_params": int(self.model.n_params),
+            "loss": t.loss.config(), "optimizer": opt.name,
+            "optimizer_state": sorted(opt.state), "optimizer_t": int(opt.t),
+            "n_samples": int(len(X)), "X": [list(X.shape), str(X.dtype), _digest(X)],
+            "y": [list(y.shape), str(y.dtype), _digest(y)],
+            "sample_weight": None if sw is None else _digest(sw),
+            "batch_size": t.batch_size, "epochs": t.epochs, "shuffle": t.shuffle,
+            "epoch": t.epochs_done, "step": t.step,
+        }
+
+    def _check_agreement(self, X, y, sw) -> None:
+        """One all-gather of a small signature; the first difference from rank 0 is an error."""
+        mine = self._signature(X, y, sw)
+        every = self.comm.allgather_json(mine, "start-of-fit check")
+        for rank, theirs in enumerate(every):
+            for key in mine:
+                if theirs[key] != every[0][key]:
+                    hint = _HINTS.get(key, "")
+                    raise DistributedError(
+                        f"ranks disagree on {key!r} before the first step: rank 0 has "
+                        f"{_short(every[0][key])}, rank {rank} has {_short(theirs[key])}. "
+                        f"Every rank must run fit on the same model, data and settings{hint}")
+
+    def _broadcast_state(self) -> None:
+        """Rank 0's parameters, optimizer state and shuffling RNG on every rank."""
+        comm, opt, t = self.comm, self.trainer.optimizer, self.trainer
+        xp = self.model.backend.xp
+        comm.bcast_(self.model.params, what="parameter broadcast", xp=xp)
+        for name in sorted(opt.state):
+            comm.bcast_(opt.state[name], what=f"optimizer state {name!r} broadcast", xp=xp)
+        # seed=None draws a different seed on every rank; the batches must be the same
+        state = comm.bcast_json(_jsonable(t.rng.bit_generator.state), what="RNG broadcast")
+        t.rng.bit_generator.state = state
+
+    def shard(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's rows of the global batch ``idx`` (a contiguous slice); sets ``factor``.
+
+        A rank whose share is empty (a last batch smaller than the world) takes the batch's
+        first row with factor 0: its gradient adds exactly 0, and no kernel sees 0 rows.
+        """
+        n, size, rank = len(idx), self.comm.size, self.comm.rank
+        lo, hi = rank * n // size, (rank + 1) * n // size
+        if hi == lo:
+            self.factor = 0.0
+            return idx[:1]
+        mine = idx[lo:hi]
+        sw = self.sample_weight
+        if sw is None:
+            self.factor = (hi - lo) / n
+        else:  # the loss normalises weights by the batch's mean: the share is by weight
+            total = float(sw[idx].sum(dtype=np.float64))
+            self.factor = float(sw[mine].sum(dtype=np.float64)) / total if total > 0 else 0.0
+        return mine
+
+    def scale_(self, grad, value):
+        """``grad *= factor`` in place (dL/dpred of this rank's rows); returns value * factor.
+
+        After this the sum over ranks of the gradients (and values) is the global batch mean.
+        """
+        if self.factor != 1.0:
+            grad *= grad.dtype.type(self.factor)
+            value = value * self.factor
+        return value
+
+    def allreduce_grads_(self) -> None:
+        """Sum the flat gradient buffer over the ranks, in place: one call per step."""
+        self.comm.allreduce_sum_(self.model.grads, f"gradient all-reduce (step "
+                                 f"{self.trainer.step})", self.model.backend.xp)
+
+    def sum_losses(self, acc, last):
+        """The epoch's loss sums added over the ranks: (acc, last) as floats (last may be None).
+
+        Also checks that the ranks' parameters are still the same (a float64 sum of them, one
+        number per rank): a silently drifting rank would train another model.
+        """
+        vals = np.array([float(acc), 0.0 if last is None else float(last)])
+        self.comm.allreduce_sum_(vals, f"epoch {self.trainer.epoch} loss sum")
+        check = float(self.model.backend.xp.sum(self.model.params, dtype=np.float64))
+        sums = self.comm.allgather_json(check, "parameter check")
+        differ = [r for r, v in enumerate(sums) if v != sums[0] and v == v]
+        if differ:
+            raise DistributedError(f"the parameters of {_ranks(differ)} differ from rank 0's "
+                                   f"after epoch {self.trainer.epoch} (sums {sums})")
+        return float(vals[0]), None if last is None else float(vals[1])
+
+    def root_only(self, progress, callbacks: list):
+        """Progress and file-writing callbacks (checkpoints, CSV logs) stay on rank 0."""
+        if self.is_root:
+            return progress, callbacks
+        from devnet.callbacks import CSVLogger, ModelCheckpoint
+
+        return False, [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint,
+                                                                     CSVLogger))]
+
+
+_HINTS = {
+    "n_samples": " (each rank loads the whole data set; fit shards every batch itself)",
+    "X": " (each rank loads the whole, identical data set; fit shards every batch itself)",
+    "y": " (each rank loads the whole, identical data set; fit shards every batch itself)",
+    "model": " (build the model from the same arguments on every rank)",
+    "epoch": " (resume every rank from the same checkpoint)",
+    "step": " (resume every rank from the same checkpoint)",
+    "optimizer_t": " (resume every rank from the same checkpoint)",
+}
+
+
+def _digest(a: np.ndarray) -> str:
+    """A cheap fingerprint of an array: its shape and up to 64 evenly spaced rows, hashed."""
+    import hashlib
+
+    rows = a[::max(1, len(a) // 64)]
+    return hashlib.sha1(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _jsonable(state):
+    if isinstance(state, dict):
+        return {k: _jsonable(v) for k, v in state.items()}
+    if isinstance(state, np.integer):
+        return int(state)
+    return state
+
+
+# --- launching ----------------------------------------------------------------------------------
+
+LAUNCHED_ENV = "DEVNET_DIST_LAUNCHED"
+
+
+def launched() -> bool:
+    """True inside a job started by ``launch`` (so a CLI run does not launch itself again)."""
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def mpiexec_command(nproc: int, hosts=None) -> list[str]:
+    """``mpiexec -n nproc [-hosts a,b | -f hostfile]``: the one next to this Python first."""
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise DistributedError(f"nproc must be a positive integer, got {nproc!r}")
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = here if os.path.exists(here) else shutil.which("mpiexec")
+    if exe is None:
+        raise MissingDependencyError("no mpiexec found (next to this Python or on PATH); "
+                                     "install it with pip install 'devnet-mlp[mpi]'")
+    cmd = [exe, "-n", str(nproc)]
+    if _is_hydra(exe):
+        # a rank killed by a signal must not take the others down before they can name it
+        cmd.append("-disable-auto-cleanup")
+    if hosts is None:
+        return cmd
+    if isinstance(hosts, (str, os.PathLike)) and os.path.isfile(hosts):
+        return cmd + ["-f", os.fspath(hosts)]
+    if isinstance(hosts, str):
+        hosts = [h for h in hosts.split(",") if h]
+    hosts = [str(h) for h in hosts]
+    if not hosts:
+        raise DistributedError("hosts is empty; give host names, 'a,b' or a hostfile path")
+    return cmd + ["-hosts", ",".join(hosts)]
+
+
+def _is_hydra(exe: str) -> bool:
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "HYDRA" in out.stdout
+
+
+def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> int:
+    """Run ``argv`` (a program and its arguments) as ``nproc`` ranks under mpiexec; its exit code.
+
+    argv: e.g. ``[sys.executable, "-m", "devnet.cli", "train", "--config", "run.toml"]``.
+    hosts: None (this machine), host names ("a,b" or a list) or a hostfile path.
+    Ranks sharing a machine get one BLAS/OpenMP thread per core share unless set already.
+    """
+    cmd = mpiexec_command(nproc, hosts) + [str(a) for a in argv]
+    env = dict(os.environ if env is None else env)
+    env[LAUNCHED_ENV] = "1"
+    per_rank = str(max(1, (os.cpu_count() or 1) // nproc))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, per_rank)
+    return subprocess.call(cmd, env=env)

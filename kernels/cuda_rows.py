@@ -1,0 +1,342 @@
+"""Numba-CUDA kernels of the deep-network ops (issue 14): LayerNorm rows, dropout, residual add.
+
+Same contracts as ``reference.py``'s "deep networks" section; the CUDA kernel table
+(``devnet.kernels.cuda``) exposes these functions under the same names. Built the way
+``cuda.py`` builds its kernels, with its pieces: ``scalar.py``'s functions compiled as inlined
+device functions per dtype (``cuda.S``), the block helpers (``row_reduce``, ``col_partial``),
+launch configurations, the ``_Call`` that picks device, stream, scratch and counters, the
+last-block column sums and ``_Kernel``'s checked launch; kept in a module of its own while
+``cuda.py``'s launch path is being reworked.
+
+- LayerNorm forward: the "rows" layout of softmax (a row of threads per matrix row): one pass
+  for the shifted sums, reduced in shared memory, then the normalized row.
+- LayerNorm backward: the same row pass for dX (mean(g) and mean(g xhat), then dX, with a
+  residual block's skip gradient added in the same write), and a "cols" pass for the column
+  sums dgamma and dbeta (per-block partials added by the last block, as ``act_bwd``'s db).
+- Dropout: ``scalar.dropout_keep`` of each element's flat index, so the mask is the CPU's and
+  the reference's bit for bit; the activation, dropout and residual add are one "cols" pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from devnet.kernels import cuda as kc
+from devnet.kernels import scalar
+from devnet.kernels.reference import NEEDS_PREACTIVATION
+from numba import cuda, types
+
+from devnet.errors import ConfigError, lookup
+
+__all__ = ["act_drop_bwd", "bias_act_drop_fwd", "dropout_fwd", "layernorm_bwd", "layernorm_fwd"]
+
+
+# --- kernel templates (globals bound per kernel: value / grad, DROP, RESID, the helpers) ------
+
+def _layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps):
+    n, m = X.shape
+    mm = real(m)  # noqa: F821
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        s1 = 0.0
+        s2 = 0.0
+        shift = 0.0
+        if i < n:
+            shift = X[i, 0]
+            for j in range(tx, m, bx):
+                d = X[i, j] - shift
+                s1 += d
+                s2 += d * d
+        s1 = row_reduce(s1, False)  # noqa: F821
+        s2 = row_reduce(s2, False)  # noqa: F821
+        if i < n:
+            mu, r = layernorm_stats(shift, s1, s2, mm, eps)  # noqa: F821
+            if tx == 0:
+                mean[i] = mu
+                rstd[i] = r
+            for j in range(tx, m, bx):
+                Y[i, j] = layernorm(X[i, j], mu, r, gamma[j], beta[j])  # noqa: F821
+
+
+def _layernorm_bwd_rows(G, X, mean, rstd, gamma, dX, R, has_r):
+    n, m = G.shape
+    mm = real(m)  # noqa: F821
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        sg = 0.0
+        sgx = 0.0
+        mu = 0.0
+        r = 0.0
+        if i < n:
+            mu = mean[i]
+            r = rstd[i]
+            for j in range(tx, m, bx):
+                g = G[i, j] * gamma[j]
+                sg += g
+                sgx += g * ((X[i, j] - mu) * r)
+        sg = row_reduce(sg, False) / mm  # noqa: F821
+        sgx = row_reduce(sgx, False) / mm  # noqa: F821
+        if i < n:
+            for j in range(tx, m, bx):  # dX may be G or R: each element read before written
+                d = layernorm_grad(G[i, j] * gamma[j], (X[i, j] - mu) * r, sg, sgx,  # noqa: F821
+                                   r)
+                if has_r:
+                    d += R[i, j]
+                dX[i, j] = d
+
+
+def _layernorm_bwd_cols(G, X, mean, rstd, part_g, part_b, count, dgamma, dbeta):
+    # dgamma = column sums of G xhat, dbeta = column sums of G: partials as _act_bwd's, and
+    # the last row block of each column tile adds them up (cuda.py's last_block ticket)
+    n, m = G.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    ag = 0.0
+    ab = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            dy = G[i, j]
+            ag += dy * ((X[i, j] - mean[i]) * rstd[i])
+            ab += dy
+    col_partial(ag, j, m, part_g)  # noqa: F821
+    cuda.syncthreads()  # thread row 0 has read the first sums before the second are written
+    col_partial(ab, j, m, part_b)  # noqa: F821
+    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):  # noqa: F821
+        if cuda.threadIdx.y == 0 and j < m:
+            sg = np.float64(0.0)  # the partials are float64
+            sb = np.float64(0.0)
+            for r in range(cuda.gridDim.y):
+                sg += part_g[r * m + j]
+                sb += part_b[r * m + j]
+            dgamma[j] = sg
+            dbeta[j] = sb
+
+
+def _bias_act_drop_fwd(A, b, Z, keep_z, alpha, threshold, scale, k0, k1, R, out):
+    n, m = A.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if j < m:
+        bj = b[j]
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            z = A[i, j] + bj
+            if keep_z:
+                Z[i, j] = z
+            a = value(z, alpha)  # noqa: F821
+            if DROP:  # noqa: F821
+                a = dropout(a, dropout_keep(np.uint64(i * m + j), k0, k1, threshold),  # noqa: F821
+                            scale)
+            A[i, j] = a
+            if RESID:  # noqa: F821
+                out[i, j] = R[i, j] + a
+
+
+def _act_drop_bwd(G, A, Z, dZ, part, count, db, alpha, threshold, scale, inv, k0, k1):
+    n, m = G.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    acc = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            keep = dropout_keep(np.uint64(i * m + j), k0, k1, threshold)  # noqa: F821
+            d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep, scale)  # noqa: F821
+            dZ[i, j] = d
+            acc += d
+    col_partial(acc, j, m, part)  # noqa: F821
+    col_finish(part, j, m, count, db)  # noqa: F821
+
+
+def _dropout_fwd(A, threshold, scale, k0, k1):
+    n, m = A.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            A[i, j] = dropout(A[i, j], dropout_keep(np.uint64(i * m + j), k0, k1,  # noqa: F821
+                                                    threshold), scale)
+
+
+# --- signatures and the registry ----------------------------------------------------------------
+
+def _sig(kind, ft):
+    """The one signature of kernel ``kind`` with float type ``ft`` (scalars in ft too)."""
+    a2, a1, part, f, b1, u8 = ft[:, ::1], ft[::1], types.float64[::1], ft, types.boolean, \
+        types.uint64
+    count = types.int32[::1]  # the ticket counters of cuda.py's last-block column sums
+    sigs = {
+        "ln_fwd": (a2, a1, a1, a2, a1, a1, f),
+        "ln_bwd_rows": (a2, a2, a1, a1, a1, a2, a2, b1),
+        "ln_bwd_cols": (a2, a2, a1, a1, part, part, count, a1, a1),
+        "drop_fwd": (a2, a1, a2, b1, f, u8, f, u8, u8, a2, a2),
+        "drop_bwd": (a2, a2, a2, a2, part, count, a1, f, u8, f, f, u8, u8),
+        "dropout": (a2, u8, f, u8, u8),
+    }
+    return types.void(*sigs[kind])
+
+
+# name -> (template, signature kind, globals: a scalar function's name (str) or a constant)
+_SPECS: dict[str, tuple] = {
+    "layernorm_fwd": (_layernorm_fwd, "ln_fwd", {}),
+    "layernorm_bwd_rows": (_layernorm_bwd_rows, "ln_bwd_rows", {}),
+    "layernorm_bwd_cols": (_layernorm_bwd_cols, "ln_bwd_cols", {}),
+    "dropout_fwd": (_dropout_fwd, "dropout", {}),
+}
+for _a in scalar.ACTIVATIONS:
+    for _drop, _resid in ((True, False), (False, True), (True, True)):
+        _SPECS[f"bias_act_drop_fwd_{_a}_{int(_drop)}{int(_resid)}"] = (
+            _bias_act_drop_fwd, "drop_fwd", {"value": _a, "DROP": _drop, "RESID": _resid})
+    _SPECS[f"act_drop_bwd_{_a}"] = (_act_drop_bwd, "drop_bwd", {"grad": f"{_a}_grad"})
+
+_SCALAR_FUNCS = ("layernorm_stats", "layernorm", "layernorm_grad", "dropout", "dropout_keep")
+
+
+def _pyfunc(name, dtype):
+    """The plain-Python kernel ``name`` for ``dtype`` (as ``cuda._pyfunc``)."""
+    dt = np.dtype(dtype)
+    template, _, funcs = _SPECS[name]
+    fns = kc.S[dt]
+    bound = {g: getattr(fns, v) if isinstance(v, str) else v for g, v in funcs.items()}
+    ns = scalar.typed_globals(
+        {**template.__globals__, **kc._COMMON[dt], "real": dt.type,
+         **{f: getattr(fns, f) for f in _SCALAR_FUNCS}, **bound}, dt)
+    fn = scalar.specialise(template, ns, dt)
+    fn.__qualname__ = f"{name}_{dt.name}_{scalar.SOURCE_TAG}"
+    return fn
+
+
+PTX_TARGETS = [
+    (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
+    for name in _SPECS for dt, ft in kc._FLOAT_TYPES.items()
+]
+"""(name, plain-Python kernel, signature) of every kernel this module launches."""
+
+
+class _Kernel(kc._Kernel):
+    """``cuda._Kernel`` (its checked launch) over this module's registry."""
+
+    __slots__ = ()
+
+    def __init__(self, name, dtype):
+        self.name = name
+        sig = _sig(_SPECS[name][1], kc._FLOAT_TYPES[np.dtype(dtype)])
+        pyfunc = _pyfunc(name, dtype)
+        self.arrays = kc._array_specs(sig)
+        self.argnames = pyfunc.__code__.co_varnames[:pyfunc.__code__.co_argcount]
+        if hasattr(kc, "_scalar_packers"):  # cuda.py's direct driver launch
+            self.packers = kc._scalar_packers(sig)
+            self.cufuncs = {}
+        if kc.SIMULATOR:
+            self.dispatcher = cuda.jit(pyfunc)
+            self.compiled = None
+        else:
+            self.dispatcher = cuda.jit(sig, cache=True)(pyfunc)
+            self.compiled = next(iter(self.dispatcher.overloads.values()), None)
+
+
+_KERNELS: dict[tuple, _Kernel] = {}
+
+
+def _kernel(name, dtype):
+    key = (name, np.dtype(dtype))
+    k = _KERNELS.get(key)
+    if k is None:
+        if np.dtype(dtype) not in kc._FLOAT_TYPES:
+            from devnet.errors import DataError
+
+            raise DataError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
+        k = _KERNELS[key] = _Kernel(name, dtype)
+    return k
+
+
+def _dropout_args(p, key, dtype):
+    """(threshold, 1/(1-p), 1-p, k0, k1) as kernel arguments; ConfigError unless 0 <= p < 1."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
+    key = int(key) & 0xFFFFFFFFFFFFFFFF
+    real = np.dtype(dtype).type
+    return (np.uint64(scalar.dropout_threshold(p)), real(1.0 / (1.0 - p)), real(1.0 - p),
+            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32))
+
+
+def _elementwise_act(act):
+    if act not in scalar.ACTIVATIONS:
+        lookup(scalar.ACTIVATIONS, act, "elementwise activation")
+
+
+# --- the public kernels (signatures and contracts: reference.py) --------------------------------
+
+def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
+    """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
+    n, m = X.shape
+    c = kc._Call(X)
+    grid, block = kc._config(c, "rows", n, m)
+    _kernel("layernorm_fwd", X.dtype)(c, grid, block, X, gamma, beta, Y, mean, rstd,
+                                      X.dtype.type(eps))
+
+
+def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
+    """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
+    n, m = G.shape
+    dt = G.dtype
+    c = kc._Call(G)
+    # the column sums first: dX may be G, which the row pass overwrites
+    grid, block = kc._config(c, "cols", n, m)
+    k = grid[1] * m
+    part = c.scratch(2 * k)
+    _kernel("layernorm_bwd_cols", dt)(c, grid, block, G, X, mean, rstd, part[:k], part[k:2 * k],
+                                      c.counters(grid[0]), dgamma, dbeta)
+    rgrid, rblock = kc._config(c, "rows", n, m)
+    _kernel("layernorm_bwd_rows", dt)(c, rgrid, rblock, G, X, mean, rstd, gamma, dX,
+                                      G if R is None else R, R is not None)
+
+
+def dropout_fwd(A, p, key):
+    """In place inverted dropout of A (n, m); see ``reference.dropout_fwd``."""
+    threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
+    n, m = A.shape
+    c = kc._Call(A)
+    grid, block = kc._config(c, "cols", n, m)
+    _kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1)
+
+
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+    """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
+    _elementwise_act(act)
+    drop, resid = p > 0, R is not None
+    threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
+    if not (drop or resid):
+        kc.bias_act_fwd(act, A, b, Z, alpha)
+        return
+    n, m = A.shape
+    c = kc._Call(A)
+    grid, block = kc._config(c, "cols", n, m)
+    _kernel(f"bias_act_drop_fwd_{act}_{int(drop)}{int(resid)}", A.dtype)(
+        c, grid, block, A, b, A if Z is None else Z, Z is not None, A.dtype.type(alpha),
+        threshold, scale, k0, k1, R if resid else A, out if resid else A)
+
+
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+    """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
+    _elementwise_act(act)
+    if Z is None:
+        if act in NEEDS_PREACTIVATION:
+            raise ValueError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
+        Z = A
+    threshold, scale, inv, k0, k1 = _dropout_args(p, key, G.dtype)
+    n, m = G.shape
+    c = kc._Call(G)
+    grid, block = kc._config(c, "cols", n, m)
+    _kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, c.scratch(grid[1] * m),
+                                            c.counters(grid[0]), db, G.dtype.type(alpha),
+                                            threshold, scale, inv, k0, k1)
+
+
+# imported before cuda.py had finished (cuda.py imports this module near its end): the table
+# there must still get these kernels, not the reference fallback
+for _name in __all__:
+    setattr(kc, _name, globals()[_name])
