@@ -53,9 +53,8 @@ def stubbed_driver(backend):
         finally:
             simkernel.FakeCUDAKernel.__call__ = saved
         return
-    from numba.cuda import dispatcher
-
     from devnet.kernels import cuda as kcuda
+    from numba.cuda import dispatcher
 
     def no_op(*args, **kwargs):
         return None
@@ -176,7 +175,7 @@ def run(backend, settings, quick: bool = False, log=print) -> dict:
     if not _is_cuda(backend):
         return {"skipped": "needs the CUDA backend with its fused kernels (a GPU, or "
                            "DEVNET_CUDA_SIMULATOR=1 --device cuda)"}
-    sizes, batch = QUICK_STEP if quick or backend.simulated else REFERENCE_STEP
+    sizes, batch = QUICK_STEP if quick else REFERENCE_STEP
     repeats = 20 if quick else 200
     out = {"device": backend.device, "simulated": bool(backend.simulated),
            "step": {"sizes": list(sizes), "batch": batch, "optimizer": "adam",

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -241,14 +243,22 @@ class Communicator:
                 check = now + _LIVENESS_PERIOD
                 dead = self.dead_ranks()
                 if dead:
-                    raise DistributedError(
-                        f"rank {self.rank} of {self.size}: {what} cannot complete: "
-                        f"{_ranks(dead)} ({self._where(dead)}) exited or was killed")
+                    raise self._failed(f"rank {self.rank} of {self.size}: {what} cannot "
+                                       f"complete: {_ranks(dead)} ({self._where(dead)}) "
+                                       "exited or was killed")
                 if now - start > self.timeout:
                     raise DistributedError(
                         f"rank {self.rank} of {self.size}: {what} did not complete within "
                         f"{self.timeout:g} s: another rank failed, is stuck, or is far behind "
                         "(init(timeout=...) or DEVNET_DIST_TIMEOUT sets the limit)")
+
+    def _failed(self, message: str) -> DistributedError:
+        """The error for a dead peer, its message printed at once: the launcher may kill this
+        rank too before a traceback gets out.
+        """
+        sys.stderr.write(f"devnet.distributed: {message}\n")
+        sys.stderr.flush()
+        return DistributedError(message)
 
     def dead_ranks(self) -> list[int]:
         """The ranks on this host whose process is gone (other hosts cannot be checked)."""
@@ -357,8 +367,8 @@ class _Nccl:
                     self.handle.abort()
                     cause = (f"{_ranks(dead)} exited or was killed" if dead else
                              f"not complete within {self.comm.timeout:g} s")
-                    raise DistributedError(f"rank {self.comm.rank} of {self.comm.size}: NCCL "
-                                           f"{what}: {cause}")
+                    raise self.comm._failed(f"rank {self.comm.rank} of {self.comm.size}: "
+                                            f"NCCL {what}: {cause}")
 
 
 # --- the data-parallel side of fit ---------------------------------------------------------------
@@ -539,9 +549,6 @@ def mpiexec_command(nproc: int, hosts=None) -> list[str]:
         raise MissingDependencyError("no mpiexec found (next to this Python or on PATH); "
                                      "install it with pip install 'devnet-mlp[mpi]'")
     cmd = [exe, "-n", str(nproc)]
-    if _is_hydra(exe):
-        # a rank killed by a signal must not take the others down before they can name it
-        cmd.append("-disable-auto-cleanup")
     if hosts is None:
         return cmd
     if isinstance(hosts, (str, os.PathLike)) and os.path.isfile(hosts):
@@ -554,20 +561,15 @@ def mpiexec_command(nproc: int, hosts=None) -> list[str]:
     return cmd + ["-hosts", ",".join(hosts)]
 
 
-def _is_hydra(exe: str) -> bool:
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "HYDRA" in out.stdout
-
-
 def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> int:
     """Run ``argv`` (a program and its arguments) as ``nproc`` ranks under mpiexec; its exit code.
 
     argv: e.g. ``[sys.executable, "-m", "devnet.cli", "train", "--config", "run.toml"]``.
     hosts: None (this machine), host names ("a,b" or a list) or a hostfile path.
     Ranks sharing a machine get one BLAS/OpenMP thread per core share unless set already.
+    The job's output passes through; when a rank dies, the launcher reports only its pid
+    (MPICH: "PID 814 RUNNING AT host"), so this adds the line naming the rank, from the
+    rank table ``init`` prints.
     """
     cmd = mpiexec_command(nproc, hosts) + [str(a) for a in argv]
     env = dict(os.environ if env is None else env)
@@ -575,4 +577,79 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     per_rank = str(max(1, (os.cpu_count() or 1) // nproc))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, per_rank)
-    return subprocess.call(cmd, env=env)
+    watch = _FailureWatch()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pumps = [threading.Thread(target=watch.pump, args=(proc.stdout, sys.stdout), daemon=True),
+             threading.Thread(target=watch.pump, args=(proc.stderr, sys.stderr), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    rc = proc.wait()
+    for pump in pumps:
+        pump.join()
+    if rc != 0:
+        for line in watch.failures():
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    return rc
+
+
+class _FailureWatch:
+    """Reads a job's output as it passes: the rank table, and pids the launcher says died."""
+
+    _TABLE = re.compile(r"rank (\d+) pid (\d+) on (\S+?)(?:,|$)")
+    _DIED = re.compile(r"PID (\d+) RUNNING AT (\S+)")
+    _CODE = re.compile(r"EXIT CODE: (\d+)")
+
+    def __init__(self):
+        self.ranks: dict[int, int] = {}  # pid -> rank
+        self.died: list[tuple[int, str, str]] = []  # (pid, host, exit code)
+        self._lock = threading.Lock()
+
+    def pump(self, source, sink) -> None:
+        for raw in iter(source.readline, b""):
+            line = raw.decode(errors="replace")
+            sink.write(line)
+            sink.flush()
+            with self._lock:
+                if "devnet.distributed:" in line and " ranks (" in line:
+                    for rank, pid, _host in self._TABLE.findall(line):
+                        self.ranks[int(pid)] = int(rank)
+                for pid, host in self._DIED.findall(line):
+                    self.died.append((int(pid), host, "?"))
+                code = self._CODE.search(line)
+                if code and self.died and self.died[-1][2] == "?":
+                    self.died[-1] = (*self.died[-1][:2], code.group(1))
+
+    def failures(self) -> list[str]:
+        lines = []
+        for pid, host, code in self.died:
+            rank = self.ranks.get(pid)
+            who = f"rank {rank}" if rank is not None else "a rank"
+            how = (f"killed by signal {code}" if code in ("9", "15", "6", "11")
+                   else f"exit code {code}")
+            lines.append(f"devnet.distributed: {who} (pid {pid} on {host}) failed ({how}); "
+                         "the launcher ended every rank")
+        return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devnet.distributed -n N [--hosts H] PROGRAM [ARGS...]``: ``launch`` it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m devnet.distributed",
+                                     description="Run a program as N MPI ranks (mpiexec).")
+    parser.add_argument("-n", "--nproc", type=int, required=True)
+    parser.add_argument("--hosts", default=None, help="a,b or a hostfile path")
+    parser.add_argument("program", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if not args.program:
+        parser.error("no program given")
+    try:
+        return launch(args.program, args.nproc, args.hosts)
+    except DevnetError as exc:
+        sys.stderr.write(f"python -m devnet.distributed: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,8 +51,9 @@ def _cast(a, dtype):
 
 
 def _bounds(a) -> tuple[float, float]:
-    """(min, max) of a non-empty array as Python numbers: one host read for both."""
-    return float(a.min()), float(a.max())
+    """(min, max) of a non-empty array as Python floats: one host read (sync) for both."""
+    lo, hi = get_xp(a).stack((a.min(), a.max())).tolist()
+    return float(lo), float(hi)
 
 
 def _finite(name: str, a, xp, what: str = "") -> None:

@@ -12,21 +12,22 @@ How the kernels are built and launched:
 - Each kernel is a plain-Python template below, cloned per scalar function with those bound as
   globals (as ``cpu.py`` does): one specialised kernel per activation, loss and optimizer. Each is
   compiled on first use for exactly one signature per dtype (``cuda.jit(sig)``), and then launched
-  through the compiled kernel object itself, which skips the dispatcher's per-call type inference.
+  without the dispatcher's per-call type inference (see the launch bullet below).
 - Elementwise ops are grid-stride loops (2-D over (rows, columns) for matrices, so no
-  per-element integer division); the bias gradient is a column reduction (each block
-  sums a tile of rows per column in shared memory and writes one partial per column; a second
-  small kernel adds the partials; no atomics, so results are deterministic); softmax and
-  softmax-xent give each row a row of threads of a 2-D block, reduced in shared memory; a loss
-  value is reduced on the device (per-block partials, then one block) into a 0-d array.
-- Launches go on CuPy's current stream. Kernel arguments are Numba device-array views of the CuPy
-  buffers made with ``sync=False`` and cached by (pointer, shape, strides, dtype): when Numba is
-  handed a CUDA-Array-Interface object it synchronises on the producer's exported stream before
-  the launch (numba PR #5162, "Specify synchronization semantics of CUDA Array Interface";
-  ``NUMBA_CUDA_ARRAY_INTERFACE_SYNC`` and ``as_cuda_array(obj, sync=False)`` in numba-cuda's
-  cuda_array_interface docs), and building that view from CuPy's interface dict each call is what
-  makes CuPy arguments slow (NVIDIA/numba-cuda issue #578). numba-cuda 0.30 takes DLPack objects
-  through ``StridedMemoryView`` instead (NVIDIA/numba-cuda PR #703); a device array bypasses both.
+  per-element integer division); the bias gradient is a column reduction (each block sums a
+  tile of rows per column in shared memory and writes one float64 partial per column; the
+  last block of each column tile, found with an atomic ticket after a fence, adds the
+  partials: one launch, no atomics on the data, deterministic); softmax and softmax-xent give
+  each row a row of threads of a 2-D block, reduced in shared memory; a loss value is reduced
+  the same way (per-block partials, the last block sums them) into a slot of a preallocated
+  ring (``LOSS_RING``): no allocation per step.
+- Launches go on the current stream of the current device: the backend's own stream and
+  device (``CUDABackend.scope()``, entered by every kernel-table entry). Each launch checks its
+  arrays' dtype, rank, C-contiguity and device against the signature, marshals the kernel
+  parameters itself (exactly numba-cuda's ``_prepare_args`` layout, built from CuPy's
+  attributes: no Numba device-array view, no ``__cuda_array_interface__`` dict) and calls
+  cuda.core's ``launch`` with a cached config and the kernel loaded once per device. Under the
+  simulator the kernels get the arrays' host buffers without a copy.
 
 ``scalar.exp`` / ``scalar.exp_f32`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast
 ``2**k`` that does not compile for CUDA without a driver); the GPU gets ``math.exp`` /

@@ -137,7 +137,7 @@ def test_launch_check_refuses_wrong_label_dtype(rng):
         k.check((L, labels, L, L[0], False, np.float32(1.0), np.empty(4)))
 
 
-# --- marshalling: devnet's parameters are exactly numba-cuda's ------------------------------------
+# --- marshalling: devnet's parameters are exactly numba-cuda's ----------------------------------
 
 def _numba_params(kernel_sig, args):
     """numba-cuda's own ``_prepare_args`` on device arrays at the same addresses (no GPU)."""
@@ -169,8 +169,9 @@ def _values(params):
                                   "mse", "adam_step", "col_partials"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_marshalled_parameters_match_numba_cudas(name, dtype, rng):
-    from devnet.backend import cupy_sim
     from devnet.kernels import cuda as kcuda
+
+    from devnet.backend import cupy_sim
 
     sig = kcuda._sig(kcuda._SPECS[name][1], kcuda._FLOAT_TYPES[np.dtype(dtype)])
     n, m = int(rng.integers(1, 40)), int(rng.integers(1, 9))
@@ -192,8 +193,9 @@ def test_marshalled_parameters_match_numba_cudas(name, dtype, rng):
 
 
 def test_marshal_refuses_an_array_of_another_device(rng):
-    from devnet.backend import cupy_sim
     from devnet.kernels import cuda as kcuda
+
+    from devnet.backend import cupy_sim
 
     sig = kcuda._sig("sgd", kcuda.types.float32)
     with cupy_sim.cuda.Device(1):

@@ -131,6 +131,8 @@ def _array(shape, dtype: str, flavour: str, seed: int, k: int = 3) -> np.ndarray
     elif flavour == "wild_labels":  # class labels, some out of range or not integers
         values = rng.integers(0, max(k, 1), shape).astype(np.float64)
         mask = rng.random(shape) < 0.5
+        if values.size:
+            mask.flat[rng.integers(values.size)] = True  # at least one bad label
         bad = (-1.0, float(k), 1e9, -1e12, np.nan, 0.5, 2.0**63, 255.0, -np.inf)
         values[mask] = rng.choice(bad, size=int(np.count_nonzero(mask)))
     else:  # mostly moderate, a few special values
@@ -198,23 +200,25 @@ VALID_TARGETS = {
 
 # One aspect of a valid case changed: its dtype, its values (to WILD ones), or its shape;
 # "random" swaps in the wholly random part. None: the valid case itself.
-PERTURB = (None, "pred_dtype", "pred_values", "target_dtype", "target_values",
+PERTURB = (None, "pred_dtype", "pred_values", "target_dtype", "target_values", "target_values",
            "target_values", "target_shape", "weight_values", "weight_shape", "random")
 
 
-def _case(name, coherent, perturb, n, k, pred, target, weight, shapes, seed):
+def _case(name, coherent, spec, perturb, n, k, pred, target, weight, shapes, seed):
     """(n, k, pred, target, weight, shapes): random, or valid for loss ``name`` with one
-    aspect perturbed (``PERTURB``), so single bad labels, weights, dtypes, shapes are reached."""
+    aspect perturbed (``PERTURB``), so single bad labels, weights, dtypes, shapes are reached.
+
+    spec: (pred dtype, which of the loss's VALID_TARGETS, whether weighted).
+    """
     if not coherent:
         return n, k, pred, target, weight, shapes
     n, k = max(n, 1), max(k, 1)
-    # drawn from hypothesis's seed, which it keeps small, not from a NumPy stream of it
-    dtype = ("float32", "float64")[seed % 2]
+    dtype, choice, with_weight = spec
     choices = VALID_TARGETS.get(name, [("nk", "same", "moderate")])
-    t_shape, t_dtype, t_flavour = choices[(seed // 2) % len(choices)]
+    t_shape, t_dtype, t_flavour = choices[choice % len(choices)]
     p, t = [dtype, "moderate", seed], [dtype if t_dtype == "same" else t_dtype, t_flavour,
                                        seed + 1]
-    w = None if seed // 8 % 2 else [dtype, "probs", seed + 2]
+    w = [dtype, "probs", seed + 2] if with_weight else None
     sh = ["nk", t_shape, "n"]
     if perturb == "pred_dtype":
         p[0] = pred[0]
@@ -235,13 +239,20 @@ def _case(name, coherent, perturb, n, k, pred, target, weight, shapes, seed):
     return n, k, tuple(p), tuple(t), None if w is None else tuple(w), tuple(sh)
 
 
+def _spec():
+    from hypothesis import strategies as st
+
+    return st.tuples(st.sampled_from(["float32", "float64"]), st.integers(0, 3), st.booleans())
+
+
 def _fuzz_losses() -> None:
     from hypothesis import given
 
     import devnet as dn
 
     st, arrays = _strategies()
-    names = [*sorted(dn.losses.LOSSES), "cross_entropy", "hinge", None]
+    SPEC = _spec()  # noqa: N806
+    names = [*sorted(dn.losses.LOSSES), "cross_entropy", "cross_entropy", "hinge", None]
     kwargs = st.sampled_from([{}, {}, {}, {}, {"delta": 0.5}, {"delta": -1},
                               {"delta": float("nan")}, {"delta": "1"}, {"delta": True},
                               {"beta": 1}])
@@ -252,13 +263,15 @@ def _fuzz_losses() -> None:
            shapes=st.tuples(st.sampled_from(("nk", "nk", "nk", "n", "nk1", "0d")),
                             st.sampled_from(SHAPES), st.sampled_from(("n", "n", "n1", "n+1"))),
            coherent=st.sampled_from([True, True, False]), perturb=st.sampled_from(PERTURB),
+           spec=SPEC,
            seed=st.integers(0, 2**16),
            door=st.sampled_from(["call", "call", "fb", "fb_checked", "fb_bad_grad", "lists"]))
-    def run(name, kw, n, k, pred, target, weight, shapes, coherent, perturb, seed, door):
+    def run(name, kw, n, k, pred, target, weight, shapes, coherent, spec, perturb, seed,
+            door):
         if coherent and name in dn.losses.LOSSES:
             kw = {"delta": 0.5} if name == "huber" and kw else {}
         n, k, pred, target, weight, shapes = _case(
-            name, coherent, perturb, n, k, pred, target, weight, shapes, seed)
+            name, coherent, spec, perturb, n, k, pred, target, weight, shapes, seed)
 
         def call():
             loss = dn.losses.get(name, **kw)
@@ -292,6 +305,7 @@ def _fuzz_kernels() -> None:
     from hypothesis import given
 
     st, arrays = _strategies()
+    SPEC = _spec()  # noqa: N806
 
     @_settings("kernels")
     @given(name=st.sampled_from([*reference.LOSS_KERNELS, "softmax_xent"]), n=st.integers(0, 5),
@@ -299,13 +313,14 @@ def _fuzz_kernels() -> None:
            shapes=st.tuples(st.sampled_from(("nk", "nk", "nk", "n", "nk1")),
                             st.sampled_from(SHAPES), st.sampled_from(("n", "n", "n1", "n+1"))),
            coherent=st.sampled_from([True, True, False]), perturb=st.sampled_from(PERTURB),
+           spec=SPEC,
            seed=st.integers(0, 2**16),
            grad_kind=st.sampled_from(["fresh", "fresh", "alias", "short", "other_dtype"]),
            scale=st.sampled_from([1.0, 0.25, 0.0, -1.0, float("nan"), 1e300]))
-    def run(name, n, k, pred, target, weight, shapes, coherent, perturb, seed, grad_kind,
-            scale):
+    def run(name, n, k, pred, target, weight, shapes, coherent, spec, perturb, seed,
+            grad_kind, scale):
         n, k, pred, target, weight, shapes = _case(
-            name, coherent, perturb, n, k, pred, target, weight, shapes, seed)
+            name, coherent, spec, perturb, n, k, pred, target, weight, shapes, seed)
 
         def call():
             p = _array(_shape(shapes[0], n, k), *pred, k=k)
@@ -365,7 +380,7 @@ def _fuzz_fit() -> None:
            shapes=st.tuples(st.sampled_from(("nk", "nk", "nk", "n", "n+1k", "0d")),
                             st.sampled_from(("n", "n", "nk", "n1", "n+1", "0d")),
                             st.sampled_from(("n", "n", "n1", "n+1"))),
-           epochs=st.sampled_from([1, 2, 0, 1.5]),
+           epochs=st.sampled_from([1, 2, 1, 0, 1.5]),
            batch_size=st.sampled_from([1, 4, 32, 0, -3, 2.5, True]),
            split=st.sampled_from([None, None, 0.25, 0.99, 1.5]),
            optimizer=st.sampled_from(["adam", "sgd", "rmsprop", "nope"]),
@@ -382,7 +397,9 @@ def _fuzz_fit() -> None:
             if loss in ("cross_entropy", "auto"):
                 n_out = max(n_out, 2)
             rng = np.random.default_rng(seed)
-            y_shape, y_dtype, y_flavour = fit_targets.get(loss, ("nk", "float64", "moderate"))
+            y_shape, y_dtype, y_flavour = fit_targets.get(loss, ("nk", dtype, "moderate"))
+            if y_dtype == "float64":
+                y_dtype = dtype  # float64 targets are refused by a float32 model if inexact
             valid = dict(X=(dtype, "moderate", seed), y=(y_dtype, y_flavour, seed + 1),
                          weight=None if rng.random() < 0.5 else ("float64", "probs", seed + 2),
                          task="auto", shapes=("nk", y_shape, "n"), epochs=int(rng.integers(1, 3)),
@@ -390,8 +407,7 @@ def _fuzz_fit() -> None:
                          split=None if rng.random() < 0.7 else 0.25, optimizer="adam")
             if loss == "auto":
                 y_flavour = str(rng.choice(["labels", "moderate"]))
-                valid["y"] = ("int64" if y_flavour == "labels" else "float64", y_flavour,
-                              seed + 1)
+                valid["y"] = ("int64" if y_flavour == "labels" else dtype, y_flavour, seed + 1)
             valid.pop(perturb, None)
             args.update(valid)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -34,6 +35,7 @@ if SIMULATOR:
     # every ``import cupy`` in devnet (the reference kernels' get_xp, the kernel launcher)
     # then finds the stand-in
     sys.modules.update({"cupy": cupy, "cupy.cuda": cupy.cuda, "cupy.random": cupy.random,
+                        "cupy.linalg": cupy.linalg,
                         "cupyx": cupyx})
     IMPORT_ERROR: str | None = None
 else:
@@ -139,22 +141,34 @@ def unavailable_reason(index: int = 0) -> str | None:
 
 
 class _Scope:
-    """``with scope:`` makes a device and a stream current, restoring the previous ones."""
+    """``with scope:`` makes a device and a stream current, restoring the previous ones.
 
-    __slots__ = ("device", "stream")
+    Re-entrant and per thread (a ``fit`` in another thread keeps its own stack); the device
+    is switched only when another one is current (one cheap runtime query otherwise).
+    """
 
-    def __init__(self, device, stream):
-        self.device = device
+    __slots__ = ("index", "stream", "_tls")
+
+    def __init__(self, index, stream):
+        self.index = index
         self.stream = stream
+        self._tls = threading.local()
 
     def __enter__(self):
-        self.device.__enter__()
-        self.stream.__enter__()
+        runtime = cupy.cuda.runtime
+        previous = runtime.getDevice()
+        stack = self._tls.__dict__.setdefault("stack", [])
+        stack.append(previous)
+        if previous != self.index:
+            runtime.setDevice(self.index)
+        self.stream.__enter__()  # CuPy's current stream is per thread and per device
         return self
 
     def __exit__(self, *exc):
         self.stream.__exit__(*exc)
-        self.device.__exit__(*exc)
+        previous = self._tls.stack.pop()
+        if previous != self.index:
+            cupy.cuda.runtime.setDevice(previous)
 
 
 class _OnDevice:
@@ -194,7 +208,7 @@ class CUDABackend(Backend):
         self._device = cupy.cuda.Device(index)
         with self._device:
             self.stream = cupy.cuda.Stream(non_blocking=False)
-        self._scope = _Scope(self._device, self.stream)
+        self._scope = _Scope(index, self.stream)
         self._stagers: dict[tuple, _Stager] = {}
         module = reference if kernels == "reference" else \
             importlib.import_module("devnet.kernels.cuda")

@@ -74,8 +74,8 @@ def _check_devices(args):
             _check_devices(a)
 
 
-def _numpy_function(name):
-    fn = getattr(np, name)
+def _numpy_function(name, namespace=np):
+    fn = getattr(namespace, name)
 
     def call(*args, **kwargs):
         _check_devices(args)
@@ -83,7 +83,7 @@ def _numpy_function(name):
         return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
 
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = f"numpy.{name} on the stand-in's arrays."
+    call.__doc__ = f"{namespace.__name__}.{name} on the stand-in's arrays."
     return call
 
 
@@ -504,6 +504,10 @@ class _Generator:
 
 def default_rng(seed=None):
     return _Generator(np.random.PCG64(seed))
+
+
+linalg = types.ModuleType("cupy.linalg")
+linalg.norm = _numpy_function("norm", np.linalg)
 
 
 random = types.ModuleType("cupy.random")

@@ -1,0 +1,113 @@
+"""Data-parallel scaling: samples/s of ``fit(comm=...)`` at 1..N ranks, and the all-reduce cost.
+
+    python -m benchmarks.bench_distributed --nproc 1,2            # M: 784-1024-1024-10, batch 512
+    python -m benchmarks.bench_distributed --nproc 1,2 --quick    # tiny, for the tests
+
+For each rank count the job runs under mpiexec with one BLAS/OpenMP/Numba thread per rank and
+reports: training samples/s (steady-state epochs of fit, float32, Adam, global batch fixed), the
+time of one gradient all-reduce of the model's flat buffer, the MPI all-reduce bandwidth
+measured on the spot with a large buffer (bus bandwidth, ring convention), and the ring model's
+prediction for the gradient: 2(N-1)/N x 4 bytes x parameters / bandwidth. The speed-up of N
+ranks over 1 is the ratio of samples/s from the same run of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+M = (784, 1024, 1024, 10)
+QUICK = (16, 32, 32, 4)
+
+
+def ring_seconds(n_ranks: int, n_params: int, bandwidth: float, itemsize: int = 4) -> float:
+    """Ring all-reduce time: 2(N-1)/N x itemsize x params bytes at ``bandwidth`` bytes/s."""
+    return 2 * (n_ranks - 1) / n_ranks * itemsize * n_params / bandwidth if n_ranks > 1 else 0.0
+
+
+def _worker(sizes, batch: int, steps: int, epochs: int, out: str) -> None:
+    """Inside the MPI job: time fit and the all-reduces; rank 0 writes JSON to ``out``."""
+    import devnet as dn
+    from devnet import distributed
+
+    comm = distributed.init(limit_threads=False)
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], size=n)
+    model = dn.MLP(list(sizes), dtype="float32", backend="cpu", seed=0)
+    hist = dn.fit(model, X, y, loss="cross_entropy", optimizer="adam", epochs=epochs,
+                  batch_size=batch, progress=False, train_metrics=False, guard=False,
+                  comm=comm)
+    epoch_s = min(hist.history["time"][1:] or hist.history["time"])  # first epoch: warm-up
+    reps = 20
+    comm.barrier()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        comm.allreduce_sum_(model.grads)
+    allreduce_s = (time.perf_counter() - t0) / reps
+    big = np.ones(16 * 2**20 // 4, np.float32)  # 16 MiB
+    comm.allreduce_sum_(big)
+    comm.barrier()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        comm.allreduce_sum_(big)
+    big_s = (time.perf_counter() - t0) / 5
+    size = comm.size
+    bus = 2 * (size - 1) / size * big.nbytes / big_s if size > 1 else float("nan")
+    if comm.rank == 0:
+        with open(out, "w") as f:
+            json.dump({"ranks": size, "samples_per_s": n / epoch_s, "step_ms": epoch_s / steps
+                       * 1e3, "allreduce_ms": allreduce_s * 1e3, "n_params": model.n_params,
+                       "bus_bandwidth_GBps": bus / 1e9,
+                       "ring_model_ms": ring_seconds(size, model.n_params, bus) * 1e3
+                       if size > 1 else 0.0}, f)
+
+
+def run(nprocs=(1, 2), sizes=M, batch: int = 512, steps: int = 20, epochs: int = 3,
+        timeout: float = 600) -> dict:
+    """Each rank count in its own mpiexec job; returns {"runs": [...], "speedup": {...}}."""
+    from devnet import distributed
+
+    runs = []
+    for nproc in nprocs:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            code = (f"from benchmarks.bench_distributed import _worker; "
+                    f"_worker({list(sizes)!r}, {batch}, {steps}, {epochs}, {out!r})")
+            env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                       MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+            cmd = distributed.mpiexec_command(nproc) + [sys.executable, "-c", code]
+            subprocess.run(cmd, check=True, timeout=timeout, env=env, cwd=root)
+            with open(out) as f:
+                runs.append(json.load(f))
+    base = runs[0]["samples_per_s"]
+    speedup = {r["ranks"]: r["samples_per_s"] / base for r in runs}
+    return {"sizes": list(sizes), "global_batch": batch, "runs": runs, "speedup": speedup,
+            "efficiency": {k: v * runs[0]["ranks"] / k for k, v in speedup.items()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", default="1,2", help="rank counts, e.g. 1,2,4")
+    parser.add_argument("--quick", action="store_true", help="a tiny model (checks only)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    args = parser.parse_args(argv)
+    nprocs = tuple(int(p) for p in args.nproc.split(","))
+    sizes, batch = (QUICK, 64) if args.quick else (M, 512)
+    result = run(nprocs, sizes, batch, steps=4 if args.quick else args.steps)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The NCCL path of devnet.distributed on CuPy's stand-in arrays, faking only the NCCL calls.
+
+The fake ``cupy.cuda.nccl`` below acts as the NCCL library of a 2-rank job whose other rank
+holds the same buffer: allReduce doubles the memory at the pointer it is given, bcast leaves it.
+Everything around it (device pointers, dtypes, streams, events, the MPI bootstrap of the unique
+id, the deadline) is devnet's own code, on ``devnet.backend.cupy_sim`` arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from devnet import distributed
+from devnet.backend import cupy_sim as cp
+
+
+class FakeNccl:
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+    CTYPES = {7: ctypes.c_float, 8: ctypes.c_double}
+
+    def __init__(self):
+        self.calls = []
+        self.ids = []
+        fake = self
+
+        class NcclCommunicator:
+            def __init__(self, nranks, uid, rank):
+                fake.ids.append((nranks, uid, rank))
+                self.aborted = False
+
+            def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (NCCL's)
+                fake.calls.append(("allReduce", send, recv, count, dtype, op, stream))
+                mem = (fake.CTYPES[dtype] * count).from_address(recv)
+                view = np.ctypeslib.as_array(mem)
+                view *= 2  # the other rank holds the same values
+
+            def bcast(self, buf, count, dtype, root, stream):
+                fake.calls.append(("bcast", buf, count, dtype, root, stream))
+
+            def abort(self):
+                fake.calls.append(("abort",))
+
+        self.NcclCommunicator = NcclCommunicator
+
+    @staticmethod
+    def get_unique_id():
+        return tuple(range(128))
+
+
+class FakeComm(distributed.Communicator):
+    """Rank 0 of 2, without MPI: the JSON broadcast of the NCCL id is rank 0's own value."""
+
+    def __init__(self, timeout=5.0):
+        self.rank, self.size, self.timeout = 0, 2, timeout
+        self.pids, self.hosts, self.host = [1, 2], ["h", "h"], "h"
+        self._nccl = {}
+        self.broadcasts = []
+
+    def bcast_json(self, obj, root=0, what="broadcast"):
+        self.broadcasts.append(what)
+        return obj
+
+    def dead_ranks(self):
+        return []
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    nccl = FakeNccl()
+    monkeypatch.setattr(distributed, "_nccl_module", lambda: nccl)
+    return nccl
+
+
+@pytest.mark.parametrize("dtype, code", [("float32", 7), ("float64", 8)])
+def test_nccl_allreduce_sums_the_device_buffer_in_place(fake, rng, dtype, code):
+    comm = FakeComm()
+    host = rng.normal(size=37).astype(dtype)
+    buf = cp.asarray(host)
+    comm.allreduce_sum_(buf, "gradient all-reduce", xp=cp)
+    np.testing.assert_array_equal(buf.get(), host * 2)
+    name, send, recv, count, nccl_dtype, op, stream = fake.calls[-1]
+    assert (name, send, recv, count, nccl_dtype, op) == ("allReduce", buf.data.ptr,
+                                                         buf.data.ptr, 37, code, 0)
+    # the unique id came from rank 0 over the (MPI) broadcast, once per device
+    assert fake.ids == [(2, tuple(range(128)), 0)]
+    assert comm.broadcasts == ["NCCL id broadcast"]
+    comm.allreduce_sum_(buf, xp=cp)
+    assert len(fake.ids) == 1
+
+
+def test_nccl_bcast_passes_root_and_buffer(fake, rng):
+    comm = FakeComm()
+    buf = cp.asarray(rng.normal(size=5))
+    comm.bcast_(buf, root=0, xp=cp)
+    assert fake.calls[-1][:5] == ("bcast", buf.data.ptr, 5, 8, 0)
+
+
+def test_nccl_refuses_integer_buffers_listing_valid_dtypes(fake):
+    comm = FakeComm()
+    with pytest.raises(distributed.DistributedError, match="valid dtypes are float32, float64"):
+        comm.allreduce_sum_(cp.arange(4), xp=cp)
+
+
+def test_nccl_wait_aborts_the_communicator_at_the_deadline(fake, monkeypatch):
+    comm = FakeComm(timeout=0.05)
+    buf = cp.asarray(np.ones(3))
+
+    class Never:
+        done = False
+
+    monkeypatch.setattr(distributed, "_LIVENESS_PERIOD", 0.01)
+    stream = cp.cuda.get_current_stream()
+    monkeypatch.setattr(type(stream), "record", lambda self, event=None: Never())
+    with pytest.raises(distributed.DistributedError, match="not complete within 0.05 s"):
+        comm.allreduce_sum_(buf, "gradient all-reduce", xp=cp)
+    assert fake.calls[-1] == ("abort",)
