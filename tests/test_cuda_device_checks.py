@@ -137,7 +137,7 @@ def test_launch_check_refuses_wrong_label_dtype(rng):
         k.check((L, labels, L, L[0], False, np.float32(1.0), np.empty(4)))
 
 
-# --- marshalling: devnet's parameters are exactly numba-cuda's ----------------------------------
+# --- marshalling: devnet's parameters are exactly numba-cuda's -----------------------------------
 
 def _numba_params(kernel_sig, args):
     """numba-cuda's own ``_prepare_args`` on device arrays at the same addresses (no GPU)."""
