@@ -20,8 +20,8 @@ from devnet.errors import ConfigError, MissingDependencyError
 from devnet.train import Callback
 from devnet.validation import positive_int
 
-__all__ = ["CSVLogger", "Callback", "EarlyStopping", "GradientFlow", "LearningRateScheduler",
-           "ModelCheckpoint", "plot_gradient_flow"]
+# GradientFlow and plot_gradient_flow join __all__ once devnet/__init__.py re-exports them
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
 
 _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
 

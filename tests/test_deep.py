@@ -45,7 +45,7 @@ def _kinks(model, act):
     return tuple((a > 0).tobytes() for a in model._work[model._n].A)
 
 
-def _gradcheck(model, X, R, act, step=11, h=2e-4):
+def _gradcheck(model, X, R, act, step=11, h=1e-4):
     """Worst relative error of backward's gradients against 5-point central differences of
     ``sum(forward(X) * R)``, and how many parameters were skipped for crossing a kink."""
     def loss():
@@ -80,7 +80,16 @@ def test_gradients_match_finite_differences_with_dropout(act, block, norm, rng):
                    norm=norm, dropout=0.3, seed=int(rng.integers(1000)), init="xavier")
     # gamma, beta and b away from 1 / 0, so their gradients are exercised in general position
     model.params[...] += 0.1 * rng.standard_normal(model.n_params)
-    X, R = rng.standard_normal((7, SIZES[0])), rng.standard_normal((7, SIZES[-1]))
+    R = rng.standard_normal((7, SIZES[-1]))
+    for _ in range(50):
+        # a well-conditioned point: no LayerNorm row nearly constant (relu and dropout can
+        # zero a whole row; there rstd = 1/sqrt(eps) and differences of width h are not
+        # derivatives)
+        X = rng.standard_normal((7, SIZES[0]))
+        model.forward(X, training=True, step=11)
+        rstd = [r for r in model._work[7].rstd or () if r is not None]
+        if all(r.max() < 10 for r in rstd):
+            break
     worst, skipped = _gradcheck(model, X, R, act)
     assert worst < 1e-6
     assert skipped <= model.n_params // 10
@@ -107,17 +116,20 @@ def test_input_gradient_of_a_deep_model(rng):
 
 
 def test_fused_model_matches_the_reference_kernels(rng):
-    """The same deep model, step and data on the fused CPU table and the reference table."""
-    fused = dn.MLP(SIZES, activation="gelu", backend="cpu", block="residual",
-                   norm="layernorm", dropout=0.25, seed=4)
-    ref = dn.MLP(SIZES, activation="gelu", backend=CPUBackend(kernels="reference"),
-                 block="residual", norm="layernorm", dropout=0.25, seed=4)
-    X = rng.standard_normal((9, SIZES[0])).astype(np.float32)
-    R = rng.standard_normal((9, SIZES[-1])).astype(np.float32)
-    _close(fused.forward(X, training=True, step=5), ref.forward(X, training=True, step=5),
-           np.float32)
-    _close(fused.backward(R), ref.backward(R), np.float32)
-    _close(fused.grads, ref.grads, np.float32)
+    """The same deep model, step and data on the fused CPU table and the reference table
+    (float64: through five layers of norms float32's roundings compound past its kernel
+    tolerance; the kernels are compared in float32 one by one below)."""
+    kw = dict(activation="gelu", dtype="float64", block="residual", norm="layernorm",
+              dropout=0.25, seed=4)
+    fused = dn.MLP(SIZES, backend="cpu", **kw)
+    ref = dn.MLP(SIZES, backend=CPUBackend(kernels="reference"), **kw)
+    X = rng.standard_normal((9, SIZES[0]))
+    R = rng.standard_normal((9, SIZES[-1]))
+    tol = dict(rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(fused.forward(X, training=True, step=5),
+                               ref.forward(X, training=True, step=5), **tol)
+    np.testing.assert_allclose(fused.backward(R), ref.backward(R), **tol)
+    np.testing.assert_allclose(fused.grads, ref.grads, **tol)
 
 
 # --- kernels: fused against reference ----------------------------------------------------------
@@ -135,9 +147,12 @@ def test_layernorm_fused_matches_reference(shape, dtype, rng):
             np.full(n, np.nan, dtype)
         k.layernorm_fwd(X, gamma, beta, Y, mean, rstd)
         outs.append((Y, mean, rstd))
+    # x - mean loses |mean| / std of the data's ulps, in any LayerNorm: tolerances scale with
+    # that condition number (a sum-of-squares variance would lose its square, and fail)
+    cond = float(np.max(np.abs(outs[1][1]) * outs[1][2]))
     for got, want in zip(*outs):
         assert got.dtype == dtype
-        _close(got, want, dtype)
+        _close(got, want, dtype, cond * float(np.abs(gamma).max()))
     G, Rskip = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
     _, mean, rstd = outs[1]
     for skip in (None, Rskip):
@@ -149,9 +164,10 @@ def test_layernorm_fused_matches_reference(shape, dtype, rng):
             res.append((dX, dg, db))
         # dX = rstd (g - mean(g) - ...) cancels (to 0 when m = 1): its rounding is relative to
         # rstd |g|, not to the result
-        _close(res[0][0], res[1][0], dtype, float(np.abs(rstd).max() * np.abs(G * gamma).max()))
+        _close(res[0][0], res[1][0], dtype,
+               cond * float(np.abs(rstd).max() * np.abs(G * gamma).max()))
         for got, want in zip(res[0][1:], res[1][1:]):
-            _close(got, want, dtype)
+            _close(got, want, dtype, cond * float(np.abs(G).sum(axis=0).max()))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -176,7 +192,11 @@ def test_activation_dropout_residual_fused_matches_reference(act, dtype, rng):
         res.append((A, out, dZ, db, G2))
     for got, want in zip(*res):
         _close(got, want, dtype)
-    np.testing.assert_array_equal(res[0][0] == 0, res[1][0] == 0)  # the same mask
+    # dropped where the mask says (an activation may also be 0 itself: gelu far below 0)
+    dropped = ~reference.dropout_mask(np, (n, m), 0.4, key)
+    assert dropped.any()
+    np.testing.assert_array_equal(res[0][0][dropped], 0)
+    np.testing.assert_array_equal(res[0][2][dropped], 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,10 +8,11 @@ import devnet as dn
 PARITY_ACTS = ["relu", "tanh", "gelu"]
 _EPS32 = float(np.finfo(np.float32).eps)
 # Fused vs reference kernels on the CPU (same BLAS, same summation order in the matmuls).
-# Measured worst over 2 epochs of each activation: loss 1.2e-6 relative; gradients need
-# atol 5e-7 x largest beside rtol 1e-4; parameters 29 eps. The bounds leave ~3-8x room; a 1%
-# error in any kernel's output fails them (tests/README.md, the mutation table).
-CPU_TOL = {"loss": 1e-5, "grad_rtol": 1e-4, "grad_atol": 4e-6, "param": 96 * _EPS32}
+# Measured worst over 5 epochs: loss 1.2e-6 relative; parameters 29 eps; gradients beside
+# rtol 1e-4 need atol 5e-7 x the largest early on and 1.7e-5 x at gelu's step 275, where the
+# last layer's softmax - onehot cancels as the loss falls. The bounds leave ~3x room or more;
+# a 1% error in any kernel's output still fails them (tests/README.md, the mutation table).
+CPU_TOL = {"loss": 1e-5, "grad_rtol": 1e-4, "grad_atol": 5e-5, "param": 96 * _EPS32}
 # GPU vs CPU: cuBLAS sums in another order; kept at the earlier, looser values until measured
 GPU_TOL = {"loss": 1e-4, "grad_rtol": 1e-3, "grad_atol": 2e-3, "param": 1e-4}
 
