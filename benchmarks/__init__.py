@@ -185,6 +185,7 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
                                             else bench_fusion.ELEMENTS)
         results["fusion"] = bench_fusion.run(backend, settings, elements, names, seed=args.seed,
                                              log=log)
+        results["fusion_not_covered"] = bench_fusion.not_covered()
     if "step" in suites:
         if args.sizes:
             configs = [bench_step.parse_config(s) for s in args.sizes.split(",")]

@@ -135,6 +135,9 @@ def render(results: dict) -> str:
               _spread(r, "speedup"), _fmt(r.get("reference_s"), "ms"),
               _fmt(r.get("speedup_vs_reference")), _spread(r, "speedup_same_accuracy")]
              for r in results["fusion"]]))
+        if results.get("fusion_not_covered"):
+            parts.append("not in the fusion suite: " + "; ".join(
+                f"{k} ({why})" for k, why in results["fusion_not_covered"].items()))
         if any("speedup_same_accuracy" in r for r in results["fusion"]):
             parts.append("tanh: the fused activation is a 6-ulp rational function, NumPy's tanh "
                          "is accurate to ~1 ulp; same-accuracy = that rational function in plain "

@@ -41,7 +41,7 @@ def digits():
     """48 digits (every class), pixels in [0, 1]: the simulator runs each GPU thread in Python."""
     X, y = dn.data.load_digits()
     idx = np.random.default_rng(0).permutation(len(y))[:48]
-    return (X[idx] / 16.0).astype(np.float32), y[idx].astype(np.int64)
+    return X[idx].astype(np.float32), y[idx].astype(np.int64)
 
 
 def _params(model):

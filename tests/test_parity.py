@@ -60,15 +60,22 @@ def _run_in_lockstep(backend_a, backend_b, act, epochs, tol, optimizer="adam"):
                                    atol=tol["grad_atol"] * scale,
                                    err_msg=f"gradients at step {steps}")
         models[1].grads[...] = models[1].backend.asarray(ga)
-        old = host[0](models[0].params).astype(np.float64)
+        old = {"parameters": host[0](models[0].params).astype(np.float64)}
+        old.update({f"optimizer state {k!r}": host[0](b).astype(np.float64)
+                    for k, b in opts[0].state.items()})
         for opt in opts:
             opt.step()
-        pa = host[0](models[0].params)
-        bound = tol["param"] * (np.abs(old) + np.abs(pa) + np.abs(pa - old))
-        err = np.abs(host[1](models[1].params).astype(np.float64) - pa)
-        assert np.all(err <= bound), (f"parameters at step {steps}: {int((err > bound).sum())} "
-                                      f"outside the bound, worst error/bound "
-                                      f"{float(np.max(err / np.maximum(bound, 1e-300))):.3g}")
+        new = [{"parameters": host[i](models[i].params),
+                **{f"optimizer state {k!r}": host[i](b) for k, b in opts[i].state.items()}}
+               for i in (0, 1)]
+        for what, before in old.items():  # the update of each buffer, not only its value
+            pa = new[0][what]
+            bound = tol["param"] * (np.abs(before) + np.abs(pa) + np.abs(pa - before))
+            err = np.abs(new[1][what].astype(np.float64) - pa)
+            assert np.all(err <= bound), (
+                f"{what} at step {steps}: {int((err > bound).sum())} outside the bound, worst "
+                f"error/bound {float(np.max(err / np.maximum(bound, 1e-300))):.3g}")
+        pa = new[0]["parameters"]
         models[1].params[...] = models[1].backend.asarray(pa)
         for name, buf in opts[0].state.items():
             opts[1].state[name][...] = models[1].backend.asarray(host[0](buf))
