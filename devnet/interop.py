@@ -180,6 +180,9 @@ def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
     first layer so that a plain Linear stack computes the same function:
     ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean / scale) @ W).
     """
+    if model.block != "plain" or model.norm is not None:
+        raise ConfigError(f"only plain MLPs export as a Linear stack; this model has "
+                          f"block={model.block!r}, norm={model.norm!r}")
     layers = [(model.backend.to_numpy(layer.W).copy(), model.backend.to_numpy(layer.b).copy())
               for layer in model.layers]
     if model.input_scaling is not None:

@@ -496,6 +496,12 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     if comm is not None:  # data-parallel: check the ranks agree, broadcast rank 0's state
         from devnet.distributed import DataParallel
 
+        if getattr(model, "dropout", 0.0) > 0:
+            # masks are keyed by the row within the batch each rank sees, so the ranks' masks
+            # would not add up to the single-process mask
+            raise ConfigError("fit(comm=...) does not support dropout yet: build the model with "
+                              "dropout=0.0 for data-parallel training")
+
         trainer.dist = DataParallel(comm, trainer, X, y, sw)
         progress, callbacks = trainer.dist.root_only(progress, callbacks)
     for cb in callbacks:

@@ -156,3 +156,13 @@ def test_torch_export_keeps_the_input_standardization(tmp_path, rng):
     seq2.load_state_dict(load_file(str(path)))
     np.testing.assert_allclose(seq2(torch.from_numpy(X)).detach().numpy(), want, rtol=1e-12,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"block": "residual"}, {"norm": "layernorm"}])
+def test_torch_export_refuses_models_a_linear_stack_cannot_express(tmp_path, kwargs):
+    """Regression: residual / LayerNorm models exported their W, b only: a different network."""
+    model = dn.MLP([4, 6, 6, 2], backend="cpu", seed=0, **kwargs)
+    with pytest.raises(dn.ConfigError, match="only plain MLPs"):
+        interop.to_torch_sequential(model)
+    with pytest.raises(dn.ConfigError, match="only plain MLPs"):
+        interop.export_torch(model, tmp_path / "m.safetensors")

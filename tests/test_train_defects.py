@@ -357,3 +357,11 @@ def test_poisson_metrics_score_the_predicted_mean_not_its_log(rng):
     scores = dn.evaluate(model, X, y, loss="poisson")
     mean = np.exp(0.5 * X[:, :1] + 1.0)
     assert scores["mae"] == pytest.approx(np.abs(mean - y).mean(), rel=1e-12)
+
+
+def test_data_parallel_fit_refuses_dropout_instead_of_training_with_wrong_masks(rng):
+    """Dropout masks are keyed by the row within each rank's slice: refused, not silently off."""
+    X, y = _blobs(rng)
+    model = dn.MLP([4, 8, 3], dropout=0.2, backend="cpu", seed=1)
+    with pytest.raises(dn.ConfigError, match="dropout"):
+        dn.fit(model, X, y, epochs=1, batch_size=16, progress=False, comm=object())
