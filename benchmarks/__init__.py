@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "fusion", "step", "sklearn", "scaling", "threads", "launch")
+SUITES = ("kernels", "fusion", "step", "sklearn", "lbfgs", "scaling", "threads", "launch", "deep",
+          "distributed")
 
 __all__ = ["main", "SUITES"]
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5,
                    help="measured epochs per scikit-learn comparison, after one warm-up epoch "
                    "(the repetitions of that ratio)")
+    p.add_argument("--nproc", type=_ints, default=None, metavar="N,...",
+                   help="rank counts of the distributed suite (default 1,2)")
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch intra-op threads (default: NumPy's BLAS thread count)")
     p.add_argument("--budget", type=float, default=None,
@@ -165,10 +168,12 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
                      "meta": env.meta(backend, args.quick, argv, threads if torch else None),
                      "skipped": {}}
     if torch is None:
-        results["skipped"]["torch"] = "PyTorch not installed (pip install 'devnet[bench]')" \
+        results["skipped"]["torch"] = "PyTorch not installed (pip install 'devnet-mlp[bench]')" \
             if not args.no_torch else "--no-torch"
     if sklearn is None or gpu:
-        results["skipped"]["sklearn"] = ("scikit-learn runs on the CPU only" if gpu else
+        results["skipped"]["sklearn"] = ("the epoch comparison runs on the CPU only (L-BFGS "
+                                         "runs on the device)" if gpu and sklearn is not None
+                                         else "scikit-learn runs on the CPU only" if gpu else
                                          "--no-sklearn" if args.no_sklearn else
                                          "scikit-learn not installed")
 
@@ -206,6 +211,16 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
         results["sklearn"] = bench_step.sklearn_target(
             backend, sklearn, n, arch, 32 if args.quick else 128,
             epochs=args.epochs, seed=args.seed, log=log)
+    if ("sklearn" in suites or "lbfgs" in suites) and sklearn is not None:
+        # the L-BFGS solver against scikit-learn's, seconds per iteration (issue 13); part of
+        # the sklearn suite, or alone as "lbfgs"
+        from . import bench_lbfgs
+
+        log("scikit-learn L-BFGS comparison")
+        rows = results.setdefault("sklearn", {})
+        rows["lbfgs"] = bench_lbfgs.run(
+            args.device, bench_lbfgs.QUICK if args.quick else bench_lbfgs.DATASETS,
+            max_iter=5 if args.quick else 50, seed=args.seed, log=log)
     if "scaling" in suites:
         log("scaling suite")
         kw = {}
@@ -228,6 +243,14 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
     if "launch" in suites:  # bench_launch: skips (saying why) off the CUDA backend
         results["launch"] = __import__("benchmarks.bench_launch").bench_launch.run(
             backend, settings, quick=args.quick, log=log)
+    if "deep" in suites:
+        from . import bench_deep
+
+        log("deep-network suite (LayerNorm, residual + LayerNorm step)")
+        results["deep"] = bench_deep.run(backend, settings, quick=args.quick, seed=args.seed,
+                                         log=log)
+    if "distributed" in suites:
+        _run_distributed(args, results, log)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()
@@ -245,3 +268,33 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
             for png in report.write_plots(results, path.with_suffix("")):
                 print(f"wrote {png}")
     return 0
+
+
+def _run_distributed(args, results: dict, log) -> None:
+    """The data-parallel suite under mpiexec (CPU ranks); skipped, saying why, without MPI."""
+    import importlib.util
+    import subprocess
+
+    from devnet import distributed
+    from devnet.errors import DevnetError
+
+    from . import bench_distributed
+
+    if importlib.util.find_spec("mpi4py") is None:
+        results["skipped"]["distributed"] = "mpi4py not installed (pip install 'devnet-mlp[mpi]')"
+        return
+    try:
+        distributed.mpiexec_command(1)
+    except DevnetError as exc:
+        results["skipped"]["distributed"] = str(exc)
+        return
+    nprocs = args.nproc or (1, 2)
+    sizes, batch = ((bench_distributed.QUICK, 64) if args.quick
+                    else (bench_distributed.M, 512))
+    log(f"distributed suite: {'-'.join(map(str, sizes))}, global batch {batch}, ranks "
+        f"{', '.join(map(str, nprocs))}")
+    try:
+        results["distributed"] = bench_distributed.run(
+            nprocs, sizes, batch, steps=4 if args.quick else 20, epochs=2 if args.quick else 3)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        results["skipped"]["distributed"] = f"the MPI job failed: {exc}"

@@ -288,6 +288,110 @@ def poisson(pred, target, grad, weight, scale):
     return _finish(xp, tlog, grad, weight, scale, pred.dtype)
 
 
+# --- deep networks: LayerNorm rows, dropout (issue 14) -------------------------------------------
+
+_U32 = 0xFFFFFFFF
+
+
+def _mix32_(xp, h, t):
+    """In place on uint32 ``h`` (``t``: a scratch of the same shape): ``scalar.mix32``; uint32
+    products wrap modulo 2**32 by themselves, so no masking pass is needed."""
+    xp.right_shift(h, 16, out=t)
+    h ^= t
+    h *= xp.uint32(0x7FEB352D)
+    xp.right_shift(h, 15, out=t)
+    h ^= t
+    h *= xp.uint32(0x846CA68B)
+    xp.right_shift(h, 16, out=t)
+    h ^= t
+
+
+def dropout_keep(xp, shape, p, key):
+    """The keep mask (bool, ``shape``) of ``reference.dropout_mask``, in uint32 arithmetic."""
+    from devnet.kernels import scalar
+
+    h = xp.arange(math.prod(shape), dtype=xp.uint32)  # flat index mod 2**32, as the kernels
+    t = xp.empty_like(h)
+    h ^= xp.uint32(key & _U32)
+    _mix32_(xp, h, t)
+    h ^= xp.uint32((key >> 32) & _U32)
+    _mix32_(xp, h, t)
+    return (h >= xp.uint32(scalar.dropout_threshold(p))).reshape(shape)
+
+
+def _scales(p, dtype):
+    # (1 / (1 - p), 1 - p) rounded from float64 to the dtype, as every kernel table does
+    t = np.dtype(dtype).type
+    return t(1.0 / (1.0 - p)), t(1.0 - p)
+
+
+def dropout_fwd(A, p, key):
+    """In place inverted dropout: ``A <- A / (1 - p)`` where kept, 0 where dropped."""
+    if p <= 0:
+        return
+    xp = _xp(A)
+    A *= _scales(p, A.dtype)[0]
+    A *= dropout_keep(xp, A.shape, p, key)
+
+
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+    """``A <- dropout(act(A + b))`` (``Z <- A + b`` when given); ``out <- R + A`` when R is."""
+    bias_act_fwd(act, A, b, Z, alpha)
+    dropout_fwd(A, p, key)
+    if R is not None:
+        _xp(A).add(R, A, out=out)
+
+
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+    """``dZ <- G * mask / (1 - p) * act'(.)``, ``db <- column sums``; dZ may be G."""
+    xp = _xp(G)
+    scale, inv = _scales(p, G.dtype) if p > 0 else (None, None)
+    # act is recovered from the kept outputs: A (1 - p); where dropped the mask zeroes dZ
+    a = A * inv if p > 0 else A
+    _grad_into(act, xp, G, a, Z if Z is not None else a, dZ, alpha)
+    if p > 0:
+        dZ *= scale
+        dZ *= dropout_keep(xp, G.shape, p, key)
+    dZ.sum(axis=0, out=db)
+
+
+def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
+    """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; writes ``mean``, ``rstd``."""
+    xp = _xp(X)
+    X.mean(axis=1, out=mean)
+    xp.subtract(X, mean[:, None], out=Y)
+    rstd[...] = xp.einsum("ij,ij->i", Y, Y)  # sum of squares of the centred rows, no temporary
+    rstd /= X.shape[1]
+    rstd += X.dtype.type(eps)
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)
+    Y *= rstd[:, None]
+    Y *= gamma
+    Y += beta
+
+
+def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
+    """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta`` <- column sums; dX may be G or R."""
+    xp = _xp(G)
+    xhat = xp.subtract(X, mean[:, None])
+    xhat *= rstd[:, None]
+    g = G * xhat
+    g.sum(axis=0, out=dgamma)
+    G.sum(axis=0, out=dbeta)
+    xp.multiply(G, gamma, out=g)
+    g_mean = g.mean(axis=1)
+    gx_mean = xp.einsum("ij,ij->i", g, xhat)
+    gx_mean /= X.shape[1]
+    xhat *= gx_mean[:, None]
+    g -= g_mean[:, None]
+    g -= xhat
+    g *= rstd[:, None]
+    if R is None:
+        xp.copyto(dX, g)
+    else:
+        xp.add(R, g, out=dX)
+
+
 # --- optimizer steps over the flat buffer -------------------------------------------------------
 
 def _decayed(xp, p, g, wd):

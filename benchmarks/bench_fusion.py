@@ -2,7 +2,9 @@
 
 One size (1M elements by default, float32), every entry of the kernel table: ``bias_act_fwd``
 and ``act_bwd`` for each activation, every loss, every optimizer step and its variants (Nesterov,
-centered RMSProp with momentum, AMSGrad). The unfused sequences are called with the same
+centered RMSProp with momentum, AMSGrad), and the deep-network kernels (LayerNorm forward and
+backward, with and without the residual skip; dropout alone and fused into the activation's
+forward and backward, p = 0.1). The unfused sequences are called with the same
 arguments: the headline ``speedup`` is against ``benchmarks.baseline`` (the best plain NumPy /
 CuPy sequence: in place, ``out=``, no ``**``), ``speedup_vs_reference`` against the test oracle
 ``devnet.kernels.reference`` (written for clarity, not speed). Each is the median of
@@ -15,7 +17,8 @@ function in plain NumPy (``baseline.tanh_rational_``).
 Shapes follow the training step: activations are (rows, 1024) matmul outputs, loss inputs are
 (rows, 10) logits or predictions, optimizer buffers are flat. Calls repeat on the same operands:
 in-place kernels settle at a fixed point or drift slowly (the bias is 1e-3), values stay normal
-and no subnormal slowdown enters the figures.
+and no subnormal slowdown enters the figures. The dropout cases draw a fresh mask each call
+(``_Keys``), as training does each step.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from devnet.kernels import reference
+from devnet.kernels import reference, scalar
 
 from . import baseline
 from .bench_kernels import CLASSES, _mat, _spread, put_ratio
@@ -33,6 +36,8 @@ from .timing import Settings, clock_for, interleaved, ratio_stats
 ELEMENTS = 1 << 20
 QUICK_ELEMENTS = 1 << 14
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
+# the dropout variants: one activation differentiated from its output, one from Z
+DROP_ACTIVATIONS = ("relu", "gelu")
 
 
 @dataclass
@@ -71,8 +76,8 @@ def _loss(name, target):
             T = xp.asarray(rng.integers(0, CLASSES, rows))
         elif target == "probs":
             T = reference.act_fwd("softmax", _mat(xp, rng, n, dtype, cols=CLASSES))
-        elif target == "counts":
-            T = xp.abs(_mat(xp, rng, n, dtype, cols=CLASSES))
+        elif target == "counts":  # poisson: non-negative counts
+            T = xp.asarray(rng.poisson(2.0, Z.shape).astype(dtype))
         elif target == "binary":
             T = xp.asarray(rng.integers(0, 2, Z.shape).astype(dtype))
         else:
@@ -92,6 +97,80 @@ def _step(label, states, call):
             ops[s] = xp.zeros(n, dtype=dtype) if s == "gavg" else xp.abs(vec())
         return ops
     return FusionCase(label, make, call)
+
+
+class _Keys:
+    """A fresh dropout key per call, as training draws a fresh mask each step: with one fixed
+    key the kept values of an in-place call would grow by 1 / (1 - p) a call, to inf."""
+
+    def __init__(self):
+        self.step = 0
+
+    def __call__(self) -> int:
+        self.step += 1
+        return scalar.dropout_key(0, self.step, 1)
+
+
+DROPOUT = 0.1
+
+
+def _dropout():
+    keys = _Keys()
+
+    def make(xp, rng, n, dtype):
+        return {"A": _mat(xp, rng, n, dtype)}
+    return FusionCase("dropout_fwd", make,
+                      lambda k, o: k.dropout_fwd(o["A"], DROPOUT, keys()))
+
+
+def _fwd_drop(act, residual=False):
+    keys = _Keys()
+
+    def make(xp, rng, n, dtype):
+        ops = _fwd(act).make(xp, rng, n, dtype)
+        ops["R"] = _mat(xp, rng, n, dtype) if residual else None
+        ops["out"] = xp.empty_like(ops["A"]) if residual else None
+        return ops
+    label = f"bias_act_drop_fwd[{act}{',residual' if residual else ''}]"
+    return FusionCase(label, make, lambda k, o: k.bias_act_drop_fwd(
+        act, o["A"], o["b"], o["Z"], 0.01, DROPOUT, keys(), o["R"], o["out"]))
+
+
+def _bwd_drop(act):
+    keys = _Keys()
+
+    def make(xp, rng, n, dtype):
+        ops = _bwd(act).make(xp, rng, n, dtype)
+        reference.dropout_fwd(ops["A"], DROPOUT, keys())
+        return ops
+    return FusionCase(f"act_drop_bwd[{act}]", make, lambda k, o: k.act_drop_bwd(
+        act, o["G"], o["A"], o["Z"], o["dZ"], o["db"], 0.01, DROPOUT, keys()))
+
+
+def _layernorm_ops(xp, rng, n, dtype):
+    X = _mat(xp, rng, n, dtype)
+    X += 1  # a mean away from 0, as after a residual add
+    rows, width = X.shape
+
+    def vec():
+        return xp.asarray(rng.standard_normal(width).astype(dtype))
+    ops = {"X": X, "gamma": vec(), "beta": vec(), "Y": xp.empty_like(X),
+           "mean": xp.empty(rows, dtype=dtype), "rstd": xp.empty(rows, dtype=dtype),
+           "G": _mat(xp, rng, n, dtype), "dX": xp.empty_like(X), "dgamma": xp.empty_like(vec()),
+           "dbeta": xp.empty_like(vec())}
+    reference.layernorm_fwd(X, ops["gamma"], ops["beta"], ops["Y"], ops["mean"], ops["rstd"])
+    return ops
+
+
+def _layernorm_bwd(residual=False):
+    def make(xp, rng, n, dtype):
+        ops = _layernorm_ops(xp, rng, n, dtype)
+        ops["R"] = _mat(xp, rng, n, dtype) if residual else None
+        return ops
+    return FusionCase("layernorm_bwd[residual]" if residual else "layernorm_bwd", make,
+                      lambda k, o: k.layernorm_bwd(o["G"], o["X"], o["mean"], o["rstd"],
+                                                   o["gamma"], o["dX"], o["dgamma"], o["dbeta"],
+                                                   o["R"]))
 
 
 _ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=1e-4, bc1=0.1, bc2=0.001)
@@ -122,6 +201,13 @@ CASES = (
     _step("adamw_step", ("m", "v"),
           lambda k, o: k.adamw_step(o["p"], o["g"], o["m"], o["v"], None, amsgrad=False,
                                     **_ADAM)),
+    FusionCase("layernorm_fwd", _layernorm_ops,
+               lambda k, o: k.layernorm_fwd(o["X"], o["gamma"], o["beta"], o["Y"], o["mean"],
+                                            o["rstd"])),
+    _layernorm_bwd(), _layernorm_bwd(residual=True),
+    _dropout(),
+    *(_fwd_drop(a) for a in DROP_ACTIVATIONS), _fwd_drop("relu", residual=True),
+    *(_bwd_drop(a) for a in DROP_ACTIVATIONS),
 )
 CASE_NAMES = tuple(c.name for c in CASES)
 

@@ -159,12 +159,21 @@ def render(results: dict) -> str:
         skipped = {r.get("torch_compile_skipped") for r in results["step"]} - {None}
         if skipped:
             parts.append(f"torch.compile skipped: {'; '.join(sorted(skipped))}")
-    if results.get("sklearn"):
-        r = results["sklearn"]
+    r = results.get("sklearn") or {}
+    if "devnet_epoch_s" in r:
         parts.append(f"\nepoch vs scikit-learn: {r['epoch_samples']}x{r['sizes'][0]} "
                      f"hidden {tuple(r['sizes'][1:-1])} b{r['batch']}: devnet "
                      f"{r['devnet_epoch_s']:.3f} s, sklearn {r['sklearn_epoch_s']:.3f} s, "
                      f"ratio {_spread(r, 'devnet_over_sklearn')}")
+    if r.get("lbfgs"):
+        parts.append("\nL-BFGS vs scikit-learn, hidden (100,) (one fit each: not graded)")
+        parts.append(table(
+            ["data", "shape", "device", "devnet ms/iter", "sklearn ms/iter", "iters (dn/sk)",
+             "devnet/sklearn"],
+            [[x["dataset"], "x".join(map(str, x["shape"])), x["device"],
+              _fmt(x["devnet_iter_s"], "ms"), _fmt(x["sklearn_iter_s"], "ms"),
+              f"{x['devnet_iters']}/{x['sklearn_iters']}", _fmt(x["devnet_over_sklearn"])]
+             for x in r["lbfgs"]]))
     if results.get("scaling"):
         parts.append("\nscaling (step time; GFLOP/s of the matrix products)")
         parts.append(table(
@@ -181,6 +190,28 @@ def render(results: dict) -> str:
             [[r["config"], "-".join(map(str, r["sizes"])), str(r["batch"]),
               _fmt(r["serial_s"], "ms"), _fmt(r["parallel_s"], "ms"),
               _fmt(r["parallel_over_serial"])] for r in results["threads"]]))
+    if results.get("deep"):
+        parts.append(_render_deep(results["deep"]))
+    if results.get("distributed"):
+        d = results["distributed"]
+        parts.append(f"\ndata-parallel fit under mpiexec ({'-'.join(map(str, d['sizes']))}, "
+                     f"global batch {d['global_batch']}, one thread per rank)")
+        parts.append(table(
+            ["ranks", "samples/s", "step ms", "speed-up", "efficiency", "all-reduce ms",
+             "ring model ms", "bus GB/s"],
+            [[str(x["ranks"]), f"{x['samples_per_s']:.0f}", _fmt(x["step_ms"]),
+              _fmt(d["speedup"].get(x["ranks"], d["speedup"].get(str(x["ranks"])))),
+              _fmt(d["efficiency"].get(x["ranks"], d["efficiency"].get(str(x["ranks"])))),
+              _fmt(x["allreduce_ms"]), _fmt(x["ring_model_ms"]),
+              _fmt(x["bus_bandwidth_GBps"])] for x in d["runs"]]))
+    if isinstance(results.get("launch"), dict):
+        launch = results["launch"]
+        parts.append("\nlaunch suite: " + (f"skipped ({launch['skipped']})"
+                                            if "skipped" in launch else
+                                            "see the JSON's 'launch' entry"))
+    if results.get("skipped"):
+        parts.append("\nskipped: " + "; ".join(f"{k} ({why})"
+                                              for k, why in results["skipped"].items()))
     if results.get("targets"):
         parts.append("\ntargets measured by this run (met = the worst repetition meets the bound)")
         parts.append(table(
@@ -193,6 +224,33 @@ def render(results: dict) -> str:
         parts.append("not measured by this run (not graded): "
                      + "; ".join(results["targets_not_measured"]))
     return "\n".join(parts)
+
+
+def _render_deep(deep: dict) -> str:
+    """The deep suite (issue 14): LayerNorm vs copy and vs unfused; residual+LN step cost."""
+    lines = ["\ndeep networks (issue 14; ratios: median [min-max] of interleaved repetitions)"]
+    c = deep.get("layernorm_vs_copy")
+    if c:
+        lines.append(f"  LayerNorm {c['shape'][0]}x{c['shape'][1]} float32 ({c['mb']:.3g} MB): "
+                     f"fwd {_fmt(c['gb_s']['fwd'])} GB/s ({_fmt(c['fwd_of_copy'])} of copy), "
+                     f"bwd {_fmt(c['gb_s']['bwd'])} GB/s ({_fmt(c['bwd_of_copy'])} of copy), "
+                     f"copy {_fmt(c['gb_s']['copy'])} GB/s; target >= 0.7 of copy at >= 64 MB")
+    u = deep.get("layernorm_vs_unfused")
+    if u:
+        lines.append(f"  LayerNorm {u['elements']} elements, unfused/fused: fwd "
+                     f"{_stats(u['fwd_speedup'])}, bwd {_stats(u['bwd_speedup'])}; target >= 2")
+    st = deep.get("step")
+    if st:
+        lines.append(f"  step {'-'.join(map(str, st['sizes']))} b{st['batch']}: plain "
+                     f"{_fmt(st['ms']['plain'])} ms, residual+LayerNorm "
+                     f"{_fmt(st['ms']['residual_ln'])} ms, ratio "
+                     f"{_stats(st['residual_ln_over_plain'])}; target <= 1.25")
+    return "\n".join(lines)
+
+
+def _stats(r: dict) -> str:
+    """``median [min-max]`` of a ``timing.ratio_stats`` dict."""
+    return f"{_fmt(r['median'])} [{_fmt(r['min'])}-{_fmt(r['max'])}]"
 
 
 # --- files --------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ MLP's step never enters a Numba parallel region and never fights OpenBLAS for th
 from __future__ import annotations
 
 import numpy as np
-from devnet.kernels import scalar
-from devnet.kernels.reference import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
+from devnet.kernels import checks, scalar, table
+from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import njit, prange
 
 from devnet.errors import DataError, lookup
@@ -351,13 +351,12 @@ _BWD["softmax"] = _k(_softmax_bwd, "act_bwd_softmax")
 _NCHUNKS = 2  # row chunks of a parallel act_bwd: one per core
 _XENT_LABEL = _k(_xent_label, "softmax_xent_label")
 _XENT_PROB = _k(_xent_prob, "softmax_xent_prob")
-_ELEM = {n: _k(_elem_loss_kernel, n, loss=n) for n in scalar.ELEMENT_LOSSES}
-_SGD = _k(_sgd, "sgd_step", update="sgd")
-_MOMENTUM = _k(_heavy_ball, "momentum_step", update="momentum")
-_NESTEROV = _k(_heavy_ball, "nesterov_step", update="nesterov")
-_RMSPROP = _k(_rmsprop, "rmsprop_step", update="rmsprop")
-_ADAM = _k(_adam, "adam_step", update="adam_l2")
-_ADAMW = _k(_adam, "adamw_step", update="adamw")
+# the loss and optimizer kernels of every table row (table.LOSSES, table.STEPS)
+_ELEM = {n: _k(_elem_loss_kernel, n, loss=row.scalar)
+         for n, row in table.LOSSES.items() if row.scalar is not None}
+_STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
+_STEPS = {n: _k(_STEP_TEMPLATES[row.template], n, update=row.update)
+          for n, row in table.STEPS.items()}
 
 
 def _pick(kernels, a):
@@ -408,51 +407,6 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
 
 # --- losses -------------------------------------------------------------------------------------
 
-def _loss_args(name, pred, target, grad, weight, labels=False):
-    """(target, weight) checked in O(1) and cast for the kernel, or a DataError.
-
-    Shapes, dtypes and writability only, never the values: a kernel must not read or write
-    outside its arrays whatever it is given (softmax_xent's label bounds are checked per row
-    inside the kernel), and a wrong argument is a DataError, not a Numba typing error.
-    """
-    arrays = {"pred": pred, "target": target, "grad": grad}
-    if weight is not None:
-        arrays["weight"] = weight
-    for arg, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise DataError(f"{name}: {arg} must be a NumPy array, got {type(a).__name__}")
-    if pred.ndim != 2 or pred.dtype.char not in DTYPES:
-        raise DataError(f"{name}: pred must be a 2-D float32 or float64 array, got "
-                        f"{pred.dtype} {pred.shape}")
-    n, k = pred.shape
-    if k == 0:
-        raise DataError(f"{name}: pred has no columns, shape {pred.shape}")
-    if grad.shape != pred.shape or grad.dtype != pred.dtype or not grad.flags.writeable:
-        raise DataError(f"{name}: grad must be a writable {pred.dtype} array of pred's shape "
-                        f"{pred.shape}, got {grad.dtype} {grad.shape}")
-    if weight is not None:
-        if weight.shape != (n,) or weight.dtype.kind not in "biuf":
-            raise DataError(f"{name}: weight must be a real array of shape ({n},), got "
-                            f"{weight.dtype} {weight.shape}")
-        weight = weight.astype(pred.dtype, copy=False)
-    if labels:
-        if target.shape != (n,) or target.dtype.kind not in "iu":
-            raise DataError(f"{name}: integer labels of shape ({n},) expected, got "
-                            f"{target.dtype} {target.shape}")
-        # one compiled kernel per label type: int32 / int64 (out-of-range values stay so)
-        if target.dtype not in (np.int32, np.int64):
-            with np.errstate(over="ignore"):
-                target = target.astype(np.int64)
-        return target, weight
-    if not (target.shape == pred.shape or target.shape == (n,) and k == 1) \
-            or target.dtype.kind not in "biuf":
-        raise DataError(f"{name}: target must be a real array of pred's shape {pred.shape}, "
-                        f"got {target.dtype} {target.shape}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        target = target.reshape(pred.shape).astype(pred.dtype, copy=False)
-    return target, weight
-
-
 def softmax_xent(logits, target, grad, weight, scale):
     """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` (float); writes ``grad``.
 
@@ -460,84 +414,37 @@ def softmax_xent(logits, target, grad, weight, scale):
     ``logits``; weight: (n,) or None; scale: float. A label outside [0, k) gives its row a
     NaN loss and NaN gradient (no out-of-bounds access).
     """
-    labels = isinstance(target, np.ndarray) and target.ndim == 1
-    target, weight = _loss_args("softmax_xent", logits, target, grad, weight, labels)
+    labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight)
     kernel = _pick(_XENT_LABEL if labels else _XENT_PROB, logits)
     w = logits[:, 0] if weight is None else weight
     return kernel(logits, target, grad, w, weight is not None, float(scale), _same(grad, logits))
 
 
-def _elem_loss(name, pred, target, grad, weight, scale, delta=1.0):
-    target, weight = _loss_args(name, pred, target, grad, weight)
-    w = pred[:, 0] if weight is None else weight
-    kernel = _pick(_ELEM[name], pred)
-    return kernel(pred, target, grad, w, weight is not None, float(scale), float(delta))
+def _elem_launch(name):
+    kernels = _ELEM[name]
+
+    def launch(pred, target, grad, weight, scale, param):
+        w = pred[:, 0] if weight is None else weight
+        return _pick(kernels, pred)(pred, target, grad, w, weight is not None, scale, param)
+    return launch
 
 
-def sigmoid_bce(logits, target, grad, weight, scale):
-    """Binary cross-entropy from logits, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _elem_loss("sigmoid_bce", logits, target, grad, weight, scale)
-
-
-def mse(pred, target, grad, weight, scale):
-    """Squared error, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _elem_loss("mse", pred, target, grad, weight, scale)
-
-
-def mae(pred, target, grad, weight, scale):
-    """Absolute error, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _elem_loss("mae", pred, target, grad, weight, scale)
-
-
-def huber(pred, target, grad, weight, scale, delta=1.0):
-    """Huber loss with threshold ``delta``, elementwise; (n, k) arrays."""
-    return _elem_loss("huber", pred, target, grad, weight, scale, delta)
-
-
-def poisson(pred, target, grad, weight, scale):
-    """Half Poisson deviance, log link (``pred`` = log of the mean), elementwise; (n, k)."""
-    return _elem_loss("poisson", pred, target, grad, weight, scale)
+for _name in _ELEM:  # sigmoid_bce, mse, mae, huber, poisson, ...
+    globals()[_name] = checks.make_loss(_name, _elem_launch(_name))
 
 
 # --- optimizer steps: one pass over the flat buffers, all updated in place ---------------------
 
-def sgd_step(p, g, lr, wd):
-    """In place ``p -= lr (g + wd p)``. p, g: (N,) flat buffers, same dtype."""
-    kernel = _pick(_SGD, p)
-    kernel(p, g, float(lr), float(wd))
+def _step_launch(name):
+    kernels = _STEPS[name]
+
+    def launch(arrays, floats, flags):
+        _pick(kernels, arrays[0])(*arrays, *floats, *flags)
+    return launch
 
 
-def momentum_step(p, g, buf, lr, mu, wd):
-    """In place heavy ball on p and buf; (N,) flat buffers. See ``reference.momentum_step``."""
-    kernel = _pick(_MOMENTUM, p)
-    kernel(p, g, buf, float(lr), float(mu), float(wd))
-
-
-def nesterov_step(p, g, buf, lr, mu, wd):
-    """In place Nesterov on p and buf; (N,) flat buffers. See ``reference.nesterov_step``."""
-    kernel = _pick(_NESTEROV, p)
-    kernel(p, g, buf, float(lr), float(mu), float(wd))
-
-
-def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
-    """In place RMSProp on p, sq (and mom if mu > 0, gavg if centered); (N,) flat buffers."""
-    kernel = _pick(_RMSPROP, p)
-    kernel(p, g, sq, p if mom is None else mom, p if gavg is None else gavg, float(lr),
-           float(rho), float(mu), float(eps), float(wd), bool(centered))
-
-
-def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """In place Adam (L2 ``wd``) on p, m, v (and vmax if amsgrad); (N,) flat buffers."""
-    kernel = _pick(_ADAM, p)
-    kernel(p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
-           float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))
-
-
-def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad); (N,) buffers."""
-    kernel = _pick(_ADAMW, p)
-    kernel(p, g, m, v, p if vmax is None else vmax, float(lr), float(beta1), float(beta2),
-           float(eps), float(wd), float(bc1), float(bc2), bool(amsgrad))
+for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
+    globals()[_name] = checks.make_step(_name, _step_launch(_name))
 
 
 # --- deep networks (issue 14): LayerNorm rows, dropout, the residual add ----------------------

@@ -17,18 +17,19 @@ import math
 
 import numpy as np
 
-ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
-# Activations whose derivative cannot be recovered from the output alone: the forward pass must
-# keep the pre-activation Z for them. All others differentiate from the output A.
-NEEDS_PREACTIVATION = frozenset({"gelu", "silu"})
-# Activations that mix a row (not elementwise); only allowed as an output activation.
-ROWWISE = frozenset({"softmax"})
-
-LOSS_KERNELS = ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber", "poisson")
-STEP_KERNELS = (
-    "sgd_step", "momentum_step", "nesterov_step", "rmsprop_step", "adam_step", "adamw_step",
+# The registry (names, which activations need Z, which losses take labels, ...) lives in
+# table.py; re-exported here for the tests and benchmarks that read it from the oracle.
+from devnet.kernels.table import (  # noqa: E402, F401
+    ACTIVATION_NAMES,
+    DEEP_KERNELS,
+    KERNEL_NAMES,
+    LAYERNORM_EPS,
+    LOSS_KERNELS,
+    LOSSES,
+    NEEDS_PREACTIVATION,
+    ROWWISE,
+    STEP_KERNELS,
 )
-KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS)
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -51,49 +52,61 @@ def _sigmoid(xp, z):
     return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-# --- activations: value and derivative side by side --------------------------------------------
+# --- activations: value and derivative side by side, keyed by name ----------------------------
+# value(xp, z, alpha); grad(xp, a, z, alpha) = d act / d z at each element, from the output a
+# (or z where needed).
+
+def _gelu(xp, z, alpha):  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
+    return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + 0.044715 * z**3)))
+
+
+def _gelu_grad(xp, a, z, alpha):
+    t = xp.tanh(_GELU_C * (z + 0.044715 * z**3))
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
+
+
+def _silu_grad(xp, a, z, alpha):  # d silu = s (1 + z (1 - s)), s = sigmoid(z)
+    s = _sigmoid(xp, z)
+    return s * (1 + z * (1 - s))
+
+
+def _softmax(xp, z, alpha):
+    e = xp.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+ACTIVATIONS = {
+    "identity": (lambda xp, z, alpha: z, lambda xp, a, z, alpha: xp.ones_like(a)),
+    # d relu = 1 where the output is positive
+    "relu": (lambda xp, z, alpha: xp.maximum(z, 0),
+             lambda xp, a, z, alpha: (a > 0).astype(a.dtype)),
+    # sign is kept by the output, so a > 0 <=> z > 0
+    "leaky_relu": (lambda xp, z, alpha: xp.where(z > 0, z, alpha * z),
+                   lambda xp, a, z, alpha: xp.where(a > 0, 1, alpha).astype(a.dtype)),
+    # d sigmoid = y (1 - y), from the output
+    "sigmoid": (lambda xp, z, alpha: _sigmoid(xp, z), lambda xp, a, z, alpha: a * (1 - a)),
+    # d tanh = 1 - y**2, from the output
+    "tanh": (lambda xp, z, alpha: xp.tanh(z), lambda xp, a, z, alpha: 1 - a * a),
+    "gelu": (_gelu, _gelu_grad),
+    "silu": (lambda xp, z, alpha: z * _sigmoid(xp, z), _silu_grad),
+    "softmax": (_softmax, None),  # row-wise: act_bwd applies its row Jacobian
+}
+
+
+def _act(act, which):
+    fn = ACTIVATIONS[act][which] if act in ACTIVATIONS else None
+    if fn is None:
+        raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+    return fn
+
 
 def _act_value(xp, act, z, alpha):
-    if act == "identity":
-        return z
-    if act == "relu":
-        return xp.maximum(z, 0)
-    if act == "leaky_relu":
-        return xp.where(z > 0, z, alpha * z)
-    if act == "sigmoid":
-        return _sigmoid(xp, z)
-    if act == "tanh":
-        return xp.tanh(z)
-    if act == "gelu":  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
-        return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + 0.044715 * z**3)))
-    if act == "silu":
-        return z * _sigmoid(xp, z)
-    if act == "softmax":
-        e = xp.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+    return _act(act, 0)(xp, z, alpha)
 
 
 def _act_grad(xp, act, a, z, alpha):
     """d act / d z at each element, from the output ``a`` (or ``z`` where needed)."""
-    if act == "identity":
-        return xp.ones_like(a)
-    if act == "relu":  # d relu = 1 where the output is positive
-        return (a > 0).astype(a.dtype)
-    if act == "leaky_relu":  # sign is kept by the output, so a > 0 <=> z > 0
-        return xp.where(a > 0, 1, alpha).astype(a.dtype)
-    if act == "sigmoid":  # d sigmoid = y (1 - y), from the output
-        return a * (1 - a)
-    if act == "tanh":  # d tanh = 1 - y**2, from the output
-        return 1 - a * a
-    if act == "gelu":
-        u = _GELU_C * (z + 0.044715 * z**3)
-        t = xp.tanh(u)
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
-    if act == "silu":  # d silu = s (1 + z (1 - s)), s = sigmoid(z)
-        s = _sigmoid(xp, z)
-        return s * (1 + z * (1 - s))
-    raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
+    return _act(act, 1)(xp, a, z, alpha)
 
 
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
@@ -172,65 +185,66 @@ def softmax_xent(logits, target, grad, weight, scale):
     return total
 
 
-def _elementwise_loss(logits_or_pred, target, grad, weight, scale, value_and_grad):
-    xp = get_xp(logits_or_pred)
-    n = logits_or_pred.shape[0]
-    w = _row_weight(xp, weight, n, logits_or_pred.dtype)[:, None]
-    value, g = value_and_grad(xp, logits_or_pred, target)
-    total = scale * (w * value).sum()
-    grad[...] = g * (scale * w)
-    return total
+# Elementwise losses keyed by name: f(xp, pred, target, delta) -> (value, d value / d pred).
+
+def _sigmoid_bce(xp, z, t, delta):
+    # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
+    value = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+    return value, _sigmoid(xp, z) - t
 
 
-def sigmoid_bce(logits, target, grad, weight, scale):
-    """Binary cross-entropy from logits, elementwise; shapes (n, k); see ``softmax_xent``."""
-    def f(xp, z, t):
-        # l = max(z, 0) - z t + log(1 + exp(-|z|)); d l / d z = sigmoid(z) - t
-        value = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
-        return value, _sigmoid(xp, z) - t
-    return _elementwise_loss(logits, target, grad, weight, scale, f)
+def _mse(xp, p, t, delta):  # (p - t)**2; d = 2 (p - t)
+    r = p - t
+    return r * r, 2 * r
 
 
-def mse(pred, target, grad, weight, scale):
-    """Squared error ``(p - t)**2`` elementwise; d = 2 (p - t). Shapes (n, k)."""
-    def f(xp, p, t):
-        r = p - t
-        return r * r, 2 * r
-    return _elementwise_loss(pred, target, grad, weight, scale, f)
+def _mae(xp, p, t, delta):  # |p - t|; d = sign(p - t), 0 at 0
+    r = p - t
+    return xp.abs(r), xp.sign(r)
 
 
-def mae(pred, target, grad, weight, scale):
-    """Absolute error ``|p - t|`` elementwise; d = sign(p - t) (0 at 0). Shapes (n, k)."""
-    def f(xp, p, t):
-        r = p - t
-        return xp.abs(r), xp.sign(r)
-    return _elementwise_loss(pred, target, grad, weight, scale, f)
+def _huber(xp, p, t, delta):
+    # r**2 / 2 for |r| <= delta, else delta (|r| - delta / 2); d = r inside, delta sign(r) out
+    r = p - t
+    a = xp.abs(r)
+    inside = a <= delta
+    value = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
+    return value, xp.where(inside, r, delta * xp.sign(r))
 
 
-def huber(pred, target, grad, weight, scale, delta=1.0):
-    """Huber loss: ``r**2 / 2`` for ``|r| <= delta``, else ``delta (|r| - delta / 2)``.
-
-    d = r inside, ``delta * sign(r)`` outside. Shapes (n, k).
-    """
-    def f(xp, p, t):
-        r = p - t
-        a = xp.abs(r)
-        inside = a <= delta
-        value = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
-        return value, xp.where(inside, r, delta * xp.sign(r))
-    return _elementwise_loss(pred, target, grad, weight, scale, f)
+def _poisson(xp, z, t, delta):
+    # half Poisson deviance, log link: z = log(mu), t >= 0; l = t log(t / mu) - t + mu
+    # (t log t is 0 at t = 0); d = mu - t
+    mu = xp.exp(z)
+    tlog = xp.where(t > 0, t * (xp.log(xp.where(t > 0, t, 1)) - z), 0)
+    return mu - t + tlog, mu - t
 
 
-def poisson(pred, target, grad, weight, scale):
-    """Half Poisson deviance with a log link: ``pred`` is ``z = log(mu)``, targets ``t >= 0``.
+ELEMENT_LOSSES = {"sigmoid_bce": _sigmoid_bce, "mse": _mse, "mae": _mae, "huber": _huber,
+                  "poisson": _poisson}
 
-    ``l = t log(t / mu) - t + mu`` (``t log t`` is 0 at t = 0); d = ``mu - t``. Shapes (n, k).
-    """
-    def f(xp, z, t):
-        mu = xp.exp(z)
-        tlog = xp.where(t > 0, t * (xp.log(xp.where(t > 0, t, 1)) - z), 0)
-        return mu - t + tlog, mu - t
-    return _elementwise_loss(pred, target, grad, weight, scale, f)
+
+def _element_loss(name):
+    """The oracle entry of element loss ``name`` (``table.LOSSES``): shapes (n, k)."""
+    row, f = LOSSES[name], ELEMENT_LOSSES[name]
+    defaults = dict(row.params)
+
+    def loss(pred, target, grad, weight, scale, **params):
+        xp = get_xp(pred)
+        n = pred.shape[0]
+        w = _row_weight(xp, weight, n, pred.dtype)[:, None]
+        value, g = f(xp, pred, target, {**defaults, **params}.get("delta", 1.0))
+        total = scale * (w * value).sum()
+        grad[...] = g * (scale * w)
+        return total
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = row.doc + " Returns ``scale * sum w_i l_i``; writes ``grad``."
+    return loss
+
+
+for _name in ELEMENT_LOSSES:
+    globals()[_name] = _element_loss(_name)
 
 
 # --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
@@ -318,11 +332,6 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
 # Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
 # ``key = scalar.dropout_key(seed, step, layer)``; the same uint64 arithmetic here (NumPy /
 # CuPy arrays) as in the compiled kernels, so every table draws the same bits.
-
-DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
-                "act_drop_bwd")
-KERNEL_NAMES = (*KERNEL_NAMES, *DEEP_KERNELS)
-LAYERNORM_EPS = 1e-5
 
 _U32 = 0xFFFFFFFF
 

@@ -52,7 +52,9 @@ def _positive(x) -> bool:
 
 
 def test_bench_quick_writes_the_json_schema(tmp_path, capsys):
-    res = _run(tmp_path, "--no-torch", "--no-sklearn")
+    # the suites with their own tests below (deep, lbfgs, distributed: MPI jobs) left out
+    res = _run(tmp_path, "kernels", "fusion", "step", "scaling", "threads", "launch",
+               "--no-torch", "--no-sklearn")
     assert res["schema"] == report.SCHEMA
     assert META_KEYS <= set(res["meta"])
     assert {"numpy", "numba", "devnet", "python"} <= set(res["meta"]["versions"])
@@ -376,3 +378,160 @@ def test_baseline_steps_match_the_reference(name, wd, rng):
     for key in bufs:
         np.testing.assert_allclose(b1[key], b2[key], **_F64, err_msg=key)
     assert not np.array_equal(b1["p"], bufs["p"])
+
+
+# --- the deep-network kernels (issue 14): LayerNorm, dropout, their fused activation forms -------
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (7, 13), (33, 70)])
+def test_baseline_layernorm_matches_the_reference(shape, rng):
+    n, m = shape
+    X = rng.standard_normal(shape) * rng.uniform(0.1, 3) + rng.uniform(-5, 5)
+    gamma, beta = rng.standard_normal(m), rng.standard_normal(m)
+    outs = []
+    for k in (baseline, reference):
+        Y, mean, rstd = np.full(shape, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        k.layernorm_fwd(X, gamma, beta, Y, mean, rstd)
+        outs.append((Y, mean, rstd))
+    for got, want in zip(*outs, strict=True):
+        np.testing.assert_allclose(got, want, **_F64)
+    _, mean, rstd = outs[1]
+    G, R = rng.standard_normal(shape), rng.standard_normal(shape)
+    # dX alone, dX + the residual skip R, and dX written over G or over R (allowed aliases)
+    for skip, alias in ((None, None), (R, None), (None, "G"), (R, "R")):
+        res = []
+        for k in (baseline, reference):
+            G1, R1 = G.copy(), None if skip is None else skip.copy()
+            dX = {"G": G1, "R": R1, None: np.full(shape, np.nan)}[alias]
+            dgamma, dbeta = np.full(m, np.nan), np.full(m, np.nan)
+            k.layernorm_bwd(G1, X, mean, rstd, gamma, dX, dgamma, dbeta, R1)
+            res.append((dX, dgamma, dbeta))
+        for got, want in zip(*res, strict=True):
+            np.testing.assert_allclose(got, want, **_F64, err_msg=f"skip={skip is not None}, "
+                                       f"alias={alias}")
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4])
+@pytest.mark.parametrize("act", sorted(set(reference.ACTIVATION_NAMES) - reference.ROWWISE))
+def test_baseline_dropout_kernels_match_the_reference(act, p, rng):
+    from devnet.kernels import scalar
+
+    n, m = 17, 11
+    A0, G, R = (rng.standard_normal((n, m)) * 2 for _ in range(3))
+    b = rng.standard_normal(m)
+    key = scalar.dropout_key(int(rng.integers(2**63)), int(rng.integers(10**6)), 3)
+    keep_z = act in reference.NEEDS_PREACTIVATION
+    res = []
+    for k in (baseline, reference):
+        A = A0.copy()
+        Z = np.full_like(A, np.nan) if keep_z else None
+        for skip in (None, R):
+            A = A0.copy()
+            out = np.full_like(A, np.nan) if skip is not None else None
+            k.bias_act_drop_fwd(act, A, b, Z, 0.05, p, key, skip, out)
+        dZ, db = np.full_like(A, np.nan), np.full(m, np.nan)
+        k.act_drop_bwd(act, G, A, Z, dZ, db, 0.05, p, key)
+        G2, db2 = G.copy(), np.full(m, np.nan)
+        k.act_drop_bwd(act, G2, A, Z, G2, db2, 0.05, p, key)  # in place: dZ is G
+        res.append((A, out, dZ, db, G2, db2))
+    for i, (got, want) in enumerate(zip(*res, strict=True)):
+        np.testing.assert_allclose(got, want, **_F64, err_msg=str(i))
+    if p:
+        assert (res[0][0] == 0).any() and (res[0][2] == 0).any()
+
+
+def test_baseline_dropout_mask_is_the_kernels_mask_bit_for_bit(rng):
+    from devnet.kernels import scalar
+
+    p = float(rng.uniform(0.05, 0.95))
+    key = scalar.dropout_key(int(rng.integers(2**63)), 9, 1)
+    A = rng.standard_normal((300, 257)).astype(np.float32)
+    B = A.copy()
+    baseline.dropout_fwd(A, p, key)
+    reference.dropout_fwd(B, p, key)
+    np.testing.assert_array_equal(A, B)
+    np.testing.assert_array_equal(baseline.dropout_keep(np, A.shape, p, key),
+                                  reference.dropout_mask(np, A.shape, p, key))
+
+
+def test_fusion_covers_every_kernel_and_poisson_gets_counts():
+    assert bench_fusion.not_covered() == {}
+    assert {n.split("[")[0] for n in bench_fusion.CASE_NAMES} == set(KERNEL_NAMES)
+    case = {c.name: c for c in bench_fusion.CASES}["poisson"]
+    ops = case.make(np, np.random.default_rng(0), 1 << 12, "float32")
+    T = ops["T"]
+    assert T.shape == ops["Z"].shape and (T >= 0).all() and np.array_equal(T, np.round(T))
+    assert (T == 0).any() and (T >= 3).any()  # Poisson(2) counts, zeros included
+
+
+# --- the suites registered later: deep (issue 14), lbfgs (issue 13), distributed (issue 15) ------
+
+def test_bench_deep_suite_runs_on_tiny_sizes(tmp_path, capsys):
+    res = _run(tmp_path, "deep", "--no-torch", "--no-sklearn", "--no-plots")
+    deep = res["deep"]
+    assert set(deep) == {"layernorm_vs_copy", "layernorm_vs_unfused", "step"}
+    assert all(_positive(v) for v in deep["layernorm_vs_copy"]["gb_s"].values())
+    for stats in (deep["layernorm_vs_unfused"]["fwd_speedup"],
+                  deep["layernorm_vs_unfused"]["bwd_speedup"],
+                  deep["step"]["residual_ln_over_plain"]):
+        assert len(stats["reps"]) >= 5 and stats["min"] <= stats["median"] <= stats["max"]
+    assert "deep networks" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not installed (the 'bench' extra)")
+def test_bench_lbfgs_suite_sits_in_the_sklearn_results(tmp_path, capsys):
+    res = _run(tmp_path, "lbfgs", "--no-torch", "--no-plots")
+    rows = res["sklearn"]["lbfgs"]
+    assert [r["dataset"] for r in rows] == ["digits", "synthetic"]
+    for r in rows:
+        assert r["device"] == "cpu" and 1 <= r["devnet_iters"] <= 5
+        assert _positive(r["devnet_iter_s"]) and _positive(r["sklearn_iter_s"])
+        assert r["devnet_over_sklearn"] == pytest.approx(r["devnet_iter_s"] / r["sklearn_iter_s"])
+    assert "devnet_epoch_s" not in res["sklearn"]  # the epoch comparison was not asked for
+    assert "L-BFGS vs scikit-learn" in capsys.readouterr().out
+
+
+HAS_MPI = importlib.util.find_spec("mpi4py") is not None
+
+
+def _mpiexec() -> bool:
+    from devnet import distributed
+    from devnet.errors import DevnetError
+
+    try:
+        distributed.mpiexec_command(1)
+    except DevnetError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not HAS_MPI or not _mpiexec(),
+                    reason="mpi4py or mpiexec missing (pip install 'devnet[mpi]')")
+def test_bench_distributed_suite_runs_two_ranks(tmp_path, capsys):
+    res = _run(tmp_path, "distributed", "--nproc", "2", "--no-torch", "--no-sklearn",
+               "--no-plots")
+    d = res["distributed"]
+    assert d["sizes"] == [16, 32, 32, 4] and d["global_batch"] == 64  # the quick sizes
+    (run,) = d["runs"]
+    assert run["ranks"] == 2 and _positive(run["samples_per_s"])
+    assert _positive(run["allreduce_ms"]) and _positive(run["ring_model_ms"])
+    assert "data-parallel fit" in capsys.readouterr().out
+
+
+def test_bench_distributed_suite_says_why_it_skipped(tmp_path, monkeypatch):
+    from devnet import distributed
+    from devnet.errors import MissingDependencyError
+
+    def no_mpiexec(nproc, hosts=None):
+        raise MissingDependencyError("no mpiexec found (test)")
+    monkeypatch.setattr(distributed, "mpiexec_command", no_mpiexec)
+    res = _run(tmp_path, "distributed", "--no-torch", "--no-sklearn", "--no-plots")
+    assert "distributed" not in res
+    assert res["skipped"]["distributed"] in ("no mpiexec found (test)",
+                                             "mpi4py not installed (pip install 'devnet[mpi]')")
+
+
+def test_every_suite_is_registered():
+    import benchmarks
+
+    assert set(benchmarks.SUITES) >= {"kernels", "fusion", "step", "sklearn", "lbfgs", "scaling",
+                                      "threads", "launch", "deep", "distributed"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
@@ -20,6 +21,39 @@ def kernel_table(module: ModuleType) -> SimpleNamespace:
     table = SimpleNamespace(**{n: getattr(module, n) for n in reference.KERNEL_NAMES})
     table.source = module.__name__
     return table
+
+
+class Clock:
+    """Host wall-clock timing of one region (``Backend.clock()``): perf_counter after a sync.
+
+    ``stop()`` ends the region (synchronising the device first); ``elapsed()`` stops it if
+    still running and returns seconds. ``host_s`` is the host time from start to stop.
+    """
+
+    __slots__ = ("backend", "sync", "_t0", "_t1")
+
+    def __init__(self, backend: Backend, sync: bool = True):
+        self.backend, self.sync = backend, sync
+        if sync:
+            backend.synchronize()
+        self._t0 = time.perf_counter()
+        self._t1: float | None = None
+
+    def stop(self) -> Clock:
+        """End the region now (idempotent); returns self."""
+        if self._t1 is None:
+            self.backend.synchronize()  # the host clock must see the device's work finish
+            self._t1 = time.perf_counter()
+        return self
+
+    @property
+    def host_s(self) -> float:
+        return (self._t1 if self._t1 is not None else time.perf_counter()) - self._t0
+
+    def elapsed(self) -> float:
+        """Seconds from start to ``stop()`` (stopping now if not yet stopped)."""
+        self.stop()
+        return self._t1 - self._t0
 
 
 class Backend:
@@ -48,6 +82,17 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait until all work queued on this device is done (call before reading a clock)."""
+
+    def clock(self, sync: bool = True) -> Clock:
+        """Start timing a region: ``t = be.clock(); ...; seconds = t.elapsed()``.
+
+        On the CPU this is ``perf_counter`` read after ``synchronize()``; on a GPU, CUDA
+        events recorded on the backend's stream (device time of the work queued between).
+        ``sync=False`` skips the synchronisation at the start (per-op timing inside a
+        region already synchronised); ``t.stop()`` then ends a region without waiting on a
+        GPU, and ``t.elapsed()`` waits for it.
+        """
+        return Clock(self, sync)
 
     def is_array(self, a) -> bool:
         """True when ``a`` already lives on this device as an ``xp.ndarray``."""

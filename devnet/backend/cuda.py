@@ -19,10 +19,11 @@ import importlib
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
-from devnet.backend.base import Backend, kernel_table
+from devnet.backend.base import Backend, Clock, kernel_table
 from devnet.errors import DeviceUnavailableError, lookup
 from devnet.kernels import reference
 
@@ -46,7 +47,8 @@ else:
         IMPORT_ERROR = None
     except ModuleNotFoundError:
         cupy = cupyx = None
-        IMPORT_ERROR = "CuPy is not installed (pip install 'devnet[cuda12]' or 'devnet[cuda13]')"
+        IMPORT_ERROR = ("CuPy is not installed (pip install 'devnet-mlp[cuda12]' or "
+                        "'devnet-mlp[cuda13]')")
     except Exception as exc:  # a broken CUDA install raising on import
         cupy = cupyx = None
         IMPORT_ERROR = f"CuPy failed to import ({type(exc).__name__}: {exc})"
@@ -266,6 +268,10 @@ class CUDABackend(Backend):
                 stager = self._stagers[key] = _Stager(host.shape, host.dtype)
             return stager.put(host, self.stream)
 
+    def clock(self, sync: bool = True) -> _EventClock:
+        """Start timing a region with CUDA events on this backend's stream (see Backend.clock)."""
+        return _EventClock(self, sync)
+
     def synchronize(self) -> None:
         """Wait for all work queued on this backend's device (every stream)."""
         with self._device:
@@ -276,6 +282,42 @@ class CUDABackend(Backend):
         props = cupy.cuda.runtime.getDeviceProperties(self.index)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class _EventClock(Clock):
+    """``Backend.clock()`` on a GPU: device time between two events on the backend's stream.
+
+    The stream blocks with the legacy default stream, so CuPy work queued outside
+    ``scope()`` before ``stop()`` is inside the region too. ``host_s`` is the host's time.
+    """
+
+    __slots__ = ("_start", "_end")
+
+    def __init__(self, backend: CUDABackend, sync: bool = True):
+        self.backend, self.sync = backend, sync
+        if sync:
+            backend.synchronize()
+        with backend._device:
+            self._start = cupy.cuda.Event()
+            self._start.record(backend.stream)
+        self._end = None
+        self._t0 = time.perf_counter()
+        self._t1 = None
+
+    def stop(self) -> _EventClock:
+        """Record the end event (idempotent, does not wait); returns self."""
+        if self._end is None:
+            self._t1 = time.perf_counter()
+            with self.backend._device:
+                self._end = cupy.cuda.Event()
+                self._end.record(self.backend.stream)
+        return self
+
+    def elapsed(self) -> float:
+        """Seconds of device time from start to ``stop()``, waiting for the end event."""
+        self.stop()
+        self._end.synchronize()
+        return cupy.cuda.get_elapsed_time(self._start, self._end) / 1e3
 
 
 class _Stager:

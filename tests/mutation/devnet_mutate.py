@@ -45,10 +45,17 @@ OUTPUTS: dict[str, tuple] = {
     "act_bwd": (("scale", "dZ"), ("scale", "db")),
     **{name: _LOSS for name in ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber", "poisson")},
     **{name: tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
+    # the deep-network kernels (issue 14); ``out`` is written only when a residual R is given
+    "layernorm_fwd": (("scale", "Y"), ("scale", "mean"), ("scale", "rstd")),
+    "layernorm_bwd": (("scale", "dX"), ("scale", "dgamma"), ("scale", "dbeta")),
+    "dropout_fwd": (("scale", "A"),),
+    "bias_act_drop_fwd": (("scale", "A"), ("scale", "Z"), ("scale", "out")),
+    "act_drop_bwd": (("scale", "dZ"), ("scale", "db")),
 }
 
 # which tests should catch a mutation of each kernel: (test file, -k expression)
 _KERNEL_TESTS = "tests/test_kernels_cpu.py"
+_DEEP_TESTS = "tests/test_deep.py"
 SELECT: dict[str, list[tuple[str, str]]] = {
     "bias_act_fwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
     "act_bwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
@@ -60,6 +67,11 @@ SELECT: dict[str, list[tuple[str, str]]] = {
     "rmsprop_step": [(_KERNEL_TESTS, "test_rmsprop_step")],
     "adam_step": [(_KERNEL_TESTS, "test_adam_steps and adam_step")],
     "adamw_step": [(_KERNEL_TESTS, "test_adam_steps and adamw_step")],
+    **{name: [(_DEEP_TESTS, "test_layernorm_fused_matches_reference")]
+       for name in ("layernorm_fwd", "layernorm_bwd")},
+    "dropout_fwd": [(_DEEP_TESTS, "test_dropout_masks_are_bit_identical_and_have_the_rate")],
+    **{name: [(_DEEP_TESTS, "test_activation_dropout_residual_fused_matches_reference")]
+       for name in ("bias_act_drop_fwd", "act_drop_bwd")},
 }
 # the kernels a training step runs (relu/tanh/gelu MLP, cross-entropy, Adam): the end-to-end
 # parity test must catch these too, independently of the kernel tests
@@ -67,6 +79,10 @@ PARITY = ("tests/test_parity.py", "test_fused_cpu_kernels_match_reference_step_b
 PARITY_KERNELS = ("bias_act_fwd", "act_bwd", "softmax_xent", "adam_step")
 # outputs the parity run never produces: Adam there runs without amsgrad (vmax is None)
 PARITY_NOT_RUN = ("adam_step:vmax",)
+# the kernels a deep model (residual + LayerNorm + dropout) runs: its end-to-end comparison with
+# the reference table must catch them too (dropout_fwd alone is not in a model's step)
+DEEP_PARITY = (_DEEP_TESTS, "test_fused_model_matches_the_reference_kernels")
+DEEP_PARITY_KERNELS = ("layernorm_fwd", "layernorm_bwd", "bias_act_drop_fwd", "act_drop_bwd")
 
 
 def mutate(kernel: str, output: tuple, fn):
@@ -149,6 +165,8 @@ def main(argv: list[str]) -> int:
             suites = list(SELECT[kernel])
             if kernel in PARITY_KERNELS and spec not in PARITY_NOT_RUN:
                 suites.append(PARITY)
+            if kernel in DEEP_PARITY_KERNELS:
+                suites.append(DEEP_PARITY)
             for path, select in suites:
                 t0 = time.perf_counter()
                 verdict, detail = _run(spec, path, select, timeout=900)

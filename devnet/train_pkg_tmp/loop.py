@@ -1,0 +1,261 @@
+"""``fit``, ``evaluate``, ``predict``: the loop around one ``Step`` fed by one ``Feed``.
+
+Inputs are checked once (``devnet.validation``) before the first step; a step reads nothing
+back from the device. Non-finite values are caught by a guard that reads one device scalar per
+check (see ``guard.Guard``), not one per step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from devnet import losses as losses_mod
+from devnet import metrics
+from devnet.errors import ConfigError, DataError
+from devnet.kernels.reference import get_xp
+from devnet.optim import schedules as sched_mod
+from devnet.train.feed import make_feed
+from devnet.train.guard import Guard, diverged
+from devnet.train.history import Callback, History
+from devnet.train.progress import Progress
+from devnet.train.setup import (
+    Trainer,
+    check_callbacks,
+    check_horizon,
+    flag,
+    make_optimizer,
+    progress_mode,
+    resolve_loss,
+    resume,
+)
+from devnet.train.step import Step, checked_kwargs
+from devnet.validation import (
+    check_model,
+    check_sample_weight,
+    check_validation_data,
+    check_X,
+    check_y,
+    fraction,
+    positive_int,
+    positive_number,
+)
+
+
+
+
+def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
+    """The task metrics reported for ``loss``: accuracy, or R2 and MAE for regression."""
+    return ("accuracy",) if loss.classification else ("r2", "mae")
+
+
+# --- evaluation and prediction ----------------------------------------------------------------
+
+def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None,
+             task: str = "auto") -> dict:
+    """Mean loss and task metrics of ``model`` on (X, y), forward in batches; returns floats.
+
+    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None. ``loss="auto"`` and
+    ``task`` pick the loss by fit's rule (``devnet.task``); pass the loss fit used
+    (``history.params["loss"]``) to score a small set whose labels are ambiguous.
+    """
+    check_model(model)
+    batch_size = positive_int("batch_size", batch_size)
+    X = check_X(model, X)
+    loss = _resolve_loss(model, loss, task, y)
+    y = check_y(model, loss, y, len(X))
+    w = check_sample_weight(model, sample_weight, len(X))
+    return _evaluate(model, loss, X, y, w, batch_size)
+
+
+def _evaluate(model, loss, X, y, w, batch_size: int) -> dict:
+    be = model.backend
+    pred = _forward_all(model, X, batch_size)
+    y_d = be.asarray(y)
+    w_d = None if w is None else be.asarray(w)
+    grad = be.empty(pred.shape, model.dtype)
+    with model.backend.scope():
+        grad = be.empty(pred.shape, model.dtype)
+        value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be,
+                                              **checked_kwargs(loss)))
+        return {"loss": value, **_metrics(loss, pred, y_d)}
+
+
+def _forward_all(model, X, batch_size: int):
+    """Outputs (n, n_out) on the model's device for host X (n, n_in), one batch at a time."""
+    be = model.backend
+    with be.scope():
+        out = be.empty((len(X), model.n_out), model.dtype)
+        for i in range(0, len(X), batch_size):
+            out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]),
+                                                  training=False)
+    return out
+def _metrics(loss, pred, y) -> dict:
+    if loss.classification:
+        return {"accuracy": metrics.accuracy(pred, y, loss.link)}
+    if loss.link == "exp":  # a log-link model outputs log(mean): score the mean it predicts
+        pred = get_xp(pred).exp(pred)
+    return {"r2": metrics.r2(pred, y), "mae": metrics.mae(pred, y)}
+
+
+def predict(model, X, batch_size: int = 4096) -> np.ndarray:
+    """Raw outputs (n, n_out) of ``model`` for X (n, n_in), in batches; a NumPy array."""
+    check_model(model)
+    batch_size = positive_int("batch_size", batch_size)
+    X = check_X(model, X)
+    return model.backend.to_numpy(_forward_all(model, X, batch_size))
+
+
+def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.ndarray:
+    """Class probabilities (n, n_out): the loss's link (softmax / sigmoid) on the outputs."""
+    from devnet.kernels import reference
+
+    loss = losses_mod.get(loss)
+    return reference.act_fwd(loss.link, predict(model, X, batch_size))
+
+
+# --- fit ----------------------------------------------------------------------------------------
+
+def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size: int = 32,
+        validation_data: tuple | None = None, validation_split: float | None = None,
+        shuffle: bool = True, seed: int | None = 0, callbacks: Sequence[Callback] = (),
+        progress: bool | str = "auto", lr=None, schedule=None, sample_weight=None,
+        resume_from=None, checkpoint=None, checkpoint_every: int = 1, guard: bool = True,
+        guard_every: int | None = None, train_metrics: bool = True, task: str = "auto",
+        extend_schedule: bool = False, comm=None) -> History:
+    """Train ``model`` on (X, y); returns a History (one entry per epoch).
+
+    Args:
+        X: (n, n_in) features; y: targets for ``loss`` (integer labels (n,) or probabilities
+            (n, k) for cross_entropy; (n, n_out) or (n,) floats otherwise).
+        loss: a name from ``devnet.losses.LOSSES``, a Loss, or "auto": the loss for ``task``
+            (``devnet.task.default_loss``): cross_entropy for class labels 0..K-1 and a model
+            with K > 1 outputs, binary_cross_entropy for 0/1 labels and one output, else mse.
+        task: "auto", "classification" or "regression" (``devnet.task.TASKS``). "auto" reads y
+            as class labels only if it is 1-D, whole numbers, 2..256 distinct values each
+            occurring at least twice (``devnet.task.infer_task``). With an explicit loss, a
+            task that contradicts it is a ConfigError.
+        optimizer: a name from ``devnet.optim.OPTIMIZERS`` or an Optimizer over
+            ``model.parameters()``.
+        epochs: the total number of epochs of the run; when resuming, training continues from
+            the checkpoint's epoch up to ``epochs``.
+        batch_size: samples per step; the last partial batch is used, not dropped.
+        validation_data: (X_val, y_val) or (X_val, y_val, w_val); or ``validation_split``: the
+            last fraction (0, 1) of (X, y), taken before shuffling.
+        shuffle: True / False: reshuffle the samples every epoch.
+        seed: seeds the shuffling Generator (the model's init has its own seed).
+        lr: learning rate (float or Schedule) for an optimizer given by name.
+        schedule: a Schedule, a config dict, or a name from ``SCHEDULES`` built from lr and the
+            run's total step count; stepped per optimizer step.
+        sample_weight: (n,) finite weights >= 0, not all zero; only their ratios matter
+            (they are rescaled to mean 1 in float64 before the cast to the model's dtype).
+        resume_from: a checkpoint path written by ``checkpoint=`` / ``ModelCheckpoint``:
+            restores parameters, optimizer state and step, schedule, shuffle RNG, epoch and
+            History, so the run continues bit-identically (CPU). lr / schedule are then
+            taken from the checkpoint.
+        extend_schedule: when resuming with more epochs than the checkpoint's run was planned
+            for, stretch its lr schedule over the new total (``Schedule.extended``): from the
+            resume point on the lr follows the curve of a run planned for the new length from
+            the start. Without it fit warns that the extra steps run past the schedule's end.
+        checkpoint: path to save a resumable checkpoint every ``checkpoint_every`` epochs
+            (atomically) and after the last epoch.
+        guard: stop with DivergenceError at the first non-finite loss, activation, gradient or
+            parameter, leaving the model at its last finite state; checks every
+            ``guard_every`` steps (default: once per epoch) -- see ``_Guard``.
+        train_metrics: also compute the task metric on the training data at each epoch end
+            (one extra forward pass over it).
+        progress: one line per epoch on stderr. "auto": a live tqdm bar per epoch when stderr
+            is a terminal, nothing otherwise; True: the tqdm bar on a terminal, else a plain
+            line printed (and flushed) at each epoch end; False: nothing.
+        comm: a ``devnet.distributed.init()`` communicator: data-parallel training over its
+            ranks (``devnet.distributed``); batch_size stays the global batch, rank 0 alone
+            shows progress and writes checkpoints and CSV logs.
+    """
+    check_model(model)
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
+    checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
+    guard_every = None if guard_every is None else positive_int("guard_every", guard_every)
+    if lr is not None and not isinstance(lr, sched_mod.Schedule):
+        lr = positive_number("lr", lr)
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    shuffle = _flag("shuffle", shuffle)
+    guard = _flag("guard", guard)
+    train_metrics = _flag("train_metrics", train_metrics)
+    extend_schedule = _flag("extend_schedule", extend_schedule)
+    progress = _progress_mode(progress)
+    callbacks = _check_callbacks(callbacks)
+
+    X = check_X(model, X)
+    loss = _resolve_loss(model, loss, task, y)
+    y = check_y(model, loss, y, len(X))
+    sw = check_sample_weight(model, sample_weight, len(X))
+    val = None
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ConfigError("give validation_data or validation_split, not both")
+        frac = fraction("validation_split", validation_split)
+        n_val = int(round(len(X) * frac))
+        if not 1 <= n_val < len(X):
+            raise DataError(f"validation_split={frac} of {len(X)} samples leaves {n_val} for "
+                            f"validation and {len(X) - n_val} for training; both need >= 1")
+        val = (X[-n_val:], y[-n_val:], None if sw is None else sw[-n_val:])
+        X, y, sw = X[:-n_val], y[:-n_val], None if sw is None else sw[:-n_val]
+        if sw is not None and not (sw > 0).any():
+            raise DataError("sample_weight is zero for every training sample left after "
+                            f"validation_split={frac}; no training sample would count")
+    elif validation_data is not None:
+        val = check_validation_data(model, loss, validation_data)
+
+    n = len(X)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+    opt = _optimizer(optimizer, model, lr, schedule, total_steps)
+    history = History()
+    trainer = Trainer(model, loss, opt, history, epochs, batch_size, seed, shuffle, n,
+                      total_steps)
+    if resume_from is not None:
+        opt = _resume(trainer, optimizer, resume_from, steps_per_epoch, extend_schedule)
+        history = trainer.history
+    else:
+        _check_horizon(opt.schedule, total_steps)
+    history.params = {"epochs": epochs, "batch_size": batch_size, "n_samples": n,
+                      "steps_per_epoch": steps_per_epoch, "loss": loss.name}
+    if checkpoint is not None:
+        from devnet.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(checkpoint, every=checkpoint_every))
+    if comm is not None:  # data-parallel: check the ranks agree, broadcast rank 0's state
+        from devnet.distributed import DataParallel
+
+        if getattr(model, "dropout", 0.0) > 0:
+            # masks are keyed by the row within the batch each rank sees, so the ranks' masks
+            # would not add up to the single-process mask
+            raise ConfigError("fit(comm=...) does not support dropout yet: build the model with "
+                              "dropout=0.0 for data-parallel training")
+
+        trainer.dist = DataParallel(comm, trainer, X, y, sw)
+        progress, callbacks = trainer.dist.root_only(progress, callbacks)
+    for cb in callbacks:
+        cb.trainer = trainer
+    try:
+        for cb in callbacks:
+            cb.on_train_begin({})
+        # overflow is the guard's business: it reports where, NumPy's warnings only add noise
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                model.backend.thread_limits():
+            _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
+                  progress, train_metrics)
+    except BaseException as exc:
+        for cb in callbacks:
+            cb.on_train_abort(exc)
+        raise
+    for cb in callbacks:
+        cb.on_train_end({})
+    return history

@@ -1,0 +1,237 @@
+"""O(1) argument checks of the fused kernel entries, from ``table.ARRAYS``: shapes, dtypes, layout.
+
+Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s rows, a ``g``
+shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
+generated or hand-written entry of ``cpu.py``, ``cuda.py`` and ``cuda_rows.py`` calls ``check``
+first: attribute reads only (no pass over the data), and a DataError naming the argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+from devnet.kernels.table import ARRAYS, LOSSES, STEPS, step_argnames
+
+from devnet.errors import DataError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Sizes that must be at least 1 (a row's first element is read: the shift of LayerNorm's
+# one-pass variance, softmax's running max).
+MIN_SIZES = {"bias_act_fwd": ("m",), "layernorm_fwd": ("m",), "bias_act_drop_fwd": ("m",)}
+
+
+def _shape_text(shape_syms, sizes):
+    return "(" + ", ".join(str(sizes.get(s, s)) for s in shape_syms) + \
+        ("," if len(shape_syms) == 1 else "") + ")"
+
+
+def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False):
+    """The common float dtype of kernel ``name``'s arrays in ``args`` (positional), or a
+    DataError naming the first argument that is missing, of another type, dtype, rank or
+    shape than the others imply, read-only where written, or (``contiguous``) not
+    C-contiguous.
+    """
+    sizes: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    dtype = None
+    for spec in ARRAYS[name]:
+        a = args[spec.pos] if spec.pos < len(args) else None
+        if a is None:
+            if spec.optional:
+                continue
+            raise DataError(f"{name}: argument {spec.name!r} is required, got None")
+        if not isinstance(a, array_type):
+            raise DataError(f"{name}: argument {spec.name!r} must be an array "
+                            f"({_type_names(array_type)}), got {type(a).__name__}")
+        if dtype is None:
+            dtype = a.dtype
+            if dtype not in FLOAT_DTYPES:
+                raise DataError(f"{name}: argument {spec.name!r} must be float32 or float64, "
+                                f"got {dtype}")
+        elif a.dtype != dtype:
+            raise DataError(f"{name}: argument {spec.name!r} is {a.dtype}, the other arrays "
+                            f"are {dtype}; pass arrays of one dtype")
+        if a.ndim != len(spec.shape):
+            raise DataError(f"{name}: argument {spec.name!r} must be {len(spec.shape)}-D "
+                            f"{_shape_text(spec.shape, sizes)}, got shape {tuple(a.shape)}")
+        for sym, size in zip(spec.shape, a.shape):
+            seen = sizes.setdefault(sym, size)
+            if seen != size:
+                raise DataError(f"{name}: argument {spec.name!r} has shape {tuple(a.shape)}, "
+                                f"expected {_shape_text(spec.shape, sizes)} ({sym} = {seen} "
+                                f"from {origin[sym]!r})")
+            origin.setdefault(sym, spec.name)
+        if spec.written and isinstance(a, np.ndarray) and not a.flags.writeable:
+            raise DataError(f"{name}: argument {spec.name!r} is written but read-only; pass a "
+                            "writable array")
+        if contiguous and not a.flags.c_contiguous:
+            raise DataError(f"{name}: argument {spec.name!r} must be C-contiguous, got strides "
+                            f"{tuple(a.strides)}; pass a contiguous copy")
+    for sym in MIN_SIZES.get(name, ()):
+        if sizes.get(sym, 1) < 1:
+            raise DataError(f"{name}: size {sym} is 0; each row needs at least one element")
+    return dtype
+
+
+def _type_names(array_type) -> str:
+    types = array_type if isinstance(array_type, tuple) else (array_type,)
+    return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)
+
+
+# --- entry points generated from table rows (cpu.py and cuda.py fill in the launch) ----------
+
+def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> tuple:
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise DataError(f"{name}: {exc}; arguments: {', '.join(sig.parameters)}") from None
+    bound.apply_defaults()
+    return tuple(bound.args)
+
+
+def _floats(name: str, names, values) -> list:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        bad = next(n for n, v in zip(names, values) if not _is_real(v))
+        raise DataError(f"{name}: {bad} must be a real number, got "
+                        f"{values[list(names).index(bad)]!r}") from None
+
+
+def _is_real(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def make_step(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
+    """The public entry of optimizer kernel ``name`` (``table.STEPS``).
+
+    It binds its arguments (positional or keyword, as the signature in ``table``), checks the
+    buffers (``check``: one shape (N,), one dtype), refuses a state buffer left None while its
+    hyper-parameter uses it (RMSProp's ``mom`` with ``mu > 0``, ``gavg`` when centered, Adam's
+    ``vmax`` with amsgrad: the kernel would update p twice instead), puts ``p`` in the place of
+    the unused ones, and calls ``launch(arrays, floats, flags)``.
+    """
+    row = STEPS[name]
+    names = step_argnames(name)
+    sig = inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                             for a in names])
+    n_arrays = 1 + len(row.buffers)
+    n_floats = n_arrays + len(row.scalars)
+    needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items())
+
+    def step(*args, **kwargs):
+        if kwargs or len(args) != len(names):
+            args = _bind(name, sig, args, kwargs)
+        check(name, args, array_type, contiguous)
+        for pos, buf, hpos, hyper in needs:
+            if args[pos] is None and args[hpos]:
+                raise DataError(f"{name}: {hyper}={args[hpos]!r} uses the state buffer "
+                                f"{buf!r}, got None")
+        p = args[0]
+        arrays = [p if a is None else a for a in args[:n_arrays]]
+        floats = _floats(name, row.scalars, args[n_arrays:n_floats])
+        launch(arrays, floats, [bool(f) for f in args[n_floats:]])
+
+    step.__name__ = step.__qualname__ = name
+    step.__signature__ = sig
+    step.__doc__ = f"{row.doc} (N,) flat buffers, one dtype; see ``reference.{name}``."
+    return step
+
+
+def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,
+              contiguous: bool = False):
+    """(labels, target, weight) of loss kernel ``name`` checked in O(1), shaped and cast for
+    the kernel, or a DataError.
+
+    Shapes, dtypes and writability only, never the values: a kernel must not read or write
+    outside its arrays whatever it is given (softmax_xent's label bounds are checked per row
+    inside the kernel), and a wrong argument is a DataError, not a Numba typing error.
+    ``labels``: target is (n,) integer class labels (``table.LOSSES[name].labels``).
+    """
+    arrays = {"pred": pred, "target": target, "grad": grad}
+    if weight is not None:
+        arrays["weight"] = weight
+    for arg, a in arrays.items():
+        if not isinstance(a, array_type):
+            raise DataError(f"{name}: {arg} must be an array ({_type_names(array_type)}), got "
+                            f"{type(a).__name__}")
+    if pred.ndim != 2 or pred.dtype not in FLOAT_DTYPES:
+        raise DataError(f"{name}: pred must be a 2-D float32 or float64 array, got "
+                        f"{pred.dtype} {tuple(pred.shape)}")
+    n, k = pred.shape
+    if k == 0:
+        raise DataError(f"{name}: pred has no columns, shape {tuple(pred.shape)}")
+    if grad.shape != pred.shape or grad.dtype != pred.dtype or \
+            isinstance(grad, np.ndarray) and not grad.flags.writeable:
+        raise DataError(f"{name}: grad must be a writable {pred.dtype} array of pred's shape "
+                        f"{tuple(pred.shape)}, got {grad.dtype} {tuple(grad.shape)}")
+    if contiguous:
+        for arg, a in arrays.items():
+            if not a.flags.c_contiguous:
+                raise DataError(f"{name}: {arg} must be C-contiguous, got strides "
+                                f"{tuple(a.strides)}; pass a contiguous copy")
+    if weight is not None:
+        if weight.shape != (n,) or weight.dtype.kind not in "biuf":
+            raise DataError(f"{name}: weight must be a real array of shape ({n},), got "
+                            f"{weight.dtype} {tuple(weight.shape)}")
+        weight = weight.astype(pred.dtype, copy=False)
+    if LOSSES[name].labels and target.ndim == 1:
+        if target.shape != (n,) or target.dtype.kind not in "iu":
+            raise DataError(f"{name}: integer labels of shape ({n},) expected, got "
+                            f"{target.dtype} {tuple(target.shape)}")
+        # one compiled kernel per label type: int32 / int64 (out-of-range values stay so)
+        if target.dtype not in (np.int32, np.int64):
+            with np.errstate(over="ignore"):
+                target = target.astype(np.int64)
+        return True, target, weight
+    if not (target.shape == pred.shape or target.shape == (n,) and k == 1) \
+            or target.dtype.kind not in "biuf":
+        raise DataError(f"{name}: target must be a real array of pred's shape "
+                        f"{tuple(pred.shape)}, got {target.dtype} {tuple(target.shape)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        target = target.reshape(pred.shape).astype(pred.dtype, copy=False)
+    return False, target, weight
+
+
+def make_loss(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
+    """The public entry of element loss kernel ``name`` (``table.LOSSES``).
+
+    ``loss(pred, target, grad, weight, scale, **params)``: checks (``loss_args``), then
+    ``launch(pred, target, grad, weight, scale, param)`` with the row's one hyper-parameter
+    (the scalar function's third argument; 1.0 when the row has none).
+    """
+    row = LOSSES[name]
+    defaults = dict(row.params)
+    param_name, default = next(iter(row.params), (None, 1.0))
+
+    def loss(pred, target, grad, weight, scale, *extra, **params):
+        if extra:  # the hyper-parameter given by position
+            if len(extra) > len(defaults) or set(params) & set(list(defaults)[:len(extra)]):
+                raise DataError(f"{name}: too many arguments; arguments: pred, target, grad, "
+                                f"weight, scale{''.join(', ' + p for p in defaults)}")
+            params = {**dict(zip(defaults, extra)), **params}
+        if params:
+            unknown = sorted(set(params) - set(defaults))
+            if unknown:
+                raise DataError(f"{name}: unknown argument(s) {', '.join(unknown)}; valid: "
+                                f"{', '.join(defaults) or 'none'}")
+        _, target, weight = loss_args(name, pred, target, grad, weight, array_type,
+                                      contiguous)
+        param = params.get(param_name, default) if params else default
+        return launch(pred, target, grad, weight, *_floats(name, ("scale", param_name),
+                                                           (scale, param)))
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+         for a in ("pred", "target", "grad", "weight", "scale")]
+        + [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
+           for p, d in row.params])
+    loss.__doc__ = (f"{row.doc} Returns ``scale * sum_i w_i l_i``; writes ``grad``; see "
+                    f"``reference.{name}``.")
+    return loss

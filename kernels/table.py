@@ -1,0 +1,143 @@
+"""The kernel registry: every op's name, arguments and flags, as data (no math, no oracle).
+
+``cpu.py`` and ``cuda.py`` generate their loss and optimizer entry points from ``LOSSES`` and
+``STEPS``; every backend's kernel table holds ``KERNEL_NAMES``; production code (backends,
+``devnet.nn``, ``devnet.losses``) reads these names from here, not from ``reference.py``.
+Adding a loss or an optimizer: its scalar math in ``scalar.py``, its row here, its reference
+version and its test.
+
+``ARRAYS`` gives each entry's array arguments with symbolic shapes (checked in O(1) by
+``checks.py`` before any kernel runs: a mismatched buffer must be a DataError, never an access
+outside an array).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# --- activations -------------------------------------------------------------------------------
+
+ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
+# Activations whose derivative cannot be recovered from the output alone: the forward pass must
+# keep the pre-activation Z for them. All others differentiate from the output A.
+NEEDS_PREACTIVATION = frozenset({"gelu", "silu"})
+# Activations that mix a row (not elementwise); only allowed as an output activation.
+ROWWISE = frozenset({"softmax"})
+
+
+# --- losses: value and gradient w.r.t. the prediction in one call ------------------------------
+
+class LossRow(NamedTuple):
+    """One loss kernel: ``name(pred, target, grad, weight, scale, **params)``."""
+
+    scalar: str | None  #: the scalar.py element function; None: the row-wise softmax-xent
+    labels: bool  #: also takes (n,) integer class labels as target
+    params: tuple[tuple[str, float], ...]  #: keyword hyper-parameters and their defaults
+    doc: str
+
+
+LOSSES = {
+    "softmax_xent": LossRow(None, True, (), "Softmax cross-entropy from logits; target: (n,) "
+                            "integer labels or (n, k) probabilities."),
+    "sigmoid_bce": LossRow("sigmoid_bce", False, (),
+                           "Binary cross-entropy from logits, elementwise; (n, k) arrays."),
+    "mse": LossRow("mse", False, (), "Squared error, elementwise; (n, k) arrays."),
+    "mae": LossRow("mae", False, (), "Absolute error, elementwise; (n, k) arrays."),
+    "huber": LossRow("huber", False, (("delta", 1.0),),
+                     "Huber loss with threshold ``delta``, elementwise; (n, k) arrays."),
+    "poisson": LossRow("poisson", False, (), "Half Poisson deviance, log link (``pred`` = log "
+                       "of the mean), elementwise; (n, k) arrays."),
+}
+LOSS_KERNELS = tuple(LOSSES)
+ELEMENT_LOSSES = tuple(n for n, row in LOSSES.items() if row.scalar is not None)
+LABEL_LOSSES = frozenset(n for n, row in LOSSES.items() if row.labels)
+
+
+# --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
+
+class StepRow(NamedTuple):
+    """One optimizer kernel: ``name(p, *buffers, *scalars, *flags)``, all buffers (N,)."""
+
+    template: str  #: the loop both backends compile: "sgd", "heavy_ball", "rmsprop", "adam"
+    update: str  #: the scalar.py per-element update it is specialised with
+    buffers: tuple[str, ...]  #: flat buffers after p (g first); p and state updated in place
+    optional: dict  #: state buffer -> the hyper-parameter without which it is unused (None)
+    scalars: tuple[str, ...]  #: float hyper-parameters
+    flags: tuple[str, ...]  #: bool hyper-parameters
+    doc: str
+
+
+_ADAM_SCALARS = ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2")
+STEPS = {
+    "sgd_step": StepRow("sgd", "sgd", ("g",), {}, ("lr", "wd"), (),
+                        "In place ``p -= lr (g + wd p)``."),
+    "momentum_step": StepRow("heavy_ball", "momentum", ("g", "buf"), {},
+                             ("lr", "mu", "wd"), (), "In place heavy ball on p and buf."),
+    "nesterov_step": StepRow("heavy_ball", "nesterov", ("g", "buf"), {},
+                             ("lr", "mu", "wd"), (), "In place Nesterov on p and buf."),
+    "rmsprop_step": StepRow("rmsprop", "rmsprop", ("g", "sq", "mom", "gavg"),
+                            {"mom": "mu", "gavg": "centered"}, ("lr", "rho", "mu", "eps", "wd"),
+                            ("centered",), "In place RMSProp on p, sq (and mom if mu > 0, gavg "
+                            "if centered)."),
+    "adam_step": StepRow("adam", "adam_l2", ("g", "m", "v", "vmax"), {"vmax": "amsgrad"},
+                         _ADAM_SCALARS, ("amsgrad",),
+                         "In place Adam (L2 ``wd``) on p, m, v (and vmax if amsgrad)."),
+    "adamw_step": StepRow("adam", "adamw", ("g", "m", "v", "vmax"), {"vmax": "amsgrad"},
+                          _ADAM_SCALARS, ("amsgrad",),
+                          "In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad)."),
+}
+STEP_KERNELS = tuple(STEPS)
+
+
+def step_argnames(name: str) -> tuple[str, ...]:
+    """The positional argument names of step kernel ``name``."""
+    row = STEPS[name]
+    return ("p", *row.buffers, *row.scalars, *row.flags)
+
+
+# --- the whole table ---------------------------------------------------------------------------
+
+DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
+                "act_drop_bwd")
+KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_KERNELS)
+LAYERNORM_EPS = 1e-5
+
+
+class Arg(NamedTuple):
+    """An array argument: its position, name, symbolic shape and whether it may be None."""
+
+    pos: int
+    name: str
+    shape: tuple[str, ...]
+    optional: bool = False
+    written: bool = False
+
+
+def _args(*specs) -> tuple[Arg, ...]:
+    """``(pos, name, shape, flags)`` tuples -> Args; flags: "o" optional, "w" written."""
+    return tuple(Arg(pos, name, tuple(shape.split(",")), "o" in flags, "w" in flags)
+                 for pos, name, shape, flags in specs)
+
+
+# Array arguments of every non-loss entry (losses: ``checks.loss_args``). Shapes name sizes:
+# every argument using "n" must agree on it. Positions count from 0 (act is argument 0).
+ARRAYS = {
+    "bias_act_fwd": _args((1, "A", "n,m", "w"), (2, "b", "m", ""), (3, "Z", "n,m", "ow")),
+    "act_bwd": _args((1, "G", "n,m", "w"), (2, "A", "n,m", ""), (3, "Z", "n,m", "o"),
+                     (4, "dZ", "n,m", "w"), (5, "db", "m", "w")),
+    "layernorm_fwd": _args((0, "X", "n,m", ""), (1, "gamma", "m", ""), (2, "beta", "m", ""),
+                           (3, "Y", "n,m", "w"), (4, "mean", "n", "w"), (5, "rstd", "n", "w")),
+    "layernorm_bwd": _args((0, "G", "n,m", "w"), (1, "X", "n,m", ""), (2, "mean", "n", ""),
+                           (3, "rstd", "n", ""), (4, "gamma", "m", ""), (5, "dX", "n,m", "w"),
+                           (6, "dgamma", "m", "w"), (7, "dbeta", "m", "w"),
+                           (8, "R", "n,m", "ow")),
+    "dropout_fwd": _args((0, "A", "n,m", "w"),),
+    "bias_act_drop_fwd": _args((1, "A", "n,m", "w"), (2, "b", "m", ""), (3, "Z", "n,m", "ow"),
+                               (7, "R", "n,m", "o"), (8, "out", "n,m", "ow")),
+    "act_drop_bwd": _args((1, "G", "n,m", "w"), (2, "A", "n,m", ""), (3, "Z", "n,m", "o"),
+                          (4, "dZ", "n,m", "w"), (5, "db", "m", "w")),
+}
+for _name, _row in STEPS.items():
+    ARRAYS[_name] = _args((0, "p", "N", "w"), *(
+        (i + 1, b, "N", ("o" if b in _row.optional else "") + ("" if b == "g" else "w"))
+        for i, b in enumerate(_row.buffers)))
