@@ -7,9 +7,15 @@
 
 import logging as _logging
 
-from devnet import callbacks, data, interop, losses, optim, task
+from devnet import callbacks, data, distributed, interop, losses, optim, task
 from devnet.backend import Backend, available_backends, get_backend
-from devnet.callbacks import CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint
+from devnet.callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    GradientFlow,
+    LearningRateScheduler,
+    ModelCheckpoint,
+)
 from devnet.errors import (
     CheckpointError,
     ConfigError,
@@ -30,7 +36,7 @@ __all__ = [
     "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "CSVLogger", "DataError",
     "Dense", "DeviceUnavailableError", "DevnetError", "DivergenceError", "EarlyStopping",
     "History", "LearningRateScheduler", "ModelCheckpoint", "Parameter", "available_backends",
-    "callbacks", "data", "evaluate", "fit", "get_backend", "interop", "load", "load_checkpoint",
+    "GradientFlow", "callbacks", "data", "distributed", "evaluate", "fit", "get_backend", "interop", "load", "load_checkpoint",
     "losses", "MissingDependencyError", "optim", "predict", "predict_proba", "profile", "save",
     "task",
 ]

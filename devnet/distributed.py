@@ -373,14 +373,18 @@ class _Nccl:
 
 # --- the data-parallel side of fit ---------------------------------------------------------------
 
-class DataParallel:
-    """What ``fit(..., comm=comm)`` does besides the single-process step (its hooks).
+class DataParallel(StepHook):
+    """What ``fit(..., comm=comm)`` does besides the single-process step (its Step hook).
 
     Built before the first step: checks that the ranks agree, broadcasts rank 0's parameters,
     optimizer state and shuffling RNG. Then per step: ``shard`` picks this rank's rows of the
     global batch, ``scale_`` weighs its loss gradient by its share, ``allreduce_grads_`` sums
-    the flat gradient buffer; per epoch ``sum_losses`` adds the ranks' loss contributions.
+    the flat gradient buffer (as the Step's hook: ``collective``, so the divergence guard's
+    single-process replay leaves it out); per epoch ``sum_losses`` adds the ranks' loss
+    contributions.
     """
+
+    collective = True
 
     def __init__(self, comm: Communicator, trainer, X, y, sample_weight):
         if not isinstance(comm, Communicator):
@@ -436,25 +440,38 @@ class DataParallel:
         state = comm.bcast_json(_jsonable(t.rng.bit_generator.state), what="RNG broadcast")
         t.rng.bit_generator.state = state
 
-    def shard(self, idx: np.ndarray) -> np.ndarray:
-        """This rank's rows of the global batch ``idx`` (a contiguous slice); sets ``factor``.
+    def shard(self, order, lo: int, hi: int) -> tuple[int, int]:
+        """This rank's positions [a, b) of the global batch at positions lo..hi-1 of the epoch's
+        ``order`` (a contiguous part of it; order None: 0..n-1); sets ``factor``.
 
         A rank whose share is empty (a last batch smaller than the world) takes the batch's
         first row with factor 0: its gradient adds exactly 0, and no kernel sees 0 rows.
         """
-        n, size, rank = len(idx), self.comm.size, self.comm.rank
-        lo, hi = rank * n // size, (rank + 1) * n // size
-        if hi == lo:
+        n, size, rank = hi - lo, self.comm.size, self.comm.rank
+        a, b = lo + rank * n // size, lo + (rank + 1) * n // size
+        if b == a:
             self.factor = 0.0
-            return idx[:1]
-        mine = idx[lo:hi]
+            return lo, lo + 1
         sw = self.sample_weight
         if sw is None:
-            self.factor = (hi - lo) / n
+            self.factor = (b - a) / n
         else:  # the loss normalises weights by the batch's mean: the share is by weight
+            idx = np.arange(lo, hi) if order is None else order[lo:hi]
+            mine = idx[a - lo:b - lo]
             total = float(sw[idx].sum(dtype=np.float64))
             self.factor = float(sw[mine].sum(dtype=np.float64)) / total if total > 0 else 0.0
-        return mine
+        return a, b
+
+    # the Step hooks: this rank's share of dL/dpred, then the all-reduce of the gradients
+
+    def output_grad_(self, grad, value, batch):
+        """Step hook: ``scale_`` (weigh this rank's rows by their share of the global batch)."""
+        return self.scale_(grad, value)
+
+    def param_grad_(self, value, batch):
+        """Step hook: ``allreduce_grads_`` (sum the gradient over the ranks) before the update."""
+        self.allreduce_grads_()
+        return value
 
     def scale_(self, grad, value):
         """``grad *= factor`` in place (dL/dpred of this rank's rows); returns value * factor.

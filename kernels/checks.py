@@ -74,6 +74,13 @@ def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = Fals
     return dtype
 
 
+def residual_out(name: str, R, out) -> None:
+    """A DataError unless ``out`` is given exactly when the residual input ``R`` is."""
+    if (R is None) != (out is None):
+        raise DataError(f"{name}: R (the residual input) and out (where R + A goes) are "
+                        "given together or not at all")
+
+
 def _type_names(array_type) -> str:
     types = array_type if isinstance(array_type, tuple) else (array_type,)
     return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)

@@ -372,11 +372,11 @@ def _same(out, a):
     return out is a
 
 
-def _kernel(table, act, a):
+def _kernel(by_act, act, a):
     try:
-        kernels = table[act]
+        kernels = by_act[act]
     except KeyError:
-        lookup(table, act, "activation")  # raises ConfigError listing the valid names
+        lookup(by_act, act, "activation")  # raises ConfigError listing the valid names
     return _pick(kernels, a)
 
 
@@ -387,6 +387,7 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise.
     """
     kernel = _kernel(_FWD, act, A)
+    checks.check("bias_act_fwd", (act, A, b, Z))
     kernel(A, b, A if Z is None else Z, Z is not None, float(alpha))
 
 
@@ -397,6 +398,7 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
     """
     kernel = _kernel(_BWD, act, G)
+    checks.check("act_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise ValueError(f"act_bwd({act!r}) needs the pre-activation Z")
@@ -598,12 +600,14 @@ def _dropout_args(p, key):
 
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
+    checks.check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
     kernel = _deep_pick(_layernorm_fwd, "layernorm_fwd", X)
     kernel(X, gamma, beta, Y, mean, rstd, float(eps))
 
 
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
+    checks.check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
     resid = R is not None
     kernel = _deep_pick(_layernorm_bwd, f"layernorm_bwd_{int(resid)}", G, RESID=resid)
     kernel(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R if resid else G,
@@ -612,6 +616,7 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
 
 def dropout_fwd(A, p, key):
     """In place inverted dropout of A (n, m); see ``reference.dropout_fwd``."""
+    checks.check("dropout_fwd", (A,))
     threshold, scale, _, k0, k1 = _dropout_args(p, key)
     kernel = _deep_pick(_dropout_fwd, "dropout_fwd", A)
     kernel(A, threshold, scale, k0, k1)
@@ -620,6 +625,8 @@ def dropout_fwd(A, p, key):
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
+    checks.check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
+    checks.residual_out("bias_act_drop_fwd", R, out)
     threshold, scale, _, k0, k1 = _dropout_args(p, key)
     keep_z, drop, resid = Z is not None, p > 0, R is not None
     kernel = _deep_pick(_bias_act_drop_fwd,
@@ -632,6 +639,7 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
+    checks.check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise ValueError(f"act_drop_bwd({act!r}) needs the pre-activation Z")

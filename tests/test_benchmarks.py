@@ -505,7 +505,7 @@ def _mpiexec() -> bool:
 
 
 @pytest.mark.skipif(not HAS_MPI or not _mpiexec(),
-                    reason="mpi4py or mpiexec missing (pip install 'devnet[mpi]')")
+                    reason="mpi4py or mpiexec missing (pip install 'devnet-mlp[mpi]')")
 def test_bench_distributed_suite_runs_two_ranks(tmp_path, capsys):
     res = _run(tmp_path, "distributed", "--nproc", "2", "--no-torch", "--no-sklearn",
                "--no-plots")
@@ -526,8 +526,8 @@ def test_bench_distributed_suite_says_why_it_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "mpiexec_command", no_mpiexec)
     res = _run(tmp_path, "distributed", "--no-torch", "--no-sklearn", "--no-plots")
     assert "distributed" not in res
-    assert res["skipped"]["distributed"] in ("no mpiexec found (test)",
-                                             "mpi4py not installed (pip install 'devnet[mpi]')")
+    assert res["skipped"]["distributed"] in (
+        "no mpiexec found (test)", "mpi4py not installed (pip install 'devnet-mlp[mpi]')")
 
 
 def test_every_suite_is_registered():

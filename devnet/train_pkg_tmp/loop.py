@@ -66,7 +66,7 @@ def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None
     check_model(model)
     batch_size = positive_int("batch_size", batch_size)
     X = check_X(model, X)
-    loss = _resolve_loss(model, loss, task, y)
+    loss = resolve_loss(model, loss, task, y)
     y = check_y(model, loss, y, len(X))
     w = check_sample_weight(model, sample_weight, len(X))
     return _evaluate(model, loss, X, y, w, batch_size)
@@ -77,8 +77,7 @@ def _evaluate(model, loss, X, y, w, batch_size: int) -> dict:
     pred = _forward_all(model, X, batch_size)
     y_d = be.asarray(y)
     w_d = None if w is None else be.asarray(w)
-    grad = be.empty(pred.shape, model.dtype)
-    with model.backend.scope():
+    with be.scope():
         grad = be.empty(pred.shape, model.dtype)
         value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be,
                                               **checked_kwargs(loss)))
@@ -94,6 +93,8 @@ def _forward_all(model, X, batch_size: int):
             out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]),
                                                   training=False)
     return out
+
+
 def _metrics(loss, pred, y) -> dict:
     if loss.classification:
         return {"accuracy": metrics.accuracy(pred, y, loss.link)}
@@ -149,8 +150,8 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
         shuffle: True / False: reshuffle the samples every epoch.
         seed: seeds the shuffling Generator (the model's init has its own seed).
         lr: learning rate (float or Schedule) for an optimizer given by name.
-        schedule: a Schedule, a config dict, or a name from ``SCHEDULES`` built from lr and the
-            run's total step count; stepped per optimizer step.
+        schedule: a Schedule, a config dict, or a name from ``setup.SCHEDULES`` built from lr
+            and the run's total step count; stepped per optimizer step.
         sample_weight: (n,) finite weights >= 0, not all zero; only their ratios matter
             (they are rescaled to mean 1 in float64 before the cast to the model's dtype).
         resume_from: a checkpoint path written by ``checkpoint=`` / ``ModelCheckpoint``:
@@ -165,7 +166,7 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
             (atomically) and after the last epoch.
         guard: stop with DivergenceError at the first non-finite loss, activation, gradient or
             parameter, leaving the model at its last finite state; checks every
-            ``guard_every`` steps (default: once per epoch) -- see ``_Guard``.
+            ``guard_every`` steps (default: once per epoch) -- see ``guard.Guard``.
         train_metrics: also compute the task metric on the training data at each epoch end
             (one extra forward pass over it).
         progress: one line per epoch on stderr. "auto": a live tqdm bar per epoch when stderr
@@ -185,15 +186,15 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     if seed is not None and (isinstance(seed, (bool, np.bool_))
                              or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
-    shuffle = _flag("shuffle", shuffle)
-    guard = _flag("guard", guard)
-    train_metrics = _flag("train_metrics", train_metrics)
-    extend_schedule = _flag("extend_schedule", extend_schedule)
-    progress = _progress_mode(progress)
-    callbacks = _check_callbacks(callbacks)
+    shuffle = flag("shuffle", shuffle)
+    guard = flag("guard", guard)
+    train_metrics = flag("train_metrics", train_metrics)
+    extend_schedule = flag("extend_schedule", extend_schedule)
+    progress = progress_mode(progress)
+    callbacks = check_callbacks(callbacks)
 
     X = check_X(model, X)
-    loss = _resolve_loss(model, loss, task, y)
+    loss = resolve_loss(model, loss, task, y)
     y = check_y(model, loss, y, len(X))
     sw = check_sample_weight(model, sample_weight, len(X))
     val = None
@@ -216,15 +217,15 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     n = len(X)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
-    opt = _optimizer(optimizer, model, lr, schedule, total_steps)
+    opt = make_optimizer(optimizer, model, lr, schedule, total_steps)
     history = History()
     trainer = Trainer(model, loss, opt, history, epochs, batch_size, seed, shuffle, n,
                       total_steps)
     if resume_from is not None:
-        opt = _resume(trainer, optimizer, resume_from, steps_per_epoch, extend_schedule)
+        opt = resume(trainer, optimizer, resume_from, steps_per_epoch, extend_schedule)
         history = trainer.history
     else:
-        _check_horizon(opt.schedule, total_steps)
+        check_horizon(opt.schedule, total_steps)
     history.params = {"epochs": epochs, "batch_size": batch_size, "n_samples": n,
                       "steps_per_epoch": steps_per_epoch, "loss": loss.name}
     if checkpoint is not None:
@@ -249,7 +250,7 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
             cb.on_train_begin({})
         # overflow is the guard's business: it reports where, NumPy's warnings only add noise
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
-                model.backend.thread_limits():
+                model.backend.scope(), model.backend.thread_limits():
             _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
                   progress, train_metrics)
     except BaseException as exc:
@@ -259,3 +260,77 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     for cb in callbacks:
         cb.on_train_end({})
     return history
+
+
+def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every, progress,
+          train_metrics):
+    model, loss, opt, history = trainer.model, trainer.loss, trainer.optimizer, trainer.history
+    be = model.backend
+    n, bs = len(X), trainer.batch_size
+    dist = trainer.dist
+    step = Step(model, loss, opt, hooks=() if dist is None else (dist,))
+    feed = make_feed(be, X, y, sw, capacity=min(bs, n))
+    shown = Progress(progress, n, trainer.epochs)
+    g = Guard(model, opt, guard_every) if guard else None
+    val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
+
+    def batch_at(s):
+        """The Batch of the epoch's step s (this rank's rows of it under data parallelism)."""
+        lo, hi = s * bs, min((s + 1) * bs, n)
+        if dist is not None:
+            lo, hi = dist.shard(feed.order, lo, hi)
+        return feed.batch(lo, hi)
+
+    for epoch in range(trainer.epochs_done, trainer.epochs):
+        trainer.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        t0 = time.perf_counter()
+        feed.start_epoch(trainer.rng.permutation(n) if trainer.shuffle else None)
+        if g is not None:
+            if not g.finite():  # changed between epochs (by a callback or the caller)
+                diverged(trainer, step, g, epoch, 0, -1, batch_at)
+            g.snapshot(trainer.step, f"the start of epoch {epoch}")
+            g.first_step = 0
+        lr_epoch = opt.lr
+        step.reset()
+        bar = shown.bar(epoch)
+        for s in range(steps_per_epoch):
+            xb, yb, wb, _ = batch_at(s)
+            rows = min(bs, n - s * bs)  # of the global batch; the last one may be partial
+            step(xb, yb, wb, trainer.step, 1.0 if rows == bs else rows / bs)
+            trainer.step += 1
+            if bar is not None:
+                bar.update(rows)
+            for cb in callbacks:
+                cb.on_batch_end(trainer.step, {"size": xb.shape[0]})
+            if g is not None and g.every and (s + 1) % g.every == 0 and s + 1 < steps_per_epoch:
+                if not g.finite(step.running):
+                    diverged(trainer, step, g, epoch, g.first_step, s, batch_at)
+                g.snapshot(trainer.step, f"epoch {epoch}, step {s}")
+                g.first_step = s + 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(step.running) / (s + 1):.4f}")
+        if g is not None and not g.finite(step.running):
+            diverged(trainer, step, g, epoch, g.first_step, steps_per_epoch - 1, batch_at)
+        # running: the batch means summed, each weighted by its share of a full batch
+        total = float(step.running) if dist is None else dist.sum_losses(step.running, None)[0]
+        logs = {"loss": total * bs / n}
+        if train_metrics:
+            logs.update({k: v for k, v in _evaluate(model, loss, X, y, sw, 4096).items()
+                         if k != "loss"})
+        if val_y is not None:
+            res = _evaluate(model, loss, val[0], val_y[1], val[2], 4096)
+            logs.update({f"val_{k}": v for k, v in res.items()})
+        logs["lr"] = lr_epoch
+        logs["time"] = time.perf_counter() - t0
+        shown.epoch_end(bar, epoch, logs)
+        history.append(epoch, logs)
+        trainer.epochs_done = epoch + 1
+        if g is not None:
+            g.snapshot(trainer.step, f"the end of epoch {epoch}")
+            g.first_step = 0
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if trainer.stop_training:
+            break
