@@ -36,9 +36,9 @@ __all__ = [
     "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "CSVLogger", "DataError",
     "Dense", "DeviceUnavailableError", "DevnetError", "DivergenceError", "EarlyStopping",
     "History", "LearningRateScheduler", "ModelCheckpoint", "Parameter", "available_backends",
-    "GradientFlow", "callbacks", "data", "distributed", "evaluate", "fit", "get_backend", "interop", "load", "load_checkpoint",
-    "losses", "MissingDependencyError", "optim", "predict", "predict_proba", "profile", "save",
-    "task",
+    "GradientFlow", "callbacks", "data", "distributed", "evaluate", "fit", "get_backend",
+    "interop", "load", "load_checkpoint", "losses", "MissingDependencyError", "optim", "predict",
+    "predict_proba", "profile", "save", "task",
 ]
 
 # One line on stderr says which device "auto" picked and why, unless the user configured

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from devnet.errors import ConfigError, MissingDependencyError
-from devnet.train import Callback
+from devnet.errors import ConfigError
+from devnet.train.history import Callback
+from devnet.train.plot import GRAD_NORM, UPDATE_RATIO, plot_gradient_flow  # noqa: F401 (re-export)
 from devnet.validation import positive_int
 
 # GradientFlow and plot_gradient_flow join __all__ once devnet/__init__.py re-exports them
@@ -221,10 +222,6 @@ class CSVLogger(Callback):
         self.on_train_end({})
 
 
-GRAD_NORM = "grad_norm"
-UPDATE_RATIO = "update_ratio"
-
-
 class GradientFlow(Callback):
     """Per layer and epoch: the weights' gradient norm and update ratio, into the History.
 
@@ -275,54 +272,3 @@ class GradientFlow(Callback):
         for key, value in record.items():
             history.history.setdefault(key, []).append(value)
         logs.update(record)  # callbacks after this one (CSVLogger) see them too
-
-
-def _gradient_series(history, kind: str) -> tuple[list[str], list[float]]:
-    prefix = f"{kind}/"
-    names = [k[len(prefix):] for k in history.history if k.startswith(prefix)]
-    names.sort(key=lambda name: int(name.rsplit(".", 1)[-1]) if name.rsplit(".", 1)[-1]
-               .isdigit() else 0)
-    return names, [history.history[f"{prefix}{name}"][-1] for name in names]
-
-
-def plot_gradient_flow(histories, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Plot the last epoch's per-layer gradient norms (log scale) of one or more Histories.
-
-    ``histories``: a History, or a dict label -> History, each recorded with ``GradientFlow``.
-    Writes a PNG (or any format matplotlib infers from ``path``) and returns the path. Needs
-    matplotlib (``pip install matplotlib``).
-    """
-    from devnet.train import History
-
-    if isinstance(histories, History):
-        histories = {None: histories}
-    if not isinstance(histories, dict) or not histories:
-        raise ConfigError("plot_gradient_flow takes a History or a dict label -> History")
-    for label, hist in histories.items():
-        if not isinstance(hist, History) or not _gradient_series(hist, GRAD_NORM)[0]:
-            raise ConfigError(f"History {label!r} has no gradient-flow records: pass "
-                              "callbacks=[devnet.callbacks.GradientFlow()] to fit")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependencyError("plot_gradient_flow needs matplotlib: pip install "
-                                     "matplotlib") from None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, hist in histories.items():
-        names, values = _gradient_series(hist, GRAD_NORM)
-        ax.semilogy(range(len(values)), values, marker="o", markersize=3,
-                    label=label if label is not None else None)
-    ax.set_xlabel("layer (input -> output)")
-    ax.set_ylabel("RMS gradient norm ||dW|| (last epoch)")
-    ax.set_title(title or "gradient flow")
-    ax.grid(True, which="both", alpha=0.3)
-    if any(label is not None for label in histories):
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

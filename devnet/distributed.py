@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from devnet.errors import DevnetError, MissingDependencyError
+from devnet.train.step import StepHook
 
 DEFAULT_TIMEOUT = 60.0  # seconds a collective may wait for the others (env DEVNET_DIST_TIMEOUT)
 _SIGNATURE_BYTES = 4096  # fixed size of the JSON blob each rank contributes to the start check

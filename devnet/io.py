@@ -316,7 +316,7 @@ def history_from(data: dict | None):
     """A History rebuilt from the checkpoint's ``history`` entry (None stays None)."""
     if not data:
         return None
-    from devnet.train import History
+    from devnet.train.history import History
 
     h = History()
     h.history = {k: list(v) for k, v in data.get("history", {}).items()}
