@@ -1,5 +1,8 @@
 """devnet's benchmarks: kernels, fusion, training step, scaling; beside PyTorch and scikit-learn.
 
+Suites (``SUITES``): kernels, fusion, step, sklearn (with lbfgs), lbfgs, scaling, threads,
+launch (CUDA), deep (LayerNorm, residual step), distributed (mpiexec; skipped without MPI).
+
 Run ``python -m benchmarks`` (or ``devnet bench``) from the repository root; ``--help`` lists the
 options, ``--quick`` runs tiny sizes in seconds. Everything is measured in ONE process, after
 warm-up, as medians of many samples, with the device synchronised before every clock read (CUDA
@@ -33,7 +36,8 @@ def _ints(s: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="devnet bench", description="devnet benchmarks: kernels, training step vs PyTorch "
-        "and scikit-learn, scaling; table on stdout, JSON and PNG under benchmarks/results/.")
+        "and scikit-learn, scaling, deep networks, data-parallel; table on stdout, JSON and "
+        "PNG in --out (default: the current directory).")
     p.add_argument("suites", nargs="*", default=[],
                    metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true",

@@ -125,14 +125,11 @@ def devnet_step(backend, sizes, batch: int, seed: int = 0, dtype="float32"):
         X, y = _data(rng, sizes, batch, dtype)
         batches.append((backend.asarray(X), backend.asarray(y)))
     rot = Rotation(batches)
-    grad = backend.empty((batch, sizes[-1]), model.dtype)
+    train_step = dn.train.Step(model, loss, opt)  # the step fit runs
 
     def step():
         X, y = rot.next()
-        pred = model.forward(X)
-        loss.forward_backward_(pred, y, grad, None, backend)
-        model.backward(grad, input_grad=False)
-        opt.step()
+        train_step(X, y)
 
     return step
 

@@ -26,6 +26,13 @@ TARGETS = (
      "fused_over_copy", ">=", 0.7),
     ("plain NumPy / fused kernel, 1M float32 (worst kernel)", "fusion", None, "speedup",
      ">=", 2.0),
+    # issue 14, at the sizes it names (the deep suite's full sizes; --quick is not graded)
+    ("unfused NumPy / fused LayerNorm forward, 1M float32", "deep", "layernorm 1048576",
+     "fwd_speedup", ">=", 2.0),
+    ("unfused NumPy / fused LayerNorm backward, 1M float32", "deep", "layernorm 1048576",
+     "bwd_speedup", ">=", 2.0),
+    ("residual+LayerNorm step / plain step, M b256", "deep", "step 784-1024-1024-10 b256",
+     "residual_ln_over_plain", "<=", 1.25),
 )
 # Targets with no config take the worst row of their suite among these rows.
 _WORST_OF = {"kernels": lambda r: r["size_mb"] >= 64, "fusion": lambda r: True}
@@ -45,7 +52,9 @@ def check_targets(results: dict) -> list[dict]:
     out = []
     for name, suite, config, field, op, bound in TARGETS:
         rows = results.get(suite) or []
-        if isinstance(rows, dict):
+        if suite == "deep":
+            rows = deep_rows(rows)
+        elif isinstance(rows, dict):
             rows = [rows]
         if config is None:
             rows = [r for r in rows if _WORST_OF[suite](r) and field in r]
@@ -66,6 +75,28 @@ def check_targets(results: dict) -> list[dict]:
                     "repetitions": len(reps), "worst": worst, "met": met,
                     "peer": shown.get("torch_config") if field == "devnet_over_torch" else None})
     return out
+
+
+def deep_rows(deep: dict) -> list[dict]:
+    """The deep suite's ratios as graded rows (``field``, ``field_min/_max/_reps``), keyed by a
+    config naming their size, so that only the sizes a target names are graded."""
+    rows = []
+
+    def put(row, field, stats):
+        row.update({field: stats["median"], f"{field}_min": stats["min"],
+                    f"{field}_max": stats["max"], f"{field}_reps": stats["reps"]})
+    u = (deep or {}).get("layernorm_vs_unfused")
+    if u:
+        row = {"config": f"layernorm {u['elements']}"}
+        put(row, "fwd_speedup", u["fwd_speedup"])
+        put(row, "bwd_speedup", u["bwd_speedup"])
+        rows.append(row)
+    st = (deep or {}).get("step")
+    if st:
+        row = {"config": f"step {'-'.join(map(str, st['sizes']))} b{st['batch']}"}
+        put(row, "residual_ln_over_plain", st["residual_ln_over_plain"])
+        rows.append(row)
+    return rows
 
 
 def not_measured(results: dict) -> list[str]:

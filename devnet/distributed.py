@@ -1,5 +1,8 @@
 """Data-parallel training across processes: MPI (mpi4py) on the CPU, NCCL for CUDA arrays.
 
+(Over 400 lines: the communicator, its NCCL path, fit's data-parallel hook and the launcher
+share one failure model -- timeouts and dead ranks -- and are read together.)
+
     comm = dn.distributed.init()              # under: mpiexec -n 4 python train.py
     model = dn.MLP([784, 1024, 10], backend=comm.device)
     dn.fit(model, X, y, batch_size=512, comm=comm)     # 512 = the GLOBAL batch

@@ -1,10 +1,14 @@
 """Per-layer, per-op breakdown of one training step, against ceilings measured on the spot.
 
-``profile(model, X, y)`` runs the model's OWN step (``model.forward``, the loss's
-``forward_backward_``, ``model.backward(input_grad=False)``, ``opt.step()``) with the backend
-swapped for a thin proxy that times every ``matmul`` and kernel call it forwards, so the ops
-timed are exactly the ops the MLP runs. Each op is attributed to its layer from the arrays it
-is handed (``W``, ``b``, ``dW``, ``db`` are views owned by one layer).
+(Over 400 lines: the proxy backend, the clocks, the report table and the command belong to one
+tool and are only read together.)
+
+``profile(model, X, y)`` runs the training step itself (``devnet.train.Step``: the model's
+forward, the loss's ``forward_backward_``, the model's backward without the input gradient and
+``opt.step()``) with the backend swapped for a thin proxy that times every ``matmul`` and kernel
+call it forwards, so the ops timed are exactly the ops the MLP runs. Each op is attributed to
+its layer from the arrays it is handed (``W``, ``b``, ``dW``, ``db`` are views owned by one
+layer).
 
 Each op's time is the median over ``repeats`` instrumented steps. On the CPU an op's time is
 its wall time (its work is done when the call returns). On a GPU two times are kept: ``host_s``,
@@ -37,6 +41,7 @@ import numpy as np
 from devnet import losses as losses_mod
 from devnet import optim as optim_mod
 from devnet.backend import get_backend
+from devnet.train.step import Step
 
 __all__ = ["profile", "ProfileReport", "OpRecord", "measure_ceilings", "main"]
 
@@ -320,14 +325,12 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     yd = be.asarray(y)
     if not loss.classification:
         yd = be.asarray(yd, dtype=model.dtype)
-    grad = be.empty((Xd.shape[0], model.n_out), model.dtype)
     clock = _Clock(be)
+    train_step = Step(model, loss, opt)
 
     def step(backend):
-        pred = model.forward(Xd)
-        loss.forward_backward_(pred, yd, grad, None, backend)
-        model.backward(grad, input_grad=False)
-        opt.step()
+        # the training step itself; ``backend``: the one swapped into the model and optimizer
+        train_step(Xd, yd)
 
     for _ in range(max(1, warmup)):
         step(be)

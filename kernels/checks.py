@@ -8,12 +8,22 @@ first: attribute reads only (no pass over the data), and a DataError naming the 
 
 from __future__ import annotations
 
+import abc
 import inspect
 
 import numpy as np
 from devnet.kernels.table import ARRAYS, LOSSES, STEPS, step_argnames
 
 from devnet.errors import DataError
+
+
+class ArrayLike(abc.ABC):  # noqa: B024 (a structural isinstance check, no methods)
+    """``isinstance(a, ArrayLike)``: NumPy, CuPy (or the simulator's stand-in) arrays alike."""
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        return all(hasattr(other, n) for n in ("dtype", "shape", "strides", "flags", "ndim"))
+
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Sizes that must be at least 1 (a row's first element is read: the shift of LayerNorm's
@@ -82,6 +92,8 @@ def residual_out(name: str, R, out) -> None:
 
 
 def _type_names(array_type) -> str:
+    if array_type is ArrayLike:
+        return "NumPy or CuPy"
     types = array_type if isinstance(array_type, tuple) else (array_type,)
     return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)
 

@@ -401,7 +401,7 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     checks.check("act_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
-            raise ValueError(f"act_bwd({act!r}) needs the pre-activation Z")
+            raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")
         Z = A
     kernel(G, A, Z, dZ, db, float(alpha), _NCHUNKS if G.size >= PARALLEL_MIN else 1,
            _same(dZ, G))
@@ -642,7 +642,7 @@ def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
     checks.check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
-            raise ValueError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
+            raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
         Z = A
     threshold, scale, inv, k0, k1 = _dropout_args(p, key)
     inplace = _same(dZ, G)

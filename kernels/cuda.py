@@ -48,8 +48,8 @@ import math
 import os
 
 import numpy as np
-from devnet.kernels import scalar
-from devnet.kernels.reference import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
+from devnet.kernels import checks, scalar, table
+from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import cuda, types
 
 from devnet.errors import DataError, lookup
@@ -489,14 +489,13 @@ _SPECS["col_partials"] = (_col_partials, "col_partials", {})
 _SPECS["softmax_xent_label_i32"] = (_xent_label, "xent_label_i32", {})
 _SPECS["softmax_xent_label_i64"] = (_xent_label, "xent_label_i64", {})
 _SPECS["softmax_xent_prob"] = (_xent_prob, "xent_prob", {})
-for _n in scalar.ELEMENT_LOSSES:
-    _SPECS[_n] = (_elem_loss, "elem_loss", {"loss": _n})
-_SPECS["sgd_step"] = (_sgd, "sgd", {"update": "sgd"})
-_SPECS["momentum_step"] = (_heavy_ball, "heavy_ball", {"update": "momentum"})
-_SPECS["nesterov_step"] = (_heavy_ball, "heavy_ball", {"update": "nesterov"})
-_SPECS["rmsprop_step"] = (_rmsprop, "rmsprop", {"update": "rmsprop"})
-_SPECS["adam_step"] = (_adam, "adam", {"update": "adam_l2"})
-_SPECS["adamw_step"] = (_adam, "adam", {"update": "adamw"})
+# the loss and optimizer kernels of every table row (table.LOSSES, table.STEPS)
+for _n, _row in table.LOSSES.items():
+    if _row.scalar is not None:
+        _SPECS[_n] = (_elem_loss, "elem_loss", {"loss": _row.scalar})
+_STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
+for _n, _row in table.STEPS.items():
+    _SPECS[_n] = (_STEP_TEMPLATES[_row.template], _row.template, {"update": _row.update})
 
 
 def _pyfunc(name, dtype):
@@ -850,6 +849,11 @@ class _Call:
         return ring[1][turn]
 
 
+def _check(name, args):
+    """``checks.check`` for CuPy (or, under the simulator, NumPy) arrays: C-contiguous."""
+    return checks.check(name, args, checks.ArrayLike, True)
+
+
 def _check_act(table_key, act):
     if table_key not in _SPECS:
         lookup({**{a: 0 for a in scalar.ACTIVATIONS}, "softmax": 0}, act, "activation")
@@ -865,6 +869,7 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     """
     name = f"bias_act_fwd_{act}"
     _check_act(name, act)
+    _check("bias_act_fwd", (act, A, b, Z))
     n, m = A.shape
     c = _Call(A)
     grid, block = _config(c, "rows" if act == "softmax" else "cols", n, m)
@@ -892,9 +897,10 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     name = f"act_bwd_{act}"
     if act != "softmax":
         _check_act(name, act)
+    _check("act_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
-            raise ValueError(f"act_bwd({act!r}) needs the pre-activation Z")
+            raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")
         Z = A
     n, m = G.shape
     c = _Call(G)
@@ -926,16 +932,14 @@ def softmax_xent(logits, target, grad, weight, scale):
     logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
     ``logits``; weight: (n,) or None; scale: float. The value stays on the device (no sync).
     """
+    labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight,
+                                              checks.ArrayLike, True)
     n, k = logits.shape
     dt = logits.dtype
     c = _Call(logits)
-    if target.ndim == 1:
-        if target.dtype not in (np.int32, np.int64):
-            target = target.astype(np.int64)
+    if labels:
         name = f"softmax_xent_label_{'i32' if target.dtype == np.int32 else 'i64'}"
     else:
-        if target.dtype != dt:
-            target = target.astype(dt)
         name = "softmax_xent_prob"
     grid, block = _config(c, "rows", n, k)
     out = c.scalar_out(dt)
@@ -945,93 +949,39 @@ def softmax_xent(logits, target, grad, weight, scale):
     return out.reshape(())
 
 
-def _loss(name, pred, target, grad, weight, scale, delta=1.0):
-    if target.shape != pred.shape:
-        target = target.reshape(pred.shape)
-    if target.dtype != pred.dtype:
-        target = target.astype(pred.dtype)
-    n, k = pred.shape
-    c = _Call(pred)
-    grid, block = _config(c, "cols", n, k)
-    out = c.scalar_out(pred.dtype)
-    real = pred.dtype.type
-    _kernel(name, pred.dtype)(c, grid, block, pred, target, grad, _weight_arg(c, weight, grad),
-                              weight is not None, real(scale), real(delta),
-                              c.scratch(grid[0] * grid[1] + 1), c.counters(1), out)
-    return out.reshape(())
+def _elem_launch(name):
+    def launch(pred, target, grad, weight, scale, param):
+        n, k = pred.shape
+        c = _Call(pred)
+        grid, block = _config(c, "cols", n, k)
+        out = c.scalar_out(pred.dtype)
+        real = pred.dtype.type
+        _kernel(name, pred.dtype)(c, grid, block, pred, target, grad,
+                                  _weight_arg(c, weight, grad), weight is not None, real(scale),
+                                  real(param), c.scratch(grid[0] * grid[1] + 1), c.counters(1),
+                                  out)
+        return out.reshape(())
+    return launch
 
 
-def sigmoid_bce(logits, target, grad, weight, scale):
-    """Binary cross-entropy from logits, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _loss("sigmoid_bce", logits, target, grad, weight, scale)
-
-
-def mse(pred, target, grad, weight, scale):
-    """Squared error, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _loss("mse", pred, target, grad, weight, scale)
-
-
-def mae(pred, target, grad, weight, scale):
-    """Absolute error, elementwise; (n, k) arrays; see ``softmax_xent``."""
-    return _loss("mae", pred, target, grad, weight, scale)
-
-
-def huber(pred, target, grad, weight, scale, delta=1.0):
-    """Huber loss with threshold ``delta``, elementwise; (n, k) arrays."""
-    return _loss("huber", pred, target, grad, weight, scale, delta)
-
-
-def poisson(pred, target, grad, weight, scale):
-    """Half Poisson deviance, log link (``pred`` = log of the mean), elementwise; (n, k)."""
-    return _loss("poisson", pred, target, grad, weight, scale)
+for _name in table.ELEMENT_LOSSES:  # sigmoid_bce, mse, mae, huber, poisson, ...
+    globals()[_name] = checks.make_loss(_name, _elem_launch(_name), checks.ArrayLike, True)
 
 
 # --- optimizer steps: one launch over the flat buffers, all updated in place ---------------------
 
-def _step(name, p, *args):
-    """Launch step ``name`` over flat buffers; ``args``: arrays (None: unused) then scalars.
-
-    Float scalars go in p's dtype (the kernel's signature), bools as they are.
-    """
-    c = _Call(p)
-    grid, block = _config(c, "flat", p.size)
-    real = p.dtype.type
-    kargs = [a if isinstance(a, bool) else real(a) if isinstance(a, float)
-             else p if a is None else a for a in args]
-    _kernel(name, p.dtype)(c, grid, block, p, *kargs)
+def _step_launch(name):
+    def launch(arrays, floats, flags):
+        p = arrays[0]
+        c = _Call(p)
+        grid, block = _config(c, "flat", p.size)
+        real = p.dtype.type  # float scalars in p's dtype (the kernel's signature)
+        _kernel(name, p.dtype)(c, grid, block, *arrays, *[real(f) for f in floats], *flags)
+    return launch
 
 
-def sgd_step(p, g, lr, wd):
-    """In place ``p -= lr (g + wd p)``. p, g: (N,) flat buffers, same dtype."""
-    _step("sgd_step", p, g, float(lr), float(wd))
-
-
-def momentum_step(p, g, buf, lr, mu, wd):
-    """In place heavy ball on p and buf; (N,) flat buffers. See ``reference.momentum_step``."""
-    _step("momentum_step", p, g, buf, float(lr), float(mu), float(wd))
-
-
-def nesterov_step(p, g, buf, lr, mu, wd):
-    """In place Nesterov on p and buf; (N,) flat buffers. See ``reference.nesterov_step``."""
-    _step("nesterov_step", p, g, buf, float(lr), float(mu), float(wd))
-
-
-def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
-    """In place RMSProp on p, sq (and mom if mu > 0, gavg if centered); (N,) flat buffers."""
-    _step("rmsprop_step", p, g, sq, mom, gavg, float(lr), float(rho), float(mu), float(eps),
-          float(wd), bool(centered))
-
-
-def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """In place Adam (L2 ``wd``) on p, m, v (and vmax if amsgrad); (N,) flat buffers."""
-    _step("adam_step", p, g, m, v, vmax, float(lr), float(beta1), float(beta2), float(eps),
-          float(wd), float(bc1), float(bc2), bool(amsgrad))
-
-
-def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad); (N,) buffers."""
-    _step("adamw_step", p, g, m, v, vmax, float(lr), float(beta1), float(beta2), float(eps),
-          float(wd), float(bc1), float(bc2), bool(amsgrad))
+for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
+    globals()[_name] = checks.make_step(_name, _step_launch(_name), checks.ArrayLike, True)
 
 
 # --- deep-network kernels (issue 14): LayerNorm, dropout, residual add; built in cuda_rows.py

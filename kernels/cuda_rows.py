@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 from devnet.kernels import cuda as kc
 from devnet.kernels import scalar
-from devnet.kernels.reference import NEEDS_PREACTIVATION
+from devnet.kernels.table import NEEDS_PREACTIVATION
 from numba import cuda, types
 
-from devnet.errors import ConfigError, lookup
+from devnet.errors import ConfigError, DataError, lookup
 
 __all__ = ["act_drop_bwd", "bias_act_drop_fwd", "dropout_fwd", "layernorm_bwd", "layernorm_fwd"]
 
@@ -272,6 +272,7 @@ def _elementwise_act(act):
 
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
+    kc._check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
     n, m = X.shape
     c = kc._Call(X)
     grid, block = kc._config(c, "rows", n, m)
@@ -281,6 +282,7 @@ def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
 
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
+    kc._check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
     n, m = G.shape
     dt = G.dtype
     c = kc._Call(G)
@@ -297,6 +299,7 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
 
 def dropout_fwd(A, p, key):
     """In place inverted dropout of A (n, m); see ``reference.dropout_fwd``."""
+    kc._check("dropout_fwd", (A,))
     threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
     n, m = A.shape
     c = kc._Call(A)
@@ -307,6 +310,8 @@ def dropout_fwd(A, p, key):
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
+    kc._check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
+    kc.checks.residual_out("bias_act_drop_fwd", R, out)
     drop, resid = p > 0, R is not None
     threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
     if not (drop or resid):
@@ -323,9 +328,10 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
+    kc._check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
-            raise ValueError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
+            raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
         Z = A
     threshold, scale, inv, k0, k1 = _dropout_args(p, key, G.dtype)
     n, m = G.shape

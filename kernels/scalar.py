@@ -298,8 +298,7 @@ def poisson(z, t, delta):
     return mu - t + (t * (math.log(t) - z) if t > 0 else 0.0), mu - t
 
 
-ELEMENT_LOSSES = {"sigmoid_bce": sigmoid_bce, "mse": mse, "mae": mae, "huber": huber,
-                  "poisson": poisson}
+# Which of these are loss kernels, and their hyper-parameters: table.LOSSES.
 
 
 # --- optimizers: the update of one element -----------------------------------------------------

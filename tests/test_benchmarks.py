@@ -535,3 +535,23 @@ def test_every_suite_is_registered():
 
     assert set(benchmarks.SUITES) >= {"kernels", "fusion", "step", "sklearn", "lbfgs", "scaling",
                                       "threads", "launch", "deep", "distributed"}
+
+
+def test_deep_targets_are_graded_at_the_issues_sizes_only():
+    def stats(reps):
+        return {"median": float(np.median(reps)), "min": min(reps), "max": max(reps),
+                "reps": reps}
+    full = {"layernorm_vs_unfused": {"elements": 1 << 20, "fwd_speedup": stats([3.0] * 5),
+                                     "bwd_speedup": stats([2.5, 2.5, 2.5, 2.5, 1.9])},
+            "step": {"sizes": [784, 1024, 1024, 10], "batch": 256,
+                     "residual_ln_over_plain": stats([1.1, 1.2, 1.2, 1.2, 1.2])}}
+    got = {t["target"]: t for t in report.check_targets({"deep": full})}
+    fwd = got["unfused NumPy / fused LayerNorm forward, 1M float32"]
+    bwd = got["unfused NumPy / fused LayerNorm backward, 1M float32"]
+    step = got["residual+LayerNorm step / plain step, M b256"]
+    assert fwd["met"] is True and fwd["repetitions"] == 5
+    assert bwd["value"] == 2.5 and bwd["worst"] == 1.9 and bwd["met"] is False
+    assert step["met"] is True and step["max"] == 1.2
+    quick = {"layernorm_vs_unfused": {**full["layernorm_vs_unfused"], "elements": 1 << 14},
+             "step": {**full["step"], "sizes": [32, 64, 64, 10], "batch": 32}}
+    assert report.check_targets({"deep": quick}) == []  # tiny sizes are not graded

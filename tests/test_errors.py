@@ -183,7 +183,7 @@ def test_float_labels_that_are_integers_are_accepted(rng):
 
 def test_validation_is_not_repeated_in_the_step(rng, monkeypatch):
     """The checks run once per fit at the edge, not per batch."""
-    import devnet.train as train
+    import devnet.train.loop as train
 
     calls = []
     real = train.check_X

@@ -26,7 +26,7 @@ except Exception as exc:  # numba-cuda missing, or its NVVM / toolkit bindings b
                 "numba-cuda[cu12] (the test extra)", allow_module_level=True)
 
 from devnet.kernels import cuda as kcuda  # noqa: E402
-from devnet.kernels import reference, scalar  # noqa: E402
+from devnet.kernels import reference, scalar, table  # noqa: E402
 
 CCS = ((8, 0), (9, 0))
 _NAMES = [name for name, _, _ in kcuda.PTX_TARGETS]
@@ -54,7 +54,7 @@ def test_targets_cover_every_op():
         assert f"bias_act_fwd_softmax[{dt}]" in names
         assert f"softmax_bwd_rows[{dt}]" in names
         for loss in ("softmax_xent_label_i32", "softmax_xent_label_i64", "softmax_xent_prob",
-                     *scalar.ELEMENT_LOSSES):
+                     *table.ELEMENT_LOSSES):
             assert f"{loss}[{dt}]" in names
         for step in reference.STEP_KERNELS:
             assert f"{step}[{dt}]" in names

@@ -1,5 +1,9 @@
 """The estimators' shared machinery: parameters, initialisation, the solvers' loops, inference
-and pickling. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task."""
+and pickling. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task.
+
+(Over 400 lines: scikit-learn's estimator contract -- parameters, warm start, partial_fit,
+early stopping, pickling -- is one class's worth of methods.)
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from devnet.backend import get_backend
 from devnet.kernels import reference
 from devnet.nn import MLP
 from devnet.sklearn import _lbfgs, _optim
+from devnet.train.feed import make_feed
+from devnet.train.step import Step
 
 # scikit-learn's activation names -> devnet's
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -254,7 +260,6 @@ class BaseMLP(BaseEstimator):
 
     def _fit_stochastic(self, X, y, sample_weight, incremental):
         model = self._network()
-        be, xp = model.backend, model.backend.xp
         opt = self._get_optimizer(model, incremental)
         loss_name, value_scale, grad_scale, _ = self._task()
         loss = losses_mod.get(loss_name)
@@ -286,53 +291,25 @@ class BaseMLP(BaseEstimator):
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
 
-        # the whole training set goes to the device once; batches are gathered there
-        Xd, yd = be.asarray(X), be.asarray(y)
-        swd = None if sample_weight is None else be.asarray(sample_weight)
-        grads: dict[int, object] = {}
+        # one Step with scikit-learn's objective as its hook; the feed keeps the data on the
+        # device when it fits (gathering batches there), else stages each batch from the host
+        step = Step(model, loss, opt,
+                    hooks=[_optim.SklearnObjective(model, value_scale, grad_scale, self.alpha)])
+        feed = make_feed(model.backend, X, y, sample_weight, capacity=batch_size)
         sample_idx = np.arange(n)
-        weights = [layer.W for layer in model.layers]
-        dweights = [layer.dW for layer in model.layers]
-        alpha = float(self.alpha)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
-                    idx_d = be.asarray(sample_idx)
-                total = 0.0
+                feed.start_epoch(sample_idx if self.shuffle else None)
+                step.reset()
                 for sl in gen_batches(n, batch_size):
-                    if self.shuffle:
-                        bi = idx_d[sl]
-                        xb, yb = Xd[bi], yd[bi]
-                        wb = None if swd is None else swd[bi]
-                    else:
-                        xb, yb = Xd[sl], yd[sl]
-                        wb = None if swd is None else swd[sl]
-                    nb = xb.shape[0]
-                    grad = grads.get(nb)
-                    if grad is None:
-                        grad = grads[nb] = be.empty((nb, model.n_out), model.dtype)
-                    pred = model.forward(xb)
-                    # targets were checked once (encoded labels / validated y): the step
-                    # reads no data on the host; a diverging run shows as NaN in the loss
-                    value = loss.forward_backward_(pred, yb, grad, wb, backend=be,
-                                                   checked=True)
-                    if grad_scale != 1.0:
-                        grad *= grad_scale
-                    model.backward(grad, input_grad=False)
-                    batch_loss = value * value_scale
-                    if alpha > 0:
-                        # L2 on the weights only, over the batch's total sample weight
-                        sw_sum = nb if wb is None else wb.sum()
-                        sq = sum(xp.dot(W.ravel(), W.ravel()) for W in weights)
-                        batch_loss = batch_loss + 0.5 * alpha * sq / sw_sum
-                        for W, dW in zip(weights, dweights, strict=True):
-                            dW += (alpha / sw_sum) * W
-                    opt.step()
-                    total = total + batch_loss * (sl.stop - sl.start)
+                    xb, yb, wb, _ = feed.batch(sl.start, sl.stop)
+                    # the running sum weighs each batch's mean loss by its sample count
+                    step(xb, yb, wb, weight=sl.stop - sl.start)
+                self.loss_ = float(step.running) / n
                 self.n_iter_ += 1
-                self.loss_ = float(total) / n
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:

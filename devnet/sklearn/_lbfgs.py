@@ -19,6 +19,8 @@ import scipy.optimize
 from sklearn.utils.optimize import _check_optimize_result  # its ConvergenceWarning texts
 
 from devnet import losses as losses_mod
+from devnet.sklearn._optim import SklearnObjective
+from devnet.train.step import Step
 
 
 def packed_layout(layer_units):
@@ -61,7 +63,8 @@ class Objective:
         self.loss = losses_mod.get(loss_name)
         self.alpha = float(est.alpha)
         self.host = np.empty(model.n_params, model.dtype)  # devnet's layout, on the host
-        self.grad = be.empty((n, model.n_out), model.dtype)
+        self.step = Step(model, self.loss, None,
+                         hooks=[SklearnObjective(model, grad_scale=self.grad_scale)])
         self.n_calls = 0
 
     def pack(self) -> np.ndarray:
@@ -77,12 +80,9 @@ class Objective:
         self.n_calls += 1
         self.load(packed)
         model = self.model
-        pred = model.forward(self.X)
-        value = self.loss.forward_backward_(pred, self.y, self.grad, self.weight,
-                                            backend=self.backend, checked=True)
-        if self.grad_scale != 1.0:
-            self.grad *= self.grad_scale
-        model.backward(self.grad, input_grad=False)
+        # Step's forward, loss and backward (no update): the value as devnet computes it, the
+        # gradient scaled by the task's factor; the L2 term follows in float64 on the host
+        value = self.step.loss_and_grad(self.X, self.y, self.weight)
         grad = np.asarray(self.backend.to_numpy(model.grads)[self.order], dtype=np.float64)
         # L2 on the coefficients, summed and scaled as scikit-learn's _backprop does
         values = 0

@@ -1,4 +1,5 @@
-"""The estimators' optimizers: devnet's fused SGD and Adam steps with scikit-learn's formulas.
+"""The estimators' optimizers (devnet's fused SGD and Adam steps with scikit-learn's formulas)
+and their objective (a ``devnet.train.Step`` hook: scikit-learn's loss scaling and L2 term).
 
 ``dn.optim.Adam`` follows PyTorch, ``lr * m_hat / (sqrt(v_hat) + eps)``; scikit-learn folds
 the bias corrections into the step size, ``lr * sqrt(1 - b2**t) / (1 - b1**t) * m /
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 
 from devnet import optim
+from devnet.train.step import StepHook
 
 
 class SklearnSGD(optim.SGD):
@@ -75,3 +77,35 @@ def restore(solver: str, model, est, state: dict):
     if isinstance(state.get("lr"), (int, float)):
         opt.base_lr = float(state["lr"])
     return opt
+
+
+class SklearnObjective(StepHook):
+    """The Step hook that turns devnet's loss into scikit-learn's.
+
+    ``value_scale`` / ``grad_scale``: the task's factors (``_task()``) on the loss value and on
+    dL/dpred; ``alpha``: scikit-learn's L2 term ``0.5 * alpha * ||W||^2 / sum(sample_weight)``
+    on the weights (not the biases), added to the value and, as ``alpha / sum(w) * W``, to dW.
+    """
+
+    def __init__(self, model, value_scale: float = 1.0, grad_scale: float = 1.0,
+                 alpha: float = 0.0):
+        self.value_scale, self.grad_scale, self.alpha = value_scale, grad_scale, float(alpha)
+        self.xp = model.backend.xp
+        self.weights = [layer.W for layer in model.layers]
+        self.dweights = [layer.dW for layer in model.layers]
+
+    def output_grad_(self, grad, value, batch):
+        if self.grad_scale != 1.0:
+            grad *= self.grad_scale
+        return value * self.value_scale if self.value_scale != 1.0 else value
+
+    def param_grad_(self, value, batch):
+        if self.alpha > 0:
+            alpha, xp = self.alpha, self.xp
+            # over the batch's total sample weight, as scikit-learn's _backprop
+            sw_sum = batch.x.shape[0] if batch.w is None else batch.w.sum()
+            sq = sum(xp.dot(W.ravel(), W.ravel()) for W in self.weights)
+            value = value + 0.5 * alpha * sq / sw_sum
+            for W, dW in zip(self.weights, self.dweights, strict=True):
+                dW += (alpha / sw_sum) * W
+        return value

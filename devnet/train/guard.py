@@ -107,7 +107,7 @@ def diagnose_step(step, batch, index: int = 0) -> tuple | None:
             return ("loss", "value", f"the {loss.name} loss value")
         if _nonfinite(xp, grad):
             return ("loss", "grad", f"the {loss.name} loss gradient dL/dpred")
-        step.backward(grad, value, batch, collective=False)
+        step.backpropagate(grad, value, batch, collective=False)
         for layer in reversed(model.layers):  # backprop order: the last layer first
             for arr, nm in ((layer.dW, "dW"), (layer.db, "db")):
                 if _nonfinite(xp, arr):

@@ -46,8 +46,6 @@ from devnet.validation import (
 )
 
 
-
-
 def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
     """The task metrics reported for ``loss``: accuracy, or R2 and MAE for regression."""
     return ("accuracy",) if loss.classification else ("r2", "mae")

@@ -107,7 +107,7 @@ class Step:
                 value = hook.output_grad_(grad, value, batch)
         return value, grad
 
-    def backward(self, grad, value, batch: Batch, collective: bool = True):
+    def backpropagate(self, grad, value, batch: Batch, collective: bool = True):
         """Backward into ``model.grads`` (no input gradient), then the hooks' ``param_grad_``."""
         self.model.backward(grad, input_grad=False)
         for hook in self.hooks:
@@ -122,7 +122,7 @@ class Step:
         batch = Batch(x, y, w, rows)
         with self.model.backend.scope():
             value, grad = self.output_grad(self.forward(x, index), batch)
-            return self.backward(grad, value, batch)
+            return self.backpropagate(grad, value, batch)
 
     def __call__(self, x, y, w=None, index: int = 0, weight: float = 1.0, rows=None):
         """One training step on (x, y, w); adds ``value * weight`` to ``running``.
@@ -136,7 +136,7 @@ class Step:
         batch = Batch(x, y, w, rows)
         with self.model.backend.scope():
             value, grad = self.output_grad(self.forward(x, index), batch)
-            value = self.backward(grad, value, batch)
+            value = self.backpropagate(grad, value, batch)
             self.optimizer.step()
             if weight == 1.0:
                 self.running += value
