@@ -1,5 +1,7 @@
 """Numba CPU kernels built from ``scalar.py``: the CPU backend's kernel table.
 
+Over 400 lines: one loop template per op family (activations, losses, steps, deep ops).
+
 Same names and signatures as ``reference.py`` (read its docstrings for the contract). Each op is
 compiled twice from one loop body: serial, and ``parallel=True`` over row / element chunks; a
 Python wrapper picks one by size. Activations get one specialised kernel each (a closure over

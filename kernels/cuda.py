@@ -1,5 +1,7 @@
 """Numba-CUDA kernels built from ``scalar.py``: the CUDA backend's kernel table.
 
+Over 400 lines: templates, signatures and the checked launch path of every CUDA kernel.
+
 Same names and signatures as ``reference.py`` (read its docstrings for the contract); arrays are
 CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float64, C-contiguous.
 

@@ -1,5 +1,7 @@
 """The scalar math of every fused op, written once; ``cpu.py`` and ``cuda.py`` compile it.
 
+Over 400 lines: the scalar math of every fused op lives in one file by design.
+
 Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops
 (``njit(inline="always")``) and CUDA grid-stride kernels (``cuda.jit(device=True)``), and they
 run as they are in plain Python.

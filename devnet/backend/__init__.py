@@ -25,7 +25,8 @@ from devnet.backend.base import Backend
 from devnet.backend.cpu import CPUBackend
 from devnet.errors import ConfigError
 
-__all__ = ["Backend", "get_backend", "available_backends", "backend_of", "DEVICE_NAMES"]
+__all__ = ["Backend", "get_backend", "available_backends", "backend_of", "parse_device",
+           "DEVICE_NAMES"]
 
 log = logging.getLogger("devnet")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
@@ -43,6 +44,24 @@ def available_backends() -> list[str]:
     return ["cpu"] + [f"cuda:{i}" for i in range(_cuda().device_count())]
 
 
+def parse_device(spec) -> tuple[str, int | None]:
+    """``(kind, index)`` of a device name: ("auto" | "cpu", None) or ("cuda", N).
+
+    Case and surrounding spaces are ignored; anything else is a ConfigError listing the
+    valid names. The one device parser: get_backend, the CLI and configs use it.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"device must be a string or a Backend, not {type(spec).__name__}; "
+                          f"valid devices: {', '.join(DEVICE_NAMES)}")
+    name = spec.strip().lower()
+    if name in ("auto", "cpu"):
+        return name, None
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match:
+        return "cuda", int(match.group(1) or 0)
+    raise ConfigError(f"unknown device {spec!r}; valid devices: {', '.join(DEVICE_NAMES)}")
+
+
 def get_backend(spec: str | Backend | None = "auto", kernels: str = "fused") -> Backend:
     """The backend for ``spec``: ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a Backend (returned).
 
@@ -53,9 +72,7 @@ def get_backend(spec: str | Backend | None = "auto", kernels: str = "fused") -> 
         return spec
     if spec is None or spec == "auto":
         spec = os.environ.get("DEVNET_DEVICE", "auto") or "auto"
-    if not isinstance(spec, str):
-        raise ConfigError(f"device must be a string or a Backend, not {type(spec).__name__}; "
-                          f"valid devices: {', '.join(DEVICE_NAMES)}")
+    parse_device(spec)  # a ConfigError before anything is cached
     spec = spec.strip().lower()
     key = (spec, kernels)
     if key not in _cache:
@@ -80,12 +97,10 @@ def _make(spec: str, kernels: str) -> Backend:
         backend = CPUBackend(kernels)
         backend.reason = "requested"
         return backend
-    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if match:
-        backend = _cuda().CUDABackend(int(match.group(1) or 0), kernels)
-        backend.reason = "requested"
-        return backend
-    raise ConfigError(f"unknown device {spec!r}; valid devices: {', '.join(DEVICE_NAMES)}")
+    _, index = parse_device(spec)  # "cuda" or "cuda:N"
+    backend = _cuda().CUDABackend(index, kernels)
+    backend.reason = "requested"
+    return backend
 
 
 def backend_of(a) -> Backend:

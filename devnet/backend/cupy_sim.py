@@ -1,5 +1,7 @@
 """A NumPy-backed stand-in for the part of CuPy devnet uses: tests and CI only.
 
+Over 400 lines: a stand-in for every CuPy name devnet uses, checked against cupy's own.
+
 With ``DEVNET_CUDA_SIMULATOR=1`` the CUDA backend imports this module as ``cupy`` (and its
 ``cupyx``) and Numba runs the kernels on its CUDA simulator, so the whole CUDA backend (device
 contexts, streams, events, pinned staging, kernels, ``matmul(out=)``) runs without a GPU.

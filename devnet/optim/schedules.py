@@ -6,6 +6,7 @@ Every schedule is callable as ``schedule(step) -> lr`` (step counts from 0) and 
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -212,3 +213,65 @@ def from_config(config: dict) -> Schedule:
         return cls(**config)
     except TypeError as exc:
         raise ConfigError(f"bad arguments for schedule {cls.name!r}: {exc}") from None
+
+
+# --- schedules by name over a planned run: the one table fit(schedule=...) and the CLI use ----
+# Each takes (lr, total_steps, **overrides); an argument left out defaults from total_steps.
+
+def _named_step(lr, total_steps, step_size=None, gamma=0.1):
+    return step(lr, max(1, total_steps // 3) if step_size is None else step_size, gamma)
+
+
+def _named_exponential(lr, total_steps, gamma=None):
+    # decays by 100x over the run unless gamma is given
+    return exponential(lr, 0.01 ** (1 / max(total_steps, 1)) if gamma is None else gamma)
+
+
+def _named_cosine(lr, total_steps, min_lr=0.0):
+    return cosine(lr, total_steps, min_lr)
+
+
+def _named_warmup_cosine(lr, total_steps, warmup_steps=None, min_lr=0.0):
+    # warm-up over the first 5% of the run unless warmup_steps is given
+    warmup = max(1, total_steps // 20) if warmup_steps is None else warmup_steps
+    return warmup_cosine(lr, warmup, total_steps, min_lr)
+
+
+NAMED = {
+    "constant": lambda lr, total_steps: constant(lr),
+    "step": _named_step,
+    "exponential": _named_exponential,
+    "cosine": _named_cosine,
+    "warmup_cosine": _named_warmup_cosine,
+}
+
+
+def named_args(name: str) -> dict[str, inspect.Parameter]:
+    """The arguments schedule ``name`` of ``NAMED`` takes besides lr (total_steps included)."""
+    params = inspect.signature(lookup(NAMED, name, "schedule")).parameters
+    return {k: p for k, p in params.items() if k != "lr"}
+
+
+def build(spec, lr: float, total_steps: int) -> Schedule | None:
+    """A Schedule from ``spec``: None or a Schedule (as is); a name of ``NAMED``; a dict
+    ``{"name": <NAMED name>, **overrides}`` (``total_steps`` may be among them); or a
+    ``Schedule.config()`` dict (``from_config``)."""
+    if spec is None or isinstance(spec, Schedule):
+        return spec
+    if isinstance(spec, str):
+        return lookup(NAMED, spec, "schedule")(lr, total_steps)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"schedule must be a name ({', '.join(NAMED)}), a dict or a "
+                          f"Schedule, got {type(spec).__name__}")
+    config = dict(spec)
+    name = config.get("name")
+    if name not in NAMED or "lr" in config:
+        return from_config(config)
+    config.pop("name")
+    valid = named_args(name)
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise ConfigError(f"schedule {name!r} got unknown argument(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(valid)}")
+    config.setdefault("total_steps", total_steps)
+    return NAMED[name](lr, **config)

@@ -95,12 +95,11 @@ class DeviceFeed(Feed):
         if self._order_d is None:  # contiguous rows: views, no gather
             return Batch(self.X[lo:hi], self.y[lo:hi],
                          None if self.w is None else self.w[lo:hi], self.rows(lo, hi))
-        xp = self.backend.xp
         with self.backend.scope():
             idx = self._order_d[lo:hi]
-            xb = xp.take(self.X, idx, axis=0, out=self._x[:nb])
-            yb = xp.take(self.y, idx, axis=0, out=self._y[:nb])
-            wb = None if self.w is None else xp.take(self.w, idx, axis=0, out=self._w[:nb])
+            xb = self.X.take(idx, axis=0, out=self._x[:nb])
+            yb = self.y.take(idx, axis=0, out=self._y[:nb])
+            wb = None if self.w is None else self.w.take(idx, axis=0, out=self._w[:nb])
         return Batch(xb, yb, wb, self.rows(lo, hi))
 
 

@@ -6,10 +6,7 @@ use them without an import cycle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # annotations only
-    from devnet.train.setup import Trainer
+from typing import Any
 
 
 class History:
@@ -49,7 +46,7 @@ class Callback:
     would synchronise the device every step.
     """
 
-    trainer: Trainer
+    trainer: Any  #: the running ``devnet.train.Trainer``, set by fit before on_train_begin
 
     def on_train_begin(self, logs: dict) -> None: ...
 

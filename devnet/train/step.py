@@ -78,6 +78,14 @@ class Step:
         self._checked = checked_kwargs(loss)
         self._grads: dict[int, object] = {}
         self.running = model.backend.zeros((), np.float64)
+        self._backend = self._scope = None
+
+    def scope(self):
+        """The model's backend scope (kept while the model stays on that backend)."""
+        backend = self.model.backend
+        if backend is not self._backend:
+            self._backend, self._scope = backend, backend.scope()
+        return self._scope
 
     def reset(self) -> None:
         """Zero the running loss sum (on the device)."""
@@ -120,7 +128,7 @@ class Step:
     def loss_and_grad(self, x, y, w=None, index: int = 0, rows=None):
         """Loss value (device scalar) and the gradient in ``model.grads``; no update."""
         batch = Batch(x, y, w, rows)
-        with self.model.backend.scope():
+        with self.scope():
             value, grad = self.output_grad(self.forward(x, index), batch)
             return self.backpropagate(grad, value, batch)
 
@@ -134,7 +142,7 @@ class Step:
             raise ConfigError("this Step was built without an optimizer: call loss_and_grad, "
                               "or build it with one")
         batch = Batch(x, y, w, rows)
-        with self.model.backend.scope():
+        with self.scope():
             value, grad = self.output_grad(self.forward(x, index), batch)
             value = self.backpropagate(grad, value, batch)
             self.optimizer.step()
