@@ -37,7 +37,7 @@ class UsageError(Exception):
 # --- configuration --------------------------------------------------------------------------
 
 _SCHEDULES = tuple(_NAMED_SCHEDULES)  # optim.schedules.NAMED: the table fit(schedule=) uses
-_OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot")
+_OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_plot")
 
 #: every [section] of run.toml: key -> (default, check). A check returns the cleaned value or
 #: raises ConfigError; ``None`` defaults mean "not set".
@@ -56,6 +56,9 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
         "init": ("he", "init"),
         "dtype": ("float32", ("float32", "float64")),
         "seed": (0, "seed"),
+        "block": ("plain", ("plain", "residual")),
+        "norm": ("none", ("none", "layernorm")),  # TOML has no null
+        "dropout": (0.0, "fraction"),
     },
     "train": {
         "loss": ("auto", "loss"),
@@ -64,6 +67,9 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
         "device": ("auto", "device"),
         "seed": (0, "seed"),
         "progress": ("auto", "progress"),
+        "gradient_flow": (False, "bool"),  # record per-layer gradient norms, plot them
+        "nproc": (1, "posint"),  # data-parallel ranks under mpiexec (devnet.distributed)
+        "hosts": ("", "hosts"),  # "a,b" or a hostfile path; "" = this machine
     },
     "optimizer": {"name": ("adam", "optimizer"), "lr": (1e-3, "posfloat")},  # + its own args
     "schedule": {"name": ("constant", _SCHEDULES)},  # + the schedule's own args
@@ -73,6 +79,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
         "history_json": ("history.json", "str"),
         "history_csv": ("history.csv", "str"),
         "plot": ("history.png", "str"),
+        "gradient_flow_plot": ("gradient_flow.png", "str"),
     },
 }
 
@@ -151,6 +158,9 @@ def _check(where: str, value, check):
     elif check == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
+    elif check == "hosts":
+        if not isinstance(value, str):
+            raise bad('host names "a,b" or a hostfile path ("" for this machine)')
     elif check == "str":
         if not isinstance(value, str) or not value:
             raise bad("a non-empty string")
@@ -338,7 +348,7 @@ def cmd_train(args) -> int:
 
     config_path = Path(args.config)
     cfg = validate_config(_load_toml(config_path))
-    for key in ("device", "epochs"):
+    for key in ("device", "epochs", "nproc"):
         if getattr(args, key) is not None:
             cfg["train"][key] = _check_value(f"--{key}", getattr(args, key),
                                              CONFIG_SCHEMA["train"][key][1])
@@ -347,6 +357,17 @@ def cmd_train(args) -> int:
     data_cfg, model_cfg, train_cfg = cfg["data"], cfg["model"], cfg["train"]
     data_cfg["dataset"] = _resolve_dataset(data_cfg["dataset"], config_path)
     out = _check_outputs(cfg["output"])
+    comm = None
+    if train_cfg["nproc"] > 1:
+        from devnet import distributed
+
+        if not distributed.launched():  # start the ranks: each runs this same command
+            return distributed.launch([sys.executable, "-m", "devnet.cli", *args.argv],
+                                      train_cfg["nproc"], hosts=train_cfg["hosts"] or None)
+        comm = distributed.init()
+        if train_cfg["device"] == "auto":
+            train_cfg["device"] = comm.device  # one GPU per local rank, else the CPU
+    root = comm is None or comm.rank == 0
 
     # an explicit loss says the task when the config leaves it to "auto"
     task = data_cfg["task"]
@@ -386,7 +407,9 @@ def cmd_train(args) -> int:
         Xtr, ytr, validation = X, y, None
     model = dn.MLP([X.shape[1], *model_cfg["hidden"], n_out], activation=model_cfg["activation"],
                    init=model_cfg["init"], dtype=model_cfg["dtype"], backend=train_cfg["device"],
-                   seed=model_cfg["seed"])
+                   seed=model_cfg["seed"], block=model_cfg["block"],
+                   norm=None if model_cfg["norm"] == "none" else model_cfg["norm"],
+                   dropout=model_cfg["dropout"])
     if data_cfg["standardize"]:
         # statistics of the training rows only; the model applies them to whatever it sees
         model.set_input_scaling(*dn.data.fit_standardization(Xtr))
@@ -405,13 +428,18 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
                   batch_size=train_cfg["batch_size"], validation_data=validation,
-                  seed=train_cfg["seed"], progress=train_cfg["progress"], task=task)
+                  seed=train_cfg["seed"], progress=train_cfg["progress"], task=task,
+                  callbacks=[dn.GradientFlow()] if train_cfg["gradient_flow"] else None,
+                  comm=comm)
     elapsed = time.perf_counter() - t0
+    if not root:  # rank 0 writes the run
+        return EXIT_OK
 
     labels = None if classes is None else classes.tolist()
     run = {"config": cfg, "loss": loss, "task": task, "classes": labels}
     written = _write_run(out, cfg["output"], model, opt, hist, run)
-    last = {k: v[-1] for k, v in hist.history.items() if k not in ("lr", "time")}
+    last = {k: v[-1] for k, v in hist.history.items()
+            if k not in ("lr", "time") and "/" not in k}  # per-layer series: in the files
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
     print(f"trained {len(hist.epoch)} epochs in {elapsed:.1f}s on {model.backend.device}: "
           f"{summary}")
@@ -443,6 +471,9 @@ def _write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
     png = out / o["plot"]
     if plot_history(hist, png):
         written.append(png)
+        if any(key.startswith("grad_norm/") for key in hist.history):
+            hist.plot_gradient_flow(out / o["gradient_flow_plot"])
+            written.append(out / o["gradient_flow_plot"])
     else:
         print("note: matplotlib is not installed, so no plot was written "
               "(pip install 'devnet-mlp[plot]')", file=sys.stderr)
@@ -799,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the run's TOML file")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--nproc", type=int,
+                   help="override train.nproc: data-parallel ranks, launched under mpiexec")
     p.add_argument("--out", help="override output.dir (created if missing)")
     for name in ("eval", "predict"):
         p = subs[name]
@@ -839,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
         return int(exc.code or 0)
     args.rest = rest
+    args.argv = argv if rest is None else [*argv, "--", *rest]  # to re-launch under mpiexec
     debug = getattr(args, "debug", False)
     if args.command is None:
         parser.print_help()
