@@ -53,6 +53,7 @@ PYTHON_EDITS = (
 PYTHON_PRELUDE = """\
 import devnet as dn
 _X, _y = dn.data.load_digits()
+X, y = _X, _y  # the blocks that train on "X, y" without loading them
 X_train, X_test, y_train, y_test = dn.data.train_test_split(_X, _y, 0.25, seed=0)
 """
 
