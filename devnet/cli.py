@@ -119,7 +119,7 @@ def _check_value(where: str, value, check):
 
 def _check(where: str, value, check):
     from devnet import data as data_mod
-    from devnet import losses
+    from devnet import losses, validation
     from devnet.nn import activations
     from devnet.nn import init as inits
     from devnet.optim import OPTIMIZERS
@@ -136,8 +136,7 @@ def _check(where: str, value, check):
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad("an integer")
     elif check == "seed":
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
-            raise bad("an integer in [0, 2**32)")
+        validation.seed(where, value)
     elif check == "progress":
         if value != "auto" and not isinstance(value, bool):
             raise bad('"auto", true or false')
@@ -147,11 +146,9 @@ def _check(where: str, value, check):
         if value not in TASKS:
             raise ConfigError(f"{where} = {value!r}: valid tasks: {', '.join(TASKS)}")
     elif check == "posint":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise bad("an integer >= 1")
+        return validation.positive_int(where, value)
     elif check == "posfloat":
-        if not is_num or not math.isfinite(value) or value <= 0:
-            raise bad("a number > 0")
+        return validation.positive_number(where, value)
     elif check == "fraction":
         if not is_num or not 0 <= value < 1:
             raise bad("a number in [0, 1)")

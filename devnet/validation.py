@@ -27,6 +27,16 @@ class DataConversionWarning(UserWarning):
 
 # --- hyper-parameters -----------------------------------------------------------------------
 
+def seed(name: str, value) -> int | None:
+    """``value`` as an int >= 0 (NumPy integers too) or None, or a ConfigError naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer or None, got {value!r}")
+    return int(value)
+
+
 def positive_int(name: str, value) -> int:
     """``value`` as an int >= 1, or a ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

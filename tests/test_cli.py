@@ -132,7 +132,7 @@ def test_train_on_csv_regression(tmp_path):
                                       "optimizers: adam, adamw, rmsprop, sgd"),
     ("[optimizer]\nname = \"sgd\"\nbetas = [0.9, 0.99]\n", "unknown key optimizer.betas"),
     ("[model]\nactivation = \"relux\"\n", "model.activation"),
-    ("[train]\nepochs = 0\n", "train.epochs = 0: expected an integer >= 1"),
+    ("[train]\nepochs = 0\n", "train.epochs must be a positive integer (>= 1), got 0"),
     ("[train]\ndevice = \"tpu\"\n", "valid devices: auto, cpu, cuda"),
     ("[data]\ndataset = \"mnist\"\n", "valid datasets: breast_cancer, diabetes, digits"),
     ("[schedule]\nname = \"linear\"\n", "valid choices: constant, step"),

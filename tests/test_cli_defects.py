@@ -254,7 +254,7 @@ def test_negative_seed_is_a_config_error(tmp_path, capsys):
         cfg.write_text(f"[{section}]\nseed = -1\n")
         code, _, err = run_cli(capsys, "train", "--config", cfg)
         assert code == 2
-        one_line_error(err, f"{section}.seed = -1")
+        one_line_error(err, f"{section}.seed must be a non-negative integer", "-1")
 
 
 def test_non_utf8_toml_is_a_usage_error(tmp_path, capsys):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from devnet import validation
 from devnet.backend import Backend, get_backend
 from devnet.errors import ConfigError, DataError
 from devnet.kernels import scalar
@@ -88,14 +89,14 @@ class MLP:
         activations.get(output_activation)
         dtype = _check_dtype(dtype)
         initializers.get(init)
-        seed = _check_seed(seed)
+        seed = validation.seed("seed", seed)
         if not (_is_finite_real(alpha) and alpha >= 0):
             raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
         block, norm, dropout = _check_deep(block, norm, dropout)
         if dropout_seed is None:
             dropout_seed = seed if seed is not None else \
                 int(np.random.SeedSequence().entropy % 2**63)
-        dropout_seed = _check_seed(dropout_seed, "dropout_seed")
+        dropout_seed = validation.seed("dropout_seed", dropout_seed)
 
         self.layer_sizes = sizes
         self.activations = hidden + [output_activation]
@@ -536,14 +537,6 @@ def _check_dtype(dtype) -> np.dtype:
     if dt is None or dt.name not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     return dt
-
-
-def _check_seed(seed, name: str = "seed") -> int | None:
-    if seed is None:
-        return None
-    if not _is_int(seed) or seed < 0:
-        raise ConfigError(f"{name} must be a non-negative integer or None, got {seed!r}")
-    return int(seed)
 
 
 def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
