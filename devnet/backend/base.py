@@ -7,18 +7,18 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 
-from devnet.kernels import reference
+from devnet.kernels import table as kernel_names
 
 # Kernel tables a backend can run: "fused" (the device's compiled kernels) or "reference".
 KERNEL_SETS = ("fused", "reference")
 
 
 def kernel_table(module: ModuleType) -> SimpleNamespace:
-    """Collect ``reference.KERNEL_NAMES`` from ``module`` into a namespace."""
-    missing = [n for n in reference.KERNEL_NAMES if not hasattr(module, n)]
+    """Collect ``kernel_names.KERNEL_NAMES`` from ``module`` into a namespace."""
+    missing = [n for n in kernel_names.KERNEL_NAMES if not hasattr(module, n)]
     if missing:
         raise ImportError(f"{module.__name__} lacks kernels: {', '.join(missing)}")
-    table = SimpleNamespace(**{n: getattr(module, n) for n in reference.KERNEL_NAMES})
+    table = SimpleNamespace(**{n: getattr(module, n) for n in kernel_names.KERNEL_NAMES})
     table.source = module.__name__
     return table
 

@@ -26,6 +26,7 @@ import numpy as np
 from devnet.backend.base import Backend, Clock, kernel_table
 from devnet.errors import DeviceUnavailableError, lookup
 from devnet.kernels import reference
+from devnet.kernels import table as kernel_names
 
 SIMULATOR = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
 
@@ -215,7 +216,7 @@ class CUDABackend(Backend):
         module = reference if kernels == "reference" else \
             importlib.import_module("devnet.kernels.cuda")
         table = kernel_table(module)
-        for name in reference.KERNEL_NAMES:
+        for name in kernel_names.KERNEL_NAMES:
             setattr(table, name, _OnDevice(getattr(table, name), self._scope))
         self.kernels = table
 

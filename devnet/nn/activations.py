@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devnet.errors import ConfigError, lookup
-from devnet.kernels import reference
+from devnet.kernels import table
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class Activation:
 
 
 ACTIVATIONS = {
-    name: Activation(name, name in reference.NEEDS_PREACTIVATION, name in reference.ROWWISE)
-    for name in reference.ACTIVATION_NAMES
+    name: Activation(name, name in table.NEEDS_PREACTIVATION, name in table.ROWWISE)
+    for name in table.ACTIVATION_NAMES
 }
 HIDDEN_ACTIVATIONS = tuple(n for n, a in ACTIVATIONS.items() if not a.output_only)
 
