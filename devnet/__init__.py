@@ -8,6 +8,7 @@
 import logging as _logging
 
 from devnet import callbacks, data, distributed, interop, losses, optim, task
+from devnet._version import __version__  # noqa: F401 (the package version)
 from devnet.backend import Backend, available_backends, get_backend
 from devnet.callbacks import (
     CSVLogger,
@@ -29,8 +30,6 @@ from devnet.io import load, load_checkpoint, save
 from devnet.nn import MLP, Dense, Parameter
 from devnet.profile import profile
 from devnet.train import Callback, History, evaluate, fit, predict, predict_proba
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MLP", "Backend", "Callback", "CheckpointError", "ConfigError", "CSVLogger", "DataError",

@@ -83,9 +83,13 @@ def fit_standardization(X) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize(a: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per column (constant columns left at zero), float64."""
+    """Zero mean, unit variance per column (constant columns left at zero), float64; a 1-D
+    array is one column."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        return standardize(a[:, None])[:, 0]
     mean, scale = fit_standardization(a)
-    return (np.asarray(a, dtype=np.float64) - mean) / scale
+    return (a - mean) / scale
 
 
 def train_test_split(X, y, test_size: float = 0.25, seed: int | None = 0):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from devnet.backend import Backend, get_backend
+from devnet.backend.host import detach as _detach
+from devnet.backend.host import to_numpy
 from devnet.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["as_array", "from_dlpack", "to_numpy", "export_parameters", "to_torch", "to_jax",
@@ -33,11 +35,6 @@ TORCH_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                      "Softmax": "softmax", "Identity": "identity"}
 _TO_TORCH = {v: k for k, v in TORCH_ACTIVATIONS.items()}
 _META_KEY = "devnet.activations"
-
-
-def _detach(x):
-    # torch refuses to export tensors that require grad; the data is what we want
-    return x.detach() if hasattr(x, "detach") and callable(x.detach) else x
 
 
 def _is_foreign(x) -> bool:
@@ -65,23 +62,6 @@ def from_dlpack(x, backend: str | Backend = "auto"):
         except Exception:  # the CPU backend cannot read device memory
             pass
     return be.asarray(to_numpy(x))
-
-
-def to_numpy(x) -> np.ndarray:
-    """``x`` as a NumPy array on the host: NumPy, CuPy, torch (any device), JAX, lists."""
-    if isinstance(x, np.ndarray):
-        return x
-    x = _detach(x)
-    if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):  # CuPy
-        return x.get()
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (BufferError, RuntimeError, TypeError, ValueError):
-            pass  # on a GPU: ask the framework to copy it over
-        if hasattr(x, "cpu"):  # torch
-            return x.cpu().numpy()
-    return np.asarray(x)
 
 
 def as_array(x, backend: str | Backend = "auto"):

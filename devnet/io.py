@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet._version import __version__
 from devnet.errors import CheckpointError, ConfigError, DeviceUnavailableError, DevnetError
 
 FORMAT = "devnet-checkpoint"
@@ -243,12 +244,7 @@ def _json_default(o):
 
 
 def _version() -> str:
-    try:
-        from devnet import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover - during devnet's own import
-        return "unknown"
+    return __version__
 
 
 # --- reading --------------------------------------------------------------------------------

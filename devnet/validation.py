@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from devnet.backend.host import to_numpy
 from devnet.errors import ConfigError, DataError
 from devnet.task import check_class_labels
 
@@ -79,9 +80,7 @@ def _host(name: str, a, backend) -> np.ndarray:
     if backend is not None and backend.is_array(a) and not isinstance(a, np.ndarray):
         a = backend.to_numpy(a)
     elif not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):
-        from devnet.interop import to_numpy  # torch / JAX / CuPy tensors, by DLPack
-
-        a = to_numpy(a)
+        a = to_numpy(a)  # torch / JAX / CuPy tensors, by DLPack
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NumPy < 2 only warns on ragged lists

@@ -8,7 +8,6 @@ first: attribute reads only (no pass over the data), and a DataError naming the 
 
 from __future__ import annotations
 
-import abc
 import inspect
 
 import numpy as np
@@ -17,12 +16,15 @@ from devnet.kernels.table import ARRAYS, LOSSES, STEPS, step_argnames
 from devnet.errors import DataError
 
 
-class ArrayLike(abc.ABC):  # noqa: B024 (a structural isinstance check, no methods)
-    """``isinstance(a, ArrayLike)``: NumPy, CuPy (or the simulator's stand-in) arrays alike."""
+class _Structural(type):
+    # checked on the instance, not its class: the simulator's stand-in arrays (like CuPy's)
+    # expose dtype, shape, ... as instance attributes a class-level hook cannot see
+    def __instancecheck__(cls, obj) -> bool:
+        return all(hasattr(obj, n) for n in ("dtype", "shape", "strides", "flags", "ndim"))
 
-    @classmethod
-    def __subclasshook__(cls, other):
-        return all(hasattr(other, n) for n in ("dtype", "shape", "strides", "flags", "ndim"))
+
+class ArrayLike(metaclass=_Structural):
+    """``isinstance(a, ArrayLike)``: NumPy, CuPy (or the simulator's stand-in) arrays alike."""
 
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
