@@ -139,13 +139,10 @@ def step_cost(backend, settings, sizes=STEP_SIZES, batch=STEP_BATCH, seed=0, log
                                                         "norm": "layernorm"})):
         model = dn.MLP(list(sizes), backend=backend, seed=seed, **deep)
         opt = dn.optim.Adam(model.parameters(), lr=1e-3)
-        grad = backend.empty((batch, sizes[-1]), model.dtype)
+        train_step = dn.train.Step(model, loss, opt)  # the step fit runs
 
-        def step(model=model, opt=opt, grad=grad):
-            pred = model.forward(X, training=True, step=0)
-            loss.forward_backward_(pred, y, grad, None, backend=backend)
-            model.backward(grad, input_grad=False)
-            opt.step()
+        def step(train_step=train_step):
+            train_step(X, y)
         fns[name] = (step, clock)
     with backend.thread_limits():
         reps = interleaved(fns, settings, settings.repetitions)
