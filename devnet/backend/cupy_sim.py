@@ -120,6 +120,12 @@ class _Runtime:
                 "totalGlobalMem": 1 << 30, "major": 9, "minor": 0}
 
     @staticmethod
+    def memGetInfo():  # noqa: N802
+        # (free, total) bytes: the simulated device's memory, all free (nothing is tracked)
+        total = _Runtime.getDeviceProperties(_Runtime.getDevice())["totalGlobalMem"]
+        return total, total
+
+    @staticmethod
     def driverGetVersion():  # noqa: N802
         return 12090
 
