@@ -180,3 +180,21 @@ def _run_cuda():
 
 if __name__ == "__main__" and sys.argv[1:] == ["cuda"]:
     _run_cuda()
+
+
+def test_checks_are_skipped_only_inside_the_models_own_passes(rng):
+    """The MLP skips the checks for its own buffers; a failing forward must not leave them off
+    for the next direct call."""
+    from devnet.kernels import checks
+
+    import devnet as dn
+
+    be = dn.get_backend("cpu")
+    model = dn.MLP([3, 4, 2], backend=be, seed=0)
+    model.forward(rng.standard_normal((5, 3)).astype(np.float32))
+    with pytest.raises(dn.DataError):
+        model.forward(rng.standard_normal((5, 4)).astype(np.float32))  # wrong width
+    assert checks._trust.depth == 0
+    A = rng.standard_normal((4, 3)).astype(np.float32)
+    with pytest.raises(dn.DataError, match="'b'"):
+        be.kernels.bias_act_fwd("relu", A, np.zeros(5, np.float32))
