@@ -384,7 +384,8 @@ def readme_block(results: dict, source: str) -> str:
              f"({mach.get('cores', '?')} cores, {blas}; device {m['device']}), "
              f"{m['date']}, devnet {m['versions'].get('devnet')}, "
              f"PyTorch {m['versions'].get('torch') or '-'}. "
-             f"{m.get('quiet_reason', '')} Ratios: median of "
+             f"{m.get('quiet_reason', '').rstrip('.')}{'. ' if m.get('quiet_reason') else ''}"
+             "Ratios: median of "
              "interleaved repetitions [min-max]; a target is met only if every repetition "
              "meets it.", ""]
     if results.get("step"):
