@@ -1,5 +1,8 @@
 """Checkpoints: safetensors tensors + one JSON metadata entry; atomic writes, verified reads.
 
+Over 400 lines: most of it is the verification of every metadata field a hand-made file could
+forge (each a CheckpointError naming the field), kept next to the format it checks.
+
 File layout (a plain safetensors file, readable by any safetensors reader):
 
 - tensors ``params`` (the model's flat parameter buffer) and ``optimizer.<name>`` (each

@@ -1,4 +1,8 @@
-"""The multi-layer perceptron: forward and hand-written backward over flat parameter buffers."""
+"""The multi-layer perceptron: forward and hand-written backward over flat parameter buffers.
+
+Over 400 lines: the plain path and the deep path (residual blocks, LayerNorm, dropout) share the
+model's buffers, its argument checks and its checkpoint config, and read best side by side.
+"""
 
 from __future__ import annotations
 
