@@ -392,7 +392,7 @@ class MLP:
         G = dY
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            dZ = work.G[i]
+            dZ = self._dz_buffer(layer, G, work.G[i])
             kernels.act_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db, alpha)
             A_prev = self._X if i == 0 else work.A[i - 1]
             be.matmul(A_prev.T, dZ, out=layer.dW)
@@ -402,6 +402,15 @@ class MLP:
             elif input_grad:
                 return self._input_grad(dZ, layer, work, n)
         return None
+
+    @staticmethod
+    def _dz_buffer(layer, G, own):
+        """Where dL/dZ goes: G itself for an identity layer without dropout (dZ = G, so the
+        kernel only sums the bias gradient, no copy); else the layer's own buffer ``own``."""
+        if layer.activation == "identity" and not layer.dropout and \
+                getattr(G.flags, "writeable", True):
+            return G
+        return own
 
     def _input_grad(self, dZ, layer, work: _Work, n: int):
         be = self.backend
@@ -421,7 +430,7 @@ class MLP:
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             # a residual block keeps G (the skip's gradient) and puts dL/dZ beside it
-            dZ = work.D[i] if layer.residual else work.G[i]
+            dZ = work.D[i] if layer.residual else self._dz_buffer(layer, G, work.G[i])
             if keys[i] is not None:
                 kernels.act_drop_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db,
                                      alpha, layer.dropout, keys[i])
