@@ -254,7 +254,7 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
         results["deep"] = bench_deep.run(backend, settings, quick=args.quick, seed=args.seed,
                                          log=log)
     if "distributed" in suites:
-        _run_distributed(args, results, log)
+        _run_distributed(args, results, log, settings.repetitions)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()
@@ -274,7 +274,7 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
     return 0
 
 
-def _run_distributed(args, results: dict, log) -> None:
+def _run_distributed(args, results: dict, log, repetitions: int) -> None:
     """The data-parallel suite under mpiexec (CPU ranks); skipped, saying why, without MPI."""
     import importlib.util
     import subprocess
@@ -299,6 +299,7 @@ def _run_distributed(args, results: dict, log) -> None:
         f"{', '.join(map(str, nprocs))}")
     try:
         results["distributed"] = bench_distributed.run(
-            nprocs, sizes, batch, steps=4 if args.quick else 20, epochs=2 if args.quick else 3)
+            nprocs, sizes, batch, steps=4 if args.quick else 20, epochs=2 if args.quick else 3,
+            repetitions=1 if args.quick else repetitions)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         results["skipped"]["distributed"] = f"the MPI job failed: {exc}"

@@ -71,29 +71,54 @@ def _worker(sizes, batch: int, steps: int, epochs: int, out: str) -> None:
                        if size > 1 else 0.0}, f)
 
 
-def run(nprocs=(1, 2), sizes=M, batch: int = 512, steps: int = 20, epochs: int = 3,
-        timeout: float = 600) -> dict:
-    """Each rank count in its own mpiexec job; returns {"runs": [...], "speedup": {...}}."""
+def _job(nproc: int, sizes, batch: int, steps: int, epochs: int, timeout: float) -> dict:
+    """One ``mpiexec -n nproc`` job of ``_worker``; its rank 0's record."""
     from devnet import distributed
 
-    runs = []
-    for nproc in nprocs:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "result.json")
-            code = (f"from benchmarks.bench_distributed import _worker; "
-                    f"_worker({list(sizes)!r}, {batch}, {steps}, {epochs}, {out!r})")
-            env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                       MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-            cmd = distributed.mpiexec_command(nproc) + [sys.executable, "-c", code]
-            subprocess.run(cmd, check=True, timeout=timeout, env=env, cwd=root)
-            with open(out) as f:
-                runs.append(json.load(f))
-    base = runs[0]["samples_per_s"]
-    speedup = {r["ranks"]: r["samples_per_s"] / base for r in runs}
-    return {"sizes": list(sizes), "global_batch": batch, "runs": runs, "speedup": speedup,
-            "efficiency": {k: v * runs[0]["ranks"] / k for k, v in speedup.items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        code = (f"from benchmarks.bench_distributed import _worker; "
+                f"_worker({list(sizes)!r}, {batch}, {steps}, {epochs}, {out!r})")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        cmd = distributed.mpiexec_command(nproc) + [sys.executable, "-c", code]
+        subprocess.run(cmd, check=True, timeout=timeout, env=env, cwd=root)
+        with open(out) as f:
+            return json.load(f)
+
+
+def run(nprocs=(1, 2), sizes=M, batch: int = 512, steps: int = 20, epochs: int = 3,
+        repetitions: int = 1, timeout: float = 600) -> dict:
+    """Each rank count in its own mpiexec job, the counts interleaved ``repetitions`` times
+    round (1, 2, 1, 2, ...: a load change hits both alike); the speed-up of N ranks is taken
+    per round against the first count of that round.
+
+    Returns {"runs": [the median round's record per count, with ``samples_per_s_reps``],
+    "speedup": {N: median}, "speedup_reps": {N: [...]}, "efficiency": {N: median},
+    "config", and ``speedup_<N>`` / ``_min`` / ``_max`` / ``_reps`` fields (graded rows)}.
+    """
+    rounds = [[_job(n, sizes, batch, steps, epochs, timeout) for n in nprocs]
+              for _ in range(max(1, repetitions))]
+    runs, speedup, speedup_reps = [], {}, {}
+    for k, n in enumerate(nprocs):
+        sps = [r[k]["samples_per_s"] for r in rounds]
+        median_round = sorted(range(len(rounds)), key=lambda i: sps[i])[len(rounds) // 2]
+        runs.append({**rounds[median_round][k], "samples_per_s_reps": sps})
+        ratios = [r[k]["samples_per_s"] / r[0]["samples_per_s"] for r in rounds]
+        speedup[n], speedup_reps[n] = float(np.median(ratios)), ratios
+    base = nprocs[0]
+    result = {"sizes": list(sizes), "global_batch": batch, "repetitions": len(rounds),
+              "config": f"{'-'.join(map(str, sizes))} b{batch}", "runs": runs,
+              "speedup": speedup, "speedup_reps": speedup_reps,
+              "efficiency": {n: v * base / n for n, v in speedup.items()}}
+    if base == 1:
+        for n in nprocs[1:]:
+            reps = speedup_reps[n]
+            result.update({f"speedup_{n}": speedup[n], f"speedup_{n}_min": min(reps),
+                           f"speedup_{n}_max": max(reps), f"speedup_{n}_reps": reps})
+    return result
 
 
 def main(argv=None) -> int:
@@ -101,10 +126,13 @@ def main(argv=None) -> int:
     parser.add_argument("--nproc", default="1,2", help="rank counts, e.g. 1,2,4")
     parser.add_argument("--quick", action="store_true", help="a tiny model (checks only)")
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser.add_argument("--repetitions", type=int, default=3,
+                        help="rounds of interleaved jobs (default 3)")
     args = parser.parse_args(argv)
     nprocs = tuple(int(p) for p in args.nproc.split(","))
     sizes, batch = (QUICK, 64) if args.quick else (M, 512)
-    result = run(nprocs, sizes, batch, steps=4 if args.quick else args.steps)
+    result = run(nprocs, sizes, batch, steps=4 if args.quick else args.steps,
+                 repetitions=1 if args.quick else args.repetitions)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 from devnet.errors import DevnetError, MissingDependencyError
-from devnet.train.step import StepHook
+from devnet.train.step import Batch, StepHook
 
 DEFAULT_TIMEOUT = 60.0  # seconds a collective may wait for the others (env DEVNET_DIST_TIMEOUT)
 _SIGNATURE_BYTES = 4096  # fixed size of the JSON blob each rank contributes to the start check
@@ -381,11 +381,12 @@ class DataParallel(StepHook):
     """What ``fit(..., comm=comm)`` does besides the single-process step (its Step hook).
 
     Built before the first step: checks that the ranks agree, broadcasts rank 0's parameters,
-    optimizer state and shuffling RNG. Then per step: ``shard`` picks this rank's rows of the
-    global batch, ``scale_`` weighs its loss gradient by its share, ``allreduce_grads_`` sums
-    the flat gradient buffer (as the Step's hook: ``collective``, so the divergence guard's
-    single-process replay leaves it out); per epoch ``sum_losses`` adds the ranks' loss
-    contributions.
+    optimizer state and shuffling RNG. Then per step: ``batch`` (``shard``) picks this rank's
+    rows of the global batch, with the global row they start at (the dropout masks are keyed
+    by it, so the ranks drop what one process would), ``scale_`` weighs its loss gradient by
+    its share, ``allreduce_grads_`` sums the flat gradient buffer (as the Step's hook:
+    ``collective``, so the divergence guard's single-process replay leaves it out); per epoch
+    ``sum_losses`` adds the ranks' loss contributions.
     """
 
     collective = True
@@ -465,6 +466,12 @@ class DataParallel(StepHook):
             total = float(sw[idx].sum(dtype=np.float64))
             self.factor = float(sw[mine].sum(dtype=np.float64)) / total if total > 0 else 0.0
         return a, b
+
+    def batch(self, feed, lo: int, hi: int) -> Batch:
+        """This rank's Batch of the global batch at positions lo..hi-1 of ``feed``'s epoch order
+        (``shard``); its ``row0`` is where the rank's rows start in the global batch."""
+        a, b = self.shard(feed.order, lo, hi)
+        return feed.batch(a, b)._replace(row0=a - lo)
 
     # the Step hooks: this rank's share of dL/dpred, then the all-reduce of the gradients
 

@@ -41,6 +41,7 @@ import numpy as np
 from devnet import losses as losses_mod
 from devnet import optim as optim_mod
 from devnet.backend import get_backend
+from devnet.kernels import table
 from devnet.train.step import Step
 
 __all__ = ["profile", "ProfileReport", "OpRecord", "measure_ceilings", "main"]
@@ -118,6 +119,9 @@ def _nb(*arrays) -> int:
     return sum(int(a.nbytes) for a in arrays if hasattr(a, "nbytes"))
 
 
+_STEPS = frozenset(table.STEP_KERNELS + table.STEP_HYPER_KERNELS)
+
+
 def _kernel_bytes(name: str, args: tuple) -> int:
     """Minimal bytes a kernel moves: each operand read once, outputs written (in place: both)."""
     if name == "bias_act_fwd":
@@ -126,9 +130,13 @@ def _kernel_bytes(name: str, args: tuple) -> int:
     if name == "act_bwd":
         _, G, A, Z, dZ, db = args[:6]
         return _nb(G, A, dZ, db) + (_nb(Z) if Z is not None and Z is not A else 0)
-    if name.endswith("_step"):  # p, g, state...: everything but g is read and written
+    if name in _STEPS:  # p, g, state...: everything but g (and hyper) is read and written
         arrays = [a for a in args if hasattr(a, "nbytes")]
+        if name in table.STEP_HYPER_KERNELS:
+            arrays = arrays[:-1]  # the few scalars in ``hyper``
         return 2 * _nb(*arrays) - _nb(arrays[1])
+    if name == table.ADVANCE_KERNEL:
+        return _nb(*args)
     return _nb(*args[:4])  # losses: pred, target, grad, weight
 
 
@@ -192,7 +200,7 @@ class _Recorder:
         elif name == "act_bwd":
             layer = f"layers.{self.layer_of_db.get(id(args[5]), '?')}"
             op = f"{args[0]}' + bias grad"
-        elif name.endswith("_step"):
+        elif name in _STEPS or name == table.ADVANCE_KERNEL:
             layer, op = "optimizer", name
         else:
             layer, op = "loss", name

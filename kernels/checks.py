@@ -12,7 +12,17 @@ import inspect
 import threading
 
 import numpy as np
-from devnet.kernels.table import ARRAYS, LOSSES, STEPS, step_argnames
+from devnet.kernels.table import (
+    ARRAYS,
+    HYPER_STEPWISE0,
+    LOSSES,
+    STEP_HYPER,
+    STEPS,
+    gated_scalars,
+    hyper_layout,
+    step_argnames,
+    step_hyper_argnames,
+)
 
 from devnet.errors import DataError
 
@@ -65,18 +75,20 @@ class _Trusted:
 TRUSTED = _Trusted()
 
 
-def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False):
+def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False,
+          specs: str | None = None):
     """The common float dtype of kernel ``name``'s arrays in ``args`` (positional), or a
     DataError naming the first argument that is missing, of another type, dtype, rank or
     shape than the others imply, read-only where written, or (``contiguous``) not
-    C-contiguous. None, unchecked, inside ``with TRUSTED``.
+    C-contiguous. None, unchecked, inside ``with TRUSTED``. ``specs``: the ``ARRAYS`` entry
+    to check against, when not ``name``'s own (a hyper step checks its by-value step's).
     """
     if _trust.depth:
         return None
     sizes: dict[str, int] = {}
     origin: dict[str, str] = {}
     dtype = None
-    for spec in ARRAYS[name]:
+    for spec in ARRAYS[specs or name]:
         a = args[spec.pos] if spec.pos < len(args) else None
         if a is None:
             if spec.optional:
@@ -120,6 +132,16 @@ def residual_out(name: str, R, out) -> None:
     if (R is None) != (out is None):
         raise DataError(f"{name}: R (the residual input) and out (where R + A goes) are "
                         "given together or not at all")
+
+
+def dropout_row0(name: str, row0) -> int:
+    """``row0`` (the global row of a dropout kernel's first row) as an int; a DataError unless
+    it is a non-negative integer."""
+    if isinstance(row0, (bool, np.bool_)) or not isinstance(row0, (int, np.integer)) \
+            or row0 < 0:
+        raise DataError(f"{name}: row0 (the global row of the array's first row, keying its "
+                        f"dropout masks) must be a non-negative integer, got {row0!r}")
+    return int(row0)
 
 
 def _type_names(array_type) -> str:
@@ -191,6 +213,94 @@ def make_step(name: str, launch, array_type=np.ndarray, contiguous: bool = False
     step.__signature__ = sig
     step.__doc__ = f"{row.doc} (N,) flat buffers, one dtype; see ``reference.{name}``."
     return step
+
+
+def float64_array(name: str, arg: str, a, ndim: int, array_type=np.ndarray,
+                  written: bool = False) -> None:
+    """A DataError unless ``a`` is a C-contiguous ``ndim``-D float64 array (writable if
+    ``written``): the layout every backend's kernels read hyper and table with."""
+    if not isinstance(a, array_type):
+        raise DataError(f"{name}: argument {arg!r} must be a float64 array "
+                        f"({_type_names(array_type)}), got {type(a).__name__}")
+    if a.dtype != np.float64 or a.ndim != ndim or not a.flags.c_contiguous:
+        raise DataError(f"{name}: argument {arg!r} must be a C-contiguous {ndim}-D float64 "
+                        f"array, got a {a.ndim}-D {a.dtype} array of shape {tuple(a.shape)}"
+                        + ("" if a.flags.c_contiguous else " (not C-contiguous)"))
+    if written and isinstance(a, np.ndarray) and not a.flags.writeable:
+        raise DataError(f"{name}: argument {arg!r} is written but read-only; pass a writable "
+                        "array")
+
+
+def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
+    """The public entry of hyper step ``name`` (``table.STEP_HYPER``, e.g. ``adam_step_hyper``).
+
+    ``name(p, *buffers, hyper, *flags)``: the by-value step's checks on the buffers
+    (``check``), ``hyper`` a float64 (H,) array of ``table.hyper_layout`` (read by the kernel,
+    never by this entry: no sync), a state buffer needed by a flag refused when None; a state
+    buffer gated by a scalar may be None (its term is then off, see ``table``). Calls
+    ``launch(arrays, hyper, flags, present)``, unused buffers replaced by ``p``; ``present``:
+    per ``table.gated_scalars`` pair, whether its buffer was given.
+    """
+    step_name = STEP_HYPER[name]
+    row = STEPS[step_name]
+    names = step_hyper_argnames(name)
+    size = len(hyper_layout(step_name))
+    sig = inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                             for a in names])
+    n_arrays = 1 + len(row.buffers)
+    gated = tuple(names.index(b) for b, _ in gated_scalars(step_name))
+    needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items()
+                  if h in row.flags)
+
+    def step(*args, **kwargs):
+        if kwargs or len(args) != len(names):
+            args = _bind(name, sig, args, kwargs)
+        check(name, args, array_type, contiguous, specs=step_name)
+        hyper = args[n_arrays]
+        float64_array(name, "hyper", hyper, 1, array_type)
+        if hyper.shape[0] != size:
+            raise DataError(f"{name}: argument 'hyper' must have {size} elements "
+                            f"({', '.join(hyper_layout(step_name))}), got {hyper.shape[0]}")
+        for pos, buf, hpos, flag in needs:
+            if args[pos] is None and args[hpos]:
+                raise DataError(f"{name}: {flag}={args[hpos]!r} uses the state buffer "
+                                f"{buf!r}, got None")
+        p = args[0]
+        arrays = [p if a is None else a for a in args[:n_arrays]]
+        launch(arrays, hyper, [bool(f) for f in args[n_arrays + 1:]],
+               [args[pos] is not None for pos in gated])
+
+    step.__name__ = step.__qualname__ = name
+    step.__signature__ = sig
+    step.__doc__ = (f"``{step_name}`` with its scalars read from ``hyper`` (float64, slots "
+                    f"{', '.join(hyper_layout(step_name))}) on the device; see "
+                    f"``reference.{name}``.")
+    return step
+
+
+def make_advance(launch, array_type=np.ndarray):
+    """The public entry ``opt_advance(hyper, table)``: checks, then ``launch(hyper, table)``.
+
+    hyper: a writable float64 (H,) array; table: a float64 (rows, columns) array with
+    ``rows >= 1`` and ``H >= 2 + columns`` (``table.hyper_layout``). Values are not read
+    (that would sync a GPU): the kernel clamps the row it reads.
+    """
+    name = "opt_advance"
+
+    def opt_advance(hyper, table):
+        float64_array(name, "hyper", hyper, 1, array_type, written=True)
+        float64_array(name, "table", table, 2, array_type)
+        rows, columns = table.shape
+        if rows < 1:
+            raise DataError(f"{name}: table has no rows, shape {tuple(table.shape)}")
+        if hyper.shape[0] < HYPER_STEPWISE0 + columns:
+            raise DataError(f"{name}: hyper has {hyper.shape[0]} slots, fewer than the "
+                            f"{HYPER_STEPWISE0} header slots + {columns} table columns")
+        launch(hyper, table)
+
+    opt_advance.__doc__ = ("One optimizer step's scalars on the device: ``t += 1``, stepwise "
+                           "slots from ``table``; see ``reference.opt_advance``.")
+    return opt_advance
 
 
 def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,

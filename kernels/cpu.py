@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
+from devnet.kernels import hyper as _hyper
 from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import njit, prange
 
@@ -451,6 +452,39 @@ for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
     globals()[_name] = checks.make_step(_name, _step_launch(_name))
 
 
+# The same steps with their scalars in a float64 array (``table.hyper_layout``): the CPU's
+# "device" is host memory, so the entry reads them (Python floats, as the by-value entry's) and
+# runs the very kernel the by-value entry runs: bit for bit the same update, nothing compiled.
+
+def _step_hyper_launch(name):
+    step_name = table.STEP_HYPER[name]
+    kernels, slots = _STEPS[step_name], table.hyper_slots(step_name)
+    zero_at = [table.STEPS[step_name].scalars.index(h)
+               for _, h in table.gated_scalars(step_name)]
+
+    def launch(arrays, hyper, flags, present):
+        values = hyper.tolist()
+        scalars = [values[s] for s in slots]
+        for k, given in zip(zero_at, present):
+            if not given:  # its buffer was None: the term is off (see table)
+                scalars[k] = 0.0
+        _pick(kernels, arrays[0])(*arrays, *scalars, *flags)
+    return launch
+
+
+for _name in table.STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
+    globals()[_name] = checks.make_step_hyper(_name, _step_hyper_launch(_name))
+
+# one thread's work: the serial kernel, float64 whatever the model's dtype
+def _advance_kernel():
+    fn = scalar.specialise(_hyper.opt_advance, _hyper.opt_advance.__globals__, np.float64)
+    fn.__qualname__ = f"opt_advance_{_hyper.LAYOUT_TAG}"  # the slots are in its cache name
+    return njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+
+opt_advance = checks.make_advance(_advance_kernel())
+
+
 # --- deep networks (issue 14): LayerNorm rows, dropout, the residual add ----------------------
 # Same contracts as reference.py's "deep networks" section. Flags that change a loop's body
 # (keep Z, dropout, residual add) are compile-time globals of each specialisation, not runtime
@@ -512,11 +546,11 @@ def _layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R, nchunks):
     col_sums(pb, dbeta)  # noqa: F821
 
 
-def _bias_act_drop_fwd(A, b, Z, alpha, threshold, scale, k0, k1, R, out):
+def _bias_act_drop_fwd(A, b, Z, alpha, threshold, scale, k0, k1, R, out, row0):
     alpha, scale = real(alpha), real(scale)  # noqa: F821
     n, m = A.shape
     for i in prange(n):
-        base = np.uint64(i * m)
+        base = np.uint64((row0 + i) * m)  # the global flat index: masks of a shard's rows
         for j in range(m):
             z = A[i, j] + b[j]
             if KEEP_Z:  # noqa: F821
@@ -530,7 +564,7 @@ def _bias_act_drop_fwd(A, b, Z, alpha, threshold, scale, k0, k1, R, out):
                 out[i, j] = R[i, j] + a
 
 
-def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks):
+def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks, row0):
     alpha, scale, inv = real(alpha), real(scale), real(inv)  # noqa: F821
     # as _act_bwd; the activation's output is recovered as A (1 - p) where kept
     n, m = G.shape
@@ -539,7 +573,7 @@ def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks
     for c in prange(nchunks):
         acc = part[c]
         for i in range(c * step, min(n, (c + 1) * step)):
-            base = np.uint64(i * m)
+            base = np.uint64((row0 + i) * m)
             for j in range(m):
                 keep = dropout_keep(base + np.uint64(j), k0, k1, threshold)  # noqa: F821
                 d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep,  # noqa: F821
@@ -552,11 +586,11 @@ def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks
     col_sums(part, db)  # noqa: F821
 
 
-def _dropout_fwd(A, threshold, scale, k0, k1):
+def _dropout_fwd(A, threshold, scale, k0, k1, row0):
     scale = real(scale)  # noqa: F821
     n, m = A.shape
     for i in prange(n):
-        base = np.uint64(i * m)
+        base = np.uint64((row0 + i) * m)
         for j in range(m):
             A[i, j] = dropout(A[i, j], dropout_keep(base + np.uint64(j), k0, k1,  # noqa: F821
                                                     threshold), scale)
@@ -589,15 +623,17 @@ def _elementwise_act(act):
         lookup(scalar.ACTIVATIONS, act, "elementwise activation")
 
 
-def _dropout_args(p, key):
-    """(threshold, 1/(1-p), 1-p, k0, k1) for the kernels; ConfigError unless 0 <= p < 1."""
+def _dropout_args(name, p, key, row0):
+    """(threshold, 1/(1-p), 1-p, k0, k1, row0) for the kernels; ConfigError unless
+    0 <= p < 1, DataError unless row0 is a non-negative integer."""
     from devnet.errors import ConfigError
 
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
     key = int(key) & 0xFFFFFFFFFFFFFFFF
     return (np.uint64(scalar.dropout_threshold(p)), 1.0 / (1.0 - p), 1.0 - p,
-            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32))
+            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32),
+            checks.dropout_row0(name, row0))
 
 
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
@@ -616,29 +652,30 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
            _NCHUNKS if G.size >= PARALLEL_MIN else 1)
 
 
-def dropout_fwd(A, p, key):
-    """In place inverted dropout of A (n, m); see ``reference.dropout_fwd``."""
+def dropout_fwd(A, p, key, row0=0):
+    """In place inverted dropout of A (n, m), rows from global row ``row0``; see
+    ``reference.dropout_fwd``."""
     checks.check("dropout_fwd", (A,))
-    threshold, scale, _, k0, k1 = _dropout_args(p, key)
+    threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, row0)
     kernel = _deep_pick(_dropout_fwd, "dropout_fwd", A)
-    kernel(A, threshold, scale, k0, k1)
+    kernel(A, threshold, scale, k0, k1, row0)
 
 
-def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
     checks.check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
     checks.residual_out("bias_act_drop_fwd", R, out)
-    threshold, scale, _, k0, k1 = _dropout_args(p, key)
+    threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, row0)
     keep_z, drop, resid = Z is not None, p > 0, R is not None
     kernel = _deep_pick(_bias_act_drop_fwd,
                         f"bias_act_drop_fwd_{act}_{int(keep_z)}{int(drop)}{int(resid)}", A,
                         value=act, KEEP_Z=keep_z, DROP=drop, RESID=resid)
     kernel(A, b, Z if keep_z else A, float(alpha), threshold, scale, k0, k1,
-           R if resid else A, out if resid else A)
+           R if resid else A, out if resid else A, row0)
 
 
-def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
     checks.check("act_drop_bwd", (act, G, A, Z, dZ, db))
@@ -646,9 +683,9 @@ def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
         Z = A
-    threshold, scale, inv, k0, k1 = _dropout_args(p, key)
+    threshold, scale, inv, k0, k1, row0 = _dropout_args("act_drop_bwd", p, key, row0)
     inplace = _same(dZ, G)
     kernel = _deep_pick(_act_drop_bwd, f"act_drop_bwd_{act}_{int(inplace)}", G,
                         grad=f"{act}_grad", INPLACE=inplace)
     kernel(G, A, Z, dZ, db, float(alpha), threshold, scale, inv, k0, k1,
-           _NCHUNKS if G.size >= PARALLEL_MIN else 1)
+           _NCHUNKS if G.size >= PARALLEL_MIN else 1, row0)

@@ -51,6 +51,7 @@ import os
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
+from devnet.kernels import hyper as _hyper
 from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import cuda, types
 
@@ -441,6 +442,33 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
             vmax[i] = vm
 
 
+# The same steps with their scalars read from ``hyper`` (float64, ``table.hyper_layout``): the
+# by-value template above, bound as ``step`` (an inlined device function), fed from memory.
+# Each thread reads the slots once (``S0``, ``S1``, ...: the slot of each of the row's
+# scalars, bound as constants) and casts them to the kernel's type, as the by-value launch
+# casts its arguments on the host.
+
+def _sgd_hyper(p, g, hyper):
+    step(p, g, real(hyper[S0]), real(hyper[S1]))  # noqa: F821
+
+
+def _heavy_ball_hyper(p, g, buf, hyper):
+    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]))  # noqa: F821
+
+
+def _rmsprop_hyper(p, g, sq, mom, gavg, hyper, centered, has_mom):
+    # without a mom buffer (p stands in for it) momentum is off whatever hyper holds
+    mu = real(hyper[S2]) if has_mom else real(0.0)  # noqa: F821
+    step(p, g, sq, mom, gavg, real(hyper[S0]), real(hyper[S1]), mu,  # noqa: F821
+         real(hyper[S3]), real(hyper[S4]), centered)  # noqa: F821
+
+
+def _adam_hyper(p, g, m, v, vmax, hyper, amsgrad):
+    step(p, g, m, v, vmax, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
+         real(hyper[S3]), real(hyper[S4]), real(hyper[S5]), real(hyper[S6]),  # noqa: F821
+         amsgrad)
+
+
 # --- signatures ----------------------------------------------------------------------------------
 
 def _sig(kind, ft):
@@ -449,6 +477,7 @@ def _sig(kind, ft):
     # part: float64 partial sums; count: the int32 ticket counters of the last-block sums
     a2, a1, part, f8, b1, count = ft[:, ::1], ft[::1], types.float64[::1], ft, \
         types.boolean, types.int32[::1]
+    h8 = types.float64[::1]
     sigs = {
         "fwd": (a2, a1, a2, b1, f8),
         "bwd": (a2, a2, a2, a2, part, count, a1, f8),
@@ -462,6 +491,12 @@ def _sig(kind, ft):
         "heavy_ball": (a1, a1, a1, f8, f8, f8),
         "rmsprop": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, b1),
         "adam": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, f8, f8, b1),
+        # hyper steps and the advance: the scalars in a float64 array, whatever ft
+        "sgd_hyper": (a1, a1, h8),
+        "heavy_ball_hyper": (a1, a1, a1, h8),
+        "rmsprop_hyper": (a1, a1, a1, a1, a1, h8, b1, b1),
+        "adam_hyper": (a1, a1, a1, a1, a1, h8, b1),
+        "advance": (h8, types.float64[:, ::1]),
     }
     return types.void(*sigs[kind])
 
@@ -498,6 +533,28 @@ for _n, _row in table.LOSSES.items():
 _STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
 for _n, _row in table.STEPS.items():
     _SPECS[_n] = (_STEP_TEMPLATES[_row.template], _row.template, {"update": _row.update})
+_HYPER_TEMPLATES = {"sgd": _sgd_hyper, "heavy_ball": _heavy_ball_hyper,
+                    "rmsprop": _rmsprop_hyper, "adam": _adam_hyper}
+# Globals of kernels beyond scalar functions: name -> f(dtype) -> {global: value}
+_EXTRA: dict[str, object] = {}
+
+
+def _hyper_globals(step_name):
+    def extra(dt):
+        slots = {f"S{k}": s for k, s in enumerate(table.hyper_slots(step_name))}
+        return {"real": dt.type, **slots,
+                "step": cuda.jit(device=True, inline="always")(_pyfunc(step_name, dt))}
+    return extra
+
+
+for _n, _s in table.STEP_HYPER.items():
+    _row = table.STEPS[_s]
+    _SPECS[_n] = (_HYPER_TEMPLATES[_row.template], f"{_row.template}_hyper", {})
+    _EXTRA[_n] = _hyper_globals(_s)
+_SPECS[table.ADVANCE_KERNEL] = (_hyper.opt_advance, "advance", {})
+# the slots the hyper kernels and the advance bake in (Numba's disk cache does not see table.py)
+_HYPER_TAG = _hyper.LAYOUT_TAG + "_" + "".join(
+    "".join(map(str, table.hyper_slots(s))) for s in table.STEPS)
 
 
 def _pyfunc(name, dtype):
@@ -505,21 +562,33 @@ def _pyfunc(name, dtype):
     as globals and its float literals in ``dtype`` (``scalar.specialise``)."""
     dt = np.dtype(dtype)
     template, _, funcs = _SPECS[name]
+    extra = _EXTRA[name](dt) if name in _EXTRA else {}
     ns = scalar.typed_globals(
         {**template.__globals__, **_COMMON[dt],
-         **{g: getattr(S[dt], f) for g, f in funcs.items()}}, dt)
+         **{g: getattr(S[dt], f) for g, f in funcs.items()}, **extra}, dt)
     fn = scalar.specialise(template, ns, dt)
     # the name carries the dtype (the clones share their bytecode) and scalar.py's hash: Numba's
     # disk cache then recompiles when it changes
-    fn.__qualname__ = f"{name}_{dt.name}_{scalar.SOURCE_TAG}"
+    tag = _HYPER_TAG + "_" if name in _HYPER_NAMES else ""
+    fn.__qualname__ = f"{name}_{dt.name}_{tag}{scalar.SOURCE_TAG}"
     return fn
 
 
+_HYPER_NAMES = frozenset((*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL))
 PTX_TARGETS = [
     (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
-    for name in _SPECS for dt, ft in _FLOAT_TYPES.items()
+    for name in _SPECS if name not in _HYPER_NAMES for dt, ft in _FLOAT_TYPES.items()
 ]
-"""(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests."""
+"""(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests,
+but the hyper steps and the advance (``PTX_HYPER_TARGETS``)."""
+PTX_HYPER_TARGETS = [
+    (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
+    for name in table.STEP_HYPER_KERNELS for dt, ft in _FLOAT_TYPES.items()
+] + [(f"{table.ADVANCE_KERNEL}[float64]", _pyfunc(table.ADVANCE_KERNEL, np.float64),
+      _sig("advance", types.float64))]
+"""The same for the hyper steps and ``opt_advance`` (float64 only: one dtype whatever the
+model's). Apart: a float32 hyper step holds ``ld.f64`` / ``cvt`` (its scalars are read as
+float64 and cast), which ``test_kernels_ptx``'s no-float64 rule for steps refuses."""
 
 
 def _array_specs(sig):
@@ -984,6 +1053,29 @@ def _step_launch(name):
 
 for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
     globals()[_name] = checks.make_step(_name, _step_launch(_name), checks.ArrayLike, True)
+
+
+def _step_hyper_launch(name):
+    def launch(arrays, hyper, flags, present):
+        p = arrays[0]
+        c = _Call(p)
+        grid, block = _config(c, "flat", p.size)
+        _kernel(name, p.dtype)(c, grid, block, *arrays, hyper, *flags, *present)
+    return launch
+
+
+for _name in table.STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
+    globals()[_name] = checks.make_step_hyper(_name, _step_hyper_launch(_name),
+                                              checks.ArrayLike, True)
+
+_ONE_THREAD = ((1, 1, 1), (1, 1, 1))
+
+
+def _advance_launch(hyper, table_):
+    _kernel(table.ADVANCE_KERNEL, np.float64)(_Call(hyper), *_ONE_THREAD, hyper, table_)
+
+
+opt_advance = checks.make_advance(_advance_launch, checks.ArrayLike)
 
 
 # --- deep-network kernels (issue 14): LayerNorm, dropout, residual add; built in cuda_rows.py

@@ -13,8 +13,9 @@ last-block column sums and ``_Kernel``'s checked launch; kept in a module of its
 - LayerNorm backward: the same row pass for dX (mean(g) and mean(g xhat), then dX, with a
   residual block's skip gradient added in the same write), and a "cols" pass for the column
   sums dgamma and dbeta (per-block partials added by the last block, as ``act_bwd``'s db).
-- Dropout: ``scalar.dropout_keep`` of each element's flat index, so the mask is the CPU's and
-  the reference's bit for bit; the activation, dropout and residual add are one "cols" pass.
+- Dropout: ``scalar.dropout_keep`` of each element's global flat index ``(row0 + i) m + j``
+  (``row0``: where a shard's rows start in the batch), so the mask is the CPU's and the
+  reference's bit for bit; the activation, dropout and residual add are one "cols" pass.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _layernorm_bwd_cols(G, X, mean, rstd, part_g, part_b, count, dgamma, dbeta):
             dbeta[j] = sb
 
 
-def _bias_act_drop_fwd(A, b, Z, keep_z, alpha, threshold, scale, k0, k1, R, out):
+def _bias_act_drop_fwd(A, b, Z, keep_z, alpha, threshold, scale, k0, k1, R, out, row0):
     n, m = A.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     if j < m:
@@ -129,21 +130,22 @@ def _bias_act_drop_fwd(A, b, Z, keep_z, alpha, threshold, scale, k0, k1, R, out)
                 Z[i, j] = z
             a = value(z, alpha)  # noqa: F821
             if DROP:  # noqa: F821
-                a = dropout(a, dropout_keep(np.uint64(i * m + j), k0, k1, threshold),  # noqa: F821
-                            scale)
+                # the global flat index: the masks of a shard's rows are the whole batch's
+                a = dropout(a, dropout_keep(np.uint64((row0 + i) * m + j), k0, k1,  # noqa: F821
+                                            threshold), scale)
             A[i, j] = a
             if RESID:  # noqa: F821
                 out[i, j] = R[i, j] + a
 
 
-def _act_drop_bwd(G, A, Z, dZ, part, count, db, alpha, threshold, scale, inv, k0, k1):
+def _act_drop_bwd(G, A, Z, dZ, part, count, db, alpha, threshold, scale, inv, k0, k1, row0):
     n, m = G.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     acc = 0.0
     if j < m:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
-            keep = dropout_keep(np.uint64(i * m + j), k0, k1, threshold)  # noqa: F821
+            keep = dropout_keep(np.uint64((row0 + i) * m + j), k0, k1, threshold)  # noqa: F821
             d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep, scale)  # noqa: F821
             dZ[i, j] = d
             acc += d
@@ -151,30 +153,30 @@ def _act_drop_bwd(G, A, Z, dZ, part, count, db, alpha, threshold, scale, inv, k0
     col_finish(part, j, m, count, db)  # noqa: F821
 
 
-def _dropout_fwd(A, threshold, scale, k0, k1):
+def _dropout_fwd(A, threshold, scale, k0, k1, row0):
     n, m = A.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     if j < m:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
-            A[i, j] = dropout(A[i, j], dropout_keep(np.uint64(i * m + j), k0, k1,  # noqa: F821
-                                                    threshold), scale)
+            A[i, j] = dropout(A[i, j], dropout_keep(np.uint64((row0 + i) * m + j),  # noqa: F821
+                                                    k0, k1, threshold), scale)
 
 
 # --- signatures and the registry ----------------------------------------------------------------
 
 def _sig(kind, ft):
     """The one signature of kernel ``kind`` with float type ``ft`` (scalars in ft too)."""
-    a2, a1, part, f, b1, u8 = ft[:, ::1], ft[::1], types.float64[::1], ft, types.boolean, \
-        types.uint64
+    a2, a1, part, f, b1, u8, i8 = ft[:, ::1], ft[::1], types.float64[::1], ft, types.boolean, \
+        types.uint64, types.int64
     count = types.int32[::1]  # the ticket counters of cuda.py's last-block column sums
     sigs = {
         "ln_fwd": (a2, a1, a1, a2, a1, a1, f),
         "ln_bwd_rows": (a2, a2, a1, a1, a1, a2, a2, b1),
         "ln_bwd_cols": (a2, a2, a1, a1, part, part, count, a1, a1),
-        "drop_fwd": (a2, a1, a2, b1, f, u8, f, u8, u8, a2, a2),
-        "drop_bwd": (a2, a2, a2, a2, part, count, a1, f, u8, f, f, u8, u8),
-        "dropout": (a2, u8, f, u8, u8),
+        "drop_fwd": (a2, a1, a2, b1, f, u8, f, u8, u8, a2, a2, i8),
+        "drop_bwd": (a2, a2, a2, a2, part, count, a1, f, u8, f, f, u8, u8, i8),
+        "dropout": (a2, u8, f, u8, u8, i8),
     }
     return types.void(*sigs[kind])
 
@@ -253,14 +255,16 @@ def _kernel(name, dtype):
     return k
 
 
-def _dropout_args(p, key, dtype):
-    """(threshold, 1/(1-p), 1-p, k0, k1) as kernel arguments; ConfigError unless 0 <= p < 1."""
+def _dropout_args(name, p, key, dtype, row0):
+    """(threshold, 1/(1-p), 1-p, k0, k1, row0) as kernel arguments; ConfigError unless
+    0 <= p < 1, DataError unless row0 is a non-negative integer."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
     key = int(key) & 0xFFFFFFFFFFFFFFFF
     real = np.dtype(dtype).type
     return (np.uint64(scalar.dropout_threshold(p)), real(1.0 / (1.0 - p)), real(1.0 - p),
-            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32))
+            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32),
+            np.int64(kc.checks.dropout_row0(name, row0)))
 
 
 def _elementwise_act(act):
@@ -297,23 +301,25 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
                                       G if R is None else R, R is not None)
 
 
-def dropout_fwd(A, p, key):
-    """In place inverted dropout of A (n, m); see ``reference.dropout_fwd``."""
+def dropout_fwd(A, p, key, row0=0):
+    """In place inverted dropout of A (n, m), rows from global row ``row0``; see
+    ``reference.dropout_fwd``."""
     kc._check("dropout_fwd", (A,))
-    threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
+    threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, A.dtype, row0)
     n, m = A.shape
     c = kc._Call(A)
     grid, block = kc._config(c, "cols", n, m)
-    _kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1)
+    _kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1, row0)
 
 
-def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
     kc._check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
     kc.checks.residual_out("bias_act_drop_fwd", R, out)
     drop, resid = p > 0, R is not None
-    threshold, scale, _, k0, k1 = _dropout_args(p, key, A.dtype)
+    threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, A.dtype,
+                                                      row0)
     if not (drop or resid):
         kc.bias_act_fwd(act, A, b, Z, alpha)
         return
@@ -322,10 +328,10 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
     grid, block = kc._config(c, "cols", n, m)
     _kernel(f"bias_act_drop_fwd_{act}_{int(drop)}{int(resid)}", A.dtype)(
         c, grid, block, A, b, A if Z is None else Z, Z is not None, A.dtype.type(alpha),
-        threshold, scale, k0, k1, R if resid else A, out if resid else A)
+        threshold, scale, k0, k1, R if resid else A, out if resid else A, row0)
 
 
-def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
     kc._check("act_drop_bwd", (act, G, A, Z, dZ, db))
@@ -333,13 +339,13 @@ def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
         Z = A
-    threshold, scale, inv, k0, k1 = _dropout_args(p, key, G.dtype)
+    threshold, scale, inv, k0, k1, row0 = _dropout_args("act_drop_bwd", p, key, G.dtype, row0)
     n, m = G.shape
     c = kc._Call(G)
     grid, block = kc._config(c, "cols", n, m)
     _kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, c.scratch(grid[1] * m),
                                             c.counters(grid[0]), db, G.dtype.type(alpha),
-                                            threshold, scale, inv, k0, k1)
+                                            threshold, scale, inv, k0, k1, row0)
 
 
 # imported before cuda.py had finished (cuda.py imports this module near its end): the table

@@ -330,6 +330,63 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
     p -= lr * (m / bc1) / (xp.sqrt(vhat / bc2) + eps)
 
 
+# The same steps with their scalars in a float64 device array (``table.hyper_layout``), and the
+# per-step advance of that array. The oracle reads the scalars to the host (a sync on CuPy) and
+# runs the by-value step above: the fused kernels must match it bit for bit.
+import inspect  # noqa: E402
+
+from devnet.kernels.table import (  # noqa: E402
+    HYPER_STEPWISE0,
+    HYPER_T,
+    HYPER_T0,
+    STEP_HYPER,
+    STEPS,
+    gated_scalars,
+    hyper_layout,
+    hyper_slots,
+    step_hyper_argnames,
+)
+
+
+def opt_advance(hyper, table):
+    """``t += 1`` in ``hyper``, then its stepwise slots <- row ``min(t - 1 - t0, rows - 1)``
+    of ``table`` (clamped to >= 0). hyper: (H,) float64, updated in place; table:
+    (rows, columns) float64. No host sync."""
+    xp = get_xp(hyper)
+    hyper[HYPER_T] += 1.0
+    ahead = xp.minimum(hyper[HYPER_T] - hyper[HYPER_T0], table.shape[0])
+    row = xp.where(ahead >= 1.0, ahead, 1.0).astype(np.int64) - 1  # NaN -> row 0
+    hyper[HYPER_STEPWISE0:HYPER_STEPWISE0 + table.shape[1]] = table[row]
+
+
+def _step_hyper(name):
+    step_name = STEP_HYPER[name]
+    by_value, slots = globals()[step_name], hyper_slots(step_name)
+    n_arrays = 1 + len(STEPS[step_name].buffers)
+    argnames = step_hyper_argnames(name)
+    gated = [(argnames.index(b), STEPS[step_name].scalars.index(h))
+             for b, h in gated_scalars(step_name)]
+
+    def step(*args):
+        values = args[n_arrays].tolist()
+        scalars = [values[s] for s in slots]
+        for pos, k in gated:  # a gated buffer left None: its term off (see table)
+            if args[pos] is None:
+                scalars[k] = 0.0
+        by_value(*args[:n_arrays], *scalars, *args[n_arrays + 1:])
+
+    step.__name__ = step.__qualname__ = name
+    step.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in argnames])
+    step.__doc__ = (f"``{step_name}`` with its scalars read from ``hyper`` (float64, slots "
+                    f"{', '.join(hyper_layout(step_name))}).")
+    return step
+
+
+for _name in STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
+    globals()[_name] = _step_hyper(_name)
+
+
 # --- deep networks (issue 14): LayerNorm rows, dropout, the residual add -----------------------
 # Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
 # ``key = scalar.dropout_key(seed, step, layer)``; the same uint64 arithmetic here (NumPy /
@@ -348,13 +405,15 @@ def _mix32(x):
     return x ^ (x >> u(16))
 
 
-def dropout_mask(xp, shape, p, key):
-    """The keep mask (bool, ``shape``) of dropout rate ``p`` and 64-bit ``key``."""
+def dropout_mask(xp, shape, p, key, row0=0):
+    """The keep mask (bool, ``shape``) of dropout rate ``p`` and 64-bit ``key``; ``row0``: the
+    global row of the array's first row (element (i, j) is hashed as (row0 + i) m + j)."""
     from devnet.kernels import scalar
 
     if p <= 0:
         return xp.ones(shape, dtype=bool)
-    e = xp.arange(math.prod(shape), dtype=xp.uint64).reshape(shape)
+    start = row0 * math.prod(shape[1:])
+    e = xp.arange(start, start + math.prod(shape), dtype=xp.uint64).reshape(shape)
     k0, k1 = xp.uint64(key & _U32), xp.uint64(key >> 32)
     return _mix32(_mix32((e & xp.uint64(_U32)) ^ k0) ^ k1) >= xp.uint64(
         scalar.dropout_threshold(p))
@@ -366,43 +425,46 @@ def dropout_scales(p, dtype):
     return t(1.0 / (1.0 - p)), t(1.0 - p)
 
 
-def dropout_fwd(A, p, key):
+def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout: ``A <- A / (1 - p)`` where kept, 0 where dropped.
 
     A: (n, m) float32/float64, C-contiguous; p: rate in [0, 1); key: 64-bit int
-    (``scalar.dropout_key``). The mask is a pure function of (key, flat index, p). Its backward
-    is the same call on the gradient.
+    (``scalar.dropout_key``); row0: the global row of A's first row (A may be rows
+    row0..row0+n-1 of a larger batch: a data-parallel rank's shard). The mask is a pure
+    function of (key, global flat index (row0 + i) m + j, p), so the shards' masks are the
+    whole batch's. Its backward is the same call on the gradient.
     """
     xp = get_xp(A)
     scale, _ = dropout_scales(p, A.dtype)
-    keep = dropout_mask(xp, A.shape, p, key)
+    keep = dropout_mask(xp, A.shape, p, key, row0)
     A[...] = xp.where(keep, A * scale, A.dtype.type(0))
 
 
-def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None):
+def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))`` (``Z <- A + b`` first when given); then, when ``R``
     is given, ``out <- R + A`` (a residual block's output).
 
-    A, Z, R, out: (n, m); b: (m,); p, key: as ``dropout_fwd`` (p = 0: no dropout). Elementwise
-    activations only.
+    A, Z, R, out: (n, m); b: (m,); p, key, row0: as ``dropout_fwd`` (p = 0: no dropout).
+    Elementwise activations only.
     """
     bias_act_fwd(act, A, b, Z, alpha)
     if p > 0:
-        dropout_fwd(A, p, key)
+        dropout_fwd(A, p, key, row0)
     if R is not None:
         get_xp(A).add(R, A, out=out)
 
 
-def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key):
+def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """Backward of ``bias_act_drop_fwd``'s activation and dropout: ``dZ <- G * mask / (1 - p) *
     act'(.)``, ``db <- column sums of dZ``.
 
     A: the forward's output (after dropout): where kept, ``act = A (1 - p)`` is recovered from
-    it, so nothing else is stored. G, Z, dZ: (n, m), dZ may be G; db: (m,).
+    it, so nothing else is stored. G, Z, dZ: (n, m), dZ may be G; db: (m,); p, key, row0: the
+    forward's (the mask is recomputed).
     """
     xp = get_xp(G)
     scale, inv = dropout_scales(p, G.dtype)
-    keep = dropout_mask(xp, G.shape, p, key)
+    keep = dropout_mask(xp, G.shape, p, key, row0)
     a = A * inv
     dZ[...] = xp.where(keep, G * scale * _act_grad(xp, act, a, Z, alpha), G.dtype.type(0))
     db[...] = dZ.sum(axis=0)

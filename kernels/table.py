@@ -95,11 +95,64 @@ def step_argnames(name: str) -> tuple[str, ...]:
     return ("p", *row.buffers, *row.scalars, *row.flags)
 
 
+# --- the same steps with their scalars in device memory (graph-ready) --------------------------
+# ``<step>_hyper(p, *buffers, hyper, *flags)`` runs ``<step>`` with its float scalars read from
+# ``hyper``, a float64 (H,) array on the device, instead of passed by value: a CUDA graph
+# captures kernel arguments once, so a replayed step must find this step's lr and bias
+# corrections in memory. ``opt_advance(hyper, table)`` (one thread) runs before it each step:
+# t += 1, then the scalars that change per step (``STEPWISE``) are copied from row
+# ``min(t - 1 - t0, rows - 1)`` of ``table``, a float64 (rows, len(stepwise)) array the host
+# fills ahead of time (the schedule's lr, Adam's bias corrections as Python computes them:
+# bit for bit what the by-value call passes). The rest of ``hyper`` is constant.
+# A state buffer gated by a scalar (RMSProp's ``mom``, used when ``mu > 0``) may be None in a
+# hyper call: the device value cannot be checked without a sync, so None turns the term off
+# (mu read as 0) instead of letting p stand in for the buffer.
+
+HYPER_T, HYPER_T0 = 0, 1  #: completed steps; the step count the table's first row follows
+HYPER_HEADER = ("t", "t0")
+STEPWISE = ("lr", "bc1", "bc2")  #: scalars that may change every step, as table columns
+HYPER_STEPWISE0 = len(HYPER_HEADER)  #: the slot of the first table column
+ADVANCE_KERNEL = "opt_advance"
+STEP_HYPER = {f"{n}_hyper": n for n in STEPS}  #: hyper entry -> its by-value step
+STEP_HYPER_KERNELS = tuple(STEP_HYPER)
+
+
+def hyper_columns(name: str) -> tuple[str, ...]:
+    """The stepwise scalars of step kernel ``name``: its table's columns, in order."""
+    return tuple(s for s in STEPWISE if s in STEPS[name].scalars)
+
+
+def hyper_layout(name: str) -> tuple[str, ...]:
+    """The slot names of step kernel ``name``'s hyper array: the header, the stepwise
+    scalars (``hyper_columns``), then the constant ones in the row's order."""
+    columns = hyper_columns(name)
+    return (*HYPER_HEADER, *columns, *(s for s in STEPS[name].scalars if s not in columns))
+
+
+def hyper_slots(name: str) -> tuple[int, ...]:
+    """The hyper slot of each of ``STEPS[name].scalars``, in the row's order."""
+    layout = hyper_layout(name)
+    return tuple(layout.index(s) for s in STEPS[name].scalars)
+
+
+def gated_scalars(name: str) -> tuple[tuple[str, str], ...]:
+    """(state buffer, scalar) pairs of step ``name`` whose buffer only that scalar gates."""
+    row = STEPS[name]
+    return tuple((b, h) for b, h in row.optional.items() if h in row.scalars)
+
+
+def step_hyper_argnames(name: str) -> tuple[str, ...]:
+    """The positional argument names of hyper entry ``name`` (e.g. ``adam_step_hyper``)."""
+    row = STEPS[STEP_HYPER[name]]
+    return ("p", *row.buffers, "hyper", *row.flags)
+
+
 # --- the whole table ---------------------------------------------------------------------------
 
 DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
                 "act_drop_bwd")
-KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_KERNELS)
+KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_KERNELS,
+                *STEP_HYPER_KERNELS, ADVANCE_KERNEL)
 LAYERNORM_EPS = 1e-5
 
 

@@ -4,7 +4,8 @@
 
 Trains a small MLP on fixed random data with fit(..., comm=init()) and writes, from rank 0,
 the final parameters and History to OUT.npz. Options (JSON): scenario, epochs, n, batch_size,
-sizes, steps_before_fault, checkpoint, resume_from, sample_weight, single.
+sizes, steps_before_fault, checkpoint, resume_from, sample_weight, single, dropout (the hidden
+layers' rate; a residual + LayerNorm model with "deep": true).
 """
 
 import json
@@ -41,7 +42,9 @@ def main():
     sw = None
     if opts.get("sample_weight"):
         sw = np.random.default_rng(1).uniform(0.1, 2.0, size=n)
-    model = dn.MLP(sizes, dtype="float64", backend="cpu", seed=3)
+    deep = dict(block="residual", norm="layernorm") if opts.get("deep") else {}
+    model = dn.MLP(sizes, dtype="float64", backend="cpu", seed=3,
+                   dropout=opts.get("dropout", 0.0), **deep)
     fault_at = opts.get("steps_before_fault")
 
     class Fault(dn.Callback):

@@ -33,10 +33,12 @@ def test_launch_suite_skips_off_the_cuda_backend():
 def test_launch_suite_counts_a_step_on_the_simulated_gpu():
     out = bench_launch.run(dn.get_backend("cuda"), Settings.quick(), quick=True, log=_quiet)
     assert out["replaced"] == "simulated kernel execution"
-    # 3 layers: bias+act forward x3, the loss, act' + bias grad x3, one Adam launch
-    assert out["launches_per_step"] == {"act_bwd_identity": 1, "act_bwd_relu": 2,
-                                        "adam_step": 1, "bias_act_fwd_identity": 1,
-                                        "bias_act_fwd_relu": 2, "softmax_xent_label_i64": 1}
+    # 3 layers: bias+act forward x3, the loss, act' + bias grad x2 and the identity output
+    # layer's bias gradient alone (dZ = G: no copy), the optimizer's advance and its update
+    assert out["launches_per_step"] == {"col_partials": 1, "act_bwd_relu": 2,
+                                        "opt_advance": 1, "adam_step_hyper": 1,
+                                        "bias_act_fwd_identity": 1, "bias_act_fwd_relu": 2,
+                                        "softmax_xent_label_i64": 1}
     assert out["launches_total"] <= bench_launch.TARGETS["launches_per_step"]
     assert out["allocations_per_step"] == 0
     assert set(out["host_us_per_call"]) == {"bias_act_fwd", "act_bwd", "softmax_xent",

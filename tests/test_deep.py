@@ -19,7 +19,7 @@ import devnet as dn
 from devnet import io
 from devnet.backend.cpu import CPUBackend
 from devnet.callbacks import GradientFlow, plot_gradient_flow
-from devnet.errors import CheckpointError, ConfigError, MissingDependencyError
+from devnet.errors import CheckpointError, ConfigError, DataError, MissingDependencyError
 from devnet.nn import activations
 from devnet.nn.mlp import n_parameters
 
@@ -234,6 +234,55 @@ def test_masks_differ_by_step_layer_and_seed():
             assert 0.4 < agree < 0.6, (a, b, agree)  # independent-looking, not equal
 
 
+@pytest.mark.parametrize("table", ["reference", "serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_data_parallel_dropout_shard_masks_equal_the_whole_batchs_rows(table, dtype, rng,
+                                                                       monkeypatch):
+    """A shard (rows r0..r0+k-1 of a batch, ``row0=r0``) gets the whole batch's masks there:
+    the ranks of a data-parallel step drop what one process would (issue 15)."""
+    kernels = reference if table == "reference" else kcpu
+    monkeypatch.setattr(kcpu, "PARALLEL_MIN", 0 if table == "parallel" else 1 << 62)
+    n, m = int(rng.integers(40, 90)), int(rng.integers(3, 40))
+    r0 = int(rng.integers(1, n - 5))
+    k = int(rng.integers(1, n - r0 + 1))
+    rows = slice(r0, r0 + k)
+    p = float(rng.uniform(0.2, 0.7))
+    key = scalar.dropout_key(int(rng.integers(2**63)), int(rng.integers(10**6)), 1)
+    act = "gelu"  # needs Z: every optional array in use
+    A0 = (2 * rng.standard_normal((n, m))).astype(dtype)
+    b, R, G = rng.standard_normal(m).astype(dtype), rng.standard_normal((n, m)).astype(dtype), \
+        rng.standard_normal((n, m)).astype(dtype)
+
+    def run(A0, R, G, **row0):
+        A, Z, out = A0.copy(), np.full_like(A0, np.nan), np.full_like(A0, np.nan)
+        kernels.bias_act_drop_fwd(act, A, b, Z, 0.05, p, key, R, out, **row0)
+        dZ, db = np.full_like(A0, np.nan), np.full(m, np.nan, dtype)
+        kernels.act_drop_bwd(act, G, A, Z, dZ, db, 0.05, p, key, **row0)
+        D = A0.copy()
+        kernels.dropout_fwd(D, p, key, **row0)
+        return A, out, dZ, D
+
+    whole = run(A0, R, G)
+    part = run(A0[rows].copy(), R[rows].copy(), G[rows].copy(), row0=r0)
+    for got, want in zip(part, whole):
+        np.testing.assert_array_equal(got, want[rows])
+    # the masks depend on row0: the shard keyed from row 0 drops other elements
+    wrong = run(A0[rows].copy(), R[rows].copy(), G[rows].copy())
+    assert not np.array_equal(wrong[3], whole[3][rows])
+
+
+@pytest.mark.parametrize("row0", [-1, 1.5, True, "3", None])
+def test_dropout_kernels_reject_a_bad_row0(row0):
+    A = np.ones((3, 4))
+    for call in (lambda: kcpu.dropout_fwd(A, 0.5, 1, row0),
+                 lambda: kcpu.bias_act_drop_fwd("relu", A, np.ones(4), None, 0.0, 0.5, 1,
+                                                row0=row0),
+                 lambda: kcpu.act_drop_bwd("relu", A.copy(), A, None, A.copy(), np.ones(4),
+                                           0.0, 0.5, 1, row0)):
+        with pytest.raises(DataError, match="row0 .* must be a non-negative integer"):
+            call()
+
+
 def test_dropout_rate_outside_zero_one_is_a_config_error():
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         kcpu.dropout_fwd(np.ones((2, 2)), 1.0, 0)
@@ -290,6 +339,77 @@ def test_bad_training_arguments_are_config_errors():
         model.forward(X, training="yes")
     with pytest.raises(ConfigError, match="step must be a non-negative integer"):
         model.forward(X, training=True, step=-1)
+
+
+@pytest.mark.parametrize("block, norm", [("plain", None), ("residual", "layernorm")])
+def test_data_parallel_dropout_gradient_is_the_sum_of_the_halves(block, norm, rng):
+    """Issue 15: a batch's gradient equals its two halves' (the second with row0 = n/2), as
+    the data-parallel all-reduce adds them; keyed from row 0 the second half's masks differ."""
+    model = dn.MLP(SIZES, activation="tanh", dtype="float64", backend="cpu", block=block,
+                   norm=norm, dropout=0.4, seed=int(rng.integers(1000)))
+    model.params[...] += 0.1 * rng.standard_normal(model.n_params)
+    n = 2 * int(rng.integers(3, 12))
+    X, R = rng.standard_normal((n, SIZES[0])), rng.standard_normal((n, SIZES[-1]))
+    step = int(rng.integers(10**6))
+
+    def grad(rows, row0):
+        model.forward(X[rows], training=True, step=step, row0=row0)
+        model.backward(R[rows])
+        return model.grads.copy()
+
+    whole = grad(slice(None), 0)
+    halves = grad(slice(0, n // 2), 0) + grad(slice(n // 2, None), n // 2)
+    assert np.abs(halves - whole).max() <= 1e-12 * np.abs(whole).max()
+    unkeyed = grad(slice(0, n // 2), 0) + grad(slice(n // 2, None), 0)
+    assert np.abs(unkeyed - whole).max() > 1e-3 * np.abs(whole).max()
+
+
+def test_backward_uses_the_forwards_row0(rng):
+    """The masks backward recomputes are the forward's: same row0, not the default 0."""
+    model = dn.MLP([4, 9, 9, 3], dtype="float64", backend="cpu", dropout=0.5, seed=1)
+    X, R = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    model.forward(X, training=True, step=3, row0=17)
+    model.backward(R)
+    first = model.layers[0]  # below a dropout layer: its gradient passed through the masks
+    got = first.dW.copy()
+    k = np.unravel_index(np.argmax(np.abs(got)), got.shape)  # a gradient far from 0
+    h, values = 1e-6, []
+    for d in (h, -h):
+        first.W[k] += d
+        values.append(float((model.forward(X, training=True, step=3, row0=17) * R).sum()))
+        first.W[k] -= d
+    fd = (values[0] - values[1]) / (2 * h)
+    assert abs(fd - got[k]) <= 1e-6 * abs(fd)
+
+
+@pytest.mark.parametrize("row0", [-1, 2.0, True])
+def test_bad_row0_is_a_config_error(row0):
+    model = dn.MLP([3, 4, 2], backend="cpu", dropout=0.5)
+    with pytest.raises(ConfigError, match="row0 must be a non-negative integer"):
+        model.forward(np.ones((2, 3), np.float32), training=True, row0=row0)
+
+
+def test_guard_replay_of_a_data_parallel_step_uses_its_row0(rng):
+    """The divergence guard replays a rank's step with the shard's row0 (Batch.row0), so the
+    replay drops what the step did."""
+    from devnet.train import Batch, Step
+    from devnet.train.guard import diagnose_step
+
+    X, y = rng.standard_normal((10, 5)), rng.integers(0, 3, 10)
+    results = []
+    for replay in (False, True, None):
+        model = dn.MLP([5, 8, 8, 3], dtype="float64", backend="cpu", dropout=0.5, seed=4)
+        opt = dn.optim.SGD(model.parameters(), lr=0.1)
+        step = Step(model, dn.losses.get("cross_entropy"), opt)
+        if replay is None:  # the replay as it was: keyed from row 0
+            assert diagnose_step(step, Batch(X, y, None, np.arange(10)), 6) is None
+        elif replay:
+            assert diagnose_step(step, Batch(X, y, None, np.arange(10), row0=12), 6) is None
+        else:
+            step(X, y, None, 6, row0=12)
+        results.append(model.params.copy())
+    np.testing.assert_array_equal(results[1], results[0])
+    assert not np.array_equal(results[2], results[0])
 
 
 def test_dropout_only_in_training(rng):

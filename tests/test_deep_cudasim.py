@@ -3,8 +3,9 @@
 One small subprocess with ``NUMBA_ENABLE_CUDASIM=1`` and ``DEVNET_CUDA_SIMULATOR=1`` set before
 numba is imported (this pytest process has imported it already): the LayerNorm and dropout
 kernels against the reference and the fused CPU kernels in both dtypes, dropout masks bit for bit
-on all three, and a residual + LayerNorm + dropout model on the (simulated) CUDA backend: its
-gradients against the CPU model's and against finite differences on a sample of parameters.
+on all three (a shard's, keyed by its global first row ``row0``, too), and a residual +
+LayerNorm + dropout model on the (simulated) CUDA backend: its gradients against the CPU
+model's and against finite differences on a sample of parameters.
 """
 
 from __future__ import annotations
@@ -73,6 +74,27 @@ SCRIPT = textwrap.dedent('''
             for a, b in zip(*got):
                 close(a, b, dt)
             assert ((got[0][0] == 0) == (got[1][0] == 0)).all()
+
+        # issue 15: a shard (rows r0..r0+k-1, row0=r0) gets the whole batch's masks there
+        r0 = int(rng.integers(1, n - 2))
+        rows = slice(r0, r0 + int(rng.integers(1, n - r0 + 1)))
+        A0, Gs = rng.standard_normal((n, m)).astype(dt), G.copy()
+        shard = {}
+        for name, kw, a0, r, g in (("whole", {}, A0, R, Gs),
+                                   ("shard", {"row0": r0}, A0[rows], R[rows], Gs[rows])):
+            A, Z, out = a0.copy(), np.full_like(a0, np.nan), np.full_like(a0, np.nan)
+            kc.bias_act_drop_fwd("gelu", A, beta, Z, 0.01, 0.35, key, r.copy(), out, **kw)
+            dZ = np.full_like(a0, np.nan)
+            kc.act_drop_bwd("gelu", g.copy(), A, Z, dZ, np.full(m, np.nan, dt), 0.01, 0.35,
+                            key, **kw)
+            D = np.ones_like(a0)
+            kc.dropout_fwd(D, 0.35, key, **kw)
+            shard[name] = (A, out, dZ, D)
+        for a, b in zip(shard["shard"], shard["whole"]):
+            assert (a == b[rows]).all()
+        D = np.ones_like(A0[rows])
+        cpu.dropout_fwd(D, 0.35, key, r0)
+        assert (D == shard["shard"][3]).all()
 
     # the model on the simulated CUDA backend: gradients as on the CPU, and as differences
     gpu = dn.get_backend("cuda")

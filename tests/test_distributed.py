@@ -78,6 +78,18 @@ def test_two_ranks_equal_single_process_after_200_adam_steps(tmp_path):
     np.testing.assert_array_equal(multi["val_accuracy"], single["val_accuracy"])
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_dropout_two_ranks_equal_single_process(tmp_path, deep):
+    # issue 15: each rank's shard is keyed by its global first row, so the ranks' masks are the
+    # one-process masks; the last batch of n=97 has one row (rank 1's share is empty)
+    opts = dict(n=97, batch_size=32, epochs=5, dropout=0.4, sizes=[6, 16, 16, 4], deep=deep)
+    single = ok(*run(tmp_path, "single", nproc=0, single=True, **opts)[:2])
+    multi = ok(*run(tmp_path, "multi", **opts)[:2])
+    rel = np.abs(multi["params"] - single["params"]).max() / np.abs(single["params"]).max()
+    assert rel < 1e-10, rel
+    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-10)
+
+
 def test_uneven_shards_with_sample_weights_equal_single_process(tmp_path):
     # weights: each rank's share of a batch is its share of the batch's weight, not of its rows
     opts = dict(n=45, batch_size=16, epochs=5, sample_weight=True, sizes=[5, 7, 3])

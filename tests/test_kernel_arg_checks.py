@@ -20,7 +20,7 @@ import pytest
 
 SIZES = {"n": 3, "m": 4, "N": 5}
 SCALARS = {"act": "relu", "alpha": 0.01, "p": 0.25, "key": 7, "eps": 1e-5, "centered": False,
-           "amsgrad": False, "bc1": 0.5, "bc2": 0.5}
+           "amsgrad": False, "bc1": 0.5, "bc2": 0.5, "row0": 2}
 
 
 def _table():

@@ -221,3 +221,56 @@ def test_ptx_targets_cover_every_kernel():
         assert f"bias_act_fwd_{act}" in names and f"act_bwd_{act}" in names
     for step in reference.STEP_KERNELS:
         assert step in names
+
+
+# --- the hyper steps and the advance (issue 12: graph-ready scalars) ---------------------------
+
+_HYPER_VALUES = {"lr": 0.01, "wd": 0.01, "mu": 0.9, "rho": 0.9, "eps": 1e-8, "beta1": 0.9,
+                 "beta2": 0.999, "bc1": 1 - 0.9**3, "bc2": 1 - 0.999**3}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (7, 70))
+@pytest.mark.parametrize("flag", (False, True))
+@pytest.mark.parametrize("name", ("sgd_step", "momentum_step", "nesterov_step", "rmsprop_step",
+                                  "adam_step", "adamw_step"))
+def test_hyper_step_equals_by_value_step(name, flag, n, dtype, rng):
+    """``<step>_hyper`` reads its scalars from a float64 array: bit for bit the by-value
+    kernel's update, every row, flags on and off, both dtypes."""
+    from devnet.kernels import table
+
+    row = table.STEPS[name]
+    values = {k: v * rng.uniform(0.5, 1.0) for k, v in _HYPER_VALUES.items()}
+    hyper = np.array([values.get(k, 0.0) for k in table.hyper_layout(name)])
+    arrays = [_rand(rng, n, dtype), _rand(rng, n, dtype)] + [
+        ((rng.random(n) + 1.5) if i == 0 else 0.1 * rng.random(n)).astype(dtype)
+        for i in range(len(row.buffers) - 1)]
+    flags = [flag] * len(row.flags)
+    a, b = [x.copy() for x in arrays], [x.copy() for x in arrays]
+    if name == "rmsprop_step" and not flag:  # no mom: momentum off whatever hyper's mu
+        a[3] = b[3] = None
+        values["mu"] = 0.0
+    getattr(kcuda, f"{name}_hyper")(*a, hyper, *flags)
+    getattr(kcuda, name)(*b, *[values[s] for s in row.scalars], *flags)
+    for x, y in zip(a, b):
+        if x is not None:
+            np.testing.assert_array_equal(x, y)
+
+
+def test_opt_advance_matches_reference(rng):
+    table = rng.standard_normal((4, 3))
+    for t, t0 in ((0, 0), (2, 0), (3, 0), (30, 5), (1, 8), (4, np.nan)):
+        h1 = np.concatenate(([t, t0], rng.standard_normal(7)))
+        h2 = h1.copy()
+        kcuda.opt_advance(h1, table)
+        reference.opt_advance(h2, table)
+        np.testing.assert_array_equal(h1, h2)
+    from devnet.errors import DataError
+
+    with pytest.raises(DataError, match="no rows"):
+        kcuda.opt_advance(h1, table[:0])
+
+
+def test_hyper_targets_cover_every_step():
+    names = {n.split("[")[0] for n, _, _ in kcuda.PTX_HYPER_TARGETS}
+    assert names == {f"{s}_hyper" for s in reference.STEP_KERNELS} | {"opt_advance"}

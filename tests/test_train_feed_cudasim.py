@@ -41,7 +41,7 @@ def test_feeds_on_the_gpu_give_the_same_batches(gpu, rng):
     for feed in (host, device):
         feed.start_epoch(order)
         for lo in range(0, n, 4):
-            xb, yb, wb, rows = feed.batch(lo, min(lo + 4, n))
+            xb, yb, wb, rows, _ = feed.batch(lo, min(lo + 4, n))
             assert gpu.is_array(xb) and gpu.is_array(yb) and gpu.is_array(wb)
             np.testing.assert_array_equal(gpu.to_numpy(xb), X[order[lo:lo + 4]])
             np.testing.assert_array_equal(gpu.to_numpy(yb), y[order[lo:lo + 4]])

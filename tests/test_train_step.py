@@ -170,7 +170,8 @@ def test_host_and_device_feeds_give_the_same_batches(rng, backend, weighted, shu
         feed.start_epoch(order)
         for lo in range(0, n, 8):
             hi = min(lo + 8, n)
-            xb, yb, wb, idx = feed.batch(lo, hi)
+            xb, yb, wb, idx, row0 = feed.batch(lo, hi)
+            assert row0 == 0
             np.testing.assert_array_equal(idx, rows[lo:hi])
             np.testing.assert_array_equal(backend.to_numpy(xb), X[rows[lo:hi]])
             np.testing.assert_array_equal(backend.to_numpy(yb), y[rows[lo:hi]])

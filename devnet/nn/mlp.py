@@ -79,7 +79,9 @@ class MLP:
     starting at 1 and beta at 0. ``dropout=p`` drops each hidden activation (not the output)
     with probability p during training only (``forward(X, training=True, step=s)``: fit does
     that), scaling the kept ones by 1 / (1 - p); the mask is a hash of (dropout_seed, s, layer,
-    element), identical on every device and after a resume.
+    element), identical on every device and after a resume. The element is counted in the whole
+    batch (``forward(..., row0=r)`` for rows r.. of it): the masks of a batch's parts are the
+    masks of the batch, so data-parallel ranks drop what one process would.
 
     Args:
         layer_sizes: at least two positive ints.
@@ -135,6 +137,7 @@ class MLP:
         # any layer with a norm or a skip: forward and backward take the general path
         self._deep = any(layer.norm or layer.residual for layer in self.layers)
         self._keys = None  # per layer: the dropout key of the last forward, or None
+        self._row0 = 0  # the last forward's row0: backward recomputes the masks with it
         self.n_params = sum(layer.n_params for layer in self.layers)
         _check_memory(sizes, self.n_params, self.dtype)
         self.backend = get_backend(backend)
@@ -297,23 +300,25 @@ class MLP:
         return X
 
     @_own_buffers
-    def forward(self, X, training: bool = False, step: int = 0):
+    def forward(self, X, training: bool = False, step: int = 0, row0: int = 0):
         """Run the network on X (n, n_in); returns the output (n, n_out) on the model's device.
 
         ``training=True`` applies dropout with the masks of optimizer step ``step`` (fit passes
-        its global step count); the default, inference, never drops. The result is the model's
+        its global step count); the default, inference, never drops. ``row0``: X's first row
+        within the step's whole batch (a data-parallel rank's shard starts there), so the masks
+        are those the whole batch's rows row0..row0+n-1 get. The result is the model's
         own output buffer, overwritten by the next forward with the same batch size: copy it
         to keep it. Caches only what ``backward`` needs.
         """
         X = self._as_input(X)
-        drop = _check_training(training, step) and self.dropout > 0
+        drop = _check_training(training, step, row0) and self.dropout > 0
         n = X.shape[0]
         work = self._buffers(n)
         kernels, alpha = self.backend.kernels, self.alpha
         if self._dev_mean is not None:
             X = self._standardize(X, work)
         if drop or self._deep:
-            A = self._forward_deep(X, work, step if drop else None)
+            A = self._forward_deep(X, work, step if drop else None, row0)
         else:
             self._keys = None
             A = X
@@ -324,8 +329,10 @@ class MLP:
         self._X, self._n = X, n
         return A
 
-    def _forward_deep(self, X, work: _Work, step: int | None):
-        """The forward with LayerNorm, residual blocks and (``step`` not None) dropout."""
+    def _forward_deep(self, X, work: _Work, step: int | None, row0: int = 0):
+        """The forward with LayerNorm, residual blocks and (``step`` not None) dropout; X's rows
+        are rows row0.. of the step's batch (they key the masks)."""
+        row0 = int(row0)
         be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
         keys = [None] * len(self.layers)
         inputs = [None] * len(self.layers)
@@ -343,16 +350,16 @@ class MLP:
                 keys[i] = scalar.dropout_key(self.dropout_seed, step, i)
             if layer.residual:  # out <- dropout(act(out + b)); R <- input + out, one pass
                 kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
-                                          keys[i] or 0, inputs[i], work.R[i])
+                                          keys[i] or 0, inputs[i], work.R[i], row0=row0)
                 A = work.R[i]
             else:
                 if p > 0:
                     kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
-                                              keys[i])
+                                              keys[i], row0=row0)
                 else:
                     kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
                 A = out
-        self._keys = keys
+        self._keys, self._row0 = keys, row0
         work.inputs = inputs
         return A
 
@@ -433,7 +440,7 @@ class MLP:
             dZ = work.D[i] if layer.residual else self._dz_buffer(layer, G, work.G[i])
             if keys[i] is not None:
                 kernels.act_drop_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db,
-                                     alpha, layer.dropout, keys[i])
+                                     alpha, layer.dropout, keys[i], row0=self._row0)
             else:
                 kernels.act_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db, alpha)
             inp = work.inputs[i]
@@ -578,12 +585,15 @@ def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
     return block, norm, float(dropout)
 
 
-def _check_training(training, step) -> bool:
+def _check_training(training, step, row0=0) -> bool:
     if not isinstance(training, (bool, np.bool_)):
         raise ConfigError(f"training must be True or False, got {training!r}")
     if not (_is_int(step) and step >= 0):
         raise ConfigError(f"step must be a non-negative integer (the optimizer step that keys "
                           f"the dropout masks), got {step!r}")
+    if not (_is_int(row0) and row0 >= 0):
+        raise ConfigError(f"row0 must be a non-negative integer (the first row's index in the "
+                          f"step's whole batch, which keys the dropout masks), got {row0!r}")
     return bool(training)
 
 

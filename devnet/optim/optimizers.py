@@ -1,4 +1,17 @@
-"""Optimizers: one fused kernel launch over the model's flat parameter buffer per step."""
+"""Optimizers: one fused kernel launch over the model's flat parameter buffer per step.
+
+Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
+device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
+scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
+computed on the host exactly as before and uploaded once per ``TABLE_ROWS`` steps (once for
+good when they no longer change: a constant lr without bias corrections is a 1-row table). A
+step is two launches, ``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper
+step kernel: no allocation, no host-device copy, the same arguments every step. The host keeps
+its own ``t`` in lock-step and never reads the device; writing ``t``, ``base_lr``,
+``schedule`` or a hyper-parameter (the guard's restore, resume, callbacks, the estimators'
+adaptive rate) marks the device copy stale, and the next step uploads it again
+(``_sync_device``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +20,12 @@ import math
 import numpy as np
 
 from devnet.errors import ConfigError, lookup
+from devnet.kernels import table as kernel_table
 from devnet.nn.dense import ParameterList
 from devnet.optim.schedules import Schedule
+
+TABLE_ROWS = 1024
+"""Steps of per-step scalars uploaded at once (a refill costs TABLE_ROWS schedule calls)."""
 
 
 def _number(name: str, value, lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False):
@@ -32,6 +49,25 @@ def _flag(name: str, value) -> bool:
     raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
+class _Synced:
+    """An Optimizer attribute whose writes mark the device copy of its scalars stale."""
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+        obj.__dict__["_stale"] = True
+
+
 class Optimizer:
     """Base class. ``params`` is ``model.parameters()`` (or the model itself).
 
@@ -39,10 +75,18 @@ class Optimizer:
         lr: a float > 0 or a Schedule of the step count.
         weight_decay: L2 penalty (decoupled in AdamW).
         clip_norm: clip the global gradient norm to this value before the update (None: off).
+
+    ``hyper``: the step kernel's scalars on the device (float64, ``kernels.table.hyper_layout``
+    of ``kernel``); see the module docstring.
     """
 
     name = "optimizer"
     state_names: tuple[str, ...] = ()
+    # the host fields the device copy is built from: writing one marks it stale
+    t = _Synced()  #: completed steps
+    base_lr = _Synced()
+    schedule = _Synced()
+    weight_decay = _Synced()
 
     def __init__(self, params, lr, weight_decay: float = 0.0, clip_norm: float | None = None):
         if hasattr(params, "parameters") and callable(params.parameters):
@@ -64,6 +108,16 @@ class Optimizer:
         self.t = 0  # completed steps
         self.state = {name: self.backend.zeros(params.data.shape, params.data.dtype)
                       for name in self.state_names}
+        # the device copy: hyper and the table of per-step scalars in one float64 buffer
+        self.kernel = self._kernel()
+        self._layout = kernel_table.hyper_layout(self.kernel)
+        self._columns = kernel_table.hyper_columns(self.kernel)
+        size = len(self._layout)
+        self._device = self.backend.zeros(size + TABLE_ROWS * len(self._columns), np.float64)
+        self.hyper = self._device[:size]
+        self._table = None  # the rows in use of the table (a view of _device)
+        self._refill_at = 0  # the host step count at which the table runs out
+        self._stale = True
 
     @property
     def lr(self) -> float:
@@ -71,21 +125,76 @@ class Optimizer:
         return self.schedule(self.t) if self.schedule is not None else self.base_lr
 
     def step(self) -> None:
-        """Update every parameter from its gradient, in one pass over the flat buffer."""
-        lr = self.lr
+        """Update every parameter from its gradient, in one pass over the flat buffer.
+
+        Two launches with the same arguments every step: ``opt_advance`` (the device's step
+        count and this step's lr / bias corrections), then the hyper step kernel.
+        """
         if self.clip_norm is not None:
             self._clip_()
-        self.t += 1
-        self._update(lr)
+        if self._stale or self._t >= self._refill_at:
+            self._sync_device()
+        self.backend.kernels.opt_advance(self.hyper, self._table)
+        self._t += 1  # in lock-step with the device's, whatever the update does next
+        self._update_()
+
+    # --- the device copy of the scalars --------------------------------------------------------
+
+    def _kernel(self) -> str:
+        """The ``kernels.table.STEPS`` row this optimizer runs (fixed at construction)."""
+        raise NotImplementedError
+
+    def _lr_at(self, t: int) -> float:
+        """The learning rate of step number ``t`` (1-based: the schedule's step ``t - 1``)."""
+        return self.schedule(t - 1) if self.schedule is not None else self.base_lr
+
+    def _step_scalars(self, t: int) -> tuple:
+        """The stepwise scalars (``kernels.table.hyper_columns``) of step number ``t``."""
+        return (self._lr_at(t),)
+
+    def _constants(self) -> dict:
+        """The step kernel's scalars that do not change per step, by name."""
+        return {"wd": self.weight_decay}
+
+    def _settled(self, t: int) -> bool:
+        """Whether every step from number ``t`` on has step ``t``'s stepwise scalars."""
+        return self.schedule is None
+
+    def _sync_device(self) -> None:
+        """Upload the device copy from the host fields: ``hyper`` (t, constants) and the
+        table of the next steps' scalars; one host-to-device copy, in stream order."""
+        t0, columns = self._t, len(self._columns)
+        rows = 1 if self._settled(t0 + 1) else TABLE_ROWS
+        try:
+            steps = np.array([self._step_scalars(t) for t in range(t0 + 1, t0 + 1 + rows)],
+                             dtype=np.float64).reshape(rows, columns)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.name}: the learning rate must be a number (or the "
+                              f"schedule return one): {exc}") from None
+        constants = self._constants()
+        host = np.zeros(len(self._layout) + rows * columns)
+        for slot, name in enumerate(self._layout):
+            if name in constants:
+                host[slot] = constants[name]
+        host[kernel_table.HYPER_T] = host[kernel_table.HYPER_T0] = t0
+        first = kernel_table.HYPER_STEPWISE0
+        host[first:first + columns] = steps[0]  # overwritten by the first advance
+        host[len(self._layout):] = steps.ravel()
+        with self.backend.scope():
+            self._device[:host.size] = self.backend.asarray(host)
+        self._table = self._device[len(self._layout):host.size].reshape(rows, columns)
+        self._refill_at = math.inf if self._settled(t0 + rows) else t0 + rows
+        self._stale = False
+
+    def _update_(self) -> None:
+        """Launch the hyper step kernel on the parameters, gradient and state (in place)."""
+        raise NotImplementedError
 
     def _clip_(self) -> None:
         # on the device, no host sync: g *= min(1, clip / (|g| + eps))
         xp, g = self.backend.xp, self.params.grad
         norm = xp.sqrt(xp.dot(g, g))
         g *= xp.minimum(1.0, self.clip_norm / (norm + 1e-6)).astype(g.dtype)
-
-    def _update(self, lr: float) -> None:
-        raise NotImplementedError
 
     def hyperparameters(self) -> dict:
         """The constructor arguments other than params and lr (JSON-serialisable)."""
@@ -122,6 +231,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum."""
 
     name = "sgd"
+    momentum = _Synced()
 
     def __init__(self, params, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, clip_norm: float | None = None):
@@ -132,14 +242,22 @@ class SGD(Optimizer):
         self.state_names = ("momentum_buffer",) if self.momentum > 0 else ()
         super().__init__(params, lr, weight_decay, clip_norm)
 
-    def _update(self, lr: float) -> None:
-        k, p = self.backend.kernels, self.params
+    def _kernel(self) -> str:
         if self.momentum == 0:
-            k.sgd_step(p.data, p.grad, lr, self.weight_decay)
+            return "sgd_step"
+        return "nesterov_step" if self.nesterov else "momentum_step"
+
+    def _constants(self) -> dict:
+        return {"mu": self.momentum, **super()._constants()}
+
+    def _update_(self) -> None:
+        k, p = self.backend.kernels, self.params
+        if self.kernel == "sgd_step":
+            k.sgd_step_hyper(p.data, p.grad, self.hyper)
         else:
-            step = k.nesterov_step if self.nesterov else k.momentum_step
-            step(p.data, p.grad, self.state["momentum_buffer"], lr, self.momentum,
-                 self.weight_decay)
+            step = k.nesterov_step_hyper if self.kernel == "nesterov_step" else \
+                k.momentum_step_hyper
+            step(p.data, p.grad, self.state["momentum_buffer"], self.hyper)
 
     def hyperparameters(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov, **super().hyperparameters()}
@@ -149,6 +267,7 @@ class RMSProp(Optimizer):
     """RMSProp with optional momentum and centering (Graves)."""
 
     name = "rmsprop"
+    rho, eps, momentum = _Synced(), _Synced(), _Synced()
 
     def __init__(self, params, lr=0.01, rho: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, centered: bool = False, weight_decay: float = 0.0,
@@ -165,11 +284,17 @@ class RMSProp(Optimizer):
         self.state_names = tuple(names)
         super().__init__(params, lr, weight_decay, clip_norm)
 
-    def _update(self, lr: float) -> None:
+    def _kernel(self) -> str:
+        return "rmsprop_step"
+
+    def _constants(self) -> dict:
+        return {"rho": self.rho, "mu": self.momentum, "eps": self.eps, **super()._constants()}
+
+    def _update_(self) -> None:
         p, s = self.params, self.state
-        self.backend.kernels.rmsprop_step(
-            p.data, p.grad, s["square_avg"], s.get("momentum_buffer"), s.get("grad_avg"), lr,
-            self.rho, self.momentum, self.eps, self.weight_decay, self.centered)
+        self.backend.kernels.rmsprop_step_hyper(
+            p.data, p.grad, s["square_avg"], s.get("momentum_buffer"), s.get("grad_avg"),
+            self.hyper, self.centered)
 
     def hyperparameters(self) -> dict:
         return {"rho": self.rho, "eps": self.eps, "momentum": self.momentum,
@@ -180,7 +305,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with L2 weight decay and the AMSGrad option."""
 
     name = "adam"
-    kernel = "adam_step"
+    betas, eps = _Synced(), _Synced()
 
     def __init__(self, params, lr=1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
@@ -197,12 +322,26 @@ class Adam(Optimizer):
                                                         else ())
         super().__init__(params, lr, weight_decay, clip_norm)
 
-    def _update(self, lr: float) -> None:
-        p, s = self.params, self.state
+    def _kernel(self) -> str:
+        return "adam_step"
+
+    def _step_scalars(self, t: int) -> tuple:
         b1, b2 = self.betas
-        getattr(self.backend.kernels, self.kernel)(
-            p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq"), lr, b1, b2,
-            self.eps, self.weight_decay, 1.0 - b1**self.t, 1.0 - b2**self.t, self.amsgrad)
+        return (self._lr_at(t), 1.0 - b1**t, 1.0 - b2**t)  # lr, bc1, bc2 (hyper_columns)
+
+    def _settled(self, t: int) -> bool:
+        b1, b2 = self.betas  # b**t only falls: once 1 - b**t rounds to 1 it stays there
+        return super()._settled(t) and 1.0 - b1**t == 1.0 and 1.0 - b2**t == 1.0
+
+    def _constants(self) -> dict:
+        b1, b2 = self.betas
+        return {"beta1": b1, "beta2": b2, "eps": self.eps, **super()._constants()}
+
+    def _update_(self) -> None:
+        p, s = self.params, self.state
+        getattr(self.backend.kernels, self.kernel + "_hyper")(
+            p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq"), self.hyper,
+            self.amsgrad)
 
     def hyperparameters(self) -> dict:
         return {"betas": list(self.betas), "eps": self.eps, "amsgrad": self.amsgrad,
@@ -213,7 +352,9 @@ class AdamW(Adam):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay."""
 
     name = "adamw"
-    kernel = "adamw_step"
+
+    def _kernel(self) -> str:
+        return "adamw_step"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  amsgrad=False, clip_norm=None):

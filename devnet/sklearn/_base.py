@@ -305,9 +305,9 @@ class BaseMLP(BaseEstimator):
                 feed.start_epoch(sample_idx if self.shuffle else None)
                 step.reset()
                 for sl in gen_batches(n, batch_size):
-                    xb, yb, wb, _ = feed.batch(sl.start, sl.stop)
+                    batch = feed.batch(sl.start, sl.stop)
                     # the running sum weighs each batch's mean loss by its sample count
-                    step(xb, yb, wb, weight=sl.stop - sl.start)
+                    step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
                 self.loss_ = float(step.running) / n
                 self.n_iter_ += 1
                 self.t_ += n

@@ -51,13 +51,8 @@ class SklearnAdam(optim.Adam):
         """The step size of the last update (``learning_rate_init`` before the first)."""
         return self._step_size(self.t) if self.t > 0 else float(self.base_lr)
 
-    def _update(self, lr: float) -> None:
-        p, s = self.params, self.state
-        b1, b2 = self.betas
-        getattr(self.backend.kernels, self.kernel)(
-            p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq"),
-            self._step_size(self.t), b1, b2, self.eps, self.weight_decay, 1.0, 1.0,
-            self.amsgrad)
+    def _step_scalars(self, t: int) -> tuple:
+        return (self._step_size(t), 1.0, 1.0)  # lr, bc1, bc2 of step t
 
 
 def make(solver: str, model, est):

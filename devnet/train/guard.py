@@ -78,8 +78,9 @@ def diagnose_step(step, batch, index: int = 0) -> tuple | None:
     """Run one step of ``step`` (a Step) checking every array; returns (layer, array,
     description) of the first non-finite one, or None.
 
-    ``batch``: the Batch replayed (its ``rows``: sample indices in the training data);
-    ``index``: the global step (it keys the dropout masks, as in the step replayed). Hooks
+    ``batch``: the Batch replayed (its ``rows``: sample indices in the training data; its
+    ``row0``: where a data-parallel rank's shard starts in the step's batch); ``index``: the
+    global step (index and row0 key the dropout masks, as in the step replayed). Hooks
     that talk to other processes (the data-parallel all-reduce) are left out of the replay.
     """
     model, loss, opt = step.model, step.loss, step.optimizer
@@ -94,7 +95,7 @@ def diagnose_step(step, batch, index: int = 0) -> tuple | None:
     if found is not None:
         return found
     with np.errstate(all="ignore"), model.backend.scope():
-        pred = step.forward(xb, index)
+        pred = step.forward(xb, index, batch.row0)
         # each layer's output of that forward, in order (residual blocks and norms included)
         for layer, A in zip(model.layers, model.layer_outputs()):
             if _nonfinite(xp, A):

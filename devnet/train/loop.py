@@ -233,12 +233,6 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     if comm is not None:  # data-parallel: check the ranks agree, broadcast rank 0's state
         from devnet.distributed import DataParallel
 
-        if getattr(model, "dropout", 0.0) > 0:
-            # masks are keyed by the row within the batch each rank sees, so the ranks' masks
-            # would not add up to the single-process mask
-            raise ConfigError("fit(comm=...) does not support dropout yet: build the model with "
-                              "dropout=0.0 for data-parallel training")
-
         trainer.dist = DataParallel(comm, trainer, X, y, sw)
         progress, callbacks = trainer.dist.root_only(progress, callbacks)
     for cb in callbacks:
@@ -273,11 +267,10 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
     val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
 
     def batch_at(s):
-        """The Batch of the epoch's step s (this rank's rows of it under data parallelism)."""
+        """The Batch of the epoch's step s (this rank's rows of it under data parallelism, its
+        ``row0`` where they start in the step's batch: the dropout masks are the batch's)."""
         lo, hi = s * bs, min((s + 1) * bs, n)
-        if dist is not None:
-            lo, hi = dist.shard(feed.order, lo, hi)
-        return feed.batch(lo, hi)
+        return feed.batch(lo, hi) if dist is None else dist.batch(feed, lo, hi)
 
     for epoch in range(trainer.epochs_done, trainer.epochs):
         trainer.epoch = epoch
@@ -294,14 +287,15 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
         step.reset()
         bar = shown.bar(epoch)
         for s in range(steps_per_epoch):
-            xb, yb, wb, _ = batch_at(s)
+            batch = batch_at(s)
             rows = min(bs, n - s * bs)  # of the global batch; the last one may be partial
-            step(xb, yb, wb, trainer.step, 1.0 if rows == bs else rows / bs)
+            step(batch.x, batch.y, batch.w, trainer.step, 1.0 if rows == bs else rows / bs,
+                 row0=batch.row0)
             trainer.step += 1
             if bar is not None:
                 bar.update(rows)
             for cb in callbacks:
-                cb.on_batch_end(trainer.step, {"size": xb.shape[0]})
+                cb.on_batch_end(trainer.step, {"size": batch.x.shape[0]})
             if g is not None and g.every and (s + 1) % g.every == 0 and s + 1 < steps_per_epoch:
                 if not g.finite(step.running):
                     diverged(trainer, step, g, epoch, g.first_step, s, batch_at)

@@ -17,12 +17,16 @@ from devnet.errors import ConfigError
 
 class Batch(NamedTuple):
     """One batch on the model's device: X (n, n_in), targets, weights (n,) or None; ``rows``:
-    the batch's sample indices in the training data (host, for messages), or None."""
+    the batch's sample indices in the training data (host, for messages), or None; ``row0``:
+    the batch's first row within the step's whole batch (0, or where a data-parallel rank's
+    shard starts): it keys the dropout masks, so the ranks drop what one process would.
+    """
 
     x: object
     y: object
     w: object = None
     rows: np.ndarray | None = None
+    row0: int = 0
 
 
 class StepHook:
@@ -101,9 +105,10 @@ class Step:
 
     # --- the stages (the guard's replay checks the arrays between them) -------------------
 
-    def forward(self, x, index: int = 0):
-        """The model's output for the batch; ``index``: the global step (dropout's masks)."""
-        return self.model.forward(x, training=self.training, step=index)
+    def forward(self, x, index: int = 0, row0: int = 0):
+        """The model's output for the batch; ``index``: the global step and ``row0``: x's first
+        row within the step's whole batch (``Batch.row0``), both keying dropout's masks."""
+        return self.model.forward(x, training=self.training, step=index, row0=row0)
 
     def output_grad(self, pred, batch: Batch, collective: bool = True):
         """Loss value and dL/dpred (into the Step's buffer), then the hooks' ``output_grad_``."""
@@ -125,25 +130,27 @@ class Step:
 
     # --- the step ---------------------------------------------------------------------------
 
-    def loss_and_grad(self, x, y, w=None, index: int = 0, rows=None):
+    def loss_and_grad(self, x, y, w=None, index: int = 0, rows=None, row0: int = 0):
         """Loss value (device scalar) and the gradient in ``model.grads``; no update."""
-        batch = Batch(x, y, w, rows)
+        batch = Batch(x, y, w, rows, row0)
         with self.scope():
-            value, grad = self.output_grad(self.forward(x, index), batch)
+            value, grad = self.output_grad(self.forward(x, index, row0), batch)
             return self.backpropagate(grad, value, batch)
 
-    def __call__(self, x, y, w=None, index: int = 0, weight: float = 1.0, rows=None):
+    def __call__(self, x, y, w=None, index: int = 0, weight: float = 1.0, rows=None,
+                 row0: int = 0):
         """One training step on (x, y, w); adds ``value * weight`` to ``running``.
 
         x: (n, n_in) on the model's device; y: its targets; w: (n,) weights or None; index:
-        the global step count (keys dropout's masks). Returns the loss value (device scalar).
+        the global step count and row0: x's first row in the step's whole batch (they key
+        dropout's masks; ``Batch.row0``). Returns the loss value (device scalar).
         """
         if self.optimizer is None:
             raise ConfigError("this Step was built without an optimizer: call loss_and_grad, "
                               "or build it with one")
-        batch = Batch(x, y, w, rows)
+        batch = Batch(x, y, w, rows, row0)
         with self.scope():
-            value, grad = self.output_grad(self.forward(x, index), batch)
+            value, grad = self.output_grad(self.forward(x, index, row0), batch)
             value = self.backpropagate(grad, value, batch)
             self.optimizer.step()
             if weight == 1.0:
