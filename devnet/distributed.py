@@ -11,7 +11,7 @@ Every rank holds the whole data set and the same model. Each step every rank tak
 (a contiguous slice) of the same globally shuffled batch, scales its loss gradient by its share
 of the batch (rows, or sample weight), and the flat gradient buffer is summed across ranks in
 place -- one all-reduce per step -- so every rank holds the single-process mean gradient before
-the one-launch optimizer update. Parameters and optimizer state are broadcast from rank 0 before
+the one-pass optimizer update. Parameters and optimizer state are broadcast from rank 0 before
 the first step, after the ranks have checked (one small all-gather) that they agree on the model,
 loss, optimizer, data length and training state.
 

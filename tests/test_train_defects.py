@@ -359,9 +359,12 @@ def test_poisson_metrics_score_the_predicted_mean_not_its_log(rng):
     assert scores["mae"] == pytest.approx(np.abs(mean - y).mean(), rel=1e-12)
 
 
-def test_data_parallel_fit_refuses_dropout_instead_of_training_with_wrong_masks(rng):
-    """Dropout masks are keyed by the row within each rank's slice: refused, not silently off."""
+def test_data_parallel_fit_with_a_foreign_comm_is_refused_by_name(rng):
+    """Dropout under ``comm`` is keyed by the global row now (tests/test_distributed.py checks
+    2 ranks equal 1 with dropout); what is refused is a comm that is not devnet's."""
+    from devnet.distributed import DistributedError
+
     X, y = _blobs(rng)
     model = dn.MLP([4, 8, 3], dropout=0.2, backend="cpu", seed=1)
-    with pytest.raises(dn.ConfigError, match="dropout"):
+    with pytest.raises(DistributedError, match="devnet.distributed.init"):
         dn.fit(model, X, y, epochs=1, batch_size=16, progress=False, comm=object())
