@@ -114,6 +114,67 @@ class _Keys:
 DROPOUT = 0.1
 
 
+# --- the reductions over the flat buffers (issue 12): their plain sequences are the code the
+# kernels replaced (the estimators' L2 hook, Optimizer._clip_), kept here with the cases
+
+def _spans(n):
+    """Three weight spans of a flat buffer of n, with bias-sized gaps between them."""
+    gap = max(1, n // 64)
+    return [(0, n // 2), (n // 2 + gap, 3 * n // 4), (3 * n // 4 + gap, n - gap)]
+
+
+def _l2_case(xp, rng, n, dtype):
+    p = xp.asarray(rng.standard_normal(n).astype(dtype))
+    g = xp.asarray(rng.standard_normal(n).astype(dtype))
+    spans = _spans(n)
+    return {"p": p, "g": g, "spans": xp.asarray(np.array(spans, dtype=np.int64)),
+            "W": [p[a:b] for a, b in spans], "dW": [g[a:b] for a, b in spans],
+            "value": xp.asarray(np.full(1, 0.5, dtype)), "alpha": 1e-4, "count": 256}
+
+
+def _clip_case(xp, rng, n, dtype):
+    hyper = np.ones(len(table.HYPER_HEADER))
+    hyper[table.HYPER_CLIP] = 1.0
+    return {"g": xp.asarray(rng.standard_normal(n).astype(dtype)), "hyper": xp.asarray(hyper)}
+
+
+class _Plain:
+    """``baseline`` plus the plain sequences of the reductions (called like the kernels)."""
+
+    def __getattr__(self, name):
+        return getattr(baseline, name)
+
+    @staticmethod
+    def l2_case(o):
+        # SklearnObjective.param_grad_ before the kernel: a dot per layer, then dW += c W
+        xp = reference.get_xp(o["p"])
+        sq = sum(xp.dot(w, w) for w in o["W"])
+        value = o["value"] + 0.5 * o["alpha"] * sq / o["count"]
+        for w, dw in zip(o["W"], o["dW"]):
+            dw += (o["alpha"] / o["count"]) * w
+        return value
+
+    @staticmethod
+    def clip_case(o):
+        # Optimizer._clip_ before the kernel: g *= min(1, clip / (|g| + 1e-6)), in place
+        xp, g = reference.get_xp(o["g"]), o["g"]
+        norm = xp.sqrt(xp.dot(g, g))
+        g *= xp.minimum(1.0, 1.0 / (norm + 1e-6)).astype(g.dtype)
+
+
+def _l2_call(k, o):
+    if isinstance(k, _Plain):
+        return k.l2_case(o)
+    return k.l2_penalty(o["p"], o["g"], o["spans"], o["alpha"], None, o["count"], o["value"])
+
+
+def _clip_call(k, o):
+    return k.clip_case(o) if isinstance(k, _Plain) else k.opt_clip(o["g"], o["hyper"])
+
+
+_PLAIN = _Plain()
+
+
 def _dropout():
     keys = _Keys()
 
@@ -208,6 +269,8 @@ CASES = (
     _dropout(),
     *(_fwd_drop(a) for a in DROP_ACTIVATIONS), _fwd_drop("relu", residual=True),
     *(_bwd_drop(a) for a in DROP_ACTIVATIONS),
+    FusionCase(table.L2_KERNEL, _l2_case, _l2_call),
+    FusionCase(table.CLIP_KERNEL, _clip_case, _clip_call),
 )
 CASE_NAMES = tuple(c.name for c in CASES)
 
@@ -248,7 +311,7 @@ def run(backend, settings: Settings, elements: int = ELEMENTS, names=None, dtype
             continue
         ops = case.make(xp, rng, elements, dtype)
         fns = {"fused": (lambda c=case.call, o=ops: c(backend.kernels, o), clock),
-               "plain": (lambda c=case.call, o=ops: c(baseline, o), clock),
+               "plain": (lambda c=case.call, o=ops: c(_PLAIN, o), clock),
                "reference": (lambda c=case.call, o=ops: c(reference, o), clock)}
         same_accuracy = case.name == "bias_act_fwd[tanh]" and xp is np
         if same_accuracy:

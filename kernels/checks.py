@@ -14,8 +14,12 @@ import threading
 import numpy as np
 from devnet.kernels.table import (
     ARRAYS,
+    CLIP_KERNEL,
+    HYPER_HEADER,
     HYPER_STEPWISE0,
+    L2_KERNEL,
     LOSSES,
+    REDUCTION_ARRAYS,
     STEP_HYPER,
     STEPS,
     gated_scalars,
@@ -88,7 +92,8 @@ def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = Fals
     sizes: dict[str, int] = {}
     origin: dict[str, str] = {}
     dtype = None
-    for spec in ARRAYS[specs or name]:
+    key = specs or name
+    for spec in ARRAYS[key] if key in ARRAYS else REDUCTION_ARRAYS[key]:
         a = args[spec.pos] if spec.pos < len(args) else None
         if a is None:
             if spec.optional:
@@ -301,6 +306,100 @@ def make_advance(launch, array_type=np.ndarray):
     opt_advance.__doc__ = ("One optimizer step's scalars on the device: ``t += 1``, stepwise "
                            "slots from ``table``; see ``reference.opt_advance``.")
     return opt_advance
+
+
+def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
+    """The public entry ``opt_clip(g, hyper)``: checks, then ``launch(g, hyper)``.
+
+    g: (N,) float32/float64, read only; hyper: a writable float64 (H,) array with at least the
+    header's slots (``table.HYPER_HEADER``). Values are not read (no sync).
+    """
+    name = CLIP_KERNEL
+
+    def opt_clip(g, hyper):
+        check(name, (g,), array_type, contiguous)
+        if not isinstance(g, array_type) or g.ndim != 1:  # unchecked inside TRUSTED
+            raise DataError(f"{name}: argument 'g' must be a 1-D float array")
+        float64_array(name, "hyper", hyper, 1, array_type, written=True)
+        if hyper.shape[0] < len(HYPER_HEADER):
+            raise DataError(f"{name}: hyper has {hyper.shape[0]} slots, fewer than the "
+                            f"{len(HYPER_HEADER)} header slots ({', '.join(HYPER_HEADER)})")
+        launch(g, hyper)
+
+    opt_clip.__doc__ = ("The gradient's clip scale into ``hyper`` (one reduction); see "
+                        "``reference.opt_clip``.")
+    return opt_clip
+
+
+def _spans(name: str, spans, n: int, array_type) -> None:
+    """A DataError unless ``spans`` is a C-contiguous (k, 2) int64 array; on the host (NumPy)
+    also unless its spans are sorted, disjoint and within [0, n]. A device array's values are
+    not read (that would sync): the kernels clamp every span into the buffer instead
+    (``norms.span_bounds``), so no access falls outside p and g whatever it holds."""
+    if not isinstance(spans, array_type) or spans.dtype != np.int64 or spans.ndim != 2 \
+            or spans.shape[1] != 2 or not spans.flags.c_contiguous:
+        what = (f"a {spans.ndim}-D {spans.dtype} array of shape {tuple(spans.shape)}"
+                if isinstance(spans, array_type) else type(spans).__name__)
+        raise DataError(f"{name}: spans must be a C-contiguous (k, 2) int64 array of "
+                        f"[start, stop) offsets, got {what}")
+    if isinstance(spans, np.ndarray):  # k is a layer count: a loop over a few pairs
+        prev = 0
+        for i, (start, stop) in enumerate(spans.tolist()):
+            if not prev <= start <= stop <= n:
+                raise DataError(f"{name}: span {i} = [{start}, {stop}) is out of [0, {n}] or "
+                                "overlaps the span before it; spans must be sorted, disjoint "
+                                f"[start, stop) offsets into p (size {n})")
+            prev = stop
+
+
+def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
+            device_value: bool = False):
+    """The public entry ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``.
+
+    Checks p, g (N,) and weight (n,) or None (one float dtype), spans (``_spans``), the
+    scalars (real numbers) and ``value``: with ``device_value`` a 1-element array of p's dtype
+    (the loss kernels' output, read by the kernel: no sync), else a real number or a
+    1-element array (read here, on the host). Then
+    ``launch(p, g, spans, alpha, weight, count, value, value_scale)`` with floats.
+    """
+    name = L2_KERNEL
+    args = ("p", "g", "spans", "alpha", "weight", "count", "value", "value_scale")
+
+    def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
+        check(name, (p, g, spans, alpha, weight), array_type, contiguous)
+        for arg, a in (("p", p), ("g", g)):  # the dtype / shape checks, inside TRUSTED too
+            if not isinstance(a, array_type) or a.ndim != 1 or a.shape != p.shape:
+                raise DataError(f"{name}: argument {arg!r} must be a 1-D float array of p's "
+                                "size")
+        _spans(name, spans, p.shape[0], array_type)
+        alpha, count, value_scale = _floats(name, ("alpha", "count", "value_scale"),
+                                            (alpha, count, value_scale))
+        if device_value:
+            if not isinstance(value, array_type) or value.size != 1 or \
+                    value.dtype != p.dtype or not value.flags.c_contiguous:
+                raise DataError(f"{name}: value must be a 1-element {p.dtype} array on the "
+                                f"device (the loss value), got {_describe(value)}")
+        elif isinstance(value, array_type):
+            if value.size != 1 or value.dtype.kind not in "biuf":
+                raise DataError(f"{name}: value must be a real number or a 1-element array, "
+                                f"got {_describe(value)}")
+            value = float(value.reshape(())[()])
+        else:
+            value = _floats(name, ("value",), (value,))[0]
+        return launch(p, g, spans, alpha, weight, count, value, value_scale)
+
+    l2_penalty.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in args[:-1]]
+        + [inspect.Parameter(args[-1], inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)])
+    l2_penalty.__doc__ = ("scikit-learn's L2 term over the weight spans, in place on g; "
+                          "returns the loss value with it; see ``reference.l2_penalty``.")
+    return l2_penalty
+
+
+def _describe(a) -> str:
+    if hasattr(a, "dtype") and hasattr(a, "shape"):
+        return f"a {a.dtype} array of shape {tuple(a.shape)}"
+    return f"{a!r} ({type(a).__name__})"
 
 
 def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,

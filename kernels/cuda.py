@@ -50,7 +50,7 @@ import math
 import os
 
 import numpy as np
-from devnet.kernels import checks, scalar, table
+from devnet.kernels import checks, norms, scalar, table
 from devnet.kernels import hyper as _hyper
 from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 from numba import cuda, types
@@ -90,6 +90,8 @@ def _device(fn):
 _FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
 # The scalar functions per dtype (their float literals in that dtype).
 S = {dt: scalar.compiled(_device, dt) for dt in _FLOAT_TYPES}
+# The reductions' scalar math (clip scale, L2 term, the hyper steps' gradient scale).
+N = {dt: norms.compiled(_device, dt) for dt in _FLOAT_TYPES}
 
 
 # --- block-level helpers (inlined into the kernels) ----------------------------------------------
@@ -203,13 +205,48 @@ def _sum_finish(part, nparts, count, out):
             out[0] = part[nparts]
 
 
+def _block_total(x, n):
+    """The float64 sum of ``x[:n]`` by the whole (1-D, power-of-two) block; every thread gets
+    it. Each block computes the same sum in the same order: no second launch, no atomics."""
+    sh = cuda.shared.array(NT, np.float64)
+    t = cuda.threadIdx.x
+    s = np.float64(0.0)
+    for i in range(t, n, cuda.blockDim.x):
+        s += x[i]
+    sh[t] = s
+    cuda.syncthreads()
+    k = cuda.blockDim.x // 2
+    while k > 0:
+        if t < k:
+            sh[t] += sh[t + k]
+        cuda.syncthreads()
+        k //= 2
+    total = sh[0]
+    cuda.syncthreads()  # every thread has read it before sh is written again
+    return total
+
+
+def _sum_last(part, nparts, count):
+    """After each block's ``block_sum`` into ``part[:nparts]``: True in (thread 0 of) the
+    last block to finish, which finds their sum in ``part[nparts]``; False elsewhere."""
+    if last_block(count, 0, nparts):  # noqa: F821
+        s = np.float64(0.0)
+        t = cuda.threadIdx.x
+        for r in range(t, nparts, cuda.blockDim.x):
+            s += part[r]
+        block_sum(s, part, nparts)  # noqa: F821
+        return t == 0
+    return False
+
+
 def _helpers(dt):
     """The block helpers for kernels of dtype ``dt``, as inlined device functions."""
     ns = scalar.typed_globals({**globals(), "real": dt.type}, dt)
     helpers = {}
     for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
                      ("col_partial", _col_partial), ("last_block", _last_block),
-                     ("col_finish", _col_finish), ("sum_finish", _sum_finish)):
+                     ("col_finish", _col_finish), ("sum_finish", _sum_finish),
+                     ("block_total", _block_total), ("sum_last", _sum_last)):
         # later helpers call earlier ones: each sees those compiled before it
         helpers[name] = cuda.jit(device=True, inline="always")(
             scalar.specialise(fn, {**ns, **helpers}, dt))
@@ -404,24 +441,28 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
     sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)  # noqa: F821
 
 
-def _sgd(p, g, lr, wd):
+# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
+# by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
+# ``norms.scaled`` (g * gs, the clip's scale) in the hyper kernels' inlined copy (``step``).
+
+def _sgd(p, g, lr, wd, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i] = update(p[i], g[i], lr, wd)  # noqa: F821
+        p[i] = update(p[i], grad_in(g[i], gs), lr, wd)  # noqa: F821
 
 
-def _heavy_ball(p, g, buf, lr, mu, wd):
+def _heavy_ball(p, g, buf, lr, mu, wd, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        pi, bi = update(p[i], g[i], buf[i], lr, mu, wd)  # noqa: F821
+        pi, bi = update(p[i], grad_in(g[i], gs), buf[i], lr, mu, wd)  # noqa: F821
         p[i] = pi
         buf[i] = bi
 
 
-def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
+def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered, gs):
     use_mom = mu > 0
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         pi, s, mo, ga = update(  # noqa: F821
-            p[i], g[i], sq[i], mom[i] if use_mom else 0.0, gavg[i] if centered else 0.0,
-            lr, rho, mu, eps, wd, centered)
+            p[i], grad_in(g[i], gs), sq[i], mom[i] if use_mom else 0.0,  # noqa: F821
+            gavg[i] if centered else 0.0, lr, rho, mu, eps, wd, centered)
         p[i] = pi
         sq[i] = s
         if use_mom:
@@ -430,10 +471,10 @@ def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
             gavg[i] = ga
 
 
-def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
+def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         pi, mi, vi, vm = update(  # noqa: F821
-            p[i], g[i], m[i], v[i], vmax[i] if amsgrad else 0.0,
+            p[i], grad_in(g[i], gs), m[i], v[i], vmax[i] if amsgrad else 0.0,  # noqa: F821
             lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad)
         p[i] = pi
         m[i] = mi
@@ -443,30 +484,66 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 
 
 # The same steps with their scalars read from ``hyper`` (float64, ``table.hyper_layout``): the
-# by-value template above, bound as ``step`` (an inlined device function), fed from memory.
-# Each thread reads the slots once (``S0``, ``S1``, ...: the slot of each of the row's
-# scalars, bound as constants) and casts them to the kernel's type, as the by-value launch
-# casts its arguments on the host.
+# by-value template above, bound as ``step`` (an inlined device function, g read scaled),
+# fed from memory. Each thread reads the slots once (``S0``, ``S1``, ...: the slot of each of
+# the row's scalars, bound as constants; ``GS`` the gradient's scale) and casts them to the
+# kernel's type, as the by-value launch casts its arguments on the host.
 
 def _sgd_hyper(p, g, hyper):
-    step(p, g, real(hyper[S0]), real(hyper[S1]))  # noqa: F821
+    step(p, g, real(hyper[S0]), real(hyper[S1]), real(hyper[GS]))  # noqa: F821
 
 
 def _heavy_ball_hyper(p, g, buf, hyper):
-    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]))  # noqa: F821
+    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
+         real(hyper[GS]))  # noqa: F821
 
 
 def _rmsprop_hyper(p, g, sq, mom, gavg, hyper, centered, has_mom):
     # without a mom buffer (p stands in for it) momentum is off whatever hyper holds
     mu = real(hyper[S2]) if has_mom else real(0.0)  # noqa: F821
     step(p, g, sq, mom, gavg, real(hyper[S0]), real(hyper[S1]), mu,  # noqa: F821
-         real(hyper[S3]), real(hyper[S4]), centered)  # noqa: F821
+         real(hyper[S3]), real(hyper[S4]), centered, real(hyper[GS]))  # noqa: F821
 
 
 def _adam_hyper(p, g, m, v, vmax, hyper, amsgrad):
     step(p, g, m, v, vmax, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
          real(hyper[S3]), real(hyper[S4]), real(hyper[S5]), real(hyper[S6]),  # noqa: F821
-         amsgrad)
+         amsgrad, real(hyper[GS]))  # noqa: F821
+
+
+# --- reductions over the flat buffers: the clip scale and scikit-learn's L2 term ---------------
+# One launch each: a grid-stride pass summing squares in float64 per thread, block partials,
+# the last block finishing the sum (``sum_last``) and the scalar math (norms.py, kernel dtype).
+
+def _opt_clip(g, hyper, part, count):
+    acc = np.float64(0.0)
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        gi = g[i]
+        acc += np.float64(gi * gi)
+    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
+    if sum_last(part, cuda.gridDim.x, count):  # noqa: F821
+        hyper[GSCALE] = clip_scale(real(part[cuda.gridDim.x]), real(hyper[CLIP]))  # noqa: F821
+
+
+def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, counter, out):
+    sw = np.float64(count)
+    if has_w:  # the batch's weight sum, by every block alike: no other launch, no host sync
+        sw = block_total(w, w.size)  # noqa: F821
+    coef = l2_coef(alpha, real(sw))  # noqa: F821
+    acc = np.float64(0.0)
+    n = p.size
+    prev = 0
+    for s in range(spans.shape[0]):
+        lo, hi = span_bounds(spans[s, 0], spans[s, 1], prev, n)  # noqa: F821
+        prev = hi
+        for i in range(lo + cuda.grid(1), hi, cuda.gridsize(1)):
+            pi = p[i]
+            g[i] = l2_grad(pi, g[i], coef)  # noqa: F821
+            acc += np.float64(pi * pi)
+    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
+    if sum_last(part, cuda.gridDim.x, counter):  # noqa: F821
+        out[0] = l2_value(value[0], value_scale, alpha, real(part[cuda.gridDim.x]),  # noqa: F821
+                          real(sw))  # noqa: F821
 
 
 # --- signatures ----------------------------------------------------------------------------------
@@ -487,16 +564,19 @@ def _sig(kind, ft):
         "xent_label_i64": (a2, types.int64[::1], a2, a1, b1, f8, part, count, a1),
         "xent_prob": (a2, a2, a2, a1, b1, f8, part, count, a1),
         "elem_loss": (a2, a2, a2, a1, b1, f8, f8, part, count, a1),
-        "sgd": (a1, a1, f8, f8),
-        "heavy_ball": (a1, a1, a1, f8, f8, f8),
-        "rmsprop": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, b1),
-        "adam": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, f8, f8, b1),
+        # the steps' last f8: gs (1, unused by value; the hyper kernels pass hyper's)
+        "sgd": (a1, a1, f8, f8, f8),
+        "heavy_ball": (a1, a1, a1, f8, f8, f8, f8),
+        "rmsprop": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, b1, f8),
+        "adam": (a1, a1, a1, a1, a1, f8, f8, f8, f8, f8, f8, f8, b1, f8),
         # hyper steps and the advance: the scalars in a float64 array, whatever ft
         "sgd_hyper": (a1, a1, h8),
         "heavy_ball_hyper": (a1, a1, a1, h8),
         "rmsprop_hyper": (a1, a1, a1, a1, a1, h8, b1, b1),
         "adam_hyper": (a1, a1, a1, a1, a1, h8, b1),
         "advance": (h8, types.float64[:, ::1]),
+        "clip": (a1, h8, part, count),
+        "l2": (a1, a1, types.int64[:, ::1], f8, a1, b1, f8, a1, f8, part, count, a1),
     }
     return types.void(*sigs[kind])
 
@@ -510,6 +590,7 @@ def _common(dt):
         cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, _NAN=_NAN, exp_=fns.exp, log_=math.log,
         softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
         xent_label=fns.xent_label, xent_prob=fns.xent_prob, **_helpers(dt),
+        **vars(N[dt]), grad_in=N[dt].unscaled,
     )
 
 
@@ -542,9 +623,14 @@ _EXTRA: dict[str, object] = {}
 def _hyper_globals(step_name):
     def extra(dt):
         slots = {f"S{k}": s for k, s in enumerate(table.hyper_slots(step_name))}
-        return {"real": dt.type, **slots,
-                "step": cuda.jit(device=True, inline="always")(_pyfunc(step_name, dt))}
+        step = _pyfunc(step_name, dt, grad_in=N[dt].scaled)
+        return {"real": dt.type, **slots, "GS": table.HYPER_GSCALE,
+                "step": cuda.jit(device=True, inline="always")(step)}
     return extra
+
+
+def _reduction_globals(dt):
+    return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP}
 
 
 for _n, _s in table.STEP_HYPER.items():
@@ -552,35 +638,46 @@ for _n, _s in table.STEP_HYPER.items():
     _SPECS[_n] = (_HYPER_TEMPLATES[_row.template], f"{_row.template}_hyper", {})
     _EXTRA[_n] = _hyper_globals(_s)
 _SPECS[table.ADVANCE_KERNEL] = (_hyper.opt_advance, "advance", {})
+_SPECS[table.CLIP_KERNEL] = (_opt_clip, "clip", {})
+_SPECS[table.L2_KERNEL] = (_l2_penalty, "l2", {})
+_EXTRA[table.CLIP_KERNEL] = _EXTRA[table.L2_KERNEL] = _reduction_globals
 # the slots the hyper kernels and the advance bake in (Numba's disk cache does not see table.py)
 _HYPER_TAG = _hyper.LAYOUT_TAG + "_" + "".join(
     "".join(map(str, table.hyper_slots(s))) for s in table.STEPS)
 
 
-def _pyfunc(name, dtype):
+def _pyfunc(name, dtype, **override):
     """The plain-Python kernel ``name`` for ``dtype``: its template cloned with its functions
-    as globals and its float literals in ``dtype`` (``scalar.specialise``)."""
+    as globals and its float literals in ``dtype`` (``scalar.specialise``); ``override``:
+    globals to bind instead (the hyper kernels' ``step`` reads g scaled)."""
     dt = np.dtype(dtype)
     template, _, funcs = _SPECS[name]
     extra = _EXTRA[name](dt) if name in _EXTRA else {}
     ns = scalar.typed_globals(
         {**template.__globals__, **_COMMON[dt],
-         **{g: getattr(S[dt], f) for g, f in funcs.items()}, **extra}, dt)
+         **{g: getattr(S[dt], f) for g, f in funcs.items()}, **extra, **override}, dt)
     fn = scalar.specialise(template, ns, dt)
     # the name carries the dtype (the clones share their bytecode) and scalar.py's hash: Numba's
-    # disk cache then recompiles when it changes
+    # disk cache then recompiles when it changes (norms.py's hash too, where its functions are
+    # inlined; the layout's slots where they are baked in)
     tag = _HYPER_TAG + "_" if name in _HYPER_NAMES else ""
+    tag += norms.SOURCE_TAG + "_" if name in _NORMS_NAMES else ""
     fn.__qualname__ = f"{name}_{dt.name}_{tag}{scalar.SOURCE_TAG}"
     return fn
 
 
-_HYPER_NAMES = frozenset((*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL))
+_HYPER_NAMES = frozenset((*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL,
+                          table.CLIP_KERNEL))
+_NORMS_NAMES = frozenset((*table.STEP_KERNELS, *table.STEP_HYPER_KERNELS, table.CLIP_KERNEL,
+                          table.L2_KERNEL))
+_PTX_HYPER = frozenset((*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL))
 PTX_TARGETS = [
     (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
-    for name in _SPECS if name not in _HYPER_NAMES for dt, ft in _FLOAT_TYPES.items()
+    for name in _SPECS if name not in _PTX_HYPER for dt, ft in _FLOAT_TYPES.items()
 ]
 """(name, plain-Python kernel, signature) of every kernel this module launches, for PTX tests,
-but the hyper steps and the advance (``PTX_HYPER_TARGETS``)."""
+but the hyper steps and the advance (``PTX_HYPER_TARGETS``). ``opt_clip`` is here: it reads
+g in its dtype and keeps float32 math (only its float64 sum and hyper's load / store)."""
 PTX_HYPER_TARGETS = [
     (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
     for name in table.STEP_HYPER_KERNELS for dt, ft in _FLOAT_TYPES.items()
@@ -1047,7 +1144,8 @@ def _step_launch(name):
         c = _Call(p)
         grid, block = _config(c, "flat", p.size)
         real = p.dtype.type  # float scalars in p's dtype (the kernel's signature)
-        _kernel(name, p.dtype)(c, grid, block, *arrays, *[real(f) for f in floats], *flags)
+        _kernel(name, p.dtype)(c, grid, block, *arrays, *[real(f) for f in floats], *flags,
+                               real(1.0))  # gs: unused by value (unscaled)
     return launch
 
 
@@ -1076,6 +1174,30 @@ def _advance_launch(hyper, table_):
 
 
 opt_advance = checks.make_advance(_advance_launch, checks.ArrayLike)
+
+
+def _clip_launch(g, hyper):
+    c = _Call(g)
+    grid, block = _config(c, "flat", g.size)
+    _kernel(table.CLIP_KERNEL, g.dtype)(c, grid, block, g, hyper, c.scratch(grid[0] + 1),
+                                        c.counters(1))
+
+
+def _l2_launch(p, g, spans, alpha, weight, count, value, value_scale):
+    c = _Call(p)
+    dt = p.dtype
+    grid, block = _config(c, "flat", p.size)
+    out = c.scalar_out(dt)
+    real = dt.type
+    _kernel(table.L2_KERNEL, dt)(c, grid, block, p, g, spans, real(alpha),
+                                 p if weight is None else weight, weight is not None,
+                                 real(count), value.reshape(1), real(value_scale),
+                                 c.scratch(grid[0] + 1), c.counters(1), out)
+    return out.reshape(())
+
+
+opt_clip = checks.make_clip(_clip_launch, checks.ArrayLike, True)
+l2_penalty = checks.make_l2(_l2_launch, checks.ArrayLike, True, device_value=True)
 
 
 # --- deep-network kernels (issue 14): LayerNorm, dropout, residual add; built in cuda_rows.py

@@ -7,9 +7,9 @@ kernel); ``reference.opt_advance`` is its xp-generic oracle. The layout of ``hyp
 
 from __future__ import annotations
 
-from devnet.kernels.table import HYPER_STEPWISE0, HYPER_T, HYPER_T0
+from devnet.kernels.table import HYPER_CLIP, HYPER_GSCALE, HYPER_STEPWISE0, HYPER_T, HYPER_T0
 
-LAYOUT_TAG = f"{HYPER_T}{HYPER_T0}{HYPER_STEPWISE0}"
+LAYOUT_TAG = f"{HYPER_T}{HYPER_T0}{HYPER_GSCALE}{HYPER_CLIP}{HYPER_STEPWISE0}"
 """The slots baked into the compiled kernels: part of their cache names (Numba's disk cache
 watches only the file a kernel is defined in, not ``table.py``)."""
 

@@ -335,7 +335,10 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
 # runs the by-value step above: the fused kernels must match it bit for bit.
 import inspect  # noqa: E402
 
+from devnet.kernels import norms  # noqa: E402
 from devnet.kernels.table import (  # noqa: E402
+    HYPER_CLIP,
+    HYPER_GSCALE,
     HYPER_STEPWISE0,
     HYPER_T,
     HYPER_T0,
@@ -373,7 +376,11 @@ def _step_hyper(name):
         for pos, k in gated:  # a gated buffer left None: its term off (see table)
             if args[pos] is None:
                 scalars[k] = 0.0
-        by_value(*args[:n_arrays], *scalars, *args[n_arrays + 1:])
+        arrays = list(args[:n_arrays])
+        gscale = values[HYPER_GSCALE]  # the clip's scale, applied to g as it is read
+        if gscale != 1.0:
+            arrays[1] = arrays[1] * arrays[1].dtype.type(gscale)
+        by_value(*arrays, *scalars, *args[n_arrays + 1:])
 
     step.__name__ = step.__qualname__ = name
     step.__signature__ = inspect.Signature(
@@ -385,6 +392,54 @@ def _step_hyper(name):
 
 for _name in STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
     globals()[_name] = _step_hyper(_name)
+
+
+# --- reductions over the flat buffers (``table``'s "reductions" block; math in norms.py) ------
+# The oracle reads its sums back to the host (a sync on CuPy); the fused kernels do not.
+
+def opt_clip(g, hyper):
+    """``hyper[gscale] <- min(1, hyper[clip] / (|g| + 1e-6))``; g (N,) is not changed.
+
+    |g|**2 is summed in float64, the rest computed in g's dtype (float32: as ``_clip_`` did
+    before the kernel). hyper: (H,) float64, H >= the header's 4 slots.
+    """
+    dt = g.dtype.type
+    sq = float((g.astype(np.float64) ** 2).sum())
+    clip = float(hyper[HYPER_CLIP])
+    norm = np.sqrt(dt(sq))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = dt(clip) / (norm + dt(1e-6))
+    hyper[HYPER_GSCALE] = 1.0 if scale >= 1.0 else float(scale)
+
+
+def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
+    """scikit-learn's L2 term over the weight spans of the flat buffers, in place on g.
+
+    p, g: (N,) flat parameters and gradient; spans: (k, 2) int64 ``[start, stop)`` offsets of
+    the weights in p (sorted, disjoint, within [0, N]; ``norms.span_bounds`` clamps any other);
+    alpha: the L2 strength; weight: (n,) the batch's sample weights or None; count: the
+    batch's sample count, used when weight is None; value: the loss value (a number or a
+    1-element array); value_scale: its factor. With ``sw = sum(weight)`` (or count):
+    ``g[span] += alpha / sw * p[span]``; returns ``value * value_scale + 0.5 alpha
+    sum(p[spans]**2) / sw`` (squares summed in float64).
+    """
+    # NumPy float64 scalars: a batch weighing 0 gives inf / NaN, as the kernels, not an error
+    alpha = np.float64(alpha)
+    sw = np.float64(count if weight is None else float(weight.astype(np.float64).sum()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = p.dtype.type(norms.l2_coef(alpha, sw))
+    sq, prev = 0.0, 0
+    for start, stop in spans.tolist():
+        lo, hi = norms.span_bounds(int(start), int(stop), prev, p.size)
+        prev = hi
+        part = p[lo:hi]
+        with np.errstate(invalid="ignore", over="ignore"):  # inf coef (sw = 0): as the kernels
+            g[lo:hi] += coef * part
+        sq += float((part.astype(np.float64) ** 2).sum())
+    if getattr(value, "ndim", 0):
+        value = value.reshape(())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return norms.l2_value(value, value_scale, alpha, sq, sw)
 
 
 # --- deep networks (issue 14): LayerNorm rows, dropout, the residual add -----------------------

@@ -13,6 +13,7 @@ outside an array).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 # --- activations -------------------------------------------------------------------------------
@@ -107,9 +108,15 @@ def step_argnames(name: str) -> tuple[str, ...]:
 # A state buffer gated by a scalar (RMSProp's ``mom``, used when ``mu > 0``) may be None in a
 # hyper call: the device value cannot be checked without a sync, so None turns the term off
 # (mu read as 0) instead of letting p stand in for the buffer.
+# Gradient clipping lives in the header too: ``opt_clip(g, hyper)`` (one reduction launch)
+# writes ``min(1, clip / (|g| + 1e-6))`` into ``gscale`` and every hyper step multiplies g by
+# it as it reads g (g itself is left unscaled). Without clipping gscale stays 1.0.
 
 HYPER_T, HYPER_T0 = 0, 1  #: completed steps; the step count the table's first row follows
-HYPER_HEADER = ("t", "t0")
+HYPER_GSCALE, HYPER_CLIP = 2, 3  #: the gradient's scale; the clip norm (inf: no clipping)
+HYPER_HEADER = ("t", "t0", "gscale", "clip")
+HYPER_DEFAULTS = {"gscale": 1.0, "clip": math.inf}
+"""Header slots' values when nothing sets them: no clipping, the gradient as it is."""
 STEPWISE = ("lr", "bc1", "bc2")  #: scalars that may change every step, as table columns
 HYPER_STEPWISE0 = len(HYPER_HEADER)  #: the slot of the first table column
 ADVANCE_KERNEL = "opt_advance"
@@ -149,10 +156,19 @@ def step_hyper_argnames(name: str) -> tuple[str, ...]:
 
 # --- the whole table ---------------------------------------------------------------------------
 
+# --- reductions over the flat buffers (issue 12: no CuPy launches in the step) ---------------
+# ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``: scikit-learn's L2
+# term over the [start, stop) ``spans`` of p (the weights; biases excluded), one pass: adds
+# ``alpha / sw * p`` to g and returns ``value * value_scale + 0.5 alpha sum(p**2) / sw``, with
+# ``sw`` the sum of ``weight`` (the batch's sample weights, summed by the kernel: no host sync,
+# no allocation) or ``count`` when weight is None. ``opt_clip(g, hyper)``: see above.
+CLIP_KERNEL = "opt_clip"
+L2_KERNEL = "l2_penalty"
+
 DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
                 "act_drop_bwd")
 KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_KERNELS,
-                *STEP_HYPER_KERNELS, ADVANCE_KERNEL)
+                *STEP_HYPER_KERNELS, ADVANCE_KERNEL, CLIP_KERNEL, L2_KERNEL)
 LAYERNORM_EPS = 1e-5
 
 
@@ -194,3 +210,12 @@ for _name, _row in STEPS.items():
     ARRAYS[_name] = _args((0, "p", "N", "w"), *(
         (i + 1, b, "N", ("o" if b in _row.optional else "") + ("" if b == "g" else "w"))
         for i, b in enumerate(_row.buffers)))
+
+# The float arrays of the reductions, checked by ``checks.check`` like ARRAYS' entries; apart
+# because their other arguments (int64 spans, a float64 hyper array, a 1-element value) have
+# their own checks (``checks.make_l2`` / ``make_clip``), which ARRAYS' symbolic shapes do not
+# express (``tests/test_kernel_arg_checks.py`` builds calls from ARRAYS alone).
+REDUCTION_ARRAYS = {
+    L2_KERNEL: _args((0, "p", "N", ""), (1, "g", "N", "w"), (4, "weight", "n", "o")),
+    CLIP_KERNEL: _args((0, "g", "N", ""),),
+}

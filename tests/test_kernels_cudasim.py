@@ -241,7 +241,8 @@ def test_hyper_step_equals_by_value_step(name, flag, n, dtype, rng):
 
     row = table.STEPS[name]
     values = {k: v * rng.uniform(0.5, 1.0) for k, v in _HYPER_VALUES.items()}
-    hyper = np.array([values.get(k, 0.0) for k in table.hyper_layout(name)])
+    hyper = np.array([values.get(k, table.HYPER_DEFAULTS.get(k, 0.0))
+                      for k in table.hyper_layout(name)])
     arrays = [_rand(rng, n, dtype), _rand(rng, n, dtype)] + [
         ((rng.random(n) + 1.5) if i == 0 else 0.1 * rng.random(n)).astype(dtype)
         for i in range(len(row.buffers) - 1)]
@@ -274,3 +275,107 @@ def test_opt_advance_matches_reference(rng):
 def test_hyper_targets_cover_every_step():
     names = {n.split("[")[0] for n, _, _ in kcuda.PTX_HYPER_TARGETS}
     assert names == {f"{s}_hyper" for s in reference.STEP_KERNELS} | {"opt_advance"}
+
+
+# --- the reductions over the flat buffers (issue 12: the L2 term and clipping, one launch) ---
+
+def _spans(rng, n):
+    cuts = np.sort(rng.choice(np.arange(1, n), size=6, replace=False))
+    return np.array([(cuts[i], cuts[i + 1]) for i in range(0, 6, 2)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("weighted", (False, True))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (40, 150))
+def test_l2_penalty_matches_reference_and_numpy(n, dtype, weighted, rng):
+    """One launch over random weight spans (grid-stride wraps at n = 150 with 2 blocks of 32),
+    the weight sum taken by every block, the value written by the last block."""
+    p, g = _rand(rng, n, dtype), _rand(rng, n, dtype)
+    spans = _spans(rng, n)
+    w = rng.uniform(0.1, 3.0, int(rng.integers(1, 70))).astype(dtype) if weighted else None
+    alpha, scale = rng.uniform(1e-3, 2.0), rng.uniform(0.5, 2.0)
+    value = np.array([rng.uniform(0, 3)], dtype)
+    g1, g2 = g.copy(), g.copy()
+    got = kcuda.l2_penalty(p, g1, spans, alpha, w, 9, value, scale)
+    want = reference.l2_penalty(p, g2, spans, alpha, w, 9, value, scale)
+    assert got.shape == () and got.dtype == dtype
+    _close(got, np.asarray(want), dtype)
+    _close(g1, g2, dtype)
+    sw = 9 if w is None else w.astype(np.float64).sum()
+    sq = sum((p[a:b].astype(np.float64) ** 2).sum() for a, b in spans)
+    _close(got, value[0] * scale + 0.5 * alpha * sq / sw, dtype)
+
+
+def test_l2_penalty_checks_host_spans_and_the_kernel_clamps_device_ones(rng):
+    from devnet.errors import DataError
+
+    p, g = _rand(rng, 50, np.float64), _rand(rng, 50, np.float64)
+    value = np.ones(1)
+    with pytest.raises(DataError, match="out of"):
+        kcuda.l2_penalty(p, g, np.array([[0, 51]]), 0.1, None, 4, value, 1.0)
+    with pytest.raises(DataError, match="1-element float64 array"):
+        kcuda.l2_penalty(p, g, np.array([[0, 5]]), 0.1, None, 4, 1.0, 1.0)
+    # unchecked values (a device array's are never read on the host): clamped in the kernel
+    wild = np.array([[-9, 20], [15, 30], [40, 10**6]], np.int64)
+    clamped = np.array([[0, 20], [20, 30], [40, 50]], np.int64)
+    outs = []
+    for spans in (wild, clamped):
+        g1 = g.copy()
+        c = kcuda._Call(p)
+        grid, block = kcuda._config(c, "flat", p.size)
+        out = np.full(1, np.nan)
+        kcuda._kernel("l2_penalty", np.float64)(
+            c, grid, block, p, g1, spans, 0.5, p, False, 4.0, value, 1.0,
+            c.scratch(grid[0] + 1), c.counters(1), out)
+        outs.append((g1, out))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (7, 150))
+def test_opt_clip_matches_reference(n, dtype, rng):
+    from devnet.kernels import table
+
+    g = _rand(rng, n, dtype)
+    norm = np.linalg.norm(g.astype(np.float64))
+    for clip in (0.3 * norm, 3 * norm, np.inf):
+        h1 = rng.standard_normal(len(table.HYPER_HEADER) + 4)
+        h1[table.HYPER_CLIP] = clip
+        h2 = h1.copy()
+        kcuda.opt_clip(g, h1)
+        reference.opt_clip(g, h2)
+        slot = table.HYPER_GSCALE
+        np.testing.assert_array_equal(np.delete(h1, slot), np.delete(h2, slot))
+        _close(h1[slot], h2[slot], dtype)
+        assert (h1[table.HYPER_GSCALE] == 1.0) == (clip > norm)
+    g[3] = np.nan
+    kcuda.opt_clip(g, h1)
+    assert np.isnan(h1[table.HYPER_GSCALE])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ("sgd_step", "nesterov_step", "rmsprop_step", "adam_step",
+                                  "adamw_step"))
+def test_hyper_step_reads_g_times_gscale(name, dtype, rng):
+    """hyper's gscale (the clip's scale) multiplies g as the kernel reads it: the by-value step
+    on ``g * gscale``; g itself unchanged."""
+    from devnet.kernels import table
+
+    row = table.STEPS[name]
+    n = 70
+    values = {k: v * rng.uniform(0.5, 1.0) for k, v in _HYPER_VALUES.items()}
+    values["gscale"] = rng.uniform(0.05, 0.95)
+    hyper = np.array([values.get(k, table.HYPER_DEFAULTS.get(k, 0.0))
+                      for k in table.hyper_layout(name)])
+    arrays = [_rand(rng, n, dtype), _rand(rng, n, dtype)] + [
+        ((rng.random(n) + 1.5) if i == 0 else 0.1 * rng.random(n)).astype(dtype)
+        for i in range(len(row.buffers) - 1)]
+    flags = [True] * len(row.flags)
+    a, b = [x.copy() for x in arrays], [x.copy() for x in arrays]
+    b[1] = b[1] * dtype(values["gscale"])
+    getattr(kcuda, f"{name}_hyper")(*a, hyper, *flags)
+    getattr(kcuda, name)(*b, *[values[s] for s in row.scalars], *flags)
+    np.testing.assert_array_equal(a[1], arrays[1])
+    for x, y in zip(a[:1] + a[2:], b[:1] + b[2:]):
+        _close(x, y, dtype)

@@ -48,10 +48,13 @@ BACKENDS = {"cpu": lambda: dn.get_backend("cpu"),
 
 
 def _by_value_step(opt) -> None:
-    """The step before issue 12, transcribed: scalars by value, lr from the host schedule."""
+    """The step before issue 12, transcribed: scalars by value, lr from the host schedule,
+    the gradient clipped in place (``Optimizer._clip_`` as it was)."""
     lr = opt.lr
     if opt.clip_norm is not None:
-        opt._clip_()
+        xp, g = opt.backend.xp, opt.params.grad
+        norm = xp.sqrt(xp.dot(g, g))
+        g *= xp.minimum(1.0, opt.clip_norm / (norm + 1e-6)).astype(g.dtype)
     opt.t += 1
     k, p, s, t = opt.backend.kernels, opt.params, opt.state, opt.t
     if opt.kernel == "sgd_step":
@@ -250,7 +253,8 @@ def _kernel_case(name, dtype, rng, n=29):
     bufs = [((rng.random(n) + 1.5) if i == 0 else 0.1 * rng.random(n)).astype(dtype)
             for i in range(len(row.buffers) - 1)]
     values = {k: v * rng.uniform(0.5, 1.0) for k, v in _VALUES.items()}
-    hyper = np.array([values.get(k, 0.0) for k in table.hyper_layout(name)])
+    hyper = np.array([values.get(k, table.HYPER_DEFAULTS.get(k, 0.0))
+                      for k in table.hyper_layout(name)])
     return [p, g, *bufs], hyper, [values[s] for s in row.scalars]
 
 
@@ -293,15 +297,17 @@ def test_advance_matches_the_reference_and_clamps(rng):
         ahead = t + 1 - t0
         row = int(min(ahead, 5)) - 1 if ahead >= 1 else 0
         assert h1[0] == t + 1
-        np.testing.assert_array_equal(h1[2:5], tab[row])
+        first = table.HYPER_STEPWISE0
+        np.testing.assert_array_equal(h1[first:first + 3], tab[row])
 
 
 @pytest.mark.parametrize("module", (cpu,), ids=("cpu",))
 def test_bad_hyper_and_table_are_data_errors(module, rng):
     (p, g, m, v, _), hyper, _ = _kernel_case("adam_step", np.float32, rng)
-    for bad, match in ((hyper.astype(np.float32), "float64"), (hyper[:-1], "9 elements"),
+    size = len(table.hyper_layout("adam_step"))
+    for bad, match in ((hyper.astype(np.float32), "float64"), (hyper[:-1], f"{size} elements"),
                        (None, "float64 array"), (hyper[::2], "C-contiguous"),
-                       (hyper.reshape(3, 3), "1-D")):
+                       (hyper.reshape(size, 1), "1-D")):
         with pytest.raises(DataError, match=match):
             module.adam_step_hyper(p, g, m, v, None, bad, False)
     with pytest.raises(DataError, match="vmax"):
@@ -361,8 +367,9 @@ def _kcuda():
 def test_hyper_kernels_compile_and_compute_as_the_by_value_ones(index):
     """Each hyper kernel compiles; a float32 one touches float64 only to load and convert its
     scalars (once per thread); its arithmetic (mul, fma, div, sqrt, add, max) is the by-value
-    kernel's, instruction for instruction count (only the loop-invariant ``1 - beta`` subs may
-    be hoisted differently): no contraction differs, so no rounding does."""
+    kernel's loop reading g times hyper's gscale, instruction for instruction count (only the
+    loop-invariant ``1 - beta`` subs may be hoisted differently): no contraction differs, so
+    no rounding does. That loop is the by-value kernel's plus multiplies (g * gscale) only."""
     kcuda = _kcuda()
     target = kcuda.PTX_HYPER_TARGETS[index]
     name = target[0]
@@ -373,11 +380,19 @@ def test_hyper_kernels_compile_and_compute_as_the_by_value_ones(index):
     if name.endswith("[float32]"):
         assert {op for op in ops if ".f64" in op} <= {"ld.global.f64", "cvt.rn.f32.f64"}, ops
     by_value = next(t for t in kcuda.PTX_TARGETS if t[0] == name.replace("_hyper", ""))
+    step, dtype = name[:-1].split("[")
+    step = step.removesuffix("_hyper")
+    scaled = (name, kcuda._pyfunc(step, dtype, grad_in=kcuda.N[np.dtype(dtype)].scaled),
+              by_value[2])
     math_ops = ("mul", "fma", "div", "sqrt", "add", "max", "min", "neg", "abs")
 
     def arithmetic(counter):
         return {op: n for op, n in counter.items() if op.split(".")[0] in math_ops}
-    assert arithmetic(ops) == arithmetic(_ptx_ops(by_value))
+    assert arithmetic(ops) == arithmetic(_ptx_ops(scaled))
+    more, plain = arithmetic(_ptx_ops(scaled)), arithmetic(_ptx_ops(by_value))
+    differ = {op for op in set(more) | set(plain) if more.get(op) != plain.get(op)}
+    assert differ == {f"mul.f{dtype[-2:]}"} and more[f"mul.f{dtype[-2:]}"] > \
+        plain.get(f"mul.f{dtype[-2:]}", 0), (more, plain)
 
 
 # --- the whole simulated CUDA backend, in its own process --------------------------------------

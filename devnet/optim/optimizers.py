@@ -6,11 +6,13 @@ scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_
 computed on the host exactly as before and uploaded once per ``TABLE_ROWS`` steps (once for
 good when they no longer change: a constant lr without bias corrections is a 1-row table). A
 step is two launches, ``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper
-step kernel: no allocation, no host-device copy, the same arguments every step. The host keeps
-its own ``t`` in lock-step and never reads the device; writing ``t``, ``base_lr``,
-``schedule`` or a hyper-parameter (the guard's restore, resume, callbacks, the estimators'
-adaptive rate) marks the device copy stale, and the next step uploads it again
-(``_sync_device``).
+step kernel: no allocation, no host-device copy, the same arguments every step. With
+``clip_norm`` one more comes first, ``opt_clip``: one reduction writing the gradient's scale
+``min(1, clip_norm / (|g| + 1e-6))`` into ``hyper``, which the step kernel applies to g as it
+reads it (``model.grads`` itself is left as backward wrote it). The host keeps its own ``t`` in
+lock-step and never reads the device; writing ``t``, ``base_lr``, ``schedule``, ``clip_norm``
+or a hyper-parameter (the guard's restore, resume, callbacks, the estimators' adaptive rate)
+marks the device copy stale, and the next step uploads it again (``_sync_device``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class Optimizer:
     Args:
         lr: a float > 0 or a Schedule of the step count.
         weight_decay: L2 penalty (decoupled in AdamW).
-        clip_norm: clip the global gradient norm to this value before the update (None: off).
+        clip_norm: clip the global gradient norm to this value in the update (None: off); the
+            gradient buffer itself is not scaled.
 
     ``hyper``: the step kernel's scalars on the device (float64, ``kernels.table.hyper_layout``
     of ``kernel``); see the module docstring.
@@ -87,6 +90,7 @@ class Optimizer:
     base_lr = _Synced()
     schedule = _Synced()
     weight_decay = _Synced()
+    clip_norm = _Synced()
 
     def __init__(self, params, lr, weight_decay: float = 0.0, clip_norm: float | None = None):
         if hasattr(params, "parameters") and callable(params.parameters):
@@ -116,6 +120,7 @@ class Optimizer:
         self._device = self.backend.zeros(size + TABLE_ROWS * len(self._columns), np.float64)
         self.hyper = self._device[:size]
         self._table = None  # the rows in use of the table (a view of _device)
+        self._clip = None  # clip_norm as last uploaded (None: no opt_clip launch)
         self._refill_at = 0  # the host step count at which the table runs out
         self._stale = True
 
@@ -128,13 +133,15 @@ class Optimizer:
         """Update every parameter from its gradient, in one pass over the flat buffer.
 
         Two launches with the same arguments every step: ``opt_advance`` (the device's step
-        count and this step's lr / bias corrections), then the hyper step kernel.
+        count and this step's lr / bias corrections), then the hyper step kernel; with
+        ``clip_norm``, ``opt_clip`` (the gradient's scale into ``hyper``) before them.
         """
-        if self.clip_norm is not None:
-            self._clip_()
         if self._stale or self._t >= self._refill_at:
-            self._sync_device()
-        self.backend.kernels.opt_advance(self.hyper, self._table)
+            self._sync_device()  # before opt_clip: the upload resets its slot to 1
+        kernels = self.backend.kernels
+        if self._clip is not None:
+            kernels.opt_clip(self.params.grad, self.hyper)
+        kernels.opt_advance(self.hyper, self._table)
         self._t += 1  # in lock-step with the device's, whatever the update does next
         self._update_()
 
@@ -177,6 +184,11 @@ class Optimizer:
             if name in constants:
                 host[slot] = constants[name]
         host[kernel_table.HYPER_T] = host[kernel_table.HYPER_T0] = t0
+        host[kernel_table.HYPER_GSCALE] = kernel_table.HYPER_DEFAULTS["gscale"]
+        clip = self.clip_norm  # a later write is checked here, as the constructor does
+        clip = None if clip is None else _number("clip_norm", clip, 0.0, lo_open=True)
+        host[kernel_table.HYPER_CLIP] = kernel_table.HYPER_DEFAULTS["clip"] if clip is None \
+            else clip
         first = kernel_table.HYPER_STEPWISE0
         host[first:first + columns] = steps[0]  # overwritten by the first advance
         host[len(self._layout):] = steps.ravel()
@@ -184,17 +196,12 @@ class Optimizer:
             self._device[:host.size] = self.backend.asarray(host)
         self._table = self._device[len(self._layout):host.size].reshape(rows, columns)
         self._refill_at = math.inf if self._settled(t0 + rows) else t0 + rows
+        self._clip = clip
         self._stale = False
 
     def _update_(self) -> None:
         """Launch the hyper step kernel on the parameters, gradient and state (in place)."""
         raise NotImplementedError
-
-    def _clip_(self) -> None:
-        # on the device, no host sync: g *= min(1, clip / (|g| + eps))
-        xp, g = self.backend.xp, self.params.grad
-        norm = xp.sqrt(xp.dot(g, g))
-        g *= xp.minimum(1.0, self.clip_norm / (norm + 1e-6)).astype(g.dtype)
 
     def hyperparameters(self) -> dict:
         """The constructor arguments other than params and lr (JSON-serialisable)."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from devnet import optim
 from devnet.train.step import StepHook
 
@@ -80,27 +82,54 @@ class SklearnObjective(StepHook):
     ``value_scale`` / ``grad_scale``: the task's factors (``_task()``) on the loss value and on
     dL/dpred; ``alpha``: scikit-learn's L2 term ``0.5 * alpha * ||W||^2 / sum(sample_weight)``
     on the weights (not the biases), added to the value and, as ``alpha / sum(w) * W``, to dW.
+
+    The value's scale and the L2 term are one ``l2_penalty`` kernel launch in ``param_grad_``
+    (over the weights' spans of the flat buffers, built once; the batch's weight sum taken by
+    the kernel): no allocation, no host sync. ``output_grad_`` scales dL/dpred in place (one
+    launch when ``grad_scale != 1``) and leaves the value to ``param_grad_``.
     """
 
     def __init__(self, model, value_scale: float = 1.0, grad_scale: float = 1.0,
                  alpha: float = 0.0):
         self.value_scale, self.grad_scale, self.alpha = value_scale, grad_scale, float(alpha)
-        self.xp = model.backend.xp
-        self.weights = [layer.W for layer in model.layers]
-        self.dweights = [layer.dW for layer in model.layers]
+        self.model = model
+        self._params = self._spans = None
+
+    def spans(self):
+        """(k, 2) int64 ``[start, stop)`` offsets of each layer's W in ``model.params``, on its
+        device; rebuilt only when the model's buffers change (``model.to``)."""
+        model = self.model
+        if self._params is not model.params:
+            spans = np.array([_offsets(layer.W, model.params) for layer in model.layers],
+                             dtype=np.int64).reshape(-1, 2)
+            self._spans = model.backend.asarray(spans)
+            self._params = model.params
+        return self._spans
 
     def output_grad_(self, grad, value, batch):
         if self.grad_scale != 1.0:
             grad *= self.grad_scale
-        return value * self.value_scale if self.value_scale != 1.0 else value
+        return value
 
     def param_grad_(self, value, batch):
-        if self.alpha > 0:
-            alpha, xp = self.alpha, self.xp
-            # over the batch's total sample weight, as scikit-learn's _backprop
-            sw_sum = batch.x.shape[0] if batch.w is None else batch.w.sum()
-            sq = sum(xp.dot(W.ravel(), W.ravel()) for W in self.weights)
-            value = value + 0.5 * alpha * sq / sw_sum
-            for W, dW in zip(self.weights, self.dweights, strict=True):
-                dW += (alpha / sw_sum) * W
+        if self.alpha > 0 or self.value_scale != 1.0:
+            model, w = self.model, batch.w
+            if w is not None and w.dtype != model.dtype:  # the estimators stage them so
+                w = w.astype(model.dtype)
+            # over the batch's total sample weight (scikit-learn's _backprop): the count when
+            # unweighted, else summed by the kernel (a device value: no sync)
+            value = model.backend.kernels.l2_penalty(
+                model.params, model.grads, self.spans(), self.alpha, w, batch.x.shape[0],
+                value, self.value_scale)
         return value
+
+
+def _offsets(view, base) -> tuple[int, int]:
+    """``[start, stop)`` of the contiguous ``view`` within the flat ``base`` (element offsets)."""
+    start = (_address(view) - _address(base)) // base.itemsize
+    return start, start + view.size
+
+
+def _address(a) -> int:
+    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return iface["data"][0]
