@@ -23,6 +23,7 @@ import numpy as np
 
 from devnet.errors import ConfigError, lookup
 from devnet.kernels import table as kernel_table
+from devnet.kernels.checks import TRUSTED
 from devnet.nn.dense import ParameterList
 from devnet.optim.schedules import Schedule
 
@@ -139,11 +140,14 @@ class Optimizer:
         if self._stale or self._t >= self._refill_at:
             self._sync_device()  # before opt_clip: the upload resets its slot to 1
         kernels = self.backend.kernels
-        if self._clip is not None:
-            kernels.opt_clip(self.params.grad, self.hyper)
-        kernels.opt_advance(self.hyper, self._table)
-        self._t += 1  # in lock-step with the device's, whatever the update does next
-        self._update_()
+        # every buffer below is this optimizer's or the model's, allocated to agree: the
+        # kernels' shape / dtype checks are skipped, as in the MLP's own passes
+        with TRUSTED:
+            if self._clip is not None:
+                kernels.opt_clip(self.params.grad, self.hyper)
+            kernels.opt_advance(self.hyper, self._table)
+            self._t += 1  # in lock-step with the device's, whatever the update does next
+            self._update_()
 
     # --- the device copy of the scalars --------------------------------------------------------
 
