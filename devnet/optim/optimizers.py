@@ -1,9 +1,10 @@
-"""Optimizers: one fused kernel launch over the model's flat parameter buffer per step.
+"""Optimizers: one fused pass over the model's flat parameter buffer per step.
 
 Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
 device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
 scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
-computed on the host exactly as before and uploaded once per ``TABLE_ROWS`` steps (once for
+computed on the host exactly as before and uploaded (through the backend's pinned staging
+buffers: no allocation) once per ``TABLE_ROWS`` steps (once for
 good when they no longer change: a constant lr without bias corrections is a 1-row table). A
 step is two launches, ``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper
 step kernel: no allocation, no host-device copy, the same arguments every step. With
@@ -196,8 +197,8 @@ class Optimizer:
         first = kernel_table.HYPER_STEPWISE0
         host[first:first + columns] = steps[0]  # overwritten by the first advance
         host[len(self._layout):] = steps.ravel()
-        with self.backend.scope():
-            self._device[:host.size] = self.backend.asarray(host)
+        with self.backend.scope():  # through the backend's pinned staging: no allocation
+            self._device[:host.size] = self.backend.upload(host, "optimizer")
         self._table = self._device[len(self._layout):host.size].reshape(rows, columns)
         self._refill_at = math.inf if self._settled(t0 + rows) else t0 + rows
         self._clip = clip
