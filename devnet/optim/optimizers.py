@@ -4,8 +4,8 @@ Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a 
 device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
 scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
 computed on the host exactly as before and uploaded (through the backend's pinned staging
-buffers: no allocation) once per ``TABLE_ROWS`` steps (once for
-good when they no longer change: a constant lr without bias corrections is a 1-row table). A
+buffers: no allocation) once per ``TABLE_ROWS`` steps (once for good when they no longer
+change: a constant lr without bias corrections is a 1-row table). A
 step is two launches, ``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper
 step kernel: no allocation, no host-device copy, the same arguments every step. With
 ``clip_norm`` one more comes first, ``opt_clip``: one reduction writing the gradient's scale
