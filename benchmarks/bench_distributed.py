@@ -8,7 +8,10 @@ reports: training samples/s (steady-state epochs of fit, float32, Adam, global b
 time of one gradient all-reduce of the model's flat buffer, the MPI all-reduce bandwidth
 measured on the spot with a large buffer (bus bandwidth, ring convention), and the ring model's
 prediction for the gradient: 2(N-1)/N x 4 bytes x parameters / bandwidth. The speed-up of N
-ranks over 1 is the ratio of samples/s from the same run of this script.
+ranks over 1 is the ratio of samples/s from the same run of this script; beside it, the
+machine's own ceiling: N processes running only the step's matrix products on their share of
+the batch at once, no communication (cores that share memory bandwidth, caches or a turbo
+budget scale less than N-fold whatever the training code does).
 """
 
 from __future__ import annotations
@@ -71,14 +74,41 @@ def _worker(sizes, batch: int, steps: int, epochs: int, out: str) -> None:
                        if size > 1 else 0.0}, f)
 
 
-def _job(nproc: int, sizes, batch: int, steps: int, epochs: int, timeout: float) -> dict:
-    """One ``mpiexec -n nproc`` job of ``_worker``; its rank 0's record."""
+def _gemm_worker(sizes, batch: int, steps: int, out: str) -> None:
+    """Inside the MPI job: every rank runs the matrix products of ``steps`` steps on its share
+    of the global batch at once, no communication; rank 0 writes the samples/s of the whole
+    job (the slowest rank's time). Over 1 rank's, the speed-up the machine itself allows."""
+    import devnet as dn
+    from devnet import distributed
+
+    from .bench_step import gemm_floor
+
+    comm = distributed.init(limit_threads=False)
+    floor = gemm_floor(dn.get_backend("cpu"), sizes, batch // comm.size)
+    for _ in range(2):
+        floor()
+    comm.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        floor()
+    times = comm.allgather_json(time.perf_counter() - t0)
+    if comm.rank == 0:
+        with open(out, "w") as f:
+            json.dump({"ranks": comm.size, "samples_per_s": batch * steps / max(times)}, f)
+
+
+def _job(nproc: int, sizes, batch: int, steps: int, epochs: int, timeout: float,
+         worker: str = "_worker") -> dict:
+    """One ``mpiexec -n nproc`` job of ``worker`` (``_worker``: fit; ``_gemm_worker``: the
+    products alone, ``epochs`` unused); its rank 0's record."""
     from devnet import distributed
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        code = (f"from benchmarks.bench_distributed import _worker; "
-                f"_worker({list(sizes)!r}, {batch}, {steps}, {epochs}, {out!r})")
+        args = f"{batch}, {steps}, {epochs}, {out!r}" if worker == "_worker" else \
+            f"{batch}, {steps}, {out!r}"
+        code = (f"from benchmarks.bench_distributed import {worker}; "
+                f"{worker}({list(sizes)!r}, {args})")
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                    MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,10 +127,15 @@ def run(nprocs=(1, 2), sizes=M, batch: int = 512, steps: int = 20, epochs: int =
 
     Returns {"runs": [the median round's record per count, with ``samples_per_s_reps``],
     "speedup": {N: median}, "speedup_reps": {N: [...]}, "efficiency": {N: median},
+    "gemm_speedup": {N: the median speed-up of the ranks' matrix products alone, run at once
+    with no communication (``_gemm_worker``): the ceiling this machine puts on the speed-up},
     "config", and ``speedup_<N>`` / ``_min`` / ``_max`` / ``_reps`` fields (graded rows)}.
     """
     rounds = [[_job(n, sizes, batch, steps, epochs, timeout) for n in nprocs]
               for _ in range(max(1, repetitions))]
+    # the machine's own ceiling: the same rank counts running only their matrix products
+    ceiling = [[_job(n, sizes, batch, steps, 0, timeout, "_gemm_worker") for n in nprocs]
+               for _ in range(max(1, repetitions))]
     runs, speedup, speedup_reps = [], {}, {}
     for k, n in enumerate(nprocs):
         sps = [r[k]["samples_per_s"] for r in rounds]
@@ -108,8 +143,12 @@ def run(nprocs=(1, 2), sizes=M, batch: int = 512, steps: int = 20, epochs: int =
         runs.append({**rounds[median_round][k], "samples_per_s_reps": sps})
         ratios = [r[k]["samples_per_s"] / r[0]["samples_per_s"] for r in rounds]
         speedup[n], speedup_reps[n] = float(np.median(ratios)), ratios
+    gemm_speedup = {n: float(np.median([r[k]["samples_per_s"] / r[0]["samples_per_s"]
+                                        for r in ceiling]))
+                    for k, n in enumerate(nprocs)}
     base = nprocs[0]
     result = {"sizes": list(sizes), "global_batch": batch, "repetitions": len(rounds),
+              "gemm_speedup": gemm_speedup,
               "config": f"{'-'.join(map(str, sizes))} b{batch}", "runs": runs,
               "speedup": speedup, "speedup_reps": speedup_reps,
               "efficiency": {n: v * base / n for n, v in speedup.items()}}

@@ -244,13 +244,17 @@ def render(results: dict) -> str:
     if results.get("distributed"):
         d = results["distributed"]
         parts.append(f"\ndata-parallel fit under mpiexec ({'-'.join(map(str, d['sizes']))}, "
-                     f"global batch {d['global_batch']}, one thread per rank)")
+                     f"global batch {d['global_batch']}, one thread per rank; products "
+                     "alone: the speed-up of the ranks' matrix products run at once with no "
+                     "communication, this machine's ceiling)")
         parts.append(table(
-            ["ranks", "samples/s", "step ms", "speed-up [min-max]", "efficiency", "all-reduce ms",
-             "ring model ms", "bus GB/s"],
+            ["ranks", "samples/s", "step ms", "speed-up [min-max]", "efficiency",
+             "products alone", "all-reduce ms", "ring model ms", "bus GB/s"],
             [[str(x["ranks"]), f"{x['samples_per_s']:.0f}", _fmt(x["step_ms"]),
               _rank_speedup(d, x["ranks"]),
               _fmt(d["efficiency"].get(x["ranks"], d["efficiency"].get(str(x["ranks"])))),
+              _fmt((d.get("gemm_speedup") or {}).get(
+                  x["ranks"], (d.get("gemm_speedup") or {}).get(str(x["ranks"])))),
               _fmt(x["allreduce_ms"]), _fmt(x["ring_model_ms"]),
               _fmt(x["bus_bandwidth_GBps"])] for x in d["runs"]]))
     if isinstance(results.get("launch"), dict):
