@@ -201,6 +201,22 @@ def test_feed_choice_follows_free_device_memory(rng):
     assert isinstance(make_feed(Small(4 * need - 1), X, y), HostFeed)
 
 
+@pytest.mark.parametrize("kind", ["host", "device"])
+def test_feed_refuses_an_order_the_unchecked_gather_would_clamp(rng, kind):
+    """The gathers skip per-index bounds checks (``mode="clip"``): an order outside [0, n)
+    must be refused once per epoch, never silently clamped to the last row."""
+    X = rng.standard_normal((10, 3)).astype(np.float32)
+    feed = make_feed(dn.get_backend("cpu"), X, rng.integers(0, 2, 10), capacity=4, kind=kind)
+    for bad, match in ((np.array([0, 10, 2]), r"outside \[0, 10\): 0..10"),
+                       (np.array([-1, 3]), r"outside \[0, 10\): -1..3"),
+                       (np.array([0.0, 1.0]), "1-D integer"), (np.zeros((2, 2), int), "1-D")):
+        with pytest.raises(ConfigError, match=match):
+            feed.start_epoch(bad)
+    order = rng.permutation(10)
+    feed.start_epoch(order)
+    np.testing.assert_array_equal(feed.batch(2, 6).x, X[order[2:6]])
+
+
 def test_unknown_feed_kind_lists_the_valid_ones(rng):
     X = rng.standard_normal((4, 2))
     with pytest.raises(ConfigError, match="unknown feed 'disk'; valid feeds: auto, device, host"):
