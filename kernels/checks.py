@@ -4,6 +4,9 @@ Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s r
 shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
 generated or hand-written entry of ``cpu.py``, ``cuda.py`` and ``cuda_rows.py`` calls ``check``
 first: attribute reads only (no pass over the data), and a DataError naming the argument.
+
+Over 400 lines: the generic check, and the entry generators that bind each table row's
+arguments (losses, optimizer steps by value and from ``hyper``, the advance, the reductions).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Optimizers: one fused pass over the model's flat parameter buffer per step.
 
+(Just over 400 lines: the base class holds the device copy of the scalars every optimizer
+shares; the four optimizers are short.)
+
 Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
 device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
 scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
