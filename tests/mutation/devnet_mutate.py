@@ -51,11 +51,19 @@ OUTPUTS: dict[str, tuple] = {
     "dropout_fwd": (("scale", "A"),),
     "bias_act_drop_fwd": (("scale", "A"), ("scale", "Z"), ("scale", "out")),
     "act_drop_bwd": (("scale", "dZ"), ("scale", "db")),
+    # the graph-ready optimizer (issue 12): the step kernels reading their scalars from
+    # ``hyper`` (what training runs), the advance and the clip writing ``hyper``, the L2 term
+    **{f"{name}_hyper": tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
+    "opt_advance": (("delta", "hyper"),),
+    "opt_clip": (("delta", "hyper"),),
+    "l2_penalty": (("value", None), ("delta", "g")),
 }
 
 # which tests should catch a mutation of each kernel: (test file, -k expression)
 _KERNEL_TESTS = "tests/test_kernels_cpu.py"
 _DEEP_TESTS = "tests/test_deep.py"
+_HYPER_TESTS = "tests/test_optim_hyper.py"
+_L2_CLIP_TESTS = "tests/test_l2_clip.py"
 SELECT: dict[str, list[tuple[str, str]]] = {
     "bias_act_fwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
     "act_bwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
@@ -72,13 +80,17 @@ SELECT: dict[str, list[tuple[str, str]]] = {
     "dropout_fwd": [(_DEEP_TESTS, "test_dropout_masks_are_bit_identical_and_have_the_rate")],
     **{name: [(_DEEP_TESTS, "test_activation_dropout_residual_fused_matches_reference")]
        for name in ("bias_act_drop_fwd", "act_drop_bwd")},
+    **{f"{name}_hyper": [(_HYPER_TESTS, "bit_identical or by_value_entry")] for name in _STEPS},
+    "opt_advance": [(_HYPER_TESTS, "bit_identical or thousands_of_steps or advance")],
+    "opt_clip": [(_L2_CLIP_TESTS, "clip")],
+    "l2_penalty": [(_L2_CLIP_TESTS, "l2")],
 }
 # the kernels a training step runs (relu/tanh/gelu MLP, cross-entropy, Adam): the end-to-end
 # parity test must catch these too, independently of the kernel tests
 PARITY = ("tests/test_parity.py", "test_fused_cpu_kernels_match_reference_step_by_step")
-PARITY_KERNELS = ("bias_act_fwd", "act_bwd", "softmax_xent", "adam_step")
+PARITY_KERNELS = ("bias_act_fwd", "act_bwd", "softmax_xent", "adam_step_hyper", "opt_advance")
 # outputs the parity run never produces: Adam there runs without amsgrad (vmax is None)
-PARITY_NOT_RUN = ("adam_step:vmax",)
+PARITY_NOT_RUN = ("adam_step_hyper:vmax",)
 # the kernels a deep model (residual + LayerNorm + dropout) runs: its end-to-end comparison with
 # the reference table must catch them too (dropout_fwd alone is not in a model's step)
 DEEP_PARITY = (_DEEP_TESTS, "test_fused_model_matches_the_reference_kernels")
