@@ -301,14 +301,19 @@ def make_advance(launch, array_type=np.ndarray):
         rows, columns = table.shape
         if rows < 1:
             raise DataError(f"{name}: table has no rows, shape {tuple(table.shape)}")
-        if hyper.shape[0] < HYPER_STEPWISE0 + columns:
-            raise DataError(f"{name}: hyper has {hyper.shape[0]} slots, fewer than the "
-                            f"{HYPER_STEPWISE0} header slots + {columns} table columns")
+        _hyper_slots(name, hyper, HYPER_STEPWISE0 + columns,
+                     f"{HYPER_STEPWISE0} header slots + {columns} table columns")
         launch(hyper, table)
 
     opt_advance.__doc__ = ("One optimizer step's scalars on the device: ``t += 1``, stepwise "
                            "slots from ``table``; see ``reference.opt_advance``.")
     return opt_advance
+
+
+def _hyper_slots(name: str, hyper, need: int, what: str) -> None:
+    """A DataError unless ``hyper`` has at least ``need`` slots (``what`` they are)."""
+    if hyper.shape[0] < need:
+        raise DataError(f"{name}: hyper has {hyper.shape[0]} slots, fewer than the {what}")
 
 
 def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
@@ -324,9 +329,8 @@ def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
         if not isinstance(g, array_type) or g.ndim != 1:  # unchecked inside TRUSTED
             raise DataError(f"{name}: argument 'g' must be a 1-D float array")
         float64_array(name, "hyper", hyper, 1, array_type, written=True)
-        if hyper.shape[0] < len(HYPER_HEADER):
-            raise DataError(f"{name}: hyper has {hyper.shape[0]} slots, fewer than the "
-                            f"{len(HYPER_HEADER)} header slots ({', '.join(HYPER_HEADER)})")
+        _hyper_slots(name, hyper, len(HYPER_HEADER),
+                     f"{len(HYPER_HEADER)} header slots ({', '.join(HYPER_HEADER)})")
         launch(g, hyper)
 
     opt_clip.__doc__ = ("The gradient's clip scale into ``hyper`` (one reduction); see "

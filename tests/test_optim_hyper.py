@@ -117,12 +117,17 @@ def test_hyper_step_is_bit_identical_to_the_by_value_step(config, backend, dtype
         pytest.skip("the estimators' Adam folds its own step size into lr: no schedule")
     a, b = _pair(config, BACKENDS[backend](), dtype, _lr(lr), rng)
     for step in range(STEPS):
-        g = rng.standard_normal(a[0].n_params).astype(dtype)
-        a[0].grads[...] = g
-        b[0].grads[...] = g
-        a[1].step()
-        _by_value_step(b[1])
-        _assert_same(a, b, f"after step {step + 1}")
+        _step_both(a, b, rng.standard_normal(a[0].n_params).astype(dtype), step)
+
+
+def _step_both(a, b, g, step):
+    """The same gradient ``g`` into both pairs; a's optimizer steps, b's by-value
+    transcription; then both must agree bit for bit."""
+    a[0].grads[...] = g
+    b[0].grads[...] = g
+    a[1].step()
+    _by_value_step(b[1])
+    _assert_same(a, b, f"after step {step + 1}")
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -148,12 +153,7 @@ def test_writes_to_t_lr_and_schedule_resync_the_device(backend, rng, small_table
             both(lambda o: setattr(o, "t", 2))
         if step == 12:
             both(lambda o: setattr(o, "schedule", schedules.cosine(0.01, 20)))
-        g = rng.standard_normal(a[0].n_params).astype(np.float32)
-        a[0].grads[...] = g
-        b[0].grads[...] = g
-        a[1].step()
-        _by_value_step(b[1])
-        _assert_same(a, b, f"after step {step + 1}")
+        _step_both(a, b, rng.standard_normal(a[0].n_params).astype(np.float32), step)
 
 
 def test_sklearn_set_learning_rate_stays_exact(rng):
@@ -162,12 +162,7 @@ def test_sklearn_set_learning_rate_stays_exact(rng):
         if step in (2, 4):
             a[1].set_learning_rate(a[1].base_lr / 5)
             b[1].set_learning_rate(b[1].base_lr / 5)
-        g = rng.standard_normal(a[0].n_params)
-        a[0].grads[...] = g
-        b[0].grads[...] = g
-        a[1].step()
-        _by_value_step(b[1])
-        _assert_same(a, b, f"after step {step + 1}")
+        _step_both(a, b, rng.standard_normal(a[0].n_params).astype(np.float64), step)
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

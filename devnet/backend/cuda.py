@@ -242,6 +242,14 @@ class CUDABackend(Backend):
         with self._scope:
             return cupy.random.default_rng(seed)
 
+    def take_rows(self, a, idx, out):
+        """``out <- a[idx]`` (rows) on this backend's device: host arrays (a staged feed)
+        as NumPy does, device arrays with CuPy's take (it has no bounds mode)."""
+        if isinstance(a, np.ndarray):
+            return super().take_rows(a, idx, out)
+        with self._scope:
+            return a.take(idx, axis=0, out=out)
+
     def empty(self, shape, dtype):
         with self._scope:
             return cupy.empty(shape, dtype=dtype)

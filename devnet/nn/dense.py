@@ -46,6 +46,7 @@ class Dense:
         self.residual = residual
         self.dropout = dropout
         self.W = self.b = self.dW = self.db = None
+        self.offset = None  # set by bind_
         self.gamma = self.beta = self.dgamma = self.dbeta = None
 
     @property
@@ -55,6 +56,7 @@ class Dense:
     def bind_(self, params, grads, offset: int) -> int:
         """Point W, b (gamma, beta) and their gradients into ``params`` / ``grads`` at
         ``offset``; return the next offset."""
+        self.offset = offset  # W's first element in the flat buffers (W, then b, ...)
         w_end = offset + self.n_in * self.n_out
         end = w_end + self.n_out
         self.W = params[offset:w_end].reshape(self.n_in, self.n_out)

@@ -100,8 +100,8 @@ class SklearnObjective(StepHook):
         device; rebuilt only when the model's buffers change (``model.to``)."""
         model = self.model
         if self._params is not model.params:
-            spans = np.array([_offsets(layer.W, model.params) for layer in model.layers],
-                             dtype=np.int64).reshape(-1, 2)
+            spans = np.array([(layer.offset, layer.offset + layer.W.size)
+                              for layer in model.layers], dtype=np.int64).reshape(-1, 2)
             self._spans = model.backend.asarray(spans)
             self._params = model.params
         return self._spans
@@ -123,13 +123,3 @@ class SklearnObjective(StepHook):
                 value, self.value_scale)
         return value
 
-
-def _offsets(view, base) -> tuple[int, int]:
-    """``[start, stop)`` of the contiguous ``view`` within the flat ``base`` (element offsets)."""
-    start = (_address(view) - _address(base)) // base.itemsize
-    return start, start + view.size
-
-
-def _address(a) -> int:
-    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
-    return iface["data"][0]
