@@ -105,11 +105,14 @@ class Settings:
     max_repeats: int = 200
     min_sample_s: float = 1e-3
     repetitions: int = 5  # interleaved repetitions behind every graded ratio (>= 5)
+    # untimed calls of a competitor before each of its interleaved blocks, in seconds: longer
+    # than any thread pool's spin-wait (``interleaved``)
+    settle_s: float = 0.25
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(warmup=1, budget_s=0.02, min_repeats=2, max_repeats=5, min_sample_s=1e-4,
-                   repetitions=5)
+                   repetitions=5, settle_s=0.0)
 
 
 def measure(fn: Callable[[], object], clock, settings: Settings) -> Timing:
@@ -153,6 +156,13 @@ def interleaved(fns: dict[str, tuple[Callable[[], object], object]], settings: S
     Interleaving puts each competitor under the same background load within a repetition, so
     the ratio of two of them is taken per repetition and its spread says how much to trust
     it. Each repetition is a ``measure`` with the budget shared out; warm-up runs once, first.
+
+    Each block starts with ``settings.settle_s`` of untimed calls of its own function: the
+    competitor before it may leave thread pools spinning on the cores. NumPy's OpenBLAS
+    workers spin for 2**28 cycles (~0.1 s) after a product, longer than a block; measured on
+    the 2-core VM, a PyTorch M1 step took 2.83 ms right after NumPy products and 1.74 ms
+    after 0.2 s without them: unsettled, PyTorch was timed while devnet's BLAS threads still
+    spun, which flattered devnet.
     """
     per = Settings(warmup=0, budget_s=settings.budget_s / max(1, repetitions),
                    min_repeats=max(2, settings.min_repeats // 2),
@@ -163,8 +173,23 @@ def interleaved(fns: dict[str, tuple[Callable[[], object], object]], settings: S
     out = {name: Repeated([]) for name in fns}
     for _ in range(repetitions):
         for name, (fn, clock) in fns.items():
+            settle(fn, clock, settings.settle_s)
             out[name].reps.append(measure(fn, clock, per))
     return out
+
+
+def settle(fn: Callable[[], object], clock, seconds: float) -> None:
+    """Call ``fn`` untimed for at least ``seconds`` (nothing when 0), then wait for the device:
+    the other competitors' thread pools go idle and ``fn``'s own are running when timing
+    starts, as in a training loop that runs one library alone."""
+    if seconds <= 0:
+        return
+    token = clock.start()
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
+    clock.stop(token)
 
 
 def ratio_stats(num: Repeated, den: Repeated) -> dict:

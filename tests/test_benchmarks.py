@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder of the repository
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import baseline, bench_fusion, bench_step, env, report  # noqa: E402
+from benchmarks import baseline, bench_fusion, bench_step, env, report, timing  # noqa: E402
 from benchmarks import main as bench_main  # noqa: E402
 from devnet.profile import ProfileReport, measure_ceilings  # noqa: E402
 from devnet.profile import main as profile_main  # noqa: E402
@@ -179,6 +179,40 @@ def test_run_is_not_called_quiet_under_load():
     assert ok is False and "NOT quiet" in why and "3.50" in why
     assert env.quiet([1.2, 1, 1], [0.0, 0, 0], 4)[0] is False
     assert env.quiet(None, None, 2)[0] is None
+
+
+def test_interleaved_settles_each_block_on_its_own_function(monkeypatch):
+    # the previous competitor may leave thread pools spinning: every timed block follows
+    # untimed calls of its own function (settle), in the same order round after round
+    events = []
+    measure = timing.measure
+    monkeypatch.setattr(timing, "settle",
+                        lambda fn, clock, seconds: events.append(("settle", fn, seconds)))
+    monkeypatch.setattr(timing, "measure", lambda fn, clock, per: (
+        events.append(("measure", fn)), measure(fn, clock, per))[1])
+    fa, fb = (lambda: None), (lambda: None)
+    settings = timing.Settings(warmup=1, budget_s=1e-3, min_repeats=2, max_repeats=2,
+                               min_sample_s=0.0, settle_s=0.3)
+    out = timing.interleaved({"a": (fa, timing.HostClock()), "b": (fb, timing.HostClock())},
+                             settings, repetitions=3)
+    assert events == [("settle", fa, 0.3), ("measure", fa),
+                      ("settle", fb, 0.3), ("measure", fb)] * 3
+    assert [len(out[k].reps) for k in "ab"] == [3, 3]
+
+
+def test_settle_calls_the_function_for_the_whole_span_then_syncs():
+    import time
+
+    calls, synced = [], []
+    clock = timing.HostClock(sync=lambda: synced.append(len(calls)))
+    t0 = time.perf_counter()
+    timing.settle(lambda: calls.append(time.perf_counter()), clock, 0.02)
+    assert time.perf_counter() - t0 >= 0.02 and len(calls) > 1  # back-to-back calls, 20 ms
+    assert synced == [0, len(calls)]  # the device waited on before and after
+    calls.clear()
+    timing.settle(lambda: calls.append(1), clock, 0.0)
+    assert calls == []
+    assert timing.Settings.quick().settle_s == 0 and timing.Settings().settle_s >= 0.2
 
 
 def test_bench_writes_to_the_current_directory_not_the_source_tree(tmp_path, monkeypatch):

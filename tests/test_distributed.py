@@ -78,6 +78,39 @@ def test_two_ranks_equal_single_process_after_200_adam_steps(tmp_path):
     np.testing.assert_array_equal(multi["val_accuracy"], single["val_accuracy"])
 
 
+def _two_gpus_reason():
+    import devnet as dn
+    from devnet.backend import cuda as cuda_backend
+
+    reason = cuda_backend.unavailable_reason()
+    if reason is not None:
+        return reason
+    gpus = [b for b in dn.available_backends() if b.startswith("cuda")]
+    if len(gpus) < 2:
+        return f"NCCL needs a GPU per rank; this machine has {len(gpus)}"
+    try:
+        distributed._nccl_module()
+    except DevnetError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_gpus_equal_single_process(tmp_path):
+    # the real NCCL path (the simulator CI runs it with the NCCL calls done by MPI:
+    # tests/test_distributed_cudasim.py); float64 so that only the summation order differs
+    reason = _two_gpus_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    opts = dict(n=97, batch_size=32, epochs=50, dropout=0.3, device="cuda")
+    single = ok(*run(tmp_path, "single", nproc=0, single=True, **opts)[:2])
+    multi = ok(*run(tmp_path, "multi", **opts)[:2])
+    assert multi["devices"].tolist() == ["cuda:0", "cuda:1"]
+    rel = np.abs(multi["params"] - single["params"]).max() / np.abs(single["params"]).max()
+    assert rel < 1e-10, rel
+    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-10)
+
+
 @pytest.mark.parametrize("deep", [False, True])
 def test_dropout_two_ranks_equal_single_process(tmp_path, deep):
     # issue 15: each rank's shard is keyed by its global first row, so the ranks' masks are the

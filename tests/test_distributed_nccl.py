@@ -15,6 +15,7 @@ import pytest
 
 from devnet import distributed
 from devnet.backend import cupy_sim as cp
+from devnet.errors import DevnetError
 
 
 class FakeNccl:
@@ -51,11 +52,11 @@ class FakeNccl:
 
 
 class FakeComm(distributed.Communicator):
-    """Rank 0 of 2, without MPI: the JSON broadcast of the NCCL id is rank 0's own value."""
+    """Rank 0 of ``size``, without MPI: the JSON broadcast of the NCCL id is rank 0's own."""
 
-    def __init__(self, timeout=5.0):
-        self.rank, self.size, self.timeout = 0, 2, timeout
-        self.pids, self.hosts, self.host = [1, 2], ["h", "h"], "h"
+    def __init__(self, timeout=5.0, size=2):
+        self.rank, self.size, self.timeout = 0, size, timeout
+        self.pids, self.hosts, self.host = list(range(1, size + 1)), ["h"] * size, "h"
         self._nccl = {}
         self.broadcasts = []
 
@@ -117,3 +118,26 @@ def test_nccl_wait_aborts_the_communicator_at_the_deadline(fake, monkeypatch):
     with pytest.raises(distributed.DistributedError, match="not complete within 0.05 s"):
         comm.allreduce_sum_(buf, "gradient all-reduce", xp=cp)
     assert fake.calls[-1] == ("abort",)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_real_nccl_on_one_rank_takes_devnets_calls(rng, dtype):
+    # the real cupy.cuda.nccl on a real device: devnet's argument order, pointers, dtype codes
+    # and stream (one rank, so the sum and the broadcast leave the buffer as it was); two
+    # ranks on two GPUs: tests/test_distributed.py::test_two_ranks_on_gpus_equal_single_process
+    try:
+        distributed._nccl_module()
+    except DevnetError as exc:
+        pytest.skip(str(exc))
+    import cupy
+
+    comm = FakeComm(size=1)
+    host = rng.normal(size=1001).astype(dtype)
+    buf = cupy.asarray(host)
+    nccl = comm._nccl_for(buf, cupy)
+    nccl.allreduce_sum_(buf, "one-rank all-reduce")
+    nccl.bcast_(buf, 0, "one-rank broadcast")
+    np.testing.assert_array_equal(cupy.asnumpy(buf), host)
+    with pytest.raises(distributed.DistributedError, match="valid dtypes are float32, float64"):
+        nccl.allreduce_sum_(cupy.arange(4), "integer all-reduce")
