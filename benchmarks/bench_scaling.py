@@ -15,7 +15,7 @@ from .bench_step import (
     torch_device,
     torch_step,
 )
-from .timing import Settings, clock_for, measure
+from .timing import Settings, clock_for, measure, settle
 
 BATCHES = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -28,7 +28,10 @@ WIDTH_BATCH = 256  # the width sweep's batch; model 784-w-w-10
 def _point(backend, sweep, sizes, batch, settings, torch, seed) -> dict:
     clock = clock_for(backend)
     gflop = step_flops(sizes, batch) / 1e9
-    t = measure(devnet_step(backend, sizes, batch, seed), clock, settings)
+    step = devnet_step(backend, sizes, batch, seed)
+    # the previous point ended with PyTorch's step: its pool idle first (timing.interleaved)
+    settle(step, clock, settings.settle_s if torch is not None else 0)
+    t = measure(step, clock, settings)
     f = measure(gemm_floor(backend, sizes, batch, seed), clock, settings)
     row = {"sweep": sweep, "sizes": list(sizes), "batch": batch, "width": sizes[1],
            "gflop": gflop, "devnet_s": t.median, "floor_s": f.median,
@@ -37,8 +40,10 @@ def _point(backend, sweep, sizes, batch, settings, torch, seed) -> dict:
     if torch is not None:
         dev = torch_device(backend)
         # not graded: one PyTorch configuration (fused Adam), not the per-size race
-        tt = measure(torch_step(torch, sizes, batch, dev, seed, TORCH_ADAM["adam(fused=True)"]),
-                     torch_clock(torch, dev), settings)
+        peer, tclock = torch_step(torch, sizes, batch, dev, seed,
+                                  TORCH_ADAM["adam(fused=True)"]), torch_clock(torch, dev)
+        settle(peer, tclock, settings.settle_s)  # devnet's OpenBLAS threads idle first
+        tt = measure(peer, tclock, settings)
         row.update(torch_s=tt.median, devnet_over_torch=t.median / tt.median)
     return row
 

@@ -268,7 +268,7 @@ def run(backend, configs, settings: Settings, torch=None, sklearn=None, sklearn_
             for name, kw in TORCH_ADAM.items():
                 fns[name] = (torch_step(torch, cfg.sizes, cfg.batch, tdev, seed, kw), tclock)
             fns["torch_floor"] = (torch_floor(torch, cfg.sizes, cfg.batch, tdev, seed), tclock)
-        t = interleaved(fns, settings, settings.repetitions)
+        t = interleaved(fns, settings, settings.repetitions, settle_pools=True)
         dv = t["devnet"]
         row.update(devnet_s=dv.median, devnet_min_s=min(dv.medians),
                    devnet_max_s=max(dv.medians), samples_per_s=cfg.batch / dv.median,

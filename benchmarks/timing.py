@@ -105,8 +105,8 @@ class Settings:
     max_repeats: int = 200
     min_sample_s: float = 1e-3
     repetitions: int = 5  # interleaved repetitions behind every graded ratio (>= 5)
-    # untimed calls of a competitor before each of its interleaved blocks, in seconds: longer
-    # than any thread pool's spin-wait (``interleaved``)
+    # untimed calls of a competitor before each of its interleaved blocks where the competitors
+    # use different thread pools, in seconds: longer than any pool's spin-wait (``interleaved``)
     settle_s: float = 0.25
 
     @classmethod
@@ -150,16 +150,18 @@ class Repeated:
 
 
 def interleaved(fns: dict[str, tuple[Callable[[], object], object]], settings: Settings,
-                repetitions: int = 5) -> dict[str, Repeated]:
+                repetitions: int = 5, settle_pools: bool = False) -> dict[str, Repeated]:
     """Measure every ``name: (fn, clock)`` in turn, ``repetitions`` times round.
 
     Interleaving puts each competitor under the same background load within a repetition, so
     the ratio of two of them is taken per repetition and its spread says how much to trust
     it. Each repetition is a ``measure`` with the budget shared out; warm-up runs once, first.
 
-    Each block starts with ``settings.settle_s`` of untimed calls of its own function: the
-    competitor before it may leave thread pools spinning on the cores. NumPy's OpenBLAS
-    workers spin for 2**28 cycles (~0.1 s) after a product, longer than a block; measured on
+    ``settle_pools``: the competitors run on different libraries' thread pools (devnet's
+    OpenBLAS against PyTorch's), so each block starts with ``settings.settle_s`` of untimed
+    calls of its own function, as the competitor before it may leave its pool spinning on the
+    cores. NumPy's OpenBLAS workers spin for 2**28 cycles (~0.1 s) after a product, longer than
+    a block; measured on
     the 2-core VM, a PyTorch M1 step took 2.83 ms right after NumPy products and 1.74 ms
     after 0.2 s without them: unsettled, PyTorch was timed while devnet's BLAS threads still
     spun, which flattered devnet.
@@ -173,7 +175,8 @@ def interleaved(fns: dict[str, tuple[Callable[[], object], object]], settings: S
     out = {name: Repeated([]) for name in fns}
     for _ in range(repetitions):
         for name, (fn, clock) in fns.items():
-            settle(fn, clock, settings.settle_s)
+            if settle_pools:
+                settle(fn, clock, settings.settle_s)
             out[name].reps.append(measure(fn, clock, per))
     return out
 

@@ -182,8 +182,8 @@ def test_run_is_not_called_quiet_under_load():
 
 
 def test_interleaved_settles_each_block_on_its_own_function(monkeypatch):
-    # the previous competitor may leave thread pools spinning: every timed block follows
-    # untimed calls of its own function (settle), in the same order round after round
+    # against another library's thread pools (the step suite: devnet against PyTorch) every
+    # timed block follows untimed calls of its own function (settle), round after round
     events = []
     measure = timing.measure
     monkeypatch.setattr(timing, "settle",
@@ -193,11 +193,14 @@ def test_interleaved_settles_each_block_on_its_own_function(monkeypatch):
     fa, fb = (lambda: None), (lambda: None)
     settings = timing.Settings(warmup=1, budget_s=1e-3, min_repeats=2, max_repeats=2,
                                min_sample_s=0.0, settle_s=0.3)
-    out = timing.interleaved({"a": (fa, timing.HostClock()), "b": (fb, timing.HostClock())},
-                             settings, repetitions=3)
+    fns = {"a": (fa, timing.HostClock()), "b": (fb, timing.HostClock())}
+    out = timing.interleaved(fns, settings, repetitions=3, settle_pools=True)
     assert events == [("settle", fa, 0.3), ("measure", fa),
                       ("settle", fb, 0.3), ("measure", fb)] * 3
     assert [len(out[k].reps) for k in "ab"] == [3, 3]
+    events.clear()  # competitors on one pool (devnet's kernels against NumPy): no settling
+    timing.interleaved(fns, settings, repetitions=2)
+    assert events == [("measure", fa), ("measure", fb)] * 2
 
 
 def test_settle_calls_the_function_for_the_whole_span_then_syncs():
