@@ -8,6 +8,7 @@ history, epoch, step, ``stop_training``) before ``on_train_begin``. Epoch number
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import numbers
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devnet.errors import ConfigError
+from devnet.errors import CheckpointError, ConfigError
 from devnet.train.history import Callback
 from devnet.train.plot import GRAD_NORM, UPDATE_RATIO, plot_gradient_flow  # noqa: F401 (re-export)
 from devnet.validation import positive_int
@@ -30,6 +31,20 @@ _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
 def _real(value) -> bool:
     """A real number, NumPy scalars included; bools are not numbers here."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _flag(name: str, value) -> bool:
+    """``value`` if it is a bool (NumPy's too): "no" or 0 would silently mean True / False."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def _path(who: str, path) -> str:
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise ConfigError(f"{who} path must be a non-empty str or os.PathLike, got {path!r} "
+                          f"({type(path).__name__})")
+    return os.fspath(path)
 
 
 def _mode(monitor: str, mode: str) -> str:
@@ -53,6 +68,9 @@ class _Improvement:
     """Tracks the best value of a monitored quantity."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float):
+        if not isinstance(monitor, str) or not monitor:
+            raise ConfigError(f"monitor must be the name of an epoch log entry (e.g. 'loss', "
+                              f"'val_loss', 'val_accuracy'), got {monitor!r}")
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
         if not (_real(min_delta) and math.isfinite(min_delta) and min_delta >= 0):
@@ -82,7 +100,7 @@ class EarlyStopping(Callback):
                 or patience < 0:
             raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
         self.patience = int(patience)
-        self.restore_best = restore_best
+        self.restore_best = _flag("restore_best", restore_best)
         self.wait = 0
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
@@ -129,12 +147,26 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, path: str | os.PathLike, every: int = 1, save_best_only: bool = False,
                  monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
-        self.path = str(path)
+        self.path = _path("ModelCheckpoint", path)
         self.every = positive_int("every", every)
-        self.save_best_only = save_best_only
+        self.save_best_only = _flag("save_best_only", save_best_only)
         self.monitor = monitor
         self.tracker = _Improvement(monitor, mode, min_delta) if save_best_only else None
         self.saved: list[str] = []
+
+    def on_train_begin(self, logs: dict) -> None:
+        """Refuse before the first epoch what the first save would refuse after it: a missing
+        folder (when the folder part holds no ``{...}`` field) or an optimizer that cannot be
+        saved (``io.check_saveable``)."""
+        from devnet import io
+
+        folder = os.path.dirname(self.path)
+        if folder and "{" not in folder and not os.path.isdir(folder):
+            raise CheckpointError(f"cannot save checkpoint to {self.path!r}: folder "
+                                  f"{folder!r} does not exist (ModelCheckpoint checks before "
+                                  "the first epoch)")
+        t = self.trainer
+        io.check_saveable(t.model, t.optimizer, t.history)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         from devnet import io
@@ -169,6 +201,14 @@ class LearningRateScheduler(Callback):
         if not callable(fn):
             raise ConfigError(f"LearningRateScheduler needs a function fn(epoch, lr) -> lr, "
                               f"got {type(fn).__name__}")
+        try:
+            inspect.signature(fn).bind(0, 0.1)
+        except TypeError:
+            raise ConfigError(f"LearningRateScheduler needs a function fn(epoch, lr) -> lr "
+                              f"taking two arguments, got {fn!r} with signature "
+                              f"{inspect.signature(fn)}") from None
+        except ValueError:  # no signature to read (some builtins): the call will tell
+            pass
         self.fn = fn
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
@@ -189,21 +229,27 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ","):
-        self.path = Path(path)
-        self.append = append
+        self.path = Path(_path("CSVLogger", path))
+        self.append = _flag("append", append)
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ConfigError(f"separator must be a single character, got {separator!r}")
         self.separator = separator
         self._file = None
         self._writer = None
         self._keys: list[str] | None = None
 
     def on_train_begin(self, logs: dict) -> None:
-        has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
-        self._file = open(self.path, "a" if self.append else "w", newline="")
         self._keys = None
-        if has_rows:
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f, delimiter=self.separator), None)
-            self._keys = header[1:] if header else None
+        try:
+            has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
+            if has_rows:
+                with open(self.path, newline="") as f:
+                    header = next(csv.reader(f, delimiter=self.separator), None)
+                self._keys = header[1:] if header else None
+            self._file = open(self.path, "a" if self.append else "w", newline="")
+        except OSError as exc:
+            raise ConfigError(f"CSVLogger cannot write its log {str(self.path)!r}: "
+                              f"{exc.strerror or exc}") from None
         self._writer = csv.writer(self._file, delimiter=self.separator)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

@@ -11,9 +11,11 @@ Every rank holds the whole data set and the same model. Each step every rank tak
 (a contiguous slice) of the same globally shuffled batch, scales its loss gradient by its share
 of the batch (rows, or sample weight), and the flat gradient buffer is summed across ranks in
 place -- one all-reduce per step -- so every rank holds the single-process mean gradient before
-the one-pass optimizer update. Parameters and optimizer state are broadcast from rank 0 before
-the first step, after the ranks have checked (one small all-gather) that they agree on the model,
-loss, optimizer, data length and training state.
+the one-pass optimizer update. Parameters, optimizer state and the dropout seed are broadcast
+from rank 0 before the first step, after the ranks have checked (one small all-gather) that they
+agree on the model, input scaling, loss, optimizer settings, data and training state. At each
+epoch end the ranks check that they logged the same metrics (the same validation data) and stop
+together when any rank's callbacks stop training.
 
 Learnt from ChainerMN (its communicators and multi-node optimizer): a communicator object with
 rank / size / intra-node rank (here ``local_rank``, from MPI's shared-memory split), the NCCL
@@ -31,6 +33,8 @@ so a rank that was killed is named within about a second and one that stopped an
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -43,10 +47,11 @@ import time
 import numpy as np
 
 from devnet.errors import DevnetError, MissingDependencyError
+from devnet.train.history import Callback
 from devnet.train.step import Batch, StepHook
 
 DEFAULT_TIMEOUT = 60.0  # seconds a collective may wait for the others (env DEVNET_DIST_TIMEOUT)
-_SIGNATURE_BYTES = 4096  # fixed size of the JSON blob each rank contributes to the start check
+TIMEOUT_ENV = "DEVNET_DIST_TIMEOUT"
 _LIVENESS_PERIOD = 1.0  # seconds between checks that the ranks on this host are still alive
 _ABORT_GRACE = 0.5  # seconds between printing why a rank fails and MPI_Abort
 
@@ -61,27 +66,53 @@ _COMM: Communicator | None = None
 def init(timeout: float | None = None, limit_threads: bool = True) -> Communicator:
     """The communicator of this process (MPI_COMM_WORLD), set up once; later calls return it.
 
-    timeout: seconds a collective may wait for the other ranks before raising
-        DistributedError (default ``DEVNET_DIST_TIMEOUT`` or 60). A rank that died on this host
-        is detected within about a second whatever the timeout.
+    timeout: seconds (> 0; inf: no limit) a collective may wait for the other ranks before
+        raising DistributedError (default ``DEVNET_DIST_TIMEOUT`` or 60); given to a later call,
+        it replaces the first one's. A rank that died on this host is detected within about a
+        second whatever the timeout.
     limit_threads: ranks sharing a machine split its cores: unless OMP_NUM_THREADS is set, BLAS
         and Numba are held to ``cpu_count // local_size`` threads each (threadpoolctl, if
         installed, for BLAS).
     Installs an excepthook that aborts every rank when one raises uncaught.
     """
     global _COMM
+    if not isinstance(limit_threads, (bool, np.bool_)):
+        raise DistributedError(f"limit_threads must be True or False, got {limit_threads!r}")
+    if timeout is not None:
+        timeout = _check_timeout(timeout, "timeout")
     if _COMM is not None:
+        if timeout is not None:  # a later explicit timeout applies from now on
+            _COMM.timeout = timeout
         return _COMM
-    mpi = _import_mpi()
     if timeout is None:
-        timeout = float(os.environ.get("DEVNET_DIST_TIMEOUT", DEFAULT_TIMEOUT))
-    if not timeout > 0:
-        raise DistributedError(f"timeout must be > 0 seconds, got {timeout!r}")
-    _COMM = Communicator(mpi, mpi.COMM_WORLD, float(timeout))
+        timeout = _env_timeout()
+    mpi = _import_mpi()
+    _COMM = Communicator(mpi, mpi.COMM_WORLD, timeout)
     _install_excepthook(_COMM)
     if limit_threads:
         _limit_threads(_COMM.local_size)
     return _COMM
+
+
+def _check_timeout(value, where: str) -> float:
+    """``value`` as seconds > 0 (inf: no deadline), or a DistributedError naming ``where``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not value > 0:  # also NaN
+        raise DistributedError(f"{where} must be a number of seconds > 0 (inf: no limit), got "
+                               f"{value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _env_timeout() -> float:
+    """``DEVNET_DIST_TIMEOUT`` as seconds > 0, or DEFAULT_TIMEOUT when it is unset."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    return _check_timeout(value, f"the environment variable {TIMEOUT_ENV}={text!r}")
 
 
 def _import_mpi():
@@ -186,6 +217,7 @@ class Communicator:
         """Sum ``buf`` over the ranks, in place. buf: a contiguous host (MPI) or CUDA (NCCL)
         array, the same shape and dtype on every rank; xp: its array module (CUDA arrays).
         """
+        _check_buffer(buf, what, "iufc")
         if self.size == 1:
             return
         if isinstance(buf, np.ndarray):
@@ -195,6 +227,8 @@ class Communicator:
 
     def bcast_(self, buf, root: int = 0, what: str = "broadcast", xp=None) -> None:
         """Overwrite ``buf`` on every rank with rank ``root``'s, in place (host or CUDA)."""
+        _check_buffer(buf, what, "biufc")
+        root = self._check_root(root, what)
         if self.size == 1:
             return
         if isinstance(buf, np.ndarray):
@@ -207,23 +241,35 @@ class Communicator:
             self._wait(self.world.Ibarrier(), what)
 
     def allgather_json(self, obj, what: str = "all-gather") -> list:
-        """Every rank's JSON-serialisable ``obj``, in rank order (at most 4 KiB each)."""
-        blob = json.dumps(obj, sort_keys=True).encode()
-        if len(blob) > _SIGNATURE_BYTES:
-            raise DistributedError(f"{what}: {len(blob)} bytes of JSON, more than "
-                                   f"{_SIGNATURE_BYTES}")
-        send = np.zeros(_SIGNATURE_BYTES, np.uint8)
-        send[:len(blob)] = np.frombuffer(blob, np.uint8)
-        recv = np.empty((self.size, _SIGNATURE_BYTES), np.uint8)
+        """Every rank's JSON-serialisable ``obj``, in rank order (any size: the lengths are
+        gathered first, so ranks whose objects differ in size still meet).
+        """
+        try:
+            blob = json.dumps(obj, sort_keys=True, allow_nan=True).encode()
+        except (TypeError, ValueError) as exc:
+            raise DistributedError(f"{what}: the object is not JSON-serialisable ({exc}); give "
+                                   "dicts, lists, str, int, float, bool or None") from None
         if self.size == 1:
-            recv[0] = send
-        else:
-            self._wait(self.world.Iallgather(send, recv), what)
-        return [json.loads(row.tobytes().rstrip(b"\0")) for row in recv]
+            return [json.loads(blob)]
+        sizes = np.empty(self.size, np.int64)
+        self._wait(self.world.Iallgather(np.array([len(blob)], np.int64), sizes), what)
+        recv = np.empty(int(sizes.sum()), np.uint8)
+        send = np.frombuffer(blob, np.uint8)
+        self._wait(self.world.Iallgatherv(send, [recv, sizes.tolist()]), what)
+        ends = np.cumsum(sizes).tolist()
+        return [json.loads(recv[end - size:end].tobytes()) for end, size in zip(ends, sizes)]
 
     def bcast_json(self, obj, root: int = 0, what: str = "broadcast"):
         """Rank ``root``'s JSON-serialisable ``obj`` on every rank."""
+        root = self._check_root(root, what)
         return self.allgather_json(obj, what)[root]
+
+    def _check_root(self, root, what: str) -> int:
+        if isinstance(root, (bool, np.bool_)) or not isinstance(root, numbers.Integral) \
+                or not 0 <= root < self.size:
+            raise DistributedError(f"{what}: root must be a rank 0..{self.size - 1}, got "
+                                   f"{root!r}")
+        return int(root)
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (MPI_Abort)."""
@@ -281,6 +327,28 @@ class Communicator:
                 xp = get_xp(buf)
             self._nccl[device] = _Nccl(self, xp, device)
         return self._nccl[device]
+
+
+def _check_buffer(buf, what: str, kinds: str) -> None:
+    """A DistributedError unless ``buf`` is a writable C-contiguous NumPy array, or a CuPy-style
+    device array (``.data.device_id``), of a dtype kind in ``kinds`` (checked on every world
+    size, so a script that works on one rank works on N).
+    """
+    if not isinstance(buf, np.ndarray) and not hasattr(getattr(buf, "data", None),
+                                                           "device_id"):
+        raise DistributedError(f"{what}: needs a NumPy array (MPI) or a CuPy array (NCCL), "
+                               f"got {type(buf).__name__}")
+    dtype = np.dtype(buf.dtype)
+    if dtype.kind not in kinds:
+        valid = {"b": "bool", "i": "int", "u": "uint", "f": "float", "c": "complex"}
+        raise DistributedError(f"{what}: cannot reduce {dtype} arrays; valid kinds: "
+                               f"{', '.join(valid[k] for k in kinds)}")
+    flags = buf.flags
+    if not flags.c_contiguous:
+        raise DistributedError(f"{what}: the array must be C-contiguous (one block of memory, "
+                               "in place), got a strided view; pass a contiguous array")
+    if isinstance(buf, np.ndarray) and not flags.writeable:
+        raise DistributedError(f"{what}: the array is read-only; the collective writes in place")
 
 
 def _ranks(ranks) -> str:
@@ -386,7 +454,8 @@ class DataParallel(StepHook):
     by it, so the ranks drop what one process would), ``scale_`` weighs its loss gradient by
     its share, ``allreduce_grads_`` sums the flat gradient buffer (as the Step's hook:
     ``collective``, so the divergence guard's single-process replay leaves it out); per epoch
-    ``sum_losses`` adds the ranks' loss contributions.
+    ``sum_losses`` adds the ranks' loss contributions, and ``root_only`` brackets the callbacks
+    with ``agree_on_logs_`` (first) and ``agree_on_stop`` (last).
     """
 
     collective = True
@@ -409,10 +478,17 @@ class DataParallel(StepHook):
     def _signature(self, X, y, sw) -> dict:
         t = self.trainer
         opt = t.optimizer
+        scaling = self.model.input_scaling
         return {
-            "model": {k: v for k, v in self.model.config().items() if k != "seed"},
+            # seed and dropout_seed: rank 0's parameters and dropout seed are broadcast
+            "model": {k: v for k, v in self.model.config().items()
+                      if k not in ("seed", "dropout_seed")},
             "n_params": int(self.model.n_params),
+            "input_scaling": None if scaling is None else [_digest(a) for a in scaling],
             "loss": t.loss.config(), "optimizer": opt.name,
+            "optimizer_settings": json.loads(json.dumps({
+                "lr": opt.schedule.config() if opt.schedule is not None else opt.base_lr,
+                **opt.hyperparameters()}, default=repr)),
             "optimizer_state": sorted(opt.state), "optimizer_t": int(opt.t),
             "n_samples": int(len(X)), "X": [list(X.shape), str(X.dtype), _digest(X)],
             "y": [list(y.shape), str(y.dtype), _digest(y)],
@@ -444,6 +520,9 @@ class DataParallel(StepHook):
         # seed=None draws a different seed on every rank; the batches must be the same
         state = comm.bcast_json(_jsonable(t.rng.bit_generator.state), what="RNG broadcast")
         t.rng.bit_generator.state = state
+        # and so are the dropout masks (MLP(seed=None) draws its dropout seed per rank too)
+        self.model.dropout_seed = comm.bcast_json(self.model.dropout_seed,
+                                                  what="dropout seed broadcast")
 
     def shard(self, order, lo: int, hi: int) -> tuple[int, int]:
         """This rank's positions [a, b) of the global batch at positions lo..hi-1 of the epoch's
@@ -516,16 +595,89 @@ class DataParallel(StepHook):
         return float(vals[0]), None if last is None else float(vals[1])
 
     def root_only(self, progress, callbacks: list):
-        """Progress and file-writing callbacks (checkpoints, CSV logs) stay on rank 0."""
-        if self.is_root:
-            return progress, callbacks
-        from devnet.callbacks import CSVLogger, ModelCheckpoint
+        """Progress and file-writing callbacks (checkpoints, CSV logs) stay on rank 0; every
+        rank's callbacks are run between ``_AgreeOnLogs`` and ``_AgreeOnStop``, so that they
+        see rank 0's epoch logs and the ranks stop together.
+        """
+        if not self.is_root:
+            from devnet.callbacks import CSVLogger, ModelCheckpoint
 
-        return False, [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint,
-                                                                     CSVLogger))]
+            progress = False
+            callbacks = [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint,
+                                                                       CSVLogger))]
+        return progress, [_AgreeOnLogs(self), *callbacks, _AgreeOnStop(self)]
+
+    def agree_on_logs_(self, epoch: int, logs: dict) -> None:
+        """Check that every rank's epoch logs are rank 0's, then make them exactly rank 0's
+        (in ``logs`` and the History), so callbacks decide alike on every rank.
+
+        The parameters are the same on every rank, so the metrics differ only when the ranks
+        evaluate different data (validation_data) -- or, in the last digits, run different
+        BLAS builds: the tolerance is by dtype.
+        """
+        mine = {k: float(v) for k, v in logs.items()
+                if k != "time" and isinstance(v, numbers.Real)}
+        every = self.comm.allgather_json(mine, f"epoch {epoch} logs")
+        root = every[0]
+        rtol = 1e-4 if self.model.dtype == np.float32 else 1e-9
+        for rank, theirs in enumerate(every[1:], 1):
+            if set(theirs) != set(root):
+                raise DistributedError(
+                    f"ranks disagree on what epoch {epoch} logged: rank 0 has "
+                    f"{sorted(root)}, rank {rank} has {sorted(theirs)}; pass the same "
+                    "validation_data / validation_split and train_metrics on every rank")
+            for key, value in root.items():
+                other = theirs[key]
+                if not (math.isclose(value, other, rel_tol=rtol, abs_tol=rtol)
+                        or (value != value and other != other)):
+                    raise DistributedError(
+                        f"ranks disagree on {key!r} after epoch {epoch}: rank 0 has "
+                        f"{value!r}, rank {rank} has {other!r}; every rank must pass the same "
+                        f"validation_data (and sample weights), or callbacks such as "
+                        f"EarlyStopping would decide differently on each")
+        history = self.trainer.history.history
+        for key, value in root.items():
+            logs[key] = value
+            if history.get(key):
+                history[key][-1] = value
+
+    def agree_on_stop(self, epoch: int) -> None:
+        """Stop every rank when any rank's callbacks stopped it (else the others would wait
+        in the next step's all-reduce until the timeout).
+        """
+        flags = self.comm.allgather_json(bool(self.trainer.stop_training),
+                                         f"epoch {epoch} stop decision")
+        if any(flags) and not all(flags) and self.is_root:
+            stopped = [r for r, flag in enumerate(flags) if flag]
+            _log(f"devnet.distributed: {_ranks(stopped)} stopped training after epoch "
+                 f"{epoch}; every rank stops")
+        self.trainer.stop_training = any(flags)
+
+
+class _AgreeOnLogs(Callback):
+    """Run first at each epoch end: ``DataParallel.agree_on_logs_``."""
+
+    def __init__(self, dist: DataParallel):
+        self.dist = dist
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        self.dist.agree_on_logs_(epoch, logs)
+
+
+class _AgreeOnStop(Callback):
+    """Run last at each epoch end: ``DataParallel.agree_on_stop``."""
+
+    def __init__(self, dist: DataParallel):
+        self.dist = dist
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        self.dist.agree_on_stop(epoch)
 
 
 _HINTS = {
+    "input_scaling": " (compute the standardisation from the same data on every rank, or "
+                     "on rank 0 and broadcast it)",
+    "optimizer_settings": " (give every rank the same lr, schedule and optimizer arguments)",
     "n_samples": " (each rank loads the whole data set; fit shards every batch itself)",
     "X": " (each rank loads the whole, identical data set; fit shards every batch itself)",
     "y": " (each rank loads the whole, identical data set; fit shards every batch itself)",
@@ -536,12 +688,25 @@ _HINTS = {
 }
 
 
+_DIGEST_ALL = 256 << 20  # arrays up to this many bytes are hashed whole (~0.2 s at most)
+
+
 def _digest(a: np.ndarray) -> str:
-    """A cheap fingerprint of an array: its shape and up to 64 evenly spaced rows, hashed."""
+    """A fingerprint of an array: all of it up to 256 MiB (a rank whose data differ in a few
+    rows must not pass), else 64 evenly spaced rows and a row-weighted float64 sum.
+    """
     import hashlib
 
+    a = np.asarray(a)
+    if a.nbytes <= _DIGEST_ALL:
+        return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
     rows = a[::max(1, len(a) // 64)]
-    return hashlib.sha1(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+    flat = a.reshape(len(a), -1)
+    weighted = float(np.dot(flat.sum(axis=1, dtype=np.float64),
+                            np.arange(1, len(a) + 1, dtype=np.float64)))
+    digest = hashlib.sha1(np.ascontiguousarray(rows).tobytes())
+    digest.update(repr(weighted).encode())
+    return digest.hexdigest()[:16]
 
 
 def _short(value) -> str:
@@ -562,31 +727,78 @@ def _jsonable(state):
 LAUNCHED_ENV = "DEVNET_DIST_LAUNCHED"
 
 
+# set in every rank by the MPI launchers devnet knows (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI)
+_MPI_JOB_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def _in_mpi_job(env=None) -> bool:
+    env = os.environ if env is None else env
+    return any(var in env for var in _MPI_JOB_ENV)
+
+
 def launched() -> bool:
-    """True inside a job started by ``launch`` (so a CLI run does not launch itself again)."""
-    return os.environ.get(LAUNCHED_ENV) == "1"
+    """True inside a job started by ``launch`` (so a CLI run does not launch itself again).
+
+    Both the flag ``launch`` sets and an MPI launcher's rank variable must be present: a flag
+    leaked into a plain process would otherwise run one process where N were asked for.
+    """
+    return os.environ.get(LAUNCHED_ENV) == "1" and _in_mpi_job()
+
+
+def _check_nproc(nproc) -> int:
+    if isinstance(nproc, (bool, np.bool_)) or not isinstance(nproc, numbers.Integral) \
+            or nproc < 1:
+        raise DistributedError(f"nproc must be a positive integer, got {nproc!r} "
+                               f"({type(nproc).__name__})")
+    return int(nproc)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]+")  # names, IPv4 and bracketed IPv6 addresses
+
+
+def _check_hosts(hosts) -> list[str]:
+    """Host names from "a,b" or a list of names, each checked (no empty or blank names)."""
+    if isinstance(hosts, str):
+        names = [h.strip() for h in hosts.split(",")]
+    elif isinstance(hosts, (list, tuple)):
+        names = list(hosts)
+    else:
+        raise DistributedError(f"hosts must be host names ('a,b' or a list) or a hostfile "
+                               f"path, got {hosts!r} ({type(hosts).__name__})")
+    if not any(isinstance(h, str) and h.strip() for h in names):
+        raise DistributedError(f"hosts is empty ({hosts!r}); give host names, 'a,b' or a "
+                               "hostfile path")
+    for name in names:
+        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name):
+            what = ("a missing hostfile" if isinstance(name, str) and os.sep in name
+                    else "not a host name")
+            raise DistributedError(f"hosts: {name!r} is {what}; give host names such as "
+                                   "'node1,node2' (letters, digits, '-', '.', '_', no spaces "
+                                   "or empty names) or the path of an existing hostfile")
+    return names
 
 
 def mpiexec_command(nproc: int, hosts=None) -> list[str]:
-    """``mpiexec -n nproc [-hosts a,b | -f hostfile]``: the one next to this Python first."""
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise DistributedError(f"nproc must be a positive integer, got {nproc!r}")
+    """``mpiexec -n nproc [-hosts a,b | -f hostfile]``: the one next to this Python first.
+
+    hosts: None (this machine), "a,b", a list of names, or the path (str or PathLike) of an
+    existing hostfile.
+    """
+    nproc = _check_nproc(nproc)
+    if hosts is not None:
+        if isinstance(hosts, os.PathLike) or (isinstance(hosts, str) and os.path.isfile(hosts)):
+            if not os.path.isfile(hosts):
+                raise DistributedError(f"hostfile {os.fspath(hosts)!r} does not exist")
+            host_args = ["-f", os.fspath(hosts)]
+        else:
+            host_args = ["-hosts", ",".join(_check_hosts(hosts))]
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     exe = here if os.path.exists(here) else shutil.which("mpiexec")
     if exe is None:
         raise MissingDependencyError("no mpiexec found (next to this Python or on PATH); "
                                      "install it with pip install 'devnet-mlp[mpi]'")
     cmd = [exe, "-n", str(nproc)]
-    if hosts is None:
-        return cmd
-    if isinstance(hosts, (str, os.PathLike)) and os.path.isfile(hosts):
-        return cmd + ["-f", os.fspath(hosts)]
-    if isinstance(hosts, str):
-        hosts = [h for h in hosts.split(",") if h]
-    hosts = [str(h) for h in hosts]
-    if not hosts:
-        raise DistributedError("hosts is empty; give host names, 'a,b' or a hostfile path")
-    return cmd + ["-hosts", ",".join(hosts)]
+    return cmd if hosts is None else cmd + host_args
 
 
 def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> int:
@@ -599,7 +811,19 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     (MPICH: "PID 814 RUNNING AT host"), so this adds the line naming the rank, from the
     rank table ``init`` prints.
     """
-    cmd = mpiexec_command(nproc, hosts) + [str(a) for a in argv]
+    if isinstance(argv, (str, bytes, os.PathLike)) or not isinstance(argv, (list, tuple)) \
+            or not argv or not all(isinstance(a, (str, os.PathLike)) for a in argv):
+        raise DistributedError(f"argv must be a non-empty list of strings (the program and its "
+                               f"arguments, e.g. [sys.executable, 'train.py']), got {argv!r}")
+    if env is not None and not (isinstance(env, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise DistributedError("env must be a dict of str to str (the ranks' environment)")
+    cmd = mpiexec_command(nproc, hosts) + [os.fspath(a) for a in argv]
+    if _in_mpi_job():  # every rank of the outer job would start a job of its own
+        raise DistributedError(
+            f"launch(nproc={nproc}) was called inside a running MPI job (this process is "
+            f"rank {os.environ.get('PMI_RANK', os.environ.get('OMPI_COMM_WORLD_RANK', '?'))} "
+            "of one): run the program under mpiexec OR give it nproc, not both")
     env = dict(os.environ if env is None else env)
     env[LAUNCHED_ENV] = "1"
     per_rank = str(max(1, (os.cpu_count() or 1) // nproc))
@@ -670,10 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", default=None, help="a,b or a hostfile path")
     parser.add_argument("program", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    if not args.program:
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
         parser.error("no program given")
     try:
-        return launch(args.program, args.nproc, args.hosts)
+        return launch(program, args.nproc, args.hosts)
     except DevnetError as exc:
         sys.stderr.write(f"python -m devnet.distributed: {exc}\n")
         return 2

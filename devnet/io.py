@@ -97,6 +97,7 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
                           f"{type(extra).__name__}")
     if train_state is not None and not isinstance(train_state, dict):
         raise ConfigError(f"train_state must be a dict or None, got {type(train_state).__name__}")
+    check_saveable(model, optimizer, history)
     tensors = {"params": np.ascontiguousarray(model.backend.to_numpy(model.params))}
     scaling = model.input_scaling
     if scaling is not None:
@@ -123,6 +124,44 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     data = st_save(tensors, metadata={"devnet": text, "devnet_sha256": _sha(text.encode())})
     atomic_write(path, data)
     return path
+
+
+def check_saveable(model, optimizer=None, history=None) -> None:
+    """ConfigError unless ``save`` can write these and ``load`` rebuild them.
+
+    Checked before anything is written, so that a save never replaces the user's previous
+    file with one that cannot be loaded: an optimizer over another model's parameters (its
+    state would not fit), one whose fields were set to bad values, or a schedule
+    ``from_config`` cannot rebuild (a custom Schedule subclass).
+    """
+    from devnet.optim import Optimizer, schedules
+    from devnet.train.history import History
+
+    if not all(hasattr(model, a) for a in ("config", "params", "backend", "input_scaling")):
+        raise ConfigError(f"save takes a devnet.MLP as model, got {type(model).__name__}")
+    if history is not None and not isinstance(history, History):
+        raise ConfigError(f"history must be the devnet History fit returns, or None, got "
+                          f"{type(history).__name__}")
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(f"optimizer must be a devnet.optim.Optimizer or None, got "
+                          f"{type(optimizer).__name__}")
+    data = optimizer.params.data
+    if tuple(data.shape) != tuple(model.params.shape) or data.dtype != model.params.dtype:
+        raise ConfigError(f"the optimizer was built over {data.dtype} parameters of shape "
+                          f"{tuple(data.shape)}, but the model's are {model.params.dtype} "
+                          f"{tuple(model.params.shape)}: it belongs to another model")
+    optimizer.validate()
+    if optimizer.schedule is not None:
+        config = optimizer.schedule.config()
+        try:
+            schedules.from_config(json.loads(json.dumps(config, default=_json_default)))
+        except (DevnetError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the optimizer's schedule {optimizer.schedule!r} cannot be "
+                              f"saved: a checkpoint could not rebuild it from its config "
+                              f"{config!r} ({exc}); use one of devnet.optim.schedules' "
+                              "schedules, or save without optimizer=") from None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

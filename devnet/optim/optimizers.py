@@ -1,7 +1,8 @@
 """Optimizers: one fused pass over the model's flat parameter buffer per step.
 
-(Just over 400 lines: the base class holds the device copy of the scalars every optimizer
-shares; the four optimizers are short.)
+(Over 400 lines: the base class holds the device copy of the scalars every optimizer shares,
+and the rules its host fields are checked by whenever they are written; the four optimizers
+are short.)
 
 Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
 device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
@@ -17,11 +18,18 @@ reads it (``model.grads`` itself is left as backward wrote it). The host keeps i
 lock-step and never reads the device; writing ``t``, ``base_lr``, ``schedule``, ``clip_norm``
 or a hyper-parameter (the guard's restore, resume, callbacks, the estimators' adaptive rate)
 marks the device copy stale, and the next step uploads it again (``_sync_device``).
+
+A write is checked there too (``validate``: the constructor's rules, so ``opt.eps = -1`` or
+``opt.t = -3`` is a ConfigError at the next step, not a silent NaN), and every value a schedule
+returns for the table must be a finite number >= 0. Choices that decide the kernel or the
+state buffers (``amsgrad``, ``centered``, ``nesterov``, momentum on or off) are fixed at
+construction. Nothing of this runs per step.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -47,6 +55,62 @@ def _number(name: str, value, lo: float, hi: float = math.inf, *, lo_open=False,
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise ConfigError(f"{name} must be a number in {left}{lo}, {hi}{right}, got {value!r}")
     return float(value)
+
+
+def _unit(name: str, value) -> float:
+    return _number(name, value, 0.0, 1.0, hi_open=True)
+
+
+def _positive(name: str, value) -> float:
+    return _number(name, value, 0.0, lo_open=True)
+
+
+def _non_negative(name: str, value) -> float:
+    return _number(name, value, 0.0)
+
+
+def _optional_positive(name: str, value) -> float | None:
+    return None if value is None else _positive(name, value)
+
+
+def _betas(name: str, value) -> tuple[float, float]:
+    try:
+        beta1, beta2 = value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
+    return _unit("beta1", beta1), _unit("beta2", beta2)
+
+
+def _steps_done(name: str, value) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
+            and value >= 0:
+        return int(value)
+    raise ConfigError(f"{name} (completed steps) must be an integer >= 0, got {value!r}")
+
+
+def _base_lr(name: str, value):
+    if isinstance(value, Schedule):
+        return value
+    try:
+        return _positive(name, value)
+    except ConfigError:
+        raise ConfigError(f"{name}: the learning rate must be a number > 0 (or a Schedule), "
+                          f"got {value!r}") from None
+
+
+def _schedule(name: str, value) -> Schedule | None:
+    if value is None or isinstance(value, Schedule):
+        return value
+    raise ConfigError(f"{name} must be None or a devnet.optim.schedules.Schedule (subclass it "
+                      f"for a custom curve), got {type(value).__name__}: {value!r}")
+
+
+def _real(value) -> bool:
+    """A finite real number (NumPy's too), not a bool."""
+    if type(value) is float:  # the common case, without the slower ABC check
+        return math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
 
 
 def _flag(name: str, value) -> bool:
@@ -75,6 +139,31 @@ class _Synced:
         obj.__dict__["_stale"] = True
 
 
+class _Fixed:
+    """A constructor choice that selects the kernel or the state buffers (``amsgrad``, ...):
+    a later write of another value is a ConfigError (it would be silently ignored)."""
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value):
+        if self.slot in obj.__dict__ and value != obj.__dict__[self.slot]:
+            cls = type(obj).__name__
+            raise ConfigError(f"{cls}.{self.name} is fixed when the optimizer is built (it "
+                              f"selects the step kernel and state buffers): it is "
+                              f"{obj.__dict__[self.slot]!r}; build a new "
+                              f"{cls}(..., {self.name}={value!r}) instead")
+        obj.__dict__[self.slot] = value
+
+
 class Optimizer:
     """Base class. ``params`` is ``model.parameters()`` (or the model itself).
 
@@ -96,6 +185,9 @@ class Optimizer:
     schedule = _Synced()
     weight_decay = _Synced()
     clip_norm = _Synced()
+    # the rule of each host field (the constructor's): ``validate`` applies them to later writes
+    rules = {"t": _steps_done, "base_lr": _base_lr, "schedule": _schedule,
+             "weight_decay": _non_negative, "clip_norm": _optional_positive}
 
     def __init__(self, params, lr, weight_decay: float = 0.0, clip_norm: float | None = None):
         if hasattr(params, "parameters") and callable(params.parameters):
@@ -109,11 +201,10 @@ class Optimizer:
             self.schedule = lr
         else:
             self.schedule = None
-            lr = _number("lr", lr, 0.0, lo_open=True)
+            lr = _positive("lr", lr)
         self.base_lr = lr
-        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
-        self.clip_norm = None if clip_norm is None else _number("clip_norm", clip_norm, 0.0,
-                                                                lo_open=True)
+        self.weight_decay = _non_negative("weight_decay", weight_decay)
+        self.clip_norm = _optional_positive("clip_norm", clip_norm)
         self.t = 0  # completed steps
         self.state = {name: self.backend.zeros(params.data.shape, params.data.dtype)
                       for name in self.state_names}
@@ -153,6 +244,22 @@ class Optimizer:
             self._t += 1  # in lock-step with the device's, whatever the update does next
             self._update_()
 
+    def validate(self) -> None:
+        """ConfigError unless every host field obeys the constructor's rules (``rules``).
+
+        Run by the next step after any write to a field (and by ``fit`` and ``devnet.save``),
+        so that a bad value written after construction (``opt.eps = -1``, ``opt.t = -3``,
+        ``opt.betas = (2, 0.5)``) is refused before it reaches the kernel. Values are stored
+        normalised (floats, ints).
+        """
+        for name, rule in self.rules.items():
+            try:
+                value = rule(name, getattr(self, name))
+            except ConfigError as exc:
+                raise ConfigError(f"{type(self).__name__}: {exc} (a value written after "
+                                  "construction is checked before the next step)") from None
+            self.__dict__["_" + name] = value  # normalised; stale already
+
     # --- the device copy of the scalars --------------------------------------------------------
 
     def _kernel(self) -> str:
@@ -178,14 +285,10 @@ class Optimizer:
     def _sync_device(self) -> None:
         """Upload the device copy from the host fields: ``hyper`` (t, constants) and the
         table of the next steps' scalars; one host-to-device copy, in stream order."""
+        self.validate()
         t0, columns = self._t, len(self._columns)
-        rows = 1 if self._settled(t0 + 1) else TABLE_ROWS
-        try:
-            steps = np.array([self._step_scalars(t) for t in range(t0 + 1, t0 + 1 + rows)],
-                             dtype=np.float64).reshape(rows, columns)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.name}: the learning rate must be a number (or the "
-                              f"schedule return one): {exc}") from None
+        steps = self._table_rows(t0, 1 if self._settled(t0 + 1) else TABLE_ROWS)
+        rows = len(steps)
         constants = self._constants()
         host = np.zeros(len(self._layout) + rows * columns)
         for slot, name in enumerate(self._layout):
@@ -193,8 +296,7 @@ class Optimizer:
                 host[slot] = constants[name]
         host[kernel_table.HYPER_T] = host[kernel_table.HYPER_T0] = t0
         host[kernel_table.HYPER_GSCALE] = kernel_table.HYPER_DEFAULTS["gscale"]
-        clip = self.clip_norm  # a later write is checked here, as the constructor does
-        clip = None if clip is None else _number("clip_norm", clip, 0.0, lo_open=True)
+        clip = self.clip_norm
         host[kernel_table.HYPER_CLIP] = kernel_table.HYPER_DEFAULTS["clip"] if clip is None \
             else clip
         first = kernel_table.HYPER_STEPWISE0
@@ -206,6 +308,33 @@ class Optimizer:
         self._refill_at = math.inf if self._settled(t0 + rows) else t0 + rows
         self._clip = clip
         self._stale = False
+
+    def _table_rows(self, t0: int, rows: int) -> np.ndarray:
+        """The stepwise scalars of steps ``t0 + 1 ..`` (float64, (<= rows, columns)).
+
+        Every value must be a finite real number and the lr >= 0. The table stops before the
+        first step whose values are not (a schedule growing past float's range far ahead is
+        refused only when the run gets there); a ConfigError when that is the first step.
+        """
+        columns = len(self._columns)
+        good = []
+        for t in range(t0 + 1, t0 + 1 + rows):
+            try:
+                values = tuple(self._step_scalars(t))
+                why = None if len(values) == columns and all(map(_real, values)) \
+                    and values[0] >= 0 else f"gave {values!r}"
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                why = f"raised {type(exc).__name__}: {exc}"
+            if why is not None:
+                if good:
+                    break
+                source = f"schedule {self.schedule!r}" if self.schedule is not None else \
+                    f"base_lr {self.base_lr!r}"
+                raise ConfigError(f"{self.name}: the learning rate must be a number: for step "
+                                  f"{t - 1} the {source} {why}; expected a finite number >= 0"
+                                  f" ({', '.join(self._columns)})")
+            good.append(values)
+        return np.array(good, dtype=np.float64).reshape(len(good), columns)
 
     def _update_(self) -> None:
         """Launch the hyper step kernel on the parameters, gradient and state (in place)."""
@@ -247,15 +376,26 @@ class SGD(Optimizer):
 
     name = "sgd"
     momentum = _Synced()
+    nesterov = _Fixed()
+    rules = {**Optimizer.rules, "momentum": _unit}
 
     def __init__(self, params, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, clip_norm: float | None = None):
-        self.momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
+        self.momentum = _unit("momentum", momentum)
         self.nesterov = _flag("nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov=True needs momentum > 0")
         self.state_names = ("momentum_buffer",) if self.momentum > 0 else ()
         super().__init__(params, lr, weight_decay, clip_norm)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.momentum > 0 and self.kernel == "sgd_step":
+            raise ConfigError(f"SGD: momentum={self.momentum!r} was written to an SGD built "
+                              "with momentum=0 (no momentum buffer: it would be ignored); "
+                              f"build SGD(..., momentum={self.momentum!r}) instead")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("SGD: nesterov=True needs momentum > 0, got momentum=0")
 
     def _kernel(self) -> str:
         if self.momentum == 0:
@@ -283,13 +423,15 @@ class RMSProp(Optimizer):
 
     name = "rmsprop"
     rho, eps, momentum = _Synced(), _Synced(), _Synced()
+    centered = _Fixed()
+    rules = {**Optimizer.rules, "rho": _unit, "eps": _positive, "momentum": _unit}
 
     def __init__(self, params, lr=0.01, rho: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, centered: bool = False, weight_decay: float = 0.0,
                  clip_norm: float | None = None):
-        self.rho = _number("rho", rho, 0.0, 1.0, hi_open=True)
-        self.eps = _number("eps", eps, 0.0, lo_open=True)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
+        self.rho = _unit("rho", rho)
+        self.eps = _positive("eps", eps)
+        self.momentum = _unit("momentum", momentum)
         self.centered = _flag("centered", centered)
         names = ["square_avg"]
         if self.momentum > 0:
@@ -298,6 +440,13 @@ class RMSProp(Optimizer):
             names.append("grad_avg")
         self.state_names = tuple(names)
         super().__init__(params, lr, weight_decay, clip_norm)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.momentum > 0 and "momentum_buffer" not in self.state:
+            raise ConfigError(f"RMSProp: momentum={self.momentum!r} was written to an RMSProp "
+                              "built with momentum=0 (no momentum buffer: it would be "
+                              f"ignored); build RMSProp(..., momentum={self.momentum!r}) instead")
 
     def _kernel(self) -> str:
         return "rmsprop_step"
@@ -321,17 +470,14 @@ class Adam(Optimizer):
 
     name = "adam"
     betas, eps = _Synced(), _Synced()
+    amsgrad = _Fixed()
+    rules = {**Optimizer.rules, "betas": _betas, "eps": _positive}
 
     def __init__(self, params, lr=1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  clip_norm: float | None = None):
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise ConfigError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_number("beta1", beta1, 0.0, 1.0, hi_open=True),
-                      _number("beta2", beta2, 0.0, 1.0, hi_open=True))
-        self.eps = _number("eps", eps, 0.0, lo_open=True)
+        self.betas = _betas("betas", betas)
+        self.eps = _positive("eps", eps)
         self.amsgrad = _flag("amsgrad", amsgrad)
         self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad
                                                         else ())

@@ -205,9 +205,15 @@ def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, min_lr: float 
 
 def from_config(config: dict) -> Schedule:
     """Rebuild a schedule from ``Schedule.config()``."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"a schedule config must be a dict {{'name': ..., ...}} "
+                          f"(Schedule.config()), got {type(config).__name__}: {config!r}")
     config = dict(config)
     cls = lookup(SCHEDULES, config.pop("name", None), "schedule")
     if cls is Warmup:
+        if "inner" not in config:
+            raise ConfigError("a warmup schedule config needs 'inner', the config of the "
+                              "schedule it warms up")
         config["inner"] = from_config(config["inner"])
     try:
         return cls(**config)
@@ -265,6 +271,9 @@ def build(spec, lr: float, total_steps: int) -> Schedule | None:
                           f"Schedule, got {type(spec).__name__}")
     config = dict(spec)
     name = config.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"a schedule dict needs a 'name': one of {', '.join(NAMED)} (with "
+                          f"its overrides), or a Schedule.config() dict; got {spec!r}")
     if name not in NAMED or "lr" in config:
         return from_config(config)
     config.pop("name")

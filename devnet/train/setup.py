@@ -74,26 +74,15 @@ class Trainer:
 
 # --- schedules by name --------------------------------------------------------------------------
 
-def _cosine(lr, total):
-    return sched_mod.cosine(lr, total)
-
-
-SCHEDULES = {
-    "constant": lambda lr, total: sched_mod.constant(lr),
-    "cosine": _cosine,
-    "warmup_cosine": lambda lr, total: sched_mod.warmup_cosine(lr, max(1, total // 20), total),
-    "step": lambda lr, total: sched_mod.step(lr, max(1, total // 3), 0.1),
-    "exponential": lambda lr, total: sched_mod.exponential(lr, 0.01 ** (1 / max(total, 1))),
-}
+# fit's names are the one table of devnet.optim.schedules (the CLI's too): built from lr and the
+# run's step count, with ``{"name": ..., **overrides}`` dicts as ``schedules.build`` reads them
+SCHEDULES = sched_mod.NAMED
 
 
 def _schedule(schedule, lr: float, total_steps: int):
-    """A Schedule from a Schedule, a config dict, or a name in ``SCHEDULES`` (from lr, steps)."""
-    if schedule is None or isinstance(schedule, sched_mod.Schedule):
-        return schedule
-    if isinstance(schedule, dict):
-        return sched_mod.from_config(schedule)
-    return lookup(SCHEDULES, schedule, "schedule")(lr, total_steps)
+    """A Schedule from a Schedule, a name in ``SCHEDULES``, a ``{"name": ..., **overrides}``
+    dict or a ``Schedule.config()`` dict (``schedules.build``)."""
+    return sched_mod.build(schedule, lr, total_steps)
 
 
 def make_optimizer(optimizer, model, lr, schedule, total_steps: int):
@@ -105,6 +94,7 @@ def make_optimizer(optimizer, model, lr, schedule, total_steps: int):
         if lr is not None:
             raise ConfigError("lr was given with an optimizer instance; set the learning rate "
                               "when building the optimizer")
+        opt.validate()  # fields written since it was built: refused before anything runs
         base = opt.base_lr if not isinstance(opt.base_lr, sched_mod.Schedule) else opt.lr
     else:
         cls = lookup(optim_mod.OPTIMIZERS, optimizer, "optimizer")

@@ -76,6 +76,14 @@ class Step:
                     not callable(getattr(hook, "param_grad_", None)):
                 raise ConfigError(f"Step hooks need output_grad_ and param_grad_ methods "
                                   f"(subclass devnet.train.StepHook), got {type(hook).__name__}")
+        from devnet import losses
+        from devnet.optim import Optimizer
+
+        loss = losses.get(loss)  # a Loss, or a name of LOSSES (an unknown one lists them)
+        if isinstance(optimizer, Optimizer) and optimizer.params.data is not model.params:
+            # it would update another buffer from its own (stale) gradients: nothing would train
+            raise ConfigError("the optimizer was built over other parameters (another model, "
+                              "or before model.to(...)): build it with model.parameters()")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.hooks = list(hooks)
         self.training = bool(training)
