@@ -7,7 +7,7 @@
 
 import logging as _logging
 
-from devnet import callbacks, data, distributed, interop, losses, optim, task
+from devnet import callbacks, data, interop, losses, optim, task
 from devnet._version import __version__  # noqa: F401 (the package version)
 from devnet.backend import Backend, available_backends, get_backend
 from devnet.callbacks import (
@@ -39,6 +39,18 @@ __all__ = [
     "interop", "load", "load_checkpoint", "losses", "MissingDependencyError", "optim", "predict",
     "predict_proba", "profile", "save", "task",
 ]
+
+
+
+def __getattr__(name):
+    # dn.distributed is imported on first use: imported here, ``python -m devnet.distributed``
+    # (the launcher) would find itself in sys.modules before it runs and warn (runpy)
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module("devnet.distributed")
+    raise AttributeError(f"module 'devnet' has no attribute {name!r}")
+
 
 # One line on stderr says which device "auto" picked and why, unless the user configured
 # logging for "devnet" themselves.

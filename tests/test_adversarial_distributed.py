@@ -321,3 +321,13 @@ def test_progress_only_on_rank0_and_unequal_json_sizes_gather(tmp_path):
     assert [r["gathered"] for r in records] == [[10, 6010], [10, 6010]]
     text = proc.stdout + proc.stderr
     assert text.count("epoch 1/2") == 1 and text.count("epoch 2/2") == 1, text
+
+
+def test_launcher_module_runs_without_runpy_warning():
+    # devnet imported devnet.distributed eagerly, so ``python -m devnet.distributed`` found
+    # itself in sys.modules before running and printed a RuntimeWarning on every launch
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                           "devnet.distributed", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "usage:" in proc.stdout

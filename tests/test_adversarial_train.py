@@ -337,3 +337,16 @@ def test_csv_logger_that_cannot_open_its_file_is_a_config_error(where, tmp_path,
     logger = dn.callbacks.CSVLogger(tmp_path / where)
     with pytest.raises(ConfigError, match="CSVLogger cannot write its log"):
         dn.fit(_model(rng), X, y, epochs=1, progress=False, callbacks=[logger])
+
+
+def test_resume_of_a_finished_run_with_the_same_epochs_warns_nothing_trained(rng, tmp_path):
+    # epochs is the total to reach: a checkpoint past it trained nothing, silently
+    X, y = _data(rng)
+    ck = str(tmp_path / "ck.safetensors")
+    model = _model(rng)
+    dn.fit(model, X, y, epochs=2, batch_size=8, checkpoint=ck, progress=False)
+    before = model.params.copy()
+    with pytest.warns(UserWarning, match="already trained 2 epochs .* epochs=2.* epochs > 2"):
+        hist = dn.fit(model, X, y, epochs=2, batch_size=8, resume_from=ck, progress=False)
+    np.testing.assert_array_equal(model.params, before)
+    assert len(hist.history["loss"]) == 2  # the checkpoint's history, nothing added
