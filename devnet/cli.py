@@ -11,6 +11,7 @@ decided by ``devnet.task`` (the same rules as ``dn.fit``), checkpoints by ``devn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import inspect
@@ -44,7 +45,8 @@ _OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_
 CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {
         "dataset": ("digits", "dataset"),
-        "target_column": (-1, "int"),
+        "target_column": (-1, "column"),  # an index (negative from the end) or a CSV name
+        "header": ("auto", "header"),  # does a CSV's first row name the columns
         "task": ("auto", "task"),
         "test_size": (0.2, "fraction"),
         "standardize": (False, "bool"),
@@ -132,9 +134,12 @@ def _check(where: str, value, check):
             raise ConfigError(f"{where} = {value!r}: valid choices: {', '.join(check)}")
         return value
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if check == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise bad("an integer")
+    if check == "column":
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise bad("a column index (an integer, negative from the end) or a header name")
+    elif check == "header":
+        if value != "auto" and not isinstance(value, bool):
+            raise bad('"auto" (decide by the first row), true or false')
     elif check == "seed":
         validation.seed(where, value)
     elif check == "progress":
@@ -232,6 +237,12 @@ def validate_config(raw: dict) -> dict:
                 raise ConfigError(f"unknown key {section}.{key}; valid keys in {kind}: "
                                   f"{', '.join(valid)}")
         cfg[section] = out
+    # the CSV-only keys at their defaults are harmless elsewhere (README lists every key)
+    csv_only = [key for key in ("target_column", "header")
+                if cfg["data"][key] != CONFIG_SCHEMA["data"][key][0]]
+    if csv_only and not str(cfg["data"]["dataset"]).lower().endswith(".csv"):
+        raise ConfigError(f"data.{csv_only[0]} applies to .csv files only; data.dataset = "
+                          f"{cfg['data']['dataset']!r} is not one (remove the key)")
     return cfg
 
 
@@ -289,10 +300,19 @@ def _save_api():
 _PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
-def _check_outputs(o: dict) -> Path:
+def _same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file (links and ``..`` resolved)."""
+    try:
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
     """The output folder, created, after checking that every output can be written there.
 
     Runs before training, so a bad ``--out`` or file name costs nothing (ConfigError, exit 2).
+    ``inputs`` (role -> path: the config, the data file) must not be overwritten by an output.
     """
     names = {key: o[key] for key in _OUTPUTS}
     names["run"] = "run.json"
@@ -322,6 +342,10 @@ def _check_outputs(o: dict) -> Path:
             raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
         if target.exists() and not os.access(target, os.W_OK):
             raise ConfigError(f"{what}: {str(target)!r} exists and is not writable")
+        for role, path in (inputs or {}).items():
+            if _same_file(target, path):
+                raise ConfigError(f"{what}: {str(target)!r} is the run's {role}; writing it "
+                                  "would destroy it (choose another file name or output.dir)")
     return out
 
 
@@ -345,15 +369,18 @@ def cmd_train(args) -> int:
 
     config_path = Path(args.config)
     cfg = validate_config(_load_toml(config_path))
-    for key in ("device", "epochs", "nproc"):
+    for section, key in (("train", "device"), ("train", "epochs"), ("train", "nproc"),
+                         ("train", "batch_size"), ("optimizer", "lr")):
         if getattr(args, key) is not None:
-            cfg["train"][key] = _check_value(f"--{key}", getattr(args, key),
-                                             CONFIG_SCHEMA["train"][key][1])
+            flag = "--" + key.replace("_", "-")
+            cfg[section][key] = _check_value(flag, getattr(args, key),
+                                             CONFIG_SCHEMA[section][key][1])
     if args.out is not None:
         cfg["output"]["dir"] = _check_value("--out", args.out, "str")
     data_cfg, model_cfg, train_cfg = cfg["data"], cfg["model"], cfg["train"]
     data_cfg["dataset"] = _resolve_dataset(data_cfg["dataset"], config_path)
-    out = _check_outputs(cfg["output"])
+    inputs = {"config file": config_path, "data file": Path(data_cfg["dataset"])}
+    out = _check_outputs(cfg["output"], inputs)
     comm = None
     if train_cfg["nproc"] > 1:
         from devnet import distributed
@@ -376,7 +403,8 @@ def cmd_train(args) -> int:
         elif task != loss_task:
             raise ConfigError(f"train.loss = {train_cfg['loss']!r} is a {loss_task} loss but "
                               f"data.task = {task!r}")
-    X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task)
+    X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task,
+                                header=_header(data_cfg))
     task = "classification" if y.dtype.kind in "iu" else "regression"
     classes = None
     if task == "classification":
@@ -417,10 +445,12 @@ def cmd_train(args) -> int:
     # optim.schedules.NAMED, the table fit(schedule=...) uses: "step" and "warmup_cosine"
     # mean the same here and in Python, their unset arguments derived from the run's length
     steps = train_cfg["epochs"] * math.ceil(len(Xtr) / train_cfg["batch_size"])
-    sched = optim.schedules.build(dict(cfg["schedule"]), lr, steps)
+    with _section("schedule", cfg["schedule"]["name"]):
+        sched = optim.schedules.build(dict(cfg["schedule"]), lr, steps)
     if not isinstance(sched, optim.schedules.Constant):  # a constant rate stays a float
         lr = sched
-    opt = optim.get(cfg["optimizer"]["name"], model, lr=lr, **opt_args)
+    with _section("optimizer", cfg["optimizer"]["name"]):
+        opt = optim.get(cfg["optimizer"]["name"], model, lr=lr, **opt_args)
 
     t0 = time.perf_counter()
     hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
@@ -442,6 +472,23 @@ def cmd_train(args) -> int:
           f"{summary}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return EXIT_OK
+
+
+def _header(data_cfg: dict):
+    """data.header as ``load_csv`` takes it: None ("auto"), True or False."""
+    header = data_cfg.get("header", "auto")
+    return None if header == "auto" else header
+
+
+@contextlib.contextmanager
+def _section(section: str, name: str):
+    """Prefixes a ConfigError raised inside with the [section] its arguments came from."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith("["):
+            raise
+        raise ConfigError(f"[{section}] of {name!r}: {exc}") from None
 
 
 def _write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
@@ -578,23 +625,30 @@ def _eval_data(args, run, model, with_target=True):
         loss = args.loss or run.get("loss")
         task = "auto" if not loss else (
             "classification" if dn.losses.get(loss).classification else "regression")
+    header = _header(data_cfg)
     if with_target or args.data is None:
         # the run's own dataset keeps its layout: the target column is dropped by the loader
-        X, y = dn.data.load_dataset(spec, target_column, task=task)
+        X, y = dn.data.load_dataset(spec, target_column, task=task, header=header)
     else:
-        X, y = dn.data.load_dataset(spec, with_target=False)
+        X, y = dn.data.load_dataset(spec, with_target=False, header=header)
         if X.shape[1] == model.n_in + 1 and str(spec).endswith(".csv"):
-            X = np.delete(X, target_column, axis=1)
+            # the file holds the target column too: the loader drops it (by index or name)
+            X, _ = dn.data.load_dataset(spec, target_column, task="regression", header=header)
     if X.shape[1] != model.n_in:
         raise DataError(f"{spec}: has {X.shape[1]} feature columns, the model takes "
                         f"{model.n_in}")
-    if args.split != "all":
+    split = args.split
+    if split is None:  # the run's split means nothing on another file: that is used whole
+        own = args.data is None or args.data == data_cfg.get("dataset") or _same_file(
+            args.data, data_cfg.get("dataset") or "")
+        split = "test" if own else "all"
+    if split != "all":
         size, seed = data_cfg.get("test_size", 0.2), data_cfg.get("seed", 0)
         if not size:
             raise UsageError("--split needs a run with data.test_size > 0; use --split all")
         order = np.arange(len(X))
         tr, te, _, _ = dn.data.train_test_split(order, order, size, seed=seed)
-        rows = te if args.split == "test" else tr
+        rows = te if split == "test" else tr
         X = X[rows]
         y = None if y is None else y[rows]
     if not with_target:
@@ -674,9 +728,17 @@ def cmd_predict(args) -> int:
     _check_device(args)
     out = _check_predict_out(args.out)
     model, run = _load_run(args)
+    spec = args.data or run.get("config", {}).get("data", {}).get("dataset")
+    for role, path in (("data file", spec), ("checkpoint", args.checkpoint)):
+        if path is not None and _same_file(out, path):
+            raise UsageError(f"--out {args.out!r} is the {role}; writing the predictions there "
+                             "would destroy it")
     X, _ = _eval_data(args, run, model, with_target=False)
     X = X.astype(model.dtype)
     loss = dn.losses.get(_run_loss(args, run, None, model))
+    if args.proba and not loss.classification:
+        raise UsageError(f"--proba needs a classification run; this one's loss {loss.name!r} "
+                         "predicts numbers, not class probabilities (leave out --proba)")
     if args.proba:
         pred = dn.predict_proba(model, X, loss=loss)
     else:
@@ -827,6 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the run's TOML file")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--batch-size", type=int, dest="batch_size",
+                   help="override train.batch_size")
+    p.add_argument("--lr", type=float, help="override optimizer.lr")
     p.add_argument("--nproc", type=int,
                    help="override train.nproc: data-parallel ranks, launched under mpiexec")
     p.add_argument("--out", help="override output.dir (created if missing)")
@@ -840,9 +905,11 @@ def build_parser() -> argparse.ArgumentParser:
                                ", target column dropped; a .csv may hold the target column or "
                                "only the features)"))
         p.add_argument("--split", choices=("test", "train", "all"),
-                       default="test" if name == "eval" else "all",
+                       default=None if name == "eval" else "all",
                        help="which part of the run's train/test split to use (default: "
-                            f"{'test' if name == 'eval' else 'all'})")
+                            + ("test); a --data file other than the run's dataset is used "
+                               "whole unless --split says otherwise" if name == "eval"
+                               else "all)"))
         p.add_argument("--loss", help="loss name (default: the run's loss)")
         p.add_argument("--device", default="auto",
                        help="auto, cpu, cuda, cuda:N (default: auto)")

@@ -3,6 +3,9 @@
 The loaders return ``(X, y)`` with X float64 (n, d) and y whose dtype says the task: int64
 class labels for classification, float64 for regression (``devnet.task`` decides which). The
 command line and the Python API share them, so a file means the same in both.
+
+Over 400 lines: most of it is the CSV reader's rules (header detection, a finite number in
+every cell, errors naming the line and column), which a user's file meets first.
 """
 
 from __future__ import annotations
@@ -70,35 +73,77 @@ def fit_standardization(X) -> tuple[np.ndarray, np.ndarray]:
 
     Pass only the training rows: statistics of the test rows would leak into the model.
     """
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
+    X = _array("fit_standardization: X", X)
+    if X.ndim != 2 or X.shape[0] == 0:
         raise DataError(f"fit_standardization needs a numeric 2-D array (n, d) with n >= 1, got "
                         f"{X.dtype} {X.shape}")
     X = X.astype(np.float64, copy=False)
     if not np.all(np.isfinite(X)):
         raise DataError("fit_standardization: X holds NaN or Inf")
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = X.mean(axis=0), X.std(axis=0)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        # values near float64's limit overflow the sums: the same statistics of X / peak
+        peak = np.abs(X).max(axis=0)
+        peak = np.where(peak > 0, peak, 1.0)
+        mean, std = (X / peak).mean(axis=0) * peak, (X / peak).std(axis=0) * peak
     return mean, np.where(std > 0, std, 1.0)
 
 
 def standardize(a: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per column (constant columns left at zero), float64; a 1-D
     array is one column."""
-    a = np.asarray(a, dtype=np.float64)
+    a = _array("standardize: a", a).astype(np.float64)
     if a.ndim == 1:
         return standardize(a[:, None])[:, 0]
     mean, scale = fit_standardization(a)
-    return (a - mean) / scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (a - mean) / scale
+        if not np.all(np.isfinite(out)):  # a - mean overflowed: scale first
+            out = a / scale - mean / scale
+    if not np.all(np.isfinite(out)):
+        raise DataError("standardize: the values are too large to standardize in float64")
+    return out
+
+
+def _array(name: str, a) -> np.ndarray:
+    """``a`` as a numeric NumPy array, or a DataError (strings, ragged lists, None)."""
+    try:
+        arr = np.asarray(a)
+    except ValueError as exc:
+        raise DataError(f"{name} could not be read as a numeric array (ragged rows?): "
+                        f"{exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, got {arr.dtype} {arr.shape}")
+    return arr
 
 
 def train_test_split(X, y, test_size: float = 0.25, seed: int | None = 0):
-    """Shuffle and split; returns X_train, X_test, y_train, y_test."""
-    if not 0 < test_size < 1:
-        raise ConfigError(f"test_size must be in (0, 1), got {test_size!r}")
+    """Shuffle and split; returns X_train, X_test, y_train, y_test.
+
+    X and y: arrays (or lists) with the same number of rows, at least two; each part gets at
+    least one row. ``round(n * test_size)`` rows (at least 1) go to the test part.
+    """
+    from devnet import validation
+
+    test_size = validation.fraction("test_size", test_size)
+    seed = validation.seed("seed", seed)
+    X, y = (np.asarray(a) if not hasattr(a, "shape") and a is not None else a for a in (X, y))
+    for name, a in (("X", X), ("y", y)):
+        if a is None or a.ndim == 0:
+            raise DataError(f"train_test_split: {name} must be an array with one row per "
+                            f"sample, got {a if a is None else 'a scalar'}")
     n = len(X)
-    order = np.random.default_rng(seed).permutation(n)
+    if n == 0:
+        raise DataError("train_test_split: X has no samples")
+    if len(y) != n:
+        raise DataError(f"train_test_split: X has {n} rows but y has {len(y)}; they must match")
     n_test = max(1, int(round(n * test_size)))
+    if n_test >= n:
+        raise DataError(f"train_test_split: test_size = {test_size} of {n} sample(s) leaves "
+                        f"{n - n_test} for training; each part needs at least one (use a "
+                        "smaller test_size, or no split)")
+    order = np.random.default_rng(seed).permutation(n)
     test, train = order[:n_test], order[n_test:]
     return X[train], X[test], y[train], y[test]
 
@@ -108,18 +153,25 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
 
     ``classes[codes]`` gives y back; predictions (indices) map to labels the same way.
     """
-    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    arr = np.asarray(y)
+    if arr.ndim != 1 or arr.dtype.kind not in "biufUS":
+        raise DataError(f"encode_labels needs a 1-D array of labels (numbers or strings), got "
+                        f"{arr.dtype} {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise DataError("encode_labels: the labels hold NaN or Inf, which is no class")
+    classes, codes = np.unique(arr, return_inverse=True)
     return classes, codes.reshape(-1).astype(np.int64)
 
 
 # --- files ----------------------------------------------------------------------------------
 
-def load_dataset(spec, target_column: int = -1, task: str = "auto", with_target: bool = True):
+def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
+                 with_target: bool = True, header: bool | None = None):
     """``(X, y)`` from a bundled dataset name, a ``.csv`` or a ``.npz`` file.
 
     X: float64 (n, d). y: int64 class labels when the task (given, or ``devnet.task.infer_task``
     for ``"auto"``) is classification, float64 for regression; None when ``with_target`` is
-    False. ``target_column`` applies to CSV files only.
+    False. ``target_column`` and ``header`` apply to CSV files only (see ``load_csv``).
     """
     if isinstance(spec, str) and spec in DATASETS:
         X, y = load(spec)
@@ -131,11 +183,15 @@ def load_dataset(spec, target_column: int = -1, task: str = "auto", with_target:
         raise ConfigError(f"dataset {str(spec)!r}: not a bundled dataset "
                           f"({', '.join(sorted(DATASETS))}) and not a {' / '.join(FORMATS)} file")
     if path.suffix == ".csv":
-        return load_csv(path, target_column, task=task, with_target=with_target)
+        return load_csv(path, target_column, task=task, with_target=with_target,
+                        header=header)
     return load_npz(path, task=task, with_target=with_target)
 
 
 def _open_file(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"data file path must be a str or os.PathLike, got {path!r} "
+                          f"({type(path).__name__})")
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {str(path)!r} does not exist")
@@ -144,41 +200,128 @@ def _open_file(path) -> Path:
     return path
 
 
-def load_csv(path, target_column: int = -1, task: str = "auto", with_target: bool = True):
-    """``(X, y)`` from a numeric CSV file (comma-separated, an optional header row).
-
-    The target is column ``target_column`` (negative counts from the end); X is the other
-    columns, float64 (n, d). y as in ``load_dataset``; with ``with_target=False`` X is every
-    column and y is None.
-    """
-    path = _open_file(path)
+def _cell_kind(text: str) -> str:
+    """"number" (finite), "nonfinite" (nan, inf, 1e400) or "text"."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r]
+        value = float(text)
+    except ValueError:
+        return "text"
+    return "number" if np.isfinite(value) else "nonfinite"
+
+
+def _read_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows of a CSV file and the line each ends on; a BOM is dropped."""
+    rows, lines = [], []
+    try:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first cell
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                if row and not (len(row) == 1 and not row[0].strip()):  # blank line
+                    rows.append(row)
+                    lines.append(reader.line_num)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
                         f"{exc.start})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-    header = None
-    if rows and not all(_is_number(v) for v in rows[0]):
-        header, rows = rows[0], rows[1:]
+    return rows, lines
+
+
+def _split_header(path: Path, rows: list, lines: list, header) -> list[str] | None:
+    """The header names (removed from ``rows`` / ``lines``), or None when there is none.
+
+    ``header=None`` decides by the first row: names only (no finite number) is a header,
+    numbers only is data. A row of both is refused: silently taking it as a header would
+    drop a data row with one bad cell ("1,,0", "0x10", a decimal comma).
+    """
+    if header is not None and not isinstance(header, (bool, np.bool_)):
+        raise ConfigError(f"header must be True, False or None (decide by the first row), "
+                          f"got {header!r}")
+    if not rows or header is False:
+        return None
+    if header is None:
+        kinds = [_cell_kind(v) for v in rows[0]]
+        if "text" not in kinds:
+            return None
+        if "number" in kinds:
+            text = [j for j, k in enumerate(kinds) if k == "text"]
+            if len(rows) > 1 and len(rows[1]) == len(kinds) and all(
+                    _cell_kind(rows[1][j]) == "text" for j in text):
+                return None  # a column of text (labels?) in every row: data, said later
+            j = text[0]
+            cell = "an empty cell" if not rows[0][j].strip() else repr(rows[0][j])
+            raise DataError(f"{path}, line {lines[0]}: the first row mixes numbers and text "
+                            f"({cell} in column {j}): a header row holds only column names, a "
+                            "data row only numbers; fix the cell, or pass header=True "
+                            "(data.header = true) if it is a header")
+    names = [v.strip() for v in rows[0]]
+    del rows[0], lines[0]
+    return names
+
+
+def column_index(target_column, names: list[str] | None, width: int, where) -> int:
+    """``target_column`` (an index, negative from the end, or a header name) as 0..width-1."""
+    if isinstance(target_column, (int, np.integer)) and not isinstance(
+            target_column, (bool, np.bool_)):
+        if not -width <= target_column < width:
+            raise ConfigError(f"target_column = {target_column!r} is out of range for {where}, "
+                              f"which has {width} columns: valid {-width}..{width - 1}"
+                              + (f" or a column name ({_names(names)})" if names else ""))
+        return int(target_column) % width
+    if not isinstance(target_column, str):
+        raise ConfigError(f"target_column must be a column index (int) or a header name (str), "
+                          f"got {target_column!r} ({type(target_column).__name__})")
+    if names is None:
+        raise ConfigError(f"target_column = {target_column!r} names a column, but {where} has "
+                          f"no header row; give an index {-width}..{width - 1}")
+    found = [j for j, name in enumerate(names) if name == target_column.strip()]
+    if not found:
+        raise ConfigError(f"target_column = {target_column!r} is not a column of {where}; "
+                          f"valid names: {_names(names)}")
+    if len(found) > 1:
+        raise ConfigError(f"target_column = {target_column!r} is ambiguous: {where} has "
+                          f"{len(found)} columns of that name ({', '.join(map(str, found))}); "
+                          "give the column's index instead")
+    return found[0]
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+
+
+def load_csv(path, target_column: int | str = -1, task: str = "auto", with_target: bool = True,
+             header: bool | None = None):
+    """``(X, y)`` from a numeric CSV file (comma-separated, an optional header row).
+
+    The target is column ``target_column``: an index (negative counts from the end) or a
+    header name. X is the other columns, float64 (n, d). y as in ``load_dataset``; with
+    ``with_target=False`` X is every column and y is None. ``header``: None decides by the
+    first row (all names: a header; all numbers: data; both: a DataError), True / False say.
+    Every cell must be a finite number: an empty, NaN or Inf cell is a DataError naming its
+    line and column (devnet does not impute missing values).
+    """
+    path = _open_file(path)
+    rows, lines = _read_rows(path)
+    names = _split_header(path, rows, lines, header)
     if not rows:
-        raise DataError(f"{path}: no data rows")
+        raise DataError(f"{path}: no data rows" + (" (only a header)" if names else ""))
     width = len(rows[0])
-    for i, row in enumerate(rows):
+    for i, (row, line) in enumerate(zip(rows, lines)):
         if len(row) != width:
-            raise DataError(f"{path}: data row {i + 1} has {len(row)} values, the first has "
-                            f"{width}; every row needs the same number of columns")
+            raise DataError(f"{path}, line {line}: data row {i + 1} has "
+                            f"{len(row)} values, the first has {width}; every row needs the "
+                            "same number of columns")
+    if names is not None and len(names) != width:
+        raise DataError(f"{path}: the header has {len(names)} names but the rows have {width} "
+                        "values; every column needs one name")
     if with_target:
         if width < 2:
+            hint = next((f"; the file looks {sep!r}-separated, devnet reads commas"
+                         for sep in (";", "\t", "|") if sep in rows[0][0]), "")
             raise DataError(f"{path}: has {width} column; needs at least 2 (features and the "
-                            "target)")
-        if not isinstance(target_column, (int, np.integer)) or isinstance(target_column, bool) \
-                or not -width <= target_column < width:
-            raise ConfigError(f"target_column = {target_column!r} is out of range for {path}, "
-                              f"which has {width} columns: valid {-width}..{width - 1}")
-        col = int(target_column) % width
+                            f"target){hint}")
+        col = column_index(target_column, names, width, path)
     else:
         col = None
     table = np.empty((len(rows), width), dtype=np.float64)
@@ -187,14 +330,26 @@ def load_csv(path, target_column: int = -1, task: str = "auto", with_target: boo
         try:
             table[:, j] = np.asarray(values, dtype=np.float64)
         except ValueError:
-            bad = next(v for v in values if not _is_number(v))
-            name = f" ({header[j]!r})" if header and j < len(header) else ""
+            i = next(i for i, v in enumerate(values) if _cell_kind(v) == "text")
+            where = f"{path}, line {lines[i]}"
+            name = f" ({names[j]!r})" if names else ""
+            if not values[i].strip():
+                raise DataError(f"{where}: column {j}{name} is empty; every cell must be a "
+                                "number (devnet does not impute missing values)") from None
             if j == col:
-                raise DataError(f"{path}: the target column {j}{name} holds text labels such as "
-                                f"{bad!r}; encode the labels as numbers (class labels as "
-                                "integers 0..K-1)") from None
-            raise DataError(f"{path}: column {j}{name} holds a non-numeric value {bad!r}; "
-                            "every feature must be a number") from None
+                raise DataError(f"{where}: the target column {j}{name} holds text labels such "
+                                f"as {values[i]!r}; encode the labels as numbers (class labels "
+                                "as integers 0..K-1)") from None
+            raise DataError(f"{where}: column {j}{name} holds a non-numeric value "
+                            f"{values[i]!r}; every feature must be a number") from None
+        bad = ~np.isfinite(table[:, j])
+        if bad.any():
+            i = int(np.argmax(bad))
+            name = f" ({names[j]!r})" if names else ""
+            raise DataError(f"{path}, line {lines[i]}: column {j}{name} holds {values[i]!r}, "
+                            f"which is not a finite number ({int(bad.sum())} such cell(s) in the "
+                            "column); drop or fill those rows (devnet does not impute missing "
+                            "values)")
     if col is None:
         return table, None
     return np.delete(table, col, axis=1), _target(table[:, col], task, path)
@@ -224,7 +379,12 @@ def load_npz(path, task: str = "auto", with_target: bool = True):
                         + ("; use X.reshape(-1, 1) for one feature" if X.ndim == 1 else ""))
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{path}: X is empty (shape {X.shape})")
-    X = X.astype(np.float64)
+    X = _exact_float64(X, f"{path}: X")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: X holds {int(bad.sum())} NaN/Inf value(s), first at X{list(at)}"
+                        "; drop or fill them (devnet does not impute missing values)")
     if not with_target:
         return X, None
     if y is None:
@@ -256,12 +416,21 @@ def _target(y, task: str, where) -> np.ndarray:
         raise DataError(f"{where}: task = 'classification' needs one integer class label per "
                         f"sample, got {y.dtype} {y.shape}"
                         + ("" if y.ndim != 1 else " with fractional values"))
+    # int64 labels: from 2**53 on a float label may be a rounded neighbour of the one in the
+    # file (...993 reads as ...992), and a cast would wrap 1e20 or a large uint64 to another
+    # (negative) class
+    limit = 2**53 - 1 if y.dtype.kind == "f" else np.iinfo(np.int64).max
+    if y.dtype.kind in "fu" and float(np.abs(y.astype(np.float64)).max()) > limit:
+        raise DataError(f"{where}: class label {y[np.argmax(np.abs(y))].item()!r} is too large; "
+                        f"class labels must be integers of magnitude <= {limit} (encode them "
+                        "as 0..K-1)")
     return y.astype(np.int64)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _exact_float64(a: np.ndarray, name: str) -> np.ndarray:
+    """Integer or bool ``a`` as float64, or a DataError if an integer is beyond 2**53."""
+    peak = max(abs(int(a.min())), abs(int(a.max()))) if a.dtype.kind in "iu" and a.size else 0
+    if peak > 2**53:
+        raise DataError(f"{name} holds integers beyond 2**53 ({peak}), which "
+                        "float64 cannot represent exactly; scale or convert them yourself")
+    return a.astype(np.float64)
