@@ -382,13 +382,18 @@ def cmd_train(args) -> int:
     inputs = {"config file": config_path, "data file": Path(data_cfg["dataset"])}
     out = _check_outputs(cfg["output"], inputs)
     comm = None
-    if train_cfg["nproc"] > 1:
-        from devnet import distributed
+    nproc = train_cfg["nproc"]
+    from devnet import distributed
 
-        if not distributed.launched():  # start the ranks: each runs this same command
-            return distributed.launch([sys.executable, "-m", "devnet.cli", *args.argv],
-                                      train_cfg["nproc"], hosts=train_cfg["hosts"] or None)
+    if nproc > 1 and not distributed.in_mpi_job():  # start the ranks: each runs this command
+        return distributed.launch([sys.executable, "-m", "devnet.cli", *args.argv], nproc,
+                                  hosts=train_cfg["hosts"] or None)
+    if nproc > 1 or (distributed.job_size() or 1) > 1:  # a rank: ours, or `mpiexec -n N`'s
         comm = distributed.init()
+        if comm.size != nproc:  # else N ranks would train N models into one folder
+            raise ConfigError(f"train.nproc = {nproc} but this MPI job has {comm.size} ranks: "
+                              f"give --nproc {comm.size} (or train.nproc), or run devnet "
+                              "train without mpiexec and let --nproc start the ranks")
         if train_cfg["device"] == "auto":
             train_cfg["device"] = comm.device  # one GPU per local rank, else the CPU
     root = comm is None or comm.rank == 0

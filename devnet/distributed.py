@@ -731,9 +731,22 @@ LAUNCHED_ENV = "DEVNET_DIST_LAUNCHED"
 _MPI_JOB_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
-def _in_mpi_job(env=None) -> bool:
+def in_mpi_job(env=None) -> bool:
+    """Whether this process is a rank of an MPI job (its launcher's rank variable is set)."""
     env = os.environ if env is None else env
     return any(var in env for var in _MPI_JOB_ENV)
+
+
+def job_size(env=None) -> int | None:
+    """The ranks of the MPI job this process belongs to, as its launcher says (MPICH/Hydra and
+    Slurm's PMI, Open MPI), without importing MPI; None outside a job or when not said."""
+    env = os.environ if env is None else env
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        try:
+            return int(env[var])
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def launched() -> bool:
@@ -742,7 +755,7 @@ def launched() -> bool:
     Both the flag ``launch`` sets and an MPI launcher's rank variable must be present: a flag
     leaked into a plain process would otherwise run one process where N were asked for.
     """
-    return os.environ.get(LAUNCHED_ENV) == "1" and _in_mpi_job()
+    return os.environ.get(LAUNCHED_ENV) == "1" and in_mpi_job()
 
 
 def _check_nproc(nproc) -> int:
@@ -819,7 +832,7 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise DistributedError("env must be a dict of str to str (the ranks' environment)")
     cmd = mpiexec_command(nproc, hosts) + [os.fspath(a) for a in argv]
-    if _in_mpi_job():  # every rank of the outer job would start a job of its own
+    if in_mpi_job():  # every rank of the outer job would start a job of its own
         raise DistributedError(
             f"launch(nproc={nproc}) was called inside a running MPI job (this process is "
             f"rank {os.environ.get('PMI_RANK', os.environ.get('OMPI_COMM_WORLD_RANK', '?'))} "

@@ -86,3 +86,27 @@ def test_nproc_trains_under_mpiexec_like_one_process(tmp_path, rng):
         model, _ = dn.load(tmp_path / f"out{nproc}" / "model.safetensors", backend="cpu")
         params[nproc] = model.backend.to_numpy(model.params)
     np.testing.assert_allclose(params[2], params[1], rtol=1e-5, atol=1e-6)
+
+
+def test_devnet_train_under_a_plain_mpiexec_checks_nproc_against_the_job(tmp_path, rng):
+    """`mpiexec -n 2 devnet train` without --nproc trained two separate models into one folder;
+    with --nproc 2 the ranks are mpiexec's own (no nested launch) and train one model."""
+    pytest.importorskip("mpi4py")
+    from devnet import distributed
+
+    data = _data(tmp_path, rng)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(CONFIG.format(data=data, out=tmp_path / "out", model="",
+                                 train='loss = "cross_entropy"'))
+    mpiexec = distributed.mpiexec_command(2)
+    train = [sys.executable, "-m", "devnet.cli", "train", "--config", str(cfg)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(distributed.LAUNCHED_ENV, None)
+    proc = subprocess.run(mpiexec + train, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode != 0
+    assert "train.nproc = 1 but this MPI job has 2 ranks" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    proc = subprocess.run(mpiexec + train + ["--nproc", "2"], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").exists()
