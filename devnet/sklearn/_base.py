@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from devnet import losses as losses_mod
 from devnet.backend import get_backend
+from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels import reference
 from devnet.nn import MLP
 from devnet.sklearn import _lbfgs, _optim
@@ -32,15 +33,35 @@ ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "r
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 
 
-def as_host(a):
-    """``a`` as something ``validate_data`` accepts: torch/JAX/CuPy tensors go to NumPy."""
+def as_host(a, name: str = "X"):
+    """``a`` as something ``validate_data`` accepts: torch/JAX/CuPy tensors go to NumPy.
+
+    name: the argument, for the error when a tensor has no NumPy form (bfloat16, sparse).
+    """
     if a is None or isinstance(a, (np.ndarray, list, tuple)) or _sparse.issparse(a):
         return a
     if hasattr(a, "__dlpack__") or hasattr(a, "__cuda_array_interface__"):
         from devnet.interop import to_numpy
 
-        return to_numpy(a)
+        try:
+            return to_numpy(a)
+        except (TypeError, RuntimeError, ValueError, BufferError) as exc:
+            raise DataError(f"{name} ({type(a).__module__}.{type(a).__name__}, dtype "
+                            f"{getattr(a, 'dtype', '?')}) has no NumPy form: {exc}. Convert "
+                            f"it to a dense float32/float64 array first") from exc
     return a
+
+
+def _batch_has_weight(sample_weight, order, n: int, batch_size: int) -> np.ndarray:
+    """For each batch of an epoch taken in ``order``: does it weigh more than 0 in total?
+
+    scikit-learn divides a batch's L2 term by its total weight (and crashes with a
+    ZeroDivisionError when that is 0); such a batch carries no data, so it is skipped.
+    """
+    n_batches = -(-n // batch_size)
+    if sample_weight is None or sample_weight.min() > 0:
+        return np.ones(n_batches, dtype=bool)
+    return np.add.reduceat(sample_weight[order], np.arange(0, n, batch_size)) > 0
 
 
 class BaseMLP(BaseEstimator):
@@ -84,10 +105,19 @@ class BaseMLP(BaseEstimator):
     # --- fitting ----------------------------------------------------------------------------
 
     def _hidden_sizes(self) -> list[int]:
+        """``hidden_layer_sizes`` as a list of positive ints (integral floats allowed)."""
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        for size in sizes:
+            # bool is an int to Python but never a layer width; NaN, inf, text, nested
+            # sequences and 2-D arrays would otherwise reach int() and fail there
+            if isinstance(size, (bool, np.bool_)) or not isinstance(size, Real) \
+                    or not np.isfinite(size):
+                raise ConfigError(f"hidden_layer_sizes must be a positive int or a sequence "
+                                  f"of positive ints (one width per hidden layer), got "
+                                  f"{self.hidden_layer_sizes!r}")
         if any(int(s) != s or s <= 0 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+            raise ConfigError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
     def _check_solver(self) -> bool:
@@ -98,7 +128,8 @@ class BaseMLP(BaseEstimator):
         return True
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
-        X, y, sample_weight = as_host(X), as_host(y), as_host(sample_weight)
+        X, y = as_host(X), as_host(y, "y")
+        sample_weight = as_host(sample_weight, "sample_weight")
         hidden = self._hidden_sizes()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
@@ -111,6 +142,12 @@ class BaseMLP(BaseEstimator):
         X = np.ascontiguousarray(X, dtype=self._dtype)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=self._dtype)
+            if sample_weight.min() < 0:
+                # devnet's losses divide each batch by its mean weight only when it is > 0:
+                # negative weights would train by gradient ascent, not scikit-learn's objective
+                raise DataError(f"sample_weight must be >= 0 (devnet's losses weigh samples, "
+                                f"they do not subtract them); got a minimum of "
+                                f"{sample_weight.min():g}")
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         if not first_pass and y.shape[1] != self.n_outputs_:
@@ -164,29 +201,60 @@ class BaseMLP(BaseEstimator):
         for name in ("_model", "_optimizer", "_optimizer_state"):
             self.__dict__.pop(name, None)
 
-    def _network(self) -> MLP:
-        """The device network holding ``coefs_`` / ``intercepts_`` (built or refreshed)."""
-        model = self.__dict__.get("_model")
-        coefs = [np.asarray(c) for c in self.coefs_]
+    def _network(self, refresh: bool = True) -> MLP:
+        """The device network holding ``coefs_`` / ``intercepts_`` (built or refreshed).
+
+        The fitted attributes are the truth (a user may edit them in place, replace an item
+        or set ``activation`` / ``device``): the network is rebuilt when its shape,
+        activation, dtype or device no longer match, and the parameters are uploaded unless
+        ``refresh`` is False and ``coefs_`` is the list the last download produced -- only the
+        fit loop passes False, between its own downloads.
+        """
+        coefs, intercepts = self._checked_parameters()
         sizes = [c.shape[0] for c in coefs] + [coefs[-1].shape[1]]
         dtype = np.dtype(self.__dict__.get("_dtype") or coefs[0].dtype)
-        if model is None or model.layer_sizes != sizes or model.dtype != dtype:
-            model = MLP(sizes, activation=ACTIVATIONS[self.activation],
-                        output_activation="identity", dtype=dtype.name,
-                        backend=get_backend(self.device), seed=None)
+        activation = lookup(ACTIVATIONS, self.activation, "activation")
+        backend = get_backend(self.device)
+        model = self.__dict__.get("_model")
+        if model is None or model.layer_sizes != sizes or model.dtype != dtype \
+                or model.activation != activation or model.backend is not backend:
+            model = MLP(sizes, activation=activation, output_activation="identity",
+                        dtype=dtype.name, backend=backend, seed=None)
             self._model = model
             self._synced = None
-        if self.__dict__.get("_synced") is not self.coefs_:
-            # fitted attributes are the truth: upload them (they may have been set by hand)
+        if refresh or self.__dict__.get("_synced") is not self.coefs_:
             be = model.backend
-            for layer, W, b in zip(model.layers, self.coefs_, self.intercepts_,
-                                   strict=True):
-                layer.W[...] = be.asarray(np.asarray(W).reshape(layer.W.shape),
-                                          dtype=model.dtype)
-                layer.b[...] = be.asarray(np.asarray(b).reshape(layer.b.shape),
-                                          dtype=model.dtype)
+            for layer, W, b in zip(model.layers, coefs, intercepts, strict=True):
+                layer.W[...] = be.asarray(W.reshape(layer.W.shape), dtype=model.dtype)
+                layer.b[...] = be.asarray(b.reshape(layer.b.shape), dtype=model.dtype)
             self._synced = self.coefs_
         return model
+
+    def _checked_parameters(self):
+        """``coefs_`` / ``intercepts_`` as arrays, checked to chain into one network."""
+        coefs = [np.asarray(c) for c in self.coefs_]
+        intercepts = [np.asarray(b) for b in self.intercepts_]
+        shapes = [c.shape for c in coefs]
+        problem = None
+        if not coefs or len(coefs) != len(intercepts):
+            problem = (f"{len(coefs)} coefs_ arrays but {len(intercepts)} intercepts_; one "
+                       f"of each per layer")
+        elif any(c.ndim != 2 for c in coefs) or any(
+                a[1] != b[0] for a, b in zip(shapes[:-1], shapes[1:], strict=True)):
+            problem = f"coefs_ shapes {shapes} do not chain (each (n_in, n_out))"
+        elif [b.size for b in intercepts] != [s[1] for s in shapes]:
+            problem = (f"intercepts_ sizes {[b.size for b in intercepts]} do not match the "
+                       f"coefs_ shapes {shapes}")
+        elif shapes[0][0] != getattr(self, "n_features_in_", shapes[0][0]):
+            problem = (f"coefs_[0] has {shapes[0][0]} rows but the estimator was fitted on "
+                       f"{self.n_features_in_} features")
+        elif shapes[-1][1] != getattr(self, "n_outputs_", shapes[-1][1]):
+            problem = (f"coefs_[-1] has {shapes[-1][1]} columns but the estimator has "
+                       f"{self.n_outputs_} outputs")
+        if problem is not None:
+            raise ValueError(f"The fitted parameters are inconsistent: {problem}. Refit, or "
+                             f"set coefs_ / intercepts_ of matching shapes.")
+        return coefs, intercepts
 
     def _download(self, model) -> None:
         """Copy the device parameters back into ``coefs_`` / ``intercepts_`` (NumPy)."""
@@ -259,13 +327,18 @@ class BaseMLP(BaseEstimator):
         return opt
 
     def _fit_stochastic(self, X, y, sample_weight, incremental):
-        model = self._network()
+        model = self._network()  # uploads coefs_: a warm start begins from them as they are
         opt = self._get_optimizer(model, incremental)
         loss_name, value_scale, grad_scale, _ = self._task()
         loss = losses_mod.get(loss_name)
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        if self.early_stopping and not 0 < self.validation_fraction < 1:
+            # train_test_split would reject test_size=0.0, a name the user never gave
+            raise ConfigError(f"validation_fraction must be in (0, 1) with "
+                              f"early_stopping=True (the share of X held out to score each "
+                              f"epoch), got {self.validation_fraction!r}")
         early_stopping = self.early_stopping
         X_val = y_val = sw_val = None
         if early_stopping:
@@ -304,7 +377,10 @@ class BaseMLP(BaseEstimator):
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 feed.start_epoch(sample_idx if self.shuffle else None)
                 step.reset()
+                weighs = _batch_has_weight(sample_weight, sample_idx, n, batch_size)
                 for sl in gen_batches(n, batch_size):
+                    if not weighs[sl.start // batch_size]:
+                        continue  # no sample counts: no gradient, and the L2 term is / 0
                     batch = feed.batch(sl.start, sl.stop)
                     # the running sum weighs each batch's mean loss by its sample count
                     step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
@@ -388,7 +464,9 @@ class BaseMLP(BaseEstimator):
                               dtype=(np.float64, np.float32), reset=False)
         if _sparse.issparse(X):
             X = X.toarray()
-        model = self._network()
+        # the public door uploads coefs_ (they may have been edited); the fit loop's
+        # validation scores follow its own download and skip that copy
+        model = self._network(refresh=check_input)
         out = model.predict(np.ascontiguousarray(X, dtype=model.dtype))
         if self.out_activation_ == "identity":
             return out
@@ -425,7 +503,8 @@ class BaseMLP(BaseEstimator):
         """Fit the network to X (n_samples, n_features) and y; returns self.
 
         X may be a NumPy array, a SciPy sparse matrix (densified) or a torch/JAX/CuPy tensor.
-        sample_weight: (n_samples,) or None.
+        sample_weight: (n_samples,) >= 0, or None (scikit-learn also takes negative weights;
+        devnet's losses refuse them: a batch weighing < 0 in total would train uphill).
         """
         self._validate_params()
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)

@@ -12,6 +12,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from devnet.errors import DataError
 from devnet.sklearn._base import BaseMLP, as_host
 
 #: scikit-learn estimator checks these estimators are known not to pass, with the reason
@@ -39,6 +40,13 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     ``loss_curve_``, ``best_loss_``, ``validation_scores_``, ``best_validation_score_``,
     ``n_iter_``, ``t_``, ``n_features_in_``, ``feature_names_in_``, ``n_layers_``,
     ``n_outputs_``, ``out_activation_``.
+
+    Where devnet is stricter than scikit-learn (each a clear ValueError, never a quiet
+    difference): ``momentum`` must be < 1; ``sample_weight`` must be >= 0; ``warm_start`` /
+    ``partial_fit`` refuse a changed ``hidden_layer_sizes`` (scikit-learn keeps the old network
+    silently). A batch whose samples all weigh 0 is skipped (scikit-learn raises
+    ZeroDivisionError). The device network follows the fitted attributes and ``activation`` /
+    ``device`` as they are at each call, as scikit-learn's arrays do.
 
     scikit-learn estimator checks: all pass (``parametrize_with_checks``); none is marked as
     expected to fail (see ``EXPECTED_FAILED_CHECKS``).
@@ -143,7 +151,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y); ``classes`` (every label) is required on the first call."""
         self._validate_params()
-        y = as_host(y)
+        y = as_host(y, "y")
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -166,7 +174,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     :class:`MLPClassifier`. Multi-output targets (n, k) train k outputs. ``loss_curve_`` is
     scikit-learn's half squared error (``mean((y - p)**2) / 2``), or for ``"poisson"`` its half
     Poisson deviance summed over the outputs (an exp output, targets >= 0), plus
-    ``0.5 * alpha * ||W||^2 / batch_size`` per batch.
+    ``0.5 * alpha * ||W||^2 / batch_size`` per batch. ``loss="poisson"`` refuses negative
+    targets; the other differences from scikit-learn are :class:`MLPClassifier`'s.
 
     Fitted attributes (NumPy): ``coefs_``, ``intercepts_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``n_iter_``, ``t_``,
@@ -231,6 +240,14 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                              y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        if y.dtype.kind not in "biuf":
+            # validate_data converts object arrays only: text (numbers or not) would fail
+            # later, in a cast deep in the fit loop or in the Poisson check
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{type(self).__name__} needs numeric targets y; got dtype "
+                                f"{y.dtype} that does not convert to float ({exc})") from None
         if self.loss == "poisson" and y.size and y.min() < 0:
             # scikit-learn's own MLP would return NaN losses here; its GLMs refuse, so do we
             raise ValueError(f"Some value(s) of y are negative, which is not allowed for "
