@@ -350,3 +350,21 @@ def test_resume_of_a_finished_run_with_the_same_epochs_warns_nothing_trained(rng
         hist = dn.fit(model, X, y, epochs=2, batch_size=8, resume_from=ck, progress=False)
     np.testing.assert_array_equal(model.params, before)
     assert len(hist.history["loss"]) == 2  # the checkpoint's history, nothing added
+
+
+def test_predict_proba_with_a_regression_loss_is_refused_not_raw_outputs(rng):
+    model = _model(rng)
+    X, _ = _data(rng)
+    with pytest.raises(ConfigError, match="regression loss: use predict"):
+        dn.predict_proba(model, X, loss="mse")
+    p = dn.predict_proba(model, X, loss="cross_entropy")
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_warmup_longer_than_the_run_is_refused_not_a_run_spent_warming_up(rng):
+    X, y = _data(rng)  # 24 rows, batch 8, 2 epochs: 6 steps
+    with pytest.raises(ConfigError, match="warmup_steps = 6 is not below the run's 6 steps"):
+        dn.fit(_model(rng), X, y, epochs=2, batch_size=8, progress=False,
+               schedule={"name": "warmup_cosine", "warmup_steps": 6})
+    # the default warm-up (5% of the run, at least 1 step) still fits a one-step run
+    dn.fit(_model(rng), X, y, epochs=1, batch_size=32, progress=False, schedule="warmup_cosine")

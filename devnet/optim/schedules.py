@@ -239,6 +239,12 @@ def _named_cosine(lr, total_steps, min_lr=0.0):
 
 def _named_warmup_cosine(lr, total_steps, warmup_steps=None, min_lr=0.0):
     # warm-up over the first 5% of the run unless warmup_steps is given
+    if warmup_steps is not None and not isinstance(warmup_steps, bool) and \
+            isinstance(warmup_steps, int) and isinstance(total_steps, int) and \
+            warmup_steps >= total_steps:
+        raise ConfigError(f"warmup_cosine: warmup_steps = {warmup_steps} is not below the "
+                          f"run's {total_steps} steps, so the rate would never leave its "
+                          "warm-up; give fewer warmup_steps (or more epochs)")
     warmup = max(1, total_steps // 20) if warmup_steps is None else warmup_steps
     return warmup_cosine(lr, warmup, total_steps, min_lr)
 

@@ -114,6 +114,10 @@ def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.
     from devnet.kernels import reference
 
     loss = losses_mod.get(loss)
+    if not loss.classification:
+        raise ConfigError(f"predict_proba needs a classification loss (its link makes the "
+                          f"outputs probabilities); {loss.name!r} is a regression loss: use "
+                          "predict")
     return reference.act_fwd(loss.link, predict(model, X, batch_size))
 
 
