@@ -203,6 +203,16 @@ def test_interleaved_settles_each_block_on_its_own_function(monkeypatch):
     assert events == [("measure", fa), ("measure", fb)] * 2
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="needs PyTorch (pip install -e '.[bench]')")
+def test_spin_check_times_pytorch_three_ways(capsys):
+    from benchmarks import spin_check
+
+    assert spin_check.main(["--rounds", "1", "--threads", "1"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("PyTorch M1 step, ms: clean") and len(rows) == 2
+    assert all(float(v) > 0 for v in rows[1].split(" / "))
+
+
 def test_settle_calls_the_function_for_the_whole_span_then_syncs():
     import time
 
