@@ -49,7 +49,10 @@ def from_dlpack(x, backend: str | Backend = "auto"):
     a tensor on the same GPU for CUDA); otherwise copies through the host.
     """
     be = get_backend(backend)
-    x = _detach(x)
+    return _numeric(_from_dlpack(be, _detach(x)), x)
+
+
+def _from_dlpack(be: Backend, x):
     if be.is_array(x):
         return x
     try:
@@ -61,7 +64,25 @@ def from_dlpack(x, backend: str | Backend = "auto"):
             return be.asarray(x)  # CuPy reads __cuda_array_interface__ zero-copy
         except Exception:  # the CPU backend cannot read device memory
             pass
-    return be.asarray(to_numpy(x))
+    try:
+        return be.asarray(to_numpy(x))
+    except (BufferError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        # bfloat16, a sparse / meta / conjugate-view torch tensor, ...: say what it was
+        raise DataError(f"cannot convert {_describe(x)} to an array on {be.device}: {exc}; "
+                        "convert it to a dense float32 / float64 tensor first") from None
+
+
+def _describe(x) -> str:
+    dtype = getattr(x, "dtype", None)
+    return type(x).__name__ + (f" of dtype {dtype}" if dtype is not None else "")
+
+
+def _numeric(arr, original):
+    """``arr`` unless it holds no real numbers (strings, objects, None): then a DataError."""
+    if arr.dtype.kind not in "biufc":
+        raise DataError(f"{_describe(original)} is not numeric (dtype {arr.dtype}); expected "
+                        "an array of numbers")
+    return arr
 
 
 def as_array(x, backend: str | Backend = "auto"):
@@ -73,14 +94,17 @@ def as_array(x, backend: str | Backend = "auto"):
     """
     be = get_backend(backend)
     if be.is_array(x):
-        return x
+        return _numeric(x, x)
     if _is_foreign(x):
         return from_dlpack(x, be)
+    if x is None or isinstance(x, (str, bytes)):
+        raise DataError(f"cannot convert {type(x).__name__} to an array: expected numbers")
     try:
-        return be.asarray(x)
+        arr = be.asarray(x)
     except (TypeError, ValueError) as exc:
         raise DataError(f"cannot convert {type(x).__name__} to an array on {be.device}: "
                         f"{exc}") from None
+    return _numeric(arr, x)
 
 
 def export_parameters(model, to: str | None = None) -> dict:
@@ -91,6 +115,7 @@ def export_parameters(model, to: str | None = None) -> dict:
     memory with the model (writing to them changes the model); JAX arrays are immutable.
     """
     wrap = {None: lambda a: a, "torch": to_torch, "jax": to_jax}
+    _check_model(model)
     if to not in wrap:
         raise ConfigError(f"unknown export target {to!r}; valid targets: None, jax, torch")
     return {p.name: wrap[to](p.data) for p in model.parameters()}
@@ -99,6 +124,9 @@ def export_parameters(model, to: str | None = None) -> dict:
 def to_torch(a):
     """A torch tensor sharing memory with ``a`` (NumPy or CuPy), via DLPack."""
     torch = _import("torch", "PyTorch")
+    if not hasattr(a, "__dlpack__"):
+        raise DataError(f"to_torch shares the memory of a NumPy or CuPy array, got "
+                        f"{type(a).__name__}; use torch.tensor(...) to copy other data")
     return torch.from_dlpack(a)
 
 
@@ -141,6 +169,7 @@ def to_torch_sequential(model):
     Weights are copied to the CPU in the model's dtype; Linear.weight = W.T.
     """
     torch = _import("torch", "PyTorch")
+    _check_model(model)
     dtype = getattr(torch, model.dtype.name)
     modules = []
     for layer, (W, b) in zip(model.layers, _host_layers(model)):
@@ -160,6 +189,7 @@ def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
     first layer so that a plain Linear stack computes the same function:
     ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean / scale) @ W).
     """
+    _check_model(model)
     if model.block != "plain" or model.norm is not None:
         raise ConfigError(f"only plain MLPs export as a Linear stack; this model has "
                           f"block={model.block!r}, norm={model.norm!r}")
@@ -173,22 +203,33 @@ def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
     return layers
 
 
+def _check_model(model) -> None:
+    from devnet.nn import MLP
+
+    if not isinstance(model, MLP):
+        raise ConfigError(f"expected a devnet MLP, got {type(model).__name__}")
+
+
 def _parse_sequential(modules) -> tuple[list, list[str], float]:
     """[(weight (out, in), bias)] per Linear, one activation name per Linear, leaky slope."""
-    layers, acts, alpha = [], [], 0.01
+    layers, acts, slopes = [], [], set()
     for i, mod in enumerate(modules):
         kind = type(mod).__name__
         if kind == "Linear":
             if mod.bias is None:
                 raise ConfigError(f"module {i} is a Linear without bias; devnet layers have one")
-            layers.append((mod.weight.detach().cpu().numpy(), mod.bias.detach().cpu().numpy()))
+            layers.append((_weights(mod.weight, i), _weights(mod.bias, i)))
             acts.append("identity")
         elif kind in TORCH_ACTIVATIONS:
             if not layers or acts[-1] != "identity":
                 raise ConfigError(f"module {i} ({kind}) must follow a Linear layer directly")
             acts[-1] = TORCH_ACTIVATIONS[kind]
             if kind == "LeakyReLU":
-                alpha = float(mod.negative_slope)
+                slopes.add(float(mod.negative_slope))
+            # devnet's softmax normalizes each row (sample); dim=0 would mix the batch
+            if kind == "Softmax" and getattr(mod, "dim", 1) not in (1, -1, None):
+                raise ConfigError(f"module {i}: Softmax(dim={mod.dim}) normalizes across "
+                                  "samples; devnet's softmax is per row: Softmax(dim=1)")
             if kind == "GELU" and getattr(mod, "approximate", "none") != "tanh":
                 raise ConfigError(f"module {i}: devnet's gelu is GELU(approximate='tanh'); "
                                   "the exact (erf) GELU has no devnet equivalent")
@@ -197,12 +238,40 @@ def _parse_sequential(modules) -> tuple[list, list[str], float]:
                               f"{', '.join(sorted(TORCH_ACTIVATIONS))}")
     if not layers:
         raise ConfigError("the Sequential has no Linear layer")
-    return layers, acts, alpha
+    if len(slopes) > 1:
+        raise ConfigError(f"the LeakyReLU modules have different negative slopes "
+                          f"{sorted(slopes)}; a devnet MLP has one (alpha)")
+    return layers, acts, slopes.pop() if slopes else 0.01
+
+
+def _weights(tensor, i: int) -> np.ndarray:
+    """A Linear's weight or bias as a finite float32 / float64 host array (half-precision
+    weights widened to float32: NumPy has no bfloat16, and devnet computes in float32 or 64)."""
+    t = tensor.detach().cpu()
+    if t.dtype.is_floating_point and t.element_size() < 4:
+        t = t.float()
+    a = t.numpy()
+    _finite_weights(a, f"module {i} (Linear)", ConfigError)
+    return a
+
+
+def _finite_weights(a: np.ndarray, where: str, error: type) -> None:
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise error(f"{where} has NaN or Inf weights; a model built from them would output NaN")
+
+
+def _default_dtype(weight: np.ndarray) -> str:
+    """The model dtype for weights of ``weight.dtype``: float64 stays, the rest is float32."""
+    return "float64" if weight.dtype == np.float64 else "float32"
 
 
 def _build(layers, acts, alpha, backend, dtype):
     from devnet.nn import MLP
 
+    for i, (w, b) in enumerate(layers):
+        if w.ndim != 2 or b.ndim != 1:
+            raise ConfigError(f"Linear {i}: weight must be 2-D (out, in) and bias 1-D (out,), "
+                              f"got weight {tuple(w.shape)} / bias {tuple(b.shape)}")
     sizes = [layers[0][0].shape[1]] + [w.shape[0] for w, _ in layers]
     for i, ((w, b), n_in) in enumerate(zip(layers, sizes[:-1], strict=True)):
         if w.shape != (sizes[i + 1], n_in) or b.shape != (sizes[i + 1],):
@@ -222,9 +291,16 @@ def from_torch_sequential(seq, backend: str | Backend = "auto", dtype: str | Non
 
     dtype: "float32" / "float64", default the Linear weights' dtype.
     """
-    layers, acts, alpha = _parse_sequential(list(seq))
-    dtype = dtype or np.dtype(layers[0][0].dtype).name
-    return _build(layers, acts, alpha, backend, dtype)
+    try:
+        modules = list(seq)
+    except TypeError:
+        raise ConfigError(f"from_torch_sequential takes an nn.Sequential (or a list of "
+                          f"modules) of Linear and {', '.join(sorted(TORCH_ACTIVATIONS))}; "
+                          f"got a {type(seq).__name__}, which is not a sequence of modules"
+                          + (": wrap it, nn.Sequential(layer)" if type(seq).__name__ ==
+                             "Linear" else "")) from None
+    layers, acts, alpha = _parse_sequential(modules)
+    return _build(layers, acts, alpha, backend, dtype or _default_dtype(layers[0][0]))
 
 
 def export_torch(model, path: str | Path) -> Path:
@@ -236,6 +312,7 @@ def export_torch(model, path: str | Path) -> Path:
     """
     from safetensors.numpy import save_file
 
+    _check_model(model)
     tensors, index = {}, 0
     for layer, (W, b) in zip(model.layers, _host_layers(model)):
         tensors[f"{index}.weight"] = np.ascontiguousarray(W.T)
@@ -244,7 +321,10 @@ def export_torch(model, path: str | Path) -> Path:
     meta = {_META_KEY: json.dumps([layer.activation for layer in model.layers]),
             "devnet.alpha": repr(model.alpha)}
     path = Path(path)
-    save_file(tensors, str(path), metadata=meta)
+    try:
+        save_file(tensors, str(path), metadata=meta)
+    except Exception as exc:  # safetensors raises its own error types (a missing folder, ...)
+        raise CheckpointError(f"cannot write {str(path)!r}: {exc}") from None
     return path
 
 
@@ -268,29 +348,50 @@ def import_torch(path: str | Path, activation: str = "relu", output_activation: 
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") \
             from None
-    indices = {}
+    indices, prefixes = {}, set()
     for key in tensors:
         m = re.fullmatch(r"(.*?)(\d+)\.(weight|bias)", key)
         if m is None:
             raise CheckpointError(f"{path}: key {key!r} is not '<index>.weight' / "
                                   "'<index>.bias' of an nn.Sequential")
+        prefixes.add(m.group(1))
         indices.setdefault(int(m.group(2)), {})[m.group(3)] = tensors[key]
+    if len(prefixes) > 1:
+        # "enc.0.weight" and "dec.0.weight" would both be layer 0, one silently dropped
+        raise CheckpointError(f"{path}: keys of more than one module ({sorted(prefixes)}); "
+                              "expected one nn.Sequential's state_dict")
     layers = []
     for i in sorted(indices):
         entry = indices[i]
         if set(entry) != {"weight", "bias"}:
             raise CheckpointError(f"{path}: layer {i} needs both weight and bias")
+        for part in ("weight", "bias"):
+            if entry[part].dtype.kind != "f":
+                raise CheckpointError(f"{path}: {i}.{part} has dtype {entry[part].dtype}; "
+                                      "expected floating-point weights")
+            _finite_weights(entry[part], f"{path}: {i}.{part}", CheckpointError)
         layers.append((entry["weight"], entry["bias"]))
     if not layers:
         raise CheckpointError(f"{path}: no Linear weights in the file")
     if _META_KEY in meta:
-        acts = json.loads(meta[_META_KEY])
-        alpha = float(meta.get("devnet.alpha", 0.01))
+        acts, alpha = _metadata(path, meta)
         if len(acts) != len(layers):
             raise CheckpointError(f"{path}: metadata lists {len(acts)} activations for "
                                   f"{len(layers)} layers")
     else:
         acts = [activation] * (len(layers) - 1) + [output_activation]
         alpha = 0.01
-    dtype = dtype or np.dtype(layers[0][0].dtype).name
-    return _build(layers, acts, alpha, backend, dtype)
+    return _build(layers, acts, alpha, backend, dtype or _default_dtype(layers[0][0]))
+
+
+def _metadata(path: Path, meta: dict) -> tuple[list[str], float]:
+    """The activations and leaky slope ``export_torch`` recorded, or a CheckpointError."""
+    try:
+        acts = json.loads(meta[_META_KEY])
+        alpha = float(meta.get("devnet.alpha", 0.01))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable devnet metadata ({exc})") from None
+    if not (isinstance(acts, list) and all(isinstance(a, str) for a in acts)):
+        raise CheckpointError(f"{path}: metadata {_META_KEY!r} must be a JSON list of "
+                              f"activation names, got {meta[_META_KEY]!r}")
+    return acts, alpha

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 from devnet.backend import backend_of
+from devnet.backend.host import detach
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels.reference import get_xp
 
@@ -30,8 +31,8 @@ def _as_array(name: str, a, xp):
     if a is None or isinstance(a, (str, bytes)):
         raise DataError(f"{name} must be a numeric array, got {type(a).__name__}")
     try:
-        arr = xp.asarray(a)
-    except (ValueError, TypeError) as exc:
+        arr = xp.asarray(detach(a))  # a torch tensor that requires grad refuses to export
+    except (ValueError, TypeError, RuntimeError) as exc:
         raise DataError(f"{name} could not be read as a numeric array (ragged rows or "
                         f"mixed types?): {exc}") from None
     return arr
@@ -258,6 +259,12 @@ class Huber(Loss):
     def params(self) -> dict:
         return {"delta": self.delta}
 
+    def _check_arrays(self, pred, target, grad, sample_weight, xp) -> None:
+        super()._check_arrays(pred, target, grad, sample_weight, xp)
+        if pred.dtype.type(self.delta) == 0:  # the kernel computes in pred's dtype
+            raise ConfigError(f"huber delta={self.delta!r} is 0 in {pred.dtype} (below its "
+                              f"smallest number): every loss would be 0; use a larger delta")
+
 
 class CrossEntropy(Loss):
     """Softmax cross-entropy from logits; targets: integer labels (n,) or probabilities (n, k)."""
@@ -267,8 +274,18 @@ class CrossEntropy(Loss):
     def _scale(self, pred) -> float:
         return 1.0 / pred.shape[0]
 
+    @staticmethod
+    def _check_classes(k: int) -> None:
+        # a softmax over one column is 1 whatever the logit: loss 0, gradient 0, nothing is
+        # ever learnt, silently
+        if k < 2:
+            raise DataError(f"cross_entropy needs at least 2 prediction columns (one per "
+                            f"class), got {k}; for one output use binary_cross_entropy "
+                            "(0/1 targets) or build the model with one output per class")
+
     def check_target(self, pred, target):
         n, k = pred.shape
+        self._check_classes(k)
         if target.ndim == 1 and target.shape[0] == n and target.dtype.kind in "iu":
             return target
         if target.shape == (n, k) and target.dtype.kind == "f":
@@ -281,6 +298,7 @@ class CrossEntropy(Loss):
         """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
         probabilities: (n, k) finite, in [0, 1], in pred's dtype."""
         n, k = pred.shape
+        self._check_classes(k)
         _real("cross_entropy target", target)
         if target.ndim == 2 and target.shape == (n, 1) and k > 1:
             target = target.reshape(n)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from devnet.errors import DataError
+from devnet.kernels.reference import get_xp
+
+_VIEWS = ("W", "b", "dW", "db", "gamma", "beta", "dgamma", "dbeta")
+
 
 class Parameter(NamedTuple):
     """A named view into the flat parameter buffer (``data``) and gradient buffer (``grad``)."""
@@ -26,6 +31,49 @@ class ParameterList(list):
         self.backend = backend
 
 
+class _View:
+    """A layer attribute that is a view into the model's flat buffers.
+
+    Assigning an array to it (``layer.W = new_W``) copies the values INTO the view: rebinding
+    the attribute would leave a private array that forward reads but optimizers (which update
+    the flat buffer) never touch. ``bind_`` points the view itself (an unbound layer holds
+    None).
+    """
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        return self if layer is None else layer.__dict__.get(self.slot)
+
+    def __set__(self, layer, value):
+        view = layer.__dict__.get(self.slot)
+        if view is None:  # not bound to a model (yet)
+            layer.__dict__[self.slot] = value
+        elif value is not view:  # ``layer.W += dW`` has already written into the view
+            _copy_into(view, value, f"{layer.name}.{self.name}")
+
+    @staticmethod
+    def bind(layer, name: str, view) -> None:
+        layer.__dict__["_" + name] = view
+
+
+def _copy_into(view, value, name: str) -> None:
+    """``view[...] = value`` for a value of the view's shape (or a scalar), else a DataError."""
+    xp = get_xp(view)
+    try:
+        arr = xp.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be set to a numeric array of shape "
+                        f"{tuple(view.shape)}: {exc}") from None
+    if arr.dtype.kind not in "biuf" or arr.shape not in (view.shape, ()):
+        raise DataError(f"{name} is a view into the model's parameter buffer: it can only be "
+                        f"set to real numbers of its shape {tuple(view.shape)}, got "
+                        f"{arr.dtype} {tuple(arr.shape)}")
+    view[...] = arr
+
+
 class Dense:
     """One fully connected layer ``A = act(X @ W + b)``; W is (n_in, n_out), b is (n_out,).
 
@@ -36,6 +84,15 @@ class Dense:
     the activation during training.
     """
 
+    W = _View()
+    b = _View()
+    dW = _View()
+    db = _View()
+    gamma = _View()
+    beta = _View()
+    dgamma = _View()
+    dbeta = _View()
+
     def __init__(self, name: str, n_in: int, n_out: int, activation: str, norm: bool = False,
                  residual: bool = False, dropout: float = 0.0):
         self.name = name
@@ -45,9 +102,8 @@ class Dense:
         self.norm = norm
         self.residual = residual
         self.dropout = dropout
-        self.W = self.b = self.dW = self.db = None
+        self.unbind_()
         self.offset = None  # set by bind_
-        self.gamma = self.beta = self.dgamma = self.dbeta = None
 
     @property
     def n_params(self) -> int:
@@ -59,15 +115,22 @@ class Dense:
         self.offset = offset  # W's first element in the flat buffers (W, then b, ...)
         w_end = offset + self.n_in * self.n_out
         end = w_end + self.n_out
-        self.W = params[offset:w_end].reshape(self.n_in, self.n_out)
-        self.b = params[w_end:end]
-        self.dW = grads[offset:w_end].reshape(self.n_in, self.n_out)
-        self.db = grads[w_end:end]
+        views = {"W": params[offset:w_end].reshape(self.n_in, self.n_out),
+                 "b": params[w_end:end],
+                 "dW": grads[offset:w_end].reshape(self.n_in, self.n_out),
+                 "db": grads[w_end:end]}
         if self.norm:
             mid, end = end + self.n_in, end + 2 * self.n_in
-            self.gamma, self.beta = params[end - 2 * self.n_in:mid], params[mid:end]
-            self.dgamma, self.dbeta = grads[end - 2 * self.n_in:mid], grads[mid:end]
+            views.update(gamma=params[end - 2 * self.n_in:mid], beta=params[mid:end],
+                         dgamma=grads[end - 2 * self.n_in:mid], dbeta=grads[mid:end])
+        for name in _VIEWS:
+            _View.bind(self, name, views.get(name))
         return end
+
+    def unbind_(self) -> None:
+        """Drop the views into a model's buffers (W, b, ... become None)."""
+        for name in _VIEWS:
+            _View.bind(self, name, None)
 
     def parameters(self) -> list[Parameter]:
         params = [Parameter(f"{self.name}.W", self.W, self.dW),

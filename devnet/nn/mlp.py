@@ -6,10 +6,12 @@ model's buffers, its argument checks and its checkpoint config, and read best si
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import numpy as np
 
 from devnet import validation
 from devnet.backend import Backend, get_backend
+from devnet.backend.host import detach, to_numpy
 from devnet.errors import ConfigError, DataError
 from devnet.kernels import scalar
 from devnet.kernels.checks import TRUSTED
@@ -30,6 +33,9 @@ DTYPES = ("float32", "float64")
 BLOCKS = ("plain", "residual")
 NORMS = (None, "layernorm")
 _MAX_CACHED_BATCH_SIZES = 4  # work buffers kept for this many batch sizes (LRU)
+# NumPy < 2 only warns on ragged lists, with this (moved to np.exceptions in 1.25)
+_RaggedWarning = getattr(np, "exceptions", np).VisibleDeprecationWarning
+_MAX_ROW0 = 2**62  # row0 + the element count must fit the kernels' int64 element index
 
 
 def _own_buffers(method):
@@ -60,6 +66,20 @@ class _Work:
     R: list = None  # per residual block (n, n_out): its output, input + dropout(act(...))
     D: list = None  # per residual block (n, n_out): dL/dZ (G stays: it is the skip's gradient)
     inputs: list = None  # per layer: its input in the last forward (X or the previous output)
+
+    ids: set = None  # id() of every buffer above (they stay alive with this _Work)
+
+    def own_(self, *buffers) -> None:
+        """Record ``buffers`` (allocated for this batch size) as this _Work's own."""
+        self.ids = self.ids or set()
+        self.ids.update(id(buf) for buf in buffers if buf is not None)
+
+    def owns(self, a) -> bool:
+        """True when ``a`` is (a view of) one of these buffers: ``forward(model.forward(X))``
+        would overwrite its own input, which backward reads again for dW."""
+        while getattr(a, "base", None) is not None:
+            a = a.base
+        return id(a) in self.ids
 
 
 class MLP:
@@ -201,6 +221,7 @@ class MLP:
                 raise DataError(f"input scaling: scale must be > 0 for every feature; "
                                 f"scale[{bad[0]}] = {float(new_scale[bad[0]])!r} "
                                 f"({bad.size} bad entries)")
+            _representable(new_mean, new_scale, self.dtype)
         self._in_mean, self._in_scale = new_mean, new_scale
         self._n = self._X = None  # a cached forward used the old scaling
         self._upload_scaling()
@@ -223,6 +244,45 @@ class MLP:
             self.backend = new
             self._allocate(host)  # keeps the input scaling (host copies)
         return self
+
+    # --- copies ----------------------------------------------------------------------------
+    # A plain deepcopy / pickle would copy each layer's W, b, ... as an array of its own, no
+    # longer a view into the copy's flat ``params``: an optimizer over the copy's parameters()
+    # would update a buffer its forward never reads. The state keeps the flat buffers (host
+    # copies) and the device spec instead; restoring binds fresh views, as ``to`` does.
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_work", "_X", "_n", "_dev_mean", "_dev_scale"):
+            state.pop(key, None)  # per-forward caches and device copies of the scaling
+        state["params"] = self.backend.to_numpy(self.params).copy()
+        state["grads"] = self.backend.to_numpy(self.grads).copy()
+        state["backend"] = (self.backend.device, getattr(self.backend, "kernel_set", "fused"))
+        state["layers"] = [_unbound(layer) for layer in self.layers]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        device, kernels = state["backend"]
+        self._restore(state, get_backend(device, kernels=kernels))
+
+    def __deepcopy__(self, memo: dict) -> MLP:
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone._restore(copy.deepcopy(self.__getstate__(), memo), self.backend)
+        return clone
+
+    def __copy__(self) -> MLP:
+        # a copy sharing the flat buffers but not the layers' views would be the trap above
+        return self.__deepcopy__({})
+
+    def _restore(self, state: dict, backend: Backend) -> None:
+        state = dict(state)
+        params, grads = state.pop("params"), state.pop("grads")
+        state.pop("backend")
+        self.__dict__.update(state)
+        self.backend = backend  # the same device object in this process (deepcopy)
+        self._allocate(params)
+        self.grads[...] = self.backend.asarray(grads, dtype=self.dtype)
 
     def parameters(self) -> ParameterList:
         """Every Parameter(name, data, grad), plus the flat ``.data`` / ``.grad`` buffers."""
@@ -283,6 +343,8 @@ class MLP:
                 raise DataError(f"out of memory allocating the work buffers for a batch of {n} "
                                 f"samples (about {need:,} bytes); use a smaller batch_size"
                                 ) from None
+            work.own_(*(buf for bufs in (work.A, work.Z, work.G, work.U, work.dU, work.R,
+                                         work.D) for buf in bufs or ()))
             self._work[n] = work
             if len(self._work) > _MAX_CACHED_BATCH_SIZES:
                 self._work.popitem(last=False)
@@ -293,7 +355,7 @@ class MLP:
     def _as_input(self, X):
         be = self.backend
         if not (be.is_array(X) and X.dtype == self.dtype and X.flags.c_contiguous):
-            X = be.asarray(X, dtype=self.dtype)
+            X = be.asarray(_numeric(be, X, "X"), dtype=self.dtype)
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise DataError(f"X must have shape (n_samples, {self.n_in}) for this model, "
                             f"got {tuple(X.shape)}")
@@ -314,6 +376,8 @@ class MLP:
         drop = _check_training(training, step, row0) and self.dropout > 0
         n = X.shape[0]
         work = self._buffers(n)
+        if work.owns(X):
+            X = X.copy()
         kernels, alpha = self.backend.kernels, self.alpha
         if self._dev_mean is not None:
             X = self._standardize(X, work)
@@ -376,6 +440,7 @@ class MLP:
         xp = self.backend.xp
         if work.X is None:
             work.X = self.backend.empty(X.shape, self.dtype)
+            work.own_(work.X)
         xp.subtract(X, self._dev_mean, out=work.X)
         xp.divide(work.X, self._dev_scale, out=work.X)
         return work.X
@@ -390,6 +455,8 @@ class MLP:
         if self._n is None:
             raise DataError("backward() called before forward(): there is no forward pass to "
                             "backpropagate through; call model.forward(X) on the batch first")
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise ConfigError(f"input_grad must be True or False, got {input_grad!r}")
         n = self._n
         dY = self._as_grad(dY, n)
         work = self._work[n]
@@ -423,6 +490,7 @@ class MLP:
         be = self.backend
         if work.dX is None:
             work.dX = be.empty((n, self.n_in), self.dtype)
+            work.own_(work.dX)
         be.matmul(dZ, layer.W.T, out=work.dX)
         if self._dev_scale is not None:
             # d((x - mean) / scale) / dx = 1 / scale, per feature
@@ -452,6 +520,7 @@ class MLP:
             if i == 0:
                 if work.dX is None:
                     work.dX = be.empty((n, self.n_in), self.dtype)
+                    work.own_(work.dX)
                 dX = work.dX
             else:
                 dX = work.G[i - 1]
@@ -474,7 +543,11 @@ class MLP:
     def _as_grad(self, dY, n):
         be = self.backend
         if not (be.is_array(dY) and dY.dtype == self.dtype and dY.flags.c_contiguous):
-            dY = be.asarray(dY, dtype=self.dtype)
+            dY = be.asarray(_numeric(be, dY, "dY"), dtype=self.dtype)
+        if not getattr(dY.flags, "writeable", True):
+            # the kernels take dL/dY as a writable work buffer type (Numba types a read-only
+            # array apart and cannot compile the in-place branch for it): copy, never write it
+            dY = dY.copy()
         if dY.ndim == 2 and dY.shape[0] != n:
             raise DataError(f"backward() got dY for {dY.shape[0]} samples but the last "
                             f"forward() ran on {n}: backward must follow the forward of the "
@@ -490,12 +563,20 @@ class MLP:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
         on_device = self.backend.is_array(X)
-        X = self._as_input(X) if on_device else np.asarray(X)
+        X = self._as_input(X) if on_device else _numeric(None, X, "X")
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise DataError(f"X must have shape (n_samples, {self.n_in}) for this model, "
                             f"got {tuple(X.shape)}")
-        parts = [self.forward(X[i:i + batch_size]).copy()
-                 for i in range(0, X.shape[0], batch_size)]
+        xp = self.backend.xp
+        parts = []
+        for i in range(0, X.shape[0], batch_size):
+            batch = self._as_input(X[i:i + batch_size])
+            # predict is an edge (fit's step never calls it): refuse NaN / Inf here, where a
+            # relu would otherwise turn it into a plausible-looking 0
+            if not bool(xp.isfinite(batch).all()):
+                raise DataError(f"X contains NaN or Inf (in rows {i}..{i + len(batch) - 1}); "
+                                "expected finite numbers")
+            parts.append(self.forward(batch).copy())
         out = self.backend.xp.concatenate(parts) if parts else \
             self.backend.zeros((0, self.n_out), self.dtype)
         return out if on_device else self.backend.to_numpy(out)
@@ -512,6 +593,13 @@ class MLP:
                 f"device={self.backend.device})")
 
 
+def _unbound(layer: Dense) -> Dense:
+    """A shallow copy of ``layer`` without its views into a model's buffers."""
+    layer = copy.copy(layer)
+    layer.unbind_()
+    return layer
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -525,6 +613,29 @@ def _is_finite_real(value) -> bool:
         return _is_real(value) and math.isfinite(value)
     except OverflowError:  # an int past float range
         return False
+
+
+def _numeric(backend, a, name: str):
+    """``a`` as an array of real numbers (on ``backend``'s device, or NumPy for None), dtype
+    kept; a DataError for anything else (strings, objects, complex, ragged lists, tensors that
+    cannot be read), never a raw conversion error or a silent cast (complex loses its
+    imaginary part, a datetime becomes its tick count)."""
+    if backend is not None and backend.is_array(a):
+        arr = a
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", _RaggedWarning)
+                a = detach(a)  # a torch tensor that requires grad refuses to export
+                arr = backend.asarray(a) if backend is not None else to_numpy(a)
+        except (TypeError, ValueError, RuntimeError, BufferError, _RaggedWarning) as exc:
+            raise DataError(f"{name} could not be read as a numeric array "
+                            f"({type(a).__name__}; ragged rows, strings or an unsupported "
+                            f"tensor dtype such as bfloat16?): {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers (float, int or bool), got dtype "
+                        f"{arr.dtype}")
+    return arr
 
 
 def _check_sizes(layer_sizes) -> list[int]:
@@ -571,7 +682,7 @@ def _check_dtype(dtype) -> np.dtype:
         dt = None
     if dt is None or dt.name not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
-    return dt
+    return np.dtype(dt.name)  # native byte order: the kernels cannot type '>f8'
 
 
 def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
@@ -591,9 +702,10 @@ def _check_training(training, step, row0=0) -> bool:
     if not (_is_int(step) and step >= 0):
         raise ConfigError(f"step must be a non-negative integer (the optimizer step that keys "
                           f"the dropout masks), got {step!r}")
-    if not (_is_int(row0) and row0 >= 0):
-        raise ConfigError(f"row0 must be a non-negative integer (the first row's index in the "
-                          f"step's whole batch, which keys the dropout masks), got {row0!r}")
+    if not (_is_int(row0) and 0 <= row0 <= _MAX_ROW0):
+        raise ConfigError(f"row0 must be a non-negative integer up to 2**62 (the first row's "
+                          f"index in the step's whole batch, which keys the dropout masks), got "
+                          f"{row0!r}")
     return bool(training)
 
 
@@ -613,6 +725,23 @@ def _scaling_vector(name: str, value, n_in: int) -> np.ndarray:
         raise DataError(f"input scaling: {name} contains NaN/Inf at index "
                         f"{int(np.flatnonzero(~np.isfinite(arr))[0])}; it must be finite")
     return arr
+
+
+def _representable(mean: np.ndarray, scale: np.ndarray, dtype: np.dtype) -> None:
+    """A DataError unless the scaling survives the cast to the model's ``dtype``: a float64
+    mean past float32's range became inf (every output NaN), a scale below its smallest
+    normal number 0 or a subnormal whose reciprocal overflows (outputs inf)."""
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        bad_mean = np.flatnonzero(~np.isfinite(mean.astype(dtype)))
+    if bad_mean.size:
+        raise DataError(f"input scaling: mean[{bad_mean[0]}] = {float(mean[bad_mean[0]])!r} "
+                        f"is beyond the range of the model's {dtype.name} (+-{float(info.max):g})")
+    bad_scale = np.flatnonzero(~(scale >= info.tiny) | ~(scale <= info.max))
+    if bad_scale.size:
+        raise DataError(f"input scaling: scale[{bad_scale[0]}] = "
+                        f"{float(scale[bad_scale[0]])!r} is not a normal {dtype.name} number; "
+                        f"scale must be in [{float(info.tiny):g}, {float(info.max):g}]")
 
 
 def _physical_memory() -> int | None:
