@@ -171,8 +171,8 @@ def identity_grad(a, z, alpha):  # d identity = 1
     return 1.0
 
 
-def relu(z, alpha):
-    return z if z > 0 else 0.0
+def relu(z, alpha):  # NaN stays NaN (as np.maximum's): "z if z > 0 else 0" made it 0
+    return 0.0 if z <= 0 else z
 
 
 def relu_grad(a, z, alpha):  # d relu = 1 where the output is positive

@@ -164,6 +164,22 @@ def test_extreme_inputs_stay_finite():
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "identity", "tanh", "gelu"])
+def test_nan_input_stays_nan_like_the_reference(act, dtype, mode, rng):
+    # relu was "z if z > 0 else 0": a NaN pre-activation became 0, so a forward on NaN data
+    # returned plausible numbers where the reference (np.maximum) and PyTorch give NaN
+    A = rng.standard_normal((5, 33)).astype(dtype)
+    A[rng.integers(0, 5, 7), rng.integers(0, 33, 7)] = np.nan
+    out, b = A.copy(), rng.standard_normal(33).astype(dtype)
+    cpu.bias_act_fwd(act, out, b, np.empty_like(A))
+    expected = reference.act_fwd(act, A + b)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(A))
+    np.testing.assert_array_equal(np.isnan(expected), np.isnan(A))
+    ok = ~np.isnan(A)
+    _close(out[ok], expected[ok], dtype)
+
+
 def _weights(rng, n, dtype, weighted):
     return rng.uniform(0.1, 2.0, n).astype(dtype) if weighted else None
 

@@ -97,6 +97,16 @@ def test_act_bwd_in_place(act, dtype, rng):
     _close(db1, db2, dtype)
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_nan_input_stays_nan_like_the_reference(act, rng):
+    A = _rand(rng, (4, 9), np.float32)
+    A[1, 3] = A[2, 0] = np.nan
+    out = A.copy()
+    kcuda.bias_act_fwd(act, out, np.zeros(9, np.float32), np.empty_like(A))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(A))
+    np.testing.assert_array_equal(np.isnan(reference.act_fwd(act, A)), np.isnan(A))
+
+
 def test_unknown_activation_lists_valid_names():
     with pytest.raises(ConfigError, match="unknown activation 'swish'.*relu"):
         kcuda.bias_act_fwd("swish", np.ones((2, 2)), np.ones(2))
