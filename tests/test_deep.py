@@ -81,22 +81,24 @@ def test_gradients_match_finite_differences_with_dropout(act, block, norm, rng):
     # gamma, beta and b away from 1 / 0, so their gradients are exercised in general position
     model.params[...] += 0.1 * rng.standard_normal(model.n_params)
     R = rng.standard_normal((7, SIZES[-1]))
-    for _ in range(50):
+    for _ in range(200):
         # a well-conditioned point: no LayerNorm row nearly constant (relu and dropout can
         # zero a whole row; there rstd = 1/sqrt(eps) and differences of width h are not
-        # derivatives)
+        # derivatives). The mask is drawn again too: a row whose mask keeps one element
+        # stays nearly constant whatever X is (seeds 3066119045, 1443475858 kept one)
         X = rng.standard_normal((7, SIZES[0]))
+        model.dropout_seed = int(rng.integers(1 << 31))
         model.forward(X, training=True, step=11)
         rstd = [r for r in model._work[7].rstd or () if r is not None]
         if all(r.max() < 10 for r in rstd):
             break
     # where a row is still nearly constant (leaky_relu's small negative side), truncation
-    # error at h = 1e-4 can pass 1e-6; the smaller step is then the accurate one
-    (worst, skipped), (worst_fine, _) = _gradcheck(model, X, R, act), \
-        _gradcheck(model, X, R, act, h=1e-5)
-    worst = min(worst, worst_fine)
-    assert worst < 1e-6
-    assert skipped <= model.n_params // 10
+    # error at h = 1e-4 can pass 1e-6, and the smaller step is the accurate one; a larger step
+    # crosses more kinks (skipped parameters). One of the two must check most parameters
+    # (skipping at most a tenth) and agree within 1e-6
+    checks = [_gradcheck(model, X, R, act, h=h) for h in (1e-4, 1e-5)]
+    usable = [worst for worst, skipped in checks if skipped <= model.n_params // 10]
+    assert usable and min(usable) < 1e-6, checks
     # the mask was live: some activations dropped
     assert any((a == 0).any() for a in model._work[7].A[:-1])
 
