@@ -571,8 +571,8 @@ class MLP:
         parts = []
         for i in range(0, X.shape[0], batch_size):
             batch = self._as_input(X[i:i + batch_size])
-            # predict is an edge (fit's step never calls it): refuse NaN / Inf here, where a
-            # relu would otherwise turn it into a plausible-looking 0
+            # predict is an edge (fit's step never calls it): NaN / Inf input is an error
+            # naming the rows, not NaN outputs (or, through a saturating activation, numbers)
             if not bool(xp.isfinite(batch).all()):
                 raise DataError(f"X contains NaN or Inf (in rows {i}..{i + len(batch) - 1}); "
                                 "expected finite numbers")
