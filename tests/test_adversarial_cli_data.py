@@ -11,26 +11,12 @@ import json
 
 import numpy as np
 import pytest
+from test_cli_defects import one_line_error, run_cli  # the CLI's test conventions
 
 import devnet as dn
-from devnet import cli
 from devnet.errors import ConfigError, DataError
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def run_cli(capsys, *argv):
-    """``(exit code, stdout, stderr)`` of ``devnet ARGV`` run in this process."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("devnet: using ")]
-    assert len(lines) == 1 and lines[0].startswith("devnet: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def write_rows(path, rows, header=None, bom=False):

@@ -7,7 +7,6 @@ timeout (a hang fails the test), with collectives timing out after 8 s inside th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,23 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_distributed import _mpiexec_reason
 
 from devnet import distributed
 from devnet.distributed import DistributedError
-from devnet.errors import DevnetError
 
 WORKER = str(Path(__file__).with_name("_adversarial_dist_worker.py"))
 LIMIT = 60  # seconds a subprocess may take (the test fails instead of hanging)
-
-
-def _mpiexec_reason():
-    if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed (pip install 'devnet-mlp[mpi]')"
-    try:
-        distributed.mpiexec_command(2)
-    except DevnetError as exc:
-        return str(exc)
-    return None
 
 
 needs_mpi = pytest.mark.skipif(_mpiexec_reason() is not None,

@@ -120,8 +120,8 @@ def _flag(name: str, value) -> bool:
     raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
-class _Synced:
-    """An Optimizer attribute whose writes mark the device copy of its scalars stale."""
+class _Field:
+    """An Optimizer attribute stored under ``_<name>``; subclasses say what a write does."""
 
     def __set_name__(self, owner, name):
         self.name, self.slot = name, "_" + name
@@ -133,26 +133,19 @@ class _Synced:
             return obj.__dict__[self.slot]
         except KeyError:
             raise AttributeError(self.name) from None
+
+
+class _Synced(_Field):
+    """An Optimizer attribute whose writes mark the device copy of its scalars stale."""
 
     def __set__(self, obj, value):
         obj.__dict__[self.slot] = value
         obj.__dict__["_stale"] = True
 
 
-class _Fixed:
+class _Fixed(_Field):
     """A constructor choice that selects the kernel or the state buffers (``amsgrad``, ...):
     a later write of another value is a ConfigError (it would be silently ignored)."""
-
-    def __set_name__(self, owner, name):
-        self.name, self.slot = name, "_" + name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.slot]
-        except KeyError:
-            raise AttributeError(self.name) from None
 
     def __set__(self, obj, value):
         if self.slot in obj.__dict__ and value != obj.__dict__[self.slot]:
