@@ -89,7 +89,7 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     """
     from safetensors.numpy import save as st_save
 
-    path = _as_path(path, "save a checkpoint to")
+    path = _save_path(path)
     if extra is None:
         extra = {}
     if not isinstance(extra, dict):
@@ -121,6 +121,10 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata (extra, "
                           f"train_state or history) is not JSON-serialisable: {exc}") from None
+    if len(text.encode()) > _MAX_HEADER - 2**16:  # safetensors' header limit, less the index
+        raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata is "
+                          f"{len(text.encode())} bytes, over the {_MAX_HEADER >> 20} MiB a "
+                          "safetensors header holds; keep big data out of extra / train_state")
     data = st_save(tensors, metadata={"devnet": text, "devnet_sha256": _sha(text.encode())})
     atomic_write(path, data)
     return path
@@ -171,7 +175,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     folder. The file gets mode 0666 less the umask. Afterwards, stale temp files of ``path``
     (``.<name>.<8 chars>.tmp``, older than this write) left by killed saves are removed.
     """
-    path = _as_path(path, "save a checkpoint to")
+    path = _save_path(path)
+    if path.is_symlink():
+        # replace the file the link points to, not the link (which may be the user's
+        # "latest" pointer): the temporary file goes beside the target
+        path = Path(os.path.realpath(path))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: folder "
@@ -185,6 +193,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: it is "
                               f"{_file_kind(mode)}, not a regular file; give a file name")
+    if mode is not None and not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        # the rename would replace it whatever its mode: honour the user's protection
+        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: the file is "
+                              "read-only (no write permission); make it writable or save "
+                              "elsewhere")
     started = time.time()
     fd, tmp = _create_temp(folder, path.name)
     try:
@@ -201,6 +214,17 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
     _fsync_dir(folder)
     _remove_stale_temps(folder, path.name, started)
+
+
+def _save_path(path) -> Path:
+    """``path`` as a Path to write to; a ConfigError / CheckpointError if it cannot be one."""
+    raw = os.fspath(path) if isinstance(path, os.PathLike) else path
+    path = _as_path(path, "save a checkpoint to")
+    if isinstance(raw, str) and raw.endswith(("/", os.sep)):
+        # Path("run/") is Path("run"): the checkpoint would become a file named like the folder
+        raise CheckpointError(f"cannot save checkpoint to {raw!r}: the path ends with a "
+                              "separator, so it names a folder; give a file name")
+    return path
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, str]:

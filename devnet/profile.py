@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import statistics
 import sys
 import time
@@ -41,8 +43,10 @@ import numpy as np
 from devnet import losses as losses_mod
 from devnet import optim as optim_mod
 from devnet.backend import get_backend
+from devnet.errors import ConfigError, lookup
 from devnet.kernels import table
 from devnet.train.step import Step
+from devnet.validation import check_model, check_X, check_y, positive_int
 
 __all__ = ["profile", "ProfileReport", "OpRecord", "measure_ceilings", "main"]
 
@@ -96,21 +100,12 @@ class _Clock:
         return _Pending(host, start, end, self.backend.xp)
 
     def start(self):
-        self.backend.synchronize()
-        if self.Event is None:
-            return time.perf_counter()
-        ev = self.Event()
-        ev.record()
-        return ev
+        # the backend's own timer (``Backend.clock``): on a GPU, events on its stream and
+        # device -- an event on the current device's default stream would time another GPU
+        return self.backend.clock()
 
     def stop(self, token) -> float:
-        if self.Event is None:
-            self.backend.synchronize()
-            return time.perf_counter() - token
-        end = self.Event()
-        end.record()
-        end.synchronize()
-        return self.backend.xp.cuda.get_elapsed_time(token, end) / 1e3
+        return token.elapsed()
 
 
 # --- byte and flop models -----------------------------------------------------------------------
@@ -127,17 +122,33 @@ def _kernel_bytes(name: str, args: tuple) -> int:
     if name == "bias_act_fwd":
         _, A, b, Z = (args + (None,))[:4]
         return 2 * _nb(A) + _nb(b, Z)
-    if name == "act_bwd":
+    if name in ("act_bwd", "act_drop_bwd"):
         _, G, A, Z, dZ, db = args[:6]
         return _nb(G, A, dZ, db) + (_nb(Z) if Z is not None and Z is not A else 0)
+    if name == "bias_act_drop_fwd":  # as bias_act_fwd, plus the residual input and its sum
+        _, A, b, Z = args[:4]
+        return 2 * _nb(A) + _nb(b, Z) + _nb(*args[7:9])
+    if name == "dropout_fwd":  # A scaled in place
+        return 2 * _nb(args[0])
+    if name in ("layernorm_fwd", "layernorm_bwd", table.CLIP_KERNEL):
+        return _nb(*args)  # each operand read or written once
+    if name == table.L2_KERNEL:  # p read, g read and written, the weights read
+        return _nb(args[0]) + 2 * _nb(args[1]) + _nb(args[4])
     if name in _STEPS:  # p, g, state...: everything but g (and hyper) is read and written
         arrays = [a for a in args if hasattr(a, "nbytes")]
         if name in table.STEP_HYPER_KERNELS:
             arrays = arrays[:-1]  # the few scalars in ``hyper``
         return 2 * _nb(*arrays) - _nb(arrays[1])
-    if name == table.ADVANCE_KERNEL:
-        return _nb(*args)
+    if name == table.ADVANCE_KERNEL:  # hyper, and the one row of the table it copies from
+        hyper, steps = args[:2]
+        return _nb(hyper) + (steps.itemsize * steps.shape[-1] if hasattr(steps, "shape") else 0)
     return _nb(*args[:4])  # losses: pred, target, grad, weight
+
+# the array argument that names a kernel's layer, by kernel; other kernels: loss or optimizer
+_LAYER_ARG = {"bias_act_fwd": ("b", 2), "bias_act_drop_fwd": ("b", 2), "act_bwd": ("db", 5),
+              "act_drop_bwd": ("db", 5), "layernorm_fwd": ("gamma", 1),
+              "layernorm_bwd": ("dgamma", 6)}
+_OPTIMIZER_KERNELS = _STEPS | {table.ADVANCE_KERNEL, table.CLIP_KERNEL, table.L2_KERNEL}
 
 
 # --- the proxy backend --------------------------------------------------------------------------
@@ -167,9 +178,11 @@ class _Recorder:
         self.clock = _Clock(backend)
         self.events: list[tuple[str, str, float, int, float]] = []
         self.layer_of_W = {id(layer.W): i for i, layer in enumerate(model.layers)}
-        self.layer_of_b = {id(layer.b): i for i, layer in enumerate(model.layers)}
         self.layer_of_dW = {id(layer.dW): i for i, layer in enumerate(model.layers)}
-        self.layer_of_db = {id(layer.db): i for i, layer in enumerate(model.layers)}
+        self.layer_of = {view: {id(getattr(layer, view)): i
+                                for i, layer in enumerate(model.layers)
+                                if getattr(layer, view, None) is not None}
+                         for view in ("b", "db", "gamma", "dgamma")}
         self.current = 0  # the layer whose backward ran last (dX matmul follows its dW)
         self.optimizer = optimizer
 
@@ -192,19 +205,20 @@ class _Recorder:
             label = (f"layers.{self.current}", "backward matmul dX=dZ@W.T")
         return self.timed(*label, nbytes, flops, real, a, b, out=out)
 
-    def kernel(self, name, fn, *args):
+    def kernel(self, name, fn, *args, **kwargs):
         nbytes = _kernel_bytes(name, args)
-        if name == "bias_act_fwd":
-            layer = f"layers.{self.layer_of_b.get(id(args[2]), '?')}"
-            op = f"bias+{args[0]}"
-        elif name == "act_bwd":
-            layer = f"layers.{self.layer_of_db.get(id(args[5]), '?')}"
-            op = f"{args[0]}' + bias grad"
-        elif name in _STEPS or name == table.ADVANCE_KERNEL:
+        if name in _LAYER_ARG:
+            view, pos = _LAYER_ARG[name]
+            layer = f"layers.{self.layer_of[view].get(id(args[pos]), '?')}"
+            op = {"bias_act_fwd": f"bias+{args[0]}",
+                  "bias_act_drop_fwd": f"bias+{args[0]}+dropout",
+                  "act_bwd": f"{args[0]}' + bias grad",
+                  "act_drop_bwd": f"dropout+{args[0]}' + bias grad"}.get(name, name)
+        elif name in _OPTIMIZER_KERNELS:
             layer, op = "optimizer", name
         else:
             layer, op = "loss", name
-        return self.timed(layer, op, nbytes, 0.0, fn, *args)
+        return self.timed(layer, op, nbytes, 0.0, fn, *args, **kwargs)
 
 
 class _ProxyBackend:
@@ -216,7 +230,8 @@ class _ProxyBackend:
         table = {}
         for name, fn in vars(real.kernels).items():
             if callable(fn):
-                table[name] = (lambda n, f: lambda *a: recorder.kernel(n, f, *a))(name, fn)
+                table[name] = (lambda n, f: lambda *a, **kw: recorder.kernel(n, f, *a, **kw))(
+                    name, fn)
             else:
                 table[name] = fn
         self.kernels = SimpleNamespace(**table)
@@ -230,9 +245,42 @@ class _ProxyBackend:
 
 # --- ceilings -----------------------------------------------------------------------------------
 
+_CEILINGS = ("copy_gbs", "gemm_gflops")
+
+
+def _check_ceilings(ceilings) -> dict:
+    """``ceilings`` (``measure_ceilings``' dict) with positive finite rates, or a ConfigError."""
+    if not isinstance(ceilings, dict):
+        raise ConfigError(f"ceilings must be the dict measure_ceilings returns (keys "
+                          f"{', '.join(_CEILINGS)}), got {type(ceilings).__name__}")
+    for key in _CEILINGS:
+        value = ceilings.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"ceilings[{key!r}] must be a finite number > 0 (the rate the "
+                              f"shares are taken of), got {value!r}; ceilings needs keys "
+                              f"{', '.join(_CEILINGS)}")
+    return ceilings
+
 def measure_ceilings(backend, dtype="float32", copy_mb: float = 64, gemm_n: int | None = None,
                      repeats: int = 5) -> dict:
-    """Copy bandwidth (GB/s) and a large square GEMM's GFLOP/s on ``backend``, measured now."""
+    """Copy bandwidth (GB/s) and a large square GEMM's GFLOP/s on ``backend``, measured now.
+
+    ``dtype``: float32 or float64; ``copy_mb`` > 0: the copied buffer; ``gemm_n``: the GEMM's
+    side (None: 8192 on a GPU, 1024 on the CPU); ``repeats``: timings whose median is taken.
+    """
+    backend = get_backend(backend)
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass  # not a dtype: lookup names it and lists the valid ones
+    lookup({"float32": 0, "float64": 0}, dtype, "dtype")
+    if isinstance(copy_mb, bool) or not isinstance(copy_mb, numbers.Real) \
+            or not math.isfinite(copy_mb) or copy_mb <= 0:
+        raise ConfigError(f"copy_mb must be a finite number > 0, got {copy_mb!r}")
+    if gemm_n is not None:
+        gemm_n = positive_int("gemm_n", gemm_n)
+    repeats = positive_int("repeats", repeats)
     xp, clock = backend.xp, _Clock(backend)
     gpu = _events(backend) is not None
     n = int(copy_mb * (1 << 20)) // np.dtype(dtype).itemsize
@@ -326,13 +374,21 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
         repeats: instrumented (and uninstrumented) steps whose medians are reported.
         ceilings: reuse ``measure_ceilings(...)`` output instead of measuring again.
     """
+    check_model(model)
+    repeats = positive_int("repeats", repeats)
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+        raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
+    if ceilings is not None:
+        ceilings = _check_ceilings(ceilings)
     be = model.backend
     loss = losses_mod.get(loss)
+    # the step runs with its data checks off (checked=True, as in fit): check once here, as
+    # fit does -- a label out of range or a NaN would otherwise be timed, not refused
+    X = check_X(model, X)
+    y = check_y(model, loss, y, len(X))
     opt = optim_mod.get(optimizer, model, **opt_kwargs)
     Xd = be.asarray(X, dtype=model.dtype)
     yd = be.asarray(y)
-    if not loss.classification:
-        yd = be.asarray(yd, dtype=model.dtype)
     clock = _Clock(be)
     train_step = Step(model, loss, opt)
 
@@ -422,16 +478,17 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.replace(",", "-").split("-")]
     except ValueError:
         p.error(f"--sizes must look like 784-256-10, got {args.sizes!r}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.json not in (None, "-"):  # refused now, not after the minutes of profiling
+        _check_output(args.json)
     backend = get_backend(args.device, kernels=args.kernels)
     model = MLP(sizes, activation=args.activation, backend=backend, dtype=args.dtype,
                 seed=args.seed)
     loss = args.loss or ("cross_entropy" if sizes[-1] > 1 else "mse")
     rng = np.random.default_rng(args.seed)
     X = rng.standard_normal((args.batch_size, sizes[0])).astype(args.dtype)
-    if loss == "cross_entropy":
-        y = rng.integers(0, sizes[-1], args.batch_size)
-    else:
-        y = rng.standard_normal((args.batch_size, sizes[-1])).astype(args.dtype)
+    y = _random_targets(losses_mod.get(loss).name, rng, args.batch_size, sizes[-1], args.dtype)
     report = profile(model, X, y, loss=loss, optimizer=args.optimizer, repeats=args.repeats)
     if args.json == "-":
         json.dump(report.to_dict(), sys.stdout, indent=1)
@@ -439,10 +496,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report.to_dict(), f, indent=1)
+            try:
+                with open(args.json, "w") as f:
+                    json.dump(report.to_dict(), f, indent=1)
+            except OSError as exc:
+                raise ConfigError(f"--json: cannot write {args.json!r}: {exc}") from None
             print(f"wrote {args.json}")
     return 0
+
+
+def _random_targets(loss: str, rng, n: int, n_out: int, dtype: str) -> np.ndarray:
+    """Targets ``loss`` accepts for a batch of n: labels, 0/1, counts or reals."""
+    if loss == "cross_entropy":
+        return rng.integers(0, n_out, n)
+    if loss == "binary_cross_entropy":
+        return rng.integers(0, 2, (n, n_out)).astype(dtype)
+    if loss == "poisson":
+        return rng.poisson(1.0, (n, n_out)).astype(dtype)
+    return rng.standard_normal((n, n_out)).astype(dtype)
+
+
+def _check_output(path: str) -> None:
+    """ConfigError unless ``path`` can be created or overwritten as a file."""
+    import os
+
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise ConfigError(f"--json: {path!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--json: cannot write {path!r}: folder {folder!r} does not exist")
 
 
 if __name__ == "__main__":

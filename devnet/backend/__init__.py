@@ -56,7 +56,8 @@ def parse_device(spec) -> tuple[str, int | None]:
     name = spec.strip().lower()
     if name in ("auto", "cpu"):
         return name, None
-    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    # ASCII digits only: ``\d`` would also take "cuda:\u0663" (an Arabic-Indic three)
+    match = re.fullmatch(r"cuda(?::([0-9]{1,6}))?", name)
     if match:
         return "cuda", int(match.group(1) or 0)
     raise ConfigError(f"unknown device {spec!r}; valid devices: {', '.join(DEVICE_NAMES)}")
@@ -66,40 +67,55 @@ def get_backend(spec: str | Backend | None = "auto", kernels: str = "fused") -> 
     """The backend for ``spec``: ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a Backend (returned).
 
     ``kernels`` is ``"fused"`` (the device's compiled kernels) or ``"reference"`` (the
-    xp-generic oracle). Backends are cached per device and kernel set.
+    xp-generic oracle). Backends are cached per device and kernel set: every spelling of one
+    device ("auto" where it picks the CPU, "cpu", " CPU ", "cuda:01" and "cuda:1") is the same
+    instance, so ``model.to(spec)`` never moves a model to the device it is on (which would
+    reallocate its gradient buffer under an optimizer built over the old one). ``"auto"`` (any
+    case) and None read ``DEVNET_DEVICE``.
     """
     if isinstance(spec, Backend):
         return spec
-    if spec is None or spec == "auto":
-        spec = os.environ.get("DEVNET_DEVICE", "auto") or "auto"
-    parse_device(spec)  # a ConfigError before anything is cached
-    spec = spec.strip().lower()
-    key = (spec, kernels)
+    kind, _ = ("auto", None) if spec is None else parse_device(spec)
+    if kind == "auto":
+        env = os.environ.get("DEVNET_DEVICE", "").strip() or "auto"
+        try:
+            kind, index = parse_device(env)
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable DEVNET_DEVICE: {exc}") from None
+    else:
+        kind, index = parse_device(spec)  # a ConfigError before anything is cached
+    if kind == "auto":
+        key = ("auto", kernels)
+        if key not in _cache:
+            _cache[key] = _auto(kernels)
+        return _cache[key]
+    return _device(kind if index is None else f"cuda:{index}", kernels)
+
+
+def _device(device: str, kernels: str) -> Backend:
+    """The cached backend of ``device`` ("cpu" or "cuda:N"), made on first use."""
+    key = (device, kernels)
     if key not in _cache:
-        _cache[key] = _make(spec, kernels)
+        if device == "cpu":
+            backend = CPUBackend(kernels)
+        else:
+            backend = _cuda().CUDABackend(int(device.split(":")[1]), kernels)
+        backend.reason = "requested"
+        _cache[key] = backend
     return _cache[key]
 
 
-def _make(spec: str, kernels: str) -> Backend:
-    if spec == "auto":
-        reason = _cuda().unavailable_reason(0)
-        if reason is None and _cuda().SIMULATOR:
-            reason = "DEVNET_CUDA_SIMULATOR=1: the CUDA simulator runs only when asked for by name"
-        if reason is None:
-            backend = _cuda().CUDABackend(0, kernels)
-            backend.reason = f"CuPy sees {backend.device_name}"
-        else:
-            backend = CPUBackend(kernels)
-            backend.reason = reason
-        log.info("devnet: using %s (%s)", backend.device, backend.reason)
-        return backend
-    if spec == "cpu":
-        backend = CPUBackend(kernels)
-        backend.reason = "requested"
-        return backend
-    _, index = parse_device(spec)  # "cuda" or "cuda:N"
-    backend = _cuda().CUDABackend(index, kernels)
-    backend.reason = "requested"
+def _auto(kernels: str) -> Backend:
+    reason = _cuda().unavailable_reason(0)
+    if reason is None and _cuda().SIMULATOR:
+        reason = "DEVNET_CUDA_SIMULATOR=1: the CUDA simulator runs only when asked for by name"
+    if reason is None:
+        backend = _device("cuda:0", kernels)
+        backend.reason = f"CuPy sees {backend.device_name}"
+    else:
+        backend = _device("cpu", kernels)
+        backend.reason = reason
+    log.info("devnet: using %s (%s)", backend.device, backend.reason)
     return backend
 
 
@@ -107,4 +123,7 @@ def backend_of(a) -> Backend:
     """The backend whose device holds array ``a`` (NumPy -> CPU, CuPy -> its GPU)."""
     if isinstance(a, np.ndarray):
         return get_backend("cpu")
-    return get_backend(f"cuda:{a.device.id}")
+    device = getattr(getattr(a, "device", None), "id", None)
+    if not isinstance(device, int):
+        raise ConfigError(f"backend_of takes a NumPy or CuPy array, got {type(a).__name__}")
+    return get_backend(f"cuda:{device}")

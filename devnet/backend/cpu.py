@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import numbers
 
 import numpy as np
 
 from devnet.backend.base import Backend, kernel_table
-from devnet.errors import lookup
+from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels import reference
 
 
@@ -27,10 +28,18 @@ class CPUBackend(Backend):
             self.kernels = kernel_table(importlib.import_module("devnet.kernels.cpu"))
 
     def asarray(self, a, dtype=None):
-        return np.ascontiguousarray(a, dtype=dtype)
+        try:
+            return np.ascontiguousarray(a, dtype=dtype)
+        except (TypeError, ValueError) as exc:  # a bad dtype name, ragged rows, text
+            what = "an array" if dtype is None else f"a {dtype} array"
+            raise DataError(f"cannot make {what} on the cpu from {type(a).__name__}: "
+                            f"{exc}") from None
 
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
 
     def rng(self, seed=None):
+        if seed is not None and (isinstance(seed, (bool, np.bool_))
+                                 or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
         return np.random.default_rng(seed)

@@ -13,8 +13,9 @@ class Guard:
     Why this design: checking every step would cost a device->host sync per step (on a GPU that
     stalls the launch queue). Instead the epoch's loss is accumulated on the device and one
     scalar is read per check (every ``every`` steps, at least once per epoch, where fit reads
-    the loss anyway), together with ``isfinite(params).all()`` -- a non-finite gradient always
-    reaches the parameters through the update, and a non-finite activation reaches the loss.
+    the loss anyway), together with ``isfinite`` of the parameters and the optimizer state -- a
+    non-finite gradient reaches one of them through the update, and a non-finite activation
+    reaches the loss.
     After each passing check the parameters, optimizer state and step count are copied into
     preallocated buffers ON THE DEVICE (a device-to-device copy: no host transfer, no
     allocation, ~3 buffer-copies of the model per check). When a check fails, that snapshot is
@@ -36,9 +37,17 @@ class Guard:
         self.where = "the start of training"
 
     def finite(self, acc=None) -> bool:
-        """One device read: is the accumulated loss and every parameter finite?"""
+        """One device read: are the accumulated loss, every parameter and every optimizer
+        state buffer finite?
+
+        The state too: a finite gradient whose square overflows (Adam's ``exp_avg_sq`` = inf)
+        leaves the parameters finite (m / sqrt(inf) = 0) but freezes them for good, and a
+        snapshot taken then would not be a finite state to rewind to.
+        """
         xp = self.model.backend.xp
         ok = xp.isfinite(self.model.params).all()
+        for buf in self.opt.state.values():
+            ok = ok & xp.isfinite(buf).all()
         if acc is not None:
             ok = ok & xp.isfinite(acc)
         return bool(ok)
@@ -117,11 +126,16 @@ def diagnose_step(step, batch, index: int = 0) -> tuple | None:
         opt.step()
     found = _bad_parameter(model, f" after the {opt.name} update with lr={lr:g} (the step "
                                   "overflowed)")
-    if found is not None:
-        return found
+    return found if found is not None else _bad_state(opt, f" after the {opt.name} update with "
+                                                           f"lr={lr:g} (the step overflowed)")
+
+
+def _bad_state(opt, when: str):
+    """("optimizer", buffer name, description) of the first non-finite state buffer, or None."""
+    xp = opt.backend.xp
     for k, buf in opt.state.items():
         if _nonfinite(xp, buf):
-            return ("optimizer", k, f"optimizer state {k!r}")
+            return ("optimizer", k, f"optimizer state {k!r}{when}")
     return None
 
 
@@ -134,16 +148,24 @@ def diverged(trainer, step, guard: Guard, epoch: int, first: int, last: int, bat
     model = trainer.model
     found, s = None, first
     if last < first:
-        found = _bad_parameter(model, ", changed outside the training step (by a callback or "
-                                      "the caller) before the epoch's first step")
+        outside = (", changed outside the training step (by a callback or the caller) before "
+                   "the epoch's first step")
+        found = _bad_parameter(model, outside) or _bad_state(trainer.optimizer, outside)
         guard.restore(trainer)
     else:
+        # what is non-finite now: named if the replay does not reproduce it (a callback wrote it)
+        live = _bad_parameter(model, "") or _bad_state(trainer.optimizer, "")
         guard.restore(trainer)
         for s in range(first, last + 1):
             found = diagnose_step(step, batch_at(s), guard.step + s - first)
             if found is not None:
                 break
         guard.restore(trainer)
+        if found is None and live is not None:
+            found = (*live[:2], f"{live[2]} (where it began could not be located: the steps "
+                                "replayed from the last finite state do not produce it, so it "
+                                "was changed outside the training step, by a callback or the "
+                                "caller)")
     if found is None:
         layer = array = None
         where = ("an array that could not be located: the failure did not reproduce when "
