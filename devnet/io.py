@@ -156,6 +156,10 @@ def check_saveable(model, optimizer=None, history=None) -> None:
         raise ConfigError(f"the optimizer was built over {data.dtype} parameters of shape "
                           f"{tuple(data.shape)}, but the model's are {model.params.dtype} "
                           f"{tuple(model.params.shape)}: it belongs to another model")
+    if data is not model.params:  # the same shape, but another buffer: as Step refuses it
+        raise ConfigError("the optimizer was built over other parameters (another model of "
+                          "the same shape, or this one before model.to(...)): its state is "
+                          "not this model's; save the optimizer that trains this model")
     optimizer.validate()
     if optimizer.schedule is not None:
         config = optimizer.schedule.config()

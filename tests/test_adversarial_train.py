@@ -368,3 +368,15 @@ def test_warmup_longer_than_the_run_is_refused_not_a_run_spent_warming_up(rng):
                schedule={"name": "warmup_cosine", "warmup_steps": 6})
     # the default warm-up (5% of the run, at least 1 step) still fits a one-step run
     dn.fit(_model(rng), X, y, epochs=1, batch_size=32, progress=False, schedule="warmup_cosine")
+
+
+def test_save_refuses_an_optimizer_of_another_model_of_the_same_shape(rng, tmp_path):
+    # its moments would be written as this model's state, and a resume would continue from them
+    model, other = _model(rng), _model(rng)
+    opt = dn.optim.Adam(other.parameters(), lr=1e-3)
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(ConfigError, match="built over other parameters"):
+        dn.save(model, path, optimizer=opt)
+    assert not path.exists()
+    dn.save(model, path, optimizer=dn.optim.Adam(model.parameters(), lr=1e-3))
+    assert path.exists()
