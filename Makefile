@@ -31,7 +31,8 @@ test: $(VENV)/.test-installed
 	# the whole CUDA backend (CuPy stand-in + simulated kernels) end to end; bounded
 	DEVNET_CUDA_SIMULATOR=1 timeout 1200 $(BIN)/python -m pytest -q -m cudasim \
 		tests/test_cuda_sim_e2e.py tests/test_cuda_launch_bench.py tests/test_train_feed_cudasim.py \
-		tests/test_l2_clip_cudasim.py tests/test_distributed_cudasim.py
+		tests/test_l2_clip_cudasim.py tests/test_distributed_cudasim.py \
+		tests/test_adversarial_cuda_sim.py
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check devnet kernels tests benchmarks examples

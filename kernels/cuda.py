@@ -788,10 +788,19 @@ class _Kernel:
             self.dispatcher = cuda.jit(sig, cache=True)(pyfunc)
             self.compiled = next(iter(self.dispatcher.overloads.values()), None)
 
-    def check(self, args):
-        """A DataError naming the argument unless each array matches the signature."""
+    def check(self, args, host=None):
+        """A DataError naming the argument unless each array matches the signature and, when
+        ``host`` is given, is a NumPy array (True: the simulator's kernel tests) or a device
+        array (False), as the launch's first array is."""
         for i, dtype, ndim in self.arrays:
             a = args[i]
+            if host is not None and isinstance(a, np.ndarray) != host:
+                # a host array among device ones has no device pointer to launch with
+                raise DataError(
+                    f"CUDA kernel {self.name}: argument {self.argnames[i]!r} is "
+                    f"{'a device array' if host else 'a host NumPy array'}, the first array "
+                    f"is {'a host NumPy array' if host else 'on the GPU'}; pass every array "
+                    "on the kernel's device (backend.asarray(...))")
             if a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
                 layout = "C-contiguous" if a.flags.c_contiguous else \
                     f"not C-contiguous (strides {tuple(a.strides)})"
@@ -802,7 +811,7 @@ class _Kernel:
 
     def __call__(self, c, grid, block, *args):
         """Launch on ``c``'s device and stream; ``args`` are arrays (CuPy) and scalars."""
-        self.check(args)
+        self.check(args, c.numpy)
         if self.compiled is not None and _Driver.launch is not None:
             # numba-cuda's launch minus its per-call work: parameters marshalled here from
             # the CuPy arrays, the loaded kernel and the launch config cached

@@ -29,8 +29,8 @@ CUDA_NAMES = ("Device", "Stream", "Event", "get_current_stream", "get_elapsed_ti
               "MemoryPointer")
 RUNTIME_NAMES = ("getDeviceCount", "getDevice", "setDevice", "getDeviceProperties",
                  "driverGetVersion", "runtimeGetVersion", "CUDARuntimeError")
-NDARRAY_OWN = ("get", "set", "data", "device", "T", "__cuda_array_interface__", "__float__",
-               "__int__", "__bool__", "__len__", "__iter__", "__getitem__",
+NDARRAY_OWN = ("get", "set", "copy", "data", "device", "T", "__cuda_array_interface__",
+               "__float__", "__int__", "__bool__", "__len__", "__iter__", "__getitem__",
                "__setitem__", "__array_ufunc__", "__array_function__", "__array__")
 # (instance attributes such as Stream.ptr or Device.id cannot be read without a GPU)
 CLASS_MEMBERS = {"Stream": ("synchronize", "record", "wait_event", "use", "null", "__enter__",

@@ -228,8 +228,17 @@ class CUDABackend(Backend):
         """The training loop's context: this backend's device and stream."""
         return self._scope
 
+    def is_array(self, a) -> bool:
+        """True when ``a`` is a CuPy array on this backend's GPU (one on another GPU is not:
+        ``asarray`` copies it here)."""
+        return isinstance(a, cupy.ndarray) and a.data.device_id == self.index
+
     def asarray(self, a, dtype=None):
         with self._scope:
+            if isinstance(a, cupy.ndarray) and a.data.device_id != self.index:
+                # cupy.asarray hands an array of another GPU back as it is, for kernels here
+                # to read across devices; ndarray.copy() copies it onto the current device
+                a = a.copy()
             return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
 
     def to_numpy(self, a) -> np.ndarray:

@@ -355,6 +355,10 @@ class ndarray:  # noqa: N801 (CuPy's name)
             return out
         return np.array(self._a, order=order)
 
+    def copy(self, order="C"):
+        """A copy on the current device, as CuPy's: from another device too (a peer copy)."""
+        return ndarray._from(np.array(self._a, order=order, copy=True))
+
     def set(self, arr, stream=None):
         if isinstance(arr, ndarray):
             raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
