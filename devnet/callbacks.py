@@ -119,7 +119,7 @@ class EarlyStopping(Callback):
                 if self._best_params is None or self._best_params.shape != params.shape:
                     self._best_params = params.copy()
                 else:
-                    self._best_params[...] = params
+                    self.trainer.model.backend.assign(self._best_params, params)
             return
         self.wait += 1
         if self.wait > self.patience:
@@ -128,7 +128,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs: dict) -> None:
         if self.restore_best and self._best_params is not None:
-            self.trainer.model.params[...] = self._best_params
+            self.trainer.model.backend.assign(self.trainer.model.params, self._best_params)
 
     @property
     def best(self) -> float:

@@ -281,8 +281,8 @@ def _build(layers, acts, alpha, backend, dtype):
                 backend=backend, seed=None, alpha=alpha)
     be = model.backend
     for layer, (w, b) in zip(model.layers, layers, strict=True):
-        layer.W[...] = be.asarray(np.ascontiguousarray(w.T), dtype=model.dtype)
-        layer.b[...] = be.asarray(b, dtype=model.dtype)
+        be.assign(layer.W, np.ascontiguousarray(w.T))
+        be.assign(layer.b, b)
     return model
 
 

@@ -375,7 +375,7 @@ def set_params_(model, flat: np.ndarray, name: str = "checkpoint") -> None:
     if flat.shape != tuple(model.params.shape) or flat.dtype != model.dtype:
         raise CheckpointError(f"{name}: params have shape {flat.shape} dtype {flat.dtype}, the "
                               f"model needs {tuple(model.params.shape)} {model.dtype}")
-    model.params[...] = model.backend.asarray(flat, dtype=model.dtype)
+    model.backend.assign(model.params, flat)
 
 
 def history_from(data: dict | None):

@@ -181,6 +181,14 @@ class Loss:
             way, and a label out of range then gives a NaN loss, never an out-of-bounds access.
         The returned value is a device scalar: reading it (``float``) synchronises.
         """
+        be = backend or backend_of(pred)
+        if checked:  # fit's Step: its arrays are on pred's device and it runs in its scope
+            return self._forward_backward(pred, target, grad, sample_weight, be, True)
+        with be.scope():  # a caller's arrays may be another device's: on pred's, in its scope
+            return self._forward_backward(pred, _on_device(be, target), grad,
+                                          _on_device(be, sample_weight), be, False)
+
+    def _forward_backward(self, pred, target, grad, sample_weight, be, checked: bool):
         xp = get_xp(pred)
         self._check_arrays(pred, None if not checked else target, grad,
                            None if not checked else sample_weight, xp)
@@ -190,7 +198,7 @@ class Loss:
         w = None
         if sample_weight is not None:
             w = _normalised_weights(sample_weight, pred.dtype, xp)
-        kernel = getattr((backend or backend_of(pred)).kernels, self.kernel)
+        kernel = getattr(be.kernels, self.kernel)
         return kernel(pred, target, grad, w, self._scale(pred), **self.params())
 
     def __call__(self, pred, target, sample_weight=None):
@@ -203,13 +211,23 @@ class Loss:
         pred = _as_array(f"{self.name} predictions", pred, xp)
         if pred.dtype == np.float16:
             pred = pred.astype(np.float32)
-        grad = xp.empty_like(pred)
-        value = self.forward_backward_(pred, target, grad, sample_weight)
-        return float(value), grad
+        with backend_of(pred).scope():
+            grad = xp.empty_like(pred)
+            value = self.forward_backward_(pred, target, grad, sample_weight)
+            return float(value), grad
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _on_device(be, a):
+    """``a`` on ``be``'s GPU when it is an array of another GPU (host arrays and lists are
+    converted by the checks, on the current device: ``be``'s inside its scope)."""
+    if a is not None and be.xp is not np and hasattr(a, "__cuda_array_interface__") \
+            and not be.is_array(a):
+        return be.asarray(a)
+    return a
 
 
 def _check_weights(w, n: int, xp):

@@ -265,15 +265,13 @@ def test_sklearn_estimators_on_cuda_match_the_cpu(rng):
         np.testing.assert_allclose(fitted[1].predict(X), fitted[0].predict(X), **F64)
 
 
-# --- defects outside this reviewer's files: a write or a loss outside the array's device ---------
-# Every one is ``dst[...] = src`` (or an xp call) on cuda:1 arrays while cuda:0 is current: CuPy
-# launches the copy on the current device, so it raises ValueError (no peer access) or reads
-# across devices with a PerformanceWarning. Each needs ``with model.backend.scope():``.
+# --- a write or a loss outside the array's device ----------------------------------------------
+# Each was ``dst[...] = src`` (or an xp call) on cuda:1 arrays while cuda:0 is current: CuPy
+# launches the copy on the current device, so it raised ValueError (no peer access) or read
+# across devices with a PerformanceWarning. Writes now go through ``Backend.assign`` (in the
+# backend's scope), and a loss's unchecked door moves target / weights to pred's device.
 
-_SCOPE = "write outside the backend's scope() (see the report of tests/test_adversarial_cuda_sim)"
 
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="devnet/io.py set_params_: " + _SCOPE)
 def test_load_onto_the_second_gpu(tmp_path, rng):
     model = dn.MLP([3, 2], backend="cpu", seed=0)
     dn.save(model, tmp_path / "m.safetensors")
@@ -281,16 +279,12 @@ def test_load_onto_the_second_gpu(tmp_path, rng):
     np.testing.assert_array_equal(_params(back), _params(model))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="devnet/optim/optimizers.py load_state_dict: " + _SCOPE)
 def test_optimizer_state_loads_on_the_second_gpu():
     model = dn.MLP([3, 2], backend="cuda:1", seed=0)
     opt = dn.optim.Adam(model.parameters())
     opt.load_state_dict(opt.state_dict())
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="devnet/sklearn/_base.py (params written outside scope): " + _SCOPE)
 def test_sklearn_estimator_on_the_second_gpu(rng):
     from devnet.sklearn import MLPClassifier
 
@@ -299,10 +293,6 @@ def test_sklearn_estimator_on_the_second_gpu(rng):
                   random_state=0).fit(X, y)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="devnet/losses.py Loss.__call__ / forward_backward_ run their xp "
-                          "calls outside backend_of(pred).scope() and do not move target / "
-                          "sample_weight to pred's device")
 def test_loss_with_labels_on_another_gpu(gpus, rng):
     g0, g1 = gpus
     logits, labels = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
@@ -311,3 +301,21 @@ def test_loss_with_labels_on_another_gpu(gpus, rng):
         warnings.simplefilter("error")
         value, _ = loss(g0.asarray(logits), g1.asarray(labels))
     assert value == pytest.approx(loss(logits, labels)[0], rel=1e-12)
+
+
+def test_resume_and_early_stopping_restore_on_the_second_gpu(tmp_path, data):
+    # resume's parameter copy and EarlyStopping's restore at on_train_end (outside fit's scope)
+    # wrote cuda:1 buffers while cuda:0 was current
+    X, y, _ = data
+    ck = str(tmp_path / "ck.safetensors")
+    kw = dict(loss="cross_entropy", batch_size=6, progress=False, seed=1)
+    first = dn.MLP([4, 5, 3], backend="cuda:1", dtype="float64", seed=2)
+    dn.fit(first, X, y, epochs=1, checkpoint=ck, **kw)
+    resumed = dn.MLP([4, 5, 3], backend="cuda:1", dtype="float64", seed=2)
+    dn.fit(resumed, X, y, epochs=2, resume_from=ck, **kw)
+    dn.fit(first, X, y, epochs=2, resume_from=ck, **kw)
+    np.testing.assert_array_equal(_params(resumed), _params(first))
+    stop = dn.EarlyStopping(monitor="loss", patience=0, restore_best=True)
+    model = dn.MLP([4, 5, 3], backend="cuda:1", dtype="float64", seed=3)
+    dn.fit(model, X, y, epochs=3, lr=50.0, callbacks=[stop], guard=False, **kw)
+    assert np.isfinite(_params(model)).all()

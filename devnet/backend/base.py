@@ -72,6 +72,14 @@ class Backend:
         """``a`` as a C-contiguous array on this device (no copy when it already is one)."""
         raise NotImplementedError
 
+    def assign(self, dst, src) -> None:
+        """``dst[...] = src`` in place, on this backend's device: ``src`` (host or device, any
+        device) is converted to ``dst``'s dtype first. Every write of host data into a model's
+        or optimizer's buffers goes through here, inside ``scope()`` (a write to cuda:1 while
+        cuda:0 is current fails on CuPy, or crosses devices)."""
+        with self.scope():
+            dst[...] = self.asarray(src, dtype=dst.dtype)
+
     def to_numpy(self, a) -> np.ndarray:
         """``a`` as a NumPy array on the host."""
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from devnet.backend import backend_of
 from devnet.errors import DataError
 from devnet.kernels.reference import get_xp
 
@@ -71,7 +72,7 @@ def _copy_into(view, value, name: str) -> None:
         raise DataError(f"{name} is a view into the model's parameter buffer: it can only be "
                         f"set to real numbers of its shape {tuple(view.shape)}, got "
                         f"{arr.dtype} {tuple(arr.shape)}")
-    view[...] = arr
+    backend_of(view).assign(view, value)  # on the view's device, whichever is current
 
 
 class Dense:

@@ -282,7 +282,7 @@ class MLP:
         self.__dict__.update(state)
         self.backend = backend  # the same device object in this process (deepcopy)
         self._allocate(params)
-        self.grads[...] = self.backend.asarray(grads, dtype=self.dtype)
+        self.backend.assign(self.grads, grads)
 
     def parameters(self) -> ParameterList:
         """Every Parameter(name, data, grad), plus the flat ``.data`` / ``.grad`` buffers."""

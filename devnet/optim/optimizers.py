@@ -356,7 +356,7 @@ class Optimizer:
             if src is None or src.shape != buf.shape:
                 raise ConfigError(f"optimizer state {k!r} is missing or has the wrong shape "
                                   f"(expected {buf.shape})")
-            buf[...] = self.backend.asarray(src, dtype=buf.dtype)
+            self.backend.assign(buf, src)
         self.t = int(state["t"])
 
     def __repr__(self) -> str:

@@ -225,8 +225,8 @@ class BaseMLP(BaseEstimator):
         if refresh or self.__dict__.get("_synced") is not self.coefs_:
             be = model.backend
             for layer, W, b in zip(model.layers, coefs, intercepts, strict=True):
-                layer.W[...] = be.asarray(W.reshape(layer.W.shape), dtype=model.dtype)
-                layer.b[...] = be.asarray(b.reshape(layer.b.shape), dtype=model.dtype)
+                be.assign(layer.W, W.reshape(layer.W.shape))
+                be.assign(layer.b, b.reshape(layer.b.shape))
             self._synced = self.coefs_
         return model
 
@@ -293,7 +293,7 @@ class BaseMLP(BaseEstimator):
         flat = np.empty(order.size, dtype=self.coefs_[0].dtype)
         flat[order] = packed_parameters
         model = self._network()
-        model.params[...] = model.backend.asarray(flat)
+        model.backend.assign(model.params, flat)
         self._download(model)
 
     def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight=None, *buffers):

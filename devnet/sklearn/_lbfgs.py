@@ -74,7 +74,7 @@ class Objective:
     def load(self, packed) -> None:
         """Write a packed vector into the model's parameters (one host -> device copy)."""
         self.host[self.order] = packed
-        self.model.params[...] = self.backend.asarray(self.host)
+        self.backend.assign(self.model.params, self.host)
 
     def __call__(self, packed):
         self.n_calls += 1

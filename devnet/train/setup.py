@@ -185,7 +185,7 @@ def resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: bool
         warnings.warn(f"{name!r} has already trained {trainer.epochs_done} epochs and fit was "
                       f"given epochs={trainer.epochs}, the total to reach: nothing is trained. "
                       f"Pass epochs > {trainer.epochs_done} to continue", stacklevel=3)
-    model.params[...] = ck.model.params
+    model.backend.assign(model.params, ck.model.params)
     model.dropout_seed = ck.model.dropout_seed  # the masks continue as in the saved run
     state = ck.optimizer.state_dict()
     if isinstance(optimizer, optim_mod.Optimizer):
