@@ -187,8 +187,16 @@ class Loss:
         if checked:  # fit's Step: its arrays are on pred's device and it runs in its scope
             return self._forward_backward(pred, target, grad, sample_weight, be, True)
         with be.scope():  # a caller's arrays may be another device's: on pred's, in its scope
-            return self._forward_backward(pred, _on_device(be, target), grad,
-                                          _on_device(be, sample_weight), be, False)
+            value = self._forward_backward(pred, _on_device(be, target), grad,
+                                           _on_device(be, sample_weight), be, False)
+            # the checks passed finite inputs, so an infinite value is an overflow of pred's
+            # dtype (an mse target of 1.8e19 in float32): say so, not a silent inf (this door
+            # synchronises anyway)
+            if not bool(get_xp(pred).isfinite(value)):
+                raise DataError(f"{self.name}: the loss overflowed {pred.dtype} on finite "
+                                "inputs (predictions or targets too large for it); scale the "
+                                "targets, or use float64")
+            return value
 
     def _forward_backward(self, pred, target, grad, sample_weight, be, checked: bool):
         xp = get_xp(pred)

@@ -554,3 +554,19 @@ def _grads_for(model, X, dY):
     clone.forward(h)
     clone.backward(dY)
     return clone.grads.copy()
+
+
+@pytest.mark.parametrize("door", ["call", "forward_backward_"])
+def test_loss_overflowing_its_dtype_on_finite_inputs_is_an_error_not_inf(door):
+    # found by tests/test_fuzz.py: uint64 targets near 2**64 are finite in float32, but their
+    # squared error is not (an mse of inf with a finite gradient, returned silently)
+    loss = dn.losses.get("mse")
+    pred = np.array([[0.3]], np.float32)
+    target = np.array([[2**64 - 1]], np.uint64)
+    with pytest.raises(dn.DataError, match="overflowed float32"):
+        if door == "call":
+            loss(pred, target)
+        else:
+            loss.forward_backward_(pred, target, np.empty_like(pred))
+    value, _ = loss(pred.astype(np.float64), target)  # float64 holds it
+    assert np.isfinite(value)
