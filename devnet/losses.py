@@ -232,10 +232,9 @@ class Loss:
 
 
 def _on_device(be, a):
-    """``a`` on ``be``'s GPU when it is an array of another GPU (host arrays and lists are
-    converted by the checks, on the current device: ``be``'s inside its scope)."""
-    if a is not None and be.xp is not np and hasattr(a, "__cuda_array_interface__") \
-            and not be.is_array(a):
+    """``a`` on ``be``'s device when it is a device array that is not ``be``'s (host arrays and
+    lists are converted by the checks, on the current device: ``be``'s inside its scope)."""
+    if a is not None and hasattr(a, "__cuda_array_interface__") and not be.is_array(a):
         return be.asarray(a)
     return a
 

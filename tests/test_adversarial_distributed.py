@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_distributed import _mpiexec_reason
+from test_distributed import run as run_worker
 
 from devnet import distributed
 from devnet.distributed import DistributedError
 
 WORKER = str(Path(__file__).with_name("_adversarial_dist_worker.py"))
-LIMIT = 60  # seconds a subprocess may take (the test fails instead of hanging)
 
 
 needs_mpi = pytest.mark.skipif(_mpiexec_reason() is not None,
@@ -198,25 +196,10 @@ def test_digest_sees_a_difference_in_any_row(rng):
 
 # --- two ranks, given different settings ----------------------------------------------------
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               NUMBA_NUM_THREADS="1")
-    env.pop("DEVNET_DEVICE", None)
-    env.pop("DEVNET_DIST_TIMEOUT", None)
-    return env
-
-
 def run(tmp_path, name, nproc=2, **opts):
     """The worker on ``nproc`` ranks (0: one plain process): (rank 0's npz or None, the ranks'
     JSON records, the process, its seconds)."""
-    out = tmp_path / f"{name}.npz"
-    args = [sys.executable, WORKER, str(out), json.dumps(opts)]
-    cmd = args if nproc == 0 else [sys.executable, "-m", "devnet.distributed", "-n",
-                                   str(nproc), *args]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LIMIT, env=_env())
-    secs = time.monotonic() - start
-    result = dict(np.load(out)) if proc.returncode == 0 else None
+    result, proc, secs = run_worker(tmp_path, name, nproc, worker=WORKER, **opts)
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"{name}.npz.rank*"))]
     return result, records, proc, secs
 

@@ -43,13 +43,14 @@ def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                NUMBA_NUM_THREADS="1")
     env.pop("DEVNET_DEVICE", None)
+    env.pop("DEVNET_DIST_TIMEOUT", None)
     return env
 
 
-def run(tmp_path, name, nproc=2, **opts):
-    """Run the worker on ``nproc`` ranks (0: one plain process); (result or None, proc, secs)."""
+def run(tmp_path, name, nproc=2, worker=WORKER, **opts):
+    """Run ``worker`` on ``nproc`` ranks (0: one plain process); (result or None, proc, secs)."""
     out = tmp_path / f"{name}.npz"
-    args = [sys.executable, WORKER, str(out), json.dumps(opts)]
+    args = [sys.executable, worker, str(out), json.dumps(opts)]
     # ranks run through devnet's launcher (mpiexec underneath), as ``devnet train --nproc`` does
     cmd = args if nproc == 0 else [sys.executable, "-m", "devnet.distributed", "-n",
                                    str(nproc), *args]
