@@ -7,6 +7,8 @@
 
 import logging as _logging
 
+# first: in a bare source checkout, finds kernels/ beside devnet/ for the imports below
+from devnet import _checkout  # noqa: F401  # isort: skip
 from devnet import callbacks, data, interop, losses, optim, task
 from devnet._version import __version__  # noqa: F401 (the package version)
 from devnet.backend import Backend, available_backends, get_backend

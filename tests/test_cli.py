@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -70,6 +71,11 @@ def test_info_reports_devices_and_versions():
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_help_has_an_example(command):
     proc = devnet(command, "--help")
+    if command == "bench" and importlib.util.find_spec("benchmarks") is None:
+        # an installed devnet outside a checkout (make test's wheel pass): the benchmarks are
+        # not shipped, and the command says where to run it
+        assert proc.returncode == 1 and "source checkout" in proc.stderr, proc.stderr
+        return
     assert proc.returncode == 0
     assert "example:" in proc.stdout and f"devnet {command}" in proc.stdout
 
