@@ -2,11 +2,13 @@
 
 ``python -m benchmarks launch --device cuda`` (on a GPU), or with ``DEVNET_CUDA_SIMULATOR=1``
 on any machine. Only the final driver call is replaced by a no-op, so the host time measured is
-everything devnet and numba-cuda do per launch (device scope, argument checks and views,
-numba-cuda's marshalling) and nothing the GPU does:
+everything devnet, numba-cuda and cuda.core do per launch (device scope, argument checks,
+parameter marshalling, cuda.core's stream and parameter handling) and nothing the GPU does:
 
-- on a GPU, cuda.core's ``launch`` (numba-cuda's last Python call before ``cuLaunchKernelEx``,
-  which devnet's launch path calls directly with its own marshalled parameters) is stubbed;
+- on a GPU, the driver's ``cuLaunchKernelEx`` itself: cuda.bindings keeps one function pointer
+  per driver entry point, and each slot holding the driver's ``cuLaunchKernelEx`` is pointed at
+  a machine-code ``return CUDA_SUCCESS`` for the run (cuda.core calls it from C, so no Python
+  name could stand in for it);
 - under the simulator, the simulated kernel's execution is stubbed (the stand-in's host path is
   not CuPy's: the host times there say little, the counts say all).
 
@@ -17,7 +19,10 @@ after a warm-up step, so the counts are those of every later step.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import mmap
+import platform
 import statistics
 import time
 from collections import Counter
@@ -28,10 +33,75 @@ import numpy as np
 REFERENCE_STEP = ((784, 128, 128, 10), 256)
 QUICK_STEP = ((32, 16, 16, 10), 32)
 TARGETS = {"host_us_per_launch": 5.0, "launches_per_step": 9, "allocations_per_step": 0}
+DRIVER_CALL = "__cuLaunchKernelEx"  # cuda.bindings' slot name for the driver's entry point
+# ``return 0`` (CUDA_SUCCESS) in machine code: a stub with no cost of its own
+_RETURN_ZERO = {"x86_64": bytes.fromhex("31c0c3"),  # xor eax, eax; ret
+                "aarch64": bytes.fromhex("00008052c0035fd6")}  # mov w0, #0; ret
 
 
 def _is_cuda(backend) -> bool:
     return getattr(backend, "name", "") == "cuda" and backend.kernels.source.endswith(".cuda")
+
+
+def _writable_ranges(path):
+    """(start, end) of the writable memory of the loaded library ``path`` (its .data, and its
+    .bss: the anonymous mapping right after the library's own)."""
+    ranges, follows = [], False  # follows: the previous mapping was the library's, writable
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            name = fields[5] if len(fields) > 5 else ""
+            ours = "rw" in fields[1] and (
+                name == path or (not name and ranges and start == ranges[-1][1] and follows))
+            if ours:
+                ranges.append((start, end))
+            follows = ours
+    return ranges
+
+
+def driver_slots(value, path):
+    """Addresses in library ``path``'s writable memory that hold the pointer ``value``."""
+    found = []
+    for start, end in _writable_ranges(path):
+        words = np.frombuffer(ctypes.string_at(start, end - start), np.uint64)
+        found += [start + 8 * int(i) for i in np.flatnonzero(words == np.uint64(value))]
+    return found
+
+
+def _return_zero():
+    """(address, keep-alive) of a function returning 0."""
+    code = _RETURN_ZERO.get(platform.machine())
+    if code is not None:
+        try:
+            page = mmap.mmap(-1, mmap.PAGESIZE,
+                             prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            page.write(code)
+            return ctypes.addressof(ctypes.c_char.from_buffer(page)), page
+        except (OSError, AttributeError, ValueError):  # no executable mappings here
+            pass
+    stub = ctypes.CFUNCTYPE(ctypes.c_int, *[ctypes.c_void_p] * 4)(lambda *args: 0)
+    return ctypes.cast(stub, ctypes.c_void_p).value, stub
+
+
+@contextmanager
+def stubbed_driver_call():
+    """Point cuda.bindings' ``cuLaunchKernelEx`` slot(s) at a no-op; yields how many."""
+    from cuda.bindings._internal import driver as internal
+
+    real = internal._inspect_function_pointer(DRIVER_CALL)  # loads the driver if needed
+    slots = driver_slots(real, internal.__file__) if real else []
+    if not slots:
+        raise RuntimeError(f"cuda.bindings' {DRIVER_CALL} pointer was not found")
+    address, keep = _return_zero()
+    for slot in slots:
+        ctypes.c_void_p.from_address(slot).value = address
+    try:
+        yield len(slots)
+    finally:
+        for slot in slots:
+            ctypes.c_void_p.from_address(slot).value = real
+        del keep
 
 
 @contextmanager
@@ -53,21 +123,8 @@ def stubbed_driver(backend):
         finally:
             simkernel.FakeCUDAKernel.__call__ = saved
         return
-    from devnet.kernels import cuda as kcuda
-    from numba.cuda import dispatcher
-
-    def no_op(*args, **kwargs):
-        return None
-
-    saved = dispatcher.launch, kcuda._Driver.launch
-    dispatcher.launch = no_op
-    if kcuda._Driver.launch is not None:  # devnet's own path calls cuda.core's launch
-        kcuda._Driver.launch = staticmethod(no_op)
-    try:
-        yield "cuda.core's launch (-> cuLaunchKernelEx), numba-cuda's final call"
-    finally:
-        dispatcher.launch, kcuda._Driver.launch = saved[0], staticmethod(saved[1]) \
-            if saved[1] is not None else None
+    with stubbed_driver_call():
+        yield "the driver's cuLaunchKernelEx (cuda.bindings' pointer to it)"
 
 
 @contextmanager

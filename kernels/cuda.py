@@ -28,8 +28,12 @@ How the kernels are built and launched:
   arrays' dtype, rank, C-contiguity and device against the signature, marshals the kernel
   parameters itself (exactly numba-cuda's ``_prepare_args`` layout, built from CuPy's
   attributes: no Numba device-array view, no ``__cuda_array_interface__`` dict) and calls
-  cuda.core's ``launch`` with a cached config and the kernel loaded once per device. Under the
-  simulator the kernels get the arrays' host buffers without a copy.
+  cuda.core's ``launch`` with a cached config, a cached cuda.core ``Stream`` per CuPy stream
+  and the kernel loaded once per device. That direct launch runs only on the numba-cuda
+  versions it was checked on (``DIRECT_LAUNCH_VERSIONS``), and each kernel's first launch
+  compares its parameters with numba-cuda's own; elsewhere, or on a difference (a warning),
+  numba-cuda's launch runs. Under the simulator the kernels get the arrays' host buffers
+  without a copy.
 
 ``scalar.exp`` / ``scalar.exp_f32`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast
 ``2**k`` that does not compile for CUDA without a driver); the GPU gets ``math.exp`` /
@@ -732,24 +736,87 @@ def marshal(packers, args, device=None):
     return out
 
 
+def numba_params(compiled, args, stream):
+    """numba-cuda's own kernel parameters for ``args``: its ``_Kernel._prepare_args`` over
+    its own argument types (what its ``launch`` would hand to cuda.core)."""
+    retr, params = [], []
+    for ty, value in zip(compiled.argument_types, args):
+        compiled._prepare_args(ty, value, stream, retr, params)
+    return params
+
+
+def _param_bytes(p):
+    """The bytes cuda.core's ``launch`` copies for parameter ``p`` (a Python int: intptr_t)."""
+    import ctypes
+
+    if isinstance(p, (bool, np.bool_)):
+        return bytes([bool(p)])
+    if isinstance(p, int):
+        return int(p).to_bytes(8, "little", signed=p < 0)
+    if isinstance(p, float):
+        return np.float64(p).tobytes()
+    if isinstance(p, np.generic):
+        return p.tobytes()
+    if isinstance(p, ctypes._SimpleCData):
+        return bytes(p)
+    return repr(p).encode()  # unknown to devnet: equal only to the very same thing
+
+
+def params_difference(ours, theirs):
+    """None when both parameter lists give cuda.core the same bytes, else the first
+    difference in words."""
+    if len(ours) != len(theirs):
+        return f"{len(ours)} parameters, numba-cuda's launch passes {len(theirs)}"
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if _param_bytes(a) != _param_bytes(b):
+            return f"parameter {i} is {a!r}, numba-cuda's launch passes {b!r}"
+    return None
+
+
 class _Driver:
-    """numba-cuda's final launch call (cuda.core's ``launch``); the launch benchmark stubs it."""
+    """cuda.core's ``launch`` and ``Stream``, when devnet's direct launch is used."""
 
     launch = None
     LaunchConfig = None
+    Stream = None
+
+
+# The direct launch leans on numba-cuda's private launch internals (``_Kernel._prepare_args``'s
+# layout, ``_codelibrary``, ``numba.cuda._compat``): used only where those were checked.
+DIRECT_LAUNCH_VERSIONS = ((0, 30, 2), (0, 30, 4))
+DIRECT_LAUNCH_REASON = "the CUDA simulator runs every kernel through the dispatcher"
+
+
+def direct_launch_refusal(version):
+    """Why numba-cuda ``version`` (its ``__version__``) does not get the direct launch, or
+    None."""
+    import re
+
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    lo, hi = DIRECT_LAUNCH_VERSIONS
+    if found and lo <= tuple(map(int, found.groups())) <= hi:
+        return None
+    return (f"numba-cuda {version} is outside the versions devnet's direct launch was checked "
+            f"on ({'.'.join(map(str, lo))} to {'.'.join(map(str, hi))})")
 
 
 if not SIMULATOR:
     try:
-        from cuda.core import LaunchConfig as _LaunchConfig
-        from cuda.core import launch as _core_launch
-        from numba.cuda._compat import CUDA_CORE_GE_1_0 as _GE_1_0
+        import numba_cuda
 
-        _Driver.launch = staticmethod(_core_launch)
-        _Driver.LaunchConfig = _LaunchConfig
-        _COOPERATIVE = "is_cooperative" if _GE_1_0 else "cooperative_launch"
-    except ImportError:  # an older numba-cuda: compiled.launch is used instead
-        pass
+        DIRECT_LAUNCH_REASON = direct_launch_refusal(numba_cuda.__version__)
+        if DIRECT_LAUNCH_REASON is None:
+            from cuda.core import LaunchConfig as _LaunchConfig
+            from cuda.core import Stream as _CoreStream
+            from cuda.core import launch as _core_launch
+            from numba.cuda._compat import CUDA_CORE_GE_1_0 as _GE_1_0
+
+            _Driver.launch = staticmethod(_core_launch)
+            _Driver.LaunchConfig = _LaunchConfig
+            _Driver.Stream = _CoreStream
+            _COOPERATIVE = "is_cooperative" if _GE_1_0 else "cooperative_launch"
+    except ImportError as exc:  # numba-cuda's own launch is used instead
+        DIRECT_LAUNCH_REASON = str(exc)
 
 _LAUNCH_CONFIGS: dict[tuple, object] = {}
 
@@ -765,17 +832,22 @@ def _launch_config(grid, block):
 class _Kernel:
     """One kernel compiled for one dtype; launched without the dispatcher's type inference.
 
-    ``compiled.launch`` skips the dispatcher's typing, so nothing would notice a float64 array
+    The direct launch skips the dispatcher's typing, so nothing would notice a float64 array
     handed to a float32 kernel or a strided view read as contiguous: ``check`` does, from the
     signature, before every launch (dtype, rank and C-contiguity: attribute reads only).
+    Its first launch compares devnet's parameters with numba-cuda's own for the same
+    arguments; on any difference the kernel goes through numba-cuda's launch from then on.
     """
 
-    __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames", "packers", "cufuncs")
+    __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames", "packers", "cufuncs",
+                 "direct")
 
     def __init__(self, name, dtype):
+        self._setup(name, _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)]),
+                    _pyfunc(name, dtype))
+
+    def _setup(self, name, sig, pyfunc):
         self.name = name
-        sig = _sig(_SPECS[name][1], _FLOAT_TYPES[np.dtype(dtype)])
-        pyfunc = _pyfunc(name, dtype)
         self.arrays = _array_specs(sig)
         self.packers = _scalar_packers(sig)
         self.cufuncs: dict[int, object] = {}  # device -> the loaded kernel
@@ -787,6 +859,9 @@ class _Kernel:
             # eager: compiles now for this one signature; cache=True keeps the cubin on disk
             self.dispatcher = cuda.jit(sig, cache=True)(pyfunc)
             self.compiled = next(iter(self.dispatcher.overloads.values()), None)
+        # None: not launched yet (checked against numba-cuda's parameters on the first launch)
+        self.direct = None if self.compiled is not None and _Driver.launch is not None \
+            else False
 
     def check(self, args, host=None):
         """A DataError naming the argument unless each array matches the signature and, when
@@ -809,28 +884,44 @@ class _Kernel:
                     f"C-contiguous {ndim}-D {dtype} array, got a {a.ndim}-D {a.dtype} array, "
                     f"{layout}; pass arrays of the model's dtype (a contiguous copy of a view)")
 
+    def _agrees_with_numba(self, c, args, params):
+        """True when numba-cuda would pass the same parameters; else warns and says False."""
+        try:
+            why = params_difference(params, numba_params(self.compiled, args, c.stream))
+        except Exception as exc:  # noqa: BLE001 - an unexpected numba-cuda is a difference
+            # the type only: the message may hold an array's repr (a device-to-host copy)
+            why = f"its _prepare_args raised {type(exc).__name__}"
+        if why is None:
+            return True
+        import warnings
+
+        warnings.warn(f"CUDA kernel {self.name}: devnet's direct launch does not match this "
+                      f"numba-cuda ({why}); using numba-cuda's own launch for it",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
     def __call__(self, c, grid, block, *args):
         """Launch on ``c``'s device and stream; ``args`` are arrays (CuPy) and scalars."""
         self.check(args, c.numpy)
-        if self.compiled is not None and _Driver.launch is not None:
+        if self.direct is not False:
             # numba-cuda's launch minus its per-call work: parameters marshalled here from
-            # the CuPy arrays, the loaded kernel and the launch config cached
+            # the CuPy arrays, the loaded kernel, the stream and the launch config cached
             params = marshal(self.packers, args, c.device)
-            kernel = self.cufuncs.get(c.device)
-            if kernel is None:  # loaded into the current (this device's) context
-                kernel = self.cufuncs[c.device] = \
-                    self.compiled._codelibrary.get_cufunc().kernel
-            _Driver.launch(c.stream, _launch_config(grid, block), kernel, *params)
-            return
+            if self.direct is None:
+                self.direct = self._agrees_with_numba(c, args, params)
+            if self.direct:
+                kernel = self.cufuncs.get(c.device)
+                if kernel is None:  # loaded into the current (this device's) context
+                    kernel = self.cufuncs[c.device] = \
+                        self.compiled._codelibrary.get_cufunc().kernel
+                _Driver.launch(c.stream, _launch_config(grid, block), kernel, *params)
+                return
         dev = c.dev
         kargs = list(args)
         for i, _, _ in self.arrays:
             kargs[i] = dev(args[i])
-        if self.compiled is not None:
-            # the specialised kernel's own launch: no typeof per argument, no overload lookup
-            self.compiled.launch(kargs, grid, block, c.stream, 0)
-        else:
-            self.dispatcher[grid, block, c.stream](*kargs)
+        # numba-cuda's public launch: it converts its own stream object for cuda.core
+        self.dispatcher[grid, block, c.numba_stream()](*kargs)
 
 
 _KERNELS: dict[tuple, _Kernel] = {}
@@ -921,7 +1012,8 @@ if SIMULATOR:
 # Every cache below is keyed by device first: a pointer, a stream or an SM count of one GPU
 # must never serve a launch on another.
 _VIEWS: dict[tuple, object] = {}
-_STREAMS: dict[tuple, object] = {}
+_STREAMS: dict[tuple, object] = {}  # cuda.core Streams, for the direct launch
+_NUMBA_STREAMS: dict[tuple, object] = {}  # numba-cuda's, for its own launch
 _SCRATCH: dict[tuple, object] = {}
 _OUTS: dict[tuple, list] = {}
 # Loss values are 0-d slots of a ring per (device, stream, dtype), handed out in turn: no
@@ -952,15 +1044,27 @@ class _Call:
         self.device = cp.cuda.runtime.getDevice()
         ptr = cp.cuda.get_current_stream().ptr
         self.key = (self.device, ptr)
-        if SIMULATOR:
+        if SIMULATOR or _Driver.Stream is None:
             self.stream = 0
             return
         stream = _STREAMS.get(self.key)
         if stream is None:
-            # ptr 0 is CuPy's null stream, the legacy default stream
-            stream = cuda.legacy_default_stream() if ptr == 0 else cuda.external_stream(ptr)
-            _STREAMS[self.key] = stream
+            # one cuda.core Stream per CuPy stream: cuda.core's launch takes nothing else
+            # without a per-launch conversion (and a DeprecationWarning); ptr 0 is CuPy's null
+            # stream, the legacy default stream, as it is for the driver
+            stream = _STREAMS[self.key] = _Driver.Stream.from_handle(ptr)
         self.stream = stream
+
+    def numba_stream(self):
+        """The current stream as numba-cuda's own stream object, for its launch."""
+        if SIMULATOR or self.numpy:
+            return 0
+        stream = _NUMBA_STREAMS.get(self.key)
+        if stream is None:
+            ptr = self.key[1]
+            stream = cuda.legacy_default_stream() if ptr == 0 else cuda.external_stream(ptr)
+            _NUMBA_STREAMS[self.key] = stream
+        return stream
 
     def _wrong_device(self, a):
         return DataError(f"an array on cuda:{a.data.device_id} was passed to a kernel "

@@ -224,20 +224,8 @@ class _Kernel(kc._Kernel):
     __slots__ = ()
 
     def __init__(self, name, dtype):
-        self.name = name
-        sig = _sig(_SPECS[name][1], kc._FLOAT_TYPES[np.dtype(dtype)])
-        pyfunc = _pyfunc(name, dtype)
-        self.arrays = kc._array_specs(sig)
-        self.argnames = pyfunc.__code__.co_varnames[:pyfunc.__code__.co_argcount]
-        if hasattr(kc, "_scalar_packers"):  # cuda.py's direct driver launch
-            self.packers = kc._scalar_packers(sig)
-            self.cufuncs = {}
-        if kc.SIMULATOR:
-            self.dispatcher = cuda.jit(pyfunc)
-            self.compiled = None
-        else:
-            self.dispatcher = cuda.jit(sig, cache=True)(pyfunc)
-            self.compiled = next(iter(self.dispatcher.overloads.values()), None)
+        self._setup(name, _sig(_SPECS[name][1], kc._FLOAT_TYPES[np.dtype(dtype)]),
+                    _pyfunc(name, dtype))
 
 
 _KERNELS: dict[tuple, _Kernel] = {}

@@ -2,7 +2,7 @@
 
 ``unavailable_reason`` must refuse a machine where kernels cannot be built (Numba's deprecated
 built-in CUDA target, a missing NVVM) before "auto" picks CUDA; the launch wrapper must refuse
-arrays whose dtype or layout differ from the compiled signature, because ``compiled.launch``
+arrays whose dtype or layout differ from the compiled signature, because the direct launch
 skips the dispatcher's typing (and the simulator re-types every call, so only these tests see
 the check work as it does on a GPU).
 """
@@ -137,60 +137,7 @@ def test_launch_check_refuses_wrong_label_dtype(rng):
         k.check((L, labels, L, L[0], False, np.float32(1.0), np.empty(4)))
 
 
-# --- marshalling: devnet's parameters are exactly numba-cuda's -----------------------------------
-
-def _numba_params(kernel_sig, args):
-    """numba-cuda's own ``_prepare_args`` on device arrays at the same addresses (no GPU)."""
-    import ctypes
-
-    from numba.cuda.cudadrv import devicearray
-    from numba.cuda.dispatcher import _Kernel as NumbaKernel
-
-    class _Memory:  # what DeviceNDArray reads of its allocation
-        def __init__(self, ptr):
-            self.device_ctypes_pointer = ctypes.c_void_p(ptr)
-
-    k = object.__new__(NumbaKernel)
-    k.extensions = []
-    params = []
-    for ty, a in zip(kernel_sig.args, args):
-        if hasattr(a, "__cuda_array_interface__"):
-            a = devicearray.DeviceNDArray(a.shape, a.strides, a.dtype,
-                                          gpu_data=_Memory(a.data.ptr))
-        k._prepare_args(ty, a, 0, [], params)
-    return params
-
-
-def _values(params):
-    return [p.value if hasattr(p, "value") else p for p in params]
-
-
-@pytest.mark.parametrize("name", ["bias_act_fwd_relu", "act_bwd_gelu", "softmax_xent_label_i32",
-                                  "mse", "adam_step", "col_partials"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_marshalled_parameters_match_numba_cudas(name, dtype, rng):
-    from devnet.kernels import cuda as kcuda
-
-    from devnet.backend import cupy_sim
-
-    sig = kcuda._sig(kcuda._SPECS[name][1], kcuda._FLOAT_TYPES[np.dtype(dtype)])
-    n, m = int(rng.integers(1, 40)), int(rng.integers(1, 9))
-    args = []
-    for t in sig.args:
-        if isinstance(t, kcuda.types.Array):
-            shape = (n, m) if t.ndim == 2 else (int(rng.integers(1, 50)),)
-            args.append(cupy_sim.asarray(rng.standard_normal(shape).astype(str(t.dtype))))
-        elif t == kcuda.types.boolean:
-            args.append(bool(rng.integers(0, 2)))
-        elif isinstance(t, kcuda.types.Integer):
-            args.append(int(rng.integers(0, 1000)))
-        else:
-            args.append(np.dtype(str(t)).type(rng.standard_normal()))
-    ours = kcuda.marshal(kcuda._scalar_packers(sig), args, device=0)
-    theirs = _numba_params(sig, args)
-    assert [type(p) for p in ours] == [type(p) for p in theirs]
-    assert _values(ours) == _values(theirs)
-
+# --- marshalling (its bytes against numba-cuda's: tests/test_cuda_launch_params.py) ------------
 
 def test_marshal_refuses_an_array_of_another_device(rng):
     from devnet.kernels import cuda as kcuda
