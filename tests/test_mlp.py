@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import devnet as dn
 from devnet.nn.activations import HIDDEN_ACTIVATIONS
@@ -117,18 +115,25 @@ def test_cross_entropy_probability_targets(rng):
     _check_gradients(model, X, t, "cross_entropy")
 
 
-@settings(max_examples=15, deadline=None)
-@given(widths=st.lists(st.integers(1, 7), min_size=2, max_size=3),
-       n_in=st.integers(1, 5), n_out=st.integers(1, 4), n=st.integers(1, 6),
-       act=st.sampled_from(HIDDEN_ACTIVATIONS), seed=st.integers(0, 2**31))
-def test_gradients_random_deep_networks(widths, n_in, n_out, n, act, seed):
+def test_gradients_random_deep_networks():
     """3-4 layer networks of random widths (hypothesis), every parameter checked."""
-    rng = np.random.default_rng(seed)
-    model = dn.MLP([n_in, *widths, n_out], activation=act, dtype="float64", backend="cpu",
-                   seed=seed)
-    model.params[...] = rng.normal(0, 0.8, model.params.shape)
-    X = rng.standard_normal((n, n_in))
-    _check_gradients(model, X, rng.standard_normal((n, n_out)), "huber")
+    # imported here: without hypothesis only this test skips, not the module (-m gpu included)
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @hypothesis.settings(max_examples=15, deadline=None)
+    @hypothesis.given(widths=st.lists(st.integers(1, 7), min_size=2, max_size=3),
+                      n_in=st.integers(1, 5), n_out=st.integers(1, 4), n=st.integers(1, 6),
+                      act=st.sampled_from(HIDDEN_ACTIVATIONS), seed=st.integers(0, 2**31))
+    def check(widths, n_in, n_out, n, act, seed):
+        rng = np.random.default_rng(seed)
+        model = dn.MLP([n_in, *widths, n_out], activation=act, dtype="float64",
+                       backend="cpu", seed=seed)
+        model.params[...] = rng.normal(0, 0.8, model.params.shape)
+        X = rng.standard_normal((n, n_in))
+        _check_gradients(model, X, rng.standard_normal((n, n_out)), "huber")
+
+    check()
 
 
 def test_parameters_are_views_of_one_flat_buffer(backend):
