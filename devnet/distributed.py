@@ -394,17 +394,32 @@ def _nccl_module():
     return nccl
 
 
+def _nccl_communicator(nccl, size: int, uid: bytes, rank: int):
+    """``nccl.NcclCommunicator`` for the unique id's raw bytes, in the form the binding takes:
+    bytes from CuPy 14 on, a tuple of signed chars (ncclUniqueId's ``char[128]``) in CuPy 13.
+
+    The binding's typed signature refuses the other form with a TypeError before it calls NCCL,
+    so trying bytes first never creates a second communicator.
+    """
+    try:
+        return nccl.NcclCommunicator(size, uid, rank)
+    except TypeError:
+        return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, np.int8).tolist()), rank)
+
+
 class _Nccl:
     """One NCCL communicator per device, its unique id broadcast from rank 0 over MPI."""
 
     def __init__(self, comm: Communicator, xp, device: int):
-        self.comm, self.nccl, self.xp = comm, _nccl_module(), xp
+        self.comm, self.nccl, self.xp, self.device = comm, _nccl_module(), xp, device
         self.types = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32,
                       np.dtype(np.float64): self.nccl.NCCL_FLOAT64}
-        uid = self.nccl.get_unique_id() if comm.rank == 0 else None
-        uid = comm.bcast_json(None if uid is None else list(uid), what="NCCL id broadcast")
+        uid = None
+        if comm.rank == 0:  # bytes (CuPy >= 14) or signed chars (CuPy 13): sent as 0..255
+            uid = list(bytes(v & 0xFF for v in self.nccl.get_unique_id()))
+        uid = bytes(comm.bcast_json(uid, what="NCCL id broadcast"))
         with xp.cuda.Device(device):
-            self.handle = self.nccl.NcclCommunicator(comm.size, tuple(uid), comm.rank)
+            self.handle = _nccl_communicator(self.nccl, comm.size, uid, comm.rank)
 
     def _type(self, buf):
         try:
@@ -413,16 +428,22 @@ class _Nccl:
             raise DistributedError(f"NCCL all-reduce of {buf.dtype} arrays: valid dtypes are "
                                    "float32, float64") from None
 
+    # Each call runs on the communicator's device, on that device's current stream (the
+    # backend's, inside its scope): the completion event must be recorded there, or it is
+    # done at once and the deadline never applies.
+
     def allreduce_sum_(self, buf, what: str) -> None:
-        stream = self.xp.cuda.get_current_stream()
-        self.handle.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._type(buf),
-                              self.nccl.NCCL_SUM, stream.ptr)
-        self._wait(stream, what)
+        with self.xp.cuda.Device(self.device):
+            stream = self.xp.cuda.get_current_stream()
+            self.handle.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._type(buf),
+                                  self.nccl.NCCL_SUM, stream.ptr)
+            self._wait(stream, what)
 
     def bcast_(self, buf, root: int, what: str) -> None:
-        stream = self.xp.cuda.get_current_stream()
-        self.handle.bcast(buf.data.ptr, buf.size, self._type(buf), root, stream.ptr)
-        self._wait(stream, what)
+        with self.xp.cuda.Device(self.device):
+            stream = self.xp.cuda.get_current_stream()
+            self.handle.bcast(buf.data.ptr, buf.size, self._type(buf), root, stream.ptr)
+            self._wait(stream, what)
 
     def _wait(self, stream, what: str) -> None:
         """Poll an event after the NCCL call; on a dead rank or the deadline, abort NCCL."""
@@ -513,10 +534,13 @@ class DataParallel(StepHook):
     def _broadcast_state(self) -> None:
         """Rank 0's parameters, optimizer state and shuffling RNG on every rank."""
         comm, opt, t = self.comm, self.trainer.optimizer, self.trainer
-        xp = self.model.backend.xp
-        comm.bcast_(self.model.params, what="parameter broadcast", xp=xp)
-        for name in sorted(opt.state):
-            comm.bcast_(opt.state[name], what=f"optimizer state {name!r} broadcast", xp=xp)
+        be = self.model.backend
+        # on the backend's device and stream, ordered with the steps that follow
+        with be.scope():
+            comm.bcast_(self.model.params, what="parameter broadcast", xp=be.xp)
+            for name in sorted(opt.state):
+                comm.bcast_(opt.state[name], what=f"optimizer state {name!r} broadcast",
+                            xp=be.xp)
         # seed=None draws a different seed on every rank; the batches must be the same
         state = comm.bcast_json(_jsonable(t.rng.bit_generator.state), what="RNG broadcast")
         t.rng.bit_generator.state = state

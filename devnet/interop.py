@@ -46,7 +46,8 @@ def from_dlpack(x, backend: str | Backend = "auto"):
     """``x`` (any DLPack / CUDA-array-interface producer) as an array on ``backend``.
 
     Shares memory when ``x`` already lives on that device (a CPU tensor for the CPU backend,
-    a tensor on the same GPU for CUDA); otherwise copies through the host.
+    a tensor on the same GPU for CUDA); otherwise copies it: from another GPU device to
+    device, from elsewhere through the host.
     """
     be = get_backend(backend)
     return _numeric(_from_dlpack(be, _detach(x)), x)
@@ -55,21 +56,31 @@ def from_dlpack(x, backend: str | Backend = "auto"):
 def _from_dlpack(be: Backend, x):
     if be.is_array(x):
         return x
-    try:
-        return be.xp.from_dlpack(x)
-    except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
-        pass  # another device, or an old producer: copy at the edge
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, be.xp.ndarray):
-        try:
-            return be.asarray(x)  # CuPy reads __cuda_array_interface__ zero-copy
-        except Exception:  # the CPU backend cannot read device memory
-            pass
+    arr = _shared(be, x)
+    if arr is not None:
+        # cupy.from_dlpack imports on the producer's GPU, which may not be be's: copy it there
+        return arr if be.is_array(arr) else be.asarray(arr)
     try:
         return be.asarray(to_numpy(x))
     except (BufferError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
         # bfloat16, a sparse / meta / conjugate-view torch tensor, ...: say what it was
         raise DataError(f"cannot convert {_describe(x)} to an array on {be.device}: {exc}; "
                         "convert it to a dense float32 / float64 tensor first") from None
+
+
+def _shared(be: Backend, x):
+    """``x`` as an ``be.xp`` array sharing its memory (DLPack, or CUDA array interface), on
+    whatever device holds it; None when ``be.xp`` cannot read it in place."""
+    try:
+        return be.xp.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
+        pass  # a host producer for CuPy, a device one for NumPy, or an old producer
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, be.xp.ndarray):
+        try:
+            return be.asarray(x)  # CuPy reads __cuda_array_interface__ zero-copy
+        except Exception:  # the CPU backend cannot read device memory
+            pass
+    return None
 
 
 def _describe(x) -> str:

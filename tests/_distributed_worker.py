@@ -7,7 +7,8 @@ the final parameters and History to OUT.npz. Options (JSON): scenario, epochs, n
 sizes, steps_before_fault, checkpoint, resume_from, sample_weight, single, dropout (the hidden
 layers' rate; a residual + LayerNorm model with "deep": true), device ("cpu", or "cuda": each
 rank on ``comm.device``, the single process on cuda:0), nccl ("mpi": the NCCL calls carried out
-by ``MpiNccl``, for the CUDA simulator, whose device buffers are host memory).
+by ``MpiNccl``, for the CUDA simulator, whose device buffers are host memory; it also records
+each NCCL call made off the model's device or stream, written as ``nccl_scope``).
 """
 
 import collections
@@ -24,7 +25,9 @@ class MpiNccl:
     """The names of ``cupy.cuda.nccl`` devnet uses, each NCCL call done by MPI on the buffer at
     the device pointer (the CUDA simulator's memory is the host's). Only the NCCL calls are
     replaced: devnet's own code around them (the id broadcast, pointers, dtypes, streams,
-    events, the deadline) runs as on GPUs."""
+    events, the deadline) runs as on GPUs. ``backend``, once set, is the model's: a call made
+    while another device or stream is current is recorded in ``off_scope`` (on a GPU it would
+    run unordered with the step, and devnet's completion event would be recorded elsewhere)."""
 
     NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
     CTYPES = {NCCL_FLOAT32: ctypes.c_float, NCCL_FLOAT64: ctypes.c_double}
@@ -33,6 +36,7 @@ class MpiNccl:
         from mpi4py import MPI
 
         self.mpi, self.calls = MPI, collections.Counter()
+        self.backend, self.off_scope = None, []
         fake = self
 
         class NcclCommunicator:
@@ -45,10 +49,12 @@ class MpiNccl:
 
             def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (NCCL's)
                 assert send == recv and op == fake.NCCL_SUM
+                fake.check_scope("allReduce", stream)
                 MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, fake.view(recv, count, dtype))
                 fake.calls["allReduce"] += 1
 
             def bcast(self, buf, count, dtype, root, stream):
+                fake.check_scope("bcast", stream)
                 MPI.COMM_WORLD.Bcast(fake.view(buf, count, dtype), root=root)
                 fake.calls["bcast"] += 1
 
@@ -57,12 +63,21 @@ class MpiNccl:
 
         self.NcclCommunicator = NcclCommunicator
 
+    def check_scope(self, call, stream):
+        be = self.backend
+        if be is None:
+            return
+        device = be.xp.cuda.runtime.getDevice()
+        if (device, stream) != (be.index, be.stream.ptr):
+            self.off_scope.append(f"{call} with device {device}, stream {stream:#x} current; "
+                                  f"the model's are {be.index}, {be.stream.ptr:#x}")
+
     def view(self, ptr, count, dtype):
         return np.ctypeslib.as_array((self.CTYPES[dtype] * count).from_address(ptr))
 
     @staticmethod
     def get_unique_id():
-        return tuple(np.frombuffer(os.urandom(128), np.int8).tolist())  # rank 0's, broadcast
+        return os.urandom(128)  # rank 0's, broadcast; bytes, as CuPy >= 14 gives it
 
 
 def data(n, n_in, n_out, seed=0):
@@ -101,6 +116,8 @@ def main():
     deep = dict(block="residual", norm="layernorm") if opts.get("deep") else {}
     model = dn.MLP(sizes, dtype="float64", backend=backend, seed=3,
                    dropout=opts.get("dropout", 0.0), **deep)
+    if nccl is not None:
+        nccl.backend = model.backend
     fault_at = opts.get("steps_before_fault")
 
     class Fault(dn.Callback):
@@ -118,13 +135,17 @@ def main():
                   resume_from=opts.get("resume_from"), comm=comm)
     devices = [model.backend.device] if comm is None else \
         comm.allgather_json(model.backend.device, "devices")
+    off_scope = [] if nccl is None else nccl.off_scope
+    if comm is not None:
+        off_scope = sum(comm.allgather_json(off_scope, "NCCL scope"), [])
     if rank == 0:
         calls = nccl.calls if nccl is not None else {}
         np.savez(out, params=model.backend.to_numpy(model.params),
                  loss=np.array(hist.history["loss"]),
                  val_accuracy=np.array(hist.history["val_accuracy"]),
                  size=np.array(1 if comm is None else comm.size), devices=np.array(devices),
-                 nccl=np.array([calls.get(k, 0) for k in ("init", "allReduce", "bcast")]))
+                 nccl=np.array([calls.get(k, 0) for k in ("init", "allReduce", "bcast")]),
+                 nccl_scope=np.array(off_scope, dtype=str))
 
 
 if __name__ == "__main__":

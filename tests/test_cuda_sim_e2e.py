@@ -188,6 +188,74 @@ def test_each_backend_allocates_and_launches_on_its_own_device(rng):
     assert be1.asarray(X).data.device_id == 1 and be0.asarray(X).data.device_id == 0
 
 
+def test_predict_on_the_second_gpu_runs_on_its_device(rng):
+    # predict's own xp work (the finiteness check, each batch's copy, the concatenation) goes
+    # to the current device: on cuda:0, CuPy raises a peer-access error or GPU 0 reads cuda:1
+    X = rng.standard_normal((7, 3))
+    gpu = dn.MLP([3, 4, 2], backend="cuda:1", dtype="float64", seed=1)
+    cpu = dn.MLP([3, 4, 2], backend="cpu", dtype="float64", seed=1)
+    expected = cpu.predict(X)
+    np.testing.assert_allclose(gpu.predict(X, batch_size=3), expected, rtol=1e-10, atol=1e-12)
+    out = gpu.predict(gpu.backend.asarray(X), batch_size=3)  # a device array stays there
+    assert out.data.device_id == 1
+    np.testing.assert_allclose(gpu.backend.to_numpy(out), expected, rtol=1e-10, atol=1e-12)
+    assert gpu.backend.xp.cuda.runtime.getDevice() == 0
+    with pytest.raises(dn.DataError, match="NaN or Inf"):
+        gpu.predict(np.full((2, 3), np.nan))
+
+
+def test_forward_and_backward_with_input_scaling_on_the_second_gpu(rng):
+    # the standardisation's xp.subtract / divide go to the current device, cuda:0 here
+    X, dY = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    mean, scale = rng.standard_normal(3), rng.random(3) + 0.5
+    gpu = dn.MLP([3, 4, 2], backend="cuda:1", dtype="float64", seed=2)
+    cpu = dn.MLP([3, 4, 2], backend="cpu", dtype="float64", seed=2)
+    for model in (gpu, cpu):
+        model.set_input_scaling(mean, scale)
+    np.testing.assert_allclose(gpu.backend.to_numpy(gpu.forward(X)), cpu.forward(X),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gpu.backend.to_numpy(gpu.backward(dY)), cpu.backward(dY),
+                               rtol=1e-10, atol=1e-12)
+
+
+class _CudaTensor:
+    """A DLPack producer whose memory is on one GPU (a torch.cuda tensor, say)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, stream=None):
+        return self.array.__dlpack__()
+
+    def __dlpack_device__(self):
+        return (2, self.array.data.device_id)  # kDLCUDA, the device ordinal
+
+
+def test_interop_moves_an_array_of_another_gpu_to_the_backends(monkeypatch, rng):
+    # cupy.from_dlpack (CuPy 14) switches to the producer's GPU and imports there, raising
+    # only for host producers: as_array / from_dlpack must still give cuda:1 memory for cuda:1
+    from devnet import interop
+
+    g0, g1 = dn.get_backend("cuda:0"), dn.get_backend("cuda:1")
+    X = rng.standard_normal((5, 3))
+    tensor = _CudaTensor(g0.asarray(X))
+
+    def from_dlpack(x, *, device=None, copy=None):  # CuPy's semantics, zero-copy
+        kind, ordinal = x.__dlpack_device__()
+        if kind != 2:
+            raise TypeError("CPU arrays cannot be directly imported to CuPy")
+        with g1.xp.cuda.Device(ordinal):
+            return x.array
+
+    monkeypatch.setattr(g1.xp, "from_dlpack", from_dlpack)
+    for convert in (interop.as_array, interop.from_dlpack):
+        out = convert(tensor, g1)
+        assert out.data.device_id == 1, convert.__name__
+        np.testing.assert_array_equal(g1.to_numpy(out), X)
+    shared = interop.as_array(tensor, g0)  # on the producer's GPU: its memory, no copy
+    assert shared.data.ptr == tensor.array.data.ptr
+
+
 def test_kernel_refuses_an_array_of_another_device(rng):
     be0, be1 = dn.get_backend("cuda:0"), dn.get_backend("cuda:1")
     A = be1.asarray(rng.standard_normal((3, 4)), dtype=np.float32)

@@ -38,6 +38,10 @@ def test_two_ranks_on_cuda_equal_one_process_through_nccl(tmp_path):
     init, allreduce, bcast = multi["nccl"].tolist()
     # one communicator; one all-reduce per step; rank 0's parameters and Adam's two moments
     assert (init, allreduce, bcast) == (1, 2 * 3, 3)
+    # every NCCL call runs on the rank's own device and the model's stream, the start-of-fit
+    # broadcasts included (outside the backend's scope: GPU 0's null stream, unordered with
+    # the step, and the completion event polled against the deadline recorded on GPU 0)
+    assert multi["nccl_scope"].tolist() == []
     rel = np.abs(multi["params"] - single["params"]).max() / np.abs(single["params"]).max()
     assert rel < 1e-10, rel
     np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-10)

@@ -40,11 +40,13 @@ _MAX_ROW0 = 2**62  # row0 + the element count must fit the kernels' int64 elemen
 
 def _own_buffers(method):
     """Run ``method`` with the kernels' argument checks off: it checks X / dY itself, and every
-    other buffer its kernels touch is the model's own, allocated to agree."""
+    other buffer its kernels touch is the model's own, allocated to agree. It runs in the
+    backend's scope: its own xp calls (input scaling, copies) go to whichever device is
+    current."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with TRUSTED:
+        with TRUSTED, self.backend.scope():
             return method(self, *args, **kwargs)
     return run
 
@@ -189,8 +191,9 @@ class MLP:
         self.params = be.asarray(host_params, dtype=self.dtype)
         self.grads = be.zeros(self.n_params, self.dtype)
         offset = 0
-        for layer in self.layers:
-            offset = layer.bind_(self.params, self.grads, offset)
+        with be.scope():  # the layers' views of the flat buffers, made on their device
+            for layer in self.layers:
+                offset = layer.bind_(self.params, self.grads, offset)
         self._work: OrderedDict[int, _Work] = OrderedDict()
         self._n = None
         self._X = None
@@ -567,6 +570,13 @@ class MLP:
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise DataError(f"X must have shape (n_samples, {self.n_in}) for this model, "
                             f"got {tuple(X.shape)}")
+        # xp's calls run on the current device: make it the model's
+        with self.backend.scope():
+            out = self._predict(X, batch_size)
+        return out if on_device else self.backend.to_numpy(out)
+
+    def _predict(self, X, batch_size: int):
+        """The outputs for X (n, n_in) in batches, on the model's device (inside its scope)."""
         xp = self.backend.xp
         parts = []
         for i in range(0, X.shape[0], batch_size):
@@ -577,9 +587,7 @@ class MLP:
                 raise DataError(f"X contains NaN or Inf (in rows {i}..{i + len(batch) - 1}); "
                                 "expected finite numbers")
             parts.append(self.forward(batch).copy())
-        out = self.backend.xp.concatenate(parts) if parts else \
-            self.backend.zeros((0, self.n_out), self.dtype)
-        return out if on_device else self.backend.to_numpy(out)
+        return xp.concatenate(parts) if parts else self.backend.zeros((0, self.n_out), self.dtype)
 
     __call__ = forward
 
