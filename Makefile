@@ -66,19 +66,40 @@ lint: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks
 
-# The GPU machine has CuPy, numba-cuda and PyTorch but maybe no network: use its Python and
-# what is present; the extra matching the driver's CUDA major is installed only when missing.
-GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
-CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
+# The GPU machine has CuPy, numba-cuda and PyTorch but maybe no network and a setuptools too old
+# to build this project: run from the source tree, no install (devnet finds kernels/ beside
+# itself), with the first Python that has CuPy and numba-cuda (the venv only if it has them).
+# Where none has, the extra matching the driver's CUDA major goes into the venv (needs network).
+CUDA_MAJOR = $(shell nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$$')
 CUDA_EXTRA ?= $(if $(filter 13,$(CUDA_MAJOR)),cuda13,cuda12)
 
 gpu-check:
-	@$(GPU_PYTHON) -c "import devnet" 2>/dev/null || \
-		$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
-	@$(GPU_PYTHON) -c "import cupy, numba_cuda" 2>/dev/null || \
-		$(GPU_PYTHON) -m pip install -q -e ".[$(CUDA_EXTRA)]" || \
-		echo "gpu-check: could not install .[$(CUDA_EXTRA)] (offline?): using what is present"
-	$(GPU_PYTHON) -m benchmarks.gpu_check --out benchmarks/results
+	@py=""; for p in $(or $(GPU_PYTHON),$(wildcard $(BIN)/python) python3); do \
+		if $$p -c "import cupy, numba_cuda" 2>/dev/null; then py=$$p; break; fi; done; \
+	if [ -z "$$py" ]; then \
+		echo "gpu-check: no Python here has CuPy and numba-cuda: installing .[$(CUDA_EXTRA)]"; \
+		$(MAKE) -s $(BIN)/python && $(BIN)/python -m pip install -q ".[$(CUDA_EXTRA)]" pytest \
+			&& py=$(BIN)/python \
+			|| { echo "gpu-check: could not install .[$(CUDA_EXTRA)] (offline?)"; py=python3; }; \
+	fi; \
+	echo "gpu-check: $$py, devnet from $(CURDIR)"; \
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $$py -m benchmarks.gpu_check \
+		--out benchmarks/results
+
+# The CPU image built and run where a Docker engine exists: `devnet info`, a 2-epoch training
+# run on a mounted folder, and `devnet eval` of its checkpoint. The base image must be pullable
+# (or present locally).
+DOCKER_TAG ?= devnet:cpu-check
+docker-check:
+	docker build -f docker/Dockerfile.cpu -t $(DOCKER_TAG) .
+	docker run --rm $(DOCKER_TAG) info
+	work=$$(mktemp -d) && chmod 777 "$$work" \
+	&& printf '[data]\ndataset = "digits"\n[model]\nhidden = [32]\n[train]\nepochs = 2\n' \
+		> "$$work/run.toml" \
+	&& docker run --rm -v "$$work:/work" $(DOCKER_TAG) train --config run.toml --out runs/check \
+	&& docker run --rm -v "$$work:/work" $(DOCKER_TAG) eval --checkpoint runs/check/model.safetensors \
+	&& test -s "$$work/runs/check/model.safetensors"
+	docker image ls $(DOCKER_TAG)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(WHEEL_VENV) build dist *.egg-info
