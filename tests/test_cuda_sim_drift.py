@@ -114,3 +114,24 @@ def test_devnet_uses_only_what_the_standin_offers():
     missing = sorted(n for n in used if not has(sim, n))
     assert not missing, f"devnet calls xp.{missing} that cupy_sim lacks: add them"
     assert all(has(cupy, n) for n in used)
+
+
+def test_standin_surface_is_the_installed_cupys():
+    """The stand-in's ndarray members, Generator draws and module functions, with their
+    parameters, are read again from the installed cupy: any difference fails (regenerate with
+    ``python -m devnet.backend.cupy_surface``)."""
+    from devnet.backend import cupy_surface as surface
+
+    ours = (surface.NDARRAY, surface.GENERATOR, surface.FUNCTIONS)
+    theirs = surface.read_installed(cupy, *ours)
+    for title, mine, installed in zip(("ndarray", "Generator", "functions"), ours, theirs):
+        assert mine == installed, f"cupy_surface's {title} table differs from the installed cupy"
+
+
+def test_standin_generator_offers_every_cupy_draw_numpy_has():
+    import numpy as np
+
+    from devnet.backend import cupy_surface as surface
+
+    cupys = {n for n in dir(cupy.random.Generator) if not n.startswith("_")}
+    assert set(surface.GENERATOR) == {n for n in cupys if hasattr(np.random.Generator, n)}

@@ -237,7 +237,10 @@ class CUDABackend(Backend):
         with self._scope:
             if isinstance(a, cupy.ndarray) and a.data.device_id != self.index:
                 # cupy.asarray hands an array of another GPU back as it is, for kernels here
-                # to read across devices; ndarray.copy() copies it onto the current device
+                # to read across devices; ndarray.copy() copies it onto the current device,
+                # on this device's stream, which nothing orders after the other GPU's work:
+                # wait for that work (whichever stream wrote the array) first
+                cupy.cuda.Device(a.data.device_id).synchronize()
                 a = a.copy()
             return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
 

@@ -1,46 +1,74 @@
 """A NumPy-backed stand-in for the part of CuPy devnet uses: tests and CI only.
 
-Over 400 lines: a stand-in for every CuPy name devnet uses, checked against cupy's own.
-
 With ``DEVNET_CUDA_SIMULATOR=1`` the CUDA backend imports this module as ``cupy`` (and its
 ``cupyx``) and Numba runs the kernels on its CUDA simulator, so the whole CUDA backend (device
 contexts, streams, events, pinned staging, kernels, ``matmul(out=)``) runs without a GPU.
 
-It behaves like CuPy where a bug could hide: ``ndarray`` is not a NumPy array and refuses
-implicit conversion (``np.asarray(a)`` raises, as CuPy does: use ``.get()`` / ``asnumpy``); each
-array belongs to the device that was current when it was made (``DEVICE_COUNT`` simulated
-devices), and ``__cuda_array_interface__`` / ``.data.ptr`` expose its host buffer. Results are
-NumPy's, not CuPy's bit for bit; random streams differ from CuPy's.
+It is never looser than CuPy, so code that passes here does not fail on a GPU for a reason the
+stand-in hid:
 
-``tests/test_cuda_sim_drift.py`` checks every name and Python-readable signature here against
-the installed ``cupy`` package.
+* ``ndarray`` is not a NumPy array: implicit conversion (``np.asarray(a)``) raises, and so does a
+  host NumPy array as an operand of device arithmetic (CuPy: ``TypeError: Unsupported type``).
+* Each array belongs to the device that was current when it was made (``DEVICE_COUNT``
+  simulated devices); operands on another device raise (CuPy may instead go through peer
+  access). A stream is entered only on its own device; ``set`` takes only the same dtype.
+* Methods, functions, ``Generator`` draws and their keywords are only those of the installed
+  CuPy (``cupy_surface``): no ``where=`` in a reduction, no ``Generator.normal``.
+* Work is queued on streams (``cupy_sim_cuda``): a device array remembers the stream and
+  position of its last write, and a use of it on another stream, or a host read, that nothing
+  ordered after that write (same stream, the legacy default stream's implicit ordering,
+  ``wait_event``, a synchronize) raises ``StreamOrderError``. Pinned buffers remember the
+  asynchronous copy that reads them, and a host write before that copy is known to be done
+  raises too (other writes after another stream's reads are not tracked).
+  ``get_elapsed_time`` needs both events complete, as CUDA does.
+
+``__cuda_array_interface__`` / ``.data.ptr`` expose the host buffer. Results are NumPy's, not
+CuPy's bit for bit; random streams differ from CuPy's.
+
+``tests/test_cuda_sim_drift.py`` checks every name and signature here against the installed
+``cupy`` package; ``tests/test_cupy_standin.py`` checks each rule above.
 """
 
 from __future__ import annotations
 
 import builtins
-import itertools
-import os
-import threading
-import time
 import types
 import weakref
 
 import numpy as np
 
+from devnet.backend import cupy_sim_cuda as _cuda
+from devnet.backend import cupy_surface as _surface
+
 __version__ = "14.0.0+devnet-sim"
-DEVICE_COUNT = int(os.environ.get("DEVNET_CUDA_SIMULATOR_DEVICES", "2"))
+DEVICE_COUNT = _cuda.DEVICE_COUNT
 # id(NumPy buffer) -> its stand-in array, while that lives (see _wrap)
 _WRAPPERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # device allocations made so far (new buffers, not views): the launch benchmark's counter
 ALLOCATIONS = [0]
 IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. Please use "
                        "`.get()` to construct a NumPy array explicitly.")
+# ndarray methods that write their array (the others return new arrays or views)
+IN_PLACE = frozenset({"fill", "sort", "put", "partition"})
+# ndarray methods that copy to the host, synchronously (as ``get()``)
+HOST_READS = frozenset({"item", "tolist", "tobytes", "tofile", "dump", "dumps"})
+# ndarray methods that may return a view (no device work, on any device)
+VIEWS = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "ravel",
+                   "diagonal"})
+# ndarray methods whose index arguments may be host arrays
+HOST_INDICES = frozenset({"take", "put"})
+
+runtime = _cuda.runtime
+StreamOrderError = _cuda.StreamOrderError
+cuda = types.ModuleType("cupy.cuda")
+for _name in ("runtime", "Device", "Stream", "Event", "get_current_stream", "get_elapsed_time",
+              "MemoryPointer"):
+    setattr(cuda, _name, getattr(_cuda, _name))
 
 
 def _unwrap(x):
     if isinstance(x, ndarray):
-        return x._a
+        return x._buf
     if isinstance(x, (list, tuple)):
         return type(x)(_unwrap(v) for v in x)
     if isinstance(x, dict):
@@ -50,11 +78,14 @@ def _unwrap(x):
 
 def _wrap(x, device=None):
     """NumPy results as stand-in arrays on ``device`` (default: the current one); a result
-    that is an argument's own buffer (``out=``, in-place methods) comes back as that array."""
+    that is an argument's own buffer (``out=``, in-place methods) comes back as that array.
+    A result in memory the stand-in did not track yet is new: written by the current stream."""
     if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
         known = _WRAPPERS.get(id(x))
-        if known is not None and known._a is x:
+        if known is not None and known._buf is x:
             return known
+        if _cuda._entry(_cuda._WRITES, _cuda.root(x)) is None:
+            _cuda.mark_written(x)
         return ndarray._from(x, device)
     if isinstance(x, np.generic):
         return ndarray._from(np.asarray(x), device)
@@ -65,23 +96,74 @@ def _wrap(x, device=None):
     return x
 
 
-def _check_devices(args):
-    """CuPy refuses operands on another device than the current one: so do we."""
+def _operands(args, host_ok=False, sequences=True):
+    """The buffers of the stand-in arrays among ``args`` (lists and tuples searched when
+    ``sequences``), after CuPy's checks: each on the current device, no host NumPy array
+    among them (``TypeError: Unsupported type``), no list as an operand."""
     current = runtime.getDevice()
+    found = []
+
+    def visit(a, top):
+        if isinstance(a, ndarray):
+            if a._device != current:
+                raise ValueError(f"The device where the array resides ({a._device}) is "
+                                 f"different from the current device ({current}).")
+            found.append(a._buf)
+        elif isinstance(a, np.ndarray):
+            if not host_ok:
+                raise TypeError(f"Unsupported type {type(a)}: a host NumPy array in device "
+                                f"arithmetic (copy it with cupy.asarray first)")
+        elif isinstance(a, (list, tuple)):
+            if not sequences and top:
+                raise TypeError(f"Unsupported type {type(a)}")
+            for v in a:
+                visit(v, False)
+
     for a in args:
-        if isinstance(a, ndarray) and a._device != current:
-            raise ValueError(f"The device where the array resides ({a._device}) is different "
-                             f"from the current device ({current}).")
-        if isinstance(a, (list, tuple)):
-            _check_devices(a)
+        visit(a, True)
+    return found
+
+
+def _check_call(owner, name, params, args, kwargs):
+    """CuPy's parameters, not NumPy's: unknown keywords and extra positionals raise."""
+    names = [p for p in params if not p.startswith("*")]
+    if not builtins.any(p.startswith("*") for p in params) and len(args) > len(names):
+        raise TypeError(f"{owner}.{name}() takes at most {len(names)} arguments "
+                        f"({len(args)} given)")
+    for key in kwargs:
+        if key not in names:
+            raise TypeError(f"{owner}.{name}() got an unexpected keyword argument {key!r} "
+                            f"(CuPy's takes {', '.join(params) or 'none'})")
+
+
+def _outs(params, args, kwargs):
+    """The ``out`` argument of a call, given by keyword or by position."""
+    if "out" in kwargs:
+        return [kwargs["out"]]
+    names = [p for p in params if not p.startswith("*")]
+    if "out" in names and not builtins.any(p.startswith("*") for p in params):
+        i = names.index("out")
+        if i < len(args):
+            return [args[i]]
+    return []
 
 
 def _numpy_function(name, namespace=np):
+    """``cupy.<name>``: NumPy's function, with CuPy's parameters and operand rules, queued on
+    the current stream."""
     fn = getattr(namespace, name)
+    params = _surface.FUNCTIONS.get(name) if namespace is np else None
+    ufunc = namespace is np and params is None
+    if ufunc:
+        params = ("*args", *_surface.UFUNC_KEYWORDS)
 
     def call(*args, **kwargs):
-        _check_devices(args)
-        _check_devices(tuple(kwargs.values()))
+        if params is not None:
+            _check_call("cupy", name, params, args, kwargs)
+        outs = _operands(_outs(params or (), args, kwargs))
+        # a ufunc's operands are arrays or scalars, never lists (CuPy: Unsupported type)
+        reads = _operands(args, sequences=not ufunc) + _operands(tuple(kwargs.values()))
+        _cuda.enqueue(reads, outs)
         return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
 
     call.__name__ = call.__qualname__ = name
@@ -89,200 +171,25 @@ def _numpy_function(name, namespace=np):
     return call
 
 
-# --- devices, streams, events --------------------------------------------------------------------
+def copyto(dst, src, casting="same_kind", where=None):
+    """``cupy.copyto``: a host source only as a one-element array (CuPy's rule)."""
+    if not isinstance(dst, ndarray):
+        raise TypeError(f"copyto's destination must be a cupy.ndarray, not {type(dst)}")
+    if isinstance(src, np.ndarray) and not isinstance(src, ndarray):
+        if src.size != 1:
+            raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
+        src = src.reshape(()).item()
+    writes = _operands((dst,))
+    _cuda.enqueue(_operands((src, where)), writes)
+    np.copyto(dst._buf, _unwrap(src), casting=casting,
+              **({} if where is None else {"where": _unwrap(where)}))
 
-_tls = threading.local()
-
-
-class _Runtime:
-    """``cupy.cuda.runtime``: the calls devnet makes."""
-
-    class CUDARuntimeError(RuntimeError):
-        pass
-
-    @staticmethod
-    def getDeviceCount():  # noqa: N802 (CuPy's name)
-        return DEVICE_COUNT
-
-    @staticmethod
-    def getDevice():  # noqa: N802
-        return getattr(_tls, "device", 0)
-
-    @staticmethod
-    def setDevice(device):  # noqa: N802
-        if not 0 <= device < DEVICE_COUNT:
-            raise _Runtime.CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
-        _tls.device = device
-
-    @staticmethod
-    def getDeviceProperties(device):  # noqa: N802
-        return {"name": b"devnet CUDA simulator", "multiProcessorCount": 2,
-                "totalGlobalMem": 1 << 30, "major": 9, "minor": 0}
-
-    @staticmethod
-    def memGetInfo():  # noqa: N802
-        # (free, total) bytes: the simulated device's memory, all free (nothing is tracked)
-        total = _Runtime.getDeviceProperties(_Runtime.getDevice())["totalGlobalMem"]
-        return total, total
-
-    @staticmethod
-    def driverGetVersion():  # noqa: N802
-        return 12090
-
-    @staticmethod
-    def runtimeGetVersion():  # noqa: N802
-        return 12090
-
-
-runtime = _Runtime()
-
-
-class Device:
-    """``cupy.cuda.Device``: ``with Device(i):`` makes ``i`` current and restores the previous."""
-
-    def __init__(self, device=None):
-        self.id = runtime.getDevice() if device is None else int(device)
-        if not 0 <= self.id < DEVICE_COUNT:
-            raise runtime.CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
-        self._previous = []
-
-    def use(self):
-        runtime.setDevice(self.id)
-
-    def synchronize(self):
-        pass
-
-    def __enter__(self):
-        self._previous.append(runtime.getDevice())
-        runtime.setDevice(self.id)
-        return self
-
-    def __exit__(self, *exc):
-        runtime.setDevice(self._previous.pop())
-
-    def __eq__(self, other):
-        return isinstance(other, Device) and other.id == self.id
-
-    def __hash__(self):
-        return hash(("Device", self.id))
-
-    def __repr__(self):
-        return f"<CUDA Device {self.id}>"
-
-
-_stream_ptrs = itertools.count(0x1000, 0x100)
-
-
-class Stream:
-    """``cupy.cuda.Stream``: work runs at once, so a stream only carries its pointer."""
-
-    null: Stream
-
-    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
-        self.ptr = 0 if null else next(_stream_ptrs)
-        self.device_id = runtime.getDevice()
-        self._previous = []
-
-    def synchronize(self):
-        pass
-
-    def record(self, event=None):
-        event = Event() if event is None else event
-        event.record(self)
-        return event
-
-    def wait_event(self, event):
-        pass
-
-    def use(self):
-        _current_streams()[runtime.getDevice()] = self
-        return self
-
-    def __enter__(self):
-        self._previous.append(get_current_stream())
-        return self.use()
-
-    def __exit__(self, *exc):
-        self._previous.pop().use()
-
-    def __repr__(self):
-        return f"<Stream {self.ptr:#x} (device {self.device_id})>"
-
-
-def _current_streams():
-    streams = getattr(_tls, "streams", None)
-    if streams is None:
-        streams = _tls.streams = {}
-    return streams
-
-
-def get_current_stream(device_id=None):
-    """The current stream of the current device (its null stream unless one was made current)."""
-    device = runtime.getDevice() if device_id is None else device_id
-    stream = _current_streams().get(device)
-    if stream is None:
-        with Device(device):
-            stream = Stream(null=True)
-        _current_streams()[device] = stream
-    return stream
-
-
-class Event:
-    """``cupy.cuda.Event``: records the host clock (the stand-in's work is synchronous)."""
-
-    def __init__(self, block=False, disable_timing=False, interprocess=False):
-        self.disable_timing = disable_timing
-        self._time = None
-
-    def record(self, stream=None):
-        self._time = time.perf_counter()
-
-    def synchronize(self):
-        pass
-
-    @property
-    def done(self):
-        return True
-
-
-def get_elapsed_time(start_event, end_event):
-    """Milliseconds between two recorded events."""
-    if start_event._time is None or end_event._time is None:
-        raise runtime.CUDARuntimeError("cudaErrorInvalidResourceHandle: event not recorded")
-    return (end_event._time - start_event._time) * 1e3
-
-
-class _MemoryPointer:
-    """``ndarray.data``: the device pointer of the first element and its device."""
-
-    __slots__ = ("ptr", "device_id")
-
-    def __init__(self, ptr, device_id):
-        self.ptr = ptr
-        self.device_id = device_id
-
-    @property
-    def device(self):
-        return Device(self.device_id)
-
-
-cuda = types.ModuleType("cupy.cuda")
-cuda.runtime = runtime
-cuda.Device = Device
-cuda.Stream = Stream
-cuda.Event = Event
-cuda.get_current_stream = get_current_stream
-cuda.get_elapsed_time = get_elapsed_time
-cuda.MemoryPointer = _MemoryPointer
-Stream.null = Stream(null=True)
-
-
-# --- arrays --------------------------------------------------------------------------------------
 
 def _operator(name):
     def op(self, *args):
-        _check_devices((self, *args))
-        return _wrap(getattr(self._a, name)(*_unwrap(args)), self._device)
+        reads = _operands((self, *args), sequences=False)
+        _cuda.enqueue(reads)
+        return _wrap(getattr(self._buf, name)(*_unwrap(args)), self._device)
 
     op.__name__ = name
     return op
@@ -290,133 +197,209 @@ def _operator(name):
 
 def _inplace(name):
     def op(self, other):
-        _check_devices((self, other))
-        getattr(self._a, name)(_unwrap(other))
+        reads = _operands((self, other), sequences=False)
+        _cuda.enqueue(reads, (self._buf,))
+        getattr(self._buf, name)(_unwrap(other))
         return self
 
     op.__name__ = name
     return op
 
 
+# --- arrays --------------------------------------------------------------------------------------
+
 class ndarray:  # noqa: N801 (CuPy's name)
     """A device array: a NumPy array that lives on one simulated device and stays there."""
 
-    __slots__ = ("_a", "_device", "__weakref__")
+    __slots__ = ("_buf", "_device", "__weakref__")
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
         ALLOCATIONS[0] += 1
-        self._a = np.empty(shape, dtype, order=order)
+        self._buf = np.empty(shape, dtype, order=order)
         self._device = runtime.getDevice()
-        _WRAPPERS[id(self._a)] = self
+        _cuda.mark_written(self._buf)
+        _WRAPPERS[id(self._buf)] = self
 
     @classmethod
     def _from(cls, a: np.ndarray, device=None):
         if a.base is None:  # a new buffer, not a view: what a device allocation would be
             ALLOCATIONS[0] += 1
+            if _cuda._entry(_cuda._WRITES, a) is None:
+                _cuda.mark_written(a)
         self = object.__new__(cls)
-        self._a = a
+        self._buf = a
         self._device = runtime.getDevice() if device is None else device
         _WRAPPERS[id(a)] = self
         return self
+
+    @property
+    def _a(self):
+        """The host buffer as a simulated kernel's argument: the launch, queued on the current
+        stream, reads and writes it, so it must be ordered after the buffer's last write."""
+        _cuda.enqueue((self._buf,), (self._buf,), what="passed to a kernel")
+        return self._buf
 
     # what CuPy refuses
     def __array__(self, dtype=None, copy=None):
         raise TypeError(IMPLICIT_CONVERSION)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        _check_devices(inputs)
+        """A NumPy ufunc on device arrays runs as CuPy's namesake: only ufuncs CuPy has, with
+        its keywords, its operand rules."""
+        name = ufunc.__name__
+        if name not in _surface.FUNCTIONS or getattr(np, name, None) is not ufunc:
+            return NotImplemented
+        if method == "__call__":
+            params = _surface.FUNCTIONS[name] or ("*args", *_surface.UFUNC_KEYWORDS)
+            _check_call("cupy", name, params, inputs, kwargs)
+        outs = _operands(kwargs.get("out") or ())
+        reads = _operands(inputs, sequences=False)
+        _cuda.enqueue(reads, outs)
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
 
     def __array_function__(self, func, types_, args, kwargs):
-        _check_devices(args)
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        """``np.<f>(device array)`` runs ``cupy.<f>``; NotImplemented (so NumPy raises
+        TypeError) for a function CuPy, or the stand-in, lacks."""
+        name = getattr(func, "__name__", "")
+        if name not in _surface.FUNCTIONS or getattr(np, name, None) is not func:
+            return NotImplemented
+        return globals()[name](*args, **kwargs)
 
     # device-side attributes
     @property
     def data(self):
-        return _MemoryPointer(self._a.__array_interface__["data"][0], self._device)
+        return _cuda.MemoryPointer(self._buf.__array_interface__["data"][0], self._device)
 
     @property
     def device(self):
-        return Device(self._device)
+        return _cuda.Device(self._device)
 
     @property
     def __cuda_array_interface__(self):
-        a = self._a
+        a = self._buf
         return {"shape": a.shape, "typestr": a.dtype.str,
                 "data": (a.__array_interface__["data"][0], False),
                 "strides": None if a.flags.c_contiguous else a.strides, "version": 3,
                 "stream": 1}
 
+    def _host_queue(self, stream):
+        # CuPy copies on the given or the current stream, on the array's device (the null
+        # stream there is that device's legacy default stream)
+        stream = _cuda.get_current_stream() if stream is None else stream
+        return stream._queue_on(self._device)
+
+    def _read_to_host(self, stream=None):
+        _cuda.host_read((self._buf,), self._host_queue(stream))
+        return self._buf
+
     def get(self, stream=None, order="C", out=None, blocking=True):
+        q = self._host_queue(stream)
+        if blocking:
+            _cuda.host_read((self._buf,), q)
+        else:
+            _cuda.enqueue((self._buf,), (), q, "read by the host")
         if out is not None:
-            np.copyto(out, self._a)
+            np.copyto(out, self._buf)
             return out
-        return np.array(self._a, order=order)
+        return np.array(self._buf, order=order)
 
     def copy(self, order="C"):
-        """A copy on the current device, as CuPy's: from another device too (a peer copy)."""
-        return ndarray._from(np.array(self._a, order=order, copy=True))
+        """A copy on the current device, as CuPy's: from another device too (a peer copy,
+        queued on the current stream: the source's writes must be ordered before it)."""
+        _cuda.enqueue((self._buf,), what="copied")
+        return ndarray._from(np.array(self._buf, order=order, copy=True))
 
     def set(self, arr, stream=None):
-        if isinstance(arr, ndarray):
+        """Copy host ``arr`` (same dtype and shape) into this array on ``stream`` (default: the
+        current one); from pinned memory the copy is asynchronous: ``arr`` must not be written
+        until the stream has been synchronised past it."""
+        if not isinstance(arr, np.ndarray) or isinstance(arr, ndarray):
             raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
-        if arr.shape != self._a.shape:
-            raise ValueError(f"Shape mismatch. Old shape: {self._a.shape}, "
+        if arr.dtype != self._buf.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self._buf.dtype} array")
+        if arr.shape != self._buf.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self._buf.shape}, "
                              f"new shape: {arr.shape}")
-        np.copyto(self._a, arr)
+        if not (self._buf.flags.c_contiguous or self._buf.flags.f_contiguous):
+            raise RuntimeError("Cannot set to non-contiguous array")
+        q = _cuda.enqueue((), (self._buf,), self._host_queue(stream))
+        _cuda.mark_pinned_read(arr, q)
+        np.copyto(self._buf, arr)
 
-    # shape, dtype, flags, methods: NumPy's, results wrapped
+    # shape, dtype, flags, methods: NumPy's where CuPy has them (cupy_surface.NDARRAY)
     def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        attr = getattr(self._a, name)
-        if callable(attr):
-            def method(*args, **kwargs):
-                _check_devices(args)
-                return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)), self._device)
+        if name not in _surface.NDARRAY:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+        params = _surface.NDARRAY[name]
+        attr = getattr(self._buf, name)
+        if params is None:
+            return _wrap(attr, self._device) if isinstance(attr, np.ndarray) else attr
 
-            return method
-        return _wrap(attr, self._device) if isinstance(attr, np.ndarray) else attr
+        def method(*args, **kwargs):
+            _check_call("cupy.ndarray", name, params, args, kwargs)
+            if name in VIEWS:  # a view runs nothing on the device (a copy would)
+                result = attr(*_unwrap(args), **_unwrap(kwargs))
+                if _cuda.root(result) is _cuda.root(self._buf):
+                    return ndarray._from(result, self._device)
+            if name in HOST_READS:
+                self._read_to_host()
+            outs = _operands(_outs(params, args, kwargs))
+            writes = [self._buf, *outs] if name in IN_PLACE else outs
+            reads = _operands((self, args, tuple(kwargs.values())),
+                              host_ok=name in HOST_INDICES)
+            _cuda.enqueue(reads, writes)
+            return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)), self._device)
+
+        method.__name__ = name
+        return method
 
     @property
     def T(self):  # noqa: N802
-        return ndarray._from(self._a.T, self._device)
+        return ndarray._from(self._buf.T, self._device)
 
     def __getitem__(self, key):
-        return ndarray._from(np.asarray(self._a[_unwrap(key)]), self._device)
+        reads = _operands((key,), host_ok=True)
+        result = self._buf[_unwrap(key)]
+        if isinstance(result, np.ndarray) and _cuda.root(result) is _cuda.root(self._buf):
+            return ndarray._from(result, self._device)  # a view: no device work
+        # a gather (CuPy: a kernel on the current stream; an element: a 0-d view, read later)
+        _cuda.enqueue([self._buf, *reads])
+        return ndarray._from(np.asarray(result), self._device)
 
     def __setitem__(self, key, value):
-        _check_devices((value,))
         if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
             raise TypeError(IMPLICIT_CONVERSION.replace(" Please use `.get()` to construct "
                                                         "a NumPy array explicitly.", ""))
-        self._a[_unwrap(key)] = _unwrap(value)
+        # a fill or copy kernel on the current device: the array must be there too
+        _operands((self,))
+        reads = _operands((key, value), host_ok=True)
+        _cuda.enqueue(reads, (self._buf,))
+        self._buf[_unwrap(key)] = _unwrap(value)
 
     def __len__(self):
-        return len(self._a)
+        return len(self._buf)
 
     def __iter__(self):
-        return (ndarray._from(np.asarray(v), self._device) for v in self._a)
+        return (self[i] for i in range(len(self._buf)))
 
     def __float__(self):
-        return float(self._a)
+        return float(self._read_to_host())
 
     def __int__(self):
-        return int(self._a)
+        return int(self._read_to_host())
 
     def __bool__(self):
-        return bool(self._a)
+        return bool(self._read_to_host())
 
     def __complex__(self):
-        return complex(self._a)
+        return complex(self._read_to_host())
 
     def __repr__(self):
-        return repr(self._a).replace("array(", "array(", 1)
+        return repr(self._read_to_host())
 
     def __str__(self):
-        return str(self._a)
+        return str(self._read_to_host())
 
     __hash__ = None
 
@@ -432,17 +415,12 @@ for _name in ("neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne")
 
 # --- module functions ----------------------------------------------------------------------------
 
-# NumPy functions with CuPy namesakes that devnet (or its tests) call through ``xp``.
-NUMPY_FUNCTIONS = (
-    "abs", "absolute", "add", "all", "allclose", "any", "arange", "argmax", "argmin",
-    "array_equal", "clip", "concatenate", "copyto", "cos", "count_nonzero", "divide", "dot",
-    "empty", "empty_like", "exp", "expm1", "full", "full_like", "isfinite", "isinf", "isnan",
-    "linspace", "log", "log1p", "logaddexp", "matmul", "max", "maximum", "mean", "min", "minimum",
-    "multiply", "ones", "ones_like", "prod", "ravel", "reshape", "sign", "sin", "sqrt", "square",
-    "stack", "std", "subtract", "sum", "tanh", "unique", "where", "zeros", "zeros_like",
-)
+# NumPy functions with CuPy namesakes that devnet (or its tests) call through ``xp``, with
+# CuPy's parameters (cupy_surface.FUNCTIONS)
+NUMPY_FUNCTIONS = tuple(_surface.FUNCTIONS)
 for _name in NUMPY_FUNCTIONS:
-    globals()[_name] = _numpy_function(_name)
+    if _name != "copyto":
+        globals()[_name] = _numpy_function(_name)
 # dtypes, as CuPy re-exports them
 for _name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64",
               "float16", "float32", "float64", "dtype", "inf", "nan", "pi", "newaxis"):
@@ -452,10 +430,10 @@ for _name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint32", "ui
 def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
     """``a`` on the current device (a copy of a host array; no copy of a device one)."""
     if isinstance(a, ndarray):
-        _check_devices((a,))
+        _cuda.enqueue(_operands((a,)))
         if not copy and (dtype is None or np.dtype(dtype) == a.dtype):
             return a
-        return ndarray._from(a._a.astype(dtype or a.dtype, order=order or "K"))
+        return ndarray._from(a._buf.astype(dtype or a.dtype, order=order or "K"))
     if copy is False:
         raise ValueError("a host array cannot be used on the device without a copy")
     return ndarray._from(np.array(a, dtype=dtype, order=order or "K"))
@@ -463,22 +441,22 @@ def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
     if isinstance(obj, ndarray):
-        _check_devices((obj,))
-        obj = obj._a
+        _cuda.enqueue(_operands((obj,)))
+        obj = obj._buf
     return ndarray._from(np.array(obj, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
 
 
 def ascontiguousarray(a, dtype=None):
     a = asarray(a, dtype)
-    if a._a.flags.c_contiguous:
+    if a._buf.flags.c_contiguous:
         return a
-    return ndarray._from(np.ascontiguousarray(a._a))
+    return ndarray._from(np.ascontiguousarray(a._buf))
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     """A host copy of ``a`` (a NumPy array is returned as it is)."""
     if isinstance(a, ndarray):
-        return a.get(stream=stream, order=order, out=out)
+        return a.get(stream=stream, order=order, out=out, blocking=blocking)
     if out is not None:
         np.copyto(out, a)
         return out
@@ -497,20 +475,48 @@ def from_dlpack(array, *, device=None, copy=None):
     raise TypeError("the CUDA simulator's stand-in does not exchange DLPack capsules")
 
 
+# NumPy's Generator methods that take ``dtype`` / ``out`` as CuPy's do; the others draw
+# float64 and the result is cast
+_NUMPY_DRAW_DTYPE = frozenset({"random", "standard_normal", "standard_exponential",
+                               "standard_gamma", "integers"})
+_NUMPY_DRAW_OUT = frozenset({"random", "standard_normal", "standard_exponential",
+                             "standard_gamma"})
+
+
 class _Generator:
-    """``cupy.random.Generator`` over NumPy's: its draws, on the current device."""
+    """``cupy.random.Generator`` over NumPy's: only CuPy's methods and parameters
+    (cupy_surface.GENERATOR: no ``normal``, ``permutation``, ``shuffle`` or ``choice``), its
+    draws on the current device."""
 
     def __init__(self, bit_generator):
         self._rng = np.random.Generator(bit_generator)
 
     def __getattr__(self, name):
-        attr = getattr(self._rng, name)
-        if not callable(attr):
-            return attr
+        if name not in _surface.GENERATOR:
+            raise AttributeError(f"'cupy.random.Generator' object has no attribute {name!r} "
+                                 f"(CuPy's draws: {', '.join(sorted(_surface.GENERATOR))})")
+        params = _surface.GENERATOR[name]
+        fn = getattr(self._rng, name)
 
         def draw(*args, **kwargs):
-            return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
+            _check_call("cupy.random.Generator", name, params, args, kwargs)
+            bound = {**dict(zip(params, args)), **kwargs}
+            _operands(bound.values())
+            out = bound.pop("out", None)
+            dtype = bound.get("dtype") if name not in _NUMPY_DRAW_DTYPE else None
+            if dtype is not None:
+                del bound["dtype"]
+            if out is not None:
+                if not isinstance(out, ndarray) or name not in _NUMPY_DRAW_OUT:
+                    raise TypeError(f"out must be a cupy.ndarray, not {type(out)}")
+                _cuda.enqueue((), _operands((out,)))
+                fn(**_unwrap(bound), out=out._buf)
+                return out
+            _cuda.enqueue()
+            result = fn(**_unwrap(bound))
+            return _wrap(np.asarray(result, dtype=dtype) if dtype is not None else result)
 
+        draw.__name__ = name
         return draw
 
 
@@ -529,15 +535,8 @@ random.Generator = _Generator
 
 # --- cupyx -------------------------------------------------------------------------------------
 
-def empty_pinned(shape, dtype=float, order="C"):
-    """A host array standing in for page-locked memory."""
-    return np.empty(shape, dtype, order=order)
-
-
-def zeros_pinned(shape, dtype=float, order="C"):
-    return np.zeros(shape, dtype, order=order)
-
-
+empty_pinned = _cuda.empty_pinned
+zeros_pinned = _cuda.zeros_pinned
 cupyx = types.ModuleType("cupyx")
 cupyx.empty_pinned = empty_pinned
 cupyx.zeros_pinned = zeros_pinned

@@ -101,7 +101,8 @@ class Step:
 
     def reset(self) -> None:
         """Zero the running loss sum (on the device)."""
-        self.running[...] = 0
+        with self.scope():  # a fill kernel: on the model's device, whichever is current
+            self.running[...] = 0
 
     def grad_buffer(self, n: int):
         """The (n, n_out) dL/dpred buffer for a batch of n samples (allocated once per n)."""

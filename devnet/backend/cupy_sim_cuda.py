@@ -1,0 +1,479 @@
+"""``cupy.cuda`` for the CuPy stand-in: devices, streams, events, and the order work runs in.
+
+The stand-in computes at once, on the host, so nothing here ever waits. What it keeps instead is
+the order a GPU would impose, so that a missing synchronisation fails in CI:
+
+* every stream (per device, the legacy default stream included) is a ``_Queue`` of numbered
+  operations; an event records a position in one queue;
+* each device buffer remembers the queue and position of its last write (``mark_written``), and
+  each use of it (``check_use``) by another queue must be ordered after that write: by the same
+  queue, the legacy default stream's implicit ordering with blocking streams of its device, a
+  ``wait_event`` on an event recorded after it, or a host synchronisation (``Stream``,
+  ``Event`` or ``Device.synchronize``, a blocking ``get``, an ``Event.done`` that said True);
+* a pinned host buffer remembers the asynchronous copy that reads it, and a host write to it
+  before that copy is known to be complete raises.
+
+A use that no rule orders raises ``StreamOrderError``: on a GPU it would read or overwrite data
+that the other stream may not have produced or consumed yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+
+import numpy as np
+
+DEVICE_COUNT = int(os.environ.get("DEVNET_CUDA_SIMULATOR_DEVICES", "2"))
+_tls = threading.local()
+_lock = threading.RLock()
+
+
+class StreamOrderError(RuntimeError):
+    """A device buffer used, or a pinned buffer written, before the work it depends on was
+    ordered before the use: a data race on a GPU."""
+
+
+class _Runtime:
+    """``cupy.cuda.runtime``: the calls devnet makes."""
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    @staticmethod
+    def getDeviceCount():  # noqa: N802 (CuPy's name)
+        return DEVICE_COUNT
+
+    @staticmethod
+    def getDevice():  # noqa: N802
+        return getattr(_tls, "device", 0)
+
+    @staticmethod
+    def setDevice(device):  # noqa: N802
+        if not 0 <= device < DEVICE_COUNT:
+            raise _Runtime.CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        _tls.device = device
+
+    @staticmethod
+    def getDeviceProperties(device):  # noqa: N802
+        return {"name": b"devnet CUDA simulator", "multiProcessorCount": 2,
+                "totalGlobalMem": 1 << 30, "major": 9, "minor": 0}
+
+    @staticmethod
+    def memGetInfo():  # noqa: N802
+        # (free, total) bytes: the simulated device's memory, all free (nothing is tracked)
+        total = _Runtime.getDeviceProperties(_Runtime.getDevice())["totalGlobalMem"]
+        return total, total
+
+    @staticmethod
+    def driverGetVersion():  # noqa: N802
+        return 12090
+
+    @staticmethod
+    def runtimeGetVersion():  # noqa: N802
+        return 12090
+
+
+runtime = _Runtime()
+
+
+# --- queues: the order work would run in ---------------------------------------------------------
+
+class _Queue:
+    """One CUDA stream on one device: ``n`` operations queued, the first ``done`` of them known
+    complete to the host, and ``waited[q]``: how much of queue ``q`` it waited for."""
+
+    __slots__ = ("device", "ptr", "blocking", "n", "done", "waited", "__weakref__")
+
+    def __init__(self, device, ptr, blocking):
+        self.device, self.ptr, self.blocking = device, ptr, blocking
+        self.n = self.done = 0
+        self.waited: dict[_Queue, int] = {}
+
+    @property
+    def legacy(self):
+        return self.ptr == 0
+
+    def orders_after(self, q, pos):
+        """True when work queued here from now on runs after position ``pos`` of ``q``."""
+        if q is self or q.done >= pos or self.waited.get(q, 0) >= pos:
+            return True
+        # the legacy default stream waits for, and is waited for by, every blocking stream of
+        # its device (cudaStreamNonBlocking streams opt out)
+        return q.device == self.device and (self.legacy and q.blocking or
+                                            q.legacy and self.blocking)
+
+    def __repr__(self):
+        kind = "legacy default stream" if self.legacy else f"stream {self.ptr:#x}"
+        return f"{kind} of device {self.device}"
+
+
+_LEGACY: dict[int, _Queue] = {}
+_ALL_QUEUES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _legacy_queue(device):
+    q = _LEGACY.get(device)
+    if q is None:
+        q = _LEGACY[device] = _Queue(device, 0, blocking=True)
+        _ALL_QUEUES.add(q)
+    return q
+
+
+def current_queue():
+    """The queue of the current stream of the current device."""
+    return get_current_stream()._queue_on(runtime.getDevice())
+
+
+# id(root NumPy buffer) -> (weakref to it, queue, position) of its last device write
+_WRITES: dict[int, tuple] = {}
+# id(root pinned buffer) -> (weakref to it, queue, position) of the async copy reading it
+_PINNED_READS: dict[int, tuple] = {}
+
+
+def root(a: np.ndarray) -> np.ndarray:
+    """The buffer that owns ``a``'s memory (views share their base's writes)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _entry(table, buf):
+    e = table.get(id(buf))
+    if e is not None and e[0]() is buf:
+        return e
+    return None
+
+
+def _describe(buf):
+    return f"a {buf.dtype} buffer of shape {buf.shape}"
+
+
+def check_use(bufs, queue, what="used"):
+    """Raise StreamOrderError unless ``queue`` is ordered after the last write of each buffer
+    (NumPy arrays of the stand-in's device arrays)."""
+    for b in bufs:
+        e = _entry(_WRITES, root(b))
+        if e is not None and not queue.orders_after(e[1], e[2]):
+            raise StreamOrderError(
+                f"{_describe(b)} written on the {e[1]!r} is {what} on the {queue!r} with "
+                f"nothing ordering it after that write: synchronize, or wait_event on an event "
+                f"recorded after the write")
+
+
+def enqueue(reads=(), writes=(), queue=None, what="used"):
+    """Queue one operation on ``queue`` (default: the current stream) that reads ``reads`` and
+    writes ``writes``; returns the queue."""
+    q = current_queue() if queue is None else queue
+    with _lock:
+        check_use(reads, q, what)
+        check_use(writes, q, "overwritten")
+        q.n += 1
+        for b in writes:
+            mark_written(b, q)
+    return q
+
+
+def mark_written(buf, queue=None):
+    """Record that ``buf`` was last written by the newest operation of ``queue``."""
+    q = current_queue() if queue is None else queue
+    r = root(buf)
+    if len(_WRITES) > 4 * _purge_at[0]:
+        _purge(_WRITES)
+    _WRITES[id(r)] = (weakref.ref(r), q, max(q.n, 1))
+
+
+_purge_at = [4096]
+
+
+def _purge(table):
+    for key, e in list(table.items()):
+        if e[0]() is None:
+            del table[key]
+    _purge_at[0] = max(4096, len(table))
+
+
+def _complete(q, pos=None, waited=None):
+    """The host knows ``q``'s work up to ``pos`` (default: all queued) is complete, and with
+    it the work of other queues it had waited for by then (``waited``, default: so far)."""
+    with _lock:
+        q.done = max(q.done, q.n if pos is None else pos)
+        for other, p in list((q.waited if waited is None else waited).items()):
+            other.done = max(other.done, p)
+
+
+def host_read(bufs, queue):
+    """A blocking device-to-host copy of ``bufs`` on ``queue``: ordered after their writes,
+    then the host waits for the queue (``stream.synchronize()``)."""
+    enqueue(bufs, (), queue, "read by the host")
+    _complete(queue)
+
+
+# --- devices, streams, events --------------------------------------------------------------------
+
+class Device:
+    """``cupy.cuda.Device``: ``with Device(i):`` makes ``i`` current and restores the previous."""
+
+    def __init__(self, device=None):
+        self.id = runtime.getDevice() if device is None else int(device)
+        if not 0 <= self.id < DEVICE_COUNT:
+            raise runtime.CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        self._previous = []
+
+    def use(self):
+        runtime.setDevice(self.id)
+
+    def synchronize(self):
+        """Waits for all work on this device: every queue of it is complete."""
+        with _lock:
+            for q in list(_ALL_QUEUES):
+                if q.device == self.id:
+                    q.done = q.n
+
+    def __enter__(self):
+        self._previous.append(runtime.getDevice())
+        runtime.setDevice(self.id)
+        return self
+
+    def __exit__(self, *exc):
+        runtime.setDevice(self._previous.pop())
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self):
+        return hash(("Device", self.id))
+
+    def __repr__(self):
+        return f"<CUDA Device {self.id}>"
+
+
+_stream_ptrs = itertools.count(0x1000, 0x100)
+
+
+def _check_stream_device(device_id):
+    """CuPy's check_stream_device_match: a stream is made current only on its own device."""
+    current = runtime.getDevice()
+    if device_id not in (-1, current):
+        raise RuntimeError(f"The device that the stream is created on ({device_id}) does not "
+                           f"match with the current device ({current})")
+
+
+class Stream:
+    """``cupy.cuda.Stream``: a queue of work on one device (the null stream: device -1, the
+    legacy default stream of whichever device is current, as CuPy's ``Stream.null``)."""
+
+    null: Stream
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        if null:
+            self.ptr, self.device_id, self._queue = 0, -1, None
+        else:
+            self.ptr = next(_stream_ptrs)
+            self.device_id = runtime.getDevice()
+            self._queue = _Queue(self.device_id, self.ptr, blocking=not non_blocking)
+            _ALL_QUEUES.add(self._queue)
+        self._previous = []
+
+    def _queue_on(self, device):
+        return _legacy_queue(device) if self._queue is None else self._queue
+
+    def _here(self):
+        return self._queue_on(runtime.getDevice())
+
+    def synchronize(self):
+        _complete(self._here())
+
+    @property
+    def done(self):
+        """True: the stand-in's work is finished; the host now knows it."""
+        self.synchronize()
+        return True
+
+    def record(self, event=None):
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        """Work queued here from now on runs after the event's position in its queue."""
+        if event._at is None:
+            return  # an event never recorded: nothing to wait for, as in CUDA
+        q, (other, pos, waited) = self._here(), event._at
+        with _lock:
+            for o, p in (*waited.items(), (other, pos)):
+                if o is not q and q.waited.get(o, 0) < p:
+                    q.waited[o] = p
+
+    def use(self):
+        _check_stream_device(self.device_id)
+        _current_streams()[runtime.getDevice()] = self
+        return self
+
+    def __enter__(self):
+        _check_stream_device(self.device_id)
+        device = runtime.getDevice()
+        self._previous.append((device, get_current_stream()))
+        _current_streams()[device] = self
+        return self
+
+    def __exit__(self, *exc):
+        device, previous = self._previous.pop()
+        _current_streams()[device] = previous
+
+    def __eq__(self, other):
+        return isinstance(other, Stream) and other.ptr == self.ptr
+
+    def __hash__(self):
+        return self.ptr
+
+    def __repr__(self):
+        return f"<Stream {self.ptr:#x} (device {self.device_id})>"
+
+
+Stream.null = Stream(null=True)
+
+
+def _current_streams():
+    streams = getattr(_tls, "streams", None)
+    if streams is None:
+        streams = _tls.streams = {}
+    return streams
+
+
+def get_current_stream(device_id=-1):
+    """The current stream of the device (default: the current one); ``Stream.null`` unless
+    another one was made current there."""
+    device = runtime.getDevice() if device_id == -1 else device_id
+    return _current_streams().get(device, Stream.null)
+
+
+class Event:
+    """``cupy.cuda.Event``: a position in one device's stream, and the host clock then.
+
+    Made on the current device; recording it on a stream of another device fails, as in CUDA.
+    """
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        if interprocess and not disable_timing:
+            raise ValueError("Timing must be disabled for interprocess events")
+        self.disable_timing = disable_timing
+        self.device_id = runtime.getDevice()
+        self._at = None  # (queue, position, what that queue had waited for)
+        self._time = None
+
+    def record(self, stream=None):
+        stream = get_current_stream() if stream is None else stream
+        device = runtime.getDevice() if stream.device_id == -1 else stream.device_id
+        if device != self.device_id:
+            raise runtime.CUDARuntimeError(
+                f"cudaErrorInvalidResourceHandle: an event of device {self.device_id} recorded "
+                f"on a stream of device {device}")
+        q = stream._queue_on(device)
+        with _lock:
+            self._at = (q, q.n, dict(q.waited))
+        self._time = time.perf_counter()
+
+    def synchronize(self):
+        if self._at is not None:
+            _complete(*self._at)
+
+    @property
+    def done(self):
+        """True: the recorded work is finished (the stand-in ran it); the host now knows it."""
+        self.synchronize()
+        return True
+
+    def _complete(self):
+        return self._at is None or self._at[0].done >= self._at[1]
+
+
+def get_elapsed_time(start_event, end_event):
+    """Milliseconds between two recorded events; both must be complete (cudaErrorNotReady
+    otherwise: synchronize the end event first)."""
+    if start_event._time is None or end_event._time is None:
+        raise runtime.CUDARuntimeError("cudaErrorInvalidResourceHandle: event not recorded")
+    if start_event.disable_timing or end_event.disable_timing:
+        raise runtime.CUDARuntimeError("cudaErrorInvalidResourceHandle: an event without "
+                                       "timing")
+    if not (start_event._complete() and end_event._complete()):
+        raise runtime.CUDARuntimeError("cudaErrorNotReady: device not ready (an event is not "
+                                       "complete: synchronize it first)")
+    return (end_event._time - start_event._time) * 1e3
+
+
+class MemoryPointer:
+    """``ndarray.data``: the device pointer of the first element and its device."""
+
+    __slots__ = ("ptr", "device_id")
+
+    def __init__(self, ptr, device_id):
+        self.ptr = ptr
+        self.device_id = device_id
+
+    @property
+    def device(self):
+        return Device(self.device_id)
+
+
+# --- pinned host memory --------------------------------------------------------------------------
+
+class PinnedArray(np.ndarray):
+    """A host array standing in for page-locked memory: a host write to it while an
+    asynchronous copy out of it may still be running raises StreamOrderError."""
+
+    def __setitem__(self, key, value):
+        _check_pinned_write(self)
+        super().__setitem__(key, value)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        for o in out or ():
+            if isinstance(o, PinnedArray):
+                _check_pinned_write(o)
+        inputs = tuple(i.view(np.ndarray) if isinstance(i, PinnedArray) else i for i in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, PinnedArray) else o
+                                  for o in out)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func is np.copyto:
+            dst = args[0] if args else kwargs.get("dst")
+            if isinstance(dst, PinnedArray):
+                _check_pinned_write(dst)
+        return super().__array_function__(func, types, args, kwargs)
+
+    def fill(self, value):
+        _check_pinned_write(self)
+        super().fill(value)
+
+
+def _check_pinned_write(a):
+    e = _entry(_PINNED_READS, root(a))
+    if e is not None and e[1].done < e[2]:
+        raise StreamOrderError(
+            f"a host write to pinned {_describe(a)} while the asynchronous copy out of it "
+            f"queued on the {e[1]!r} may still be running: synchronize that stream, or an "
+            f"event recorded after the copy, first")
+
+
+def mark_pinned_read(host: np.ndarray, queue):
+    """An asynchronous copy out of ``host`` was queued on ``queue`` (a pinned source only:
+    CUDA copies pageable memory before the call returns)."""
+    if isinstance(host, PinnedArray):
+        r = root(host)
+        if len(_PINNED_READS) > 1024:
+            _purge(_PINNED_READS)
+        _PINNED_READS[id(r)] = (weakref.ref(r), queue, queue.n)
+
+
+def empty_pinned(shape, dtype=float, order="C"):
+    """A host array standing in for page-locked memory."""
+    return np.empty(shape, dtype, order=order).view(PinnedArray)
+
+
+def zeros_pinned(shape, dtype=float, order="C"):
+    return np.zeros(shape, dtype, order=order).view(PinnedArray)
