@@ -155,13 +155,16 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
 
     def on_train_begin(self, logs: dict) -> None:
-        """Refuse before the first epoch what the first save would refuse after it: a missing
-        folder (when the folder part holds no ``{...}`` field) or an optimizer that cannot be
-        saved (``io.check_saveable``)."""
+        """Refuse before the first epoch what the first save would refuse after it: a path
+        no save can write (``io.check_save_path``: a missing folder, a file name too long, a
+        folder or read-only file in the way; with ``{...}`` fields, only the folder part is
+        known) or an optimizer that cannot be saved (``io.check_saveable``)."""
         from devnet import io
 
         folder = os.path.dirname(self.path)
-        if folder and "{" not in folder and not os.path.isdir(folder):
+        if "{" not in self.path:
+            io.check_save_path(self.path)
+        elif folder and "{" not in folder and not os.path.isdir(folder):
             raise CheckpointError(f"cannot save checkpoint to {self.path!r}: folder "
                                   f"{folder!r} does not exist (ModelCheckpoint checks before "
                                   "the first epoch)")

@@ -21,10 +21,14 @@ hand-edited or future file raises a CheckpointError saying what is wrong. Only r
 are read (a FIFO would block forever).
 
 Writing is atomic: the bytes go to a temporary file ``.<name>.<8 random chars>.tmp`` in the
-same folder (created with mode 0666 less the umask, like any other file), fsynced, then
-``os.replace``-d over the target, and the folder is fsynced. A crash at any point leaves the
-old checkpoint or the new one, never a broken one; a temporary file a killed save left behind
-is removed by the next successful save of the same path.
+same folder (created with mode 0666 less the umask, like any other file; ``<name>`` shortened
+when the folder's name limit needs it), fsynced, then ``os.replace``-d over the target, and the
+folder is fsynced. A crash at any point leaves the old checkpoint or the new one, never a broken
+one. A save holds an exclusive ``flock`` on its temporary file until the rename, so the next
+successful save of the same path removes only the temporary files whose writer is gone (a
+killed save's), never those of a save still running in another thread or process: concurrent
+saves to one path each land whole, the last rename wins. Every failure to write (a full disk,
+a file-size limit, a name too long) is a CheckpointError naming the path and the reason.
 
 Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``), 2 (no deep-network
 options) and 3 (current: the model config records ``block``, ``norm``, ``dropout`` and, with
@@ -34,6 +38,7 @@ without those keys is a plain MLP.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -49,6 +54,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a save never removes another file there
+    fcntl = None
+
 from devnet._version import __version__
 from devnet.errors import CheckpointError, ConfigError, DeviceUnavailableError, DevnetError
 
@@ -59,6 +69,17 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 _SCALING_TENSORS = ("input.mean", "input.scale")
 # the random middle of a temporary name (ours, and tempfile.mkstemp's in older versions)
 _TMP_MIDDLE = r"[a-z0-9_]{8}"
+_TMP_EXTRA = len(". .12345678.tmp") - 1  # bytes a temporary name adds to the target's
+_NAME_MAX = 255  # where the file system does not say (os.pathconf)
+# what to do about a failed write, by errno; the default covers permissions and the rest
+_WRITE_REMEDY = {
+    errno.ENOSPC: "free disk space or save elsewhere",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or save to a file system that "
+                 "takes files this large",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+if hasattr(errno, "EDQUOT"):
+    _WRITE_REMEDY[errno.EDQUOT] = "free space within your disk quota or save elsewhere"
 
 # Indirection so tests can inject a fault between the write and the rename.
 _replace = os.replace
@@ -90,6 +111,7 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     from safetensors.numpy import save as st_save
 
     path = _save_path(path)
+    check_save_path(path)  # before the work of serialising: nothing could be written
     if extra is None:
         extra = {}
     if not isinstance(extra, dict):
@@ -176,48 +198,105 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
     In that order: write the temp file, fsync it, ``os.replace`` it over ``path``, fsync the
-    folder. The file gets mode 0666 less the umask. Afterwards, stale temp files of ``path``
-    (``.<name>.<8 chars>.tmp``, older than this write) left by killed saves are removed.
+    folder. The file gets mode 0666 less the umask. The temp file is locked (``flock``) until
+    the rename; afterwards, stale temp files of ``path`` (``.<name>.<8 chars>.tmp``, older than
+    this write and locked by no one: their writer was killed) are removed. Any failure is a
+    CheckpointError naming ``path``; the file that was there stays as it was.
     """
-    path = _save_path(path)
-    if path.is_symlink():
-        # replace the file the link points to, not the link (which may be the user's
-        # "latest" pointer): the temporary file goes beside the target
-        path = Path(os.path.realpath(path))
+    path = check_save_path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: folder "
-                              f"{str(folder)!r} does not exist")
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: {exc}") from None
-    if mode is not None and not stat.S_ISREG(mode):
-        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: it is "
-                              f"{_file_kind(mode)}, not a regular file; give a file name")
-    if mode is not None and not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        # the rename would replace it whatever its mode: honour the user's protection
-        raise CheckpointError(f"cannot save checkpoint to {str(path)!r}: the file is "
-                              "read-only (no write permission); make it writable or save "
-                              "elsewhere")
     started = time.time()
     fd, tmp = _create_temp(folder, path.name)
+    renamed = False
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _replace(tmp, path)
+            _replace(tmp, path)
+            renamed = True
+    except OSError as exc:
+        _unlink_quietly(tmp, renamed)
+        raise CheckpointError(_write_failed(path, exc, len(data))) from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp, renamed)
         raise
     _fsync_dir(folder)
     _remove_stale_temps(folder, path.name, started)
+
+
+def check_save_path(path: str | os.PathLike) -> Path:
+    """The file ``save`` would write for ``path`` (a symlink's target), or a CheckpointError
+    for what can be known before writing: a missing folder, a file name longer than the
+    folder allows, a path that is a folder or another non-file, a read-only file.
+
+    ``fit(checkpoint=...)`` and ModelCheckpoint call it before the first epoch, so that a
+    path no save could write costs no training.
+    """
+    path = _save_path(path)
+    shown = str(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+    except FileNotFoundError:
+        is_dir = False
+    except OSError as exc:  # a folder name too long, a loop of links, no permission
+        raise CheckpointError(_write_failed(path, exc)) from None
+    if not is_dir:
+        raise CheckpointError(f"cannot save checkpoint to {shown!r}: folder "
+                              f"{str(folder)!r} does not exist")
+    limit = _name_max(folder)
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise CheckpointError(f"cannot save checkpoint to {shown!r}: its file name is {size} "
+                              f"bytes, over the {limit} the file system allows; use a shorter "
+                              "name")
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            # replace the file the link points to, not the link (which may be the user's
+            # "latest" pointer): the temporary file goes beside the target
+            path = Path(os.path.realpath(path))
+            mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise CheckpointError(_write_failed(path, exc)) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise CheckpointError(f"cannot save checkpoint to {shown!r}: it is "
+                              f"{_file_kind(mode)}, not a regular file; give a file name")
+    if mode is not None and not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        # the rename would replace it whatever its mode: honour the user's protection
+        raise CheckpointError(f"cannot save checkpoint to {shown!r}: the file is "
+                              "read-only (no write permission); make it writable or save "
+                              "elsewhere")
+    return path
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or not said
+        return _NAME_MAX
+
+
+def _write_failed(path: Path, exc: OSError, size: int | None = None) -> str:
+    reason = exc.strerror or str(exc)
+    remedy = _WRITE_REMEDY.get(exc.errno, "check the folder's permissions and free space, "
+                                          "or save elsewhere")
+    if exc.errno == errno.EFBIG and size is not None:
+        reason += f" (the checkpoint is {size} bytes)"
+    return (f"cannot save checkpoint to {str(path)!r}: {reason}; {remedy} (a file already "
+            "there is unchanged)")
+
+
+def _unlink_quietly(tmp: str, renamed: bool) -> None:
+    if renamed:  # the temporary name is the checkpoint now
+        return
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def _save_path(path) -> Path:
@@ -231,27 +310,57 @@ def _save_path(path) -> Path:
     return path
 
 
+def _temp_prefix(folder: Path, name: str) -> str:
+    """``.<name>.``, ``name`` shortened so that the whole temporary name fits the folder's
+    limit (a target name the folder takes must not fail for its temporary file)."""
+    raw = os.fsencode(name)
+    room = _name_max(folder) - _TMP_EXTRA
+    return f".{os.fsdecode(raw[:room]) if len(raw) > room else name}."
+
+
 def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new temporary file for ``name`` in ``folder``: (fd, path), the fd holding the file's
+    exclusive lock (so that ``_remove_stale_temps`` of another save leaves it alone)."""
     # os.open with 0o666 lets the kernel apply the umask, as for any file the user writes
     # (tempfile.mkstemp would force 0600).
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
+    prefix = _temp_prefix(folder, name)
     for _ in range(100):
-        tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = str(folder / f"{prefix}{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(tmp, flags, 0o666), tmp
+            fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
         except OSError as exc:
             raise CheckpointError(f"cannot save checkpoint {str(folder / name)!r}: cannot "
                                   f"create a temporary file in {str(folder)!r}: {exc}") from None
+        if _lock_own(fd, tmp):
+            return fd, tmp
+        os.close(fd)  # another save removed it between our create and our lock: a new name
     raise CheckpointError(f"cannot save checkpoint {str(folder / name)!r}: no free temporary "
                           f"file name in {str(folder)!r}")  # pragma: no cover
 
 
+def _lock_own(fd: int, tmp: str) -> bool:
+    """Lock the new file ``tmp`` (open as ``fd``); False if it is no longer at ``tmp``."""
+    if fcntl is None:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds it only while it checks and unlinks
+    try:
+        return os.stat(tmp).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _remove_stale_temps(folder: Path, name: str, before: float) -> None:
-    """Remove ``.<name>.<8 chars>.tmp`` regular files last written before ``before``."""
-    pattern = re.compile(re.escape(f".{name}.") + _TMP_MIDDLE + re.escape(".tmp"))
+    """Remove ``.<name>.<8 chars>.tmp`` regular files last written before ``before`` whose
+    writer is gone: their lock is free (a running save holds its own until the rename).
+    Without flock (Windows) none is removed: a running save's file looks the same."""
+    if fcntl is None:
+        return
+    pattern = re.compile(re.escape(_temp_prefix(folder, name)) + _TMP_MIDDLE
+                         + re.escape(".tmp"))
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -262,9 +371,24 @@ def _remove_stale_temps(folder: Path, name: str, before: float) -> None:
         try:
             if entry.is_file(follow_symlinks=False) and \
                     entry.stat(follow_symlinks=False).st_mtime < before:
-                os.unlink(entry.path)
+                _remove_if_abandoned(entry.path)
         except OSError:
             pass  # gone already, or not ours to remove
+
+
+def _remove_if_abandoned(tmp: str) -> None:
+    fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NONBLOCK", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a save is writing it
+        # still the file we locked (not renamed away and replaced under the same name)
+        if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+            os.unlink(tmp)
+    finally:
+        os.close(fd)
 
 
 def _file_kind(mode: int) -> str:
@@ -700,3 +824,27 @@ def check_architecture(meta_model: dict, model, name: str) -> None:
     if diff:
         raise CheckpointError(f"checkpoint {name!r} is for a different architecture ("
                               + "; ".join(diff) + ")")
+
+
+def check_loss(saved: dict | None, loss, name: str) -> None:
+    """CheckpointError unless the loss a checkpoint was trained with (its train state's
+    ``loss`` config: name and hyper-parameters) is ``loss``: resuming with another loss, or
+    the same one with another hyper-parameter (huber's delta), would train another objective.
+
+    A hyper-parameter the checkpoint does not record (written before it existed) is not
+    compared.
+    """
+    if not saved:
+        return
+    mine = loss.config()
+    if saved.get("name") != mine["name"]:
+        raise CheckpointError(f"checkpoint {name!r} was trained with loss {saved.get('name')!r}, "
+                              f"but fit got loss {mine['name']!r}; resume with the same loss")
+    params = {key: saved[key] for key in sorted(saved) if key != "name"}
+    diff = [f"{key}: checkpoint {value!r}, fit {mine.get(key)!r}"
+            for key, value in params.items() if value != mine.get(key)]
+    if diff:
+        args = "".join(f", {key}={value!r}" for key, value in params.items())
+        raise CheckpointError(f"checkpoint {name!r} was trained with loss {mine['name']!r} "
+                              f"with other parameters ({'; '.join(diff)}); resume with the "
+                              f"checkpoint's: loss=devnet.losses.get({mine['name']!r}{args})")

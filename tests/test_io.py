@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -215,9 +221,149 @@ def test_fault_between_write_and_rename_keeps_old_checkpoint(saved, monkeypatch,
 
     model.params[...] = rng.standard_normal(model.n_params).astype(np.float32)
     monkeypatch.setattr(io, "_replace", boom)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(dn.CheckpointError, match=f"{path.name}.*injected fault"):
         dn.save(model, path)
     assert path.read_bytes() == raw
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # temp file removed
     loaded, opt = dn.load(path, backend="cpu")
     assert opt is not None and not np.array_equal(loaded.params, model.params)
+
+
+# --- concurrent writers, full disks, file-size limits, long names -------------------------------
+
+def test_a_save_finishing_first_leaves_the_other_writers_temp_file(tmp_path, monkeypatch):
+    # the second save of the path runs start to finish while the first is between its write
+    # and its rename: its clean-up of temporary files must not take the first one's
+    path = tmp_path / "m.safetensors"
+    first, second = (dn.MLP([3, 5, 2], backend="cpu", seed=s) for s in (1, 2))
+    real = io._replace
+    nested = []
+
+    def replace(src, dst):
+        if not nested:
+            nested.append(src)
+            time.sleep(0.02)  # the first temp file is now older than the second save's start
+            dn.save(second, path)
+        real(src, dst)
+
+    monkeypatch.setattr(io, "_replace", replace)
+    dn.save(first, path)
+    np.testing.assert_array_equal(dn.load(path, backend="cpu")[0].params, first.params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_two_threads_saving_to_one_path_always_land_whole(tmp_path):
+    path = tmp_path / "m.safetensors"
+    models = [dn.MLP([4, 8, 2], backend="cpu", seed=s) for s in (1, 2)]
+    errors = []
+
+    def saver(model):
+        try:
+            for _ in range(60):
+                dn.save(model, path)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    loaded = dn.load(path, backend="cpu")[0].params
+    assert any(np.array_equal(loaded, m.params) for m in models)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def _no_space(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_is_a_checkpoint_error_naming_the_path(saved, monkeypatch, rng):
+    path, raw, model = saved
+    model.params[...] = rng.standard_normal(model.n_params).astype(np.float32)
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(dn.CheckpointError, match=f"{path.name}.*No space left on device"):
+        dn.save(model, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == raw
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_full_disk_during_fit_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch, rng):
+    X = rng.standard_normal((16, 3)).astype(np.float32)
+    path = tmp_path / "ck.safetensors"
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(dn.CheckpointError, match=f"{path.name}.*No space left on device"):
+        dn.fit(dn.MLP([3, 1], backend="cpu"), X, X[:, 0], epochs=1, checkpoint=path,
+               progress=False)
+
+
+FILE_SIZE_LIMIT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import devnet as dn
+
+    path = sys.argv[1]
+    model = dn.MLP([64, 128, 10], backend="cpu", seed=0)  # ~36 KiB of parameters
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, resource.getrlimit(
+        resource.RLIMIT_FSIZE)[1]))
+    for what in ("save", "fit"):
+        try:
+            if what == "save":
+                dn.save(model, path)
+            else:
+                X = np.ones((8, 64), np.float32)
+                dn.fit(model, X, np.zeros(8, np.int64) + np.arange(8) % 10, epochs=1,
+                       loss="cross_entropy", checkpoint=path, progress=False)
+        except dn.CheckpointError as exc:
+            print(what, "CheckpointError", exc)
+        except BaseException as exc:
+            print(what, "raw", type(exc).__name__, exc)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_file_size_limit_is_a_checkpoint_error_naming_the_path(tmp_path):
+    path = tmp_path / "big.safetensors"
+    old = dn.save(dn.MLP([3, 2], backend="cpu"), path).read_bytes()
+    proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(path)],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["save", "CheckpointError"],
+                                                    ["fit", "CheckpointError"]], \
+        proc.stdout + proc.stderr
+    for line in lines:
+        assert str(path) in line and "File too large" in line
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_file_name_too_long_is_refused_before_training(tmp_path, rng):
+    path = tmp_path / ("m" * 300 + ".safetensors")
+    model = dn.MLP([3, 1], backend="cpu")
+    with pytest.raises(dn.CheckpointError, match="file name is 312 bytes.*shorter name"):
+        dn.save(model, path)
+    epochs = []
+
+    class Count(dn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            epochs.append(epoch)
+
+    X = rng.standard_normal((16, 3)).astype(np.float32)
+    with pytest.raises(dn.CheckpointError, match="file name is 312 bytes"):
+        dn.fit(model, X, X[:, 0], epochs=2, checkpoint=path, callbacks=[Count()],
+               progress=False)
+    assert epochs == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_longest_file_name_the_folder_allows_is_saved(tmp_path):
+    # the temporary file's name is longer than the target's: it must be shortened, not refused
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    path = tmp_path / ("m" * (longest - len(".safetensors")) + ".safetensors")
+    model = dn.MLP([3, 2], backend="cpu", seed=4)
+    dn.save(model, path)
+    dn.save(model, path)
+    np.testing.assert_array_equal(dn.load(path, backend="cpu")[0].params, model.params)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

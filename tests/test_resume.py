@@ -194,3 +194,22 @@ def test_sigkill_while_saving_leaves_a_whole_checkpoint(saver, rng):
         model, _ = dn.load(path, backend="cpu")  # never a broken file
         k = model.params[0]
         assert k >= 1 and np.all(model.params == k)  # one whole save, not a mix
+
+
+@pytest.mark.parametrize("resumed_with, refused", [
+    (dict(loss="huber"), "delta: checkpoint 0.5, fit 1.0"),
+    (dict(loss=dn.losses.get("huber", delta=2.0)), "delta: checkpoint 0.5, fit 2.0"),
+    (dict(loss="mse"), "trained with loss 'huber', but fit got loss 'mse'"),
+])
+def test_resume_refuses_another_loss_or_loss_parameter(tmp_path, rng, resumed_with, refused):
+    X = rng.standard_normal((32, 3)).astype(np.float32)
+    y = X[:, :1] * 3
+    path = tmp_path / "ck.safetensors"
+    dn.fit(dn.MLP([3, 1], backend="cpu"), X, y, loss=dn.losses.get("huber", delta=0.5),
+           epochs=1, checkpoint=path, progress=False)
+    with pytest.raises(dn.CheckpointError, match=refused):
+        dn.fit(dn.MLP([3, 1], backend="cpu"), X, y, epochs=2, resume_from=path,
+               progress=False, **resumed_with)
+    # the checkpoint's own loss resumes
+    dn.fit(dn.MLP([3, 1], backend="cpu"), X, y, loss=dn.losses.get("huber", delta=0.5),
+           epochs=2, resume_from=path, progress=False)

@@ -176,10 +176,7 @@ def resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: bool
     if ck.optimizer.name != want:
         raise CheckpointError(f"checkpoint {name!r} was trained with optimizer "
                               f"{ck.optimizer.name!r}, but fit got optimizer {want!r}")
-    saved_loss = ck.train_state.get("loss", {}).get("name")
-    if saved_loss is not None and saved_loss != trainer.loss.name:
-        raise CheckpointError(f"checkpoint {name!r} was trained with loss {saved_loss!r}, but "
-                              f"fit got loss {trainer.loss.name!r}")
+    io.check_loss(ck.train_state.get("loss"), trainer.loss, name)
     trainer.restore(ck.train_state, name)
     if trainer.epochs_done >= trainer.epochs:
         warnings.warn(f"{name!r} has already trained {trainer.epochs_done} epochs and fit was "
