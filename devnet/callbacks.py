@@ -224,18 +224,30 @@ class LearningRateScheduler(Callback):
         opt.base_lr = float(lr)
 
 
+# A separator must never occur in a number ("-1.5e-05", "nan", "inf"), a log key
+# ("val_loss", "grad_norm/layers.0") or CSV's own quoting and line ends: else every field is
+# quoted, or the log cannot be read back at all.
+CSV_SEPARATORS = (",", ";", "\t", "|", ":", " ")
+
+
 class CSVLogger(Callback):
     """Append one row per epoch (epoch, then every log key) to a CSV file, flushed each epoch.
 
     ``append=False`` starts a new file (header first); ``append=True`` continues an existing
-    one (e.g. when resuming) and writes the header only if the file is empty.
+    one (e.g. when resuming) and writes the header only if the file is empty. The existing
+    header must have been written with the same ``separator`` (refused before training
+    otherwise); keys the resumed run logs that the header lacks are added as columns (the
+    earlier rows get empty cells), so every row is whole.
+    ``separator``: one of ``CSV_SEPARATORS``.
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ","):
         self.path = Path(_path("CSVLogger", path))
         self.append = _flag("append", append)
-        if not isinstance(separator, str) or len(separator) != 1:
-            raise ConfigError(f"separator must be a single character, got {separator!r}")
+        if not isinstance(separator, str) or separator not in CSV_SEPARATORS:
+            raise ConfigError(f"separator must be a single character that cannot occur in a "
+                              f"number, a log name or CSV quoting, one of "
+                              f"{', '.join(map(repr, CSV_SEPARATORS))}; got {separator!r}")
         self.separator = separator
         self._file = None
         self._writer = None
@@ -246,21 +258,54 @@ class CSVLogger(Callback):
         try:
             has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
             if has_rows:
-                with open(self.path, newline="") as f:
-                    header = next(csv.reader(f, delimiter=self.separator), None)
-                self._keys = header[1:] if header else None
+                self._keys = self._read_header()
             self._file = open(self.path, "a" if self.append else "w", newline="")
         except OSError as exc:
             raise ConfigError(f"CSVLogger cannot write its log {str(self.path)!r}: "
                               f"{exc.strerror or exc}") from None
         self._writer = csv.writer(self._file, delimiter=self.separator)
 
+    def _read_header(self) -> list[str]:
+        """The log keys of the existing file's header; a ConfigError unless it is a CSVLogger
+        header read with this separator (rows in another layout would be unreadable)."""
+        with open(self.path, newline="") as f:
+            header = next(csv.reader(f, delimiter=self.separator), None)
+        if not header or header[0] != "epoch" or len(header) < 2:
+            first = (header or [""])[0][:60]
+            sep = next((c for c in CSV_SEPARATORS if first.startswith(f"epoch{c}")), None)
+            hint = (f"it was written with separator={sep!r}: pass that" if sep is not None
+                    else "it is not a CSVLogger log: pass another path")
+            raise ConfigError(f"CSVLogger(append=True) cannot continue {str(self.path)!r}: "
+                              f"read with separator {self.separator!r} its first line is "
+                              f"{first!r}, not epoch and the log keys; {hint}, or append=False "
+                              "to start a new log")
+        return header[1:]
+
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self._keys is None:
             self._keys = list(logs)
             self._writer.writerow(["epoch", *self._keys])
+        new = [k for k in logs if k not in self._keys]
+        if new:
+            self._add_columns(new)
         self._writer.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
         self._file.flush()
+
+    def _add_columns(self, keys: list[str]) -> None:
+        """Rewrite the log with ``keys`` added to its header (earlier rows: empty cells), then
+        continue appending: a resumed run that logs more (validation added) keeps every key."""
+        self._file.close()
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=self.separator))
+        self._keys = [*self._keys, *keys]
+        tmp = self.path.with_name(f".{self.path.name}.columns.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, delimiter=self.separator)
+            writer.writerow(["epoch", *self._keys])
+            writer.writerows(row + [""] * len(keys) for row in rows[1:])
+        os.replace(tmp, self.path)  # whole, or the old log: never half of it
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file, delimiter=self.separator)
 
     def on_train_end(self, logs: dict) -> None:
         if self._file is not None:

@@ -121,6 +121,56 @@ def test_csv_logger_and_append_on_resume(rng, tmp_path):
                              "lr", "time"]
 
 
+@pytest.mark.parametrize("separator", ["\n", "\r", '"', "'", ".", "-", "+", "e", "0", "_",
+                                       "/", "\x00", "\x0b", "é"])
+def test_csv_logger_refuses_a_separator_that_makes_the_log_unreadable(tmp_path, separator):
+    with pytest.raises(dn.ConfigError, match=r"separator must be a single character.*one of"):
+        dn.CSVLogger(tmp_path / "log.csv", separator=separator)
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t", "|", " ", ":"])
+def test_csv_logger_log_reads_back_with_its_separator(rng, tmp_path, separator):
+    X, y = _data(rng)
+    log = tmp_path / "log.csv"
+    hist = dn.fit(dn.MLP([4, 1], backend="cpu"), X, y, epochs=2, batch_size=8,
+                  callbacks=[dn.CSVLogger(log, separator=separator)], progress=False)
+    rows = list(csv.DictReader(log.open(newline=""), delimiter=separator))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(hist["loss"])
+
+
+def test_csv_logger_append_with_another_separator_is_refused_before_training(rng, tmp_path):
+    X, y = _data(rng)
+    log = tmp_path / "log.csv"
+    ck = tmp_path / "ck.safetensors"
+    model = dn.MLP([4, 1], backend="cpu")
+    dn.fit(model, X, y, epochs=1, batch_size=8, checkpoint=ck,
+           callbacks=[dn.CSVLogger(log, separator=";")], progress=False)
+    before = log.read_bytes()
+    with pytest.raises(dn.ConfigError, match=r"log.csv.*separator ','.*separator=';'"):
+        dn.fit(model, X, y, epochs=2, batch_size=8, resume_from=ck,
+               callbacks=[dn.CSVLogger(log, append=True)], progress=False)
+    assert log.read_bytes() == before
+
+
+def test_csv_logger_append_writes_full_rows_when_the_resumed_run_logs_more(rng, tmp_path):
+    # the first run had no validation data: the resumed run's val_* columns are added
+    X, y = _data(rng)
+    log = tmp_path / "log.csv"
+    ck = tmp_path / "ck.safetensors"
+    model = dn.MLP([4, 3, 1], backend="cpu")
+    first = dn.fit(model, X, y, epochs=2, batch_size=8, checkpoint=ck,
+                   callbacks=[dn.CSVLogger(log, separator="\t")], progress=False)
+    hist = dn.fit(model, X, y, epochs=4, batch_size=8, validation_data=(X[:8], y[:8]),
+                  resume_from=ck, callbacks=[dn.CSVLogger(log, append=True, separator="\t")],
+                  progress=False)
+    rows = list(csv.DictReader(log.open(newline=""), delimiter="\t"))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(hist["loss"])
+    assert [r["val_loss"] for r in rows[:2]] == ["", ""]
+    assert [float(r["val_loss"]) for r in rows[2:]] == pytest.approx(hist["val_loss"][-2:])
+    assert [float(r["r2"]) for r in rows[:2]] == pytest.approx(first["r2"])
+
+
 def test_callbacks_module_reexports_callback():
     assert callbacks.Callback is dn.Callback
     for name in callbacks.__all__:
