@@ -23,7 +23,10 @@ StreamOrderError = cp.StreamOrderError
 
 @pytest.fixture
 def d(rng):
-    return cp.asarray(rng.standard_normal(6))
+    """A device array, uploaded on the legacy default stream and synchronised."""
+    a = cp.asarray(rng.standard_normal(6))
+    cp.cuda.Stream.null.synchronize()
+    return a
 
 
 @pytest.fixture
@@ -237,6 +240,16 @@ def test_synchronising_a_stream_completes_the_work_it_waited_for(d):
     y.get()
     with pytest.raises(StreamOrderError):
         z.get()
+
+
+def test_an_array_made_on_a_fresh_stream_is_visible_once_that_stream_is_synchronised(h):
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        y = cp.asarray(h)  # the upload is the stream's first operation
+    with pytest.raises(StreamOrderError):
+        y.get()
+    s.synchronize()
+    np.testing.assert_array_equal(y.get(), h)
 
 
 def test_the_legacy_default_stream_orders_blocking_streams_only(d):

@@ -173,17 +173,22 @@ def enqueue(reads=(), writes=(), queue=None, what="used"):
         check_use(writes, q, "overwritten")
         q.n += 1
         for b in writes:
-            mark_written(b, q)
+            mark_written(b, q, q.n)
     return q
 
 
-def mark_written(buf, queue=None):
-    """Record that ``buf`` was last written by the newest operation of ``queue``."""
+def mark_written(buf, queue=None, pos=None):
+    """Record that ``buf`` was last written by operation ``pos`` of ``queue`` (default: a new
+    operation of the current stream, such as the allocation or upload that made ``buf``)."""
     q = current_queue() if queue is None else queue
     r = root(buf)
-    if len(_WRITES) > 4 * _purge_at[0]:
-        _purge(_WRITES)
-    _WRITES[id(r)] = (weakref.ref(r), q, max(q.n, 1))
+    with _lock:
+        if pos is None:
+            q.n += 1
+            pos = q.n
+        if len(_WRITES) > 4 * _purge_at[0]:
+            _purge(_WRITES)
+        _WRITES[id(r)] = (weakref.ref(r), q, pos)
 
 
 _purge_at = [4096]
