@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import importlib
 import inspect
 import json
@@ -308,6 +309,31 @@ def _same_file(a, b) -> bool:
         return False
 
 
+def _name_max(path: Path) -> int:
+    """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
+    existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
+    for folder in (path, *path.parents):
+        try:
+            if not folder.is_dir():
+                continue
+            return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+            continue
+    return 255
+
+
+def _check_name_lengths(path: Path, what: str, remedy: str) -> None:
+    """UsageError unless every name in ``path`` fits the file system's limit: the OSError
+    would otherwise come when writing, after the work (training) is done."""
+    limit = _name_max(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            raise UsageError(f"{what}: the name {shown!r} is {size} bytes, over this file "
+                             f"system's limit of {limit}: {remedy}")
+
+
 def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
     """The output folder, created, after checking that every output can be written there.
 
@@ -327,21 +353,28 @@ def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
         raise ConfigError(f"output.plot = {names['plot']!r}: valid formats: "
                           f"{', '.join(_PLOT_FORMATS)}")
     out = Path(o["dir"]).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
+    _check_name_lengths(out, "output folder", "choose a shorter output.dir / --out")
+    for key, name in names.items():
+        _check_name_lengths(out / name, f"output.{key}", "choose a shorter name")
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    except OSError as exc:  # the path as a whole may be too long, or a folder unreadable
         raise ConfigError(f"cannot create the output folder {str(out)!r}: "
                           f"{exc.strerror or exc}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"output folder {str(out)!r} is not writable")
     for key, name in names.items():
         target, what = out / name, ("run.json" if key == "run" else f"output.{key}")
-        if target.is_dir():
-            raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
-        if target.exists() and not os.access(target, os.W_OK):
-            raise ConfigError(f"{what}: {str(target)!r} exists and is not writable")
+        try:
+            if target.is_dir():
+                raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
+            if target.exists() and not os.access(target, os.W_OK):
+                raise ConfigError(f"{what}: {str(target)!r} exists and is not writable")
+        except OSError as exc:  # e.g. the whole path is over the system's limit
+            raise ConfigError(f"{what}: cannot write {str(target)!r}: "
+                              f"{exc.strerror or exc}") from None
         for role, path in (inputs or {}).items():
             if _same_file(target, path):
                 raise ConfigError(f"{what}: {str(target)!r} is the run's {role}; writing it "
@@ -410,6 +443,7 @@ def cmd_train(args) -> int:
                               f"data.task = {task!r}")
     X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task,
                                 header=_header(data_cfg))
+    source = _split_source(data_cfg["dataset"], X)
     task = "classification" if y.dtype.kind in "iu" else "regression"
     classes = None
     if task == "classification":
@@ -468,7 +502,8 @@ def cmd_train(args) -> int:
         return EXIT_OK
 
     labels = None if classes is None else classes.tolist()
-    run = {"config": cfg, "loss": loss, "task": task, "classes": labels}
+    run = {"config": cfg, "loss": loss, "task": task, "classes": labels,
+           "split_source": source}
     written = _write_run(out, cfg["output"], model, opt, hist, run)
     last = {k: v[-1] for k, v in hist.history.items()
             if k not in ("lr", "time") and "/" not in k}  # per-layer series: in the files
@@ -496,12 +531,35 @@ def _section(section: str, name: str):
         raise ConfigError(f"[{section}] of {name!r}: {exc}") from None
 
 
+#: what a run records about itself in its checkpoint (``extra``) as well as in run.json
+_RUN_EXTRA = ("task", "loss", "classes", "split_source")
+
+
+def _split_source(spec: str, X: np.ndarray) -> dict:
+    """What a train/test split is drawn from: the row count and a sha256 of the data file's
+    bytes (of the features, for a bundled dataset), so that eval / predict can tell whether
+    the run's split still picks the rows it held out."""
+    from devnet import data as data_mod
+
+    digest = hashlib.sha256()
+    if spec in data_mod.DATASETS:
+        X = np.ascontiguousarray(X)
+        digest.update(f"{X.dtype.str} {X.shape}".encode())
+        digest.update(X.tobytes())
+    else:
+        with open(spec, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return {"rows": len(X), "sha256": digest.hexdigest()}
+
+
 def _write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
     dn_io = _save_api()
     written = []
     ckpt = out / o["checkpoint"]
-    # what predicting needs travels in the checkpoint itself: task, loss, class labels
-    extra = {k: run[k] for k in ("task", "loss", "classes")}
+    # what predicting needs travels in the checkpoint itself: task, loss, class labels, and
+    # what the train/test split was drawn from
+    extra = {k: run[k] for k in _RUN_EXTRA}
     dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=extra)
     written.append(ckpt)
     # what eval / predict reuse for the data: the resolved config (dataset, split)
@@ -608,7 +666,7 @@ def _load_run(args):
             raise UsageError(f"{run_file}: broken run.json (expected an object with a "
                              "'config' table); pass --data (and --loss) or remove the file")
     extra = loaded.meta.get("extra") or {}
-    run.update({k: extra[k] for k in ("task", "loss", "classes") if k in extra})
+    run.update({k: extra[k] for k in _RUN_EXTRA if k in extra})
     return loaded.model, run
 
 
@@ -642,15 +700,16 @@ def _eval_data(args, run, model, with_target=True):
     if X.shape[1] != model.n_in:
         raise DataError(f"{spec}: has {X.shape[1]} feature columns, the model takes "
                         f"{model.n_in}")
+    own = args.data is None or args.data == data_cfg.get("dataset") or _same_file(
+        args.data, data_cfg.get("dataset") or "")
     split = args.split
     if split is None:  # the run's split means nothing on another file: that is used whole
-        own = args.data is None or args.data == data_cfg.get("dataset") or _same_file(
-            args.data, data_cfg.get("dataset") or "")
         split = "test" if own else "all"
     if split != "all":
         size, seed = data_cfg.get("test_size", 0.2), data_cfg.get("seed", 0)
         if not size:
             raise UsageError("--split needs a run with data.test_size > 0; use --split all")
+        _check_split_source(run, spec, X, split, own)
         order = np.arange(len(X))
         tr, te, _, _ = dn.data.train_test_split(order, order, size, seed=seed)
         rows = te if split == "test" else tr
@@ -659,6 +718,32 @@ def _eval_data(args, run, model, with_target=True):
     if not with_target:
         y = None
     return X, y
+
+
+def _check_split_source(run, spec, X, split, own) -> None:
+    """Refuse the run's split on its own data file when that changed since training; warn
+    when an explicit ``--split`` is applied to other data.
+
+    The split picks rows by position among ``len(X)``: one row more, or the rows reordered,
+    and "test" holds rows the model trained on.
+    """
+    recorded = run.get("split_source")
+    if not recorded:  # a run from before this was recorded: nothing to compare
+        return
+    now = _split_source(spec, X)
+    if now == recorded:
+        return
+    change = (f"the split was drawn from {recorded['rows']} rows, the file has {now['rows']}"
+              if now["rows"] != recorded["rows"] else "as many rows as the split was drawn "
+              "from, other content")
+    if own:
+        raise UsageError(f"{spec}: the data changed since the run was trained ({change}), "
+                         f"so its train/test split no longer holds: --split {split} would pick "
+                         "other rows and score training rows as held out. Use --split all to "
+                         "use the whole file as new data, or train again on it")
+    print(f"devnet: warning: --split {split} of {spec}, which is not the data the run's split "
+          f"was drawn from ({change}): its rows are picked by position, not the run's "
+          "held-out rows", file=sys.stderr)
 
 
 def _encode_with(classes, y, spec):
@@ -685,12 +770,47 @@ def _run_loss(args, run, y, model) -> str:
     return default_loss(infer_task(y), y, model.n_out)
 
 
+def _check_loss_override(args, run, model) -> None:
+    """UsageError unless ``--loss`` reads the model's outputs the way the run trained them.
+
+    A loss with another link (softmax, sigmoid, identity, exp) or task turns the outputs into
+    numbers that mean nothing (all-1.0 "probabilities", 0/1 matrices for labels), so it must
+    share the link and task of the loss the checkpoint records; without one recorded, it must
+    fit the recorded task and the model's outputs.
+    """
+    from devnet import losses
+
+    if not args.loss:
+        return
+    loss = losses.get(_check_value("--loss", args.loss, "loss"))
+    task = "classification" if loss.classification else "regression"
+    trained = run.get("loss")
+    if trained:
+        ran = losses.get(trained)
+        if (loss.link, loss.classification) == (ran.link, ran.classification):
+            return
+        fits = [name for name, cls in losses.LOSSES.items()
+                if (cls.link, cls.classification) == (ran.link, ran.classification)]
+        raise UsageError(f"--loss {loss.name!r} does not fit this run: its model was trained "
+                         f"with {ran.name!r}, whose outputs are read through {ran.link!r}, and "
+                         f"{loss.name!r} reads them through {loss.link!r}; leave out --loss or "
+                         f"give one of: {', '.join(fits)}")
+    if run.get("task") not in (None, task):
+        raise UsageError(f"--loss {loss.name!r} is a {task} loss; this run's task is "
+                         f"{run['task']!r}: give a {run['task']} loss")
+    if loss.link == "softmax" and model.n_out < 2:
+        raise UsageError(f"--loss {loss.name!r} needs a model with 2 or more outputs (a softmax "
+                         "over one output is always 1); this one has 1: give "
+                         "binary_cross_entropy or a regression loss")
+
+
 def cmd_eval(args) -> int:
     """Loss and metrics of a checkpoint on a dataset."""
     import devnet as dn
 
     _check_device(args)
     model, run = _load_run(args)
+    _check_loss_override(args, run, model)
     X, y = _eval_data(args, run, model)
     if run.get("classes") is not None and y.dtype.kind in "iu":
         y = _encode_with(run["classes"], y, args.data or "the run's dataset")
@@ -707,12 +827,15 @@ def cmd_eval(args) -> int:
 
 
 _PREDICT_FORMATS = (".npy", ".csv")
+#: a regression loss's link (``Loss.link``) -> outputs to predictions
+_REGRESSION_LINKS = {"identity": np.asarray, "exp": np.exp}
 
 
 def _check_predict_out(path: str) -> Path:
     out = Path(path).expanduser()
     if out.suffix not in _PREDICT_FORMATS:
         raise UsageError(f"--out {path!r}: valid formats: {', '.join(_PREDICT_FORMATS)}")
+    _check_name_lengths(out, "--out", "choose a shorter path")
     if out.is_dir():
         raise UsageError(f"--out {path!r} is an existing folder")
     try:
@@ -733,6 +856,7 @@ def cmd_predict(args) -> int:
     _check_device(args)
     out = _check_predict_out(args.out)
     model, run = _load_run(args)
+    _check_loss_override(args, run, model)
     spec = args.data or run.get("config", {}).get("data", {}).get("dataset")
     for role, path in (("data file", spec), ("checkpoint", args.checkpoint)):
         if path is not None and _same_file(out, path):
@@ -745,7 +869,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"--proba needs a classification run; this one's loss {loss.name!r} "
                          "predicts numbers, not class probabilities (leave out --proba)")
     if args.proba:
-        pred = dn.predict_proba(model, X, loss=loss)
+        pred = dn.predict_proba(model, X, loss=loss)  # a column per sorted label
     else:
         raw = model.predict(X)
         if loss.name == "cross_entropy":
@@ -754,8 +878,8 @@ def cmd_predict(args) -> int:
             pred = (raw[:, 0] > 0).astype(np.int64)
         elif loss.name == "binary_cross_entropy":
             pred = (raw > 0).astype(np.int64)
-        else:
-            pred = raw
+        else:  # a regression loss's link maps the outputs to predictions (log-mean -> mean)
+            pred = _REGRESSION_LINKS[loss.link](raw)
         if run.get("classes") is not None and pred.ndim == 1:
             pred = np.asarray(run["classes"])[pred]  # back to the labels the data used
     pred = np.asarray(pred)

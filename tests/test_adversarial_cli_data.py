@@ -374,6 +374,99 @@ def test_proba_on_a_regression_run_wrote_raw_outputs_as_probabilities(rng, tmp_p
     assert not (tmp_path / "p.csv").exists()
 
 
+def train_run(capsys, tmp_path, X, y, loss=None, name="o"):
+    """Trains a 1-epoch CLI run on (X, y) as a CSV; returns its checkpoint path."""
+    data = write_rows(tmp_path / f"{name}.csv", np.column_stack([X, y]))
+    cfg = write_config(tmp_path / f"{name}.toml", data, tmp_path / name)
+    if loss:
+        cfg.write_text(cfg.read_text().replace("[train]", f'[train]\nloss = "{loss}"'))
+    code, _, err = run_cli(capsys, "train", "--config", cfg)
+    assert code == 0, err
+    return tmp_path / name / "model.safetensors"
+
+
+@pytest.mark.parametrize("task, command, loss, needle", [
+    ("regression", ["predict", "--proba"], "cross_entropy", "mse, mae, huber"),
+    ("regression", ["eval"], "poisson", "mse, mae, huber"),
+    ("classification", ["predict"], "binary_cross_entropy", "one of: cross_entropy"),
+    ("classification", ["eval"], "mse", "one of: cross_entropy"),
+    ("binary", ["predict"], "cross_entropy", "one of: binary_cross_entropy"),
+])
+def test_loss_override_must_read_the_outputs_as_the_run_trained_them(rng, tmp_path, capsys, task,
+                                                                     command, loss, needle):
+    """--loss with another link than the run's loss (all-1.0 "probabilities", a 0/1 matrix for
+    labels, a softmax over one sigmoid output) is refused, before anything is written."""
+    X, y = labelled(rng)
+    if task == "regression":
+        y = X @ rng.normal(size=2)
+    ckpt = train_run(capsys, tmp_path, X, y,
+                     loss="binary_cross_entropy" if task == "binary" else None)
+    out = tmp_path / "p.csv"
+    extra = ["--out", out] if command[0] == "predict" else []
+    code, _, err = run_cli(capsys, *command, "--checkpoint", ckpt, "--loss", loss, *extra)
+    assert code == 2
+    one_line_error(err, f"--loss {loss!r} does not fit this run", "leave out --loss", needle)
+    assert not out.exists()
+
+
+def test_loss_override_with_the_runs_link_is_used(rng, tmp_path, capsys):
+    X = rng.normal(size=(24, 2))
+    y = X @ rng.normal(size=2)
+    ckpt = train_run(capsys, tmp_path, X, y)
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--loss", "mae", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["loss"] == pytest.approx(result["mae"])
+
+
+def test_loss_override_on_a_checkpoint_without_a_recorded_loss_fits_its_outputs(rng, tmp_path,
+                                                                                capsys):
+    """A model saved from Python records no loss: --loss says it, but a softmax over its one
+    output would make every probability 1.0."""
+    X, _ = labelled(rng)
+    ckpt = tmp_path / "m.safetensors"
+    dn.save(dn.MLP([2, 4, 1], backend="cpu", seed=0), ckpt)
+    data = write_rows(tmp_path / "x.csv", X)
+    out = tmp_path / "p.csv"
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--data", data, "--proba",
+                           "--loss", "cross_entropy", "--out", out)
+    assert code == 2
+    one_line_error(err, "2 or more outputs", "binary_cross_entropy")
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--data", data, "--proba",
+                           "--loss", "binary_cross_entropy", "--out", out)
+    assert code == 0, err
+    assert np.loadtxt(out, delimiter=",").shape == (len(X), 2)
+
+
+def test_proba_of_a_binary_cross_entropy_run_has_a_column_per_sorted_label(rng, tmp_path, capsys):
+    X, y = labelled(rng)
+    ckpt = train_run(capsys, tmp_path, X, np.array([3, 7])[y], loss="binary_cross_entropy")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--proba",
+                           "--out", tmp_path / "p.npy")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--out", tmp_path / "l.npy")
+    assert code == 0, err
+    proba, labels = np.load(tmp_path / "p.npy"), np.load(tmp_path / "l.npy")
+    assert proba.shape == (len(X), 2)  # P(3), P(7)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    model, _ = dn.load(ckpt, backend="cpu")
+    p7 = 1 / (1 + np.exp(-model.predict(X.astype(model.dtype))[:, 0].astype(np.float64)))
+    np.testing.assert_allclose(proba[:, 1], p7, rtol=1e-5)
+    np.testing.assert_array_equal(labels, np.array([3, 7])[proba.argmax(axis=1)])
+
+
+def test_poisson_run_predicts_means_not_log_means(rng, tmp_path, capsys):
+    X = rng.normal(size=(24, 2))
+    ckpt = train_run(capsys, tmp_path, X, rng.poisson(3.0, size=24).astype(float),
+                     loss="poisson")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--out", tmp_path / "p.npy")
+    assert code == 0, err
+    model, _ = dn.load(ckpt, backend="cpu")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"),
+                               np.exp(model.predict(X.astype(model.dtype))), rtol=1e-6)
+
+
 @pytest.mark.parametrize("key", ["target_column = 0", "header = true"])
 def test_csv_only_keys_were_silently_ignored_for_other_datasets(rng, tmp_path, capsys, key):
     X, y = labelled(rng)
@@ -476,3 +569,44 @@ def test_eval_on_another_data_file_silently_used_a_random_fifth_of_it(rng, tmp_p
     code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", other,
                              "--split", "test")  # said explicitly: as asked
     assert code == 0 and "(2 samples)" in out, err
+
+
+@pytest.mark.parametrize("change", ["row_appended", "rows_reordered"])
+def test_eval_refuses_the_runs_split_once_its_data_changed(rng, tmp_path, capsys, change):
+    """The split picks rows by position: with one row more, or the rows in another order,
+    "test" would hold rows the model trained on. The run records what its split was drawn
+    from (rows, sha256) in run.json and the checkpoint; eval / predict --split refuse."""
+    X, y = labelled(rng, n=40)
+    ckpt = train_run(capsys, tmp_path, X, y)
+    data = tmp_path / "o.csv"
+    source = json.loads((tmp_path / "o" / "run.json").read_text())["split_source"]
+    assert source["rows"] == 40 and len(source["sha256"]) == 64
+    assert dn.io.read_metadata(ckpt)["extra"]["split_source"] == source
+    if change == "row_appended":
+        write_rows(data, np.column_stack([np.vstack([X, X[:1]]), np.append(y, y[0])]))
+    else:
+        write_rows(data, np.column_stack([X, y])[::-1])
+    for command in (["eval"], ["eval", "--split", "train"],
+                    ["predict", "--split", "test", "--out", tmp_path / "p.csv"]):
+        code, _, err = run_cli(capsys, *command, "--checkpoint", ckpt)
+        assert code == 2, command
+        one_line_error(err, "the data changed since the run was trained", "--split all",
+                       "train again")
+    assert not (tmp_path / "p.csv").exists()
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--split", "all")
+    assert code == 0 and f"({40 + (change == 'row_appended')} samples)" in out, err
+
+
+def test_runs_split_on_another_data_file_warns_that_its_rows_are_not_the_held_out_ones(
+        rng, tmp_path, capsys):
+    X, y = labelled(rng, n=40)
+    ckpt = train_run(capsys, tmp_path, X, y)
+    copy = write_rows(tmp_path / "copy.csv", np.column_stack([X, y]))  # the same bytes
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", copy,
+                             "--split", "test")
+    assert code == 0 and "(10 samples)" in out and "warning" not in err, err
+    other = write_rows(tmp_path / "other.csv", np.column_stack([X, y])[:36])
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", other,
+                             "--split", "test")
+    assert code == 0 and "(9 samples)" in out, err
+    assert "devnet: warning:" in err and "drawn from 40 rows, the file has 36" in err

@@ -7,6 +7,7 @@ random data: fast, and an error's exit code and one-line message are checked dir
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -230,6 +231,38 @@ def test_bad_output_paths_fail_before_training(tmp_path, capsys, case):
     one_line_error(err)
 
 
+@pytest.mark.parametrize("case", ["out_folder", "nested_out_folder", "checkpoint_name",
+                                  "plot_name"])
+def test_names_over_the_file_system_limit_fail_before_training(tmp_path, capsys, case):
+    """A folder or file name longer than the file system takes is a usage error naming it,
+    found before training, not an OSError after it."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out, extra, needle = tmp_path / "o", "", "output folder"
+    if case == "out_folder":
+        out = tmp_path / ("x" * (limit + 1))
+    elif case == "nested_out_folder":
+        out = tmp_path / "a" / ("x" * (limit + 1)) / "b"
+    elif case == "checkpoint_name":
+        extra, needle = f'checkpoint = "{"c" * limit}.safetensors"', "output.checkpoint"
+    else:
+        extra, needle = f'plot = "{"p" * limit}.png"', "output.plot"
+    cfg = write_config(tmp_path / "run.toml", "xor", out, epochs=1, output_extra=extra)
+    code, stdout, err = run_cli(capsys, "train", "--config", cfg)
+    assert code == 2 and "trained" not in stdout, err
+    one_line_error(err, needle, "over this file system's limit of", "choose a shorter")
+    assert not (tmp_path / "a").exists()
+
+
+def test_longest_checkpoint_name_the_file_system_takes_is_saved(tmp_path, capsys):
+    # the save's temporary file, whose name is longer, must fit too
+    name = "c" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".safetensors"))
+    cfg = write_config(tmp_path / "run.toml", "xor", tmp_path / "o", epochs=1,
+                       output_extra=f'checkpoint = "{name}.safetensors"')
+    code, _, err = run_cli(capsys, "train", "--config", cfg)
+    assert code == 0, err
+    assert (tmp_path / "o" / f"{name}.safetensors").is_file()
+
+
 def test_data_paths_in_a_config_are_relative_to_the_config_file(rng, tmp_path, capsys,
                                                                  monkeypatch):
     folder = tmp_path / "project"
@@ -435,7 +468,8 @@ def test_predict_checks_its_output_path_first(tmp_path, capsys):
     missing = tmp_path / "missing.safetensors"  # never read: the output is checked first
     for out, needle in ((tmp_path / "folder.csv", "existing folder"),
                         (tmp_path / "file" / "p.csv", "cannot create"),
-                        (tmp_path / "p.txt", "valid formats: .npy, .csv")):
+                        (tmp_path / "p.txt", "valid formats: .npy, .csv"),
+                        (tmp_path / ("p" * 300 + ".csv"), "over this file system's limit")):
         code, _, err = run_cli(capsys, "predict", "--checkpoint", missing, "--out", out)
         assert code == 2
         one_line_error(err, needle)
