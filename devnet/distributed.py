@@ -38,6 +38,7 @@ import numbers
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,9 +135,11 @@ def _install_excepthook(comm: Communicator) -> None:
 
     def hook(exc_type, exc, tb):
         if comm.size > 1:  # the one line that matters first, then the traceback
+            what = ("was interrupted (KeyboardInterrupt)" if issubclass(
+                exc_type, KeyboardInterrupt) else f"failed with {exc_type.__name__}: {exc}")
             sys.stderr.write(f"devnet.distributed: rank {comm.rank} of {comm.size} "
-                             f"(pid {os.getpid()} on {comm.host}) failed with "
-                             f"{exc_type.__name__}: {exc}; aborting every rank\n")
+                             f"(pid {os.getpid()} on {comm.host}) {what}; aborting every "
+                             "rank\n")
             sys.stderr.flush()
         previous(exc_type, exc, tb)
         if comm.size > 1:
@@ -712,24 +715,27 @@ _HINTS = {
 }
 
 
-_DIGEST_ALL = 256 << 20  # arrays up to this many bytes are hashed whole (~0.2 s at most)
+_DIGEST_CHUNK = 16 << 20  # bytes hashed per update: memory stays bounded whatever the size
 
 
 def _digest(a: np.ndarray) -> str:
-    """A fingerprint of an array: all of it up to 256 MiB (a rank whose data differ in a few
-    rows must not pass), else 64 evenly spaced rows and a row-weighted float64 sum.
+    """A fingerprint of every byte of an array, in C order (whatever its memory layout), fed
+    to the hash in chunks: a rank whose data differ in one value must not pass, and a sample
+    of a large array would let it.
     """
     import hashlib
 
     a = np.asarray(a)
-    if a.nbytes <= _DIGEST_ALL:
-        return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
-    rows = a[::max(1, len(a) // 64)]
-    flat = a.reshape(len(a), -1)
-    weighted = float(np.dot(flat.sum(axis=1, dtype=np.float64),
-                            np.arange(1, len(a) + 1, dtype=np.float64)))
-    digest = hashlib.sha1(np.ascontiguousarray(rows).tobytes())
-    digest.update(repr(weighted).encode())
+    digest = hashlib.sha1()
+    if a.flags.c_contiguous:
+        data = memoryview(a.reshape(-1).view(np.uint8))  # bytes: any dtype, no copy
+        for i in range(0, len(data), _DIGEST_CHUNK):
+            digest.update(data[i:i + _DIGEST_CHUNK])
+    else:  # copies one buffer of C-ordered values at a time
+        chunk = max(1, _DIGEST_CHUNK // max(1, a.itemsize))
+        for block in np.nditer(a, flags=["external_loop", "buffered", "zerosize_ok"],
+                               order="C", buffersize=chunk):
+            digest.update(np.ascontiguousarray(block).view(np.uint8))
     return digest.hexdigest()[:16]
 
 
@@ -847,6 +853,9 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     The job's output passes through; when a rank dies, the launcher reports only its pid
     (MPICH: "PID 814 RUNNING AT host"), so this adds the line naming the rank, from the
     rank table ``init`` prints.
+    SIGINT, SIGTERM or SIGHUP to this process stop the job (``_Stop``): every rank is
+    interrupted (KeyboardInterrupt: fit's interrupt path) and killed if it has not ended
+    ``STOP_GRACE`` seconds later; the return value is then 128 + the signal (130, 143, 129).
     """
     if isinstance(argv, (str, bytes, os.PathLike)) or not isinstance(argv, (list, tuple)) \
             or not argv or not all(isinstance(a, (str, os.PathLike)) for a in argv):
@@ -867,19 +876,132 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, per_rank)
     watch = _FailureWatch()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # mpiexec in a process group of its own: a Ctrl-C at the terminal reaches only this
+    # launcher, which passes it on once (a second Ctrl-C would make mpiexec kill the ranks
+    # at once); a background group cannot read the terminal, so it gets no terminal stdin
+    stdin = subprocess.DEVNULL if _is_terminal(sys.stdin) else None
+    proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    stop = _Stop(proc, nproc)
     pumps = [threading.Thread(target=watch.pump, args=(proc.stdout, sys.stdout), daemon=True),
              threading.Thread(target=watch.pump, args=(proc.stderr, sys.stderr), daemon=True)]
-    for pump in pumps:
-        pump.start()
-    rc = proc.wait()
-    for pump in pumps:
-        pump.join()
+    with stop.forwarding():
+        for pump in pumps:
+            pump.start()
+        rc = stop.wait()
+        for pump in pumps:
+            pump.join()
+    if stop.signum is not None:  # the ranks' failure lines would only repeat the interrupt
+        return 128 + stop.signum
     if rc != 0:
         for line in watch.failures():
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
     return rc
+
+
+STOP_GRACE = 10.0  # seconds the ranks get to stop after an interrupt before they are killed
+# the signals that stop a job; the launcher exits 128 + the signal's number (130, 143, 129)
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's capture), closed
+        return False
+
+
+class _Stop:
+    """How the launcher ends a job when it is told to stop (SIGINT, SIGTERM, SIGHUP).
+
+    The first signal becomes one SIGINT to mpiexec, which passes it to every rank: each
+    raises KeyboardInterrupt and leaves fit by its interrupt path (callbacks told, no
+    checkpoint half-written). A second signal, or ranks still running ``STOP_GRACE`` seconds
+    later, sends mpiexec a second SIGINT: it kills the ranks at once; SIGKILL to mpiexec's
+    group follows if even that does not end it. The handler only records and forwards (a
+    signal may arrive while this thread writes): ``wait`` reports and enforces the deadlines.
+    """
+
+    def __init__(self, proc, nproc: int):
+        self.proc, self.nproc = proc, nproc
+        self.signum: int | None = None
+        self.signals = 0  # received so far
+        self.told = 0  # of them reported
+        self.forced = False
+        self.deadline = math.inf
+
+    def forwarding(self):
+        """Install the handlers (main thread only: elsewhere Python cannot) until exit."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                previous = signal.signal(sig, self._handle)
+                stack.callback(signal.signal, sig,
+                               signal.SIG_DFL if previous is None else previous)
+        return stack
+
+    def _handle(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signum is None:
+            self.signum = signum
+            self.deadline = time.monotonic() + STOP_GRACE
+            self._send(signal.SIGINT)
+        elif not self.forced:
+            self._force()
+
+    def _force(self) -> None:
+        self.forced = True
+        self.deadline = time.monotonic() + STOP_GRACE
+        self._send(signal.SIGINT)  # mpiexec's second interrupt: it kills every rank
+
+    def _send(self, sig) -> None:
+        try:
+            self.proc.send_signal(sig)
+        except OSError:  # gone already
+            pass
+
+    def wait(self) -> int:
+        """mpiexec's exit code, enforcing the deadlines once a stop was asked for."""
+        while True:
+            try:
+                return self.proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                self._report()
+            if time.monotonic() < self.deadline:
+                continue
+            if not self.forced:
+                self._force()
+                _say(f"devnet.distributed: the ranks did not stop within {STOP_GRACE:g} s: "
+                     "killing them")
+            else:
+                _say("devnet.distributed: mpiexec did not end the ranks: killing it")
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (AttributeError, OSError):  # no process groups (Windows), gone
+                    self.proc.kill()
+                self.deadline = math.inf
+
+    def _report(self) -> None:
+        if self.signals > self.told and self.signum is not None:
+            name = signal.Signals(self.signum).name
+            if self.told == 0:
+                _say(f"devnet.distributed: {name}: stopping the {self.nproc} ranks (an "
+                     "interrupt to each; checkpoints already written stay valid); another "
+                     f"signal, or {STOP_GRACE:g} s, kills them")
+            if self.signals > 1 and self.forced:
+                _say("devnet.distributed: signalled again: killing the ranks")
+            self.told = self.signals
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class _FailureWatch:

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -196,3 +197,139 @@ def test_mpiexec_command_rejects_bad_nproc_and_empty_hosts():
     with pytest.raises(distributed.DistributedError, match="hosts is empty"):
         distributed.mpiexec_command(2, hosts=[])
     assert distributed.mpiexec_command(2, hosts="a,b")[-2:] == ["-hosts", "a,b"]
+
+
+def test_data_check_fingerprints_every_row_of_an_array_over_256_mib():
+    # 65,537 rows of 1,024 float32 each (256 MiB) as a view of one 256 KiB column (stride 0
+    # along the row): nothing big is allocated. Rows 4,999..5,001 change by (-1, 2, -1): no
+    # row a sample of 64 would take, and neither the rows' sum nor their row-weighted sum
+    # changes; a rank holding these rows must not pass as holding the same data
+    from numpy.lib.stride_tricks import as_strided
+
+    n, width = 65_537, 1_024
+    column = np.random.default_rng(0).integers(-8, 8, n).astype(np.float32)
+    changed = column.copy()
+    changed[4_999:5_002] += np.array([-1, 2, -1], np.float32)
+    a, b = (as_strided(c, shape=(n, width), strides=(4, 0), writeable=False)
+            for c in (column, changed))
+    assert a.nbytes > 256 << 20
+    assert distributed._digest(a) != distributed._digest(b)
+    # the fingerprint depends on the values and their order, not on the memory layout
+    small = np.random.default_rng(1).standard_normal((300, 7))
+    assert distributed._digest(small) == distributed._digest(np.asfortranarray(small))
+    assert distributed._digest(small[::2]) == distributed._digest(small[::2].copy())
+    assert distributed._digest(small) != distributed._digest(small[::-1])
+
+
+# --- stopping a job: a signal to the launcher ----------------------------------------------------
+
+def _started_by(marker: str) -> list[int]:
+    """The pids of the processes whose command line holds ``marker`` (a test's own path)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read() and int(entry) != os.getpid():
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _gone_within(marker: str, seconds: float) -> list[int]:
+    """Wait until no process holds ``marker``; the pids left after ``seconds`` (killed)."""
+    end = time.monotonic() + seconds
+    while (left := _started_by(marker)) and time.monotonic() < end:
+        time.sleep(0.1)
+    for pid in left:  # the job this test started, if the launcher left it running
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
+
+
+def _stop_job(tmp_path, command, ready, sig):
+    """Run ``command``; once ``ready(output so far)`` holds, send ``sig`` to it. Returns
+    (proc, its output, seconds from the signal to its exit, pids still running 10 s later).
+    """
+    marker = str(tmp_path)
+    log = tmp_path / "job.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=_env())
+    try:
+        end = time.monotonic() + LIMIT
+        while not ready(log.read_text()) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert ready(log.read_text()), log.read_text()
+        assert len(_started_by(marker)) >= 3  # launcher, mpiexec, ranks
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=LIMIT)
+        secs = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, log.read_text(), secs, _gone_within(marker, 10)
+
+
+LAUNCHER = [sys.executable, "-m", "devnet.distributed", "-n", "2"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="finds the ranks in /proc")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_the_launcher_stops_every_rank_through_fits_interrupt(tmp_path, sig, code):
+    ck = tmp_path / "ck.safetensors"
+    opts = dict(epochs=10**6, checkpoint=str(ck))
+    program = [sys.executable, WORKER, str(tmp_path / "out.npz"), json.dumps(opts)]
+    proc, text, secs, left = _stop_job(tmp_path, LAUNCHER + program, lambda _: ck.exists(), sig)
+    assert proc.returncode == code, text
+    assert left == [], text
+    assert secs < 30, text  # 10 s for the ranks, generous for a loaded machine
+    assert f"{signal.Signals(sig).name}: stopping the 2 ranks" in text
+    assert re.search(r"rank \d of 2 \(pid \d+ on \S+\) was interrupted \(KeyboardInterrupt\)",
+                     text), text
+    dn_model, _ = __import__("devnet").load(ck, backend="cpu")  # a whole checkpoint
+    assert dn_model.n_params > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="finds the ranks in /proc")
+def test_sigterm_to_devnet_train_nproc_stops_every_rank(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('[data]\ndataset = "digits"\n[model]\nhidden = [16]\n'
+                      '[train]\nepochs = 1000000\nprogress = false\n'
+                      f'[output]\ndir = {str(tmp_path / "run")!r}\n')
+    command = [sys.executable, "-m", "devnet.cli", "train", "--config", str(config),
+               "--nproc", "2"]
+    proc, text, secs, left = _stop_job(tmp_path, command, lambda out: " ranks (" in out,
+                                       signal.SIGTERM)
+    assert proc.returncode == 143, text
+    assert left == [], text
+    assert secs < 30, text
+    assert text.count("devnet: interrupted") == 2, text  # each rank left by the CLI's path
+
+
+IGNORES_INTERRUPTS = """
+import signal, sys, time
+from mpi4py import MPI
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if MPI.COMM_WORLD.rank == 1:
+    open(sys.argv[1], "w").close()
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="finds the ranks in /proc")
+def test_ranks_ignoring_the_interrupt_are_killed_after_the_grace_period(tmp_path):
+    ready = tmp_path / "ready"
+    launcher = [sys.executable, "-c", "import sys; from devnet import distributed as d; "
+                "d.STOP_GRACE = 1.0; sys.exit(d.main(sys.argv[1:]))", "-n", "2"]
+    program = [sys.executable, "-c", IGNORES_INTERRUPTS, str(ready)]
+    proc, text, secs, left = _stop_job(tmp_path, launcher + program, lambda _: ready.exists(),
+                                       signal.SIGTERM)
+    assert proc.returncode == 143, text
+    assert left == [], text
+    assert secs < 20, text
+    assert "did not stop within 1 s: killing them" in text
