@@ -1039,7 +1039,9 @@ def build_parser() -> argparse.ArgumentParser:
                             + ("test); a --data file other than the run's dataset is used "
                                "whole unless --split says otherwise" if name == "eval"
                                else "all)"))
-        p.add_argument("--loss", help="loss name (default: the run's loss)")
+        p.add_argument("--loss", help="loss name (default: the run's loss; another must read "
+                                      "the outputs through the same link, e.g. mae for an mse "
+                                      "run)")
         p.add_argument("--device", default="auto",
                        help="auto, cpu, cuda, cuda:N (default: auto)")
     subs["eval"].add_argument("--json", action="store_true", help="print JSON")
