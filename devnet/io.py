@@ -346,7 +346,10 @@ def _lock_own(fd: int, tmp: str) -> bool:
     """Lock the new file ``tmp`` (open as ``fd``); False if it is no longer at ``tmp``."""
     if fcntl is None:
         return True
-    fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds it only while it checks and unlinks
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds it only while it checks and unlinks
+    except OSError:  # a file system without locks: no cleaner can lock it to remove it either
+        return True
     try:
         return os.stat(tmp).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
