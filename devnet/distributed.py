@@ -880,12 +880,15 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     # launcher, which passes it on once (a second Ctrl-C would make mpiexec kill the ranks
     # at once); a background group cannot read the terminal, so it gets no terminal stdin
     stdin = subprocess.DEVNULL if _is_terminal(sys.stdin) else None
-    proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    stop = _Stop(proc, nproc)
-    pumps = [threading.Thread(target=watch.pump, args=(proc.stdout, sys.stdout), daemon=True),
-             threading.Thread(target=watch.pump, args=(proc.stderr, sys.stderr), daemon=True)]
-    with stop.forwarding():
+    stop = _Stop(nproc)
+    with stop.forwarding():  # from before the start: no moment leaves the job unsupervised
+        proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        stop.started(proc)
+        pumps = [threading.Thread(target=watch.pump, args=(proc.stdout, sys.stdout),
+                                  daemon=True),
+                 threading.Thread(target=watch.pump, args=(proc.stderr, sys.stderr),
+                                  daemon=True)]
         for pump in pumps:
             pump.start()
         rc = stop.wait()
@@ -924,8 +927,8 @@ class _Stop:
     signal may arrive while this thread writes): ``wait`` reports and enforces the deadlines.
     """
 
-    def __init__(self, proc, nproc: int):
-        self.proc, self.nproc = proc, nproc
+    def __init__(self, nproc: int):
+        self.proc, self.nproc = None, nproc
         self.signum: int | None = None
         self.signals = 0  # received so far
         self.told = 0  # of them reported
@@ -944,6 +947,12 @@ class _Stop:
                                signal.SIG_DFL if previous is None else previous)
         return stack
 
+    def started(self, proc) -> None:
+        """mpiexec runs as ``proc``; a signal that came while it started is passed on now."""
+        self.proc = proc
+        if self.signum is not None:
+            self._send(signal.SIGINT)
+
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signum is None:
@@ -959,6 +968,8 @@ class _Stop:
         self._send(signal.SIGINT)  # mpiexec's second interrupt: it kills every rank
 
     def _send(self, sig) -> None:
+        if self.proc is None:  # not started yet: ``started`` sends it
+            return
         try:
             self.proc.send_signal(sig)
         except OSError:  # gone already
