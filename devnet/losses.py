@@ -120,6 +120,14 @@ class Loss:
         raise DataError(f"{self.name} needs targets shaped like the predictions "
                         f"{tuple(pred.shape)}, got {tuple(target.shape)}")
 
+    def check_values(self, target, dtype, name: str = "targets") -> None:
+        """A DataError unless the finite ``target``, shaped for the kernel, obeys this loss's
+        value rules (poisson: >= 0; ...). The one place each rule lives: the unchecked door
+        (``prepare_target``) and fit / evaluate's data edge (``validation.check_y``) both run
+        it. dtype: the dtype the loss computes in (tolerances); name: the argument, for the
+        message. The base version (regression) has no rule beyond finiteness.
+        """
+
     def prepare_target(self, pred, target, xp):
         """``target`` checked (values too) and converted to what the kernel takes.
 
@@ -129,6 +137,7 @@ class Loss:
         target = _cast(self.check_target(pred, target), pred.dtype)
         _finite(f"{self.name} target", target, xp,
                 f" (or values beyond the range of {pred.dtype})")
+        self.check_values(target, pred.dtype)
         return target
 
     def _check_arrays(self, pred, target, grad, sample_weight, xp) -> None:
@@ -321,6 +330,30 @@ class CrossEntropy(Loss):
                         f"probabilities of shape ({n}, {k}), got {target.dtype} "
                         f"{tuple(target.shape)}")
 
+    def check_values(self, target, dtype, name: str = "targets") -> None:
+        """Class probabilities (n, k): in [0, 1], each row summing to 1 within
+        ``sqrt(eps)`` of ``dtype`` (scikit-learn's ``log_loss`` tolerance). A row that does
+        not is no distribution: an all-zero row would score loss 0 and teach nothing.
+        Labels (1-D) are checked by ``prepare_target`` / ``devnet.task``."""
+        if target.ndim != 2:
+            return
+        lo, hi = _bounds(target)
+        if not (0 <= lo and hi <= 1):  # also False for NaN
+            raise DataError(f"cross_entropy class probabilities in {name} must be finite and "
+                            f"in [0, 1], got values in [{lo:g}, {hi:g}]")
+        xp = get_xp(target)
+        sums = target.sum(axis=1, dtype=xp.float64)
+        tol = float(np.sqrt(np.finfo(dtype).eps))
+        bad = xp.abs(sums - 1) > tol
+        n_bad = int(bad.sum())
+        if n_bad:
+            i = int(xp.argmax(bad))
+            raise DataError(f"cross_entropy class probabilities in {name} must sum to 1 in "
+                            f"every row (within {tol:.1e}), got {n_bad} row(s) that do not, "
+                            f"first row {i} summing to {float(sums[i]):g}; normalise the "
+                            "rows (y / y.sum(axis=1, keepdims=True)) or pass integer class "
+                            "labels")
+
     def prepare_target(self, pred, target, xp):
         """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
         probabilities: (n, k) finite, in [0, 1], in pred's dtype."""
@@ -331,10 +364,7 @@ class CrossEntropy(Loss):
             target = target.reshape(n)
         if target.ndim == 2 and target.shape == (n, k):
             probs = _cast(target, pred.dtype)
-            lo, hi = _bounds(probs)
-            if not (0 <= lo and hi <= 1):  # also False for NaN
-                raise DataError(f"cross_entropy class probabilities must be finite and in "
-                                f"[0, 1], got values in [{lo:g}, {hi:g}]")
+            self.check_values(probs, pred.dtype)
             return probs
         if target.ndim != 1 or target.shape[0] != n:
             raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
@@ -367,14 +397,18 @@ class BinaryCrossEntropy(Loss):
     name, kernel, link, classification = ("binary_cross_entropy", "sigmoid_bce", "sigmoid",
                                           True)
 
+    def check_values(self, target, dtype, name: str = "targets") -> None:
+        """0/1 labels or probabilities: every value in [0, 1]."""
+        lo, hi = _bounds(target)
+        if not (0 <= lo and hi <= 1):  # also False for NaN
+            raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
+                            f"probabilities), got values in [{lo:g}, {hi:g}]")
+
     def prepare_target(self, pred, target, xp):
         """0/1 labels or probabilities shaped like ``pred``, in [0, 1], in pred's dtype."""
         _real("binary_cross_entropy target", target)
         target = _cast(self.check_target(pred, target), pred.dtype)
-        lo, hi = _bounds(target)
-        if not (0 <= lo and hi <= 1):  # also False for NaN
-            raise DataError(f"binary_cross_entropy targets must be in [0, 1] (0/1 labels or "
-                            f"probabilities), got values in [{lo:g}, {hi:g}]")
+        self.check_values(target, pred.dtype)
         return target
 
 
@@ -387,14 +421,13 @@ class Poisson(Loss):
 
     name, kernel, link = "poisson", "poisson", "exp"
 
-    def prepare_target(self, pred, target, xp):
-        """Finite targets >= 0 shaped like ``pred``, in pred's dtype."""
-        target = super().prepare_target(pred, target, xp)
+    def check_values(self, target, dtype, name: str = "targets") -> None:
+        """Counts or rates: every value >= 0 (the deviance's log(t) needs it)."""
         lo = float(target.min())
         if lo < 0:
             raise DataError(f"poisson targets must be >= 0 (counts or rates), got a minimum "
-                            f"of {lo:g}")
-        return target
+                            f"of {lo:g} in {name}; use a regression loss such as mse for "
+                            "targets that can be negative")
 
 
 LOSSES = {

@@ -80,7 +80,7 @@ def _host(name: str, a, backend) -> np.ndarray:
     if backend is not None and backend.is_array(a) and not isinstance(a, np.ndarray):
         a = backend.to_numpy(a)
     elif not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):
-        a = to_numpy(a)  # torch / JAX / CuPy tensors, by DLPack
+        a = tensor_to_numpy(a, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NumPy < 2 only warns on ragged lists
@@ -92,6 +92,33 @@ def _host(name: str, a, backend) -> np.ndarray:
         raise DataError(f"{name} has dtype {arr.dtype} ({_kind(arr.dtype)}); expected a "
                         "numeric (float, int or bool) array")
     return arr
+
+
+def tensor_to_numpy(a, name: str) -> np.ndarray:
+    """A torch / JAX / CuPy tensor as a NumPy array (by DLPack), or a DataError naming it
+    when it has no NumPy form (bfloat16, sparse, ...) and saying how to convert it."""
+    try:
+        return to_numpy(a)
+    except (TypeError, RuntimeError, ValueError, BufferError) as exc:
+        raise DataError(f"{name} ({type(a).__module__}.{type(a).__name__}, dtype "
+                        f"{getattr(a, 'dtype', '?')}) has no NumPy form: {exc}. Convert it "
+                        "to a dense float32/float64 array first (e.g. t.float())") from None
+
+
+def check_range(name: str, arr: np.ndarray, dtype) -> None:
+    """A DataError when finite float values of ``arr`` lie beyond ``dtype``'s range: cast,
+    they would become inf (and be reported as if the data held Inf)."""
+    dtype = np.dtype(dtype)
+    if arr.dtype.kind != "f" or dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize \
+            or arr.size == 0:
+        return
+    big = np.isfinite(arr) & (np.abs(arr) > np.finfo(dtype).max)
+    if big.any():
+        raise DataError(f"{name} has {int(big.sum())} finite value(s) too large for "
+                        f"{dtype.name} (e.g. {name}{_first_bad(big)} = {arr[big][0]:g}; "
+                        f"{dtype.name} ends at {np.finfo(dtype).max:.3g}): converted they "
+                        "would overflow to inf; scale the data or build the model with "
+                        "dtype='float64'")
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -124,6 +151,7 @@ def to_dtype(name: str, arr: np.ndarray, dtype: np.dtype, what: str = "the model
     elif arr.dtype.kind in "iu":
         lossless = arr.size == 0 or int(np.abs(arr).max()) <= _EXACT_INT[dtype]
     else:  # a wider float into a narrower one: exact only if every value round-trips
+        check_range(name, arr, dtype)
         with np.errstate(over="ignore", invalid="ignore"):
             lossless = bool(np.array_equal(arr.astype(dtype).astype(arr.dtype), arr))
     if not lossless:
@@ -168,18 +196,19 @@ def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.nd
     _finite(name, arr)
     k = model.n_out
     if loss.name == "cross_entropy":
-        return _labels_or_probs(arr, n, k, name)
+        arr = _labels_or_probs(arr, n, k, name)
+        if arr.ndim == 2:  # probabilities; labels were checked by devnet.task's rule
+            loss.check_values(arr, model.dtype, name)
+        return arr
     if arr.ndim == 1 and k == 1:
         arr = arr.reshape(n, 1)
     if arr.shape != (n, k):
         raise DataError(f"{loss.name} needs {name} of shape ({n}, {k}) (or ({n},) for one "
                         f"output) to match the model's {k} output(s), got {arr.shape}")
-    if loss.name == "binary_cross_entropy":
-        if arr.size and (arr.min() < 0 or arr.max() > 1):
-            raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
-                            f"probabilities), got values in [{arr.min()}, {arr.max()}]")
-        if arr.dtype.kind in "biu":  # 0/1 labels: exact in any float, nothing to warn about
-            return np.ascontiguousarray(arr, dtype=model.dtype)
+    loss.check_values(arr, model.dtype, name)  # the loss's own rules: poisson >= 0, ...
+    if loss.name == "binary_cross_entropy" and arr.dtype.kind in "biu":
+        # 0/1 labels: exact in any float, nothing to warn about
+        return np.ascontiguousarray(arr, dtype=model.dtype)
     return to_dtype(name, arr, model.dtype)
 
 
@@ -201,9 +230,6 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
     if arr.shape != (n, k):
         raise DataError(f"cross_entropy needs {name} as integer labels of shape ({n},) or "
                         f"class probabilities of shape ({n}, {k}), got shape {arr.shape}")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(f"cross_entropy class probabilities in {name} must be in [0, 1], got "
-                        f"values in [{arr.min()}, {arr.max()}]")
     return arr
 
 

@@ -515,9 +515,9 @@ opt_advance = checks.make_advance(_advance_kernel())
 def _opt_clip(g, hyper):
     sq = np.float64(0.0)
     for i in range(g.size):
-        gi = g[i]
-        sq += np.float64(gi * gi)
-    hyper[GSCALE] = clip_scale(real(sq), real(hyper[CLIP]))  # noqa: F821
+        gi = np.float64(g[i])  # squared in float64: a float32 g of 2e19 squares past its range
+        sq += gi * gi
+    hyper[GSCALE] = clip_scale(sq, hyper[CLIP])  # noqa: F821  (float64: norms.clip_scale)
 
 
 def _l2_penalty(p, g, spans, alpha, w, has_w, count):
@@ -545,7 +545,8 @@ def _reduction(template, tag):
     """``{dtype char: kernel}``: ``template`` compiled serial, norms.py's functions bound."""
     out = {}
     for c, dt in DTYPES.items():
-        funcs = {**vars(N[c]), "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP}
+        funcs = {**vars(N[c]), "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
+                 "clip_scale": N["d"].clip_scale}  # float64 for every dtype: see norms.py
         ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dt}, dt)
         fn = scalar.specialise(template, ns, dt)
         fn.__qualname__ = f"{tag}_{np.dtype(dt).name}_{_hyper.LAYOUT_TAG}_{norms.SOURCE_TAG}"

@@ -522,11 +522,11 @@ def _adam_hyper(p, g, m, v, vmax, hyper, amsgrad):
 def _opt_clip(g, hyper, part, count):
     acc = np.float64(0.0)
     for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
-        gi = g[i]
-        acc += np.float64(gi * gi)
+        gi = np.float64(g[i])  # squared in float64: a float32 g of 2e19 squares past its range
+        acc += gi * gi
     block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
     if sum_last(part, cuda.gridDim.x, count):  # noqa: F821
-        hyper[GSCALE] = clip_scale(real(part[cuda.gridDim.x]), real(hyper[CLIP]))  # noqa: F821
+        hyper[GSCALE] = clip_scale(part[cuda.gridDim.x], hyper[CLIP])  # noqa: F821
 
 
 def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, counter, out):
@@ -634,7 +634,9 @@ def _hyper_globals(step_name):
 
 
 def _reduction_globals(dt):
-    return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP}
+    return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
+            # float64 for every dtype: see norms.clip_scale
+            "clip_scale": N[np.dtype(np.float64)].clip_scale}
 
 
 for _n, _s in table.STEP_HYPER.items():

@@ -8,7 +8,8 @@ functions on host floats. Apart from ``scalar.py`` so that its edits do not reco
 kernel: the kernels using these functions carry ``SOURCE_TAG`` in their cache names.
 
 Sums of squares are accumulated in float64 by the kernels; what these functions see is the
-finished sum, in the kernel's dtype (a float32 kernel keeps float32 math, as ``scalar.py``).
+finished sum, in the kernel's dtype (a float32 kernel keeps float32 math, as ``scalar.py``),
+except ``clip_scale``, which the kernels of every dtype run in float64: see there.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ def l2_value(value, value_scale, alpha, sq, sw):
 
 def clip_scale(sq, clip):
     """``min(1, clip / (sqrt(sq) + 1e-6))`` for ``sq = |g|**2``; a NaN norm stays NaN (a
-    plain ``min`` would read it as 1, "no clipping", and hide the divergence)."""
+    plain ``min`` would read it as 1, "no clipping", and hide the divergence).
+
+    Float64 whatever g's dtype (``cpu.py`` and ``cuda.py`` bind the float64 copy): a float32
+    gradient of norm 2e19 has a square beyond float32's range, so a float32 ``sq`` is inf,
+    the scale 0 and every update skipped: the very exploding gradient clipping exists for.
+    """
     s = clip / (math.sqrt(sq) + 1e-6)
     return 1.0 if s >= 1.0 else s
 

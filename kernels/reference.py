@@ -400,15 +400,13 @@ for _name in STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
 def opt_clip(g, hyper):
     """``hyper[gscale] <- min(1, hyper[clip] / (|g| + 1e-6))``; g (N,) is not changed.
 
-    |g|**2 is summed in float64, the rest computed in g's dtype (float32: as ``_clip_`` did
-    before the kernel). hyper: (H,) float64, H >= the header's 4 slots.
+    |g|**2 is summed and the scale computed in float64 whatever g's dtype
+    (``norms.clip_scale``: a float32 square past float32's range must not zero the scale).
+    hyper: (H,) float64, H >= the header's 4 slots.
     """
-    dt = g.dtype.type
-    sq = float((g.astype(np.float64) ** 2).sum())
-    clip = float(hyper[HYPER_CLIP])
-    norm = np.sqrt(dt(sq))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scale = dt(clip) / (norm + dt(1e-6))
+    sq = np.float64((g.astype(np.float64) ** 2).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.float64(hyper[HYPER_CLIP]) / (np.sqrt(sq) + 1e-6)
     hyper[HYPER_GSCALE] = 1.0 if scale >= 1.0 else float(scale)
 
 

@@ -139,7 +139,51 @@ CASES = [
      dn.DataError, ["X", "y", "40 rows", "10"]),
     ("seed_negative", lambda X, y, r: _fit(X, y, seed=-1),
      dn.ConfigError, ["seed", "non-negative integer"]),
+    ("poisson_negative_targets", lambda X, y, r: _fit(X, r.random((40, 3)) - 0.5,
+                                                      loss="poisson"),
+     dn.DataError, ["poisson", ">= 0", "y", "mse"]),
+    ("poisson_negative_validation_targets",
+     lambda X, y, r: _fit(X, r.random((40, 3), np.float32), loss="poisson",
+                          validation_data=(X, r.random((40, 3), np.float32) - 0.5)),
+     dn.DataError, ["poisson", ">= 0", "validation_data[1]"]),
+    ("evaluate_poisson_negative_targets",
+     lambda X, y, r: dn.evaluate(_model(), X, r.random((40, 3)) - 0.5, loss="poisson"),
+     dn.DataError, ["poisson", ">= 0", "y"]),
+    ("xent_probs_rows_not_summing_to_1", lambda X, y, r: _fit(X, r.random((40, 3))),
+     dn.DataError, ["cross_entropy", "probabilities", "y", "sum to 1", "normalise"]),
+    ("xent_probs_all_zero_row", lambda X, y, r: _fit(X, _zero_row(np.eye(3)[y], 7)),
+     dn.DataError, ["cross_entropy", "sum to 1", "1 row(s)", "row 7 summing to 0"]),
+    ("evaluate_xent_probs_not_summing_to_1",
+     lambda X, y, r: dn.evaluate(_model(), X, 0.5 * np.eye(3)[y], loss="cross_entropy"),
+     dn.DataError, ["cross_entropy", "sum to 1", "40 row(s)"]),
+    ("fit_bfloat16_tensor", lambda X, y, r: _fit(_bfloat16(X), y),
+     dn.DataError, ["X", "bfloat16", "no NumPy form", "float32"]),
+    ("evaluate_bfloat16_tensor",
+     lambda X, y, r: dn.evaluate(_model(), X, _bfloat16(np.eye(3)[y]), loss="cross_entropy"),
+     dn.DataError, ["y", "bfloat16", "no NumPy form", "float32"]),
+    ("predict_bfloat16_tensor", lambda X, y, r: dn.predict(_model(), _bfloat16(X)),
+     dn.DataError, ["X", "bfloat16", "no NumPy form", "float32"]),
+    ("predict_float64_beyond_float32", lambda X, y, r: dn.predict(_model(), _huge(X)),
+     dn.DataError, ["X", "too large for float32", "X[3, 2] = 1e+300", "overflow", "float64"]),
+    ("fit_float64_beyond_float32", lambda X, y, r: _fit(_huge(X), y),
+     dn.DataError, ["X", "too large for float32", "overflow"]),
 ]
+
+
+def _zero_row(probs, i):
+    probs = probs.copy()
+    probs[i] = 0.0
+    return probs
+
+
+def _bfloat16(a):
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16)
+
+
+def _huge(X):
+    """X as float64 with one finite value (1e300) far beyond float32's range."""
+    return _nan(X.astype(np.float64), v=1e300)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

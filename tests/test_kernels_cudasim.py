@@ -364,6 +364,19 @@ def test_opt_clip_matches_reference(n, dtype, rng):
     assert np.isnan(h1[table.HYPER_GSCALE])
 
 
+@pytest.mark.parametrize("n", (7, 150))
+def test_opt_clip_scale_of_a_norm_whose_square_overflows_float32(n, rng):
+    from devnet.kernels import table
+
+    g = (rng.standard_normal(n) * 1e20).astype(np.float32)
+    g[0] = 1e21  # its own square overflows float32
+    h = np.zeros(len(table.HYPER_HEADER) + 4)
+    h[table.HYPER_CLIP] = 1.0
+    kcuda.opt_clip(g, h)
+    want = 1.0 / np.linalg.norm(g.astype(np.float64))
+    np.testing.assert_allclose(h[table.HYPER_GSCALE], want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ("sgd_step", "nesterov_step", "rmsprop_step", "adam_step",
                                   "adamw_step"))

@@ -169,6 +169,35 @@ def test_opt_clip_keeps_a_nan_norm_nan(module, rng):
     assert np.isnan(h[table.HYPER_GSCALE])
 
 
+@pytest.mark.parametrize("module", MODULES, ids=IDS)
+def test_opt_clip_scale_of_a_norm_whose_square_overflows_float32(module, rng):
+    """A float32 gradient of norm ~1e20 (elements up to 1e21) has a square beyond float32's
+    range: the scale is clip / norm, computed in float64, not 0 (every update skipped)."""
+    g = (rng.standard_normal(int(rng.integers(10, 500))) * 1e20).astype(np.float32)
+    g[0] = 1e21  # its own square overflows float32
+    h = _hyper(1.0)
+    module.opt_clip(g, h)
+    want = 1.0 / np.linalg.norm(g.astype(np.float64))
+    np.testing.assert_allclose(h[table.HYPER_GSCALE], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_clip_norm_trains_through_a_gradient_whose_square_overflows_float32(name, rng):
+    """The exploding gradient clip_norm exists for: the step moves the parameters by the
+    clipped gradient (sgd: lr * clip along g), it is not silently skipped."""
+    model = dn.MLP([3, 5, 2], backend="cpu", seed=0)
+    opt = dn.optim.get(name, model, lr=0.1, clip_norm=1.0)
+    g = (rng.standard_normal(model.n_params) * 1e20).astype(np.float32)
+    model.grads[...] = g
+    p0 = model.params.copy()
+    opt.step()
+    step = model.params.astype(np.float64) - p0
+    assert np.isfinite(model.params).all() and np.abs(step).max() > 0
+    if name == "sgd":
+        want = -0.1 * g.astype(np.float64) / np.linalg.norm(g.astype(np.float64))
+        np.testing.assert_allclose(step, want, rtol=1e-3, atol=1e-6)
+
+
 def test_opt_clip_refuses_bad_arguments(rng):
     g = rng.standard_normal(9)
     for bad, match in ((np.ones(3), "fewer than the 4 header slots"),

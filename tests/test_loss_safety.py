@@ -336,6 +336,23 @@ def test_cross_entropy_probability_targets_are_checked(probs, rng):
         dn.losses.get("cross_entropy")(rng.standard_normal((4, 3)), t)
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+def test_cross_entropy_probability_rows_must_sum_to_1(dtype, rng):
+    """A row that is no distribution is refused (an all-zero row scored loss 0 and taught
+    nothing); rows summing to 1 within the dtype's rounding (sqrt(eps)) pass."""
+    loss = dn.losses.get("cross_entropy")
+    z = _logits(rng, 6, 4, dtype)
+    t = rng.dirichlet(np.ones(4), 6).astype(dtype)
+    loss(z, t)  # float rounding of a normalised row
+    loss(z, (t * (1 + 0.1 * np.sqrt(np.finfo(dtype).eps))).astype(dtype))
+    for row, scale in ((2, 0.0), (5, 0.9), (0, 1.5)):
+        bad = t.copy()
+        bad[row] *= scale
+        with pytest.raises(dn.DataError, match=f"sum to 1.*first row {row} summing to "
+                                               f"{float(bad[row].astype(np.float64).sum()):g}"):
+            loss(z, bad)
+
+
 def test_cross_entropy_accepts_one_hot_integer_targets(rng):
     z = _logits(rng, 6, 3)
     labels = rng.integers(0, 3, 6)

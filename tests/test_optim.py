@@ -198,3 +198,22 @@ def test_schedule_matches_formula(sched, formula):
 def test_bad_schedules(make, match):
     with pytest.raises(dn.ConfigError, match=match):
         make()
+
+
+def test_schedule_growing_past_float_range_is_a_clear_error_not_overflow(rng):
+    model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu", seed=0)
+    grow = schedules.exponential(1e-3, 10.0)  # 1e-3 * 10**t: past float range at t = 312
+    opt = dn.optim.SGD(model, lr=grow)
+    opt.t = 400
+    with pytest.raises(dn.ConfigError, match=r"for step 400 the schedule Exponential.*"
+                                             r"OverflowError.*grows"):
+        _ = opt.lr
+    opt.t = 2
+    assert opt.lr == pytest.approx(0.1)
+    # fit reads opt.lr at each epoch start: the run stops with the same error, naming it
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
+    model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu", seed=0)
+    fast = schedules.exponential(1e-300, 1e100)  # finite for steps 0..5, then past range
+    with pytest.raises(dn.ConfigError, match="schedule Exponential"):
+        dn.fit(model, X, y, loss="mse", optimizer="sgd", lr=fast, epochs=9, batch_size=8,
+               guard=False, progress=False)

@@ -278,3 +278,123 @@ def test_guard_off_lets_nan_through(rng):
     dn.fit(model, X, y, optimizer=dn.optim.SGD(model, lr=1e8), epochs=3, batch_size=8,
            guard=False, progress=False)
     assert not np.isfinite(model.params).all()
+
+
+# --- evaluate's metrics: weighted, in float64, NaN for NaN outputs ------------------------------
+
+def _sk_metrics():
+    return pytest.importorskip("sklearn.metrics")
+
+
+def test_evaluate_weights_accuracy_like_scikit_learn(rng, backend):
+    skm = _sk_metrics()
+    X = rng.standard_normal((60, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    w = rng.uniform(0.0, 3.0, 60)
+    model = dn.MLP([4, 8, 3], backend=backend, seed=_seed(rng))
+    pred = dn.predict(model, X).argmax(axis=1)
+    res = dn.evaluate(model, X, y, loss="cross_entropy", sample_weight=w)
+    assert res["accuracy"] == pytest.approx(skm.accuracy_score(y, pred, sample_weight=w),
+                                            rel=1e-6)
+    # a prediction that is right only where the weight is large scores above its plain share
+    w_hits = np.where(pred == y, 10.0, 0.1)
+    res = dn.evaluate(model, X, y, loss="cross_entropy", sample_weight=w_hits)
+    assert res["accuracy"] == pytest.approx(skm.accuracy_score(y, pred, sample_weight=w_hits),
+                                            rel=1e-6)
+    multi = (rng.uniform(size=(60, 3)) > 0.5).astype(np.float32)
+    res = dn.evaluate(model, X, multi, loss="binary_cross_entropy", sample_weight=w)
+    hits = ((dn.predict(model, X) > 0) == (multi > 0.5)).all(axis=1)
+    assert res["accuracy"] == pytest.approx(np.average(hits, weights=w), rel=1e-6)
+
+
+def test_evaluate_weights_r2_and_mae_like_scikit_learn(rng, backend):
+    skm = _sk_metrics()
+    X = rng.standard_normal((50, 4))
+    y = rng.standard_normal((50, 2))
+    w = rng.uniform(0.0, 3.0, 50)
+    model = dn.MLP([4, 8, 2], dtype="float64", backend=backend, seed=_seed(rng))
+    pred = dn.predict(model, X)
+    res = dn.evaluate(model, X, y, loss="mse", sample_weight=w)
+    assert res["r2"] == pytest.approx(skm.r2_score(y, pred, sample_weight=w), rel=1e-10)
+    assert res["mae"] == pytest.approx(skm.mean_absolute_error(y, pred, sample_weight=w),
+                                       rel=1e-10)
+    counts = rng.poisson(2.0, (50, 2)).astype(np.float64)
+    res = dn.evaluate(model, X, counts, loss="poisson", sample_weight=w)
+    assert res["r2"] == pytest.approx(skm.r2_score(counts, np.exp(pred), sample_weight=w),
+                                      rel=1e-10)
+
+
+def test_fit_history_metrics_are_weighted_like_its_loss(rng):
+    X = rng.standard_normal((40, 4))
+    y = rng.standard_normal((40, 1))
+    w = rng.uniform(0.0, 3.0, 40)
+    Xv, yv, wv = X[:16], y[:16], w[:16]
+    model = dn.MLP([4, 8, 1], dtype="float64", backend="cpu", seed=_seed(rng))
+    hist = dn.fit(model, X, y, loss="mse", epochs=1, batch_size=8, sample_weight=w,
+                  validation_data=(Xv, yv, wv), seed=_seed(rng), progress=False)
+    train = dn.evaluate(model, X, y, loss="mse", sample_weight=w)
+    val = dn.evaluate(model, Xv, yv, loss="mse", sample_weight=wv)
+    assert hist["r2"][-1] == pytest.approx(train["r2"], rel=1e-12)
+    assert hist["mae"][-1] == pytest.approx(train["mae"], rel=1e-12)
+    assert hist["val_r2"][-1] == pytest.approx(val["r2"], rel=1e-12)
+    assert hist["val_loss"][-1] == pytest.approx(val["loss"], rel=1e-12)
+    assert hist["mae"][-1] != pytest.approx(dn.evaluate(model, X, y, loss="mse")["mae"],
+                                            rel=1e-9)
+
+
+def test_r2_of_finite_float32_targets_near_1e20_is_finite(rng):
+    skm = _sk_metrics()
+    pred = (rng.standard_normal((30, 2)) * 1e20).astype(np.float32)
+    target = (pred.astype(np.float64) + rng.standard_normal((30, 2)) * 3e19).astype(np.float32)
+    got = dn.metrics.r2(pred, target)
+    assert np.isfinite(got)
+    assert got == pytest.approx(skm.r2_score(target.astype(np.float64),
+                                             pred.astype(np.float64)), rel=1e-9)
+    assert dn.metrics.mae(pred, target) == pytest.approx(
+        skm.mean_absolute_error(target.astype(np.float64), pred.astype(np.float64)), rel=1e-9)
+
+
+def test_evaluate_of_a_model_with_nan_weights_is_refused_not_a_finite_accuracy(rng):
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    y = np.arange(30) % 3
+    model = dn.MLP([4, 8, 3], backend="cpu", seed=_seed(rng))
+    model.params[0] = np.nan
+    with pytest.raises(dn.DataError, match=r"outputs NaN or Inf for \d+ of 30 samples"):
+        dn.evaluate(model, X, y, loss="cross_entropy")
+    with pytest.raises(dn.DataError, match="np.isfinite"):
+        dn.evaluate(model, X, rng.standard_normal((30, 3)).astype(np.float32), loss="mse")
+
+
+def test_metrics_of_nan_predictions_are_nan(rng):
+    pred = rng.standard_normal((20, 3))
+    pred[4, 1] = np.nan
+    labels = rng.integers(0, 3, 20)
+    assert np.isnan(dn.metrics.accuracy(pred, labels, "softmax"))
+    assert np.isnan(dn.metrics.accuracy(pred, (pred > 0).astype(float), "sigmoid"))
+    constant = np.ones((20, 3))  # r2 of a constant target is 0 or 1 by rule, never for NaN
+    assert np.isnan(dn.metrics.r2(pred, constant))
+    assert np.isnan(dn.metrics.mae(pred, constant))
+
+
+def test_accuracy_with_a_softmax_over_one_column_is_refused(rng):
+    pred = rng.standard_normal((20, 1))
+    with pytest.raises(dn.DataError, match="one prediction column per class"):
+        dn.metrics.accuracy(pred, rng.integers(0, 2, 20), "softmax")
+    hits = ((pred > 0) == (np.arange(20) % 2 == 1)[:, None]).mean()
+    assert dn.metrics.accuracy(pred, np.arange(20) % 2, "sigmoid") == pytest.approx(hits)
+
+
+def test_predict_proba_of_one_output(rng):
+    X = rng.standard_normal((25, 4))
+    model = dn.MLP([4, 8, 1], dtype="float64", backend="cpu", seed=_seed(rng))
+    z = dn.predict(model, X)
+    with pytest.raises(dn.ConfigError, match="one output per class"):
+        dn.predict_proba(model, X, loss="cross_entropy")
+    proba = dn.predict_proba(model, X, loss="binary_cross_entropy")
+    assert proba.shape == (25, 2)
+    p = 1 / (1 + np.exp(-z[:, 0]))
+    np.testing.assert_allclose(proba[:, 1], p, rtol=1e-12)
+    np.testing.assert_allclose(proba[:, 0], 1 - p, rtol=1e-12)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    with pytest.raises(dn.ConfigError, match="regression loss"):
+        dn.predict_proba(model, X, loss="mse")

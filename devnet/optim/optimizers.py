@@ -215,8 +215,17 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """The learning rate the next step will use."""
-        return self.schedule(self.t) if self.schedule is not None else self.base_lr
+        """The learning rate the next step will use (a ConfigError if it is not a number)."""
+        if self.schedule is None:
+            return self.base_lr
+        step = self.t
+        try:
+            value = self.schedule(step)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise self._lr_error(step, f"raised {type(exc).__name__}: {exc}") from None
+        if not (_real(value) and value >= 0):
+            raise self._lr_error(step, f"gave {value!r}")
+        return value
 
     def step(self) -> None:
         """Update every parameter from its gradient, in one pass over the flat buffer.
@@ -321,13 +330,18 @@ class Optimizer:
             if why is not None:
                 if good:
                     break
-                source = f"schedule {self.schedule!r}" if self.schedule is not None else \
-                    f"base_lr {self.base_lr!r}"
-                raise ConfigError(f"{self.name}: the learning rate must be a number: for step "
-                                  f"{t - 1} the {source} {why}; expected a finite number >= 0"
-                                  f" ({', '.join(self._columns)})")
+                raise self._lr_error(t - 1, why)
             good.append(values)
         return np.array(good, dtype=np.float64).reshape(len(good), columns)
+
+    def _lr_error(self, step: int, why: str) -> ConfigError:
+        """The error for a schedule (or base_lr) that gives no usable rate at ``step``."""
+        source = f"schedule {self.schedule!r}" if self.schedule is not None else \
+            f"base_lr {self.base_lr!r}"
+        return ConfigError(f"{self.name}: the learning rate must be a number: for step {step} "
+                           f"the {source} {why}; expected a finite number >= 0 "
+                           f"({', '.join(self._columns)}); a schedule that grows (gamma > 1) "
+                           "leaves float range: cap it or shorten the run")
 
     def _update_(self) -> None:
         """Launch the hyper step kernel on the parameters, gradient and state (in place)."""

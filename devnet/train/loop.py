@@ -67,19 +67,35 @@ def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None
     loss = resolve_loss(model, loss, task, y)
     y = check_y(model, loss, y, len(X))
     w = check_sample_weight(model, sample_weight, len(X))
-    return _evaluate(model, loss, X, y, w, batch_size)
+    return _evaluate(model, loss, X, y, w, batch_size, finite_outputs=True)
 
 
-def _evaluate(model, loss, X, y, w, batch_size: int) -> dict:
+def _evaluate(model, loss, X, y, w, batch_size: int, finite_outputs: bool = False) -> dict:
+    """Loss and metrics, weighted by w; they are NaN for NaN / Inf outputs, which
+    ``finite_outputs`` refuses instead (evaluate's edge; fit's guard reports them itself)."""
     be = model.backend
     pred = _forward_all(model, X, batch_size)
     y_d = be.asarray(y)
     w_d = None if w is None else be.asarray(w)
     with be.scope():
+        if finite_outputs:
+            _check_outputs(be.xp, pred)
         grad = be.empty(pred.shape, model.dtype)
         value = float(loss.forward_backward_(pred, y_d, grad, w_d, backend=be,
                                               **checked_kwargs(loss)))
-        return {"loss": value, **_metrics(loss, pred, y_d)}
+        return {"loss": value, **_metrics(loss, pred, y_d, w_d)}
+
+
+def _check_outputs(xp, pred) -> None:
+    """A DataError when the model outputs NaN / Inf for finite X (checked at the edge)."""
+    bad = ~xp.isfinite(pred).all(axis=1)
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise DataError(f"the model outputs NaN or Inf for {n_bad} of {len(pred)} samples of "
+                        f"finite X (first row {int(xp.argmax(bad))}), so no score means "
+                        "anything: its parameters hold NaN / Inf (check "
+                        "np.isfinite(model.params)) or overflow its dtype; reload a checkpoint "
+                        "or retrain (fit's guard=True stops at the first non-finite value)")
 
 
 def _forward_all(model, X, batch_size: int):
@@ -93,12 +109,12 @@ def _forward_all(model, X, batch_size: int):
     return out
 
 
-def _metrics(loss, pred, y) -> dict:
+def _metrics(loss, pred, y, w=None) -> dict:
     if loss.classification:
-        return {"accuracy": metrics.accuracy(pred, y, loss.link)}
+        return {"accuracy": metrics.accuracy(pred, y, loss.link, w)}
     if loss.link == "exp":  # a log-link model outputs log(mean): score the mean it predicts
         pred = get_xp(pred).exp(pred)
-    return {"r2": metrics.r2(pred, y), "mae": metrics.mae(pred, y)}
+    return {"r2": metrics.r2(pred, y, w), "mae": metrics.mae(pred, y, w)}
 
 
 def predict(model, X, batch_size: int = 4096) -> np.ndarray:
@@ -110,7 +126,11 @@ def predict(model, X, batch_size: int = 4096) -> np.ndarray:
 
 
 def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.ndarray:
-    """Class probabilities (n, n_out): the loss's link (softmax / sigmoid) on the outputs."""
+    """Class probabilities: the loss's link (softmax / sigmoid) on the outputs.
+
+    (n, n_out); for one sigmoid output (binary_cross_entropy) (n, 2): [1 - p, p], the columns
+    of classes 0 and 1, as scikit-learn's binary classifiers.
+    """
     from devnet.kernels import reference
 
     loss = losses_mod.get(loss)
@@ -118,7 +138,16 @@ def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.
         raise ConfigError(f"predict_proba needs a classification loss (its link makes the "
                           f"outputs probabilities); {loss.name!r} is a regression loss: use "
                           "predict")
-    return reference.act_fwd(loss.link, predict(model, X, batch_size))
+    check_model(model)
+    if loss.link == "softmax" and model.n_out < 2:
+        # a softmax over one column is 1.0 for every sample, whatever the model says
+        raise ConfigError(f"predict_proba with {loss.name} needs a model with one output per "
+                          "class (at least 2), this one has 1; a one-output binary model is "
+                          "read with loss='binary_cross_entropy' (probabilities [1 - p, p])")
+    out = predict(model, X, batch_size)
+    if loss.link == "sigmoid" and out.shape[1] == 1:  # sigmoid(-z), not 1 - p: exact near 1
+        out = np.concatenate([-out, out], axis=1)
+    return reference.act_fwd(loss.link, out)
 
 
 # --- fit ----------------------------------------------------------------------------------------
