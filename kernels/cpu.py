@@ -517,7 +517,16 @@ def _opt_clip(g, hyper):
     for i in range(g.size):
         gi = np.float64(g[i])  # squared in float64: a float32 g of 2e19 squares past its range
         sq += gi * gi
-    hyper[GSCALE] = clip_scale(sq, hyper[CLIP])  # noqa: F821  (float64: norms.clip_scale)
+    top = np.float64(1.0)
+    if WIDE and sq == np.inf:  # noqa: F821  (only a float64 g: see norms.clip_scale)
+        top = np.float64(0.0)
+        for i in range(g.size):
+            top = max(top, abs(g[i]))
+        sq = np.float64(0.0)
+        for i in range(g.size):
+            gi = g[i] / top
+            sq += gi * gi
+    hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821  (float64: norms.py)
 
 
 def _l2_penalty(p, g, spans, alpha, w, has_w, count):
@@ -546,7 +555,8 @@ def _reduction(template, tag):
     out = {}
     for c, dt in DTYPES.items():
         funcs = {**vars(N[c]), "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
-                 "clip_scale": N["d"].clip_scale}  # float64 for every dtype: see norms.py
+                 # float64 for every dtype, and the rescaled sum for float64 g: see norms.py
+                 "clip_scale": N["d"].clip_scale, "WIDE": c == "d"}
         ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dt}, dt)
         fn = scalar.specialise(template, ns, dt)
         fn.__qualname__ = f"{tag}_{np.dtype(dt).name}_{_hyper.LAYOUT_TAG}_{norms.SOURCE_TAG}"

@@ -526,7 +526,18 @@ def _opt_clip(g, hyper, part, count):
         acc += gi * gi
     block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
     if sum_last(part, cuda.gridDim.x, count):  # noqa: F821
-        hyper[GSCALE] = clip_scale(part[cuda.gridDim.x], hyper[CLIP])  # noqa: F821
+        sq = part[cuda.gridDim.x]
+        top = np.float64(1.0)
+        # only a float64 g (see norms.clip_scale); one thread: a diverging run's rare case
+        if WIDE and sq == np.inf:  # noqa: F821
+            top = np.float64(0.0)
+            for i in range(g.size):
+                top = max(top, abs(g[i]))
+            sq = np.float64(0.0)
+            for i in range(g.size):
+                gi = g[i] / top
+                sq += gi * gi
+        hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821
 
 
 def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, counter, out):
@@ -635,8 +646,8 @@ def _hyper_globals(step_name):
 
 def _reduction_globals(dt):
     return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
-            # float64 for every dtype: see norms.clip_scale
-            "clip_scale": N[np.dtype(np.float64)].clip_scale}
+            # float64 for every dtype, and the rescaled sum for float64 g: see norms.clip_scale
+            "clip_scale": N[np.dtype(np.float64)].clip_scale, "WIDE": dt == np.float64}
 
 
 for _n, _s in table.STEP_HYPER.items():

@@ -45,15 +45,18 @@ def l2_value(value, value_scale, alpha, sq, sw):
     return value * value_scale + (0.5 * alpha * sq / sw if alpha != 0.0 else 0.0)
 
 
-def clip_scale(sq, clip):
-    """``min(1, clip / (sqrt(sq) + 1e-6))`` for ``sq = |g|**2``; a NaN norm stays NaN (a
-    plain ``min`` would read it as 1, "no clipping", and hide the divergence).
+def clip_scale(sq, clip, unit):
+    """``min(1, clip / (unit * sqrt(sq) + 1e-6))`` for ``sq = |g / unit|**2`` (unit 1, or
+    max|g| where ``|g|**2`` overflows); a NaN norm stays NaN (a plain ``min`` would read it as
+    1, "no clipping", and hide the divergence).
 
     Float64 whatever g's dtype (``cpu.py`` and ``cuda.py`` bind the float64 copy): a float32
     gradient of norm 2e19 has a square beyond float32's range, so a float32 ``sq`` is inf,
     the scale 0 and every update skipped: the very exploding gradient clipping exists for.
+    Only a float64 g (norm past 1.3e154) overflows the float64 sum: the kernels then sum the
+    squares of ``g / max|g|`` instead and pass ``unit = max|g|``.
     """
-    s = clip / (math.sqrt(sq) + 1e-6)
+    s = clip / (unit * math.sqrt(sq) + 1e-6)
     return 1.0 if s >= 1.0 else s
 
 

@@ -401,12 +401,18 @@ def opt_clip(g, hyper):
     """``hyper[gscale] <- min(1, hyper[clip] / (|g| + 1e-6))``; g (N,) is not changed.
 
     |g|**2 is summed and the scale computed in float64 whatever g's dtype
-    (``norms.clip_scale``: a float32 square past float32's range must not zero the scale).
-    hyper: (H,) float64, H >= the header's 4 slots.
+    (``norms.clip_scale``: a float32 square past float32's range must not zero the scale; a
+    float64 sum that overflows is taken again over g / max|g|). hyper: (H,) float64, H >= the
+    header's 4 slots.
     """
-    sq = np.float64((g.astype(np.float64) ** 2).sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.float64(hyper[HYPER_CLIP]) / (np.sqrt(sq) + 1e-6)
+    g64 = g.astype(np.float64)
+    top = np.float64(1.0)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        sq = np.float64((g64 ** 2).sum())
+        if sq == np.inf and g.dtype == np.float64:  # norm past 1.3e154: rescaled by max |g|
+            top = np.abs(g64).max()
+            sq = np.float64(((g64 / top) ** 2).sum())
+        scale = np.float64(hyper[HYPER_CLIP]) / (top * np.sqrt(sq) + 1e-6)
     hyper[HYPER_GSCALE] = 1.0 if scale >= 1.0 else float(scale)
 
 

@@ -377,6 +377,24 @@ def test_opt_clip_scale_of_a_norm_whose_square_overflows_float32(n, rng):
     np.testing.assert_allclose(h[table.HYPER_GSCALE], want, rtol=1e-12)
 
 
+# the simulator's threads square NumPy scalars, which warn where a GPU overflows silently
+@pytest.mark.filterwarnings("ignore:.*overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("n", (7, 150))
+def test_opt_clip_scale_of_a_norm_whose_square_overflows_float64(n, rng):
+    from devnet.kernels import table
+
+    g = rng.standard_normal(n) * 1e200
+    h = np.zeros(len(table.HYPER_HEADER) + 4)
+    h[table.HYPER_CLIP] = 1.0
+    kcuda.opt_clip(g, h)
+    top = np.abs(g).max()
+    want = 1.0 / (top * np.linalg.norm(g / top))
+    np.testing.assert_allclose(h[table.HYPER_GSCALE], want, rtol=1e-12)
+    h2 = h.copy()
+    reference.opt_clip(g, h2)
+    np.testing.assert_allclose(h[table.HYPER_GSCALE], h2[table.HYPER_GSCALE], rtol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ("sgd_step", "nesterov_step", "rmsprop_step", "adam_step",
                                   "adamw_step"))

@@ -181,6 +181,27 @@ def test_opt_clip_scale_of_a_norm_whose_square_overflows_float32(module, rng):
     np.testing.assert_allclose(h[table.HYPER_GSCALE], want, rtol=1e-12)
 
 
+def _scaled_norm(g):
+    """|g| without overflow: max|g| times the norm of g / max|g|."""
+    top = np.abs(g.astype(np.float64)).max()
+    return top * np.linalg.norm(g.astype(np.float64) / top)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=IDS)
+def test_opt_clip_scale_of_a_norm_whose_square_overflows_float64(module, rng):
+    """A float64 gradient of norm ~1e200 has a square beyond float64's range: the sum is
+    taken again over g / max|g|, and the scale is clip / norm, not 0."""
+    g = rng.standard_normal(int(rng.integers(10, 500))) * 1e200
+    for clip in (1.0, 1e195):
+        h = _hyper(clip)
+        module.opt_clip(g, h)
+        np.testing.assert_allclose(h[table.HYPER_GSCALE], clip / _scaled_norm(g), rtol=1e-12)
+    g[3] = np.nan  # still NaN, not "no clipping"
+    h = _hyper(1.0)
+    module.opt_clip(g, h)
+    assert np.isnan(h[table.HYPER_GSCALE])
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_clip_norm_trains_through_a_gradient_whose_square_overflows_float32(name, rng):
     """The exploding gradient clip_norm exists for: the step moves the parameters by the
