@@ -27,6 +27,7 @@ from devnet.errors import (
     DevnetError,
     DivergenceError,
     MissingDependencyError,
+    ModelBusyError,
 )
 from devnet.io import load, load_checkpoint, save
 from devnet.nn import MLP, Dense, Parameter
@@ -38,8 +39,8 @@ __all__ = [
     "Dense", "DeviceUnavailableError", "DevnetError", "DivergenceError", "EarlyStopping",
     "History", "LearningRateScheduler", "ModelCheckpoint", "Parameter", "available_backends",
     "GradientFlow", "callbacks", "data", "distributed", "evaluate", "fit", "get_backend",
-    "interop", "load", "load_checkpoint", "losses", "MissingDependencyError", "optim", "predict",
-    "predict_proba", "profile", "save", "task",
+    "interop", "load", "load_checkpoint", "losses", "MissingDependencyError", "ModelBusyError",
+    "optim", "predict", "predict_proba", "profile", "save", "task",
 ]
 
 

@@ -29,6 +29,11 @@ class DivergenceError(DevnetError, FloatingPointError):
     """Training produced a non-finite loss, activation, gradient or parameter."""
 
 
+class ModelBusyError(DevnetError, RuntimeError):
+    """A model is being trained by another thread: training or predicting with it now would
+    read or write parameters mid-update."""
+
+
 def lookup(table: Mapping, name, kind: str):
     """``table[name]``, or a ConfigError naming ``kind`` and listing the valid names."""
     if isinstance(name, str) and name in table:

@@ -290,10 +290,10 @@ def _build(layers, acts, alpha, backend, dtype):
                               f"not chain with the previous layer's {n_in} outputs")
     model = MLP(sizes, activation=acts[:-1], output_activation=acts[-1], dtype=dtype,
                 backend=backend, seed=None, alpha=alpha)
-    be = model.backend
     for layer, (w, b) in zip(model.layers, layers, strict=True):
-        be.assign(layer.W, np.ascontiguousarray(w.T))
-        be.assign(layer.b, b)
+        # through the views' setter: it refuses values the model's dtype cannot hold
+        layer.W = np.ascontiguousarray(w.T)
+        layer.b = b
     return model
 
 

@@ -166,3 +166,13 @@ def test_torch_export_refuses_models_a_linear_stack_cannot_express(tmp_path, kwa
         interop.to_torch_sequential(model)
     with pytest.raises(dn.ConfigError, match="only plain MLPs"):
         interop.export_torch(model, tmp_path / "m.safetensors")
+
+
+def test_from_torch_sequential_refuses_weights_past_the_chosen_dtype():
+    seq = _sequential(sizes=(4, 5, 2), acts=("relu",), dtype=torch.float64)
+    with torch.no_grad():
+        seq[0].weight[1, 2] = 1e300
+    with pytest.raises(dn.DataError, match="overflows the model's float32"):
+        interop.from_torch_sequential(seq, backend="cpu", dtype="float32")
+    model = interop.from_torch_sequential(seq, backend="cpu", dtype="float64")
+    assert model.layers[0].W[2, 1] == 1e300

@@ -238,3 +238,23 @@ def test_cpu_and_gpu_agree_forward_backward(rng):
     gpu.backward(dY)
     cpu.backward(dY)
     np.testing.assert_allclose(gpu.backend.to_numpy(gpu.grads), cpu.grads, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("W", 1e300, "overflows the model's float32"),
+    ("b", np.float64(-4e38), "overflows the model's float32"),
+    ("W", np.nan, "must be finite"),
+    ("b", [0.0, np.inf, 0.0], "must be finite"),
+])
+def test_setting_a_parameter_to_values_the_dtype_cannot_hold_is_refused(name, value, match):
+    model = dn.MLP([2, 3, 1], backend="cpu", seed=0)
+    before = model.params.copy()
+    with pytest.raises(dn.DataError, match=match):
+        setattr(model.layers[0], name, value)
+    np.testing.assert_array_equal(model.params, before)
+
+
+def test_a_float64_model_holds_values_past_float32_range():
+    model = dn.MLP([2, 3, 1], dtype="float64", backend="cpu", seed=0)
+    model.layers[0].W = 1e300
+    assert (model.layers[0].W == 1e300).all()

@@ -398,3 +398,56 @@ def test_predict_proba_of_one_output(rng):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
     with pytest.raises(dn.ConfigError, match="regression loss"):
         dn.predict_proba(model, X, loss="mse")
+
+
+# --- an output activation that is already the loss's link ----------------------------------
+
+@pytest.mark.parametrize("out_act, loss, n_out", [("softmax", "cross_entropy", 3),
+                                                  ("sigmoid", "binary_cross_entropy", 1),
+                                                  ("sigmoid", "cross_entropy", 3),
+                                                  ("softmax", "auto", 3)])
+def test_a_link_output_activation_with_a_logit_loss_is_refused(out_act, loss, n_out, rng):
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    y = np.arange(30) % max(n_out, 2)
+    model = dn.MLP([4, 8, n_out], output_activation=out_act, backend="cpu", seed=0)
+    before = model.params.copy()
+    for call in (lambda: dn.fit(model, X, y, loss=loss, epochs=1, progress=False),
+                 lambda: dn.evaluate(model, X, y, loss=loss),
+                 lambda: dn.predict_proba(model, X, loss="cross_entropy" if n_out > 1
+                                          else "binary_cross_entropy")):
+        with pytest.raises(dn.ConfigError, match="applied twice.*output_activation='identity'"):
+            call()
+    np.testing.assert_array_equal(model.params, before)
+
+
+def test_a_link_output_activation_trains_with_a_loss_on_its_outputs(rng):
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
+    model = dn.MLP([4, 8, 3], output_activation="softmax", backend="cpu", seed=0)
+    hist = dn.fit(model, X, y, loss="mse", epochs=2, progress=False)
+    assert np.isfinite(hist["loss"]).all()
+    np.testing.assert_allclose(model.predict(X).sum(axis=1), 1.0, rtol=1e-5)
+
+
+# --- training data that is the model's own output buffer -----------------------------------
+
+@pytest.mark.parametrize("which", ["X", "y", "validation X"])
+def test_fit_on_the_models_own_forward_output_trains_as_on_a_copy(which, rng):
+    X0 = rng.standard_normal((16, 4)).astype(np.float32)
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.standard_normal((16, 4)).astype(np.float32)
+
+    def run(copy_it):
+        model = dn.MLP([4, 8, 4], backend="cpu", seed=1)
+        out = model.forward(X0)  # the model's buffer for 16 rows: fit's batch size
+        data = out.copy() if copy_it else out
+        args = {"X": (data, y, (X, y)), "y": (X, data, (X, y)),
+                "validation X": (X, y, (data, y))}[which]
+        hist = dn.fit(model, args[0], args[1], loss="mse", epochs=3, batch_size=16,
+                      validation_data=args[2], progress=False)
+        return model.params.copy(), hist["val_loss"]
+
+    params, val_loss = run(copy_it=False)
+    expected_params, expected_val_loss = run(copy_it=True)
+    np.testing.assert_array_equal(params, expected_params)
+    assert val_loss == expected_val_loss

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from devnet.backend import backend_of
 from devnet.errors import DataError
 from devnet.kernels.reference import get_xp
@@ -72,7 +74,29 @@ def _copy_into(view, value, name: str) -> None:
         raise DataError(f"{name} is a view into the model's parameter buffer: it can only be "
                         f"set to real numbers of its shape {tuple(view.shape)}, got "
                         f"{arr.dtype} {tuple(arr.shape)}")
+    _check_representable(xp, arr, view.dtype, name)
     backend_of(view).assign(view, value)  # on the view's device, whichever is current
+
+
+def _check_representable(xp, arr, dtype, name: str) -> None:
+    """A DataError unless every value of ``arr`` is finite and within the range of ``dtype``
+    (a float64 1e300 would become inf in a float32 model): a parameter that is NaN / Inf
+    makes every output NaN, silently."""
+    if arr.size == 0:
+        return
+    if arr.dtype.kind == "f":
+        finite = xp.isfinite(arr)
+        if not bool(finite.all()):
+            first = int(xp.argmin(finite.ravel()))
+            raise DataError(f"{name} must be finite: got {float(arr.ravel()[first])!r} at flat "
+                            f"index {first}; a NaN / Inf parameter makes every output NaN. "
+                            "Set finite values")
+    limit = float(np.finfo(dtype).max)
+    largest = float(xp.abs(arr.astype(np.float64, copy=False)).max())
+    if largest > limit:
+        raise DataError(f"{name}: {largest:g} overflows the model's {np.dtype(dtype).name} "
+                        f"(largest finite value {limit:g}) and would become inf; rescale the "
+                        "values or build the model with dtype='float64'")
 
 
 class Dense:

@@ -11,6 +11,7 @@ import functools
 import math
 import numbers
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from devnet.kernels.checks import TRUSTED
 from devnet.nn import activations
 from devnet.nn import init as initializers
 from devnet.nn.dense import Dense, ParameterList
+from devnet.nn.usage import Usage, get_ident
 
 DTYPES = ("float32", "float64")
 BLOCKS = ("plain", "residual")
@@ -42,12 +44,33 @@ def _own_buffers(method):
     """Run ``method`` with the kernels' argument checks off: it checks X / dY itself, and every
     other buffer its kernels touch is the model's own, allocated to agree. It runs in the
     backend's scope: its own xp calls (input scaling, copies) go to whichever device is
-    current."""
+    current. The training buffers it uses belong to the thread training the model, if one
+    does: another thread is refused (one comparison, no lock, in the training step)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
+        owner = self._usage.owner
+        if owner is not None and owner != get_ident():
+            raise self._usage.busy(f"model.{method.__name__}()")
         with TRUSTED, self.backend.scope():
             return method(self, *args, **kwargs)
+    return run
+
+
+def _inference(method):
+    """Run ``method`` as one inference: registered with the model's Usage (refused while
+    another thread trains the model; a training claim waits for it), in the backend's scope
+    with the kernels' argument checks off (its buffers are the calling thread's own)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        usage = self._usage
+        me = usage.enter_shared(f"model.{method.__name__}()")
+        try:
+            with TRUSTED, self.backend.scope():
+                return method(self, *args, **kwargs)
+        finally:
+            usage.exit_shared(me)
     return run
 
 
@@ -188,13 +211,18 @@ class MLP:
 
     def _allocate(self, host_params: np.ndarray) -> None:
         be = self.backend
+        if "_usage" not in self.__dict__:  # kept by ``to``: a claim outlives the move
+            self._usage = Usage()
         self.params = be.asarray(host_params, dtype=self.dtype)
         self.grads = be.zeros(self.n_params, self.dtype)
         offset = 0
         with be.scope():  # the layers' views of the flat buffers, made on their device
             for layer in self.layers:
                 offset = layer.bind_(self.params, self.grads, offset)
-        self._work: OrderedDict[int, _Work] = OrderedDict()
+        self._work: OrderedDict[int, _Work] = OrderedDict()  # the training forward's
+        # inference's work buffers, one set per thread: threads predicting at once write
+        # nothing another one reads (``_inference_buffers``)
+        self._local = threading.local()
         self._n = None
         self._X = None
         self._upload_scaling()
@@ -214,6 +242,10 @@ class MLP:
         float64, applied in the model's dtype). ``set_input_scaling(None, None)`` clears it.
         fit / evaluate / predict then take raw data; ``backward`` returns dL/d(raw X).
         """
+        with self._usage.exclusive("set_input_scaling()"):
+            self._set_input_scaling(mean, scale)
+
+    def _set_input_scaling(self, mean, scale) -> None:
         if mean is None and scale is None:
             new_mean = new_scale = None
         else:
@@ -242,10 +274,11 @@ class MLP:
         Optimizers built on the old buffers must be rebuilt (or reloaded from a checkpoint).
         """
         new = get_backend(backend)
-        if new is not self.backend:
-            host = self.backend.to_numpy(self.params)
-            self.backend = new
-            self._allocate(host)  # keeps the input scaling (host copies)
+        with self._usage.exclusive("model.to()"):
+            if new is not self.backend:
+                host = self.backend.to_numpy(self.params)
+                self.backend = new
+                self._allocate(host)  # keeps the input scaling (host copies)
         return self
 
     # --- copies ----------------------------------------------------------------------------
@@ -256,8 +289,8 @@ class MLP:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_work", "_X", "_n", "_dev_mean", "_dev_scale"):
-            state.pop(key, None)  # per-forward caches and device copies of the scaling
+        for key in ("_work", "_local", "_usage", "_X", "_n", "_dev_mean", "_dev_scale"):
+            state.pop(key, None)  # per-forward caches, device copies of the scaling, threads
         state["params"] = self.backend.to_numpy(self.params).copy()
         state["grads"] = self.backend.to_numpy(self.grads).copy()
         state["backend"] = (self.backend.device, getattr(self.backend, "kernel_set", "fused"))
@@ -313,10 +346,22 @@ class MLP:
     # --- forward and backward --------------------------------------------------------------
 
     def _buffers(self, n: int) -> _Work:
-        work = self._work.get(n)
-        if work is None:
-            be, dt = self.backend, self.dtype
-            try:
+        """The training forward / backward's buffers for n samples (LRU of batch sizes)."""
+        return _cached(self._work, n, self._new_work)
+
+    def _inference_buffers(self, n: int) -> _Work:
+        """The calling thread's inference buffers for n samples: no backward follows, so no
+        gradients, pre-activations or output buffer (the caller gives ``out``)."""
+        cache = getattr(self._local, "work", None)
+        if cache is None:
+            cache = self._local.work = OrderedDict()
+        return _cached(cache, n, functools.partial(self._new_work, training=False))
+
+    def _new_work(self, n: int, training: bool = True) -> _Work:
+        be, dt = self.backend, self.dtype
+        last = len(self.layers) - 1
+        try:
+            if training:
                 work = _Work(
                     A=[be.empty((n, layer.n_out), dt) for layer in self.layers],
                     Z=[be.empty((n, layer.n_out), dt)
@@ -324,36 +369,47 @@ class MLP:
                        for layer in self.layers],
                     G=[be.empty((n, layer.n_out), dt) for layer in self.layers],
                 )
-                if self._deep:
-                    def each(cond, shape):
-                        return [be.empty(shape(layer), dt) if cond(layer) else None
-                                for layer in self.layers]
+            else:
+                work = _Work(A=[be.empty((n, layer.n_out), dt) if i < last else None
+                                for i, layer in enumerate(self.layers)],
+                             Z=[None] * len(self.layers), G=[])
+            if self._deep:
+                def each(cond, shape):
+                    return [be.empty(shape(layer), dt) if cond(layer) else None
+                            for layer in self.layers]
 
-                    def normed(layer):
-                        return layer.norm
+                def normed(layer):
+                    return layer.norm
 
-                    def resid(layer):
-                        return layer.residual
+                def resid(layer):
+                    return layer.residual
 
-                    work.U = each(normed, lambda layer: (n, layer.n_in))
-                    work.dU = each(normed, lambda layer: (n, layer.n_in))
-                    work.mean = each(normed, lambda layer: (n,))
-                    work.rstd = each(normed, lambda layer: (n,))
-                    work.R = each(resid, lambda layer: (n, layer.n_out))
-                    work.D = each(resid, lambda layer: (n, layer.n_out))
-            except MemoryError:
-                need = 5 * n * sum(layer.n_out for layer in self.layers) * dt.itemsize
-                raise DataError(f"out of memory allocating the work buffers for a batch of {n} "
-                                f"samples (about {need:,} bytes); use a smaller batch_size"
-                                ) from None
-            work.own_(*(buf for bufs in (work.A, work.Z, work.G, work.U, work.dU, work.R,
-                                         work.D) for buf in bufs or ()))
-            self._work[n] = work
-            if len(self._work) > _MAX_CACHED_BATCH_SIZES:
-                self._work.popitem(last=False)
-        else:
-            self._work.move_to_end(n)
+                def normed_train(layer):  # the gradient buffers: backward's only
+                    return training and layer.norm
+
+                def resid_train(layer):
+                    return training and layer.residual
+
+                work.U = each(normed, lambda layer: (n, layer.n_in))
+                work.dU = each(normed_train, lambda layer: (n, layer.n_in))
+                work.mean = each(normed, lambda layer: (n,))
+                work.rstd = each(normed, lambda layer: (n,))
+                work.R = each(resid, lambda layer: (n, layer.n_out))
+                work.D = each(resid_train, lambda layer: (n, layer.n_out))
+        except MemoryError:
+            need = 5 * n * sum(layer.n_out for layer in self.layers) * dt.itemsize
+            raise DataError(f"out of memory allocating the work buffers for a batch of {n} "
+                            f"samples (about {need:,} bytes); use a smaller batch_size"
+                            ) from None
+        work.own_(*(buf for bufs in (work.A, work.Z, work.G, work.U, work.dU, work.R,
+                                     work.D) for buf in bufs or ()))
         return work
+
+    def owns(self, a) -> bool:
+        """True when ``a`` is (a view of) a buffer of the training forward / backward: the
+        output ``forward`` returns, ``layer_outputs()``, the dL/dX of ``backward``. The next
+        forward of that batch size overwrites it: fit copies such data first."""
+        return any(work.owns(a) for work in self._work.values())
 
     def _as_input(self, X):
         be = self.backend
@@ -381,24 +437,32 @@ class MLP:
         work = self._buffers(n)
         if work.owns(X):
             X = X.copy()
-        kernels, alpha = self.backend.kernels, self.alpha
         if self._dev_mean is not None:
             X = self._standardize(X, work)
         if drop or self._deep:
-            A = self._forward_deep(X, work, step if drop else None, row0)
+            A, self._keys = self._forward_deep(X, work, work.A, step if drop else None, row0)
+            self._row0 = int(row0)
         else:
             self._keys = None
-            A = X
-            for layer, out, Z in zip(self.layers, work.A, work.Z):
-                self.backend.matmul(A, layer.W, out=out)
-                kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
-                A = out
+            A = self._forward_plain(X, work.A, work.Z)
         self._X, self._n = X, n
         return A
 
-    def _forward_deep(self, X, work: _Work, step: int | None, row0: int = 0):
+    def _forward_plain(self, X, outs, Zs):
+        """Layer i's output into ``outs[i]`` (its pre-activation into ``Zs[i]`` if not None);
+        returns the last one."""
+        be, alpha = self.backend, self.alpha
+        A = X
+        for layer, out, Z in zip(self.layers, outs, Zs):
+            be.matmul(A, layer.W, out=out)
+            be.kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
+            A = out
+        return A
+
+    def _forward_deep(self, X, work: _Work, outs, step: int | None, row0: int = 0):
         """The forward with LayerNorm, residual blocks and (``step`` not None) dropout; X's rows
-        are rows row0.. of the step's batch (they key the masks)."""
+        are rows row0.. of the step's batch (they key the masks). Layer i's matmul output goes
+        to ``outs[i]`` (``work.A`` in training). Returns the output and the dropout keys."""
         row0 = int(row0)
         be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
         keys = [None] * len(self.layers)
@@ -410,7 +474,7 @@ class MLP:
                 kernels.layernorm_fwd(A, layer.gamma, layer.beta, work.U[i], work.mean[i],
                                       work.rstd[i])
                 A = work.U[i]
-            out, Z = work.A[i], work.Z[i]
+            out, Z = outs[i], work.Z[i]
             be.matmul(A, layer.W, out=out)
             p = layer.dropout if step is not None else 0.0
             if p > 0:
@@ -426,9 +490,8 @@ class MLP:
                 else:
                     kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
                 A = out
-        self._keys, self._row0 = keys, row0
         work.inputs = inputs
-        return A
+        return A, keys
 
     def layer_outputs(self) -> list:
         """Each layer's output in the last ``forward`` (device arrays, the model's buffers)."""
@@ -570,15 +633,15 @@ class MLP:
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise DataError(f"X must have shape (n_samples, {self.n_in}) for this model, "
                             f"got {tuple(X.shape)}")
-        # xp's calls run on the current device: make it the model's
-        with self.backend.scope():
-            out = self._predict(X, batch_size)
+        out = self._predict(X, batch_size)
         return out if on_device else self.backend.to_numpy(out)
 
+    @_inference
     def _predict(self, X, batch_size: int):
-        """The outputs for X (n, n_in) in batches, on the model's device (inside its scope)."""
+        """The outputs for X (n, n_in) in batches, on the model's device; one inference, so a
+        training claim from another thread waits for all of its batches."""
         xp = self.backend.xp
-        parts = []
+        out = self.backend.empty((X.shape[0], self.n_out), self.dtype)
         for i in range(0, X.shape[0], batch_size):
             batch = self._as_input(X[i:i + batch_size])
             # predict is an edge (fit's step never calls it): NaN / Inf input is an error
@@ -586,8 +649,37 @@ class MLP:
             if not bool(xp.isfinite(batch).all()):
                 raise DataError(f"X contains NaN or Inf (in rows {i}..{i + len(batch) - 1}); "
                                 "expected finite numbers")
-            parts.append(self.forward(batch).copy())
-        return xp.concatenate(parts) if parts else self.backend.zeros((0, self.n_out), self.dtype)
+            self._infer(batch, out[i:i + batch_size])
+        return out
+
+    @_inference
+    def infer_(self, X, out):
+        """Write the inference output for X (n, n_in) into ``out`` (n, n_out), both on the
+        model's device in its dtype; returns ``out``.
+
+        Safe from many threads at once: it uses the calling thread's own work buffers and none
+        of the state ``backward`` reads (refused while another thread trains the model).
+        """
+        X = self._as_input(X)
+        if not (self.backend.is_array(out) and out.shape == (X.shape[0], self.n_out)
+                and out.dtype == self.dtype and out.flags.c_contiguous):
+            raise DataError(f"infer_ needs out: a C-contiguous {self.dtype.name} array of shape "
+                            f"{(X.shape[0], self.n_out)} on the model's device, got "
+                            f"{type(out).__name__} {getattr(out, 'dtype', '')} "
+                            f"{tuple(getattr(out, 'shape', ()))}")
+        return self._infer(X, out)
+
+    def _infer(self, X, out):
+        n = X.shape[0]
+        work = self._inference_buffers(n)
+        if self._dev_mean is not None:
+            X = self._standardize(X, work)
+        outs = work.A[:-1] + [out]
+        if self._deep:
+            self._forward_deep(X, work, outs, None)
+        else:
+            self._forward_plain(X, outs, work.Z)
+        return out
 
     __call__ = forward
 
@@ -599,6 +691,19 @@ class MLP:
         return (f"MLP({sizes}, activation={self.activation!r}, "
                 f"output_activation={self.output_activation!r}{deep}, dtype={self.dtype.name}, "
                 f"device={self.backend.device})")
+
+
+def _cached(cache: OrderedDict, n: int, make) -> _Work:
+    """``cache[n]``, made by ``make(n)`` if missing; the least recently used batch size beyond
+    ``_MAX_CACHED_BATCH_SIZES`` is dropped."""
+    work = cache.get(n)
+    if work is None:
+        work = cache[n] = make(n)
+        if len(cache) > _MAX_CACHED_BATCH_SIZES:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(n)
+    return work
 
 
 def _unbound(layer: Dense) -> Dense:

@@ -161,10 +161,13 @@ class BaseMLP(BaseEstimator):
             raise ValueError(f"warm_start/partial_fit needs the fitted layer sizes "
                              f"{[c.shape[0] for c in self.coefs_] + [self.n_outputs_]}, "
                              f"got {layer_units}")
-        if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(X, y, sample_weight, incremental)
-        else:
-            self._fit_lbfgs(X, y, sample_weight)
+        # the network is this thread's until the fit returns: another thread's fit or predict
+        # of this estimator meanwhile is a ModelBusyError, not a write into its parameters
+        with self._network()._usage.exclusive(f"{type(self).__name__}.fit"):
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(X, y, sample_weight, incremental)
+            else:
+                self._fit_lbfgs(X, y, sample_weight)
         if not all(np.isfinite(w).all() for w in (*self.coefs_, *self.intercepts_)):
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
@@ -224,9 +227,11 @@ class BaseMLP(BaseEstimator):
             self._synced = None
         if refresh or self.__dict__.get("_synced") is not self.coefs_:
             be = model.backend
-            for layer, W, b in zip(model.layers, coefs, intercepts, strict=True):
-                be.assign(layer.W, W.reshape(layer.W.shape))
-                be.assign(layer.b, b.reshape(layer.b.shape))
+            # an upload is refused while another thread's fit trains this network
+            with model._usage.shared(f"{type(self).__name__}.predict"):
+                for layer, W, b in zip(model.layers, coefs, intercepts, strict=True):
+                    be.assign(layer.W, W.reshape(layer.W.shape))
+                    be.assign(layer.b, b.reshape(layer.b.shape))
             self._synced = self.coefs_
         return model
 

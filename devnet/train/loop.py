@@ -7,6 +7,7 @@ check (see ``guard.Guard``), not one per step.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -27,6 +28,7 @@ from devnet.train.setup import (
     Trainer,
     check_callbacks,
     check_horizon,
+    check_link,
     flag,
     make_optimizer,
     progress_mode,
@@ -99,13 +101,13 @@ def _check_outputs(xp, pred) -> None:
 
 
 def _forward_all(model, X, batch_size: int):
-    """Outputs (n, n_out) on the model's device for host X (n, n_in), one batch at a time."""
+    """Outputs (n, n_out) on the model's device for host X (n, n_in), one batch at a time:
+    inference (``MLP.infer_``, safe from many threads), never the training forward's buffers."""
     be = model.backend
-    with be.scope():
+    with be.scope(), model._usage.shared("predict / evaluate"):
         out = be.empty((len(X), model.n_out), model.dtype)
         for i in range(0, len(X), batch_size):
-            out[i:i + batch_size] = model.forward(be.asarray(X[i:i + batch_size]),
-                                                  training=False)
+            model.infer_(be.asarray(X[i:i + batch_size]), out[i:i + batch_size])
     return out
 
 
@@ -139,6 +141,7 @@ def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.
                           f"outputs probabilities); {loss.name!r} is a regression loss: use "
                           "predict")
     check_model(model)
+    check_link(model, loss)
     if loss.link == "softmax" and model.n_out < 2:
         # a softmax over one column is 1.0 for every sample, whatever the model says
         raise ConfigError(f"predict_proba with {loss.name} needs a model with one output per "
@@ -152,6 +155,19 @@ def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.
 
 # --- fit ----------------------------------------------------------------------------------------
 
+def _claims_model(fit_function):
+    """Run fit with the model claimed for this thread (``MLP._usage``): a second fit of it
+    from another thread, or its inference from another thread meanwhile, is refused with
+    ModelBusyError instead of interleaving with the updates."""
+    @functools.wraps(fit_function)
+    def run(model, *args, **kwargs):
+        check_model(model)
+        with model._usage.exclusive("dn.fit"):
+            return fit_function(model, *args, **kwargs)
+    return run
+
+
+@_claims_model
 def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size: int = 32,
         validation_data: tuple | None = None, validation_split: float | None = None,
         shuffle: bool = True, seed: int | None = 0, callbacks: Sequence[Callback] = (),
@@ -245,6 +261,11 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     elif validation_data is not None:
         val = check_validation_data(model, loss, validation_data)
 
+    # data that is the model's own forward output (``fit(model, model.forward(X0), y)``)
+    # would be overwritten by the first step of its batch size: train on a copy
+    X, y, sw = (a if a is None or not model.owns(a) else a.copy() for a in (X, y, sw))
+    if val is not None:
+        val = tuple(a if a is None or not model.owns(a) else a.copy() for a in val)
     n = len(X)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch

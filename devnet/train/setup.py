@@ -134,8 +134,10 @@ def resolve_loss(model, loss, task, y) -> losses_mod.Loss:
     if isinstance(loss, str) and loss == "auto":
         arr = _host("y", y, model.backend)
         chosen = task_mod.infer_task(arr, task)
-        return losses_mod.get(task_mod.default_loss(chosen, arr, model.n_out))
+        return check_link(model, losses_mod.get(task_mod.default_loss(chosen, arr,
+                                                                       model.n_out)))
     loss = losses_mod.get(loss)
+    check_link(model, loss)
     if task != "auto" and (task == "classification") != bool(loss.classification):
         fits = [name for name, cls in losses_mod.LOSSES.items()
                 if bool(getattr(cls, "classification", False)) == (task == "classification")]
@@ -143,6 +145,25 @@ def resolve_loss(model, loss, task, y) -> losses_mod.Loss:
                           f"{'classification' if loss.classification else 'regression'} loss "
                           f"but task={task!r}; use one of {', '.join(sorted(fits))} or "
                           "loss='auto' for this task, or change task")
+    return loss
+
+
+# output activations that already are a probability link
+_LINKS = frozenset({"softmax", "sigmoid"})
+
+
+def check_link(model, loss: losses_mod.Loss) -> losses_mod.Loss:
+    """``loss``, unless it applies a link (softmax / sigmoid) to outputs the model has already
+    put through one: the loss, accuracy and predict_proba would apply it a second time
+    (softmax(softmax(z)) is near-uniform, sigmoid outputs read as logits are all > 0)."""
+    out_act = model.output_activation
+    if loss.link in _LINKS and out_act in _LINKS:
+        raise ConfigError(
+            f"loss {loss.name!r} applies {loss.link} itself to the model's outputs (it takes "
+            f"logits), but this model's output_activation={out_act!r} has already applied "
+            f"{out_act}: the link would be applied twice. Build the model with "
+            "output_activation='identity' (predict_proba applies the link), or use a loss on "
+            "the outputs as they are, such as 'mse'")
     return loss
 
 
