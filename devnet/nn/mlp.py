@@ -347,7 +347,11 @@ class MLP:
 
     def _buffers(self, n: int) -> _Work:
         """The training forward / backward's buffers for n samples (LRU of batch sizes)."""
-        return _cached(self._work, n, self._new_work)
+        work = self._work.get(n)
+        if work is None:
+            return _cached(self._work, n, self._new_work)
+        self._work.move_to_end(n)  # the step's path: no call beyond the lookup
+        return work
 
     def _inference_buffers(self, n: int) -> _Work:
         """The calling thread's inference buffers for n samples: no backward follows, so no
@@ -451,11 +455,11 @@ class MLP:
     def _forward_plain(self, X, outs, Zs):
         """Layer i's output into ``outs[i]`` (its pre-activation into ``Zs[i]`` if not None);
         returns the last one."""
-        be, alpha = self.backend, self.alpha
+        matmul, kernels, alpha = self.backend.matmul, self.backend.kernels, self.alpha
         A = X
         for layer, out, Z in zip(self.layers, outs, Zs):
-            be.matmul(A, layer.W, out=out)
-            be.kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
+            matmul(A, layer.W, out=out)
+            kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
             A = out
         return A
 
