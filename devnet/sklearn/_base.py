@@ -24,9 +24,8 @@ from devnet.backend import get_backend
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels import reference
 from devnet.nn import MLP
-from devnet.sklearn import _lbfgs, _optim
+from devnet.sklearn import _lbfgs, _logloss, _optim
 from devnet.train.feed import make_feed
-from devnet.train.step import Step
 
 # scikit-learn's activation names -> devnet's
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -334,7 +333,7 @@ class BaseMLP(BaseEstimator):
     def _fit_stochastic(self, X, y, sample_weight, incremental):
         model = self._network()  # uploads coefs_: a warm start begins from them as they are
         opt = self._get_optimizer(model, incremental)
-        loss_name, value_scale, grad_scale, _ = self._task()
+        loss_name, value_scale, grad_scale, link = self._task()
         loss = losses_mod.get(loss_name)
 
         if self.early_stopping and incremental:
@@ -370,9 +369,12 @@ class BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n))
 
         # one Step with scikit-learn's objective as its hook; the feed keeps the data on the
-        # device when it fits (gathering batches there), else stages each batch from the host
-        step = Step(model, loss, opt,
-                    hooks=[_optim.SklearnObjective(model, value_scale, grad_scale, self.alpha)])
+        # device when it fits (gathering batches there), else stages each batch from the host.
+        # A classifier's Step records its logits: the reported loss clips as scikit-learn's
+        clipped = _logloss.ClippedLoss.make(model, link, n)
+        step = _logloss.RecordingStep(
+            model, loss, opt, recorder=clipped,
+            hooks=[_optim.SklearnObjective(model, value_scale, grad_scale, self.alpha)])
         feed = make_feed(model.backend, X, y, sample_weight, capacity=batch_size)
         sample_idx = np.arange(n)
         try:
@@ -382,6 +384,8 @@ class BaseMLP(BaseEstimator):
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 feed.start_epoch(sample_idx if self.shuffle else None)
                 step.reset()
+                if clipped is not None:
+                    clipped.start()
                 weighs = _batch_has_weight(sample_weight, sample_idx, n, batch_size)
                 for sl in gen_batches(n, batch_size):
                     if not weighs[sl.start // batch_size]:
@@ -389,7 +393,12 @@ class BaseMLP(BaseEstimator):
                     batch = feed.batch(sl.start, sl.stop)
                     # the running sum weighs each batch's mean loss by its sample count
                     step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
-                self.loss_ = float(step.running) / n
+                running = step.running  # sum_b n_b loss_b (a classifier's: the L2 terms)
+                if clipped is not None:  # scikit-learn's log-loss of clipped probabilities
+                    factors = None if sample_weight is None else _logloss.batch_factors(
+                        sample_weight, sample_idx, batch_size, weighs)
+                    running = clipped.total(factors, start=running)
+                self.loss_ = float(running) / n
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)

@@ -33,8 +33,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         ``"float32"`` is much faster.
 
     Binary and multi-label targets train logistic outputs with ``binary_cross_entropy``,
-    multi-class ones a softmax with ``cross_entropy``. ``loss_curve_`` follows scikit-learn's
-    convention (mean log-loss plus ``0.5 * alpha * ||W||^2 / batch_size`` per batch).
+    multi-class ones a softmax with ``cross_entropy``. ``loss_curve_`` (``loss_``,
+    ``best_loss_`` and the ``tol`` stopping rule with it) follows scikit-learn's convention:
+    per batch, the mean log-loss of the probabilities clipped to ``[eps, 1 - eps]`` (``eps``
+    of the dtype; a saturated output counts ``-log(eps)``, not the logit's exact loss) plus
+    ``0.5 * alpha * ||W||^2 / batch_size``. The gradient is the unclipped one, as
+    scikit-learn's.
 
     Fitted attributes (NumPy): ``classes_``, ``coefs_``, ``intercepts_``, ``loss_``,
     ``loss_curve_``, ``best_loss_``, ``validation_scores_``, ``best_validation_score_``,

@@ -19,8 +19,8 @@ import scipy.optimize
 from sklearn.utils.optimize import _check_optimize_result  # its ConvergenceWarning texts
 
 from devnet import losses as losses_mod
+from devnet.sklearn._logloss import ClippedLoss, RecordingStep
 from devnet.sklearn._optim import SklearnObjective
-from devnet.train.step import Step
 
 
 def packed_layout(layer_units):
@@ -44,8 +44,9 @@ def packed_layout(layer_units):
 class Objective:
     """``f(packed) -> (loss, gradient)`` of an estimator's network on (X, y), as SciPy wants.
 
-    The loss is scikit-learn's (its log-loss / half squared error / half Poisson deviance plus
-    ``0.5 * alpha * ||W||^2 / sum(sample_weight)``); X, y and the weights go to the device once.
+    The loss is scikit-learn's (its log-loss of probabilities clipped to [eps, 1 - eps] /
+    half squared error / half Poisson deviance, plus ``0.5 * alpha * ||W||^2 /
+    sum(sample_weight)``); X, y and the weights go to the device once.
     """
 
     def __init__(self, est, model, X, y, sample_weight=None):
@@ -59,12 +60,17 @@ class Objective:
         self.sw_sum = n if sample_weight is None else sample_weight.sum()
         self.order, self.coef_slices = packed_layout(model.layer_sizes)
         self.n_coef = self.coef_slices[-1].stop
-        loss_name, self.value_scale, self.grad_scale, _ = est._task()
+        loss_name, self.value_scale, self.grad_scale, link = est._task()
         self.loss = losses_mod.get(loss_name)
         self.alpha = float(est.alpha)
         self.host = np.empty(model.n_params, model.dtype)  # devnet's layout, on the host
-        self.step = Step(model, self.loss, None,
-                         hooks=[SklearnObjective(model, grad_scale=self.grad_scale)])
+        # a classifier's log-loss clips its probabilities, as scikit-learn's objective does
+        self.clipped = ClippedLoss.make(model, link, n)
+        # each sample's weight in scikit-learn's average (None: 1 / n each)
+        self.factors = None if sample_weight is None else be.asarray(
+            np.asarray(sample_weight, dtype=np.float64) / self.sw_sum, np.float64)
+        self.step = RecordingStep(model, self.loss, None, recorder=self.clipped,
+                                  hooks=[SklearnObjective(model, grad_scale=self.grad_scale)])
         self.n_calls = 0
 
     def pack(self) -> np.ndarray:
@@ -82,13 +88,20 @@ class Objective:
         model = self.model
         # Step's forward, loss and backward (no update): the value as devnet computes it, the
         # gradient scaled by the task's factor; the L2 term follows in float64 on the host
+        if self.clipped is not None:
+            self.clipped.start()
         value = self.step.loss_and_grad(self.X, self.y, self.weight)
         grad = np.asarray(self.backend.to_numpy(model.grads)[self.order], dtype=np.float64)
         # L2 on the coefficients, summed and scaled as scikit-learn's _backprop does
         values = 0
         for s in self.coef_slices:
             values += np.dot(packed[s], packed[s])
-        loss = float(value) * self.value_scale + (0.5 * self.alpha) * values / self.sw_sum
+        if self.clipped is None:
+            value = float(value) * self.value_scale
+        else:  # the Step's value is 0: scikit-learn's clipped log-loss, averaged
+            value = float(self.clipped.total(self.factors))
+            value = value if self.factors is not None else value / self.X.shape[0]
+        loss = value + (0.5 * self.alpha) * values / self.sw_sum
         grad[:self.n_coef] += (self.alpha / self.sw_sum) * packed[:self.n_coef]
         return loss, grad
 
