@@ -266,3 +266,38 @@ def test_estimator_predict_while_another_thread_fits_it_is_refused_and_the_fit_i
     for got, want in zip(clf.coefs_ + clf.intercepts_,
                          reference.coefs_ + reference.intercepts_, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_estimator_fit_while_another_thread_fits_it_is_refused_and_the_fit_is_exact(
+        rng, monkeypatch):
+    from devnet.sklearn import _base
+
+    X = rng.standard_normal((120, 8))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    params = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0, device="cpu")
+    reference = MLPClassifier(**params).fit(X, y)
+    clf = MLPClassifier(**params)
+    inside, resume = threading.Event(), threading.Event()
+    make_feed = _base.make_feed
+
+    def paused_feed(*args, **kwargs):  # the first fit: coefs_ initialised, training next
+        if not inside.is_set():
+            inside.set()
+            assert resume.wait(WAIT)
+        return make_feed(*args, **kwargs)
+
+    monkeypatch.setattr(_base, "make_feed", paused_feed)
+    thread, box = _in_background(lambda: clf.fit(X, y))
+    assert inside.wait(WAIT)
+    try:
+        for use in (lambda: clf.fit(X, y), lambda: clf.partial_fit(X, y),
+                    lambda: clf.predict(X)):
+            with pytest.raises(dn.ModelBusyError, match="MLPClassifier.fit"):
+                use()
+    finally:
+        resume.set()
+        thread.join(WAIT)
+    assert "error" not in box, box.get("error")
+    for got, want in zip(clf.coefs_ + clf.intercepts_,
+                         reference.coefs_ + reference.intercepts_, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -7,6 +7,7 @@ early stopping, pickling -- is one class's worth of methods.)
 
 from __future__ import annotations
 
+import functools
 import warnings
 from numbers import Integral, Real
 
@@ -24,6 +25,7 @@ from devnet.backend import get_backend
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels import reference
 from devnet.nn import MLP
+from devnet.nn.usage import Usage
 from devnet.sklearn import _lbfgs, _logloss, _optim
 from devnet.train.feed import make_feed
 
@@ -61,6 +63,33 @@ def _batch_has_weight(sample_weight, order, n: int, batch_size: int) -> np.ndarr
     if sample_weight is None or sample_weight.min() > 0:
         return np.ones(n_batches, dtype=bool)
     return np.add.reduceat(sample_weight[order], np.arange(0, n, batch_size)) > 0
+
+
+def _usage(estimator) -> Usage:
+    """The estimator's Usage (``devnet.nn.usage``), made on first use; ``setdefault`` is
+    atomic, so two threads starting at once get the same one."""
+    usage = estimator.__dict__.get("_usage")
+    return usage if usage is not None else estimator.__dict__.setdefault("_usage", Usage())
+
+
+def _claims_estimator(fit):
+    """Run ``fit`` with the estimator claimed for this thread: it replaces ``coefs_`` and the
+    network, so another thread's fit or predict of the same estimator meanwhile is a
+    ModelBusyError, and the claim waits for the predictions already running."""
+    @functools.wraps(fit)
+    def run(self, *args, **kwargs):
+        with _usage(self).exclusive(f"{type(self).__name__}.fit"):
+            return fit(self, *args, **kwargs)
+    return run
+
+
+def _reads_estimator(outputs):
+    """Run ``outputs`` as one inference of the estimator (see ``_claims_estimator``)."""
+    @functools.wraps(outputs)
+    def run(self, *args, **kwargs):
+        with _usage(self).shared(f"{type(self).__name__}.predict"):
+            return outputs(self, *args, **kwargs)
+    return run
 
 
 class BaseMLP(BaseEstimator):
@@ -126,6 +155,7 @@ class BaseMLP(BaseEstimator):
                                  f"{self.solver} is not stochastic.")
         return True
 
+    @_claims_estimator
     def _fit(self, X, y, sample_weight=None, incremental=False):
         X, y = as_host(X), as_host(y, "y")
         sample_weight = as_host(sample_weight, "sample_weight")
@@ -470,6 +500,7 @@ class BaseMLP(BaseEstimator):
 
     # --- inference --------------------------------------------------------------------------
 
+    @_reads_estimator
     def _outputs(self, X, check_input=True):
         """Raw network outputs (n, n_outputs_) as NumPy, after the output activation."""
         X = as_host(X)
@@ -506,6 +537,7 @@ class BaseMLP(BaseEstimator):
             state["_optimizer_state"] = opt.state_dict()
         state.pop("_model", None)
         state.pop("_synced", None)
+        state.pop("_usage", None)  # which threads use this object, not its state
         return state
 
     def __sklearn_tags__(self):
