@@ -167,6 +167,8 @@ CASES = [
      dn.DataError, ["X", "too large for float32", "X[3, 2] = 1e+300", "overflow", "float64"]),
     ("fit_float64_beyond_float32", lambda X, y, r: _fit(_huge(X), y),
      dn.DataError, ["X", "too large for float32", "overflow"]),
+    ("model_predict_float64_beyond_float32", lambda X, y, r: _model().predict(_huge(X)),
+     dn.DataError, ["X", "too large for float32", "X[3, 2] = 1e+300", "overflow", "float64"]),
 ]
 
 

@@ -633,7 +633,10 @@ class MLP:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
         on_device = self.backend.is_array(X)
-        X = self._as_input(X) if on_device else _numeric(None, X, "X")
+        host = X if isinstance(X, np.ndarray) else None if on_device else _numeric(None, X, "X")
+        if host is not None:  # finite values that the cast to the dtype would make inf
+            validation.check_range("X", host, self.dtype)
+        X = self._as_input(X) if on_device else host
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise DataError(f"X must have shape (n_samples, {self.n_in}) for this model, "
                             f"got {tuple(X.shape)}")
