@@ -423,12 +423,14 @@ class BaseMLP(BaseEstimator):
                     batch = feed.batch(sl.start, sl.stop)
                     # the running sum weighs each batch's mean loss by its sample count
                     step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
-                running = step.running  # sum_b n_b loss_b (a classifier's: the L2 terms)
-                if clipped is not None:  # scikit-learn's log-loss of clipped probabilities
-                    factors = None if sample_weight is None else _logloss.batch_factors(
-                        sample_weight, sample_idx, batch_size, weighs)
-                    running = clipped.total(factors, start=running)
-                self.loss_ = float(running) / n
+                # read on the model's device and stream (not ordered with another's)
+                with step.scope():
+                    running = step.running  # sum_b n_b loss_b (a classifier's: L2 terms)
+                    if clipped is not None:  # scikit-learn's log-loss of clipped outputs
+                        factors = None if sample_weight is None else _logloss.batch_factors(
+                            sample_weight, sample_idx, batch_size, weighs)
+                        running = clipped.total(factors, start=running)
+                    self.loss_ = float(running) / n
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)
