@@ -29,8 +29,8 @@ SKIPPED = {
     "make": "builds a virtualenv and runs the whole suite or the 40-epoch demo (CI runs "
             "`make test` itself)",
     "pip": "installs packages from the network",
-    "docker": "needs a Docker engine; tests/test_docker.py checks these commands and the "
-              "Dockerfiles statically",
+    "docker": "needs a Docker engine; tests/test_docker.py checks these commands statically "
+              "and runs make docker-check where an engine exists",
 }
 
 #: commands run only up to their argument parsing (the parse must succeed), and why
