@@ -728,7 +728,7 @@ def _check_split_source(run, spec, X, split, own) -> None:
     and "test" holds rows the model trained on.
     """
     recorded = run.get("split_source")
-    if not recorded:  # a run from before this was recorded: nothing to compare
+    if not recorded:  # a run that recorded no split source: nothing to compare
         return
     now = _split_source(spec, X)
     if now == recorded:

@@ -519,13 +519,7 @@ def _opt_clip(g, hyper):
         sq += gi * gi
     top = np.float64(1.0)
     if WIDE and sq == np.inf:  # noqa: F821  (only a float64 g: see norms.clip_scale)
-        top = np.float64(0.0)
-        for i in range(g.size):
-            top = max(top, abs(g[i]))
-        sq = np.float64(0.0)
-        for i in range(g.size):
-            gi = g[i] / top
-            sq += gi * gi
+        sq, top = unit_sq(g)  # noqa: F821
     hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821  (float64: norms.py)
 
 
@@ -556,7 +550,8 @@ def _reduction(template, tag):
     for c, dt in DTYPES.items():
         funcs = {**vars(N[c]), "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
                  # float64 for every dtype, and the rescaled sum for float64 g: see norms.py
-                 "clip_scale": N["d"].clip_scale, "WIDE": c == "d"}
+                 "clip_scale": N["d"].clip_scale, "unit_sq": N["d"].unit_sq,
+                 "WIDE": c == "d"}
         ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dt}, dt)
         fn = scalar.specialise(template, ns, dt)
         fn.__qualname__ = f"{tag}_{np.dtype(dt).name}_{_hyper.LAYOUT_TAG}_{norms.SOURCE_TAG}"

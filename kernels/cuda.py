@@ -530,13 +530,7 @@ def _opt_clip(g, hyper, part, count):
         top = np.float64(1.0)
         # only a float64 g (see norms.clip_scale); one thread: a diverging run's rare case
         if WIDE and sq == np.inf:  # noqa: F821
-            top = np.float64(0.0)
-            for i in range(g.size):
-                top = max(top, abs(g[i]))
-            sq = np.float64(0.0)
-            for i in range(g.size):
-                gi = g[i] / top
-                sq += gi * gi
+            sq, top = unit_sq(g)  # noqa: F821
         hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821
 
 
@@ -647,7 +641,8 @@ def _hyper_globals(step_name):
 def _reduction_globals(dt):
     return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
             # float64 for every dtype, and the rescaled sum for float64 g: see norms.clip_scale
-            "clip_scale": N[np.dtype(np.float64)].clip_scale, "WIDE": dt == np.float64}
+            "clip_scale": N[np.dtype(np.float64)].clip_scale,
+            "unit_sq": N[np.dtype(np.float64)].unit_sq, "WIDE": dt == np.float64}
 
 
 for _n, _s in table.STEP_HYPER.items():

@@ -60,6 +60,19 @@ def clip_scale(sq, clip, unit):
     return 1.0 if s >= 1.0 else s
 
 
+def unit_sq(g):
+    """``(|g / max|g||**2, max|g|)``: the squared norm of a float64 g whose squares overflow
+    the float64 sum, taken over g scaled to at most 1 (see ``clip_scale``)."""
+    top = 0.0
+    for i in range(g.size):
+        top = max(top, abs(g[i]))
+    sq = 0.0
+    for i in range(g.size):
+        gi = g[i] / top
+        sq += gi * gi
+    return sq, top
+
+
 def unscaled(g, gscale):  # the by-value steps: g as it is (their math unchanged)
     return g
 
@@ -68,7 +81,8 @@ def scaled(g, gscale):  # the hyper steps: g times hyper's gscale (1 without cli
     return g * gscale
 
 
-_FUNCTIONS = (span_bounds, l2_coef, l2_grad, l2_value, clip_scale, unscaled, scaled)
+_FUNCTIONS = (span_bounds, l2_coef, l2_grad, l2_value, clip_scale, unit_sq, unscaled,
+              scaled)
 
 
 def compiled(decorate, dtype) -> SimpleNamespace:

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from _optional import from_devnet_sklearn
 from devnet.kernels import cpu, reference, table
 
 import devnet as dn
@@ -20,16 +21,6 @@ from devnet.train.step import Batch
 MODULES = (cpu, reference)
 IDS = ("cpu", "reference")
 TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-14)}
-
-
-def _sklearn_optim(name: str):
-    """``devnet.sklearn._optim.<name>``, imported by the test that needs it: devnet.sklearn
-    needs scikit-learn and SciPy, and without them only these cases skip (not the module)."""
-    try:
-        from devnet.sklearn import _optim
-    except ImportError as exc:  # MissingDependencyError names what to install
-        pytest.skip(str(exc))
-    return getattr(_optim, name)
 
 
 def _random_spans(rng, n):
@@ -272,7 +263,7 @@ def test_clip_norm_update_equals_the_old_in_place_path(config, dtype, rng):
     updates as the old path (g clipped in place, then the step) to float32 rounding (float64:
     1e-12), clipping on some steps and not others; and model.grads is left as it was."""
     cls, kwargs = CLIPPED[config]
-    cls = _sklearn_optim(cls) if isinstance(cls, str) else cls
+    cls = from_devnet_sklearn("_optim", cls) if isinstance(cls, str) else cls
     params = rng.standard_normal(dn.MLP([3, 5, 2]).n_params).astype(dtype)
     pairs = []
     for _ in range(2):
@@ -346,7 +337,7 @@ def test_sklearn_l2_hook_equals_the_unfused_hook(dtype, weighted, rng):
     w = rng.uniform(0.2, 2.0, n).astype(dtype) if weighted else None
     batch = Batch(x, None, w)
     alpha, value_scale, value = rng.uniform(1e-4, 1.0), 0.5, rng.uniform(0.1, 2.0)
-    hook = _sklearn_optim("SklearnObjective")(models[0], value_scale, 1.0, alpha)
+    hook = from_devnet_sklearn("_optim", "SklearnObjective")(models[0], value_scale, 1.0, alpha)
     got = hook.param_grad_(hook.output_grad_(np.zeros((n, 3), dtype), value, batch), batch)
     want = _old_hook(models[1], value, batch, value_scale, alpha)
     tol = TOL[np.dtype(dtype).type]

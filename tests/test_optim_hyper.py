@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from _optional import from_devnet_sklearn
 from devnet.kernels import cpu, reference, table
 
 import devnet as dn
@@ -45,16 +46,6 @@ CONFIGS = {
 }
 BACKENDS = {"cpu": lambda: dn.get_backend("cpu"),
             "reference": lambda: dn.get_backend("cpu", kernels="reference")}
-
-
-def _sklearn_optim(name: str):
-    """``devnet.sklearn._optim.<name>``, imported by the test that needs it: devnet.sklearn
-    needs scikit-learn and SciPy, and without them only these cases skip (not the module)."""
-    try:
-        from devnet.sklearn import _optim
-    except ImportError as exc:  # MissingDependencyError names what to install
-        pytest.skip(str(exc))
-    return getattr(_optim, name)
 
 
 def _by_value_step(opt) -> None:
@@ -89,7 +80,7 @@ def _by_value_step(opt) -> None:
 def _pair(config, backend, dtype, lr, rng):
     """Two identical (model, optimizer) pairs: one to step by hyper, one by value."""
     cls, kwargs = CONFIGS[config]
-    cls = _sklearn_optim(cls) if isinstance(cls, str) else cls
+    cls = from_devnet_sklearn("_optim", cls) if isinstance(cls, str) else cls
     params = rng.standard_normal(dn.MLP([3, 5, 2]).n_params)
     out = []
     for _ in range(2):

@@ -1,7 +1,7 @@
 """devnet.sklearn against scikit-learn itself, in float64 on the same data and seed: L-BFGS,
 Adam and SGD runs (whole loss curves and final coefficients), the Poisson loss, the reported
-log-loss of saturated outputs (issue 22), and the scikit-learn behaviours issue 13 asked for
-(max_fun, hidden partial_fit, messages)."""
+log-loss of saturated outputs, and scikit-learn's max_fun, hidden partial_fit and
+messages."""
 
 from __future__ import annotations
 
@@ -250,11 +250,11 @@ def test_poisson_regressor_refuses_negative_targets(rng):
         MLPRegressor(loss="squared_error", max_iter=2, device="cpu").fit(X, y)  # fine there
 
 
-# --- the reported log-loss: probabilities clipped to [eps, 1 - eps] (issue 22, item 21) --------
+# --- the reported log-loss: probabilities clipped to [eps, 1 - eps] ---------------------------
 # scikit-learn reports the log-loss of clipped probabilities (its gradient is the unclipped
-# one); devnet reported the exact loss of the logits. Once outputs saturate the curves parted,
-# and so did the tol / n_iter_no_change stopping epoch: 13 epochs against scikit-learn's 12 in
-# the issue's case (unscaled breast_cancer, sgd, invscaling, learning_rate_init=1.0).
+# one). The exact loss of the logits parts from it once outputs saturate, and so would the
+# tol / n_iter_no_change stopping epoch (unscaled breast_cancer, sgd, invscaling,
+# learning_rate_init=1.0: 13 epochs against scikit-learn's 12).
 
 def _saturating(case):
     """(X, y, sample_weight, estimator keywords) of a fit whose outputs saturate."""
@@ -278,7 +278,7 @@ def _saturating(case):
     return X, y, sw, kw
 
 
-@pytest.mark.parametrize("case", ["issue", "weighted", "float32", "multiclass", "multilabel"])
+@pytest.mark.parametrize("case", ["binary", "weighted", "float32", "multiclass", "multilabel"])
 def test_saturated_loss_curve_and_stopping_epoch_follow_scikit_learn(case):
     X, y, sw, kw = _saturating(case)
     ours, theirs = _fit_both(MLPClassifier, sk_nn.MLPClassifier, X, y, sw, **kw)
@@ -307,7 +307,7 @@ def test_clipped_loss_changes_the_report_only(saturated, monkeypatch):
     """Training is unchanged bit for bit (the gradient stays the unclipped one, as
     scikit-learn's); without saturation the curve is the exact loss's, to rounding."""
     if saturated:
-        X, y, _, kw = _saturating("issue")
+        X, y, _, kw = _saturating("binary")
     else:
         X, y = _digits(300)
         kw = dict(hidden_layer_sizes=(16,), random_state=0)

@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+from _optional import from_devnet_sklearn
 
 import devnet as dn
 
@@ -21,13 +22,7 @@ WAIT = 60  # seconds: a bound on every wait, never a timing assertion
 
 
 def _classifier(**params):
-    """devnet's MLPClassifier, imported here: without scikit-learn only the tests that need it
-    skip (the gpu-marked tests must collect without it)."""
-    try:
-        from devnet.sklearn import MLPClassifier
-    except dn.MissingDependencyError as exc:
-        pytest.skip(str(exc))
-    return MLPClassifier(**params)
+    return from_devnet_sklearn("", "MLPClassifier")(**params)
 
 
 def _run_threads(target, n=N_THREADS):
