@@ -45,6 +45,7 @@ from devnet import optim as optim_mod
 from devnet.backend import get_backend
 from devnet.errors import ConfigError, lookup
 from devnet.kernels import table
+from devnet.train.setup import resolve_loss
 from devnet.train.step import Step
 from devnet.validation import check_model, check_X, check_y, positive_int
 
@@ -370,7 +371,9 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     Args:
         model: a devnet MLP (its parameters are trained by the profiled steps).
         X: (n, n_in) batch; y: its targets for ``loss`` (labels (n,) for cross_entropy).
-        loss: a loss name or Loss; optimizer: a name or an Optimizer over ``model``.
+        loss: a loss name or Loss, or "auto" (fit's rule, ``devnet.task``: it reads y, and
+            refuses a batch too small to tell labels from targets); optimizer: a name or an
+            Optimizer over ``model``.
         repeats: instrumented (and uninstrumented) steps whose medians are reported.
         ceilings: reuse ``measure_ceilings(...)`` output instead of measuring again.
     """
@@ -381,10 +384,12 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     if ceilings is not None:
         ceilings = _check_ceilings(ceilings)
     be = model.backend
-    loss = losses_mod.get(loss)
     # the step runs with its data checks off (checked=True, as in fit): check once here, as
     # fit does -- a label out of range or a NaN would otherwise be timed, not refused
     X = check_X(model, X)
+    if isinstance(loss, str) and loss == "auto":
+        loss = resolve_loss(model, loss, "auto", y)
+    loss = losses_mod.get(loss)
     y = check_y(model, loss, y, len(X))
     opt = optim_mod.get(optimizer, model, **opt_kwargs)
     Xd = be.asarray(X, dtype=model.dtype)

@@ -55,12 +55,14 @@ def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
 
 # --- evaluation and prediction ----------------------------------------------------------------
 
-def evaluate(model, X, y, loss="mse", batch_size: int = 4096, sample_weight=None,
+def evaluate(model, X, y, loss="auto", batch_size: int = 4096, sample_weight=None,
              task: str = "auto") -> dict:
     """Mean loss and task metrics of ``model`` on (X, y), forward in batches; returns floats.
 
-    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None. ``loss="auto"`` and
-    ``task`` pick the loss by fit's rule (``devnet.task``); pass the loss fit used
+    X: (n, n_in); y: targets for ``loss``; sample_weight: (n,) or None. ``loss="auto"`` (the
+    default, as in fit) and ``task`` pick the loss by fit's rule (``devnet.task``) from y and
+    the model's outputs: cross_entropy for class labels and several outputs,
+    binary_cross_entropy for 0/1 labels and one output, else mse. Pass the loss fit used
     (``history.params["loss"]``) to score a small set whose labels are ambiguous.
     """
     check_model(model)
@@ -127,20 +129,24 @@ def predict(model, X, batch_size: int = 4096) -> np.ndarray:
     return model.backend.to_numpy(_forward_all(model, X, batch_size))
 
 
-def predict_proba(model, X, loss="cross_entropy", batch_size: int = 4096) -> np.ndarray:
+def predict_proba(model, X, loss="auto", batch_size: int = 4096) -> np.ndarray:
     """Class probabilities: the loss's link (softmax / sigmoid) on the outputs.
 
     (n, n_out); for one sigmoid output (binary_cross_entropy) (n, 2): [1 - p, p], the columns
-    of classes 0 and 1, as scikit-learn's binary classifiers.
+    of classes 0 and 1, as scikit-learn's binary classifiers. ``loss="auto"`` (the default)
+    is the classification loss fit's "auto" trains this model with: cross_entropy for several
+    outputs, binary_cross_entropy for one.
     """
     from devnet.kernels import reference
 
+    check_model(model)
+    if isinstance(loss, str) and loss == "auto":
+        loss = "binary_cross_entropy" if model.n_out == 1 else "cross_entropy"
     loss = losses_mod.get(loss)
     if not loss.classification:
         raise ConfigError(f"predict_proba needs a classification loss (its link makes the "
                           f"outputs probabilities); {loss.name!r} is a regression loss: use "
                           "predict")
-    check_model(model)
     check_link(model, loss)
     if loss.link == "softmax" and model.n_out < 2:
         # a softmax over one column is 1.0 for every sample, whatever the model says
