@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import hashlib
 import importlib
@@ -19,6 +20,8 @@ import inspect
 import json
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 import traceback
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet.callbacks import ModelCheckpoint
 from devnet.errors import ConfigError, DataError, DevnetError, lookup
 from devnet.optim.schedules import NAMED as _NAMED_SCHEDULES
 
@@ -40,6 +44,10 @@ class UsageError(Exception):
 
 _SCHEDULES = tuple(_NAMED_SCHEDULES)  # optim.schedules.NAMED: the table fit(schedule=) uses
 _OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_plot")
+#: the run folder's resumable training state, rewritten at the end of every epoch
+_LAST = "last.safetensors"
+#: what --resume may change: how long and where the run trains, how it shows progress
+_RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.progress")
 
 #: every [section] of run.toml: key -> (default, check). A check returns the cleaned value or
 #: raises ConfigError; ``None`` defaults mean "not set".
@@ -342,6 +350,7 @@ def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
     """
     names = {key: o[key] for key in _OUTPUTS}
     names["run"] = "run.json"
+    names["last"] = _LAST  # the resumable state: output.checkpoint must not take its name
     for key, name in names.items():
         if Path(name).name != name or name in (".", "..") or "\\" in name:
             raise ConfigError(f"output.{key} = {name!r}: expected a plain file name (no folder; "
@@ -366,7 +375,7 @@ def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"output folder {str(out)!r} is not writable")
     for key, name in names.items():
-        target, what = out / name, ("run.json" if key == "run" else f"output.{key}")
+        target, what = out / name, (name if key in ("run", "last") else f"output.{key}")
         try:
             if target.is_dir():
                 raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
@@ -394,8 +403,167 @@ def _resolve_dataset(spec: str, config_path: Path) -> str:
     return str(path)
 
 
+def _read_run_json(path: Path, strict: bool) -> dict | None:
+    """run.json as a dict; None if it is missing (or broken, unless ``strict``)."""
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(run, dict) or not isinstance(run.get("config", {}), dict):
+            raise ValueError("expected an object with a 'config' table")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if strict:
+            raise UsageError(f"{path}: broken run.json ({exc}); cannot check that the config "
+                             "is the run's: use --overwrite to start the run again") from None
+        return None
+    return run
+
+
+def _config_changes(recorded: dict, cfg: dict) -> list[str]:
+    """The ``section.key`` entries in which ``cfg`` differs from a run's recorded config,
+    less what a resumed run may change (``_RESUMABLE_CHANGES``) and output.dir (the folder
+    is the run's by construction, however it is spelled)."""
+    now = json.loads(json.dumps(cfg, default=str))  # as run.json records it
+    changed = []
+    for section in sorted(set(now) | set(recorded)):
+        a, b = recorded.get(section), now.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                changed.append(f"[{section}]")
+            continue
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name in _RESUMABLE_CHANGES or name == "output.dir":
+                continue
+            if a.get(key, "(unset)") != b.get(key, "(unset)"):
+                changed.append(f"{name} ({a.get(key, '(unset)')!r} -> "
+                               f"{b.get(key, '(unset)')!r})")
+    return changed
+
+
+def _check_run_folder(out: Path, cfg: dict, args) -> dict | None:
+    """Refuse to train into a folder that already holds a run unless --resume / --overwrite;
+    for --resume, refuse unless there is a run to resume with this config. Returns the
+    folder's run.json (None if there is none)."""
+    o = cfg["output"]
+    held = [name for name in ("run.json", _LAST, o["checkpoint"]) if (out / name).is_file()]
+    if not args.resume:
+        if held and not args.overwrite:
+            raise UsageError(f"output folder {str(out)!r} already holds a run "
+                             f"({', '.join(held)}): give --resume to continue it or "
+                             "--overwrite to replace it (or choose another --out)")
+        return _read_run_json(out / "run.json", strict=False) if held else None
+    last = out / _LAST
+    if not last.is_file():
+        why = (f"its run has no {_LAST} (written at the end of every epoch; a run stopped "
+               "before its first epoch ended, or one trained without it, cannot be resumed): "
+               "use --overwrite to train it again" if held else
+               "it holds no run: leave out --resume to start one")
+        raise UsageError(f"--resume: nothing to resume in {str(out)!r}: {why}")
+    run = _read_run_json(out / "run.json", strict=True)
+    if run is None:
+        raise UsageError(f"--resume: {str(out)!r} has {_LAST} but no run.json recording the "
+                         "run's config, so the config cannot be checked: use --overwrite to "
+                         "start the run again")
+    changed = _config_changes(run.get("config", {}), cfg)
+    if changed:
+        raise UsageError(f"--resume: the config differs from the run's in {'; '.join(changed)}; "
+                         f"only {', '.join(_RESUMABLE_CHANGES)} may change when resuming (or "
+                         "start a new run with --overwrite or another --out)")
+    state = _save_api().read_metadata(last).get("train_state") or {}
+    done = state.get("epoch")
+    epochs = cfg["train"]["epochs"]
+    if isinstance(done, int) and done >= epochs:
+        raise UsageError(f"--resume: the run in {str(out)!r} has trained {done} epochs, and "
+                         f"train.epochs = {epochs}: give --epochs N with N > {done} to train it "
+                         "further")
+    return run
+
+
+def _run_files(out: Path, o: dict, previous: dict | None) -> list[Path]:
+    """The files a run writes in ``out`` (under this config's names and the previous run's)
+    that are there: what --overwrite removes, and nothing else."""
+    names = {"run.json", _LAST, *(o[key] for key in _OUTPUTS)}
+    old = ((previous or {}).get("config") or {}).get("output") or {}
+    if isinstance(old, dict):
+        names.update(value for key, value in old.items()
+                     if key in _OUTPUTS and isinstance(value, str) and value
+                     and Path(value).name == value and value not in (".", ".."))
+    return [out / name for name in sorted(names) if (out / name).is_file()]
+
+
+class _RunFolder:
+    """The run folder of one ``devnet train``: what this run created there, so that a run that
+    fails or is interrupted before its first epoch leaves no folder of its own behind."""
+
+    def __init__(self):
+        self.out: Path | None = None
+        self.created: Path | None = None  # the topmost folder this run made, if any
+        self.root = True  # rank 0 (or no MPI job): the process that writes and cleans up
+        self.epochs = None  # train.epochs of this run
+
+    def make(self, o: dict, inputs: dict) -> Path:
+        """``_check_outputs``, remembering the first folder of output.dir that did not exist."""
+        out = self.out = Path(o["dir"]).expanduser()
+        with contextlib.suppress(OSError, ValueError):
+            missing = None
+            for folder in (out, *out.parents):
+                if folder.exists():
+                    break
+                missing = folder
+            self.created = missing
+        self.out = _check_outputs(o, inputs)
+        return self.out
+
+    def discard(self) -> None:
+        """Remove the folders this run created, if they are still empty (never the user's)."""
+        if not self.root or self.created is None or self.out is None:
+            return
+        folder = self.out
+        with contextlib.suppress(OSError):
+            while True:
+                folder.rmdir()  # only an empty folder
+                if folder == self.created or folder.parent == folder:
+                    break
+                folder = folder.parent
+
+    def interrupted(self, args) -> int:
+        """What a Ctrl-C during ``devnet train`` leaves: where to resume from, or nothing."""
+        last = None if self.out is None else self.out / _LAST
+        done = None
+        if last is not None and last.is_file():
+            with contextlib.suppress(Exception):
+                done = int(_save_api().read_metadata(last)["train_state"]["epoch"])
+        if not self.root:
+            return 130
+        if done is None:
+            self.discard()
+            print("devnet: interrupted before the first epoch finished: nothing to resume",
+                  file=sys.stderr)
+            return 130
+        argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
+        of = f" of {self.epochs}" if self.epochs else ""
+        print(f"devnet: interrupted after epoch {done}{of}; resume with: "
+              f"{shlex.join(['devnet', *argv, '--resume'])}", file=sys.stderr)
+        return 130
+
+
 def cmd_train(args) -> int:
     """Train from a TOML config; write checkpoint, history JSON/CSV and a plot."""
+    folder = _RunFolder()
+    try:
+        code = _train(args, folder)
+    except KeyboardInterrupt:
+        return folder.interrupted(args)
+    except BaseException:
+        folder.discard()
+        raise
+    if code != EXIT_OK:
+        folder.discard()
+    return code
+
+
+def _train(args, folder: _RunFolder) -> int:
     import devnet as dn
     from devnet import optim
     from devnet.task import default_loss
@@ -413,7 +581,9 @@ def cmd_train(args) -> int:
     data_cfg, model_cfg, train_cfg = cfg["data"], cfg["model"], cfg["train"]
     data_cfg["dataset"] = _resolve_dataset(data_cfg["dataset"], config_path)
     inputs = {"config file": config_path, "data file": Path(data_cfg["dataset"])}
-    out = _check_outputs(cfg["output"], inputs)
+    folder.epochs = train_cfg["epochs"]
+    out = folder.make(cfg["output"], inputs)
+    previous = _check_run_folder(out, cfg, args)
     comm = None
     nproc = train_cfg["nproc"]
     from devnet import distributed
@@ -430,6 +600,7 @@ def cmd_train(args) -> int:
         if train_cfg["device"] == "auto":
             train_cfg["device"] = comm.device  # one GPU per local rank, else the CPU
     root = comm is None or comm.rank == 0
+    folder.root = root
 
     # an explicit loss says the task when the config leaves it to "auto"
     task = data_cfg["task"]
@@ -463,12 +634,24 @@ def cmd_train(args) -> int:
             else train_cfg["loss"])
     if loss != "cross_entropy":  # every other loss takes float targets
         y = y.astype(model_cfg["dtype"])
+    if previous is not None and args.resume and previous.get("split_source") not in (None,
+                                                                                 source):
+        raise UsageError(f"--resume: {data_cfg['dataset']} changed since the run in "
+                         f"{str(out)!r} started (its rows or bytes differ from what run.json "
+                         "records), so the run cannot continue on the same data: train a new "
+                         "run (--overwrite or another --out)")
     if data_cfg["test_size"] > 0:
         Xtr, Xte, ytr, yte = dn.data.train_test_split(X, y, data_cfg["test_size"],
                                                       seed=data_cfg["seed"])
-        validation = (Xte.astype(model_cfg["dtype"]), yte)
     else:
-        Xtr, ytr, validation = X, y, None
+        Xtr, Xte, ytr, yte = X, None, y, None
+    scaling = None
+    if task == "regression":
+        scaling = _target_scaling(ytr, dn.losses.get(loss), data_cfg)
+    if scaling is not None:  # train on standardized targets; the final model is folded back
+        ytr = _scale_targets(ytr, scaling, model_cfg["dtype"])
+        yte = None if yte is None else _scale_targets(yte, scaling, model_cfg["dtype"])
+    validation = None if Xte is None else (Xte.astype(model_cfg["dtype"]), yte)
     model = dn.MLP([X.shape[1], *model_cfg["hidden"], n_out], activation=model_cfg["activation"],
                    init=model_cfg["init"], dtype=model_cfg["dtype"], backend=train_cfg["device"],
                    seed=model_cfg["seed"], block=model_cfg["block"],
@@ -491,27 +674,163 @@ def cmd_train(args) -> int:
     with _section("optimizer", cfg["optimizer"]["name"]):
         opt = optim.get(cfg["optimizer"]["name"], model, lr=lr, **opt_args)
 
+    labels = None if classes is None else classes.tolist()
+    run = {"config": cfg, "loss": loss, "task": task, "classes": labels,
+           "split_source": source}
+    run["target_scaling"] = scaling
+    extra = {k: run[k] for k in _RUN_EXTRA if k in run}
+    # every epoch: the resumable state, atomically; run.json (the config --resume checks)
+    # first, so that a folder with an epoch on disk always says what run it holds
+    saver = _EpochCheckpoint(out / _LAST, extra,
+                             lambda: _save_api().atomic_write(out / "run.json", _run_json(run)))
+    callbacks = ([dn.GradientFlow()] if train_cfg["gradient_flow"] else []) + [saver]
+    if args.overwrite and root:  # the previous run's files go only now that all checks passed
+        for path in _run_files(out, cfg["output"], previous):
+            path.unlink()
+    resumed = None
+    if args.resume:
+        resumed = (_save_api().read_metadata(out / _LAST).get("train_state") or {}).get("epoch")
     t0 = time.perf_counter()
-    hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
-                  batch_size=train_cfg["batch_size"], validation_data=validation,
-                  seed=train_cfg["seed"], progress=train_cfg["progress"], task=task,
-                  callbacks=[dn.GradientFlow()] if train_cfg["gradient_flow"] else None,
-                  comm=comm)
+    with _ctrl_c_stops(saver, enabled=comm is None):
+        hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
+                      batch_size=train_cfg["batch_size"], validation_data=validation,
+                      seed=train_cfg["seed"], progress=train_cfg["progress"], task=task,
+                      callbacks=callbacks, comm=comm,
+                      resume_from=out / _LAST if args.resume else None,
+                      # a run extended past its planned length follows the lr curve of a run
+                      # planned for the new length (nothing changes within the old length)
+                      extend_schedule=bool(args.resume))
     elapsed = time.perf_counter() - t0
     if not root:  # rank 0 writes the run
         return EXIT_OK
 
-    labels = None if classes is None else classes.tolist()
-    run = {"config": cfg, "loss": loss, "task": task, "classes": labels,
-           "split_source": source}
-    written = _write_run(out, cfg["output"], model, opt, hist, run)
+    # the final model predicts in the targets' own units: the scaling folded into its last
+    # layer; the optimizer's state belongs to the standardized model, so it stays in last
+    final = model if scaling is None else _fold_target_scaling(model, scaling)
+    written = _write_run(out, cfg["output"], final, opt if scaling is None else None, hist, run)
+    written.insert(0, out / _LAST)
     last = {k: v[-1] for k, v in hist.history.items()
             if k not in ("lr", "time") and "/" not in k}  # per-layer series: in the files
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
-    print(f"trained {len(hist.epoch)} epochs in {elapsed:.1f}s on {model.backend.device}: "
-          f"{summary}")
+    if scaling is not None:
+        summary += " (loss and mae in standardized target units)"
+    since = "" if resumed is None else f", resumed after epoch {resumed},"
+    print(f"trained {len(hist.epoch)} epochs{since} in {elapsed:.1f}s on "
+          f"{model.backend.device}: {summary}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return EXIT_OK
+
+
+class _EpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint(path)`` that also records the run (``extra``; ``first`` runs before
+    the first save) and stops training at the next clean point once ``stopping`` is set (by
+    Ctrl-C): after the current step, or right after the epoch's save."""
+
+    def __init__(self, path: Path, extra: dict, first):
+        super().__init__(path)
+        self.extra, self.first = extra, first
+        self.stopping = False
+
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        from devnet import io
+
+        if self.first is not None:
+            self.first()
+            self.first = None
+        t = self.trainer
+        io.save(t.model, self.path, optimizer=t.optimizer, history=t.history,
+                train_state=t.resume_state(), extra=self.extra)
+        self.saved.append(self.path)
+        if self.stopping and epoch + 1 < t.epochs:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(saver: _EpochCheckpoint, enabled: bool):
+    """While training: the first Ctrl-C (SIGINT) asks ``saver`` to stop at the next clean
+    point, so the last finished epoch's state is whole on disk; a second one stops at once."""
+    def stop(signum, frame):
+        if saver.stopping:
+            raise KeyboardInterrupt
+        saver.stopping = True
+
+    previous = None
+    if enabled:
+        try:
+            previous = signal.signal(signal.SIGINT, stop)
+        except ValueError:  # not the main thread (devnet.cli.main called from a thread)
+            previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_json(run: dict) -> bytes:
+    return json.dumps(run, indent=2, default=str).encode()
+
+
+def _target_name(data_cfg: dict, column: int, columns: int) -> str:
+    if columns > 1:
+        return f"target column {column}"
+    if str(data_cfg.get("dataset", "")).lower().endswith(".csv"):
+        return f"target column {data_cfg.get('target_column', -1)!r}"
+    return "the target"
+
+
+def _target_scaling(ytr: np.ndarray, loss, data_cfg: dict) -> dict | None:
+    """For a regression run: the targets' standardization (``{"mean": [...], "scale": [...]}``
+    of the training split, per output column), or None. Without data.standardize, warns when
+    a target's scale is far from the unit scale training works at."""
+    if loss.link != "identity":
+        if data_cfg["standardize"]:
+            print(f"devnet: note: data.standardize = true scales the inputs only: loss "
+                  f"{loss.name!r} reads the outputs through its {loss.link!r} link, which "
+                  "needs the targets in their own units", file=sys.stderr)
+        return None
+    y2 = np.asarray(ytr, dtype=np.float64).reshape(len(ytr), -1)
+    if data_cfg["standardize"]:
+        from devnet import data as data_mod
+
+        mean, scale = data_mod.fit_standardization(y2)
+        return {"mean": mean.tolist(), "scale": scale.tolist()}
+    mean, std = y2.mean(axis=0), y2.std(axis=0)
+    for j in range(y2.shape[1]):
+        m, s = float(mean[j]), float(std[j])
+        if abs(m) > _TARGET_SCALE or s > _TARGET_SCALE or 0 < s < 1 / _TARGET_SCALE:
+            print(f"devnet: warning: {_target_name(data_cfg, j, y2.shape[1])} has mean "
+                  f"{m:.4g} and std {s:.4g}: the model starts with outputs near 0 of about "
+                  f"unit scale and trains poorly on targets whose |mean| or std is above "
+                  f"{_TARGET_SCALE:g} or whose std is below {1 / _TARGET_SCALE:g}; set "
+                  "data.standardize = true (the targets are then standardized too, and "
+                  "predictions come back in their units)", file=sys.stderr)
+    return None
+
+
+#: a regression target is far from unit scale past this (|mean| or std) or below its inverse
+_TARGET_SCALE = 10.0
+
+
+def _scale_targets(y: np.ndarray, scaling: dict, dtype) -> np.ndarray:
+    mean, scale = np.asarray(scaling["mean"]), np.asarray(scaling["scale"])
+    y2 = (np.asarray(y, dtype=np.float64).reshape(len(y), -1) - mean) / scale
+    return y2.reshape(y.shape).astype(dtype)
+
+
+def _fold_target_scaling(model, scaling: dict):
+    """A copy of ``model`` whose outputs are ``outputs * scale + mean``: the last layer's
+    weight columns and bias scaled (``Z = X @ W + b`` with the identity output activation)."""
+    final = copy.deepcopy(model)
+    layer, be = final.layers[-1], final.backend
+    mean, scale = np.asarray(scaling["mean"]), np.asarray(scaling["scale"])
+    be.assign(layer.W, be.to_numpy(layer.W).astype(np.float64) * scale)
+    be.assign(layer.b, be.to_numpy(layer.b).astype(np.float64) * scale + mean)
+    return final
 
 
 def _header(data_cfg: dict):
@@ -532,7 +851,7 @@ def _section(section: str, name: str):
 
 
 #: what a run records about itself in its checkpoint (``extra``) as well as in run.json
-_RUN_EXTRA = ("task", "loss", "classes", "split_source")
+_RUN_EXTRA = ("task", "loss", "classes", "split_source", "target_scaling")
 
 
 def _split_source(spec: str, X: np.ndarray) -> dict:
@@ -543,7 +862,9 @@ def _split_source(spec: str, X: np.ndarray) -> dict:
 
     digest = hashlib.sha256()
     if spec in data_mod.DATASETS:
-        X = np.ascontiguousarray(X)
+        # float64, whatever dtype the model reads: the hash runs recorded before the loaders
+        # returned float32 (the bundled features are float32 values, so this is exact)
+        X = np.ascontiguousarray(X, dtype=np.float64)
         digest.update(f"{X.dtype.str} {X.shape}".encode())
         digest.update(X.tobytes())
     else:
@@ -559,11 +880,12 @@ def _write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
     ckpt = out / o["checkpoint"]
     # what predicting needs travels in the checkpoint itself: task, loss, class labels, and
     # what the train/test split was drawn from
-    extra = {k: run[k] for k in _RUN_EXTRA}
+    extra = {k: run[k] for k in _RUN_EXTRA if k in run}
     dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=extra)
     written.append(ckpt)
-    # what eval / predict reuse for the data: the resolved config (dataset, split)
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    # what eval / predict reuse for the data: the resolved config (dataset, split); what
+    # --resume checks a config against
+    dn_io.atomic_write(out / "run.json", _run_json(run))
     written.append(out / "run.json")
     rows = _history_rows(hist)
     path = out / o["history_json"]
@@ -970,12 +1292,32 @@ the config file's folder, output.dir to the current directory):
   dir = "runs/digits"
 """
 
+_RUN_FOLDER_HELP = f"""\
+the run folder (output.dir / --out) holds:
+  {_LAST:<18}  the resumable training state (model, optimizer, history, RNG, epoch),
+                      rewritten atomically at the end of every epoch and kept after the run
+  model.safetensors   the final model (output.checkpoint), which eval and predict read
+  run.json, history.json, history.csv, history.png
+A folder that already holds a run is refused unless --resume (continue it) or --overwrite
+(replace it). Ctrl-C stops at the end of the current step; the last finished epoch stays
+resumable (exit 130). A resumed run that is given more epochs than it was planned for
+stretches its lr schedule over the new total (as fit(extend_schedule=True)). On the CPU a
+resumed run ends bit-identical to an uninterrupted one.
+data.standardize = true with a regression loss with the identity link (mse, mae, huber)
+standardizes the targets too (training split statistics, run.json "target_scaling"): the
+model trains on them, so the history's losses (loss, val_loss, mae) are in standardized
+units, r2 is the same in both; model.safetensors has the scaling folded into its last
+layer and predicts in the data's own units, as eval and predict report them.
+"""
+
 _COMMANDS = {
     "info": ("show devices, library versions, and why CUDA is unavailable",
              "example:\n  devnet info\n  devnet info --json"),
     "train": ("train a model from a TOML config",
-              "example:\n  devnet train --config run.toml --device cpu --epochs 5\n\n"
-              + _EXAMPLE_TOML),
+              "example:\n  devnet train --config run.toml --device cpu --epochs 5\n"
+              "  devnet train --config run.toml --out runs/a --resume   # after Ctrl-C\n"
+              "  devnet train --config run.toml --out runs/a --resume --epochs 40  # extend\n\n"
+              + _RUN_FOLDER_HELP + "\n" + _EXAMPLE_TOML),
     "eval": ("evaluate a checkpoint on a dataset",
              "example:\n  devnet eval --checkpoint runs/digits/model.safetensors --split test"),
     "predict": ("write a checkpoint's predictions to .npy or .csv",
@@ -1024,6 +1366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int,
                    help="override train.nproc: data-parallel ranks, launched under mpiexec")
     p.add_argument("--out", help="override output.dir (created if missing)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help=f"continue the run in the output folder from its {_LAST} (the "
+                            "same config; only train.epochs, train.device and train.progress "
+                            "may differ: --epochs N beyond the run's own extends it)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in the output folder (its files only)")
     for name in ("eval", "predict"):
         p = subs[name]
         p.add_argument("--checkpoint", required=True, help="a checkpoint written by train")

@@ -1,8 +1,10 @@
 """Datasets: the bundled ones, CSV / NPZ files, splitting, standardization, label encoding.
 
-The loaders return ``(X, y)`` with X float64 (n, d) and y whose dtype says the task: int64
-class labels for classification, float64 for regression (``devnet.task`` decides which). The
-command line and the Python API share them, so a file means the same in both.
+The loaders return ``(X, y)`` with X float32 (n, d) -- what ``dn.MLP`` takes by default --
+and y whose dtype says the task: int64 class labels for classification, float targets of the
+same dtype as X for regression (``devnet.task`` decides which). ``dtype="float64"`` keeps every
+digit. Files are parsed in float64 and cast once, so a value is the nearest float32 to the
+text. The command line and the Python API share them, so a file means the same in both.
 
 Over 400 lines: most of it is the CSV reader's rules (header detection, a finite number in
 every cell, errors naming the line and column), which a user's file meets first.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +168,54 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
 
 # --- files ----------------------------------------------------------------------------------
 
+class DataWarning(UserWarning):
+    """A data file was read with a change worth knowing (a pandas index column dropped)."""
+
+
+#: the dtypes the loaders return X (and regression targets) in
+DTYPES = ("float32", "float64")
+
+
+def _float_dtype(dtype) -> np.dtype:
+    """``dtype`` ("float32", "float64" or the NumPy types) as a np.dtype, or a ConfigError."""
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ConfigError(f"dtype = {dtype!r}: valid dtypes: {', '.join(DTYPES)}")
+    return dt
+
+
+def _cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """Float64 ``a`` as ``dtype``, or a DataError where a value lies beyond its range (it would
+    become inf)."""
+    if dtype == a.dtype:
+        return a
+    big = np.abs(a) > np.finfo(dtype).max
+    if big.any():
+        at = tuple(int(i) for i in np.argwhere(big)[0])
+        raise DataError(f"{what} holds {a[at]:g}, beyond the range of {dtype.name} (up to "
+                        f"{np.finfo(dtype).max:.3g}); pass dtype='float64' (model.dtype = "
+                        "\"float64\" in run.toml) or scale the values")
+    return a.astype(dtype)
+
+
 def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
-                 with_target: bool = True, header: bool | None = None):
+                 with_target: bool = True, header: bool | None = None, dtype="float32",
+                 columns=None):
     """``(X, y)`` from a bundled dataset name, a ``.csv`` or a ``.npz`` file.
 
-    X: float64 (n, d). y: int64 class labels when the task (given, or ``devnet.task.infer_task``
-    for ``"auto"``) is classification, float64 for regression; None when ``with_target`` is
-    False. ``target_column`` and ``header`` apply to CSV files only (see ``load_csv``).
+    X: (n, d) of ``dtype`` (float32, the default model's, or float64). y: int64 class labels
+    when the task (given, or ``devnet.task.infer_task`` for ``"auto"``) is classification,
+    ``dtype`` for regression; None when ``with_target`` is False. ``target_column``,
+    ``header`` and ``columns`` apply to CSV files only (see ``load_csv``).
     """
+    dtype = _float_dtype(dtype)
     if isinstance(spec, str) and spec in DATASETS:
         X, y = load(spec)
-        return np.asarray(X, dtype=np.float64), (_target(y, task, spec) if with_target else None)
+        X = _cast(np.asarray(X, dtype=np.float64), dtype, f"dataset {spec!r}: X")
+        return X, (_target(y, task, spec, dtype) if with_target else None)
     if not isinstance(spec, (str, os.PathLike)):
         raise ConfigError(f"dataset {spec!r}: expected a bundled name or a file path")
     path = Path(spec)
@@ -184,8 +224,11 @@ def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
                           f"({', '.join(sorted(DATASETS))}) and not a {' / '.join(FORMATS)} file")
     if path.suffix == ".csv":
         return load_csv(path, target_column, task=task, with_target=with_target,
-                        header=header)
-    return load_npz(path, task=task, with_target=with_target)
+                        header=header, dtype=dtype, columns=columns)
+    if columns is not None:
+        raise ConfigError(f"columns = {columns!r} selects CSV columns by name; {str(spec)!r} "
+                          "is an .npz file (leave columns out)")
+    return load_npz(path, task=task, with_target=with_target, dtype=dtype)
 
 
 def _open_file(path) -> Path:
@@ -249,15 +292,71 @@ def _split_header(path: Path, rows: list, lines: list, header) -> list[str] | No
             if len(rows) > 1 and len(rows[1]) == len(kinds) and all(
                     _cell_kind(rows[1][j]) == "text" for j in text):
                 return None  # a column of text (labels?) in every row: data, said later
+            if text == [0] and not rows[0][0].strip() and _is_range_index(rows[1:]):
+                # pandas' to_csv() of unnamed columns: ",0,1,2" above an index 0..n-1
+                names = [v.strip() for v in rows[0]]
+                del rows[0], lines[0]
+                return names
             j = text[0]
             cell = "an empty cell" if not rows[0][j].strip() else repr(rows[0][j])
             raise DataError(f"{path}, line {lines[0]}: the first row mixes numbers and text "
-                            f"({cell} in column {j}): a header row holds only column names, a "
+                            f"({cell} in column {j + 1}): a header row holds only column names, a "
                             "data row only numbers; fix the cell, or pass header=True "
                             "(data.header = true) if it is a header")
     names = [v.strip() for v in rows[0]]
     del rows[0], lines[0]
     return names
+
+
+def _is_range_index(rows: list[list[str]]) -> bool:
+    """Whether the first cells of ``rows`` read 0, 1, ..., len(rows) - 1 (pandas' index)."""
+    return bool(rows) and all(row and row[0].strip() == str(i) for i, row in enumerate(rows))
+
+
+def _read_table(path: Path, header) -> tuple[list, list, list[str] | None, int]:
+    """``(rows, lines, names, skipped)``: the data rows of a CSV file (all of one width), the
+    line each ends on, the header names (None without a header) and how many leading columns
+    were dropped (1 for pandas' index column, else 0).
+
+    The first column of a header row with an empty name that holds exactly 0..n-1 is the index
+    pandas' ``to_csv()`` writes: it is dropped with a ``DataWarning``. Any other empty name is
+    a DataError: columns are matched by name, and an unnamed one cannot be.
+    """
+    rows, lines = _read_rows(path)
+    header_line = lines[0] if lines else 1
+    names = _split_header(path, rows, lines, header)
+    if not rows:
+        raise DataError(f"{path}: no data rows" + (" (only a header)" if names else ""))
+    width = len(rows[0])
+    for i, (row, line) in enumerate(zip(rows, lines)):
+        if len(row) != width:
+            raise DataError(f"{path}, line {line}: data row {i + 1} has "
+                            f"{len(row)} values, the first has {width}; every row needs the "
+                            "same number of columns")
+    if names is not None and len(names) != width:
+        raise DataError(f"{path}: the header has {len(names)} names but the rows have {width} "
+                        "values; every column needs one name")
+    skipped = 0
+    if names is not None and width > 1 and not names[0] and _is_range_index(rows):
+        warnings.warn(f"{path}: dropped column 1, which has no name and holds 0..{len(rows) - 1}"
+                      ": the index pandas' to_csv() writes (to_csv(index=False) leaves it out)",
+                      DataWarning, stacklevel=3)
+        rows = [row[1:] for row in rows]
+        names, skipped = names[1:], 1
+    if names is not None and "" in names:
+        j = names.index("")
+        hint = (": pandas writes its index this way; write the file with to_csv(index=False)"
+                if j == 0 and not skipped else "")
+        raise DataError(f"{path}, line {header_line}: column "
+                        f"{j + 1 + skipped} of the header row has no name; every column needs "
+                        f"one (columns are matched by name){hint}")
+    return rows, lines, names, skipped
+
+
+def csv_columns(path, header: bool | None = None) -> list[str] | None:
+    """The column names of a CSV file as ``load_csv`` reads it (pandas' index column left
+    out), or None when the file has no header row."""
+    return _read_table(_open_file(path), header)[2]
 
 
 def column_index(target_column, names: list[str] | None, width: int, where) -> int:
@@ -291,30 +390,27 @@ def _names(names: list[str]) -> str:
 
 
 def load_csv(path, target_column: int | str = -1, task: str = "auto", with_target: bool = True,
-             header: bool | None = None):
+             header: bool | None = None, dtype="float32", columns=None):
     """``(X, y)`` from a numeric CSV file (comma-separated, an optional header row).
 
     The target is column ``target_column``: an index (negative counts from the end) or a
-    header name. X is the other columns, float64 (n, d). y as in ``load_dataset``; with
-    ``with_target=False`` X is every column and y is None. ``header``: None decides by the
-    first row (all names: a header; all numbers: data; both: a DataError), True / False say.
+    header name. X is the other columns, (n, d) of ``dtype``: float32 (the default model's) or
+    float64; every cell is parsed in float64 and cast once (a value beyond float32's range is
+    a DataError). y as in ``load_dataset``; with ``with_target=False`` X is every column and y
+    is None. ``columns``: header names of the columns X takes, in that order (the others,
+    the target aside, are left out). ``header``: None decides by the first row (all names: a
+    header; all numbers: data; both: a DataError), True / False say.
+
     Every cell must be a finite number: an empty, NaN or Inf cell is a DataError naming its
-    line and column (devnet does not impute missing values).
+    line and column (both counted from 1; devnet does not impute missing values). A first
+    column without a name holding exactly 0..n-1 is the index pandas' ``to_csv()`` writes: it
+    is dropped with a ``DataWarning`` (column indices then count without it); any other
+    column without a name is a DataError.
     """
+    dtype = _float_dtype(dtype)
     path = _open_file(path)
-    rows, lines = _read_rows(path)
-    names = _split_header(path, rows, lines, header)
-    if not rows:
-        raise DataError(f"{path}: no data rows" + (" (only a header)" if names else ""))
+    rows, lines, names, skipped = _read_table(path, header)
     width = len(rows[0])
-    for i, (row, line) in enumerate(zip(rows, lines)):
-        if len(row) != width:
-            raise DataError(f"{path}, line {line}: data row {i + 1} has "
-                            f"{len(row)} values, the first has {width}; every row needs the "
-                            "same number of columns")
-    if names is not None and len(names) != width:
-        raise DataError(f"{path}: the header has {len(names)} names but the rows have {width} "
-                        "values; every column needs one name")
     if with_target:
         if width < 2:
             hint = next((f"; the file looks {sep!r}-separated, devnet reads commas"
@@ -324,6 +420,14 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
         col = column_index(target_column, names, width, path)
     else:
         col = None
+    if columns is None:
+        picked = [j for j in range(width) if j != col]
+    else:
+        picked = _pick_columns(columns, names, col, path)
+
+    def cell(j: int) -> str:  # a column as the file numbers it (from 1) and its name
+        return f"column {j + 1 + skipped}" + (f" ({names[j]!r})" if names else "")
+
     table = np.empty((len(rows), width), dtype=np.float64)
     for j in range(width):
         values = [row[j] for row in rows]
@@ -332,34 +436,63 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
         except ValueError:
             i = next(i for i, v in enumerate(values) if _cell_kind(v) == "text")
             where = f"{path}, line {lines[i]}"
-            name = f" ({names[j]!r})" if names else ""
             if not values[i].strip():
-                raise DataError(f"{where}: column {j}{name} is empty; every cell must be a "
+                raise DataError(f"{where}: {cell(j)} is empty; every cell must be a "
                                 "number (devnet does not impute missing values)") from None
             if j == col:
-                raise DataError(f"{where}: the target column {j}{name} holds text labels such "
+                raise DataError(f"{where}: the target {cell(j)} holds text labels such "
                                 f"as {values[i]!r}; encode the labels as numbers (class labels "
                                 "as integers 0..K-1)") from None
-            raise DataError(f"{where}: column {j}{name} holds a non-numeric value "
+            raise DataError(f"{where}: {cell(j)} holds a non-numeric value "
                             f"{values[i]!r}; every feature must be a number") from None
         bad = ~np.isfinite(table[:, j])
         if bad.any():
             i = int(np.argmax(bad))
-            name = f" ({names[j]!r})" if names else ""
-            raise DataError(f"{path}, line {lines[i]}: column {j}{name} holds {values[i]!r}, "
+            raise DataError(f"{path}, line {lines[i]}: {cell(j)} holds {values[i]!r}, "
                             f"which is not a finite number ({int(bad.sum())} such cell(s) in the "
                             "column); drop or fill those rows (devnet does not impute missing "
                             "values)")
+        if j != col and dtype != table.dtype:
+            big = np.abs(table[:, j]) > np.finfo(dtype).max
+            if big.any():
+                i = int(np.argmax(big))
+                _cast(table[i:i + 1, j], dtype, f"{path}, line {lines[i]}: {cell(j)}")
+    X = table[:, picked].astype(dtype)
     if col is None:
-        return table, None
-    return np.delete(table, col, axis=1), _target(table[:, col], task, path)
+        return X, None
+    return X, _target(table[:, col], task, path, dtype)
 
 
-def load_npz(path, task: str = "auto", with_target: bool = True):
+def _pick_columns(columns, names, col, path) -> list[int]:
+    """The indices of the header names ``columns`` (in that order), or a ConfigError."""
+    if isinstance(columns, str) or not isinstance(columns, (list, tuple)) or not all(
+            isinstance(c, str) for c in columns):
+        raise ConfigError(f"columns must be a list of column names (str), got {columns!r}")
+    if names is None:
+        raise ConfigError(f"columns = {_names(list(columns))} names columns, but {path} has no "
+                          "header row")
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path} has no column named {_names(missing)}; it has "
+                        f"{_names(names)}")
+    for c in columns:
+        if names.count(c) > 1:
+            raise DataError(f"{path}: {names.count(c)} columns are named {c!r}; a column "
+                            "picked by name needs a name of its own")
+        if col is not None and names.index(c) == col:
+            raise ConfigError(f"columns: {c!r} is the target column; X cannot hold it")
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"columns = {_names(list(columns))} names a column twice")
+    return [names.index(c) for c in columns]
+
+
+def load_npz(path, task: str = "auto", with_target: bool = True, dtype="float32"):
     """``(X, y)`` from an ``.npz`` file with arrays ``X`` (n, d) and ``y`` (n,) or (n, k).
 
-    y as in ``load_dataset`` (None when ``with_target`` is False). Never unpickles.
+    X as ``dtype`` (float32 by default, or float64); y as in ``load_dataset`` (None when
+    ``with_target`` is False). Never unpickles.
     """
+    dtype = _float_dtype(dtype)
     path = _open_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -385,6 +518,7 @@ def load_npz(path, task: str = "auto", with_target: bool = True):
         at = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DataError(f"{path}: X holds {int(bad.sum())} NaN/Inf value(s), first at X{list(at)}"
                         "; drop or fill them (devnet does not impute missing values)")
+    X = _cast(X, dtype, f"{path}: X")
     if not with_target:
         return X, None
     if y is None:
@@ -393,11 +527,12 @@ def load_npz(path, task: str = "auto", with_target: bool = True):
     if y.ndim not in (1, 2) or len(y) != len(X):
         raise DataError(f"{path}: y must have shape ({len(X)},) or ({len(X)}, k) to match X "
                         f"{X.shape}, got {y.shape}")
-    return X, _target(y, task, path)
+    return X, _target(y, task, path, dtype)
 
 
-def _target(y, task: str, where) -> np.ndarray:
-    """y as int64 labels (classification) or float64 (regression), the task resolved."""
+def _target(y, task: str, where, dtype=np.float64) -> np.ndarray:
+    """y as int64 labels (classification) or ``dtype`` (regression), the task resolved on the
+    values as read (float64), before any cast."""
     from devnet.task import infer_task
 
     y = np.asarray(y)
@@ -411,7 +546,7 @@ def _target(y, task: str, where) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1 and task == "classification":
         y = y.reshape(-1)
     if infer_task(y, task) == "regression":
-        return y.astype(np.float64)
+        return _cast(y.astype(np.float64), np.dtype(dtype), f"{where}: the targets y")
     if y.ndim != 1 or np.any(y != np.round(y)):
         raise DataError(f"{where}: task = 'classification' needs one integer class label per "
                         f"sample, got {y.dtype} {y.shape}"

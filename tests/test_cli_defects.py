@@ -350,7 +350,7 @@ def test_ragged_and_non_numeric_csv_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="row 2 has 2 values"):
         dn.data.load_csv(tmp_path / "r.csv")
     (tmp_path / "n.csv").write_text("1,2,3\n4,x,6\n")
-    with pytest.raises(DataError, match="column 1 holds a non-numeric value 'x'"):
+    with pytest.raises(DataError, match="line 2: column 2 holds a non-numeric value 'x'"):
         dn.data.load_csv(tmp_path / "n.csv")
     (tmp_path / "b.csv").write_bytes(b"1,2,\xff\n")
     with pytest.raises(DataError, match="not a UTF-8"):
