@@ -4,11 +4,12 @@ Suites (``SUITES``): kernels, fusion, step, sklearn (with lbfgs), lbfgs, scaling
 launch (CUDA), deep (LayerNorm, residual step), distributed (mpiexec; skipped without MPI).
 
 Run ``python -m benchmarks`` (or ``devnet bench``) from the repository root; ``--help`` lists the
-options, ``--quick`` runs tiny sizes in seconds. Everything is measured in ONE process, after
-warm-up, as medians of many samples, with the device synchronised before every clock read (CUDA
-events on a GPU); competitors are measured interleaved, ``--repetitions`` times round, and every
-graded ratio keeps its spread. Results: a table on stdout, ``<out>/<host>-<device>-<date>.json``
-(``--out``, default the current directory) and PNG plots beside it.
+options, ``--quick`` runs tiny sizes in seconds (reported, never graded against the targets).
+Everything is measured in ONE process, after warm-up, as medians of many samples, with the device
+synchronised before every clock read (CUDA events on a GPU); competitors are measured
+interleaved, ``--repetitions`` times round, and every graded ratio keeps its spread. Results: a
+table on stdout, ``<out>/<host>-<device>-<date>.json`` (``--out``, default the current
+directory) and PNG plots beside it.
 ``python -m benchmarks report --readme RESULTS.json`` rewrites README.md's speed claims from a
 results file. See ``benchmarks/README.md``.
 """
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suites", nargs="*", default=[],
                    metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes and few repetitions (seconds; what the tests run)")
+                   help="tiny sizes and few repetitions (seconds; what the tests run): "
+                   "figures are reported, no target is graded")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--kernels", default="fused", choices=("fused", "reference"),
                    help="devnet's kernel table for the step suites (default: fused)")

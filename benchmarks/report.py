@@ -40,6 +40,35 @@ TARGETS = (
 # Targets with no config take the worst row of their suite among these rows.
 _WORST_OF = {"kernels": lambda r: r["size_mb"] >= 64, "fusion": lambda r: True}
 
+# The size each target is for, where its suite can also measure other sizes under the same
+# config name (a --quick "S" is 16-32-10 b8; --sklearn-samples, --fusion-elements): a ratio
+# measured at another size is reported, never graded against a bound set for this one. The
+# step sizes are bench_step.CONFIGS' (a test keeps the two in step).
+TARGET_SIZES = {
+    ("step", "tiny"): "2-8-1 b4",
+    ("step", "S"): "64-128-128-10 b64",
+    ("step", "M1"): "784-256-256-10 b128",
+    ("step", "M"): "784-1024-1024-10 b256",
+    ("sklearn", "sklearn-target"): "60000x784 hidden (256, 256) b128",
+    ("fusion", None): "1048576 float32",
+}
+
+
+def row_size(suite: str, row: dict) -> str | None:
+    """The size a row measured, in ``TARGET_SIZES``' terms; None when the row does not say."""
+    try:
+        if suite == "step":
+            return f"{'-'.join(map(str, row['sizes']))} b{row['batch']}"
+        if suite == "sklearn":
+            sizes = row["sizes"]
+            return (f"{row['epoch_samples']}x{sizes[0]} hidden {tuple(sizes[1:-1])} "
+                    f"b{row['batch']}")
+        if suite == "fusion":
+            return f"{row['elements']} {row['dtype']}"
+    except KeyError:
+        return None
+    return None
+
 
 def _worst(row: dict, field: str, op: str) -> float:
     """The repetition least favourable to the target (the median when reps are absent)."""
@@ -47,11 +76,24 @@ def _worst(row: dict, field: str, op: str) -> float:
     return max(reps) if op == "<=" else min(reps)
 
 
+def _why_not_graded(quick: bool, measured: str | None, target: str | None) -> str | None:
+    """Why a measured ratio is not graded (None: it is graded)."""
+    other = measured is not None and target is not None and measured != target
+    if quick:
+        return (f"--quick measures {measured}, the target is for {target}" if other else
+                "--quick times few, short samples; run without --quick to grade")
+    return f"this run measures {measured}, the target is for {target}" if other else None
+
+
 def check_targets(results: dict) -> list[dict]:
     """The targets this run measured: median, spread and met (the worst repetition meets it).
 
-    Targets whose suite or config did not run are left out (``not_measured`` lists them).
+    Targets whose suite or config did not run are left out (``not_measured`` lists them). A
+    ``--quick`` run (``meta.quick``) grades none, and a row at another size than the target's
+    (``TARGET_SIZES``) is not graded: such entries keep their figures, with ``met`` None,
+    ``graded`` False and the reason in ``not_graded``.
     """
+    quick = bool((results.get("meta") or {}).get("quick"))
     out = []
     for name, suite, config, field, op, bound in TARGETS:
         rows = results.get(suite) or []
@@ -65,17 +107,27 @@ def check_targets(results: dict) -> list[dict]:
             rows = [r for r in rows if r.get("config") == config and field in r]
         if not rows:
             continue
+        target_size = TARGET_SIZES.get((suite, config))
+        sized = [r for r in rows if target_size is None
+                 or row_size(suite, r) in (None, target_size)]
+        why = None
+        if quick or not sized:
+            shown_size = row_size(suite, rows[0])
+            why = _why_not_graded(quick, shown_size, target_size)
+        else:
+            rows = sized
         # the row with the worst median is shown; met needs every row's worst repetition
         shown = max(rows, key=lambda r: r[field]) if op == "<=" else \
             min(rows, key=lambda r: r[field])
         worsts = [_worst(r, field, op) for r in rows]
         worst = max(worsts) if op == "<=" else min(worsts)
         reps = shown.get(f"{field}_reps") or [shown[field]]
-        met = worst <= bound if op == "<=" else worst >= bound
+        met = None if why else (worst <= bound if op == "<=" else worst >= bound)
         out.append({"target": name, "field": field, "op": op, "bound": bound,
                     "where": config if config is not None else shown.get("kernel"),
                     "value": shown[field], "min": min(reps), "max": max(reps),
                     "repetitions": len(reps), "worst": worst, "met": met,
+                    "graded": why is None, "not_graded": why,
                     "peer": shown.get("torch_config") if field == "devnet_over_torch" else None})
     return out
 
@@ -271,12 +323,21 @@ def render(results: dict) -> str:
             ["target", "where", "peer", "median", "min-max", "reps", "bound", "met"],
             [[t["target"], str(t["where"] or "-"), str(t.get("peer") or "-"), _fmt(t["value"]),
               f"{_fmt(t['min'])}-{_fmt(t['max'])}", str(t["repetitions"]),
-              f"{t['op']} {t['bound']}", "yes" if t["met"] else "NO"]
+              f"{t['op']} {t['bound']}", _met(t, "NO")]
              for t in results["targets"]]))
+        parts += [f"not graded: {t['target']}: {t['not_graded']}"
+                  for t in results["targets"] if t.get("not_graded")]
     if results.get("targets_not_measured"):
         parts.append("not measured by this run (not graded): "
                      + "; ".join(results["targets_not_measured"]))
     return "\n".join(parts)
+
+
+def _met(t: dict, no: str) -> str:
+    """A target's met cell: yes, ``no``, or not graded (a quick run, another size)."""
+    if t.get("not_graded") or t["met"] is None:
+        return "not graded"
+    return "yes" if t["met"] else no
 
 
 def _render_deep(deep: dict) -> str:
@@ -438,7 +499,7 @@ def readme_block(results: dict, source: str) -> str:
         for t in results["targets"]:
             lines.append(f"| {t['target']} | {_fmt(t['value'])} [{_fmt(t['min'])}-"
                          f"{_fmt(t['max'])}] | {t['op']} {t['bound']} | "
-                         f"{'yes' if t['met'] else 'no'} |")
+                         f"{_met(t, 'no')} |")
     return "\n".join(lines).rstrip() + "\n"
 
 

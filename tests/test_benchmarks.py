@@ -38,7 +38,7 @@ STEP_KEYS = {"config", "sizes", "batch", "loss", "gflop", "devnet_s", "samples_p
 SCALING_KEYS = {"sweep", "sizes", "batch", "width", "devnet_s", "floor_s", "devnet_gflops",
                 "floor_gflops", "devnet_over_floor"}
 TARGET_KEYS = {"target", "field", "where", "op", "bound", "value", "min", "max", "repetitions",
-               "worst", "met"}
+               "worst", "met", "graded", "not_graded"}
 
 
 def _run(tmp_path, *args) -> dict:
@@ -79,13 +79,15 @@ def test_bench_quick_writes_the_json_schema(tmp_path, capsys):
             name in res["fusion_not_covered"], name
     assert not set(res["fusion_not_covered"]) & {k.split("[")[0] for k in fusion}
     assert all(_positive(r["speedup"]) for r in res["fusion"])
-    # only what ran is graded: the quick run has no M, M1 or sklearn-target rows
-    graded = {t["target"] for t in res["targets"]}
-    assert graded | set(res["targets_not_measured"]) == {t[0] for t in report.TARGETS}
-    assert not graded & set(res["targets_not_measured"])
+    # what ran is reported (the quick run has no M, M1 or sklearn-target rows), not graded
+    measured = {t["target"] for t in res["targets"]}
+    assert measured | set(res["targets_not_measured"]) == {t[0] for t in report.TARGETS}
+    assert not measured & set(res["targets_not_measured"])
     assert all(TARGET_KEYS <= set(t) for t in res["targets"])
     assert all(t["repetitions"] >= 5 and t["min"] <= t["value"] <= t["max"]
                for t in res["targets"])
+    assert all(t["met"] is None and t["graded"] is False and t["not_graded"].startswith(
+        "--quick") for t in res["targets"])
     machine = res["meta"]["machine"]
     assert machine["cores"] >= 1 and machine["cpu_model"] and "blas" in machine
     assert res["meta"]["quiet"] in (True, False, None) and res["meta"]["quiet_reason"]
@@ -125,7 +127,12 @@ def test_bench_step_against_torch(tmp_path):
         assert r["torch_compile_skipped"] == "--quick"
     tiny = [t for t in res["targets"] if t["where"] == "tiny"][0]
     assert tiny["peer"] in bench_step.TORCH_ADAM
-    assert tiny["met"] == (max(res["step"][0]["devnet_over_torch_reps"]) <= 0.1)
+    assert tiny["worst"] == max(res["step"][0]["devnet_over_torch_reps"])
+    # the tiny config has the target's size, but --quick's few short samples grade nothing
+    assert tiny["met"] is None and tiny["not_graded"].startswith("--quick times few")
+    s = [t for t in res["targets"] if t["where"] == "S"][0]
+    assert s["met"] is None and s["not_graded"] == ("--quick measures 16-32-10 b8, the target "
+                                                    "is for 64-128-128-10 b64")
 
 
 @pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not installed (the 'bench' extra)")
@@ -136,6 +143,10 @@ def test_bench_epoch_against_sklearn(tmp_path):
     assert _positive(r["devnet_epoch_s"]) and _positive(r["sklearn_epoch_s"])
     row = [t for t in res["targets"] if t["field"] == "devnet_over_sklearn"][0]
     assert row["value"] == r["devnet_over_sklearn"]
+    # a 64x16 epoch reports its ratio but is not graded against the 60000x784 target
+    assert row["met"] is None and row["graded"] is False
+    assert row["not_graded"] == ("--quick measures 64x16 hidden (32, 32) b32, the target is "
+                                 "for 60000x784 hidden (256, 256) b128")
 
 
 def _r(median, reps):
@@ -144,6 +155,63 @@ def _r(median, reps):
 
 def _ratio(field, median, reps):
     return {k.replace("x", field, 1): v for k, v in _r(median, reps).items()}
+
+
+def test_bench_quick_reports_figures_but_grades_nothing(tmp_path, capsys):
+    # a quick fusion run (16384 elements) was graded met / NO against the 1M-element target
+    res = _run(tmp_path, "fusion", "--kernel-names", "adam_step,sgd_step", "--no-torch",
+               "--no-sklearn", "--no-plots")
+    assert res["meta"]["quick"] is True
+    (fusion,) = [t for t in res["targets"] if t["field"] == "speedup"]
+    worst = min(min(r["speedup_reps"]) for r in res["fusion"])
+    assert fusion["worst"] == worst and _positive(fusion["value"])  # the figures are there
+    assert fusion["met"] is None and fusion["graded"] is False
+    assert fusion["not_graded"] == (f"--quick measures {bench_fusion.QUICK_ELEMENTS} float32, "
+                                    "the target is for 1048576 float32")
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith(fusion["target"])]
+    assert line.rstrip().endswith("not graded") and not line.rstrip().endswith(("yes", "NO"))
+    assert f"not graded: {fusion['target']}: --quick measures" in out
+    # the README block a quick file would write says so too
+    assert "| not graded |" in report.readme_block(res, "quick.json")
+
+
+def _synthetic_sklearn(samples: int) -> dict:
+    return {"config": "sklearn-target", "sizes": [784, 256, 256, 10], "batch": 128,
+            "epoch_samples": samples,
+            **_ratio("devnet_over_sklearn", 0.2, [0.2, 0.2, 0.25, 0.2, 0.2])}
+
+
+def test_report_grades_only_the_targets_size_and_never_a_quick_run():
+    full = {"sklearn": _synthetic_sklearn(60000),
+            "fusion": [{"kernel": "d", "elements": 1 << 20, "dtype": "float32",
+                        **_ratio("speedup", 3.0, [3.0] * 5)}]}
+    got = {t["field"]: t for t in report.check_targets({"meta": {"quick": False}, **full})}
+    assert got["devnet_over_sklearn"]["met"] is True and got["speedup"]["met"] is True
+    assert got["devnet_over_sklearn"]["graded"] and got["devnet_over_sklearn"]["not_graded"] \
+        is None
+    # the same figures from a quick run: reported, not graded
+    quick = report.check_targets({"meta": {"quick": True}, **full})
+    assert [t["met"] for t in quick] == [None, None]
+    assert {t["value"] for t in quick} == {0.2, 3.0}
+    # a full run at another size (--sklearn-samples 5000) is not graded either
+    small = report.check_targets({"sklearn": _synthetic_sklearn(5000)})
+    assert small[0]["met"] is None and small[0]["not_graded"] == (
+        "this run measures 5000x784 hidden (256, 256) b128, the target is for 60000x784 "
+        "hidden (256, 256) b128")
+    assert "not graded: devnet epoch / sklearn epoch" in report.render(
+        {"meta": {"host": "h", "device": "cpu", "device_name": "cpu", "kernels": "fused",
+                  "threads": {"pools": [], "numba": 1, "torch": None}},
+         "targets": small})
+
+
+def test_target_sizes_are_the_benchmarks_own():
+    for (suite, config), size in report.TARGET_SIZES.items():
+        if suite == "step":
+            cfg = bench_step.CONFIGS[config]
+            assert size == report.row_size("step", {"sizes": cfg.sizes, "batch": cfg.batch})
+    assert report.TARGET_SIZES[("fusion", None)] == f"{bench_fusion.ELEMENTS} float32"
+    assert {("step", t[2]) for t in report.TARGETS if t[1] == "step"} <= set(report.TARGET_SIZES)
 
 
 def test_report_targets_on_synthetic_results():
