@@ -612,8 +612,11 @@ def _train(args, folder: _RunFolder) -> int:
         elif task != loss_task:
             raise ConfigError(f"train.loss = {train_cfg['loss']!r} is a {loss_task} loss but "
                               f"data.task = {task!r}")
-    X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task,
-                                header=_header(data_cfg))
+    with _data_notes(show=root):  # X in the model's dtype: converted once, exactly, here
+        X, y = dn.data.load_dataset(data_cfg["dataset"], data_cfg["target_column"], task=task,
+                                    header=_header(data_cfg), dtype=model_cfg["dtype"])
+        feature_names, target_name = _column_names(data_cfg["dataset"],
+                                                   data_cfg["target_column"], _header(data_cfg))
     source = _split_source(data_cfg["dataset"], X)
     task = "classification" if y.dtype.kind in "iu" else "regression"
     classes = None
@@ -632,6 +635,9 @@ def _train(args, folder: _RunFolder) -> int:
         n_out = 1 if y.ndim == 1 else y.shape[1]
     loss = (default_loss(task, y, n_out) if train_cfg["loss"] == "auto"
             else train_cfg["loss"])
+    if root:
+        _describe_data(data_cfg, train_cfg, task, loss, y, n_out, X.shape[1], feature_names,
+                       target_name)
     if loss != "cross_entropy":  # every other loss takes float targets
         y = y.astype(model_cfg["dtype"])
     if previous is not None and args.resume and previous.get("split_source") not in (None,
@@ -676,7 +682,7 @@ def _train(args, folder: _RunFolder) -> int:
 
     labels = None if classes is None else classes.tolist()
     run = {"config": cfg, "loss": loss, "task": task, "classes": labels,
-           "split_source": source}
+           "split_source": source, "feature_names": feature_names, "target_name": target_name}
     run["target_scaling"] = scaling
     extra = {k: run[k] for k in _RUN_EXTRA if k in run}
     # every epoch: the resumable state, atomically; run.json (the config --resume checks)
@@ -840,6 +846,92 @@ def _header(data_cfg: dict):
 
 
 @contextlib.contextmanager
+def _data_notes(show: bool = True):
+    """Shows what the loaders warn about (``devnet.data.DataWarning``: a pandas index column
+    dropped) as ``devnet: note:`` lines on stderr, each once."""
+    import warnings
+
+    from devnet.data import DataWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        yield
+    seen = set()
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif show and str(w.message) not in seen:
+            seen.add(str(w.message))
+            print(f"devnet: note: {w.message}", file=sys.stderr)
+
+
+def _column_names(spec: str, target_column, header) -> tuple[list[str] | None, str | None]:
+    """``(feature_names, target_name)`` of a CSV with a header row, as the loader reads it;
+    ``(None, None)`` for other data. Feature names that repeat cannot be matched by name:
+    None then, and eval / predict match by position."""
+    from devnet import data as data_mod
+
+    if not str(spec).lower().endswith(".csv"):
+        return None, None
+    names = data_mod.csv_columns(spec, header=header)
+    if names is None:
+        return None, None
+    col = data_mod.column_index(target_column, names, len(names), spec)
+    features = names[:col] + names[col + 1:]
+    return (features if len(set(features)) == len(features) else None), names[col]
+
+
+def _shown_names(names: list[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + f", ... ({len(names)})"
+
+
+#: classification with at least this many classes and a median of fewer samples per class
+#: than MIN_PER_CLASS gets a warning: most likely a number (an age, a count) read as classes
+MANY_CLASSES, MIN_PER_CLASS = 10, 20
+
+
+def _describe_data(data_cfg: dict, train_cfg: dict, task: str, loss: str, y, n_out: int,
+                   n_features: int, feature_names, target_name) -> None:
+    """One line on stdout: the task and where it came from, the loss, the classes / outputs
+    and the features; a warning on stderr for many classes with few samples each."""
+    from devnet.task import MAX_CLASSES
+
+    target = repr(target_name) if target_name else "the target"
+    y = np.asarray(y)
+    if data_cfg["task"] != "auto":
+        why = "data.task"
+    elif train_cfg["loss"] != "auto":
+        why = f"train.loss = {train_cfg['loss']!r}"
+    elif task == "classification":
+        why = f"inferred from {target}: {len(np.unique(y))} integer values"
+    elif y.ndim == 2:
+        why = f"inferred from {target}: {y.shape[1]} target column(s)"
+    elif np.any(y != np.round(y)):
+        why = f"inferred from {target}: non-integer values"
+    else:
+        why = (f"inferred from {target}: {len(np.unique(y))} distinct integer values, over "
+               f"{MAX_CLASSES}")
+    if task == "classification":
+        k = len(np.unique(y))
+        outs = f"{k} classes" + (f" ({n_out} output)" if n_out != k else "")
+    else:
+        outs = f"{n_out} output{'s' if n_out != 1 else ''}"
+    feats = (f"{n_features} features: {_shown_names(feature_names)}" if feature_names
+             else f"{n_features} features")
+    print(f"devnet: {task} ({why}), loss {loss}, {outs}; {feats}", flush=True)
+    if task == "classification":
+        counts = np.unique(y, return_counts=True)[1]
+        median = float(np.median(counts))
+        if len(counts) >= MANY_CLASSES and median < MIN_PER_CLASS:
+            print(f"devnet: warning: classification with {len(counts)} classes and a median of "
+                  f"{median:g} samples per class: too few to learn each class; if {target} "
+                  'is a number to predict rather than a category, set task = "regression" in '
+                  "[data]", file=sys.stderr)
+
+
+@contextlib.contextmanager
 def _section(section: str, name: str):
     """Prefixes a ConfigError raised inside with the [section] its arguments came from."""
     try:
@@ -851,7 +943,8 @@ def _section(section: str, name: str):
 
 
 #: what a run records about itself in its checkpoint (``extra``) as well as in run.json
-_RUN_EXTRA = ("task", "loss", "classes", "split_source", "target_scaling")
+_RUN_EXTRA = ("task", "loss", "classes", "split_source", "target_scaling", "feature_names",
+              "target_name")
 
 
 def _split_source(spec: str, X: np.ndarray) -> dict:
@@ -1011,19 +1104,38 @@ def _eval_data(args, run, model, with_target=True):
         task = "auto" if not loss else (
             "classification" if dn.losses.get(loss).classification else "regression")
     header = _header(data_cfg)
-    if with_target or args.data is None:
-        # the run's own dataset keeps its layout: the target column is dropped by the loader
-        X, y = dn.data.load_dataset(spec, target_column, task=task, header=header)
-    else:
-        X, y = dn.data.load_dataset(spec, with_target=False, header=header)
-        if X.shape[1] == model.n_in + 1 and str(spec).endswith(".csv"):
-            # the file holds the target column too: the loader drops it (by index or name)
-            X, _ = dn.data.load_dataset(spec, target_column, task="regression", header=header)
+    own = args.data is None or args.data == data_cfg.get("dataset") or _same_file(
+        args.data, data_cfg.get("dataset") or "")
+    feats, target = run.get("feature_names"), run.get("target_name")
+    dtype = model.dtype
+    with _data_notes():
+        is_csv = str(spec).lower().endswith(".csv")
+        names = dn.data.csv_columns(spec, header=header) if is_csv else None
+        if names is not None and feats and target:
+            X, y = _load_by_name(spec, names, feats, target, task, header, dtype, with_target)
+        else:
+            if not own and (is_csv or feats):
+                why = (f"{spec} has no header row" if names is None else
+                       "the run recorded no column names (trained on data without a header)")
+                if names is None and feats:
+                    why += f" (the model was trained on {_shown_names(feats)})"
+                print(f"devnet: note: {why}: its columns are matched to the model's inputs by "
+                      "position", file=sys.stderr)
+            if with_target or args.data is None:
+                # the run's own dataset keeps its layout: the target column is dropped by the
+                # loader
+                X, y = dn.data.load_dataset(spec, target_column, task=task, header=header,
+                                            dtype=dtype)
+            else:
+                X, y = dn.data.load_dataset(spec, with_target=False, header=header, dtype=dtype)
+                if X.shape[1] == model.n_in + 1 and is_csv:
+                    # the file holds the target column too: the loader drops it (by index or
+                    # name)
+                    X, _ = dn.data.load_dataset(spec, target_column, task="regression",
+                                                header=header, dtype=dtype)
     if X.shape[1] != model.n_in:
         raise DataError(f"{spec}: has {X.shape[1]} feature columns, the model takes "
                         f"{model.n_in}")
-    own = args.data is None or args.data == data_cfg.get("dataset") or _same_file(
-        args.data, data_cfg.get("dataset") or "")
     split = args.split
     if split is None:  # the run's split means nothing on another file: that is used whole
         split = "test" if own else "all"
@@ -1040,6 +1152,38 @@ def _eval_data(args, run, model, with_target=True):
     if not with_target:
         y = None
     return X, y
+
+
+def _quoted(names: list[str], limit: int = 10) -> str:
+    return ", ".join(repr(n) for n in names[:limit]) + (
+        f", ... ({len(names)})" if len(names) > limit else "")
+
+
+def _load_by_name(spec, names, feats, target, task, header, dtype, with_target):
+    """(X, y) of a CSV whose header names its columns: the run's feature columns in the
+    order the model was trained on; y from the target column (None when ``with_target`` is
+    False, where the target column may be absent). A missing feature or a column the model
+    was not trained on is a DataError naming them: matching by position would silently feed
+    one feature's values into another's input."""
+    import devnet as dn
+
+    missing = [n for n in feats if n not in names]
+    unknown = [n for n in names if n not in feats and n != target]
+    if missing or unknown:
+        parts = ([f"lacks the feature column(s) {_quoted(missing)}"] if missing else []) + (
+            [f"has column(s) {_quoted(unknown)} that the model was not trained on"]
+            if unknown else [])
+        raise DataError(f"{spec} {' and '.join(parts)}: the model takes {_quoted(feats)} "
+                        f"(the target: {target!r}); columns are matched by name, so rename "
+                        "them to the training names (or leave the header row out to match by "
+                        "position)")
+    if not with_target:
+        return dn.data.load_csv(spec, with_target=False, header=header, dtype=dtype,
+                                columns=feats)
+    if target not in names:
+        raise DataError(f"{spec} has no target column {target!r}; evaluating needs it (the "
+                        f"file has {_quoted(names)})")
+    return dn.data.load_csv(spec, target, task=task, header=header, dtype=dtype, columns=feats)
 
 
 def _check_split_source(run, spec, X, split, own) -> None:
@@ -1208,10 +1352,27 @@ def cmd_predict(args) -> int:
     if out.suffix == ".npy":
         np.save(out, pred)
     else:
+        table = pred.reshape(len(pred), -1)
         fmt = "%d" if pred.dtype.kind in "iub" else "%.8g"
-        np.savetxt(out, pred.reshape(len(pred), -1), delimiter=",", fmt=fmt)
+        with out.open("w", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow(
+                _prediction_columns(run, table.shape[1], args.proba))
+            np.savetxt(fh, table, delimiter=",", fmt=fmt)
     print(f"wrote {len(pred)} predictions {tuple(pred.shape)} to {out}")
     return EXIT_OK
+
+
+def _prediction_columns(run: dict, k: int, proba: bool) -> list[str]:
+    """The header of a predictions CSV: one column per class, named by its label, for
+    probabilities; else the target's name (``prediction`` when the run recorded none), or
+    ``output_1..k`` for several outputs."""
+    classes = run.get("classes")
+    if proba:
+        labels = classes if classes is not None and len(classes) == k else range(k)
+        return [str(label) for label in labels]
+    if k == 1:
+        return [run.get("target_name") or "prediction"]
+    return [f"output_{i + 1}" for i in range(k)]
 
 
 def _check_device(args) -> None:

@@ -442,7 +442,8 @@ def test_loss_override_on_a_checkpoint_without_a_recorded_loss_fits_its_outputs(
     code, _, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--data", data, "--proba",
                            "--loss", "binary_cross_entropy", "--out", out)
     assert code == 0, err
-    assert np.loadtxt(out, delimiter=",").shape == (len(X), 2)
+    assert out.read_text().splitlines()[0] == "0,1"  # no labels recorded: 0..K-1
+    assert np.loadtxt(out, delimiter=",", skiprows=1).shape == (len(X), 2)
 
 
 def test_proba_of_a_binary_cross_entropy_run_has_a_column_per_sorted_label(rng, tmp_path, capsys):

@@ -112,7 +112,8 @@ def test_eval_and_predict(trained, tmp_path):
     pr = devnet("predict", "--checkpoint", ckpt, "--proba", "--split", "test", "--out",
                 str(csv_out))
     assert pr.returncode == 0, pr.stderr
-    proba = np.loadtxt(csv_out, delimiter=",")
+    assert csv_out.read_text().splitlines()[0] == ",".join(map(str, range(10)))  # the labels
+    proba = np.loadtxt(csv_out, delimiter=",", skiprows=1)
     assert proba.shape == (round(1797 * 0.25), 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
 

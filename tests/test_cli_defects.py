@@ -176,7 +176,8 @@ def test_task_classification_with_labels_not_0_to_k_minus_1(rng, tmp_path, capsy
     code, out, err = run_cli(capsys, "predict", "--checkpoint", ckpt, "--out",
                              tmp_path / "p.csv")
     assert code == 0, err
-    pred = np.loadtxt(tmp_path / "p.csv", delimiter=",")
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "c2"  # the target's name
+    pred = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1)
     assert set(np.unique(pred)) <= {3, 7, 12} and len(pred) == 150
     code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--json")
     assert code == 0, err
