@@ -1054,21 +1054,49 @@ class _FailureWatch:
         return lines
 
 
+def _program_argv(program: list[str], hosts=None) -> list[str]:
+    """The argv mpiexec runs for the launcher's ``PROGRAM [ARGS...]``: a Python script (a path
+    ending in .py, or an existing file without execute permission) is run with this Python.
+
+    mpiexec exec()s its program and looks a bare name up on PATH, so ``train.py`` alone failed
+    with "execvp error on file train.py"; programs (``python train.py``, ``./run.sh``) pass
+    unchanged. On this machine (``hosts`` None) a script that does not exist is refused here,
+    before any rank starts.
+    """
+    first = program[0]
+    script = first.lower().endswith(".py")
+    if not script and os.path.isfile(first) and not os.access(first, os.X_OK) \
+            and shutil.which(first) is None:
+        script = True  # mpiexec could not execute it: a script without a shebang and chmod
+    if not script:
+        return list(program)
+    if hosts is None and not os.path.isfile(first):
+        raise DistributedError(f"no such script {first!r} (looked in {os.getcwd()!r}); give "
+                               "the path of a Python script, or a program and its arguments")
+    return [sys.executable, *program]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m devnet.distributed -n N [--hosts H] PROGRAM [ARGS...]``: ``launch`` it."""
+    """``python -m devnet.distributed -n N [--hosts H] PROGRAM [ARGS...]``: ``launch`` it.
+
+    PROGRAM is a program (``python``, ``./run.sh``) or a Python script (``train.py``), which
+    runs with this Python (``_program_argv``).
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m devnet.distributed",
                                      description="Run a program as N MPI ranks (mpiexec).")
     parser.add_argument("-n", "--nproc", type=int, required=True)
     parser.add_argument("--hosts", default=None, help="a,b or a hostfile path")
-    parser.add_argument("program", nargs=argparse.REMAINDER)
+    parser.add_argument("program", nargs=argparse.REMAINDER,
+                        help="a program and its arguments (python train.py), or a Python script "
+                        "and its arguments (train.py: run with this Python)")
     args = parser.parse_args(argv)
     program = args.program[1:] if args.program[:1] == ["--"] else args.program
     if not program:
         parser.error("no program given")
     try:
-        return launch(program, args.nproc, args.hosts)
+        return launch(_program_argv(program, args.hosts), args.nproc, args.hosts)
     except DevnetError as exc:
         sys.stderr.write(f"python -m devnet.distributed: {exc}\n")
         return 2

@@ -191,6 +191,70 @@ def test_launch_runs_the_command_on_n_ranks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0of2", "r1of2"]
 
 
+RANK_FILES = """
+import os, sys
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+open(os.path.join(sys.argv[1], f"r{c.rank}of{c.size}-{sys.argv[2]}"), "w").close()
+"""
+
+
+def test_launcher_runs_a_script_path_with_this_python(tmp_path):
+    # README's form, "python -m devnet.distributed -n 2 train.py": mpiexec looked train.py up
+    # on PATH and failed with "execvp error on file train.py"
+    (tmp_path / "train.py").write_text(RANK_FILES)
+    tag = f"t{os.getpid()}"
+    proc = subprocess.run([sys.executable, "-m", "devnet.distributed", "-n", "2", "train.py",
+                           str(tmp_path), tag], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=LIMIT, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == \
+        [f"r0of2-{tag}", f"r1of2-{tag}"]
+
+
+def _argv_to_launch(monkeypatch, tmp_path, program, hosts=None):
+    """The argv ``main`` hands ``launch`` (and so mpiexec) for ``program``, run in tmp_path."""
+    seen = []
+    monkeypatch.setattr(distributed, "launch", lambda argv, nproc, hosts=None: seen.append(
+        (argv, nproc, hosts)) or 0)
+    monkeypatch.chdir(tmp_path)
+    extra = [] if hosts is None else ["--hosts", hosts]
+    assert distributed.main(["-n", "3", *extra, *program]) == 0
+    (call,) = seen
+    assert call[1] == 3 and call[2] == hosts
+    return call[0]
+
+
+def test_launcher_argv_for_scripts_and_programs(monkeypatch, tmp_path):
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "job").write_text("print(2)\n")  # a script without .py or execute permission
+    run_sh = tmp_path / "run.sh"
+    run_sh.write_text("#!/bin/sh\necho 3\n")
+    run_sh.chmod(0o755)
+    py = sys.executable
+    assert _argv_to_launch(monkeypatch, tmp_path, ["train.py", "--lr", "0.1"]) == \
+        [py, "train.py", "--lr", "0.1"]
+    assert _argv_to_launch(monkeypatch, tmp_path, ["--", "train.py"]) == [py, "train.py"]
+    assert _argv_to_launch(monkeypatch, tmp_path, [str(tmp_path / "job")]) == \
+        [py, str(tmp_path / "job")]
+    # programs pass as they are: the interpreter named, an executable, a module run
+    assert _argv_to_launch(monkeypatch, tmp_path, ["python", "train.py"]) == ["python",
+                                                                              "train.py"]
+    assert _argv_to_launch(monkeypatch, tmp_path, [py, "-m", "x.py"]) == [py, "-m", "x.py"]
+    assert _argv_to_launch(monkeypatch, tmp_path, ["./run.sh"]) == ["./run.sh"]
+    # on other hosts the script need not exist here
+    assert _argv_to_launch(monkeypatch, tmp_path, ["remote.py"], hosts="a,b") == \
+        [py, "remote.py"]
+
+
+def test_launcher_refuses_a_missing_script_before_starting_ranks(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.chdir(tmp_path)
+    assert distributed.main(["-n", "2", "trian.py"]) == 2
+    err = capsys.readouterr().err
+    assert "no such script 'trian.py'" in err and str(tmp_path) in err
+
+
 def test_mpiexec_command_rejects_bad_nproc_and_empty_hosts():
     with pytest.raises(distributed.DistributedError, match="nproc must be a positive integer"):
         distributed.mpiexec_command(0)
