@@ -1,7 +1,9 @@
-"""The READMEs' fenced ```sh and ```python blocks, run.
+"""The READMEs' and docs/' fenced ```sh and ```python blocks, run.
 
-Cheap blocks run for real: Python blocks in a subprocess (with the few edits below that make
-them quick), `devnet ...` commands in-process in a temporary folder holding README's run.toml.
+Cheap blocks run for real: Python blocks in a subprocess, each as written (no names defined for
+it; only the edits below that make them quick) and with every warning an error, so a block that
+warns fails; `devnet ...` commands in-process in a temporary folder holding README's first
+run.toml, warnings errors too.
 Expensive or GPU-only commands have their arguments parsed by the real parser and stop there;
 commands that need a network, a Docker engine or a fresh virtualenv are skipped, each for the
 reason given in the tables below.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 import re
 import shlex
 import subprocess
@@ -22,7 +25,8 @@ import pytest
 from devnet import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / "README.md", ROOT / "docker" / "README.md", ROOT / "benchmarks" / "README.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "guide.md", ROOT / "docs" / "architecture.md",
+        ROOT / "docker" / "README.md", ROOT / "benchmarks" / "README.md")
 
 #: sh commands not run here, by their first word, and why
 SKIPPED = {
@@ -42,20 +46,12 @@ PARSE_ONLY = (
                                     "seconds on a 2-core CPU"),
 )
 
-#: edits that keep the Python blocks quick: (old, new)
+#: edits that keep the Python blocks quick: (old, new); the blocks derive everything else
+#: (schedule lengths included) from these, so an edited block is as consistent as the original
 PYTHON_EDITS = (
-    ("epochs=40", "epochs=2"), ("epochs=20", "epochs=2"), ("epochs=30", "epochs=3"),
-    ("total_steps=1700", "total_steps=90"), ("max_iter=50", "max_iter=2"),
-    ('device="cuda"', 'device="cpu"'),  # the estimators' example names a GPU
+    ("epochs, batch_size = 40, 32", "epochs, batch_size = 2, 32"),
+    ("epochs=20", "epochs=2"), ("epochs=30", "epochs=3"),
 )
-
-#: names a Python block uses without defining them (the README's prose defines them)
-PYTHON_PRELUDE = """\
-import devnet as dn
-_X, _y = dn.data.load_digits()
-X, y = _X, _y  # the blocks that train on "X, y" without loading them
-X_train, X_test, y_train, y_test = dn.data.train_test_split(_X, _y, 0.25, seed=0)
-"""
 
 
 def fenced_blocks(path: Path) -> list[tuple[str, str, int]]:
@@ -100,17 +96,25 @@ def readme_folder(tmp_path_factory):
     """A folder holding README's run.toml (2 epochs) and the run its train command writes."""
     folder = tmp_path_factory.mktemp("readme")
     toml = [text for lang, text, _ in fenced_blocks(ROOT / "README.md") if lang == "toml"]
-    assert len(toml) == 1
+    assert toml, "README shows no run.toml"
     (folder / "run.toml").write_text(toml[0].replace("epochs = 20", "epochs = 2"))
-    train = [c for c in sh_commands_of_readme() if c.startswith("devnet train ")]
-    assert train, "README shows no devnet train command"
     cwd = Path.cwd()
     os.chdir(folder)
     try:
-        assert cli.main(shlex.split(train[0])[1:]) == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cli.main(shlex.split(first_train_command())[1:]) == 0
     finally:
         os.chdir(cwd)
     return folder
+
+
+def first_train_command() -> str:
+    """README's first `devnet train`: the readme_folder fixture runs it (once: a second run
+    into the same folder is refused)."""
+    train = [c for c in sh_commands_of_readme() if c.startswith("devnet train ")]
+    assert train, "README shows no devnet train command"
+    return train[0]
 
 
 def sh_commands_of_readme() -> list[str]:
@@ -163,38 +167,76 @@ def _run_sh(command: str, monkeypatch, capsys) -> None:
     assert code == 0, f"{command}: exit {code}\n{out}\n{err}"
 
 
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("command", list(_cases("sh")))
 def test_sh_command(command, readme_folder, monkeypatch, capsys):
+    if command == first_train_command():
+        return  # the readme_folder fixture ran it, and checked it
     monkeypatch.chdir(readme_folder)
     monkeypatch.setenv("DEVNET_DEVICE", "cpu")
     _run_sh(command, monkeypatch, capsys)
+
+
+def run_python_block(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A block as a user runs it, in a fresh interpreter, every warning an error."""
+    env = dict(os.environ, DEVNET_DEVICE="cpu", PYTHONPATH=str(ROOT))
+    env.pop("PYTHONWARNINGS", None)
+    return subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("code", list(_cases("python")))
 def test_python_block(code, tmp_path):
     for old, new in PYTHON_EDITS:
         code = code.replace(old, new)
-    env = dict(os.environ, DEVNET_DEVICE="cpu", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", PYTHON_PRELUDE + code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_python_block(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_readme_layout_lists_every_module():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
+def test_a_block_that_warns_fails(tmp_path):
+    """The check the blocks run under: a warning is a failure, not a line on stderr."""
+    warns = "import warnings\nwarnings.warn('schedule too short', UserWarning)\n"
+    assert run_python_block(warns, tmp_path).returncode != 0
+    assert run_python_block("print('quiet')\n", tmp_path).returncode == 0
+
+
+def test_python_blocks_define_what_they_use():
+    """No block leans on names from another block or the prose: each imports what it uses."""
+    for code in _cases("python"):
+        text = code.values[0]
+        if "dn." in text:
+            assert "import devnet as dn" in text, f"a block uses dn without importing it:\n{text}"
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if any(
+    lang == "toml" for lang, _, _ in fenced_blocks(p))], ids=lambda p: p.name)
+def test_toml_blocks_are_valid_configs(path):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    for lang, text, line in fenced_blocks(path):
+        if lang == "toml":
+            cli.validate_config(tomllib.loads(text))  # raises naming a bad key or value
+
+
+def test_layout_lists_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    layout = doc[doc.index("## Layout"):]
     layout = layout[:layout.index("```", layout.index("```") + 3)]
     package = ROOT / "devnet"
     names = {p.name for p in package.glob("*.py")}
     names |= {p.name + "/" for p in package.iterdir() if (p / "__init__.py").is_file()}
     missing = sorted(n for n in names if not re.search(rf"(^|\s){re.escape(n)}(\s|$)", layout,
                                                        re.M))
-    assert not missing, f"README's layout does not list {missing}"
+    assert not missing, f"docs/architecture.md's layout does not list {missing}"
 
 
 def test_readme_keeps_the_benchmark_markers():
+    """`python -m benchmarks report --readme` rewrites the block between the markers; they sit
+    in the speed section, beside the prose that says what was measured."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Benchmarks and profiling"):]
+    section = readme[readme.index("## Speed"):]
     section = section[:section.index("\n## ")]
     start, end = section.find("<!-- bench:start -->"), section.find("<!-- bench:end -->")
     assert 0 <= start < end
