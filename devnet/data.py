@@ -546,7 +546,7 @@ def _target(y, task: str, where, dtype=np.float64) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1 and task == "classification":
         y = y.reshape(-1)
     if infer_task(y, task) == "regression":
-        return _cast(y.astype(np.float64), np.dtype(dtype), f"{where}: the targets y")
+        return _cast(y.astype(np.float64), np.dtype(dtype), f"{where}: the target")
     if y.ndim != 1 or np.any(y != np.round(y)):
         raise DataError(f"{where}: task = 'classification' needs one integer class label per "
                         f"sample, got {y.dtype} {y.shape}"
