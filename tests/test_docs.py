@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -215,7 +215,7 @@ def test_toml_blocks_are_valid_configs(path):
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    for lang, text, line in fenced_blocks(path):
+    for lang, text, _ in fenced_blocks(path):
         if lang == "toml":
             cli.validate_config(tomllib.loads(text))  # raises naming a bad key or value
 
