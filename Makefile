@@ -47,7 +47,7 @@ wheel: $(VENV)/.test-installed
 # against it from a folder where the checkout is not importable (a missing module, data file or
 # entry point fails here). Bounded.
 WHEEL_VENV := .venv-wheel
-WHEEL_TESTS := test_packaging test_train test_sklearn test_cli test_resume test_io \
+WHEEL_TESTS := test_packaging test_train test_sklearn test_cli test_cli_run test_resume test_io \
 	test_distributed
 test-wheel: wheel
 	rm -rf $(WHEEL_VENV)

@@ -1115,7 +1115,8 @@ def _eval_data(args, run, model, with_target=True):
             X, y = _load_by_name(spec, names, feats, target, task, header, dtype, with_target)
         else:
             if not own and (is_csv or feats):
-                why = (f"{spec} has no header row" if names is None else
+                why = (f"{spec} has no header row" if names is None and is_csv else
+                       f"{spec} has no column names" if names is None else
                        "the run recorded no column names (trained on data without a header)")
                 if names is None and feats:
                     why += f" (the model was trained on {_shown_names(feats)})"
