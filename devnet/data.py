@@ -212,6 +212,9 @@ def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
     ``header`` and ``columns`` apply to CSV files only (see ``load_csv``).
     """
     dtype = _float_dtype(dtype)
+    if columns is not None and not str(spec).lower().endswith(".csv"):
+        raise ConfigError(f"columns = {columns!r} selects CSV columns by name; {str(spec)!r} "
+                          "is no .csv file (leave columns out)")
     if isinstance(spec, str) and spec in DATASETS:
         X, y = load(spec)
         X = _cast(np.asarray(X, dtype=np.float64), dtype, f"dataset {spec!r}: X")
@@ -225,9 +228,6 @@ def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
     if path.suffix == ".csv":
         return load_csv(path, target_column, task=task, with_target=with_target,
                         header=header, dtype=dtype, columns=columns)
-    if columns is not None:
-        raise ConfigError(f"columns = {columns!r} selects CSV columns by name; {str(spec)!r} "
-                          "is an .npz file (leave columns out)")
     return load_npz(path, task=task, with_target=with_target, dtype=dtype)
 
 
