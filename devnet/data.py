@@ -6,8 +6,9 @@ same dtype as X for regression (``devnet.task`` decides which). ``dtype="float64
 digit. Files are parsed in float64 and cast once, so a value is the nearest float32 to the
 text. The command line and the Python API share them, so a file means the same in both.
 
-Over 400 lines: most of it is the CSV reader's rules (header detection, a finite number in
-every cell, errors naming the line and column), which a user's file meets first.
+Over 500 lines: most of it is the CSV reader's rules (header detection, pandas' index
+column, a finite number in every cell, errors naming the line and column), which a user's file
+meets first.
 """
 
 from __future__ import annotations
@@ -380,8 +381,10 @@ def column_index(target_column, names: list[str] | None, width: int, where) -> i
                           f"valid names: {_names(names)}")
     if len(found) > 1:
         raise ConfigError(f"target_column = {target_column!r} is ambiguous: {where} has "
-                          f"{len(found)} columns of that name ({', '.join(map(str, found))}); "
-                          "give the column's index instead")
+                          f"{len(found)} columns of that name (columns "
+                          f"{', '.join(str(j + 1) for j in found)}); give the column's index "
+                          f"instead (target_column = {found[0]} for the first: indices count "
+                          "from 0)")
     return found[0]
 
 

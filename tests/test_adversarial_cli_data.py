@@ -247,7 +247,8 @@ def test_target_column_by_header_name(rng, tmp_path):
                                           "'label', 'f2'"):
         dn.data.load_csv(path, target_column="species")
     dup = write_rows(tmp_path / "dup.csv", table, header=["f", "f", "y"])
-    with pytest.raises(ConfigError, match=r"'f' is ambiguous: .* 2 columns of that name \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"'f' is ambiguous: .* 2 columns of that name "
+                                          r"\(columns 1, 2\); .*target_column = 0 for the first"):
         dn.data.load_csv(dup, target_column="f")
     Xd, _ = dn.data.load_csv(dup, target_column="y", task="regression",
                              dtype="float64")  # duplicates elsewhere
