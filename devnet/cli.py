@@ -653,7 +653,7 @@ def _train(args, folder: _RunFolder) -> int:
         Xtr, Xte, ytr, yte = X, None, y, None
     scaling = None
     if task == "regression":
-        scaling = _target_scaling(ytr, dn.losses.get(loss), data_cfg)
+        scaling = _target_scaling(ytr, dn.losses.get(loss), data_cfg, target_name)
     if scaling is not None:  # train on standardized targets; the final model is folded back
         ytr = _scale_targets(ytr, scaling, model_cfg["dtype"])
         yte = None if yte is None else _scale_targets(yte, scaling, model_cfg["dtype"])
@@ -697,6 +697,8 @@ def _train(args, folder: _RunFolder) -> int:
     if args.resume:
         resumed = (_save_api().read_metadata(out / _LAST).get("train_state") or {}).get("epoch")
     t0 = time.perf_counter()
+    # a first Ctrl-C also lets a finished run write its final files: else --resume would find
+    # every epoch done and no model.safetensors
     with _ctrl_c_stops(saver, enabled=comm is None):
         hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
                       batch_size=train_cfg["batch_size"], validation_data=validation,
@@ -706,14 +708,14 @@ def _train(args, folder: _RunFolder) -> int:
                       # a run extended past its planned length follows the lr curve of a run
                       # planned for the new length (nothing changes within the old length)
                       extend_schedule=bool(args.resume))
-    elapsed = time.perf_counter() - t0
-    if not root:  # rank 0 writes the run
-        return EXIT_OK
-
-    # the final model predicts in the targets' own units: the scaling folded into its last
-    # layer; the optimizer's state belongs to the standardized model, so it stays in last
-    final = model if scaling is None else _fold_target_scaling(model, scaling)
-    written = _write_run(out, cfg["output"], final, opt if scaling is None else None, hist, run)
+        elapsed = time.perf_counter() - t0
+        if not root:  # rank 0 writes the run
+            return EXIT_OK
+        # the final model predicts in the targets' own units: the scaling folded into its
+        # last layer; the optimizer's state belongs to the standardized model: in last only
+        final = model if scaling is None else _fold_target_scaling(model, scaling)
+        written = _write_run(out, cfg["output"], final, opt if scaling is None else None,
+                             hist, run)
     written.insert(0, out / _LAST)
     last = {k: v[-1] for k, v in hist.history.items()
             if k not in ("lr", "time") and "/" not in k}  # per-layer series: in the files
@@ -764,32 +766,35 @@ def _ctrl_c_stops(saver: _EpochCheckpoint, enabled: bool):
             raise KeyboardInterrupt
         saver.stopping = True
 
-    previous = None
+    installed, previous = False, None
     if enabled:
         try:
             previous = signal.signal(signal.SIGINT, stop)
+            installed = True
         except ValueError:  # not the main thread (devnet.cli.main called from a thread)
-            previous = None
+            pass
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        if installed:  # None: a handler not set from Python, i.e. the default
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def _run_json(run: dict) -> bytes:
     return json.dumps(run, indent=2, default=str).encode()
 
 
-def _target_name(data_cfg: dict, column: int, columns: int) -> str:
+def _target_name(data_cfg: dict, column: int, columns: int, name: str | None) -> str:
     if columns > 1:
         return f"target column {column}"
+    if name:
+        return f"the target {name!r}"
     if str(data_cfg.get("dataset", "")).lower().endswith(".csv"):
         return f"target column {data_cfg.get('target_column', -1)!r}"
     return "the target"
 
 
-def _target_scaling(ytr: np.ndarray, loss, data_cfg: dict) -> dict | None:
+def _target_scaling(ytr: np.ndarray, loss, data_cfg: dict, name: str | None) -> dict | None:
     """For a regression run: the targets' standardization (``{"mean": [...], "scale": [...]}``
     of the training split, per output column), or None. Without data.standardize, warns when
     a target's scale is far from the unit scale training works at."""
@@ -809,7 +814,7 @@ def _target_scaling(ytr: np.ndarray, loss, data_cfg: dict) -> dict | None:
     for j in range(y2.shape[1]):
         m, s = float(mean[j]), float(std[j])
         if abs(m) > _TARGET_SCALE or s > _TARGET_SCALE or 0 < s < 1 / _TARGET_SCALE:
-            print(f"devnet: warning: {_target_name(data_cfg, j, y2.shape[1])} has mean "
+            print(f"devnet: warning: {_target_name(data_cfg, j, y2.shape[1], name)} has mean "
                   f"{m:.4g} and std {s:.4g}: the model starts with outputs near 0 of about "
                   f"unit scale and trains poorly on targets whose |mean| or std is above "
                   f"{_TARGET_SCALE:g} or whose std is below {1 / _TARGET_SCALE:g}; set "
