@@ -87,6 +87,15 @@ def _cases(lang: str):
                     yield pytest.param(command, id=f"{where}:{command[:40]}")
 
 
+def test_every_readme_block_is_run_or_checked():
+    """A README block in another language (or none) would escape every test here."""
+    for path in (ROOT / "README.md", ROOT / "docs" / "guide.md"):
+        langs = {lang for lang, _, _ in fenced_blocks(path)}
+        assert langs <= {"sh", "python", "toml"}, f"{path.name}: unchecked blocks {langs}"
+    text = (ROOT / "README.md").read_text()
+    assert not re.search(r"^[ \t]+```", text, re.M), "an indented block is not run: unindent it"
+
+
 def test_the_docs_have_runnable_blocks():
     assert len(list(_cases("python"))) >= 3 and len(list(_cases("sh"))) >= 10
 
