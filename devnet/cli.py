@@ -534,7 +534,8 @@ class _RunFolder:
         if last is not None and last.is_file():
             with contextlib.suppress(Exception):
                 done = int(_save_api().read_metadata(last)["train_state"]["epoch"])
-        if not self.root:
+        if not self.root:  # rank 0 says what is on disk; the other ranks only that they stop
+            print("devnet: interrupted", file=sys.stderr)
             return 130
         if done is None:
             self.discard()
