@@ -1441,7 +1441,8 @@ the config file's folder, output.dir to the current directory):
   dataset = "digits"        # bundled name, or a path to .npz (X, y) / .csv
   task = "auto"             # auto, classification, regression
   test_size = 0.2
-  standardize = false       # mean/std of the training split, stored in the checkpoint
+  standardize = false       # inputs (and regression targets) by the training split's
+                            # mean/std, stored in the checkpoint
   [model]
   hidden = [128, 64]
   activation = "relu"
@@ -1467,14 +1468,17 @@ the run folder (output.dir / --out) holds:
   model.safetensors   the final model (output.checkpoint), which eval and predict read
   run.json, history.json, history.csv, history.png
 A folder that already holds a run is refused unless --resume (continue it) or --overwrite
-(replace it). Ctrl-C stops at the end of the current step; the last finished epoch stays
-resumable (exit 130). A resumed run that is given more epochs than it was planned for
+(replace it). Ctrl-C stops at the end of the current step and prints the command that
+resumes the run from its last finished epoch (exit 130); a second Ctrl-C stops at once (the
+last save is whole either way). --resume refuses a folder with nothing to resume and a
+config that differs from the run's (run.json) in more than train.epochs, train.device and
+train.progress. A resumed run that is given more epochs than it was planned for
 stretches its lr schedule over the new total (as fit(extend_schedule=True)). On the CPU a
 resumed run ends bit-identical to an uninterrupted one.
 data.standardize = true with a regression loss with the identity link (mse, mae, huber)
 standardizes the targets too (training split statistics, run.json "target_scaling"): the
-model trains on them, so the history's losses (loss, val_loss, mae) are in standardized
-units, r2 is the same in both; model.safetensors has the scaling folded into its last
+model trains on them, so the history's loss, mae, val_loss and val_mae are in standardized
+units (r2 is the same in both); model.safetensors has the scaling folded into its last
 layer and predicts in the data's own units, as eval and predict report them.
 """
 
