@@ -229,6 +229,22 @@ def test_toml_blocks_are_valid_configs(path):
             cli.validate_config(tomllib.loads(text))  # raises naming a bad key or value
 
 
+def test_readme_config_reference_lists_every_key_with_its_default():
+    """README's run.toml reference is the schema's: every section and key, every default."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    blocks = [tomllib.loads(text) for lang, text, _ in fenced_blocks(ROOT / "README.md")
+              if lang == "toml"]
+    reference = max(blocks, key=lambda b: sum(map(len, b.values())))
+    assert set(reference) == set(cli.CONFIG_SCHEMA)
+    for section, keys in cli.CONFIG_SCHEMA.items():
+        assert set(reference[section]) == set(keys), section
+        for key, (default, _check) in keys.items():
+            assert reference[section][key] == default, f"{section}.{key}"
+
+
 def test_layout_lists_every_module():
     doc = (ROOT / "docs" / "architecture.md").read_text()
     layout = doc[doc.index("## Layout"):]
