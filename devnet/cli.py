@@ -501,6 +501,7 @@ class _RunFolder:
         self.created: Path | None = None  # the topmost folder this run made, if any
         self.root = True  # rank 0 (or no MPI job): the process that writes and cleans up
         self.epochs = None  # train.epochs of this run
+        self.replacing = False  # --overwrite given, the previous run's files not yet removed
 
     def make(self, o: dict, inputs: dict) -> Path:
         """``_check_outputs``, remembering the first folder of output.dir that did not exist."""
@@ -536,6 +537,10 @@ class _RunFolder:
                 done = int(_save_api().read_metadata(last)["train_state"]["epoch"])
         if not self.root:  # rank 0 says what is on disk; the other ranks only that they stop
             print("devnet: interrupted", file=sys.stderr)
+            return 130
+        if self.replacing:  # what is on disk is the previous run's, as it was
+            print(f"devnet: interrupted before training started; the run in {str(self.out)!r} "
+                  "was left as it was", file=sys.stderr)
             return 130
         if done is None:
             self.discard()
@@ -585,6 +590,7 @@ def _train(args, folder: _RunFolder) -> int:
     folder.epochs = train_cfg["epochs"]
     out = folder.make(cfg["output"], inputs)
     previous = _check_run_folder(out, cfg, args)
+    folder.replacing = bool(args.overwrite)
     comm = None
     nproc = train_cfg["nproc"]
     from devnet import distributed
@@ -694,6 +700,7 @@ def _train(args, folder: _RunFolder) -> int:
     if args.overwrite and root:  # the previous run's files go only now that all checks passed
         for path in _run_files(out, cfg["output"], previous):
             path.unlink()
+    folder.replacing = False
     resumed = None
     if args.resume:
         resumed = (_save_api().read_metadata(out / _LAST).get("train_state") or {}).get("epoch")

@@ -288,12 +288,29 @@ def test_ctrl_c_before_the_first_epoch_says_nothing_can_be_resumed(rng, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dn, "fit", interrupted)
-    code, _, err = run_cli(capsys, "train", "--config", cfg)
+    with monkeypatch.context() as patch:
+        patch.setattr(dn, "fit", interrupted)
+        code, _, err = run_cli(capsys, "train", "--config", cfg)
     assert code == 130
     assert errors(err) == ["devnet: interrupted before the first epoch finished: nothing to "
                            "resume"]
     assert not (tmp_path / "a").exists()
+
+    # --overwrite: interrupted before the previous run's files went, they stay as they were
+    assert run_cli(capsys, "train", "--config", cfg)[0] == 0
+    out = tmp_path / "a" / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as patch:
+        patch.setattr(dn, "MLP", interrupted)
+        code, _, err = run_cli(capsys, "train", "--config", cfg, "--overwrite")
+    assert code == 130 and "was left as it was" in err and "resume with" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # ... and after they went, nothing is left to resume (the folder was there before: kept)
+    with monkeypatch.context() as patch:
+        patch.setattr(dn, "fit", interrupted)
+        code, _, err = run_cli(capsys, "train", "--config", cfg, "--overwrite")
+    assert code == 130 and "nothing to resume" in err, err
+    assert out.is_dir() and not any(out.iterdir())
 
 
 # --- --resume --------------------------------------------------------------------------------
