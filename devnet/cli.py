@@ -1095,7 +1095,12 @@ def _load_run(args):
                              "'config' table); pass --data (and --loss) or remove the file")
     extra = loaded.meta.get("extra") or {}
     run.update({k: extra[k] for k in _RUN_EXTRA if k in extra})
-    return loaded.model, run
+    model = loaded.model
+    if run.get("target_scaling") and loaded.train_state:
+        # a run's last.safetensors: the model trained on standardized targets (the final
+        # model.safetensors has the scaling folded in and no training state)
+        model = _fold_target_scaling(model, run["target_scaling"])
+    return model, run
 
 
 def _eval_data(args, run, model, with_target=True):

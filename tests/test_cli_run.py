@@ -414,6 +414,11 @@ def test_standardized_regression_targets_come_back_in_their_units(rng, tmp_path,
     # the resumable state trains on standardized targets: its outputs are near 0, not 100
     state, _ = dn.load(tmp_path / "on" / "last.safetensors", backend="cpu")
     assert abs(float(state.predict(X.astype(np.float32)).mean())) < 1
+    # ... which predict and eval read in the data's units all the same
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", tmp_path / "on" / "last.safetensors",
+                           "--data", data, "--out", tmp_path / "last.npy")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "last.npy").reshape(len(y)), pred, rtol=1e-5)
 
 
 def test_poisson_targets_are_not_standardized(rng, tmp_path, capsys):
