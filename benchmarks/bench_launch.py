@@ -151,7 +151,7 @@ def count_allocations(backend):
     """Count device allocations: CuPy's memory hook, or the stand-in's counter."""
     box = {"n": 0}
     if getattr(backend, "simulated", False):
-        from devnet.backend import cupy_sim
+        from devnet.testing import cupy_sim
 
         start = cupy_sim.ALLOCATIONS[0]
         try:

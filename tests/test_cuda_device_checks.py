@@ -142,7 +142,7 @@ def test_launch_check_refuses_wrong_label_dtype(rng):
 def test_marshal_refuses_an_array_of_another_device(rng):
     from devnet.kernels import cuda as kcuda
 
-    from devnet.backend import cupy_sim
+    from devnet.testing import cupy_sim
 
     sig = kcuda._sig("sgd", kcuda.types.float32)
     with cupy_sim.cuda.Device(1):

@@ -1,4 +1,4 @@
-"""The CuPy stand-in (``devnet.backend.cupy_sim``) against the installed ``cupy`` package.
+"""The CuPy stand-in (``devnet.testing.cupy_sim``) against the installed ``cupy`` package.
 
 The stand-in lets the CUDA backend run in CI without a GPU; it is only worth it while it says
 what CuPy says. CuPy imports without a GPU, so this runs in the ordinary pytest process: every
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devnet.backend import cupy_sim as sim
+from devnet.testing import cupy_sim as sim
 
 cupy = pytest.importorskip(
     "cupy", reason="the drift check needs the cupy package (pip install cupy-cuda12x; it "
@@ -119,8 +119,8 @@ def test_devnet_uses_only_what_the_standin_offers():
 def test_standin_surface_is_the_installed_cupys():
     """The stand-in's ndarray members, Generator draws and module functions, with their
     parameters, are read again from the installed cupy: any difference fails (regenerate with
-    ``python -m devnet.backend.cupy_surface``)."""
-    from devnet.backend import cupy_surface as surface
+    ``python -m devnet.testing.cupy_surface``)."""
+    from devnet.testing import cupy_surface as surface
 
     ours = (surface.NDARRAY, surface.GENERATOR, surface.FUNCTIONS)
     theirs = surface.read_installed(cupy, *ours)
@@ -131,7 +131,7 @@ def test_standin_surface_is_the_installed_cupys():
 def test_standin_generator_offers_every_cupy_draw_numpy_has():
     import numpy as np
 
-    from devnet.backend import cupy_surface as surface
+    from devnet.testing import cupy_surface as surface
 
     cupys = {n for n in dir(cupy.random.Generator) if not n.startswith("_")}
     assert set(surface.GENERATOR) == {n for n in cupys if hasattr(np.random.Generator, n)}

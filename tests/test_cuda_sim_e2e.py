@@ -49,7 +49,7 @@ def _params(model):
 
 
 def test_cuda_is_the_real_backend_over_the_simulator(gpu):
-    from devnet.backend import cupy_sim
+    from devnet.testing import cupy_sim
 
     assert type(gpu) is cuda_backend.CUDABackend and gpu.simulated
     assert gpu.name == "cuda" and gpu.device == "cuda:0" and gpu.xp is cupy_sim

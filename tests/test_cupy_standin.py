@@ -1,4 +1,4 @@
-"""The CuPy stand-in (``devnet.backend.cupy_sim``) refuses whatever CuPy 14 refuses.
+"""The CuPy stand-in (``devnet.testing.cupy_sim``) refuses whatever CuPy 14 refuses.
 
 The simulator pass of ``make test`` runs devnet's CUDA path on the stand-in; a stand-in looser
 than CuPy lets a bug through to the first GPU run. Each rule below is CuPy's (read from its
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from devnet.backend import cuda as cuda_backend
-from devnet.backend import cupy_sim as cp
+from devnet.testing import cupy_sim as cp
 
 StreamOrderError = cp.StreamOrderError
 

@@ -3,7 +3,7 @@
 The fake ``cupy.cuda.nccl`` below acts as the NCCL library of a 2-rank job whose other rank
 holds the same buffer: allReduce doubles the memory at the pointer it is given, bcast leaves it.
 Everything around it (device pointers, dtypes, streams, events, the MPI bootstrap of the unique
-id, the deadline) is devnet's own code, on ``devnet.backend.cupy_sim`` arrays. The fake follows
+id, the deadline) is devnet's own code, on ``devnet.testing.cupy_sim`` arrays. The fake follows
 CuPy 14's API (the unique id is ``bytes``); the real binding's argument checks are tested too,
 where ``cupy.cuda.nccl`` loads (it does without a GPU, given an NCCL library: nvidia-nccl-cu12).
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from devnet import distributed
-from devnet.backend import cupy_sim as cp
 from devnet.errors import DevnetError
+from devnet.testing import cupy_sim as cp
 
 
 class FakeNccl:

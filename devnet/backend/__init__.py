@@ -4,9 +4,10 @@
 line saying which and why. ``DEVNET_DEVICE`` overrides ``"auto"``.
 
 ``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) makes ``"cuda"`` / ``"cuda:N"`` the real CUDA
-backend over Numba's CUDA simulator and a NumPy stand-in for CuPy (``cupy_sim``); ``"auto"``
-never picks it. Numba reads its simulator switch when it is imported, so the variable must be
-set before devnet (or numba) is imported: a separate process.
+backend over Numba's CUDA simulator and a NumPy stand-in for CuPy
+(``devnet.testing.cupy_sim``); ``"auto"`` never picks it. Numba reads its simulator switch
+when it is imported, so the variable must be set before devnet (or numba) is imported: a
+separate process.
 """
 
 from __future__ import annotations

@@ -9,9 +9,6 @@ import numpy as np
 
 from devnet.kernels import table as kernel_names
 
-# Kernel tables a backend can run: "fused" (the device's compiled kernels) or "reference".
-KERNEL_SETS = ("fused", "reference")
-
 
 def kernel_table(module: ModuleType) -> SimpleNamespace:
     """Collect ``kernel_names.KERNEL_NAMES`` from ``module`` into a namespace."""

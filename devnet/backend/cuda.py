@@ -9,8 +9,8 @@ transfers, matmuls, each kernel of its table) runs under its own device and stre
 to their GPU whatever device is current around them.
 
 ``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) builds this same backend over Numba's CUDA
-simulator and ``cupy_sim``, a NumPy-backed stand-in for CuPy, so the whole GPU path runs
-without a GPU (slowly: keep data tiny). It must be set before numba is imported.
+simulator and ``devnet.testing.cupy_sim``, a NumPy-backed stand-in for CuPy, so the whole GPU
+path runs without a GPU (slowly: keep data tiny). It must be set before numba is imported.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from devnet.kernels import table as kernel_names
 SIMULATOR = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
 
 if SIMULATOR:
-    from devnet.backend import cupy_sim as cupy
+    from devnet.testing import cupy_sim as cupy
 
     cupyx = cupy.cupyx
     # every ``import cupy`` in devnet (the reference kernels' get_xp, the kernel launcher)

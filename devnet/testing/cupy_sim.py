@@ -37,14 +37,15 @@ import weakref
 
 import numpy as np
 
-from devnet.backend import cupy_sim_cuda as _cuda
-from devnet.backend import cupy_surface as _surface
+from devnet.testing import cupy_sim_cuda as _cuda
+from devnet.testing import cupy_surface as _surface
 
 __version__ = "14.0.0+devnet-sim"
 DEVICE_COUNT = _cuda.DEVICE_COUNT
 # id(NumPy buffer) -> its stand-in array, while that lives (see _wrap)
 _WRAPPERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-# device allocations made so far (new buffers, not views): the launch benchmark's counter
+# device allocations made so far (new buffers, not views), for tests and benchmarks that count
+# them (CuPy's equivalent is a memory hook)
 ALLOCATIONS = [0]
 IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. Please use "
                        "`.get()` to construct a NumPy array explicitly.")

@@ -3,7 +3,7 @@
 The tables below are read from cupy 14 (``read_installed``), restricted to what the stand-in
 can serve from NumPy; ``tests/test_cuda_sim_drift.py`` reads them again from the installed
 ``cupy`` and fails on any difference, so the stand-in can never accept a method, a function or
-a keyword that CuPy lacks. Regenerate them with ``python -m devnet.backend.cupy_surface``.
+a keyword that CuPy lacks. Regenerate them with ``python -m devnet.testing.cupy_surface``.
 
 A parameter tuple lists the names CuPy accepts (``*name``: variadic positionals); ``None``
 marks an attribute that is not a method (NDARRAY) or a ufunc (FUNCTIONS: keywords in
@@ -17,7 +17,7 @@ import re
 # keywords every CuPy ufunc's __call__ takes: add(x1, x2, /, out=None, *, casting=, dtype=)
 UFUNC_KEYWORDS = ("out", "casting", "dtype")
 
-# @generated-tables (python -m devnet.backend.cupy_surface)
+# @generated-tables (python -m devnet.testing.cupy_surface)
 NDARRAY = {
     'T': None,
     'all': ('axis', 'out', 'keepdims'),
