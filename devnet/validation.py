@@ -28,6 +28,73 @@ class DataConversionWarning(UserWarning):
 
 # --- hyper-parameters -----------------------------------------------------------------------
 
+def real(value) -> bool:
+    """Whether ``value`` is a finite real number (NumPy's too), not a bool."""
+    if type(value) is float:  # the common case, without the slower ABC check
+        return math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+
+
+def flag(name: str, value) -> bool:
+    """``value`` if it is a bool (NumPy's too): "no", 0 or None would silently mean True /
+    False, so they are a ConfigError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def interval(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+             hi_open: bool = False) -> float:
+    """``value`` as a float in the interval from ``lo`` to ``hi`` (each end closed unless
+    ``*_open``), or a ConfigError naming ``name`` and the interval."""
+    ok = real(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ConfigError(f"{name} must be a number in {left}{lo}, {hi}{right}, got {value!r}")
+    return float(value)
+
+
+def unit(name: str, value) -> float:
+    """A float in [0, 1) (a decay rate, a momentum)."""
+    return interval(name, value, 0.0, 1.0, hi_open=True)
+
+
+def positive(name: str, value) -> float:
+    """A float in (0, inf]."""
+    return interval(name, value, 0.0, lo_open=True)
+
+
+def non_negative(name: str, value) -> float:
+    """A float in [0, inf]."""
+    return interval(name, value, 0.0)
+
+
+def optional_positive(name: str, value) -> float | None:
+    """None, or a float in (0, inf]."""
+    return None if value is None else positive(name, value)
+
+
+def pair(name: str, value, rule, names: tuple[str, str]) -> tuple[float, float]:
+    """Two values, each checked by ``rule`` under its own name (``names``), as a tuple."""
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a pair ({', '.join(names)}), got {value!r}") from None
+    return rule(names[0], first), rule(names[1], second)
+
+
+def count(name: str, value, what: str = "") -> int:
+    """``value`` as an int >= 0 (NumPy integers too, not bools); ``what`` glosses ``name``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
+            and value >= 0:
+        return int(value)
+    raise ConfigError(f"{name}{f' ({what})' if what else ''} must be an integer >= 0, "
+                      f"got {value!r}")
+
+
 def seed(name: str, value) -> int | None:
     """``value`` as an int >= 0 (NumPy integers too) or None, or a ConfigError naming ``name``."""
     if value is None:
