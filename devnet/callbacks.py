@@ -20,7 +20,7 @@ import numpy as np
 from devnet.errors import CheckpointError, ConfigError
 from devnet.train.history import Callback
 from devnet.train.plot import GRAD_NORM, UPDATE_RATIO, plot_gradient_flow  # noqa: F401 (re-export)
-from devnet.validation import positive_int
+from devnet.validation import flag, positive_int
 
 # GradientFlow and plot_gradient_flow join __all__ once devnet/__init__.py re-exports them
 __all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
@@ -31,13 +31,6 @@ _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
 def _real(value) -> bool:
     """A real number, NumPy scalars included; bools are not numbers here."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _flag(name: str, value) -> bool:
-    """``value`` if it is a bool (NumPy's too): "no" or 0 would silently mean True / False."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 def _path(who: str, path) -> str:
@@ -100,7 +93,7 @@ class EarlyStopping(Callback):
                 or patience < 0:
             raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
         self.patience = int(patience)
-        self.restore_best = _flag("restore_best", restore_best)
+        self.restore_best = flag("restore_best", restore_best)
         self.wait = 0
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
@@ -149,7 +142,7 @@ class ModelCheckpoint(Callback):
                  monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
         self.path = _path("ModelCheckpoint", path)
         self.every = positive_int("every", every)
-        self.save_best_only = _flag("save_best_only", save_best_only)
+        self.save_best_only = flag("save_best_only", save_best_only)
         self.monitor = monitor
         self.tracker = _Improvement(monitor, mode, min_delta) if save_best_only else None
         self.saved: list[str] = []
@@ -243,7 +236,7 @@ class CSVLogger(Callback):
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ","):
         self.path = Path(_path("CSVLogger", path))
-        self.append = _flag("append", append)
+        self.append = flag("append", append)
         if not isinstance(separator, str) or separator not in CSV_SEPARATORS:
             raise ConfigError(f"separator must be a single character that cannot occur in a "
                               f"number, a log name or CSV quoting, one of "

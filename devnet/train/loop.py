@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import time
 from collections.abc import Sequence
 
@@ -29,7 +28,6 @@ from devnet.train.setup import (
     check_callbacks,
     check_horizon,
     check_link,
-    flag,
     make_optimizer,
     progress_mode,
     resolve_loss,
@@ -42,10 +40,12 @@ from devnet.validation import (
     check_validation_data,
     check_X,
     check_y,
+    flag,
     fraction,
     positive_int,
     positive_number,
 )
+from devnet.validation import seed as check_seed
 
 
 def metric_names(loss: losses_mod.Loss) -> tuple[str, ...]:
@@ -236,9 +236,7 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
     guard_every = None if guard_every is None else positive_int("guard_every", guard_every)
     if lr is not None and not isinstance(lr, sched_mod.Schedule):
         lr = positive_number("lr", lr)
-    if seed is not None and (isinstance(seed, (bool, np.bool_))
-                             or not isinstance(seed, numbers.Integral) or seed < 0):
-        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    seed = check_seed("seed", seed)
     shuffle = flag("shuffle", shuffle)
     guard = flag("guard", guard)
     train_metrics = flag("train_metrics", train_metrics)

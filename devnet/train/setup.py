@@ -110,13 +110,6 @@ def make_optimizer(optimizer, model, lr, schedule, total_steps: int):
     return opt
 
 
-def flag(name: str, value) -> bool:
-    """``value`` if it is a bool (NumPy's too); "no", 0 or None are a ConfigError."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
-
-
 PROGRESS = (True, False, "auto")
 
 
