@@ -93,13 +93,14 @@ def main():
     opts = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     import devnet as dn
     from devnet import distributed
+    from devnet.distributed import communicator as dist_comm
 
     comm = None if opts.get("single") else distributed.init(timeout=opts.get("timeout", 20))
     rank = 0 if comm is None else comm.rank
     nccl = None
     if opts.get("nccl") == "mpi":
         nccl = MpiNccl()
-        distributed._nccl_module = lambda: nccl
+        dist_comm._nccl_module = lambda: nccl
     backend = "cpu"
     if opts.get("device") == "cuda":
         backend = "cuda:0" if comm is None else comm.device

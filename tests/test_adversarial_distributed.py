@@ -20,6 +20,9 @@ from test_distributed import run as run_worker
 
 from devnet import distributed
 from devnet.distributed import DistributedError
+from devnet.distributed import communicator as dist_comm
+from devnet.distributed import launcher as dist_launcher
+from devnet.distributed import parallel as dist_parallel
 
 WORKER = str(Path(__file__).with_name("_adversarial_dist_worker.py"))
 
@@ -31,10 +34,10 @@ needs_mpi = pytest.mark.skipif(_mpiexec_reason() is not None,
 @pytest.fixture
 def fresh(monkeypatch):
     """init() as if never called in this process (the one-rank world, no excepthook left)."""
-    monkeypatch.setattr(distributed, "_COMM", None)
-    monkeypatch.setattr(distributed, "_install_excepthook", lambda comm: None)
+    monkeypatch.setattr(dist_comm, "_COMM", None)
+    monkeypatch.setattr(dist_comm, "_install_excepthook", lambda comm: None)
     monkeypatch.delenv("DEVNET_DIST_TIMEOUT", raising=False)
-    for var in distributed._MPI_JOB_ENV:
+    for var in dist_launcher._MPI_JOB_ENV:
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -60,7 +63,7 @@ def test_env_timeout_not_a_positive_number_names_the_variable(fresh, text):
 def test_env_timeout_inf_and_padded_numbers_are_accepted(fresh):
     fresh.setenv("DEVNET_DIST_TIMEOUT", " 7.5 ")
     assert distributed.init().timeout == 7.5
-    fresh.setattr(distributed, "_COMM", None)
+    fresh.setattr(dist_comm, "_COMM", None)
     fresh.setenv("DEVNET_DIST_TIMEOUT", "inf")
     assert distributed.init().timeout == math.inf
 
@@ -142,7 +145,7 @@ def test_launched_flag_leaked_without_an_mpi_job_is_not_launched(fresh):
 
 def test_main_double_dash_before_the_program_is_dropped(monkeypatch):
     seen = []
-    monkeypatch.setattr(distributed, "launch", lambda argv, nproc, hosts: seen.append(
+    monkeypatch.setattr(dist_launcher, "launch", lambda argv, nproc, hosts: seen.append(
         (argv, nproc, hosts)) or 0)
     assert distributed.main(["-n", "3", "--", "prog", "--flag"]) == 0
     assert seen == [(["prog", "--flag"], 3, None)]
@@ -191,7 +194,7 @@ def test_digest_sees_a_difference_in_any_row(rng):
     X = rng.normal(size=(1000, 3))
     Y = X.copy()
     Y[int(rng.integers(1, 15)) + 15 * int(rng.integers(0, 60))] += 1e-3  # between samples
-    assert distributed._digest(X) != distributed._digest(Y)
+    assert dist_parallel._digest(X) != dist_parallel._digest(Y)
 
 
 # --- two ranks, given different settings ----------------------------------------------------

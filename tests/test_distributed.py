@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 from devnet import distributed
+from devnet.distributed import communicator as dist_comm
+from devnet.distributed import launcher as dist_launcher
+from devnet.distributed import parallel as dist_parallel
 from devnet.errors import DevnetError
 
 WORKER = str(Path(__file__).with_name("_distributed_worker.py"))
@@ -91,7 +94,7 @@ def _two_gpus_reason():
     if len(gpus) < 2:
         return f"NCCL needs a GPU per rank; this machine has {len(gpus)}"
     try:
-        distributed._nccl_module()
+        dist_comm._nccl_module()
     except DevnetError as exc:
         return str(exc)
     return None
@@ -215,7 +218,7 @@ def test_launcher_runs_a_script_path_with_this_python(tmp_path):
 def _argv_to_launch(monkeypatch, tmp_path, program, hosts=None):
     """The argv ``main`` hands ``launch`` (and so mpiexec) for ``program``, run in tmp_path."""
     seen = []
-    monkeypatch.setattr(distributed, "launch", lambda argv, nproc, hosts=None: seen.append(
+    monkeypatch.setattr(dist_launcher, "launch", lambda argv, nproc, hosts=None: seen.append(
         (argv, nproc, hosts)) or 0)
     monkeypatch.chdir(tmp_path)
     extra = [] if hosts is None else ["--hosts", hosts]
@@ -248,7 +251,7 @@ def test_launcher_argv_for_scripts_and_programs(monkeypatch, tmp_path):
 
 
 def test_launcher_refuses_a_missing_script_before_starting_ranks(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.setattr(dist_launcher, "launch", lambda *a, **k: pytest.fail("launched"))
     monkeypatch.chdir(tmp_path)
     assert distributed.main(["-n", "2", "trian.py"]) == 2
     err = capsys.readouterr().err
@@ -277,12 +280,12 @@ def test_data_check_fingerprints_every_row_of_an_array_over_256_mib():
     a, b = (as_strided(c, shape=(n, width), strides=(4, 0), writeable=False)
             for c in (column, changed))
     assert a.nbytes > 256 << 20
-    assert distributed._digest(a) != distributed._digest(b)
+    assert dist_parallel._digest(a) != dist_parallel._digest(b)
     # the fingerprint depends on the values and their order, not on the memory layout
     small = np.random.default_rng(1).standard_normal((300, 7))
-    assert distributed._digest(small) == distributed._digest(np.asfortranarray(small))
-    assert distributed._digest(small[::2]) == distributed._digest(small[::2].copy())
-    assert distributed._digest(small) != distributed._digest(small[::-1])
+    assert dist_parallel._digest(small) == dist_parallel._digest(np.asfortranarray(small))
+    assert dist_parallel._digest(small[::2]) == dist_parallel._digest(small[::2].copy())
+    assert dist_parallel._digest(small) != dist_parallel._digest(small[::-1])
 
 
 # --- stopping a job: a signal to the launcher ----------------------------------------------------
@@ -388,7 +391,7 @@ while True:
 @pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="finds the ranks in /proc")
 def test_ranks_ignoring_the_interrupt_are_killed_after_the_grace_period(tmp_path):
     ready = tmp_path / "ready"
-    launcher = [sys.executable, "-c", "import sys; from devnet import distributed as d; "
+    launcher = [sys.executable, "-c", "import sys; from devnet.distributed import launcher as d; "
                 "d.STOP_GRACE = 1.0; sys.exit(d.main(sys.argv[1:]))", "-n", "2"]
     program = [sys.executable, "-c", IGNORES_INTERRUPTS, str(ready)]
     proc, text, secs, left = _stop_job(tmp_path, launcher + program, lambda _: ready.exists(),

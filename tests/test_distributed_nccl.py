@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from devnet import distributed
+from devnet.distributed import communicator as dist_comm
 from devnet.errors import DevnetError
 from devnet.testing import cupy_sim as cp
 
@@ -89,7 +90,7 @@ class FakeComm(distributed.Communicator):
 @pytest.fixture
 def fake(monkeypatch):
     nccl = FakeNccl()
-    monkeypatch.setattr(distributed, "_nccl_module", lambda: nccl)
+    monkeypatch.setattr(dist_comm, "_nccl_module", lambda: nccl)
     return nccl
 
 
@@ -143,7 +144,7 @@ def test_nccl_wait_aborts_the_communicator_at_the_deadline(fake, monkeypatch):
     class Never:
         done = False
 
-    monkeypatch.setattr(distributed, "_LIVENESS_PERIOD", 0.01)
+    monkeypatch.setattr(dist_comm, "_LIVENESS_PERIOD", 0.01)
     stream = cp.cuda.get_current_stream()
     monkeypatch.setattr(type(stream), "record", lambda self, event=None: Never())
     with pytest.raises(distributed.DistributedError, match="not complete within 0.05 s"):
@@ -170,11 +171,11 @@ def test_real_nccl_binding_takes_the_id_devnet_passes(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(nccl, "NcclCommunicator", communicator)
-    monkeypatch.setattr(distributed, "_nccl_module", lambda: nccl)
+    monkeypatch.setattr(dist_comm, "_nccl_module", lambda: nccl)
     uid = nccl.get_unique_id()
     monkeypatch.setattr(nccl, "get_unique_id", lambda: uid)
     try:
-        distributed._Nccl(FakeComm(size=1), cp, 0)
+        dist_comm._Nccl(FakeComm(size=1), cp, 0)
     except nccl.NcclError:
         pass  # past the argument check: no device to bind the communicator to
     assert calls == [(1, uid, 0)]
@@ -200,8 +201,8 @@ def test_nccl_id_in_cupy_13s_form(monkeypatch):
         seen.append(uid)
 
     nccl.NcclCommunicator = communicator
-    monkeypatch.setattr(distributed, "_nccl_module", lambda: nccl)
-    distributed._Nccl(FakeComm(), cp, 0)
+    monkeypatch.setattr(dist_comm, "_nccl_module", lambda: nccl)
+    dist_comm._Nccl(FakeComm(), cp, 0)
     assert seen == [signed]
 
 
@@ -212,7 +213,7 @@ def test_real_nccl_on_one_rank_takes_devnets_calls(rng, dtype):
     # and stream (one rank, so the sum and the broadcast leave the buffer as it was); two
     # ranks on two GPUs: tests/test_distributed.py::test_two_ranks_on_gpus_equal_single_process
     try:
-        distributed._nccl_module()
+        dist_comm._nccl_module()
     except DevnetError as exc:
         pytest.skip(str(exc))
     import cupy
