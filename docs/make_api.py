@@ -166,9 +166,12 @@ def _entry(qualname: str, obj, level: str, public: set) -> list[str]:
 def _public(module, names=None) -> list[str]:
     names = names or getattr(module, "__all__", None)
     if names is None:
+        def defined_here(v) -> bool:  # in the module, or in a submodule of a package
+            where = getattr(v, "__module__", None) or ""
+            return where == module.__name__ or where.startswith(module.__name__ + ".")
         names = [n for n, v in vars(module).items()
                  if not n.startswith("_") and (inspect.isfunction(v) or inspect.isclass(v))
-                 and getattr(v, "__module__", None) == module.__name__]
+                 and defined_here(v)]
     return sorted(n for n in names if not inspect.ismodule(getattr(module, n, None)))
 
 
