@@ -20,6 +20,7 @@ from devnet import io
 from devnet.backend.cpu import CPUBackend
 from devnet.callbacks import GradientFlow, plot_gradient_flow
 from devnet.errors import CheckpointError, ConfigError, DataError, MissingDependencyError
+from devnet.io import checkpoint as io_checkpoint
 from devnet.nn import activations
 from devnet.nn.mlp import n_parameters
 
@@ -468,7 +469,7 @@ def test_version_2_checkpoint_still_loads_as_plain(tmp_path, monkeypatch):
     config = model.config()
     for key in ("block", "norm", "dropout"):
         del config[key]
-    monkeypatch.setattr(io, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(io_checkpoint, "FORMAT_VERSION", 2)
     monkeypatch.setattr(model, "config", lambda: config)
     path = io.save(model, tmp_path / "v2.safetensors")
     monkeypatch.undo()

@@ -1,8 +1,8 @@
 """Checkpoint durability: ``dn.save`` writes, fsyncs the file, renames, then fsyncs the folder.
 
 The OS calls are intercepted (``os.open``, ``os.write``, ``os.fsync``, ``os.replace`` and
-``devnet.io._replace``) and logged in order; a crash between any two of them must leave either
-the old checkpoint or the complete new one. The order check itself is tested: without the
+``devnet.io.files._replace``) and logged in order; a crash between any two of them must leave
+either the old checkpoint or the complete new one. The order check itself is tested: without the
 folder fsync (the rename is then not durable) or the file fsync it fails.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import devnet as dn
-from devnet import io as dio
+from devnet.io import files as dio
 
 
 class OsLog:

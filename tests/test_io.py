@@ -18,6 +18,9 @@ import pytest
 
 import devnet as dn
 from devnet import io
+from devnet.io import checkpoint as io_checkpoint
+from devnet.io import files as io_files
+from devnet.io import verify as io_verify
 
 
 def _trained(rng, backend="cpu", optimizer="adam", epochs=2):
@@ -167,7 +170,7 @@ def test_safetensors_file_from_elsewhere(tmp_path, rng):
 
 def test_future_format_version(saved, monkeypatch):
     path, _, model = saved
-    monkeypatch.setattr(io, "FORMAT_VERSION", io.FORMAT_VERSION + 1)
+    monkeypatch.setattr(io_checkpoint, "FORMAT_VERSION", io.FORMAT_VERSION + 1)
     dn.save(model, path)
     monkeypatch.undo()
     future = io.FORMAT_VERSION + 1
@@ -184,10 +187,10 @@ def test_metadata_rewritten_with_valid_checksum_but_wrong_sizes(saved, tmp_path)
     meta["model"]["layer_sizes"] = [6, 11, 4]
     params = np.frombuffer(raw[_header_len(raw):], np.float32)[:meta["tensors"]["params"]
                                                                  ["shape"][0]]
-    meta["tensors"] = {"params": io._tensor_digest(params)}
+    meta["tensors"] = {"params": io_verify.tensor_digest(params)}
     text = json.dumps(meta)
     data = st_save({"params": params},
-                   metadata={"devnet": text, "devnet_sha256": io._sha(text.encode())})
+                   metadata={"devnet": text, "devnet_sha256": io_verify.sha256(text.encode())})
     with pytest.raises(dn.CheckpointError, match=r"params .*do not match the model config"):
         dn.load(_write(tmp_path / "y.safetensors", data), backend="cpu")
 
@@ -220,7 +223,7 @@ def test_fault_between_write_and_rename_keeps_old_checkpoint(saved, monkeypatch,
         raise OSError("injected fault before rename")
 
     model.params[...] = rng.standard_normal(model.n_params).astype(np.float32)
-    monkeypatch.setattr(io, "_replace", boom)
+    monkeypatch.setattr(io_files, "_replace", boom)
     with pytest.raises(dn.CheckpointError, match=f"{path.name}.*injected fault"):
         dn.save(model, path)
     assert path.read_bytes() == raw
@@ -236,7 +239,7 @@ def test_a_save_finishing_first_leaves_the_other_writers_temp_file(tmp_path, mon
     # and its rename: its clean-up of temporary files must not take the first one's
     path = tmp_path / "m.safetensors"
     first, second = (dn.MLP([3, 5, 2], backend="cpu", seed=s) for s in (1, 2))
-    real = io._replace
+    real = io_files._replace
     nested = []
 
     def replace(src, dst):
@@ -246,7 +249,7 @@ def test_a_save_finishing_first_leaves_the_other_writers_temp_file(tmp_path, mon
             dn.save(second, path)
         real(src, dst)
 
-    monkeypatch.setattr(io, "_replace", replace)
+    monkeypatch.setattr(io_files, "_replace", replace)
     dn.save(first, path)
     np.testing.assert_array_equal(dn.load(path, backend="cpu")[0].params, first.params)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -19,6 +19,7 @@ import pytest
 
 import devnet as dn
 from devnet import io
+from devnet.io import verify as io_verify
 from devnet.nn import mlp as mlp_module
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -192,10 +193,10 @@ def _write_checkpoint(path, meta: dict, tensors: dict):
     from safetensors.numpy import save as st_save
 
     meta = dict(meta)
-    meta["tensors"] = {k: io._tensor_digest(a) for k, a in tensors.items()}
+    meta["tensors"] = {k: io_verify.tensor_digest(a) for k, a in tensors.items()}
     text = json.dumps(meta)
     path.write_bytes(st_save(tensors, metadata={"devnet": text,
-                                                "devnet_sha256": io._sha(text.encode())}))
+                                                "devnet_sha256": io_verify.sha256(text.encode())}))
     return path
 
 
@@ -209,7 +210,7 @@ def trained(rng, tmp_path):
     hist = dn.fit(model, X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=8,
                   progress=False, checkpoint=ck)
     meta = io.read_metadata(ck)
-    _, tensors = io._read(ck)
+    _, tensors = io_verify.read(ck)
     return model, meta, tensors, hist
 
 
@@ -323,11 +324,12 @@ def test_tensor_shape_overflowing_int64_is_a_checkpoint_error(trained, tmp_path)
     _, meta, _, _ = trained
     text = json.dumps({**meta, "tensors": {"params": {"dtype": "float32",
                                                       "shape": [2**32, 2**32],
-                                                      "sha256": io._sha(b"")}}})
+                                                      "sha256": io_verify.sha256(b"")}}})
     header = json.dumps({"params": {"dtype": "F32", "shape": [2**32, 2**32],
                                     "data_offsets": [0, 0]},
-                         "__metadata__": {"devnet": text,
-                                          "devnet_sha256": io._sha(text.encode())}}).encode()
+                         "__metadata__": {
+                             "devnet": text,
+                             "devnet_sha256": io_verify.sha256(text.encode())}}).encode()
     path = tmp_path / "overflow.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(dn.CheckpointError):

@@ -113,7 +113,7 @@ SAVER = textwrap.dedent("""
     import sys
     import numpy as np
     import devnet as dn
-    from devnet import io
+    from devnet.io import files as io
 
     path, mode = sys.argv[1], sys.argv[2]
     model = dn.MLP([512, 1024, 256], backend="cpu", seed=0)   # ~2 MB of parameters

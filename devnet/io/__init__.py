@@ -1,0 +1,51 @@
+"""Checkpoints: safetensors tensors + one JSON metadata entry; atomic writes, verified reads.
+
+File layout (a plain safetensors file, readable by any safetensors reader):
+
+- tensors ``params`` (the model's flat parameter buffer) and ``optimizer.<name>`` (each
+  optimizer state buffer), all 1-D in the model's dtype; ``input.mean`` and ``input.scale``
+  (float64, (n_in,)) when the model standardizes its inputs (format version 2 on);
+- ``__metadata__`` with two string entries: ``devnet`` (JSON: format name and version, the
+  model's config, the optimizer's kind, hyper-parameters, schedule and step count, the History,
+  the training state for exact resume: epoch, global step, shuffle RNG state, and the sha256 of
+  every tensor's bytes, ``extra``: the caller's JSON dict) and ``devnet_sha256`` (the sha256
+  of that JSON text).
+
+Reading parses the header ourselves (JSON only: nothing is ever executed, never pickle), then
+checks the format, version, sizes and both checksums, then the type and structure of every
+metadata field it uses (before any model is built), so a truncated, bit-flipped, foreign,
+hand-edited or future file raises a CheckpointError saying what is wrong. Only regular files
+are read (a FIFO would block forever).
+
+Writing is atomic: the bytes go to a temporary file ``.<name>.<8 random chars>.tmp`` in the
+same folder (created with mode 0666 less the umask, like any other file; ``<name>`` shortened
+when the folder's name limit needs it), fsynced, then ``os.replace``-d over the target, and the
+folder is fsynced. A crash at any point leaves the old checkpoint or the new one, never a broken
+one. A save holds an exclusive ``flock`` on its temporary file until the rename, so the next
+successful save of the same path removes only the temporary files whose writer is gone (a
+killed save's), never those of a save still running in another thread or process: concurrent
+saves to one path each land whole, the last rename wins. Every failure to write (a full disk,
+a file-size limit, a name too long) is a CheckpointError naming the path and the reason.
+
+Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``), 2 (no deep-network
+options) and 3 (current: the model config records ``block``, ``norm``, ``dropout`` and, with
+dropout, ``dropout_seed``; LayerNorm's gamma and beta are in ``params``) are read; a config
+without those keys is a plain MLP.
+"""
+
+from devnet.io.checkpoint import (
+    Checkpoint,
+    check_saveable,
+    history_from,
+    load,
+    load_checkpoint,
+    read_metadata,
+    save,
+    set_params_,
+)
+from devnet.io.files import atomic_write, check_save_path
+from devnet.io.verify import FORMAT, FORMAT_VERSION, check_architecture, check_loss
+
+__all__ = ["Checkpoint", "check_saveable", "history_from", "load", "load_checkpoint",
+           "read_metadata", "save", "set_params_", "atomic_write", "check_save_path", "FORMAT",
+           "FORMAT_VERSION", "check_architecture", "check_loss"]
