@@ -379,10 +379,10 @@ def test_bundled_split_hash_is_the_one_earlier_runs_recorded():
     """Runs recorded a sha256 of the bundled features as float64; the loaders now return
     float32, and the hash must not change with them (old run folders keep working)."""
     pytest.importorskip("sklearn")
-    from devnet import cli
+    from devnet.cli.dataset import split_source
 
     X = np.asarray(dn.data.load_digits()[0], dtype=np.float64)
     digest = hashlib.sha256(f"{X.dtype.str} {X.shape}".encode() + X.tobytes()).hexdigest()
     X32, _ = dn.data.load_dataset("digits")
     assert X32.dtype == np.float32
-    assert cli._split_source("digits", X32) == {"rows": len(X), "sha256": digest}
+    assert split_source("digits", X32) == {"rows": len(X), "sha256": digest}

@@ -22,6 +22,7 @@ import pytest
 
 import devnet as dn
 from devnet import cli
+from devnet.cli.train import EpochCheckpoint
 
 LIMIT = 300  # seconds any one command may take: a hang fails, it does not block the suite
 
@@ -194,7 +195,7 @@ def test_ctrl_c_mid_run_resumes_exactly_on_a_decaying_schedule(rng, tmp_path, ca
     monkeypatch.chdir(tmp_path)
     assert run_cli(capsys, "train", "--config", "run.toml", "--out", "ref")[0] == 0
 
-    save = cli._EpochCheckpoint.on_epoch_end
+    save = EpochCheckpoint.on_epoch_end
 
     def save_then_ctrl_c(self, epoch, logs):
         save(self, epoch, logs)
@@ -202,7 +203,7 @@ def test_ctrl_c_mid_run_resumes_exactly_on_a_decaying_schedule(rng, tmp_path, ca
             os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as patch:
-        patch.setattr(cli._EpochCheckpoint, "on_epoch_end", save_then_ctrl_c)
+        patch.setattr(EpochCheckpoint, "on_epoch_end", save_then_ctrl_c)
         code, out, err = run_cli(capsys, "train", "--config", "run.toml", "--out", "run")
     assert code == 130 and "trained" not in out
     lines = errors(err)

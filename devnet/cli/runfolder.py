@@ -1,0 +1,368 @@
+"""The run folder of ``devnet train``: checking it before training, what --resume and
+--overwrite accept, cleaning up after a failed run, and writing the finished run's files."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from devnet.cli.config import UsageError
+from devnet.errors import ConfigError, DevnetError
+
+_OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_plot")
+#: the run folder's resumable training state, rewritten at the end of every epoch
+LAST = "last.safetensors"
+#: what --resume may change: how long and where the run trains, how it shows progress
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.progress")
+#: what a run records about itself in its checkpoint (``extra``) as well as in run.json
+RUN_EXTRA = ("task", "loss", "classes", "split_source", "target_scaling", "feature_names",
+             "target_name")
+#: the plot formats matplotlib writes without extra packages
+_PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def run_extra(values: dict) -> dict:
+    """What of ``values`` a run records in its checkpoint: the ``RUN_EXTRA`` keys it has."""
+    return {k: values[k] for k in RUN_EXTRA if k in values}
+
+
+def save_api():
+    try:
+        from devnet import io as dn_io
+    except ImportError as exc:
+        raise DevnetError(f"checkpoints need devnet.io, which failed to import ({exc})") \
+            from None
+    return dn_io
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file (links and ``..`` resolved)."""
+    try:
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
+    existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
+    for folder in (path, *path.parents):
+        try:
+            if not folder.is_dir():
+                continue
+            return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+            continue
+    return 255
+
+
+def check_name_lengths(path: Path, what: str, remedy: str) -> None:
+    """UsageError unless every name in ``path`` fits the file system's limit: the OSError
+    would otherwise come when writing, after the work (training) is done."""
+    limit = _name_max(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            raise UsageError(f"{what}: the name {shown!r} is {size} bytes, over this file "
+                             f"system's limit of {limit}: {remedy}")
+
+
+def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
+    """The output folder, created, after checking that every output can be written there.
+
+    Runs before training, so a bad ``--out`` or file name costs nothing (ConfigError, exit 2).
+    ``inputs`` (role -> path: the config, the data file) must not be overwritten by an output.
+    """
+    names = {key: o[key] for key in _OUTPUTS}
+    names["run"] = "run.json"
+    names["last"] = LAST  # the resumable state: output.checkpoint must not take its name
+    for key, name in names.items():
+        if Path(name).name != name or name in (".", "..") or "\\" in name:
+            raise ConfigError(f"output.{key} = {name!r}: expected a plain file name (no folder; "
+                              "the folder is output.dir / --out)")
+    if len(set(names.values())) < len(names):
+        raise ConfigError(f"output file names must differ: {', '.join(names.values())}")
+    suffix = Path(names["plot"]).suffix.lower()
+    if suffix not in _PLOT_FORMATS:
+        raise ConfigError(f"output.plot = {names['plot']!r}: valid formats: "
+                          f"{', '.join(_PLOT_FORMATS)}")
+    out = Path(o["dir"]).expanduser()
+    check_name_lengths(out, "output folder", "choose a shorter output.dir / --out")
+    for key, name in names.items():
+        check_name_lengths(out / name, f"output.{key}", "choose a shorter name")
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the path as a whole may be too long, or a folder unreadable
+        raise ConfigError(f"cannot create the output folder {str(out)!r}: "
+                          f"{exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {str(out)!r} is not writable")
+    for key, name in names.items():
+        target, what = out / name, (name if key in ("run", "last") else f"output.{key}")
+        try:
+            if target.is_dir():
+                raise ConfigError(f"{what}: {str(target)!r} is an existing folder")
+            if target.exists() and not os.access(target, os.W_OK):
+                raise ConfigError(f"{what}: {str(target)!r} exists and is not writable")
+        except OSError as exc:  # e.g. the whole path is over the system's limit
+            raise ConfigError(f"{what}: cannot write {str(target)!r}: "
+                              f"{exc.strerror or exc}") from None
+        for role, path in (inputs or {}).items():
+            if same_file(target, path):
+                raise ConfigError(f"{what}: {str(target)!r} is the run's {role}; writing it "
+                                  "would destroy it (choose another file name or output.dir)")
+    return out
+
+
+def read_run_json(path: Path, remedy: str | None) -> dict | None:
+    """run.json as a dict; None if it is missing, or broken and ``remedy`` is None (else a
+    UsageError ending in ``remedy``)."""
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(run, dict) or not isinstance(run.get("config", {}), dict):
+            raise ValueError("expected an object with a 'config' table")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if remedy is None:
+            return None
+        raise UsageError(f"{path}: broken run.json ({exc}); {remedy}") from None
+    return run
+
+
+def _config_changes(recorded: dict, cfg: dict) -> list[str]:
+    """The ``section.key`` entries in which ``cfg`` differs from a run's recorded config,
+    less what a resumed run may change (``RESUMABLE_CHANGES``) and output.dir (the folder
+    is the run's by construction, however it is spelled)."""
+    now = json.loads(json.dumps(cfg, default=str))  # as run.json records it
+    changed = []
+    for section in sorted(set(now) | set(recorded)):
+        a, b = recorded.get(section), now.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                changed.append(f"[{section}]")
+            continue
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name in RESUMABLE_CHANGES or name == "output.dir":
+                continue
+            if a.get(key, "(unset)") != b.get(key, "(unset)"):
+                changed.append(f"{name} ({a.get(key, '(unset)')!r} -> "
+                               f"{b.get(key, '(unset)')!r})")
+    return changed
+
+
+def check_run_folder(out: Path, cfg: dict, args) -> dict | None:
+    """Refuse to train into a folder that already holds a run unless --resume / --overwrite;
+    for --resume, refuse unless there is a run to resume with this config. Returns the
+    folder's run.json (None if there is none)."""
+    o = cfg["output"]
+    held = [name for name in ("run.json", LAST, o["checkpoint"]) if (out / name).is_file()]
+    if not args.resume:
+        if held and not args.overwrite:
+            raise UsageError(f"output folder {str(out)!r} already holds a run "
+                             f"({', '.join(held)}): give --resume to continue it or "
+                             "--overwrite to replace it (or choose another --out)")
+        return read_run_json(out / "run.json", None) if held else None
+    last = out / LAST
+    if not last.is_file():
+        why = (f"its run has no {LAST} (written at the end of every epoch; a run stopped "
+               "before its first epoch ended, or one trained without it, cannot be resumed): "
+               "use --overwrite to train it again" if held else
+               "it holds no run: leave out --resume to start one")
+        raise UsageError(f"--resume: nothing to resume in {str(out)!r}: {why}")
+    run = read_run_json(out / "run.json", "cannot check that the config is the run's: use "
+                        "--overwrite to start the run again")
+    if run is None:
+        raise UsageError(f"--resume: {str(out)!r} has {LAST} but no run.json recording the "
+                         "run's config, so the config cannot be checked: use --overwrite to "
+                         "start the run again")
+    changed = _config_changes(run.get("config", {}), cfg)
+    if changed:
+        raise UsageError(f"--resume: the config differs from the run's in {'; '.join(changed)}; "
+                         f"only {', '.join(RESUMABLE_CHANGES)} may change when resuming (or "
+                         "start a new run with --overwrite or another --out)")
+    state = save_api().read_metadata(last).get("train_state") or {}
+    done = state.get("epoch")
+    epochs = cfg["train"]["epochs"]
+    if isinstance(done, int) and done >= epochs:
+        raise UsageError(f"--resume: the run in {str(out)!r} has trained {done} epochs, and "
+                         f"train.epochs = {epochs}: give --epochs N with N > {done} to train it "
+                         "further")
+    return run
+
+
+def run_files(out: Path, o: dict, previous: dict | None) -> list[Path]:
+    """The files a run writes in ``out`` (under this config's names and the previous run's)
+    that are there: what --overwrite removes, and nothing else."""
+    names = {"run.json", LAST, *(o[key] for key in _OUTPUTS)}
+    old = ((previous or {}).get("config") or {}).get("output") or {}
+    if isinstance(old, dict):
+        names.update(value for key, value in old.items()
+                     if key in _OUTPUTS and isinstance(value, str) and value
+                     and Path(value).name == value and value not in (".", ".."))
+    return [out / name for name in sorted(names) if (out / name).is_file()]
+
+
+class RunFolder:
+    """The run folder of one ``devnet train``: what this run created there, so that a run that
+    fails or is interrupted before its first epoch leaves no folder of its own behind."""
+
+    def __init__(self):
+        self.out: Path | None = None
+        self.created: Path | None = None  # the topmost folder this run made, if any
+        self.root = True  # rank 0 (or no MPI job): the process that writes and cleans up
+        self.epochs = None  # train.epochs of this run
+        self.replacing = False  # --overwrite given, the previous run's files not yet removed
+
+    def make(self, o: dict, inputs: dict) -> Path:
+        """``_check_outputs``, remembering the first folder of output.dir that did not exist."""
+        out = self.out = Path(o["dir"]).expanduser()
+        with contextlib.suppress(OSError, ValueError):
+            missing = None
+            for folder in (out, *out.parents):
+                if folder.exists():
+                    break
+                missing = folder
+            self.created = missing
+        self.out = _check_outputs(o, inputs)
+        return self.out
+
+    def discard(self) -> None:
+        """Remove the folders this run created, if they are still empty (never the user's)."""
+        if not self.root or self.created is None or self.out is None:
+            return
+        folder = self.out
+        with contextlib.suppress(OSError):
+            while True:
+                folder.rmdir()  # only an empty folder
+                if folder == self.created or folder.parent == folder:
+                    break
+                folder = folder.parent
+
+    def interrupted(self, args) -> int:
+        """What a Ctrl-C during ``devnet train`` leaves: where to resume from, or nothing."""
+        last = None if self.out is None else self.out / LAST
+        done = None
+        if last is not None and last.is_file():
+            with contextlib.suppress(Exception):
+                done = int(save_api().read_metadata(last)["train_state"]["epoch"])
+        if not self.root:  # rank 0 says what is on disk; the other ranks only that they stop
+            print("devnet: interrupted", file=sys.stderr)
+            return 130
+        if self.replacing:  # what is on disk is the previous run's, as it was
+            print(f"devnet: interrupted before training started; the run in {str(self.out)!r} "
+                  "was left as it was", file=sys.stderr)
+            return 130
+        if done is None:
+            self.discard()
+            print("devnet: interrupted before the first epoch finished: nothing to resume",
+                  file=sys.stderr)
+            return 130
+        argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
+        of = f" of {self.epochs}" if self.epochs else ""
+        print(f"devnet: interrupted after epoch {done}{of}; resume with: "
+              f"{shlex.join(['devnet', *argv, '--resume'])}", file=sys.stderr)
+        return 130
+
+
+def run_json(run: dict) -> bytes:
+    return json.dumps(run, indent=2, default=str).encode()
+
+
+def write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
+    dn_io = save_api()
+    written = []
+    ckpt = out / o["checkpoint"]
+    # what predicting needs travels in the checkpoint itself: task, loss, class labels, and
+    # what the train/test split was drawn from
+    dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=run_extra(run))
+    written.append(ckpt)
+    # what eval / predict reuse for the data: the resolved config (dataset, split); what
+    # --resume checks a config against
+    dn_io.atomic_write(out / "run.json", run_json(run))
+    written.append(out / "run.json")
+    rows = _history_rows(hist)
+    path = out / o["history_json"]
+    path.write_text(json.dumps({"epoch": hist.epoch, "history": hist.history}, indent=2))
+    written.append(path)
+    path = out / o["history_csv"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["epoch"])
+        writer.writeheader()
+        writer.writerows(rows)
+    written.append(path)
+    png = out / o["plot"]
+    if plot_history(hist, png):
+        written.append(png)
+        if any(key.startswith("grad_norm/") for key in hist.history):
+            hist.plot_gradient_flow(out / o["gradient_flow_plot"])
+            written.append(out / o["gradient_flow_plot"])
+    else:
+        print("note: matplotlib is not installed, so no plot was written "
+              "(pip install 'devnet-mlp[plot]')", file=sys.stderr)
+    return written
+
+
+def _history_rows(hist) -> list[dict]:
+    rows = []
+    for i, epoch in enumerate(hist.epoch):
+        row = {"epoch": epoch}
+        row.update({k: v[i] for k, v in hist.history.items() if i < len(v)})
+        rows.append(row)
+    return rows
+
+
+#: one colour per series across both panels: training blue, validation orange
+_SERIES_COLOURS = {"train": "tab:blue", "validation": "tab:orange"}
+
+
+def plot_history(hist, path: Path) -> bool:
+    """Loss and the task metric (training and validation) per epoch to an image; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig = history_figure(hist)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def history_figure(hist):
+    """The matplotlib Figure of ``plot_history``: a loss panel and a metric panel, training
+    and validation in the same two colours in both, integer epoch ticks."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    h = hist.history
+    metric = next((m for m in ("accuracy", "r2") if m in h or f"val_{m}" in h), None)
+    panels = ["loss"] + ([metric] if metric else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    epochs = np.asarray(hist.epoch) + 1
+    for ax, name in zip(axes[0], panels):
+        for series, key in (("train", name), ("validation", f"val_{name}")):
+            if key in h and len(h[key]) == len(epochs):
+                ax.plot(epochs, h[key], label=series, color=_SERIES_COLOURS[series],
+                        marker="o" if len(epochs) < 20 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    return fig
