@@ -130,20 +130,20 @@ def stubbed_driver(backend):
 @contextmanager
 def count_launches():
     """Count ``devnet.kernels.cuda`` launches by kernel name."""
-    from devnet.kernels import cuda as kcuda
+    from devnet.kernels.cuda import launch as kcuda
 
     counts: Counter = Counter()
-    saved = kcuda._Kernel.__call__
+    saved = kcuda.Kernel.__call__
 
     def counted(self, *args):
         counts[self.name] += 1
         return saved(self, *args)
 
-    kcuda._Kernel.__call__ = counted
+    kcuda.Kernel.__call__ = counted
     try:
         yield counts
     finally:
-        kcuda._Kernel.__call__ = saved
+        kcuda.Kernel.__call__ = saved
 
 
 @contextmanager

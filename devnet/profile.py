@@ -1,8 +1,5 @@
 """Per-layer, per-op breakdown of one training step, against ceilings measured on the spot.
 
-(Over 400 lines: the proxy backend, the clocks, the report table and the command belong to one
-tool and are only read together.)
-
 ``profile(model, X, y)`` runs the training step itself (``devnet.train.Step``: the model's
 forward, the loss's ``forward_backward_``, the model's backward without the input gradient and
 ``opt.step()``) with the backend swapped for a thin proxy that times every ``matmul`` and kernel

@@ -2,11 +2,8 @@
 
 Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s rows, a ``g``
 shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
-generated or hand-written entry of ``cpu.py``, ``cuda.py`` and ``cuda_rows.py`` calls ``check``
-first: attribute reads only (no pass over the data), and a DataError naming the argument.
-
-Over 400 lines: the generic check, and the entry generators that bind each table row's
-arguments (losses, optimizer steps by value and from ``hyper``, the advance, the reductions).
+generated or hand-written entry of ``cpu.py`` and the ``cuda`` package calls ``check`` first:
+attribute reads only (no pass over the data), and a DataError naming the argument.
 """
 
 from __future__ import annotations
@@ -159,7 +156,7 @@ def _type_names(array_type) -> str:
     return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)
 
 
-# --- entry points generated from table rows (cpu.py and cuda.py fill in the launch) ----------
+# --- entry points generated from table rows (cpu.py and cuda/ fill in the launch) ----------
 
 def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> tuple:
     try:

@@ -1,9 +1,7 @@
 """xp-generic (NumPy or CuPy) versions of every fused op: the oracle kernels are tested against.
 
-Over 400 lines: one oracle per kernel of the table, side by side with its contract.
-
 Every function here has the same name and signature as its fused counterpart in ``cpu.py`` and
-``cuda.py``. Conventions shared by all kernel tables:
+the ``cuda`` package. Conventions shared by all kernel tables:
 
 - matrices are C-contiguous ``(n_samples, n_features)``; dtypes float32 or float64;
 - ``act`` is an activation name from ``ACTIVATION_NAMES``; ``alpha`` is leaky_relu's slope;

@@ -1,6 +1,6 @@
 """What a CUDA launch needs from a GPU, stood in for on a machine without one.
 
-devnet's real launch path (``_Kernel``, ``_Call``, ``marshal``), numba-cuda's real
+devnet's real launch path (``launch.Kernel``, ``launch.Call``, ``marshal``), numba-cuda's real
 ``_Kernel._prepare_args`` and cuda.core's real ``launch`` run; only these stand in:
 
 - ``numba.cuda.jit``: a dispatcher whose one overload is a real numba-cuda ``_Kernel`` that was
@@ -110,7 +110,7 @@ def install(monkeypatch, rng):
     """The stand-ins above, set with ``monkeypatch``; returns (arrays, recorded numba-cuda
     launches)."""
     from cuda.bindings import driver as binding
-    from devnet.kernels import cuda as kcuda
+    from devnet.kernels.cuda import launch as kcuda
     from numba import cuda
     from numba.cuda.cudadrv import devicearray
     from numba.cuda.cudadrv import driver as ndriver
@@ -135,5 +135,5 @@ def install(monkeypatch, rng):
     monkeypatch.setattr(kcuda, "_STREAMS", {})
     monkeypatch.setattr(kcuda, "_NUMBA_STREAMS", {}, raising=False)
     monkeypatch.setattr(devicearray, "_to_strided_memory_view", arrays.smv)
-    monkeypatch.setattr(kcuda._Call, "dev", lambda self, a: a)
+    monkeypatch.setattr(kcuda.Call, "dev", lambda self, a: a)
     return arrays, launches

@@ -1,11 +1,11 @@
 """Numba's on-disk cache for the cloned CUDA kernels: a new key when scalar.py changes, the same
 key otherwise.
 
-Numba's cache watches only the file a kernel's code comes from (kernels/cuda.py, the
-templates'); the scalar functions inlined into every kernel live in scalar.py. ``_pyfunc`` puts
-``scalar.SOURCE_TAG`` (a hash of scalar.py) and the dtype in each clone's qualified name, which
-names the cache index. These tests build numba-cuda's own ``CUDACache`` for the clones (no GPU
-needed) and read the index file name it would use.
+Numba's cache watches only the file a kernel's code comes from (kernels/cuda/*.py, the
+templates'); the scalar functions inlined into every kernel live in scalar.py.
+``registry.pyfunc`` puts ``scalar.SOURCE_TAG`` (a hash of scalar.py) and the dtype in each
+clone's qualified name, which names the cache index. These tests build numba-cuda's own
+``CUDACache`` for the clones (no GPU needed) and read the index file name it would use.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ except Exception as exc:  # numba-cuda missing or broken
     pytest.skip(f"numba-cuda is not importable ({type(exc).__name__}: {exc})",
                 allow_module_level=True)
 
-from devnet.kernels import cuda as kcuda  # noqa: E402
 from devnet.kernels import scalar  # noqa: E402
+from devnet.kernels.cuda import elementwise, registry  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _index_name(name, dtype):
-    return CUDACache(kcuda._pyfunc(name, dtype))._cache_file._index_name
+    return CUDACache(registry.pyfunc(name, dtype))._cache_file._index_name
 
 
 def test_source_tag_is_the_hash_of_scalar_py():
@@ -67,6 +67,7 @@ def test_scalar_py_change_changes_the_key(monkeypatch):
 
 
 def test_clones_are_sourced_from_kernels_cuda():
-    """The index is also stamped with the templates' file: editing kernels/cuda.py recompiles."""
-    fn = kcuda._pyfunc("bias_act_fwd_relu", np.float32)
-    assert os.path.samefile(fn.__code__.co_filename, kcuda.__file__)
+    """The index is also stamped with the templates' file: editing the module that defines a
+    kernel's template (kernels/cuda/elementwise.py here) recompiles it."""
+    fn = registry.pyfunc("bias_act_fwd_relu", np.float32)
+    assert os.path.samefile(fn.__code__.co_filename, elementwise.__file__)

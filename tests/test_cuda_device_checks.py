@@ -96,14 +96,14 @@ def test_no_cuda_device_ordinal_checked_before_numba(fake_gpu):
 # --- the launch wrapper's signature check, on the real _Kernel.check ----------------------------
 
 def _kernel_without_compiling(name, dtype):
-    """A ``_Kernel`` whose check is the real one, without compiling (that needs a GPU)."""
-    from devnet.kernels import cuda as kcuda
+    """A ``launch.Kernel`` whose check is the real one, without compiling (that needs a GPU)."""
+    from devnet.kernels.cuda import launch, registry
 
-    k = object.__new__(kcuda._Kernel)
+    k = object.__new__(launch.Kernel)
     k.name = name
-    sig = kcuda._sig(kcuda._SPECS[name][1], kcuda._FLOAT_TYPES[np.dtype(dtype)])
-    k.arrays = kcuda._array_specs(sig)
-    fn = kcuda._pyfunc(name, dtype)
+    sig = registry.signature(name, launch.FLOAT_TYPES[np.dtype(dtype)])
+    k.arrays = launch.array_specs(sig)
+    fn = registry.pyfunc(name, dtype)
     k.argnames = fn.__code__.co_varnames[:fn.__code__.co_argcount]
     return k
 
@@ -140,13 +140,15 @@ def test_launch_check_refuses_wrong_label_dtype(rng):
 # --- marshalling (its bytes against numba-cuda's: tests/test_cuda_launch_params.py) ------------
 
 def test_marshal_refuses_an_array_of_another_device(rng):
-    from devnet.kernels import cuda as kcuda
+    from devnet.kernels.cuda import launch as kcuda
+    from devnet.kernels.cuda import registry
+    from numba import types
 
     from devnet.testing import cupy_sim
 
-    sig = kcuda._sig("sgd", kcuda.types.float32)
+    sig = registry.signature("sgd_step", types.float32)
     with cupy_sim.cuda.Device(1):
         g = cupy_sim.asarray(rng.standard_normal(5).astype(np.float32))
     p = cupy_sim.asarray(rng.standard_normal(5).astype(np.float32))
     with pytest.raises(dn.DataError, match="cuda:1 was passed to a kernel launching on cuda:0"):
-        kcuda.marshal(kcuda._scalar_packers(sig), (p, g, np.float32(0.1), np.float32(0)), 0)
+        kcuda.marshal(kcuda.scalar_packers(sig), (p, g, np.float32(0.1), np.float32(0)), 0)

@@ -25,7 +25,7 @@ pytest.importorskip("cuda.core")
 pytest.importorskip("cupy")
 
 from _launch_fakes import STREAM_PTR, install  # noqa: E402
-from devnet.kernels import cuda as kcuda  # noqa: E402
+from devnet.kernels.cuda import launch as kcuda  # noqa: E402
 
 DriverNotFound = pytest.importorskip("cuda.pathfinder").DynamicLibNotFoundError
 
@@ -42,8 +42,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _launch(name, args, dtype=np.float32):
-    k = kcuda._Kernel(name, dtype)
-    c = kcuda._Call(args[0])
+    k = kcuda.Kernel(name, dtype)
+    c = kcuda.Call(args[0])
     k(c, (1, 1, 1), (32, 1, 1), *args)
     return k, c
 
@@ -69,7 +69,7 @@ def test_one_cuda_core_stream_per_cupy_stream(fake_launch, rng, monkeypatch):
 
     arrays, _ = fake_launch
     seen = []
-    monkeypatch.setattr(kcuda._Driver, "launch", staticmethod(
+    monkeypatch.setattr(kcuda.Driver, "launch", staticmethod(
         lambda stream, config, kernel, *params: seen.append(stream)))
     args = _fwd_args(arrays, rng)
     for _ in range(3):
@@ -91,8 +91,8 @@ def test_direct_launch_only_on_the_numba_cuda_versions_it_was_checked_on():
 
 def test_without_the_direct_launch_numbas_own_launch_runs(fake_launch, rng, monkeypatch):
     arrays, numba_launches = fake_launch
-    monkeypatch.setattr(kcuda._Driver, "launch", None)
-    monkeypatch.setattr(kcuda._Driver, "Stream", None)
+    monkeypatch.setattr(kcuda.Driver, "launch", None)
+    monkeypatch.setattr(kcuda.Driver, "Stream", None)
     args = _fwd_args(arrays, rng)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -124,17 +124,17 @@ def test_a_kernel_that_numba_cuda_marshals_otherwise_uses_numbas_launch(
 
     arrays, numba_launches = fake_launch
     direct = []
-    monkeypatch.setattr(kcuda._Driver, "launch", staticmethod(
+    monkeypatch.setattr(kcuda.Driver, "launch", staticmethod(
         lambda *a: direct.append(a)))
     monkeypatch.setattr(NumbaKernel, "_prepare_args", change(NumbaKernel._prepare_args))
     args = _fwd_args(arrays, rng)
-    k = kcuda._Kernel("bias_act_fwd_relu", np.float32)
+    k = kcuda.Kernel("bias_act_fwd_relu", np.float32)
     with pytest.warns(RuntimeWarning, match="bias_act_fwd_relu: devnet's direct launch does "
                                             "not match this numba-cuda"):
-        k(kcuda._Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
+        k(kcuda.Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per kernel
-        k(kcuda._Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
+        k(kcuda.Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
     assert direct == [] and len(numba_launches) == 2 and k.direct is False
 
 
@@ -150,10 +150,10 @@ def test_numbas_parameters_are_compared_on_the_first_launch_only(fake_launch, rn
         prepared.append(a[0])
         return original(self, *a)
 
-    monkeypatch.setattr(kcuda._Driver, "launch", staticmethod(lambda *a: direct.append(a)))
+    monkeypatch.setattr(kcuda.Driver, "launch", staticmethod(lambda *a: direct.append(a)))
     monkeypatch.setattr(NumbaKernel, "_prepare_args", counted)
     args = _fwd_args(arrays, rng)
-    k = kcuda._Kernel("bias_act_fwd_relu", np.float32)
+    k = kcuda.Kernel("bias_act_fwd_relu", np.float32)
     for _ in range(3):
-        k(kcuda._Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
+        k(kcuda.Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
     assert len(prepared) == 5 and len(direct) == 3 and k.direct is True

@@ -74,7 +74,7 @@ count = ctypes.c_int.in_dll(driver, "launches")
 import cuda.core
 from cuda.core import Kernel, LaunchConfig, Stream
 from benchmarks import bench_launch
-from devnet.kernels import cuda as kcuda
+from devnet.kernels.cuda import launch as kcuda
 
 warnings.simplefilter("error")
 config = LaunchConfig(grid=(1, 1, 1), block=(32, 1, 1), shmem_size=0, is_cooperative=False)
@@ -83,7 +83,7 @@ counts = []
 cuda.core.launch(stream, config, kernel, 1, 2.0)
 counts.append(count.value)
 with bench_launch.stubbed_driver(type("GPU", (), {"simulated": False})()) as replaced:
-    assert kcuda._Driver.launch is None or kcuda._Driver.launch is cuda.core.launch
+    assert kcuda.Driver.launch is None or kcuda.Driver.launch is cuda.core.launch
     for _ in range(3):
         cuda.core.launch(stream, config, kernel, 1, 2.0)
     counts.append(count.value)

@@ -1,8 +1,8 @@
 """Every CUDA kernel, every dtype: devnet's launch parameters are numba-cuda's, byte for byte.
 
-devnet marshals kernel parameters itself (``kernels/cuda.py``'s ``marshal``) instead of going
-through numba-cuda's launch. Here each kernel of ``cuda.py`` and ``cuda_rows.py`` is launched
-through devnet's real ``_Kernel`` on real CuPy arrays over made-up device memory (slices of
+devnet marshals kernel parameters itself (``kernels/cuda/launch.py``'s ``marshal``) instead of
+going through numba-cuda's launch. Here each kernel of ``kernels/cuda/`` is launched
+through devnet's real ``launch.Kernel`` on real CuPy arrays over made-up device memory (slices of
 larger arrays among them), as on a GPU up to the driver call; the parameters it hands to
 cuda.core are compared with numba-cuda's own ``_prepare_args`` for the same arguments, as the
 bytes cuda.core's ``ParamHolder`` stores for the driver. Runs without a GPU; the stand-ins
@@ -27,7 +27,8 @@ pytest.importorskip("cupy")
 
 from _launch_fakes import STREAM_PTR, args_for, install  # noqa: E402
 from devnet.kernels import cuda as kcuda  # noqa: E402
-from devnet.kernels import cuda_rows  # noqa: E402
+from devnet.kernels.cuda import launch, registry  # noqa: E402
+from numba import types  # noqa: E402
 
 
 @pytest.fixture
@@ -40,10 +41,10 @@ pytestmark = pytest.mark.skipif(
     kcuda.DIRECT_LAUNCH_REASON is not None,
     reason=f"no direct launch here: {kcuda.DIRECT_LAUNCH_REASON}")
 
-# (module's _Kernel, kernel name, dtype) of every kernel either module launches
-_TARGETS = [(kcuda._Kernel, label) for label, _, _ in
+# (Kernel class, kernel name, dtype) of every kernel the package launches
+_TARGETS = [(launch.Kernel, label) for label, _, _ in
             kcuda.PTX_TARGETS + kcuda.PTX_HYPER_TARGETS] + \
-    [(cuda_rows._Kernel, label) for label, _, _ in cuda_rows.PTX_TARGETS]
+    [(launch.Kernel, label) for label, _, _ in kcuda.DEEP_PTX_TARGETS]
 
 
 def _param_bytes(holder, params):
@@ -65,7 +66,7 @@ def _param_bytes(holder, params):
 
 def test_every_kernel_is_covered():
     names = {label.split("[")[0] for _, label in _TARGETS}
-    assert set(kcuda._SPECS) | set(cuda_rows._SPECS) == names
+    assert set(registry.SPECS) == names
     assert len(_TARGETS) == 2 * len(names) - 1  # opt_advance: float64 only
 
 
@@ -78,11 +79,11 @@ def test_launch_parameters_are_numba_cudas_byte_for_byte(fake_launch, rng, monke
     arrays, numba_launches = fake_launch
     name, dtype = label[:-1].split("[")
     sent = []
-    monkeypatch.setattr(kcuda._Driver, "launch", staticmethod(
+    monkeypatch.setattr(launch.Driver, "launch", staticmethod(
         lambda stream, config, kernel, *params: sent.append((stream, params))))
     k = kernel_class(name, dtype)
     args = args_for(k.compiled.signature, arrays, rng)
-    c = kcuda._Call(args[0])
+    c = launch.Call(args[0])
     k(c, (1, 1, 1), (32, 1, 1), *args)  # the first launch also checks against numba-cuda
     assert k.direct is True and numba_launches == []
     (stream, ours), = sent
@@ -96,7 +97,7 @@ def test_launch_parameters_are_numba_cudas_byte_for_byte(fake_launch, rng, monke
     ptrs = []
     i = 0
     for t in k.compiled.signature.args:
-        if isinstance(t, kcuda.types.Array):
+        if isinstance(t, types.Array):
             ptrs.append(ours[i + 4])
             i += 5 + 2 * t.ndim
         else:

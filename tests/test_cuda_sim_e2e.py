@@ -292,7 +292,7 @@ def test_out_of_range_label_gives_nan_not_out_of_bounds(gpu, rng):
 
 def test_loss_values_need_no_allocation_per_step(gpu, rng, monkeypatch):
     """Loss outputs come from a fixed ring per (device, stream, dtype), not cp.empty(1)."""
-    from devnet.kernels import cuda as kcuda
+    from devnet.kernels.cuda import launch as kcuda
 
     monkeypatch.setattr(kcuda, "LOSS_RING", 3)
     monkeypatch.setattr(kcuda, "_OUTS", {})

@@ -1,4 +1,4 @@
-"""The deep-network CUDA kernels (``kernels/cuda_rows.py``) under Numba's CUDA simulator.
+"""The deep-network CUDA kernels (``kernels/cuda/deep.py``) under Numba's CUDA simulator.
 
 One small subprocess with ``NUMBA_ENABLE_CUDASIM=1`` and ``DEVNET_CUDA_SIMULATOR=1`` set before
 numba is imported (this pytest process has imported it already): the LayerNorm and dropout
@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent('''
 
     seed = int(sys.argv[1])
     rng = np.random.default_rng(seed)
-    assert kc.SIMULATOR and kc.layernorm_fwd.__module__ == "devnet.kernels.cuda_rows"
+    assert kc.SIMULATOR and kc.layernorm_fwd.__module__ == "devnet.kernels.cuda.deep"
     tol = {np.float32: 3e-5, np.float64: 1e-12}
 
     def close(a, b, dt, scale=1.0):

@@ -1,4 +1,4 @@
-"""The deep-network CUDA kernels (``kernels/cuda_rows.py``) compile to PTX for sm_80 and sm_90.
+"""The deep-network CUDA kernels (``kernels/cuda/deep.py``) compile to PTX for sm_80 and sm_90.
 
 As ``test_kernels_ptx.py``, without a GPU (``numba.cuda.compile_ptx``). Every template in both
 dtypes: LayerNorm forward and both backward passes, standalone dropout, and the fused
@@ -23,7 +23,7 @@ except Exception as exc:  # numba-cuda missing, or its NVVM bindings broken
     pytest.skip(f"numba-cuda is not importable ({type(exc).__name__}: {exc}); install "
                 "numba-cuda[cu12] (the test extra)", allow_module_level=True)
 
-from devnet.kernels import cuda_rows  # noqa: E402
+from devnet.kernels import cuda as kcuda  # noqa: E402
 from test_kernels_ptx import F64_ALLOWED, f64_ops  # noqa: E402
 
 CCS = ((8, 0), (9, 0))
@@ -32,11 +32,11 @@ NAMES = ("layernorm_fwd", "layernorm_bwd_rows", "layernorm_bwd_cols", "dropout_f
          "bias_act_drop_fwd_tanh_01", "act_drop_bwd_sigmoid", "act_drop_bwd_gelu")
 # kernels with float64 partial sums (column sums of dgamma, dbeta, db)
 WITH_PARTIALS = ("layernorm_bwd_cols", "act_drop_bwd_")
-TARGETS = [t for t in cuda_rows.PTX_TARGETS if t[0].split("[")[0] in NAMES]
+TARGETS = [t for t in kcuda.DEEP_PTX_TARGETS if t[0].split("[")[0] in NAMES]
 
 
 def test_targets_cover_every_template():
-    names = {t[0] for t in cuda_rows.PTX_TARGETS}
+    names = {t[0] for t in kcuda.DEEP_PTX_TARGETS}
     for dt in ("float32", "float64"):
         for name in NAMES:
             assert f"{name}[{dt}]" in names

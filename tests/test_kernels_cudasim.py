@@ -17,6 +17,7 @@ from devnet.errors import ConfigError
 
 pytestmark = [
     pytest.mark.cudasim,
+    pytest.mark.kernelsim,  # the kernels alone: make test-source's NUMBA_ENABLE_CUDASIM pass
     pytest.mark.skipif(
         os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
         reason="CUDA simulator tests need NUMBA_ENABLE_CUDASIM=1 set before numba is imported "
@@ -28,8 +29,9 @@ pytestmark = [
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     from devnet.kernels import cuda as kcuda
     from devnet.kernels import reference, scalar
+    from devnet.kernels.cuda import launch
 else:  # pragma: no cover - the module is skipped
-    kcuda = reference = scalar = None
+    kcuda = reference = scalar = launch = None
 
 DTYPES = (np.float32, np.float64)
 SHAPES = ((1, 1), (1, 7), (9, 1), (33, 5), (70, 3))
@@ -331,10 +333,10 @@ def test_l2_penalty_checks_host_spans_and_the_kernel_clamps_device_ones(rng):
     outs = []
     for spans in (wild, clamped):
         g1 = g.copy()
-        c = kcuda._Call(p)
-        grid, block = kcuda._config(c, "flat", p.size)
+        c = launch.Call(p)
+        grid, block = launch.config(c, "flat", p.size)
         out = np.full(1, np.nan)
-        kcuda._kernel("l2_penalty", np.float64)(
+        launch.kernel("l2_penalty", np.float64)(
             c, grid, block, p, g1, spans, 0.5, p, False, 4.0, value, 1.0,
             c.scratch(grid[0] + 1), c.counters(1), out)
         outs.append((g1, out))

@@ -379,7 +379,9 @@ def test_hyper_kernels_compile_and_compute_as_the_by_value_ones(index):
     by_value = next(t for t in kcuda.PTX_TARGETS if t[0] == name.replace("_hyper", ""))
     step, dtype = name[:-1].split("[")
     step = step.removesuffix("_hyper")
-    scaled = (name, kcuda._pyfunc(step, dtype, grad_in=kcuda.N[np.dtype(dtype)].scaled),
+    from devnet.kernels.cuda import registry
+
+    scaled = (name, registry.pyfunc(step, dtype, grad_in=kcuda.N[np.dtype(dtype)].scaled),
               by_value[2])
     math_ops = ("mul", "fma", "div", "sqrt", "add", "max", "min", "neg", "abs")
 

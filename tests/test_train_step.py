@@ -294,10 +294,7 @@ def _import_graph() -> dict[str, set[str]]:
 
 
 # Known edges outside this task's files that close a cycle; each names its fix.
-KNOWN_CYCLE_EDGES = {
-    # cuda_rows extends the CUDA kernel table cuda.py imports at its end (kernel generation)
-    ("devnet.kernels.cuda_rows", "devnet.kernels.cuda"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def _cycles(edges) -> list[list[str]]:

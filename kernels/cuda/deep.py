@@ -1,12 +1,7 @@
-"""Numba-CUDA kernels of the deep-network ops (issue 14): LayerNorm rows, dropout, residual add.
+"""The CUDA kernels of the deep-network ops: LayerNorm rows, dropout, residual add.
 
 Same contracts as ``reference.py``'s "deep networks" section; the CUDA kernel table
-(``devnet.kernels.cuda``) exposes these functions under the same names. Built the way
-``cuda.py`` builds its kernels, with its pieces: ``scalar.py``'s functions compiled as inlined
-device functions per dtype (``cuda.S``), the block helpers (``row_reduce``, ``col_partial``),
-launch configurations, the ``_Call`` that picks device, stream, scratch and counters, the
-last-block column sums and ``_Kernel``'s checked launch; kept in a module of its own while
-``cuda.py``'s launch path is being reworked.
+(``devnet.kernels.cuda``) exposes these functions under the same names.
 
 - LayerNorm forward: the "rows" layout of softmax (a row of threads per matrix row): one pass
   for the shifted sums, reduced in shared memory, then the normalized row.
@@ -21,15 +16,15 @@ last-block column sums and ``_Kernel``'s checked launch; kept in a module of its
 from __future__ import annotations
 
 import numpy as np
-from devnet.kernels import cuda as kc
-from devnet.kernels import scalar
+from devnet.kernels import checks, scalar
+from devnet.kernels.cuda.device import S
+from devnet.kernels.cuda.elementwise import bias_act_fwd
+from devnet.kernels.cuda.launch import Call, check, config, kernel
+from devnet.kernels.cuda.registry import register
 from devnet.kernels.table import NEEDS_PREACTIVATION
 from numba import cuda, types
 
 from devnet.errors import ConfigError, DataError, lookup
-
-__all__ = ["act_drop_bwd", "bias_act_drop_fwd", "dropout_fwd", "layernorm_bwd", "layernorm_fwd"]
-
 
 # --- kernel templates (globals bound per kernel: value / grad, DROP, RESID, the helpers) ------
 
@@ -93,7 +88,7 @@ def _layernorm_bwd_rows(G, X, mean, rstd, gamma, dX, R, has_r):
 
 def _layernorm_bwd_cols(G, X, mean, rstd, part_g, part_b, count, dgamma, dbeta):
     # dgamma = column sums of G xhat, dbeta = column sums of G: partials as _act_bwd's, and
-    # the last row block of each column tile adds them up (cuda.py's last_block ticket)
+    # the last row block of each column tile adds them up (device.py's last_block ticket)
     n, m = G.shape
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     ag = 0.0
@@ -164,83 +159,51 @@ def _dropout_fwd(A, threshold, scale, k0, k1, row0):
 
 
 # --- signatures and the registry ----------------------------------------------------------------
+# scalars in the arrays' type ft; part: float64 partial sums; count: the int32 ticket counters
+# of the last-block column sums
 
-def _sig(kind, ft):
-    """The one signature of kernel ``kind`` with float type ``ft`` (scalars in ft too)."""
-    a2, a1, part, f, b1, u8, i8 = ft[:, ::1], ft[::1], types.float64[::1], ft, types.boolean, \
-        types.uint64, types.int64
-    count = types.int32[::1]  # the ticket counters of cuda.py's last-block column sums
-    sigs = {
-        "ln_fwd": (a2, a1, a1, a2, a1, a1, f),
-        "ln_bwd_rows": (a2, a2, a1, a1, a1, a2, a2, b1),
-        "ln_bwd_cols": (a2, a2, a1, a1, part, part, count, a1, a1),
-        "drop_fwd": (a2, a1, a2, b1, f, u8, f, u8, u8, a2, a2, i8),
-        "drop_bwd": (a2, a2, a2, a2, part, count, a1, f, u8, f, f, u8, u8, i8),
-        "dropout": (a2, u8, f, u8, u8, i8),
-    }
-    return types.void(*sigs[kind])
-
-
-# name -> (template, signature kind, globals: a scalar function's name (str) or a constant)
-_SPECS: dict[str, tuple] = {
-    "layernorm_fwd": (_layernorm_fwd, "ln_fwd", {}),
-    "layernorm_bwd_rows": (_layernorm_bwd_rows, "ln_bwd_rows", {}),
-    "layernorm_bwd_cols": (_layernorm_bwd_cols, "ln_bwd_cols", {}),
-    "dropout_fwd": (_dropout_fwd, "dropout", {}),
-}
-for _a in scalar.ACTIVATIONS:
-    for _drop, _resid in ((True, False), (False, True), (True, True)):
-        _SPECS[f"bias_act_drop_fwd_{_a}_{int(_drop)}{int(_resid)}"] = (
-            _bias_act_drop_fwd, "drop_fwd", {"value": _a, "DROP": _drop, "RESID": _resid})
-    _SPECS[f"act_drop_bwd_{_a}"] = (_act_drop_bwd, "drop_bwd", {"grad": f"{_a}_grad"})
-
+_PART, _COUNT, _B1, _U8, _I8 = types.float64[::1], types.int32[::1], types.boolean, \
+    types.uint64, types.int64
 _SCALAR_FUNCS = ("layernorm_stats", "layernorm", "layernorm_grad", "dropout", "dropout_keep")
 
 
-def _pyfunc(name, dtype):
-    """The plain-Python kernel ``name`` for ``dtype`` (as ``cuda._pyfunc``)."""
-    dt = np.dtype(dtype)
-    template, _, funcs = _SPECS[name]
-    fns = kc.S[dt]
-    bound = {g: getattr(fns, v) if isinstance(v, str) else v for g, v in funcs.items()}
-    ns = scalar.typed_globals(
-        {**template.__globals__, **kc._COMMON[dt], "real": dt.type,
-         **{f: getattr(fns, f) for f in _SCALAR_FUNCS}, **bound}, dt)
-    fn = scalar.specialise(template, ns, dt)
-    fn.__qualname__ = f"{name}_{dt.name}_{scalar.SOURCE_TAG}"
-    return fn
+def _extra(dt):
+    return {"real": dt.type, **{f: getattr(S[dt], f) for f in _SCALAR_FUNCS}}
 
 
-PTX_TARGETS = [
-    (f"{name}[{dt.name}]", _pyfunc(name, dt), _sig(_SPECS[name][1], ft))
-    for name in _SPECS for dt, ft in kc._FLOAT_TYPES.items()
-]
-"""(name, plain-Python kernel, signature) of every kernel this module launches."""
+def _drop_fwd(ft):
+    a2 = ft[:, ::1]
+    return (a2, ft[::1], a2, _B1, ft, _U8, ft, _U8, _U8, a2, a2, _I8)
 
 
-class _Kernel(kc._Kernel):
-    """``cuda._Kernel`` (its checked launch) over this module's registry."""
-
-    __slots__ = ()
-
-    def __init__(self, name, dtype):
-        self._setup(name, _sig(_SPECS[name][1], kc._FLOAT_TYPES[np.dtype(dtype)]),
-                    _pyfunc(name, dtype))
+def _drop_bwd(ft):
+    a2 = ft[:, ::1]
+    return (a2, a2, a2, a2, _PART, _COUNT, ft[::1], ft, _U8, ft, ft, _U8, _U8, _I8)
 
 
-_KERNELS: dict[tuple, _Kernel] = {}
+register("layernorm_fwd", _layernorm_fwd,
+         lambda ft: (ft[:, ::1], ft[::1], ft[::1], ft[:, ::1], ft[::1], ft[::1], ft),
+         extra=_extra)
+register("layernorm_bwd_rows", _layernorm_bwd_rows,
+         lambda ft: (ft[:, ::1], ft[:, ::1], ft[::1], ft[::1], ft[::1], ft[:, ::1], ft[:, ::1],
+                     _B1), extra=_extra)
+register("layernorm_bwd_cols", _layernorm_bwd_cols,
+         lambda ft: (ft[:, ::1], ft[:, ::1], ft[::1], ft[::1], _PART, _PART, _COUNT, ft[::1],
+                     ft[::1]), extra=_extra)
+register("dropout_fwd", _dropout_fwd, lambda ft: (ft[:, ::1], _U8, ft, _U8, _U8, _I8),
+         extra=_extra)
+for _a in scalar.ACTIVATIONS:
+    for _drop, _resid in ((True, False), (False, True), (True, True)):
+        register(f"bias_act_drop_fwd_{_a}_{int(_drop)}{int(_resid)}", _bias_act_drop_fwd,
+                 _drop_fwd, {"value": _a, "DROP": _drop, "RESID": _resid}, extra=_extra)
+    register(f"act_drop_bwd_{_a}", _act_drop_bwd, _drop_bwd, {"grad": f"{_a}_grad"},
+             extra=_extra)
 
-
-def _kernel(name, dtype):
-    key = (name, np.dtype(dtype))
-    k = _KERNELS.get(key)
-    if k is None:
-        if np.dtype(dtype) not in kc._FLOAT_TYPES:
-            from devnet.errors import DataError
-
-            raise DataError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
-        k = _KERNELS[key] = _Kernel(name, dtype)
-    return k
+DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd_rows", "layernorm_bwd_cols", "dropout_fwd",
+                *(f"bias_act_drop_fwd_{a}_{d}{r}" for a in scalar.ACTIVATIONS
+                  for d, r in ("10", "01", "11")),
+                *(f"act_drop_bwd_{a}" for a in scalar.ACTIVATIONS))
+"""The kernels this module registers (for the PTX tests)."""
 
 
 def _dropout_args(name, p, key, dtype, row0):
@@ -252,7 +215,7 @@ def _dropout_args(name, p, key, dtype, row0):
     real = np.dtype(dtype).type
     return (np.uint64(scalar.dropout_threshold(p)), real(1.0 / (1.0 - p)), real(1.0 - p),
             np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32),
-            np.int64(kc.checks.dropout_row0(name, row0)))
+            np.int64(checks.dropout_row0(name, row0)))
 
 
 def _elementwise_act(act):
@@ -264,57 +227,57 @@ def _elementwise_act(act):
 
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
-    kc._check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
+    check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
     n, m = X.shape
-    c = kc._Call(X)
-    grid, block = kc._config(c, "rows", n, m)
-    _kernel("layernorm_fwd", X.dtype)(c, grid, block, X, gamma, beta, Y, mean, rstd,
+    c = Call(X)
+    grid, block = config(c, "rows", n, m)
+    kernel("layernorm_fwd", X.dtype)(c, grid, block, X, gamma, beta, Y, mean, rstd,
                                       X.dtype.type(eps))
 
 
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
-    kc._check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
+    check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
     n, m = G.shape
     dt = G.dtype
-    c = kc._Call(G)
+    c = Call(G)
     # the column sums first: dX may be G, which the row pass overwrites
-    grid, block = kc._config(c, "cols", n, m)
+    grid, block = config(c, "cols", n, m)
     k = grid[1] * m
     part = c.scratch(2 * k)
-    _kernel("layernorm_bwd_cols", dt)(c, grid, block, G, X, mean, rstd, part[:k], part[k:2 * k],
+    kernel("layernorm_bwd_cols", dt)(c, grid, block, G, X, mean, rstd, part[:k], part[k:2 * k],
                                       c.counters(grid[0]), dgamma, dbeta)
-    rgrid, rblock = kc._config(c, "rows", n, m)
-    _kernel("layernorm_bwd_rows", dt)(c, rgrid, rblock, G, X, mean, rstd, gamma, dX,
+    rgrid, rblock = config(c, "rows", n, m)
+    kernel("layernorm_bwd_rows", dt)(c, rgrid, rblock, G, X, mean, rstd, gamma, dX,
                                       G if R is None else R, R is not None)
 
 
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout of A (n, m), rows from global row ``row0``; see
     ``reference.dropout_fwd``."""
-    kc._check("dropout_fwd", (A,))
+    check("dropout_fwd", (A,))
     threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, A.dtype, row0)
     n, m = A.shape
-    c = kc._Call(A)
-    grid, block = kc._config(c, "cols", n, m)
-    _kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1, row0)
+    c = Call(A)
+    grid, block = config(c, "cols", n, m)
+    kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1, row0)
 
 
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
-    kc._check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
-    kc.checks.residual_out("bias_act_drop_fwd", R, out)
+    check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
+    checks.residual_out("bias_act_drop_fwd", R, out)
     drop, resid = p > 0, R is not None
     threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, A.dtype,
                                                       row0)
     if not (drop or resid):
-        kc.bias_act_fwd(act, A, b, Z, alpha)
+        bias_act_fwd(act, A, b, Z, alpha)
         return
     n, m = A.shape
-    c = kc._Call(A)
-    grid, block = kc._config(c, "cols", n, m)
-    _kernel(f"bias_act_drop_fwd_{act}_{int(drop)}{int(resid)}", A.dtype)(
+    c = Call(A)
+    grid, block = config(c, "cols", n, m)
+    kernel(f"bias_act_drop_fwd_{act}_{int(drop)}{int(resid)}", A.dtype)(
         c, grid, block, A, b, A if Z is None else Z, Z is not None, A.dtype.type(alpha),
         threshold, scale, k0, k1, R if resid else A, out if resid else A, row0)
 
@@ -322,21 +285,16 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
-    kc._check("act_drop_bwd", (act, G, A, Z, dZ, db))
+    check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
         Z = A
     threshold, scale, inv, k0, k1, row0 = _dropout_args("act_drop_bwd", p, key, G.dtype, row0)
     n, m = G.shape
-    c = kc._Call(G)
-    grid, block = kc._config(c, "cols", n, m)
-    _kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, c.scratch(grid[1] * m),
+    c = Call(G)
+    grid, block = config(c, "cols", n, m)
+    kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, c.scratch(grid[1] * m),
                                             c.counters(grid[0]), db, G.dtype.type(alpha),
                                             threshold, scale, inv, k0, k1, row0)
 
-
-# imported before cuda.py had finished (cuda.py imports this module near its end): the table
-# there must still get these kernels, not the reference fallback
-for _name in __all__:
-    setattr(kc, _name, globals()[_name])

@@ -1,0 +1,72 @@
+"""Numba-CUDA kernels built from ``scalar.py``: the CUDA backend's kernel table.
+
+Same names and signatures as ``reference.py`` (read its docstrings for the contract); arrays are
+CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float64, C-contiguous.
+
+- ``device``:      libdevice math, the scalar functions as inlined device functions, block helpers;
+- ``registry``:    kernel name -> template, signature and bound globals; the per-dtype clones;
+- ``launch``:      compile once per dtype, check, marshal, launch on the current stream (``Call``);
+- ``elementwise``: activations (bias + act forward, backward with db, softmax) and losses;
+- ``optim``:       optimizer steps, ``opt_advance``, the clip scale and the L2 term;
+- ``deep``:        LayerNorm, dropout, residual add.
+"""
+
+from __future__ import annotations
+
+from devnet.kernels import table
+from devnet.kernels.cuda import elementwise as _elementwise
+from devnet.kernels.cuda import optim as _optim
+from devnet.kernels.cuda import registry
+from devnet.kernels.cuda.deep import (  # noqa: F401
+    DEEP_KERNELS,
+    act_drop_bwd,
+    bias_act_drop_fwd,
+    dropout_fwd,
+    layernorm_bwd,
+    layernorm_fwd,
+)
+from devnet.kernels.cuda.device import BLOCKS_PER_SM, NT, SIM_MAX_BLOCKS, SIMULATOR, N, S  # noqa: F401
+from devnet.kernels.cuda.elementwise import act_bwd, bias_act_fwd, softmax_xent  # noqa: F401
+from devnet.kernels.cuda.launch import (  # noqa: F401
+    DIRECT_LAUNCH_REASON,
+    DIRECT_LAUNCH_VERSIONS,
+    LOSS_RING,
+    direct_launch_refusal,
+    marshal,
+    numba_params,
+    params_difference,
+)
+from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
+
+for _name in (*table.ELEMENT_LOSSES, *table.STEPS, *table.STEP_HYPER):
+    globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
+opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty
+
+_PTX_HYPER = (*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL)
+
+
+def __getattr__(name):
+    """The PTX targets, built (every kernel cloned per dtype) only when a test asks.
+
+    ``PTX_TARGETS``: (name, plain-Python kernel, signature) of every kernel of ``elementwise``
+    and ``optim`` but the hyper steps and the advance; ``opt_clip`` is there: it reads g in its
+    dtype and keeps float32 math (only its float64 sum and hyper's load / store).
+    ``PTX_HYPER_TARGETS``: the hyper steps and ``opt_advance`` (float64 only: one dtype whatever
+    the model's). Apart: a float32 hyper step holds ``ld.f64`` / ``cvt`` (its scalars are read
+    as float64 and cast), which ``test_kernels_ptx``'s no-float64 rule for steps refuses.
+    ``DEEP_PTX_TARGETS``: the kernels of ``deep``.
+    """
+    import numpy as np
+
+    if name == "PTX_TARGETS":
+        names = [n for n in registry.SPECS if n not in _PTX_HYPER and n not in DEEP_KERNELS]
+        value = registry.ptx_targets(names)
+    elif name == "PTX_HYPER_TARGETS":
+        value = registry.ptx_targets(table.STEP_HYPER_KERNELS) + registry.ptx_targets(
+            [table.ADVANCE_KERNEL], [np.dtype(np.float64)])
+    elif name == "DEEP_PTX_TARGETS":
+        value = registry.ptx_targets(DEEP_KERNELS)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

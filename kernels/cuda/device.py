@@ -1,0 +1,233 @@
+"""What every CUDA kernel is built from: libdevice math, the scalar functions compiled as
+inlined device functions per dtype, and the block-level helpers (row and block reductions,
+column partials, the last-block ticket) the kernel templates call.
+
+``scalar.py``'s functions become ``cuda.jit(device=True, inline="always")`` device functions
+(``scalar.compiled``). ``inline="always"`` inlines them at Numba-IR level: besides saving the
+calls, that is what lets ``compile_ptx`` run without a GPU (a non-inlined device function asks
+the driver for the current device's compute capability when it is compiled).
+
+``scalar.exp`` / ``scalar.exp_f32`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast
+``2**k`` that does not compile for CUDA without a driver); the GPU gets ``math.exp`` /
+``math.log1p`` (libdevice) in their place through ``scalar.compiled``'s globals, so every caller
+of ``exp`` uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from devnet.kernels import norms, scalar
+from numba import cuda, types
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# Threads per block. 256 on a GPU (8 warps: enough to hide latency, small enough for many
+# resident blocks per SM); 32 under the simulator, which runs every thread as a Python thread.
+NT = 32 if SIMULATOR else 256
+# Blocks per SM a grid-stride kernel is given at most (H100: 132 SMs x 8 = 1056 blocks).
+BLOCKS_PER_SM = 8
+# Under the simulator a grid of at most this many blocks, so grid-stride loops wrap around.
+SIM_MAX_BLOCKS = 2
+_NEG_INF = -math.inf
+_NAN = math.nan
+
+
+# --- scalar functions, compiled as inlined device functions -------------------------------------
+
+def _gpu_exp(x):
+    return math.exp(x)  # libdevice __nv_expf for a float32 x, __nv_exp for a float64
+
+
+def _gpu_log1p(t):
+    return math.log1p(t)
+
+
+_GPU_MATH = {"exp": _gpu_exp, "exp_f32": _gpu_exp, "log1p": _gpu_log1p}
+
+
+def _device(fn):
+    """``scalar.compiled``'s decorator: libdevice exp/log1p, every function inlined."""
+    return cuda.jit(device=True, inline="always")(_GPU_MATH.get(fn.__name__, fn))
+
+
+FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+# The scalar functions per dtype (their float literals in that dtype).
+S = {dt: scalar.compiled(_device, dt) for dt in FLOAT_TYPES}
+# The reductions' scalar math (clip scale, L2 term, the hyper steps' gradient scale).
+N = {dt: norms.compiled(_device, dt) for dt in FLOAT_TYPES}
+
+
+# --- block-level helpers (inlined into the kernels) ----------------------------------------------
+
+def _row_reduce(x, is_max):
+    """Max or sum of ``x`` over threadIdx.x, per threadIdx.y; every thread gets the result.
+
+    blockDim.x must be a power of two; every thread of the block must call it (syncthreads).
+    In the kernel's dtype ``real``: a row's max and exp sum feed each element's exp.
+    """
+    sh = cuda.shared.array(NT, real)  # noqa: F821
+    tx = cuda.threadIdx.x
+    base = cuda.threadIdx.y * cuda.blockDim.x
+    cuda.syncthreads()  # earlier readers of sh are done
+    sh[base + tx] = x
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tx < s:
+            if is_max:
+                sh[base + tx] = max(sh[base + tx], sh[base + tx + s])
+            else:
+                sh[base + tx] += sh[base + tx + s]
+        cuda.syncthreads()
+        s //= 2
+    return sh[base]
+
+
+def _block_sum(x, part, slot):
+    """Sum ``x`` over the whole block (power-of-two size) into ``part[slot]`` (thread 0).
+
+    float64 in every kernel: it sums loss totals and float64 partials.
+    """
+    sh = cuda.shared.array(NT, np.float64)
+    nt = cuda.blockDim.x * cuda.blockDim.y
+    t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    sh[t] = x
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if t < s:
+            sh[t] += sh[t + s]
+        cuda.syncthreads()
+        s //= 2
+    if t == 0:
+        part[slot] = sh[0]
+
+
+def _col_partial(acc, j, m, part):
+    """Sum ``acc`` over threadIdx.y (one column j per threadIdx.x) into ``part[blockIdx.y, j]``.
+
+    ``part`` is the flat (gridDim.y, m) float64 scratch; blockDim.y a power of two. Sums in
+    the kernel's dtype ``real`` (a few rows per column), stored as float64.
+    """
+    sh = cuda.shared.array(NT, real)  # noqa: F821
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    bx = cuda.blockDim.x
+    sh[ty * bx + tx] = acc
+    cuda.syncthreads()
+    s = cuda.blockDim.y // 2
+    while s > 0:
+        if ty < s:
+            sh[ty * bx + tx] += sh[(ty + s) * bx + tx]
+        cuda.syncthreads()
+        s //= 2
+    if ty == 0 and j < m:
+        part[cuda.blockIdx.y * m + j] = sh[tx]
+
+
+def _last_block(count, slot, total):
+    """True, in every thread, in the block that is the last of ``total`` to finish here.
+
+    ``count[slot]`` is an int32 ticket counter, 0 between launches (the last block resets
+    it). Each thread fences its earlier global writes first, so the last block reads every
+    other block's partials: one launch does what a second "sum the partials" launch did.
+    """
+    flag = cuda.shared.array(1, np.int32)
+    cuda.threadfence()
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0:
+        last = cuda.atomic.add(count, slot, 1) == total - 1
+        flag[0] = 1 if last else 0
+        if last:
+            count[slot] = 0
+    cuda.syncthreads()
+    return flag[0] == 1
+
+
+def _col_finish(part, j, m, count, db):
+    """After ``col_partial``: the last row block of this column tile writes ``db[j]``."""
+    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):  # noqa: F821
+        if cuda.threadIdx.y == 0 and j < m:
+            s = np.float64(0.0)  # the partials are float64
+            for r in range(cuda.gridDim.y):
+                s += part[r * m + j]
+            db[j] = s
+
+
+def _sum_finish(part, nparts, count, out):
+    """After each block's ``block_sum`` into ``part[:nparts]``: the last block writes their
+    sum to ``out[0]`` (``part[nparts]`` is its scratch slot)."""
+    if last_block(count, 0, nparts):  # noqa: F821
+        s = np.float64(0.0)
+        nt = cuda.blockDim.x * cuda.blockDim.y
+        t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        for r in range(t, nparts, nt):
+            s += part[r]
+        block_sum(s, part, nparts)  # noqa: F821
+        if t == 0:
+            out[0] = part[nparts]
+
+
+def _block_total(x, n):
+    """The float64 sum of ``x[:n]`` by the whole (1-D, power-of-two) block; every thread gets
+    it. Each block computes the same sum in the same order: no second launch, no atomics."""
+    sh = cuda.shared.array(NT, np.float64)
+    t = cuda.threadIdx.x
+    s = np.float64(0.0)
+    for i in range(t, n, cuda.blockDim.x):
+        s += x[i]
+    sh[t] = s
+    cuda.syncthreads()
+    k = cuda.blockDim.x // 2
+    while k > 0:
+        if t < k:
+            sh[t] += sh[t + k]
+        cuda.syncthreads()
+        k //= 2
+    total = sh[0]
+    cuda.syncthreads()  # every thread has read it before sh is written again
+    return total
+
+
+def _sum_last(part, nparts, count):
+    """After each block's ``block_sum`` into ``part[:nparts]``: True in (thread 0 of) the
+    last block to finish, which finds their sum in ``part[nparts]``; False elsewhere."""
+    if last_block(count, 0, nparts):  # noqa: F821
+        s = np.float64(0.0)
+        t = cuda.threadIdx.x
+        for r in range(t, nparts, cuda.blockDim.x):
+            s += part[r]
+        block_sum(s, part, nparts)  # noqa: F821
+        return t == 0
+    return False
+
+
+def _helpers(dt):
+    """The block helpers for kernels of dtype ``dt``, as inlined device functions."""
+    ns = scalar.typed_globals({**globals(), "real": dt.type}, dt)
+    helpers = {}
+    for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
+                     ("col_partial", _col_partial), ("last_block", _last_block),
+                     ("col_finish", _col_finish), ("sum_finish", _sum_finish),
+                     ("block_total", _block_total), ("sum_last", _sum_last)):
+        # later helpers call earlier ones: each sees those compiled before it
+        helpers[name] = cuda.jit(device=True, inline="always")(
+            scalar.specialise(fn, {**ns, **helpers}, dt))
+    return helpers
+
+
+def _common(dt):
+    """The globals every kernel of dtype ``dt`` is given."""
+    fns = S[dt]
+    return dict(
+        cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, _NAN=_NAN, exp_=fns.exp, log_=math.log,
+        softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
+        xent_label=fns.xent_label, xent_prob=fns.xent_prob, **_helpers(dt),
+        **vars(N[dt]), grad_in=N[dt].unscaled,
+    )
+
+
+COMMON = {dt: _common(dt) for dt in FLOAT_TYPES}
+"""dtype -> the globals every kernel template of that dtype is cloned with."""

@@ -1,0 +1,384 @@
+"""The CUDA kernels of activations and losses: bias + activation forward, its backward with
+the bias gradient, softmax, softmax cross-entropy and the element-wise losses.
+
+Same names and signatures as ``reference.py`` (read its docstrings for the contract); arrays are
+CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float64, C-contiguous.
+
+- Elementwise ops are grid-stride loops (2-D over (rows, columns) for matrices, so no
+  per-element integer division); the bias gradient is a column reduction (each block sums a
+  tile of rows per column in shared memory and writes one float64 partial per column; the
+  last block of each column tile, found with an atomic ticket after a fence, adds the
+  partials: one launch, no atomics on the data, deterministic); softmax and softmax-xent give
+  each row a row of threads of a 2-D block, reduced in shared memory; a loss value is reduced
+  the same way (per-block partials, the last block sums them) into a slot of a preallocated
+  ring (``launch.LOSS_RING``): no allocation per step.
+- Precision: every kernel is compiled per dtype from clones with their float literals typed as
+  that dtype (``scalar.specialise``), and takes its scalar arguments in that dtype, so a float32
+  kernel computes in float32 (``math.exp`` of a float32 is libdevice's ``__nv_expf``; one
+  float64 literal would turn the whole chain into f64 divides and ``__nv_exp``). What stays
+  float64 on purpose: the loss totals and the scratch partial sums (column sums of db, loss
+  values), a few adds per row or block; ``tests/test_kernels_ptx.py`` checks that nothing else
+  is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from devnet.kernels import checks, scalar, table
+from devnet.kernels.cuda.launch import Call, check, config, kernel
+from devnet.kernels.cuda.registry import SPECS, register
+from devnet.kernels.table import NEEDS_PREACTIVATION
+from numba import cuda, types
+
+from devnet.errors import DataError, lookup
+
+_NEG_INF = -math.inf
+_NAN = math.nan
+
+
+# --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
+# Globals bound per kernel: value / grad (an activation), loss (an element loss), update (an
+# optimizer); the helpers above, exp_, log_, softmax_term, softmax_grad, xent_* to all.
+
+def _bias_act_fwd(A, b, Z, keep_z, alpha):
+    # the "cols" layout of _act_bwd: no per-element integer division to recover (i, j)
+    n, m = A.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if j < m:
+        bj = b[j]
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            z = A[i, j] + bj
+            if keep_z:
+                Z[i, j] = z
+            A[i, j] = value(z, alpha)  # noqa: F821
+
+
+def _act_bwd(G, A, Z, dZ, part, count, db, alpha):
+    # 2-D blocks: threadIdx.x a column of a tile of blockDim.x columns (coalesced rows),
+    # threadIdx.y strides over rows; one partial column sum per (row block, column), summed
+    # into db by the tile's last row block
+    n, m = G.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    acc = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            d = G[i, j] * grad(A[i, j], Z[i, j], alpha)  # noqa: F821
+            dZ[i, j] = d
+            acc += d
+    col_partial(acc, j, m, part)  # noqa: F821
+    col_finish(part, j, m, count, db)  # noqa: F821
+
+
+def _col_partials(X, part, count, db):
+    # db = column sums of X, as in _act_bwd (softmax's db after its row pass)
+    n, m = X.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    acc = 0.0
+    if j < m:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            acc += X[i, j]
+    col_partial(acc, j, m, part)  # noqa: F821
+    col_finish(part, j, m, count, db)  # noqa: F821
+
+
+# Row kernels: block (tx, ty) = (a power of two >= the row length or NT, NT // that); thread row
+# ty of block b handles rows b * ty_count + ty, grid-stride; the loop bounds are the same for all
+# threads of a block, so every thread reaches every syncthreads.
+
+def _softmax_fwd(A, b, Z, keep_z, alpha):
+    n, k = A.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        if i < n:
+            for j in range(tx, k, bx):
+                z = A[i, j] + b[j]
+                if keep_z:
+                    Z[i, j] = z
+                A[i, j] = z
+                mx = max(mx, z)
+        mx = row_reduce(mx, True)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                e = softmax_term(A[i, j], mx)  # noqa: F821
+                A[i, j] = e
+                s += e
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            r = 1.0 / s
+            for j in range(tx, k, bx):
+                A[i, j] = A[i, j] * r
+
+
+def _softmax_bwd_rows(G, A, dZ):
+    n, k = G.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        ga = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                ga += G[i, j] * A[i, j]
+        ga = row_reduce(ga, False)  # noqa: F821
+        if i < n:
+            for j in range(tx, k, bx):
+                dZ[i, j] = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
+
+
+def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
+    n, k = L.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    total = np.float64(0.0)  # loss totals in float64 whatever the dtype
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        if i < n:
+            for j in range(tx, k, bx):
+                mx = max(mx, L[i, j])
+        mx = row_reduce(mx, True)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                s += exp_(L[i, j] - mx)  # noqa: F821
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            lse = mx + log_(s)  # noqa: F821
+            c = scale * w[i] if has_w else scale
+            t = T[i]
+            # a label outside [0, k) is never used as an index: its row's loss and gradient
+            # are NaN (as on the CPU), so the loss shows it
+            # (selected in the kernel's dtype, per element: a select on the float64 total
+            # would be float64 math in a float32 kernel)
+            ok = t >= 0 and t < k
+            row = 0.0
+            for j in range(tx, k, bx):  # grad may be L: each element read before written
+                v, d = xent_label(L[i, j], lse, j == t)  # noqa: F821
+                if not ok:
+                    v = _NAN
+                    d = _NAN
+                row += v
+                grad[i, j] = c * d
+            total += c * row
+    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
+
+
+def _xent_prob(L, T, grad, w, has_w, scale, part, count, out):
+    n, k = L.shape
+    tx = cuda.threadIdx.x
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    total = np.float64(0.0)  # loss totals in float64 whatever the dtype
+    for r0 in range(cuda.blockIdx.x * by, n, cuda.gridDim.x * by):
+        i = r0 + cuda.threadIdx.y
+        mx = _NEG_INF
+        ts = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                mx = max(mx, L[i, j])
+                ts += T[i, j]
+        mx = row_reduce(mx, True)  # noqa: F821
+        tsum = row_reduce(ts, False)  # noqa: F821
+        s = 0.0
+        if i < n:
+            for j in range(tx, k, bx):
+                s += exp_(L[i, j] - mx)  # noqa: F821
+        s = row_reduce(s, False)  # noqa: F821
+        if i < n:
+            lse = mx + log_(s)  # noqa: F821
+            c = scale * w[i] if has_w else scale
+            row = 0.0
+            for j in range(tx, k, bx):
+                v, d = xent_prob(L[i, j], lse, T[i, j], tsum)  # noqa: F821
+                row += v
+                grad[i, j] = c * d
+            total += c * row
+    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
+
+
+def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
+    # "cols" layout as _act_bwd; one partial per block, blocks numbered x-fastest
+    n, k = P.shape
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    total = np.float64(0.0)
+    if j < k:
+        step = cuda.gridDim.y * cuda.blockDim.y
+        for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
+            c = scale * w[i] if has_w else scale
+            v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
+            total += c * v
+            grad[i, j] = c * d
+    block_sum(total, part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)  # noqa: F821
+    sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)  # noqa: F821
+
+
+# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
+# by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
+
+
+# --- signatures and the registry -----------------------------------------------------------------
+# scalar arguments (alpha, scale, ...) in the arrays' type ft: a float64 would promote; part:
+# float64 partial sums; count: the int32 ticket counters of the last-block sums
+
+_PART, _COUNT = types.float64[::1], types.int32[::1]
+
+
+def _fwd(ft):
+    return (ft[:, ::1], ft[::1], ft[:, ::1], types.boolean, ft)
+
+
+def _bwd(ft):
+    return (ft[:, ::1], ft[:, ::1], ft[:, ::1], ft[:, ::1], _PART, _COUNT, ft[::1], ft)
+
+
+def _xent(labels):
+    def args(ft):
+        return (ft[:, ::1], labels or ft[:, ::1], ft[:, ::1], ft[::1], types.boolean, ft, _PART,
+                _COUNT, ft[::1])
+    return args
+
+
+def _elem_loss_args(ft):
+    return (ft[:, ::1], ft[:, ::1], ft[:, ::1], ft[::1], types.boolean, ft, ft, _PART, _COUNT,
+            ft[::1])
+
+
+for _a in scalar.ACTIVATIONS:
+    register(f"bias_act_fwd_{_a}", _bias_act_fwd, _fwd, {"value": _a})
+    register(f"act_bwd_{_a}", _act_bwd, _bwd, {"grad": f"{_a}_grad"})
+register("bias_act_fwd_softmax", _softmax_fwd, _fwd)
+register("softmax_bwd_rows", _softmax_bwd_rows, lambda ft: (ft[:, ::1],) * 3)
+register("col_partials", _col_partials, lambda ft: (ft[:, ::1], _PART, _COUNT, ft[::1]))
+register("softmax_xent_label_i32", _xent_label, _xent(types.int32[::1]))
+register("softmax_xent_label_i64", _xent_label, _xent(types.int64[::1]))
+register("softmax_xent_prob", _xent_prob, _xent(None))
+for _n, _row in table.LOSSES.items():  # the element losses of every table row
+    if _row.scalar is not None:
+        register(_n, _elem_loss, _elem_loss_args, {"loss": _row.scalar})
+
+def _check_act(table_key, act):
+    if table_key not in SPECS:
+        lookup({**{a: 0 for a in scalar.ACTIVATIONS}, "softmax": 0}, act, "activation")
+
+
+# --- the kernel table: activations ---------------------------------------------------------------
+
+def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
+    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
+
+    A: (n, m) float32/float64 matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it
+    when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise (a row per thread row).
+    """
+    name = f"bias_act_fwd_{act}"
+    _check_act(name, act)
+    check("bias_act_fwd", (act, A, b, Z))
+    n, m = A.shape
+    c = Call(A)
+    grid, block = config(c, "rows" if act == "softmax" else "cols", n, m)
+    kernel(name, A.dtype)(c, grid, block, A, b, A if Z is None else Z, Z is not None,
+                           A.dtype.type(alpha))
+
+
+def _same_buffer(a, b):
+    """True when ``a`` and ``b`` view the same elements (same start, shape and strides)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.strides != b.strides or type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return a.data.ptr == b.data.ptr
+
+
+def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
+    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one launch (softmax: two).
+
+    G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
+    dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
+    """
+    name = f"act_bwd_{act}"
+    if act != "softmax":
+        _check_act(name, act)
+    check("act_bwd", (act, G, A, Z, dZ, db))
+    if Z is None:
+        if act in NEEDS_PREACTIVATION:
+            raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")
+        Z = A
+    n, m = G.shape
+    c = Call(G)
+    dt = G.dtype
+    grid, block = config(c, "cols", n, m)
+    part = c.scratch(grid[1] * m)
+    count = c.counters(grid[0])
+    if act == "softmax":
+        rgrid, rblock = config(c, "rows", n, m)
+        kernel("softmax_bwd_rows", dt)(c, rgrid, rblock, G, A, dZ)
+        kernel("col_partials", dt)(c, grid, block, dZ, part, count, db)
+    elif act == "identity" and _same_buffer(dZ, G):
+        # dZ = G already: only the bias gradient, no identity copy of G into itself
+        kernel("col_partials", dt)(c, grid, block, G, part, count, db)
+    else:
+        kernel(name, dt)(c, grid, block, G, A, Z, dZ, part, count, db, dt.type(alpha))
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+def _weight_arg(c, weight, like):
+    # an unused stand-in of the right type when there is no weight (has_w=False)
+    return weight if weight is not None else like[0]
+
+
+def softmax_xent(logits, target, grad, weight, scale):
+    """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` as a 0-d array; writes ``grad``.
+
+    logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
+    ``logits``; weight: (n,) or None; scale: float. The value stays on the device (no sync).
+    """
+    labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight,
+                                              checks.ArrayLike, True)
+    n, k = logits.shape
+    dt = logits.dtype
+    c = Call(logits)
+    if labels:
+        name = f"softmax_xent_label_{'i32' if target.dtype == np.int32 else 'i64'}"
+    else:
+        name = "softmax_xent_prob"
+    grid, block = config(c, "rows", n, k)
+    out = c.scalar_out(dt)
+    kernel(name, dt)(c, grid, block, logits, target, grad, _weight_arg(c, weight, grad),
+                      weight is not None, dt.type(scale), c.scratch(grid[0] + 1),
+                      c.counters(1), out)
+    return out.reshape(())
+
+
+def _elem_launch(name):
+    def launch(pred, target, grad, weight, scale, param):
+        n, k = pred.shape
+        c = Call(pred)
+        grid, block = config(c, "cols", n, k)
+        out = c.scalar_out(pred.dtype)
+        real = pred.dtype.type
+        kernel(name, pred.dtype)(c, grid, block, pred, target, grad,
+                                  _weight_arg(c, weight, grad), weight is not None, real(scale),
+                                  real(param), c.scratch(grid[0] * grid[1] + 1), c.counters(1),
+                                  out)
+        return out.reshape(())
+    return launch
+
+
+for _name in table.ELEMENT_LOSSES:  # sigmoid_bce, mse, mae, huber, poisson, ...
+    globals()[_name] = checks.make_loss(_name, _elem_launch(_name), checks.ArrayLike, True)

@@ -1,0 +1,257 @@
+"""The CUDA kernels of the optimizers: the steps (by value and reading their scalars from
+``hyper``), ``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
+
+Same names and signatures as ``reference.py``. A step is one grid-stride launch over the flat
+buffers, all updated in place. The layout of ``hyper`` is ``table.hyper_layout``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from devnet.kernels import checks, norms, table
+from devnet.kernels import hyper as _hyper
+from devnet.kernels.cuda.device import N
+from devnet.kernels.cuda.launch import Call, config, kernel
+from devnet.kernels.cuda.registry import pyfunc, register
+from numba import cuda, types
+
+# --- kernel templates ----------------------------------------------------------------------------
+# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
+# by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
+# ``norms.scaled`` (g * gs, the clip's scale) in the hyper kernels' inlined copy (``step``).
+
+def _sgd(p, g, lr, wd, gs):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        p[i] = update(p[i], grad_in(g[i], gs), lr, wd)  # noqa: F821
+
+
+def _heavy_ball(p, g, buf, lr, mu, wd, gs):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, bi = update(p[i], grad_in(g[i], gs), buf[i], lr, mu, wd)  # noqa: F821
+        p[i] = pi
+        buf[i] = bi
+
+
+def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered, gs):
+    use_mom = mu > 0
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, s, mo, ga = update(  # noqa: F821
+            p[i], grad_in(g[i], gs), sq[i], mom[i] if use_mom else 0.0,  # noqa: F821
+            gavg[i] if centered else 0.0, lr, rho, mu, eps, wd, centered)
+        p[i] = pi
+        sq[i] = s
+        if use_mom:
+            mom[i] = mo
+        if centered:
+            gavg[i] = ga
+
+
+def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad, gs):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi, mi, vi, vm = update(  # noqa: F821
+            p[i], grad_in(g[i], gs), m[i], v[i], vmax[i] if amsgrad else 0.0,  # noqa: F821
+            lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad)
+        p[i] = pi
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vmax[i] = vm
+
+
+# The same steps with their scalars read from ``hyper`` (float64, ``table.hyper_layout``): the
+# by-value template above, bound as ``step`` (an inlined device function, g read scaled),
+# fed from memory. Each thread reads the slots once (``S0``, ``S1``, ...: the slot of each of
+# the row's scalars, bound as constants; ``GS`` the gradient's scale) and casts them to the
+# kernel's type, as the by-value launch casts its arguments on the host.
+
+def _sgd_hyper(p, g, hyper):
+    step(p, g, real(hyper[S0]), real(hyper[S1]), real(hyper[GS]))  # noqa: F821
+
+
+def _heavy_ball_hyper(p, g, buf, hyper):
+    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
+         real(hyper[GS]))  # noqa: F821
+
+
+def _rmsprop_hyper(p, g, sq, mom, gavg, hyper, centered, has_mom):
+    # without a mom buffer (p stands in for it) momentum is off whatever hyper holds
+    mu = real(hyper[S2]) if has_mom else real(0.0)  # noqa: F821
+    step(p, g, sq, mom, gavg, real(hyper[S0]), real(hyper[S1]), mu,  # noqa: F821
+         real(hyper[S3]), real(hyper[S4]), centered, real(hyper[GS]))  # noqa: F821
+
+
+def _adam_hyper(p, g, m, v, vmax, hyper, amsgrad):
+    step(p, g, m, v, vmax, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
+         real(hyper[S3]), real(hyper[S4]), real(hyper[S5]), real(hyper[S6]),  # noqa: F821
+         amsgrad, real(hyper[GS]))  # noqa: F821
+
+
+# --- reductions over the flat buffers: the clip scale and scikit-learn's L2 term ---------------
+# One launch each: a grid-stride pass summing squares in float64 per thread, block partials,
+# the last block finishing the sum (``sum_last``) and the scalar math (norms.py, kernel dtype).
+
+def _opt_clip(g, hyper, part, count):
+    acc = np.float64(0.0)
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        gi = np.float64(g[i])  # squared in float64: a float32 g of 2e19 squares past its range
+        acc += gi * gi
+    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
+    if sum_last(part, cuda.gridDim.x, count):  # noqa: F821
+        sq = part[cuda.gridDim.x]
+        top = np.float64(1.0)
+        # only a float64 g (see norms.clip_scale); one thread: a diverging run's rare case
+        if WIDE and sq == np.inf:  # noqa: F821
+            sq, top = unit_sq(g)  # noqa: F821
+        hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821
+
+
+def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, counter, out):
+    sw = np.float64(count)
+    if has_w:  # the batch's weight sum, by every block alike: no other launch, no host sync
+        sw = block_total(w, w.size)  # noqa: F821
+    coef = l2_coef(alpha, real(sw))  # noqa: F821
+    acc = np.float64(0.0)
+    n = p.size
+    prev = 0
+    for s in range(spans.shape[0]):
+        lo, hi = span_bounds(spans[s, 0], spans[s, 1], prev, n)  # noqa: F821
+        prev = hi
+        for i in range(lo + cuda.grid(1), hi, cuda.gridsize(1)):
+            pi = p[i]
+            g[i] = l2_grad(pi, g[i], coef)  # noqa: F821
+            acc += np.float64(pi * pi)
+    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
+    if sum_last(part, cuda.gridDim.x, counter):  # noqa: F821
+        out[0] = l2_value(value[0], value_scale, alpha, real(part[cuda.gridDim.x]),  # noqa: F821
+                          real(sw))  # noqa: F821
+
+
+# --- signatures and the registry -----------------------------------------------------------------
+# Scalar arguments in the arrays' type ft (a float64 would promote); the by-value steps' last
+# one is gs (1, unused by value; the hyper kernels pass hyper's). The hyper steps and the
+# advance read their scalars from a float64 array, whatever ft.
+
+_H8, _PART, _COUNT, _B1 = types.float64[::1], types.float64[::1], types.int32[::1], types.boolean
+
+
+def _a1(ft, n):
+    return (ft[::1],) * n
+
+
+_ARGS = {
+    "sgd": lambda ft: (*_a1(ft, 2), ft, ft, ft),
+    "heavy_ball": lambda ft: (*_a1(ft, 3), ft, ft, ft, ft),
+    "rmsprop": lambda ft: (*_a1(ft, 5), ft, ft, ft, ft, ft, _B1, ft),
+    "adam": lambda ft: (*_a1(ft, 5), ft, ft, ft, ft, ft, ft, ft, _B1, ft),
+    "sgd_hyper": lambda ft: (*_a1(ft, 2), _H8),
+    "heavy_ball_hyper": lambda ft: (*_a1(ft, 3), _H8),
+    "rmsprop_hyper": lambda ft: (*_a1(ft, 5), _H8, _B1, _B1),
+    "adam_hyper": lambda ft: (*_a1(ft, 5), _H8, _B1),
+    "advance": lambda ft: (_H8, types.float64[:, ::1]),
+    "clip": lambda ft: (ft[::1], _H8, _PART, _COUNT),
+    "l2": lambda ft: (ft[::1], ft[::1], types.int64[:, ::1], ft, ft[::1], _B1, ft, ft[::1], ft,
+                      _PART, _COUNT, ft[::1]),
+}
+_STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
+_HYPER_TEMPLATES = {"sgd": _sgd_hyper, "heavy_ball": _heavy_ball_hyper,
+                    "rmsprop": _rmsprop_hyper, "adam": _adam_hyper}
+# what the compiled code depends on beyond scalar.py, in the cache names: norms.py's hash where
+# its functions are inlined, the slots of hyper where they are baked in (Numba's disk cache
+# watches only the file a kernel is defined in)
+_NORMS_TAG = norms.SOURCE_TAG + "_"
+_HYPER_TAG = _hyper.LAYOUT_TAG + "_" + "".join(
+    "".join(map(str, table.hyper_slots(s))) for s in table.STEPS) + "_"
+
+
+def _hyper_globals(step_name):
+    def extra(dt):
+        slots = {f"S{k}": s for k, s in enumerate(table.hyper_slots(step_name))}
+        step = pyfunc(step_name, dt, grad_in=N[dt].scaled)
+        return {"real": dt.type, **slots, "GS": table.HYPER_GSCALE,
+                "step": cuda.jit(device=True, inline="always")(step)}
+    return extra
+
+
+def _reduction_globals(dt):
+    f8 = np.dtype(np.float64)
+    return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
+            # float64 for every dtype, and the rescaled sum for float64 g: see norms.clip_scale
+            "clip_scale": N[f8].clip_scale, "unit_sq": N[f8].unit_sq, "WIDE": dt == np.float64}
+
+
+for _n, _row in table.STEPS.items():
+    register(_n, _STEP_TEMPLATES[_row.template], _ARGS[_row.template],
+             {"update": _row.update}, tag=_NORMS_TAG)
+for _n, _s in table.STEP_HYPER.items():
+    _t = table.STEPS[_s].template
+    register(_n, _HYPER_TEMPLATES[_t], _ARGS[f"{_t}_hyper"], extra=_hyper_globals(_s),
+             tag=_HYPER_TAG + _NORMS_TAG)
+register(table.ADVANCE_KERNEL, _hyper.opt_advance, _ARGS["advance"], tag=_HYPER_TAG)
+register(table.CLIP_KERNEL, _opt_clip, _ARGS["clip"], extra=_reduction_globals,
+         tag=_HYPER_TAG + _NORMS_TAG)
+register(table.L2_KERNEL, _l2_penalty, _ARGS["l2"], extra=_reduction_globals, tag=_NORMS_TAG)
+
+
+# --- the kernel table: optimizer steps, one launch over the flat buffers, all updated in place --
+
+def _step_launch(name):
+    def launch(arrays, floats, flags):
+        p = arrays[0]
+        c = Call(p)
+        grid, block = config(c, "flat", p.size)
+        real = p.dtype.type  # float scalars in p's dtype (the kernel's signature)
+        kernel(name, p.dtype)(c, grid, block, *arrays, *[real(f) for f in floats], *flags,
+                               real(1.0))  # gs: unused by value (unscaled)
+    return launch
+
+
+for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
+    globals()[_name] = checks.make_step(_name, _step_launch(_name), checks.ArrayLike, True)
+
+
+def _step_hyper_launch(name):
+    def launch(arrays, hyper, flags, present):
+        p = arrays[0]
+        c = Call(p)
+        grid, block = config(c, "flat", p.size)
+        kernel(name, p.dtype)(c, grid, block, *arrays, hyper, *flags, *present)
+    return launch
+
+
+for _name in table.STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
+    globals()[_name] = checks.make_step_hyper(_name, _step_hyper_launch(_name),
+                                              checks.ArrayLike, True)
+
+_ONE_THREAD = ((1, 1, 1), (1, 1, 1))
+
+
+def _advance_launch(hyper, table_):
+    kernel(table.ADVANCE_KERNEL, np.float64)(Call(hyper), *_ONE_THREAD, hyper, table_)
+
+
+opt_advance = checks.make_advance(_advance_launch, checks.ArrayLike)
+
+
+def _clip_launch(g, hyper):
+    c = Call(g)
+    grid, block = config(c, "flat", g.size)
+    kernel(table.CLIP_KERNEL, g.dtype)(c, grid, block, g, hyper, c.scratch(grid[0] + 1),
+                                        c.counters(1))
+
+
+def _l2_launch(p, g, spans, alpha, weight, count, value, value_scale):
+    c = Call(p)
+    dt = p.dtype
+    grid, block = config(c, "flat", p.size)
+    out = c.scalar_out(dt)
+    real = dt.type
+    kernel(table.L2_KERNEL, dt)(c, grid, block, p, g, spans, real(alpha),
+                                 p if weight is None else weight, weight is not None,
+                                 real(count), value.reshape(1), real(value_scale),
+                                 c.scratch(grid[0] + 1), c.counters(1), out)
+    return out.reshape(())
+
+
+opt_clip = checks.make_clip(_clip_launch, checks.ArrayLike, True)
+l2_penalty = checks.make_l2(_l2_launch, checks.ArrayLike, True, device_value=True)
+l2_penalty = checks.make_l2(_l2_launch, checks.ArrayLike, True, device_value=True)

@@ -1,0 +1,64 @@
+"""The CUDA kernel registry: kernel name -> template, signature and the globals it is cloned with.
+
+Each kernel module (``elementwise``, ``optim``, ``deep``) registers its kernels here when it is
+imported; ``launch.Kernel`` compiles one from its name and dtype. A kernel is a plain-Python
+template cloned per dtype with its scalar functions bound as globals (as ``cpu.py`` does): one
+specialised kernel per activation, loss and optimizer, its float literals typed as the dtype
+(``scalar.specialise``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from devnet.kernels import scalar
+from devnet.kernels.cuda.device import COMMON, FLOAT_TYPES, S
+from numba import types
+
+
+class Spec(NamedTuple):
+    """How kernel ``name`` is built."""
+
+    template: Callable
+    args: Callable  # float type -> the Numba types of its arguments
+    funcs: dict  # global -> the name (str) of a scalar function of ``S[dtype]``, or a constant
+    extra: Callable | None = None  # dtype -> more globals
+    tag: str = ""  # what its compiled code depends on beyond scalar.py (Numba's disk cache)
+
+
+SPECS: dict[str, Spec] = {}
+
+
+def register(name, template, args, funcs=None, extra=None, tag=""):
+    SPECS[name] = Spec(template, args, funcs or {}, extra, tag)
+
+
+def signature(name, ft):
+    """The one signature kernel ``name`` is compiled for, with float type ``ft``."""
+    return types.void(*SPECS[name].args(ft))
+
+
+def pyfunc(name, dtype, **override):
+    """The plain-Python kernel ``name`` for ``dtype``: its template cloned with its functions
+    as globals and its float literals in ``dtype`` (``scalar.specialise``); ``override``:
+    globals to bind instead (the hyper kernels' ``step`` reads g scaled)."""
+    dt = np.dtype(dtype)
+    spec = SPECS[name]
+    fns = S[dt]
+    bound = {g: getattr(fns, f) if isinstance(f, str) else f for g, f in spec.funcs.items()}
+    extra = spec.extra(dt) if spec.extra is not None else {}
+    ns = scalar.typed_globals(
+        {**spec.template.__globals__, **COMMON[dt], **bound, **extra, **override}, dt)
+    fn = scalar.specialise(spec.template, ns, dt)
+    # the name carries the dtype (the clones share their bytecode) and scalar.py's hash: Numba's
+    # disk cache then recompiles when it changes (and when what ``tag`` stands for does)
+    fn.__qualname__ = f"{name}_{dt.name}_{spec.tag}{scalar.SOURCE_TAG}"
+    return fn
+
+
+def ptx_targets(names, dtypes=None):
+    """(label, plain-Python kernel, signature) of each kernel of ``names`` for each dtype."""
+    return [(f"{name}[{dt.name}]", pyfunc(name, dt), signature(name, FLOAT_TYPES[dt]))
+            for name in names for dt in (dtypes or FLOAT_TYPES)]
