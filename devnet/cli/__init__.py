@@ -30,13 +30,12 @@ from devnet.cli.config import (
     validate_config,
 )
 from devnet.cli.evaluate import cmd_eval, cmd_predict
-from devnet.cli.runfolder import LAST, history_figure, plot_history
+from devnet.cli.runfolder import LAST, history_figure
 from devnet.cli.train import cmd_train
 from devnet.errors import ConfigError, DataError, DevnetError
 
 __all__ = ["CONFIG_SCHEMA", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "UsageError", "build_parser",
-           "cmd_eval", "cmd_info", "cmd_predict", "cmd_train", "history_figure", "main",
-           "plot_history", "validate_config"]
+           "history_figure", "main", "validate_config"]
 
 
 def cmd_info(args) -> int:
@@ -118,7 +117,7 @@ def _split_forwarded(argv: list[str]) -> tuple[list[str], list[str] | None]:
         i += 1
     if i < len(argv) and argv[i] in _FORWARDED:
         rest = argv[i + 1:]
-        if rest[:1] == ["--"]:  # the old spelling: devnet bench -- ARGS
+        if rest[:1] == ["--"]:  # devnet bench -- ARGS works too
             rest = rest[1:]
         return argv[:i + 1], rest
     return argv, None

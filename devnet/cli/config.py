@@ -200,12 +200,11 @@ def _extra_args(section: str, name: str) -> dict[str, inspect.Parameter]:
     """Keyword arguments the named optimizer / schedule takes beyond the fixed keys."""
     from devnet import optim
 
-    if section == "optimizer":
-        fn = optim.OPTIMIZERS[name].__init__
-        skip = {"self", "params", "lr"}
-    else:
+    if section == "schedule":
         return optim.schedules.named_args(name)
-    return {k: p for k, p in inspect.signature(fn).parameters.items() if k not in skip}
+    # the class's signature: an optimizer's __init__ may take *args and declare its own
+    params = inspect.signature(optim.OPTIMIZERS[name]).parameters
+    return {k: p for k, p in params.items() if k not in ("params", "lr")}
 
 
 def validate_config(raw: dict) -> dict:

@@ -67,8 +67,8 @@ def split_source(spec: str, X: np.ndarray) -> dict:
 
     digest = hashlib.sha256()
     if spec in data_mod.DATASETS:
-        # float64, whatever dtype the model reads: the hash runs recorded before the loaders
-        # returned float32 (the bundled features are float32 values, so this is exact)
+        # float64 whatever dtype the model reads, so that one run folder's hash holds for
+        # every dtype (the bundled features are float32 values: this is exact)
         X = np.ascontiguousarray(X, dtype=np.float64)
         digest.update(f"{X.dtype.str} {X.shape}".encode())
         digest.update(X.tobytes())

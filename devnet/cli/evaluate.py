@@ -63,7 +63,7 @@ def _eval_data(args, run, model, with_target=True):
         raise UsageError("give --data (no run.json next to the checkpoint names a dataset)")
     target_column = data_cfg.get("target_column", -1)
     task = run.get("task")
-    if task is None:  # a run from before tasks were recorded: its loss tells
+    if task is None:  # a run that recorded no task: its loss tells
         loss = args.loss or run.get("loss")
         task = loss_task(loss) if loss else "auto"
     header = csv_header(data_cfg)

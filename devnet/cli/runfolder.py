@@ -34,6 +34,7 @@ def run_extra(values: dict) -> dict:
 
 
 def save_api():
+    """devnet.io, or a DevnetError saying why it failed to import."""
     try:
         from devnet import io as dn_io
     except ImportError as exc:
@@ -258,21 +259,19 @@ class RunFolder:
             with contextlib.suppress(Exception):
                 done = int(save_api().read_metadata(last)["train_state"]["epoch"])
         if not self.root:  # rank 0 says what is on disk; the other ranks only that they stop
-            print("devnet: interrupted", file=sys.stderr)
-            return 130
-        if self.replacing:  # what is on disk is the previous run's, as it was
-            print(f"devnet: interrupted before training started; the run in {str(self.out)!r} "
-                  "was left as it was", file=sys.stderr)
-            return 130
-        if done is None:
+            why = ""
+        elif self.replacing:  # the previous run's files are untouched
+            why = (f" before training started; the run in {str(self.out)!r} was left as it "
+                   "was")
+        elif done is None:
             self.discard()
-            print("devnet: interrupted before the first epoch finished: nothing to resume",
-                  file=sys.stderr)
-            return 130
-        argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
-        of = f" of {self.epochs}" if self.epochs else ""
-        print(f"devnet: interrupted after epoch {done}{of}; resume with: "
-              f"{shlex.join(['devnet', *argv, '--resume'])}", file=sys.stderr)
+            why = " before the first epoch finished: nothing to resume"
+        else:
+            argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
+            of = f" of {self.epochs}" if self.epochs else ""
+            why = (f" after epoch {done}{of}; resume with: "
+                   f"{shlex.join(['devnet', *argv, '--resume'])}")
+        print(f"devnet: interrupted{why}", file=sys.stderr)
         return 130
 
 
