@@ -6,24 +6,26 @@ inputs unless the caller passes ``checked=True``, which ``fit`` does after check
 data set once (``devnet.validation``): the checks cost a few passes over the batch and, on a
 GPU, a synchronisation, which a training step must not pay.
 
-(Just over 400 lines: each loss's target rules and its checks live beside it.)
+A loss declares the kind of target it takes (``TARGETS``: any finite values, values in
+[0, 1], values >= 0, or class labels / probabilities); the checks of each kind are written
+once, here, and ``devnet.validation`` runs the same value rules at fit's data edge.
 """
 
 from __future__ import annotations
 
 import inspect
-import numbers
 
 import numpy as np
 
+from devnet import validation
 from devnet.backend import backend_of
 from devnet.backend.host import detach
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels.reference import get_xp
+from devnet.validation import TARGETS, bounds, cast, class_labels_or_probs, class_target
 
 # Prediction dtypes the fused kernels compute in; ``loss(...)`` also takes float16 (widened).
 PRED_DTYPES = ("float32", "float64")
-_SHOWN = 5  # bad labels named in an error message
 
 
 def _as_array(name: str, a, xp):
@@ -47,29 +49,9 @@ def _real(name: str, a):
                         f"{a.dtype}")
 
 
-def _cast(a, dtype):
-    """``a`` as ``dtype``; values beyond its range become inf, which the caller reports."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return a.astype(dtype, copy=False)
-
-
-def _bounds(a) -> tuple[float, float]:
-    """(min, max) of a non-empty array as Python floats: one host read (sync) for both."""
-    lo, hi = get_xp(a).stack((a.min(), a.max())).tolist()
-    return float(lo), float(hi)
-
-
 def _finite(name: str, a, xp, what: str = "") -> None:
     if a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
         raise DataError(f"{name} contains NaN or Inf{what}; expected finite numbers")
-
-
-def _label_list(xp, labels) -> str:
-    """Up to ``_SHOWN`` distinct values of ``labels`` (a device array), for a message."""
-    values = np.unique(np.asarray(labels.get() if hasattr(labels, "get") else labels))
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
-                      for v in values[:_SHOWN].tolist())
-    return shown + (f", ... ({len(values)} distinct)" if len(values) > _SHOWN else "")
 
 
 def _normalised_weights(w, dtype, xp):
@@ -93,12 +75,14 @@ class Loss:
         link: the activation mapping the model's raw outputs to predictions
             (``softmax`` / ``sigmoid`` for the fused classification losses, else identity).
         classification: True when targets are class labels / probabilities.
+        target: the kind of target it takes (``TARGETS``), which decides the checks.
     """
 
     name = "loss"
     kernel = ""
     link = "identity"
     classification = False
+    target = "real"
 
     def params(self) -> dict:
         """Hyper-parameters passed to the kernel after ``scale`` (e.g. huber's delta)."""
@@ -113,6 +97,8 @@ class Loss:
 
     def check_target(self, pred, target):
         """``target`` shaped for the kernel (a view), or a DataError naming the problem."""
+        if self.target == "classes":
+            return class_target(pred, target)
         if target.shape == pred.shape:
             return target
         if target.ndim == 1 and pred.ndim == 2 and pred.shape == (target.shape[0], 1):
@@ -121,22 +107,25 @@ class Loss:
                         f"{tuple(pred.shape)}, got {tuple(target.shape)}")
 
     def check_values(self, target, dtype, name: str = "targets") -> None:
-        """A DataError unless the finite ``target``, shaped for the kernel, obeys this loss's
-        value rules (poisson: >= 0; ...). The one place each rule lives: the unchecked door
+        """A DataError unless ``target``, shaped for the kernel, obeys the value rule of this
+        loss's target kind (``TARGETS``). The one place each rule lives: the unchecked door
         (``prepare_target``) and fit / evaluate's data edge (``validation.check_y``) both run
         it. dtype: the dtype the loss computes in (tolerances); name: the argument, for the
-        message. The base version (regression) has no rule beyond finiteness.
+        message.
         """
+        TARGETS[self.target].values(self.name, target, dtype, name)
 
     def prepare_target(self, pred, target, xp):
-        """``target`` checked (values too) and converted to what the kernel takes.
-
-        The base version (regression): real numbers shaped like ``pred``, finite in its dtype.
-        """
+        """``target`` checked (values too) and converted to what the kernel takes: real
+        numbers shaped like ``pred`` in its dtype (class labels: int64), obeying the kind's
+        value rule."""
         _real(f"{self.name} target", target)
-        target = _cast(self.check_target(pred, target), pred.dtype)
-        _finite(f"{self.name} target", target, xp,
-                f" (or values beyond the range of {pred.dtype})")
+        if self.target == "classes":
+            return class_labels_or_probs(pred, target, xp)
+        target = cast(self.check_target(pred, target), pred.dtype)
+        if not TARGETS[self.target].bounded:
+            _finite(f"{self.name} target", target, xp,
+                    f" (or values beyond the range of {pred.dtype})")
         self.check_values(target, pred.dtype)
         return target
 
@@ -211,9 +200,10 @@ class Loss:
         xp = get_xp(pred)
         self._check_arrays(pred, None if not checked else target, grad,
                            None if not checked else sample_weight, xp)
-        if not checked:
+        if checked:
+            target = self.check_target(pred, target)
+        else:  # shaped for the kernel by the value checks
             target, sample_weight = self._check_values(pred, target, sample_weight, xp)
-        target = self.check_target(pred, target)
         w = None
         if sample_weight is not None:
             w = _normalised_weights(sample_weight, pred.dtype, xp)
@@ -258,7 +248,7 @@ def _check_weights(w, n: int, xp):
                         f"{tuple(w.shape)}")
     _real("sample_weight", w)
     w = w.astype(xp.float64, copy=False)
-    lo, hi = _bounds(w)  # NaN propagates into both
+    lo, hi = bounds(w)  # NaN propagates into both
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise DataError("sample_weight contains NaN or Inf; expected finite weights >= 0")
     if lo < 0:
@@ -287,10 +277,7 @@ class Huber(Loss):
     name, kernel = "huber", "huber"
 
     def __init__(self, delta: float = 1.0):
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) \
-                or not np.isfinite(delta) or delta <= 0:
-            raise ConfigError(f"huber delta must be a finite number > 0, got {delta!r}")
-        self.delta = float(delta)
+        self.delta = validation.positive_number("huber delta", delta)
 
     def params(self) -> dict:
         return {"delta": self.delta}
@@ -306,89 +293,10 @@ class CrossEntropy(Loss):
     """Softmax cross-entropy from logits; targets: integer labels (n,) or probabilities (n, k)."""
 
     name, kernel, link, classification = "cross_entropy", "softmax_xent", "softmax", True
+    target = "classes"
 
     def _scale(self, pred) -> float:
         return 1.0 / pred.shape[0]
-
-    @staticmethod
-    def _check_classes(k: int) -> None:
-        # a softmax over one column is 1 whatever the logit: loss 0, gradient 0, nothing is
-        # ever learnt, silently
-        if k < 2:
-            raise DataError(f"cross_entropy needs at least 2 prediction columns (one per "
-                            f"class), got {k}; for one output use binary_cross_entropy "
-                            "(0/1 targets) or build the model with one output per class")
-
-    def check_target(self, pred, target):
-        n, k = pred.shape
-        self._check_classes(k)
-        if target.ndim == 1 and target.shape[0] == n and target.dtype.kind in "iu":
-            return target
-        if target.shape == (n, k) and target.dtype.kind == "f":
-            return target
-        raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
-                        f"probabilities of shape ({n}, {k}), got {target.dtype} "
-                        f"{tuple(target.shape)}")
-
-    def check_values(self, target, dtype, name: str = "targets") -> None:
-        """Class probabilities (n, k): in [0, 1], each row summing to 1 within
-        ``sqrt(eps)`` of ``dtype`` (scikit-learn's ``log_loss`` tolerance). A row that does
-        not is no distribution: an all-zero row would score loss 0 and teach nothing.
-        Labels (1-D) are checked by ``prepare_target`` / ``devnet.task``."""
-        if target.ndim != 2:
-            return
-        lo, hi = _bounds(target)
-        if not (0 <= lo and hi <= 1):  # also False for NaN
-            raise DataError(f"cross_entropy class probabilities in {name} must be finite and "
-                            f"in [0, 1], got values in [{lo:g}, {hi:g}]")
-        xp = get_xp(target)
-        sums = target.sum(axis=1, dtype=xp.float64)
-        tol = float(np.sqrt(np.finfo(dtype).eps))
-        bad = xp.abs(sums - 1) > tol
-        n_bad = int(bad.sum())
-        if n_bad:
-            i = int(xp.argmax(bad))
-            raise DataError(f"cross_entropy class probabilities in {name} must sum to 1 in "
-                            f"every row (within {tol:.1e}), got {n_bad} row(s) that do not, "
-                            f"first row {i} summing to {float(sums[i]):g}; normalise the "
-                            "rows (y / y.sum(axis=1, keepdims=True)) or pass integer class "
-                            "labels")
-
-    def prepare_target(self, pred, target, xp):
-        """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
-        probabilities: (n, k) finite, in [0, 1], in pred's dtype."""
-        n, k = pred.shape
-        self._check_classes(k)
-        _real("cross_entropy target", target)
-        if target.ndim == 2 and target.shape == (n, 1) and k > 1:
-            target = target.reshape(n)
-        if target.ndim == 2 and target.shape == (n, k):
-            probs = _cast(target, pred.dtype)
-            self.check_values(probs, pred.dtype)
-            return probs
-        if target.ndim != 1 or target.shape[0] != n:
-            raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
-                            f"probabilities of shape ({n}, {k}), got shape "
-                            f"{tuple(target.shape)}")
-        if target.dtype.kind == "b":
-            raise DataError("cross_entropy needs integer class labels 0..k-1, got bool; use "
-                            "binary_cross_entropy for 0/1 targets of one output")
-        lo, hi = _bounds(target)
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise DataError("cross_entropy labels contain NaN or Inf; expected integer class "
-                            f"labels 0..{k - 1}")
-        if lo < 0 or hi >= k:
-            bad = target[(target < 0) | (target >= k)]
-            raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
-                            f"for predictions with {k} columns; got out-of-range label(s) "
-                            f"{_label_list(xp, bad)}")
-        labels = target.astype(xp.int64, copy=False)  # in range now: no overflow
-        if target.dtype.kind == "f":
-            frac = labels != target
-            if bool(frac.any()):
-                raise DataError(f"cross_entropy labels must be whole numbers (class indices "
-                                f"0..{k - 1}), got {_label_list(xp, target[frac])}")
-        return labels
 
 
 class BinaryCrossEntropy(Loss):
@@ -396,20 +304,7 @@ class BinaryCrossEntropy(Loss):
 
     name, kernel, link, classification = ("binary_cross_entropy", "sigmoid_bce", "sigmoid",
                                           True)
-
-    def check_values(self, target, dtype, name: str = "targets") -> None:
-        """0/1 labels or probabilities: every value in [0, 1]."""
-        lo, hi = _bounds(target)
-        if not (0 <= lo and hi <= 1):  # also False for NaN
-            raise DataError(f"binary_cross_entropy needs {name} in [0, 1] (0/1 labels or "
-                            f"probabilities), got values in [{lo:g}, {hi:g}]")
-
-    def prepare_target(self, pred, target, xp):
-        """0/1 labels or probabilities shaped like ``pred``, in [0, 1], in pred's dtype."""
-        _real("binary_cross_entropy target", target)
-        target = _cast(self.check_target(pred, target), pred.dtype)
-        self.check_values(target, pred.dtype)
-        return target
+    target = "unit"
 
 
 class Poisson(Loss):
@@ -419,15 +314,7 @@ class Poisson(Loss):
     scikit-learn's ``MLPRegressor(loss="poisson")``; targets: counts or rates ``t >= 0``.
     """
 
-    name, kernel, link = "poisson", "poisson", "exp"
-
-    def check_values(self, target, dtype, name: str = "targets") -> None:
-        """Counts or rates: every value >= 0 (the deviance's log(t) needs it)."""
-        lo = float(target.min())
-        if lo < 0:
-            raise DataError(f"poisson targets must be >= 0 (counts or rates), got a minimum "
-                            f"of {lo:g} in {name}; use a regression loss such as mse for "
-                            "targets that can be negative")
+    name, kernel, link, target = "poisson", "poisson", "exp", "non_negative"
 
 
 LOSSES = {

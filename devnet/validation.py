@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from devnet.backend.host import to_numpy
 from devnet.errors import ConfigError, DataError
+from devnet.kernels.reference import get_xp
 from devnet.task import check_class_labels
 
 # Largest integer every integer up to which a float type represents exactly.
@@ -262,7 +264,7 @@ def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.nd
                         f"{n} rows, {name} has {arr.shape[0]}")
     _finite(name, arr)
     k = model.n_out
-    if loss.name == "cross_entropy":
+    if loss.target == "classes":
         arr = _labels_or_probs(arr, n, k, name)
         if arr.ndim == 2:  # probabilities; labels were checked by devnet.task's rule
             loss.check_values(arr, model.dtype, name)
@@ -273,7 +275,7 @@ def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.nd
         raise DataError(f"{loss.name} needs {name} of shape ({n}, {k}) (or ({n},) for one "
                         f"output) to match the model's {k} output(s), got {arr.shape}")
     loss.check_values(arr, model.dtype, name)  # the loss's own rules: poisson >= 0, ...
-    if loss.name == "binary_cross_entropy" and arr.dtype.kind in "biu":
+    if loss.target == "unit" and arr.dtype.kind in "biu":
         # 0/1 labels: exact in any float, nothing to warn about
         return np.ascontiguousarray(arr, dtype=model.dtype)
     return to_dtype(name, arr, model.dtype)
@@ -348,3 +350,148 @@ def check_model(model) -> None:
     needed = ("forward", "backward", "params", "grads", "n_in", "n_out", "dtype", "backend")
     if not all(hasattr(model, a) for a in needed):
         raise ConfigError(f"model must be a devnet.MLP, got {type(model).__name__}")
+
+
+# --- targets, by the kind a loss declares (``devnet.losses``: ``Loss.target``) ----------------
+# Device-generic (NumPy or CuPy): the losses' unchecked door runs them on a batch where it
+# lives, fit's data edge (``check_y``) on the host.
+
+_SHOWN = 5  # bad labels named in an error message
+
+
+def cast(a, dtype):
+    """``a`` as ``dtype``; values beyond its range become inf, which the caller reports."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return a.astype(dtype, copy=False)
+
+
+def bounds(a) -> tuple[float, float]:
+    """(min, max) of a non-empty array as Python floats: one host read (sync) for both."""
+    lo, hi = get_xp(a).stack((a.min(), a.max())).tolist()
+    return float(lo), float(hi)
+
+
+def _label_list(xp, labels) -> str:
+    """Up to ``_SHOWN`` distinct values of ``labels`` (a device array), for a message."""
+    values = np.unique(np.asarray(labels.get() if hasattr(labels, "get") else labels))
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                      for v in values[:_SHOWN].tolist())
+    return shown + (f", ... ({len(values)} distinct)" if len(values) > _SHOWN else "")
+
+
+def _class_count(k: int) -> None:
+    # a softmax over one column is 1 whatever the logit: loss 0, gradient 0, nothing is ever
+    # learnt, silently
+    if k < 2:
+        raise DataError(f"cross_entropy needs at least 2 prediction columns (one per class), "
+                        f"got {k}; for one output use binary_cross_entropy (0/1 targets) or "
+                        "build the model with one output per class")
+
+
+def class_target(pred, target):
+    """``target`` for predictions ``pred`` (n, k) as the softmax kernel takes it: (n,) integer
+    labels or (n, k) float probabilities; a DataError otherwise."""
+    n, k = pred.shape
+    _class_count(k)
+    if target.ndim == 1 and target.shape[0] == n and target.dtype.kind in "iu":
+        return target
+    if target.shape == (n, k) and target.dtype.kind == "f":
+        return target
+    raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
+                    f"probabilities of shape ({n}, {k}), got {target.dtype} "
+                    f"{tuple(target.shape)}")
+
+
+def class_labels_or_probs(pred, target, xp):
+    """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
+    probabilities: (n, k) finite, in [0, 1], rows summing to 1, in pred's dtype."""
+    n, k = pred.shape
+    _class_count(k)
+    if target.ndim == 2 and target.shape == (n, 1) and k > 1:
+        target = target.reshape(n)
+    if target.ndim == 2 and target.shape == (n, k):
+        probs = cast(target, pred.dtype)
+        _class_values("cross_entropy", probs, pred.dtype)
+        return probs
+    if target.ndim != 1 or target.shape[0] != n:
+        raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
+                        f"probabilities of shape ({n}, {k}), got shape {tuple(target.shape)}")
+    if target.dtype.kind == "b":
+        raise DataError("cross_entropy needs integer class labels 0..k-1, got bool; use "
+                        "binary_cross_entropy for 0/1 targets of one output")
+    lo, hi = bounds(target)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError("cross_entropy labels contain NaN or Inf; expected integer class "
+                        f"labels 0..{k - 1}")
+    if lo < 0 or hi >= k:
+        bad = target[(target < 0) | (target >= k)]
+        raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
+                        f"for predictions with {k} columns; got out-of-range label(s) "
+                        f"{_label_list(xp, bad)}")
+    labels = target.astype(xp.int64, copy=False)  # in range now: no overflow
+    if target.dtype.kind == "f":
+        frac = labels != target
+        if bool(frac.any()):
+            raise DataError(f"cross_entropy labels must be whole numbers (class indices "
+                            f"0..{k - 1}), got {_label_list(xp, target[frac])}")
+    return labels
+
+
+def _any_values(loss: str, target, dtype, name: str) -> None:
+    """Regression targets: no rule beyond finiteness."""
+
+
+def _unit_values(loss: str, target, dtype, name: str) -> None:
+    """0/1 labels or probabilities: every value in [0, 1]."""
+    lo, hi = bounds(target)
+    if not (0 <= lo and hi <= 1):  # also False for NaN
+        raise DataError(f"{loss} needs {name} in [0, 1] (0/1 labels or probabilities), got "
+                        f"values in [{lo:g}, {hi:g}]")
+
+
+def _non_negative_values(loss: str, target, dtype, name: str) -> None:
+    """Counts or rates: every value >= 0 (a deviance's log(t) needs it)."""
+    lo = float(target.min())
+    if lo < 0:
+        raise DataError(f"{loss} targets must be >= 0 (counts or rates), got a minimum of "
+                        f"{lo:g} in {name}; use a regression loss such as mse for targets "
+                        "that can be negative")
+
+
+def _class_values(loss: str, target, dtype, name: str = "targets") -> None:
+    """Class probabilities (n, k): in [0, 1], each row summing to 1 within ``sqrt(eps)`` of
+    ``dtype`` (scikit-learn's ``log_loss`` tolerance). A row that does not is no
+    distribution: an all-zero row would score loss 0 and teach nothing. Labels (1-D) are
+    checked by ``class_labels_or_probs`` / ``devnet.task``."""
+    if target.ndim != 2:
+        return
+    lo, hi = bounds(target)
+    if not (0 <= lo and hi <= 1):  # also False for NaN
+        raise DataError(f"{loss} class probabilities in {name} must be finite and in [0, 1], "
+                        f"got values in [{lo:g}, {hi:g}]")
+    xp = get_xp(target)
+    sums = target.sum(axis=1, dtype=xp.float64)
+    tol = float(np.sqrt(np.finfo(dtype).eps))
+    bad = xp.abs(sums - 1) > tol
+    n_bad = int(bad.sum())
+    if n_bad:
+        i = int(xp.argmax(bad))
+        raise DataError(f"{loss} class probabilities in {name} must sum to 1 in every row "
+                        f"(within {tol:.1e}), got {n_bad} row(s) that do not, first row {i} "
+                        f"summing to {float(sums[i]):g}; normalise the rows "
+                        "(y / y.sum(axis=1, keepdims=True)) or pass integer class labels")
+
+
+class TargetKind(NamedTuple):
+    """What a loss asks of its targets."""
+
+    values: object  #: the value rule: (loss name, target, dtype, argument name) -> None
+    bounded: bool  #: the value rule refuses NaN and Inf itself (no separate finiteness check)
+
+
+TARGETS = {
+    "real": TargetKind(_any_values, False),
+    "unit": TargetKind(_unit_values, True),
+    "non_negative": TargetKind(_non_negative_values, False),
+    "classes": TargetKind(_class_values, True),
+}
