@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import inspect
 import math
-import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,17 +19,12 @@ import numpy as np
 from devnet.errors import CheckpointError, ConfigError
 from devnet.train.history import Callback
 from devnet.train.plot import GRAD_NORM, UPDATE_RATIO, plot_gradient_flow  # noqa: F401 (re-export)
-from devnet.validation import flag, positive_int
+from devnet.validation import count, flag, positive_int, real
 
 # GradientFlow and plot_gradient_flow join __all__ once devnet/__init__.py re-exports them
 __all__ = ["CSVLogger", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
 
 _MAX_METRICS = ("accuracy", "r2")  # metrics where larger is better
-
-
-def _real(value) -> bool:
-    """A real number, NumPy scalars included; bools are not numbers here."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _path(who: str, path) -> str:
@@ -66,7 +60,7 @@ class _Improvement:
                               f"'val_loss', 'val_accuracy'), got {monitor!r}")
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
-        if not (_real(min_delta) and math.isfinite(min_delta) and min_delta >= 0):
+        if not (real(min_delta) and min_delta >= 0):
             raise ConfigError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -89,10 +83,7 @@ class EarlyStopping(Callback):
                  restore_best: bool = True, mode: str = "auto"):
         self.tracker = _Improvement(monitor, mode, min_delta)
         self.monitor = monitor
-        if isinstance(patience, (bool, np.bool_)) or not isinstance(patience, numbers.Integral) \
-                or patience < 0:
-            raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
-        self.patience = int(patience)
+        self.patience = count("patience", patience)
         self.restore_best = flag("restore_best", restore_best)
         self.wait = 0
         self.best_epoch: int | None = None
@@ -210,7 +201,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         opt = self.trainer.optimizer
         lr = self.fn(epoch, opt.lr)
-        if not _real(lr) or not math.isfinite(lr) or lr <= 0:
+        if not real(lr) or lr <= 0:
             raise ConfigError(f"LearningRateScheduler function returned lr={lr!r} at epoch "
                               f"{epoch}; expected a finite number > 0")
         opt.schedule = None

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
-
-import numpy as np
 
 from devnet.errors import ConfigError, lookup
+from devnet.validation import real
 
 
 def _rate(name: str, value, *, allow_zero: bool = False, most: float | None = None) -> float:
     """A finite float > 0 (>= 0 with ``allow_zero``; <= ``most``); NumPy scalars accepted."""
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-          and math.isfinite(value))
-    if not ok or value < 0 or (value == 0 and not allow_zero) or (most is not None
+    if not real(value) or value < 0 or (value == 0 and not allow_zero) or (most is not None
                                                                   and value > most):
         bound = ">= 0" if allow_zero else "> 0"
         bound += f" and <= {most:g}" if most is not None else ""
@@ -29,9 +25,7 @@ def _rate(name: str, value, *, allow_zero: bool = False, most: float | None = No
 
 def _count(name: str, value) -> int:
     """A whole number of steps >= 1 (5, np.int64(5), 5.0); 0.5 or 2.5 is a ConfigError."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
-        and math.isfinite(value) and value == int(value) and value >= 1
-    if not ok:
+    if not (real(value) and value == int(value) and value >= 1):
         raise ConfigError(f"{name} must be a whole number of steps >= 1, got {value!r}")
     return int(value)
 
