@@ -525,7 +525,8 @@ class MLP:
         if self._n is None:
             raise DataError("backward() called before forward(): there is no forward pass to "
                             "backpropagate through; call model.forward(X) on the batch first")
-        validation.flag("input_grad", input_grad)
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise ConfigError(f"input_grad must be True or False, got {input_grad!r}")
         n = self._n
         dY = self._as_grad(dY, n)
         work = self._work[n]
@@ -816,7 +817,8 @@ def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
 
 
 def _check_training(training, step, row0=0) -> bool:
-    validation.flag("training", training)
+    if not isinstance(training, (bool, np.bool_)):
+        raise ConfigError(f"training must be True or False, got {training!r}")
     if not (_is_int(step) and step >= 0):
         raise ConfigError(f"step must be a non-negative integer (the optimizer step that keys "
                           f"the dropout masks), got {step!r}")
