@@ -217,3 +217,35 @@ def test_schedule_growing_past_float_range_is_a_clear_error_not_overflow(rng):
     with pytest.raises(dn.ConfigError, match="schedule Exponential"):
         dn.fit(model, X, y, loss="mse", optimizer="sgd", lr=fast, epochs=9, batch_size=8,
                guard=False, progress=False)
+
+
+def test_optimizer_surface_follows_its_hyper_declarations(rng):
+    import inspect
+
+    from devnet.optim.optimizers import Hyper
+
+    model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu")
+    for cls in dn.optim.OPTIMIZERS.values():
+        names = [h.name for h in cls.hypers]
+        assert all(isinstance(h, Hyper) for h in cls.hypers)
+        assert list(inspect.signature(cls).parameters) == ["params", "lr", *names]
+        values = {h.name: h.default for h in cls.hypers}
+        opt = cls(model, lr=float(rng.uniform(0.01, 0.1)))
+        hyper = opt.hyperparameters()
+        assert list(hyper) == names
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()} == values
+        assert opt.state_dict()["hyperparameters"] == hyper
+        assert all(f"{k}={v!r}" in repr(opt) for k, v in hyper.items())
+
+
+def test_an_optimizer_class_that_does_not_cover_its_kernel_row_is_refused():
+    from devnet.optim.optimizers import CLIP_NORM, WEIGHT_DECAY, Optimizer
+
+    class Partial(Optimizer):  # RMSProp's kernel without rho, eps, momentum, centered
+        name, kernel, lr_default = "partial", "rmsprop_step", 0.01
+        hypers = (WEIGHT_DECAY, CLIP_NORM)
+        buffers = {"sq": "square_avg"}
+
+    model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu")
+    with pytest.raises(TypeError, match=r"Partial declares nothing for \['rho', 'mu', 'eps'"):
+        Partial(model)

@@ -188,13 +188,19 @@ class Optimizer:
         self.kernel = self._kernel()
         row = kernel_table.STEPS[self.kernel]
         gates = self._kernel_values()
+        self._layout = kernel_table.hyper_layout(self.kernel)
+        self._columns = kernel_table.hyper_columns(self.kernel)
+        constant = self._layout[kernel_table.HYPER_STEPWISE0 + len(self._columns):]
+        undeclared = [*(s for s in (*constant, *row.flags) if s not in gates),
+                      *(b for b in row.buffers[1:] if b not in self.buffers)]
+        if undeclared:  # a class that does not match its kernel's row
+            raise TypeError(f"{type(self).__name__} declares nothing for {undeclared} of "
+                            f"kernel {self.kernel!r} (hypers' slots, buffers)")
         self.state = {self.buffers[b]: self.backend.zeros(params.data.shape, params.data.dtype)
                       for b in row.buffers[1:] if gates.get(row.optional.get(b), True)}
         self._launch = (self.kernel + "_hyper", tuple(self.buffers[b] for b in row.buffers[1:]),
                         tuple(gates[f] for f in row.flags))
         # the device copy: hyper and the table of per-step scalars in one float64 buffer
-        self._layout = kernel_table.hyper_layout(self.kernel)
-        self._columns = kernel_table.hyper_columns(self.kernel)
         size = len(self._layout)
         self._device = self.backend.zeros(size + TABLE_ROWS * len(self._columns), np.float64)
         self.hyper = self._device[:size]
