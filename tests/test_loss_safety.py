@@ -446,3 +446,25 @@ def test_weighted_losses_match_the_definition(name, rng):
     value, grad = loss(p, t, w)
     assert value == pytest.approx(expected, rel=1e-10)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-9, atol=1e-14)
+
+
+def test_a_loss_is_checked_by_the_target_kind_it_declares(rng):
+    from devnet.losses import TARGETS
+    from devnet.validation import check_y
+
+    assert all(cls.target in TARGETS for cls in LOSSES.values())
+
+    class Counts(dn.losses.MSE):  # squared error on counts: the kind brings poisson's rule
+        name, target = "counts", "non_negative"
+
+    loss, n = Counts(), int(rng.integers(3, 9))
+    pred = rng.standard_normal((n, 2))
+    negative = np.abs(rng.standard_normal((n, 2)))
+    negative[rng.integers(n), rng.integers(2)] = -1.5
+    with pytest.raises(dn.DataError, match="counts targets must be >= 0.*minimum of -1.5"):
+        loss(pred, negative)
+    model = dn.MLP([3, 2], backend="cpu", dtype="float64")
+    with pytest.raises(dn.DataError, match="counts targets must be >= 0"):
+        check_y(model, loss, negative, n)
+    value, grad = loss(pred, np.abs(negative))
+    assert np.isfinite(value) and np.isfinite(grad).all()
