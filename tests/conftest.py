@@ -26,7 +26,15 @@ def backend(request):
     return dn.get_backend(request.param)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    # make test-source picks the simulator passes by marker: a kernelsim test that is not also
+    # cudasim would land in the plain pass, and be skipped there without a word
+    stray = [item.nodeid for item in items
+             if item.get_closest_marker("kernelsim") and not item.get_closest_marker("cudasim")]
+    if stray:
+        raise pytest.UsageError(f"{', '.join(stray)}: marked kernelsim but not cudasim; "
+                                "mark it cudasim too")
     reason = cuda_backend.unavailable_reason()
     if reason is None:
         return
