@@ -18,7 +18,6 @@ from devnet.errors import ConfigError
 pytestmark = [
     pytest.mark.cudasim,
     pytest.mark.kernelsim,  # the kernels alone: make test-source's NUMBA_ENABLE_CUDASIM pass
-    pytest.mark.kernelsim,  # the kernels alone: make test-source's NUMBA_ENABLE_CUDASIM pass
     pytest.mark.skipif(
         os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
         reason="CUDA simulator tests need NUMBA_ENABLE_CUDASIM=1 set before numba is imported "
