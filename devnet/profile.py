@@ -112,41 +112,21 @@ def _nb(*arrays) -> int:
     return sum(int(a.nbytes) for a in arrays if hasattr(a, "nbytes"))
 
 
-_STEPS = frozenset(table.STEP_KERNELS + table.STEP_HYPER_KERNELS)
+# the array argument that names a kernel's layer (the recorder's view of that name), by kernel;
+# other kernels: loss or optimizer
+_LAYER_ARG = {"bias_act_fwd": "b", "bias_act_drop_fwd": "b", "act_bwd": "db",
+              "act_drop_bwd": "db", "layernorm_fwd": "gamma", "layernorm_bwd": "dgamma"}
+_OPTIMIZER_KERNELS = frozenset((*table.STEP_KERNELS, *table.STEP_HYPER_KERNELS,
+                                table.ADVANCE_KERNEL, table.CLIP_KERNEL, table.L2_KERNEL))
 
 
-def _kernel_bytes(name: str, args: tuple) -> int:
-    """Minimal bytes a kernel moves: each operand read once, outputs written (in place: both)."""
-    if name == "bias_act_fwd":
-        _, A, b, Z = (args + (None,))[:4]
-        return 2 * _nb(A) + _nb(b, Z)
-    if name in ("act_bwd", "act_drop_bwd"):
-        _, G, A, Z, dZ, db = args[:6]
-        return _nb(G, A, dZ, db) + (_nb(Z) if Z is not None and Z is not A else 0)
-    if name == "bias_act_drop_fwd":  # as bias_act_fwd, plus the residual input and its sum
-        _, A, b, Z = args[:4]
-        return 2 * _nb(A) + _nb(b, Z) + _nb(*args[7:9])
-    if name == "dropout_fwd":  # A scaled in place
-        return 2 * _nb(args[0])
-    if name in ("layernorm_fwd", "layernorm_bwd", table.CLIP_KERNEL):
-        return _nb(*args)  # each operand read or written once
-    if name == table.L2_KERNEL:  # p read, g read and written, the weights read
-        return _nb(args[0]) + 2 * _nb(args[1]) + _nb(args[4])
-    if name in _STEPS:  # p, g, state...: everything but g (and hyper) is read and written
-        arrays = [a for a in args if hasattr(a, "nbytes")]
-        if name in table.STEP_HYPER_KERNELS:
-            arrays = arrays[:-1]  # the few scalars in ``hyper``
-        return 2 * _nb(*arrays) - _nb(arrays[1])
-    if name == table.ADVANCE_KERNEL:  # hyper, and the one row of the table it copies from
-        hyper, steps = args[:2]
-        return _nb(hyper) + (steps.itemsize * steps.shape[-1] if hasattr(steps, "shape") else 0)
-    return _nb(*args[:4])  # losses: pred, target, grad, weight
-
-# the array argument that names a kernel's layer, by kernel; other kernels: loss or optimizer
-_LAYER_ARG = {"bias_act_fwd": ("b", 2), "bias_act_drop_fwd": ("b", 2), "act_bwd": ("db", 5),
-              "act_drop_bwd": ("db", 5), "layernorm_fwd": ("gamma", 1),
-              "layernorm_bwd": ("dgamma", 6)}
-_OPTIMIZER_KERNELS = _STEPS | {table.ADVANCE_KERNEL, table.CLIP_KERNEL, table.L2_KERNEL}
+def _argument(name: str, arg: str, args: tuple, kwargs: dict):
+    """Argument ``arg`` of a call to kernel ``name``, positional or by keyword (declared order:
+    ``table.ENTRIES``)."""
+    if arg in kwargs:
+        return kwargs[arg]
+    pos = [p.name for p in table.ENTRIES[name]].index(arg)
+    return args[pos] if pos < len(args) else None
 
 
 # --- the proxy backend --------------------------------------------------------------------------
@@ -204,10 +184,12 @@ class _Recorder:
         return self.timed(*label, nbytes, flops, real, a, b, out=out)
 
     def kernel(self, name, fn, *args, **kwargs):
-        nbytes = _kernel_bytes(name, args)
+        # minimal bytes: each operand read once, outputs written (in place: both)
+        nbytes = table.traffic(name, args, kwargs)
         if name in _LAYER_ARG:
-            view, pos = _LAYER_ARG[name]
-            layer = f"layers.{self.layer_of[view].get(id(args[pos]), '?')}"
+            arg = _LAYER_ARG[name]
+            which = self.layer_of[arg].get(id(_argument(name, arg, args, kwargs)), "?")
+            layer = f"layers.{which}"
             op = {"bias_act_fwd": f"bias+{args[0]}",
                   "bias_act_drop_fwd": f"bias+{args[0]}+dropout",
                   "act_bwd": f"{args[0]}' + bias grad",

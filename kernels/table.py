@@ -6,9 +6,11 @@
 Adding a loss or an optimizer: its scalar math in ``scalar.py``, its row here, its reference
 version and its test.
 
-``ARRAYS`` gives each entry's array arguments with symbolic shapes (checked in O(1) by
-``checks.py`` before any kernel runs: a mismatched buffer must be a DataError, never an access
-outside an array).
+``ENTRIES`` declares every entry's arguments once (name, symbolic shape, type, read / written /
+optional); generated from it: ``ARRAYS`` (the array arguments ``checks.py`` checks in O(1)
+before any kernel runs: a mismatched buffer must be a DataError, never an access outside an
+array), the profiler's byte model (``traffic``) and, through the same ``decl``, the CUDA
+kernels' signatures and parameter marshalling (``kernels/cuda/registry.py``).
 """
 
 from __future__ import annotations
@@ -91,9 +93,8 @@ STEP_KERNELS = tuple(STEPS)
 
 
 def step_argnames(name: str) -> tuple[str, ...]:
-    """The positional argument names of step kernel ``name``."""
-    row = STEPS[name]
-    return ("p", *row.buffers, *row.scalars, *row.flags)
+    """The positional argument names of step kernel ``name`` (its ``ENTRIES`` declaration)."""
+    return tuple(p.name for p in ENTRIES[name])
 
 
 # --- the same steps with their scalars in device memory (graph-ready) --------------------------
@@ -150,8 +151,7 @@ def gated_scalars(name: str) -> tuple[tuple[str, str], ...]:
 
 def step_hyper_argnames(name: str) -> tuple[str, ...]:
     """The positional argument names of hyper entry ``name`` (e.g. ``adam_step_hyper``)."""
-    row = STEPS[STEP_HYPER[name]]
-    return ("p", *row.buffers, "hyper", *row.flags)
+    return tuple(p.name for p in ENTRIES[name])
 
 
 # --- the whole table ---------------------------------------------------------------------------
@@ -172,6 +172,119 @@ KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_K
 LAYERNORM_EPS = 1e-5
 
 
+# --- argument declarations: every entry's arguments, declared once -----------------------------
+# ``Param``s in call order. What is generated from them: the O(1) checks' array specs
+# (``ARRAYS``, ``REDUCTION_ARRAYS``: positions, shapes, optional, writable), the profiler's byte
+# model (``traffic``), and, for the CUDA kernels (declared the same way in ``kernels/cuda/``),
+# their signatures and parameter marshalling.
+
+DTYPES = ("real", "f64", "i32", "i64", "label", "u64", "bool", "int", "str")
+"""Argument types: ``real`` the model's float dtype (float32 or float64, arrays and scalars
+alike); ``f64`` float64 whatever the model's; ``label`` int32 or int64 class labels; ``int``
+a Python integer; ``str`` a name (an activation)."""
+
+
+class Param(NamedTuple):
+    """One argument: name, symbolic shape (() for a scalar), type (``DTYPES``) and use.
+
+    ``read`` / ``written``: what the kernel does with an array (in place: both); ``mutable``:
+    an output may alias it, so it must be writable though the kernel itself only reads it;
+    ``optional``: may be None. ``traffic``: how the byte model counts it ("" each read and
+    each write once; "skip": a few scalars in memory, not counted; "row": one row of it read).
+    """
+
+    name: str
+    shape: tuple[str, ...]
+    dtype: str
+    read: bool
+    written: bool
+    mutable: bool
+    optional: bool
+    traffic: str = ""
+
+
+def decl(*specs: str) -> tuple[Param, ...]:
+    """Params from ``"name[shape] dtype flags"`` strings, e.g. ``"A[n,m] rw"``, ``"alpha"``,
+    ``"labels[n] label"``, ``"hyper[H] f64 r skip"``. dtype defaults to ``real``; flags
+    (letters): r read, w written, m mutable, o optional; an array without r or w is read."""
+    params = []
+    for spec in specs:
+        head, *words = spec.split()
+        name, _, shape = head.partition("[")
+        dims = tuple(shape.rstrip("]").split(",")) if shape else ()
+        dtype = next((w for w in words if w in DTYPES), "real")
+        flags = next((w for w in words if set(w) <= set("rwmo") and w not in DTYPES), "")
+        traffic = next((w for w in words if w in ("skip", "row")), "")
+        read = "r" in flags or (bool(dims) and "w" not in flags)
+        params.append(Param(name, dims, dtype, read, "w" in flags, "m" in flags, "o" in flags,
+                            traffic))
+    return tuple(params)
+
+
+def _step_decl(step: str, hyper: bool) -> tuple[Param, ...]:
+    row = STEPS[step]
+    state = tuple(f"{b}[N] rw{'o' if b in row.optional else ''}" for b in row.buffers[1:])
+    scalars = ("hyper[H] f64 r skip",) if hyper else row.scalars
+    return decl("p[N] rw", "g[N]", *state, *scalars, *(f"{f} bool" for f in row.flags))
+
+
+def _loss_decl(name: str) -> tuple[Param, ...]:
+    # target: (n, k), or (n,) labels where the row allows; ``checks.loss_args`` checks them
+    first = "pred" if LOSSES[name].scalar is not None else "logits"
+    return decl(f"{first}[n,k]", "target[n,k]", "grad[n,k] wm", "weight[n] o", "scale",
+                *(p for p, _ in LOSSES[name].params))
+
+
+ENTRIES: dict[str, tuple[Param, ...]] = {
+    "bias_act_fwd": decl("act str", "A[n,m] rw", "b[m]", "Z[n,m] wo", "alpha"),
+    "act_bwd": decl("act str", "G[n,m] rm", "A[n,m]", "Z[n,m] ro", "dZ[n,m] w", "db[m] w",
+                    "alpha"),
+    **{name: _loss_decl(name) for name in LOSSES},
+    **{name: _step_decl(name, False) for name in STEPS},
+    "layernorm_fwd": decl("X[n,m]", "gamma[m]", "beta[m]", "Y[n,m] w", "mean[n] w",
+                          "rstd[n] w", "eps"),
+    "layernorm_bwd": decl("G[n,m] rm", "X[n,m]", "mean[n]", "rstd[n]", "gamma[m]", "dX[n,m] w",
+                          "dgamma[m] w", "dbeta[m] w", "R[n,m] rmo"),
+    "dropout_fwd": decl("A[n,m] rw", "p", "key int", "row0 int"),
+    "bias_act_drop_fwd": decl("act str", "A[n,m] rw", "b[m]", "Z[n,m] wo", "alpha", "p",
+                              "key int", "R[n,m] ro", "out[n,m] wo", "row0 int"),
+    "act_drop_bwd": decl("act str", "G[n,m] rm", "A[n,m]", "Z[n,m] ro", "dZ[n,m] w", "db[m] w",
+                         "alpha", "p", "key int", "row0 int"),
+    **{name: _step_decl(step, True) for name, step in STEP_HYPER.items()},
+    # t and the stepwise slots written; one row of the table read
+    ADVANCE_KERNEL: decl("hyper[H] f64 w", "table[rows,c] f64 r row"),
+    # gscale written (the clip slot read: the same few header slots, counted once)
+    CLIP_KERNEL: decl("g[N]", "hyper[H] f64 w"),
+    L2_KERNEL: decl("p[N]", "g[N] rw", "spans[S,2] i64 r skip", "alpha", "weight[n] ro",
+                    "count int", "value[1] f64 r skip", "value_scale"),
+}
+"""Every entry of the kernel table (``KERNEL_NAMES``), its arguments in call order."""
+
+
+def traffic(name: str, args: tuple, kwargs: dict | None = None) -> int:
+    """Minimal bytes entry ``name`` moves for this call: each distinct array it reads read
+    once, each one it writes written once (in place: both), per its declaration."""
+    bound = dict(zip((p.name for p in ENTRIES[name]), args))
+    bound.update(kwargs or {})
+    seen_read: set[int] = set()
+    seen_written: set[int] = set()
+    total = 0
+    for p in ENTRIES[name]:
+        a = bound.get(p.name)
+        if not p.shape or p.traffic == "skip" or not hasattr(a, "nbytes"):
+            continue
+        if p.traffic == "row":  # one row of the last axis
+            total += a.itemsize * a.shape[-1]
+            continue
+        if p.read and id(a) not in seen_read:
+            seen_read.add(id(a))
+            total += int(a.nbytes)
+        if p.written and id(a) not in seen_written:
+            seen_written.add(id(a))
+            total += int(a.nbytes)
+    return total
+
+
 class Arg(NamedTuple):
     """An array argument: its position, name, symbolic shape and whether it may be None."""
 
@@ -182,40 +295,20 @@ class Arg(NamedTuple):
     written: bool = False
 
 
-def _args(*specs) -> tuple[Arg, ...]:
-    """``(pos, name, shape, flags)`` tuples -> Args; flags: "o" optional, "w" written."""
-    return tuple(Arg(pos, name, tuple(shape.split(",")), "o" in flags, "w" in flags)
-                 for pos, name, shape, flags in specs)
+def _arrays(name: str, dtypes=("real",)) -> tuple[Arg, ...]:
+    """The float arrays of entry ``name`` as the checks see them (written: must be writable)."""
+    return tuple(Arg(i, p.name, p.shape, p.optional, p.written or p.mutable)
+                 for i, p in enumerate(ENTRIES[name]) if p.shape and p.dtype in dtypes)
 
 
 # Array arguments of every non-loss entry (losses: ``checks.loss_args``). Shapes name sizes:
 # every argument using "n" must agree on it. Positions count from 0 (act is argument 0).
-ARRAYS = {
-    "bias_act_fwd": _args((1, "A", "n,m", "w"), (2, "b", "m", ""), (3, "Z", "n,m", "ow")),
-    "act_bwd": _args((1, "G", "n,m", "w"), (2, "A", "n,m", ""), (3, "Z", "n,m", "o"),
-                     (4, "dZ", "n,m", "w"), (5, "db", "m", "w")),
-    "layernorm_fwd": _args((0, "X", "n,m", ""), (1, "gamma", "m", ""), (2, "beta", "m", ""),
-                           (3, "Y", "n,m", "w"), (4, "mean", "n", "w"), (5, "rstd", "n", "w")),
-    "layernorm_bwd": _args((0, "G", "n,m", "w"), (1, "X", "n,m", ""), (2, "mean", "n", ""),
-                           (3, "rstd", "n", ""), (4, "gamma", "m", ""), (5, "dX", "n,m", "w"),
-                           (6, "dgamma", "m", "w"), (7, "dbeta", "m", "w"),
-                           (8, "R", "n,m", "ow")),
-    "dropout_fwd": _args((0, "A", "n,m", "w"),),
-    "bias_act_drop_fwd": _args((1, "A", "n,m", "w"), (2, "b", "m", ""), (3, "Z", "n,m", "ow"),
-                               (7, "R", "n,m", "o"), (8, "out", "n,m", "ow")),
-    "act_drop_bwd": _args((1, "G", "n,m", "w"), (2, "A", "n,m", ""), (3, "Z", "n,m", "o"),
-                          (4, "dZ", "n,m", "w"), (5, "db", "m", "w")),
-}
-for _name, _row in STEPS.items():
-    ARRAYS[_name] = _args((0, "p", "N", "w"), *(
-        (i + 1, b, "N", ("o" if b in _row.optional else "") + ("" if b == "g" else "w"))
-        for i, b in enumerate(_row.buffers)))
+ARRAYS = {name: _arrays(name) for name in ("bias_act_fwd", "act_bwd", "layernorm_fwd",
+                                           "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
+                                           "act_drop_bwd", *STEPS)}
 
 # The float arrays of the reductions, checked by ``checks.check`` like ARRAYS' entries; apart
 # because their other arguments (int64 spans, a float64 hyper array, a 1-element value) have
 # their own checks (``checks.make_l2`` / ``make_clip``), which ARRAYS' symbolic shapes do not
 # express (``tests/test_kernel_arg_checks.py`` builds calls from ARRAYS alone).
-REDUCTION_ARRAYS = {
-    L2_KERNEL: _args((0, "p", "N", ""), (1, "g", "N", "w"), (4, "weight", "n", "o")),
-    CLIP_KERNEL: _args((0, "g", "N", ""),),
-}
+REDUCTION_ARRAYS = {name: _arrays(name) for name in (L2_KERNEL, CLIP_KERNEL)}

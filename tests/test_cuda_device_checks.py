@@ -152,3 +152,21 @@ def test_marshal_refuses_an_array_of_another_device(rng):
     p = cupy_sim.asarray(rng.standard_normal(5).astype(np.float32))
     with pytest.raises(dn.DataError, match="cuda:1 was passed to a kernel launching on cuda:0"):
         kcuda.marshal(kcuda.scalar_packers(sig), (p, g, np.float32(0.1), np.float32(0)), 0)
+
+
+def test_a_kernel_is_registered_only_with_its_declared_arguments():
+    """The CUDA signatures come from each kernel's declaration: a template whose parameters
+    are not the declared ones, in order, is refused when it is registered."""
+    from devnet.kernels.cuda import registry
+    from devnet.kernels.table import decl
+
+    def template(A, b, alpha):
+        pass
+
+    with pytest.raises(TypeError, match=r"template arguments \('A', 'b', 'alpha'\) are not "
+                                        r"the declared \('A', 'alpha', 'b'\)"):
+        registry.register("misdeclared", template, decl("A[n,m] rw", "alpha", "b[m]"))
+    assert "misdeclared" not in registry.SPECS
+    sig = registry.signature("bias_act_fwd_relu", registry.FLOAT_TYPES[np.dtype(np.float32)])
+    assert [str(t) for t in sig.args] == ["array(float32, 2d, C)", "array(float32, 1d, C)",
+                                          "array(float32, 2d, C)", "bool", "float32"]

@@ -198,3 +198,47 @@ def test_checks_are_skipped_only_inside_the_models_own_passes(rng):
     A = rng.standard_normal((4, 3)).astype(np.float32)
     with pytest.raises(dn.DataError, match="'b'"):
         be.kernels.bias_act_fwd("relu", A, np.zeros(5, np.float32))
+
+
+@pytest.mark.parametrize("module_name", ["reference", "cpu"])
+def test_every_entry_takes_its_declared_arguments(module_name):
+    """``table.ENTRIES`` declares every entry of the kernel table once; each entry with an
+    explicit signature takes exactly those arguments, in that order (the checks, the byte
+    model and the CUDA signatures are generated from the declarations)."""
+    import importlib
+
+    table = _table()
+    module = importlib.import_module(f"devnet.kernels.{module_name}")
+    assert set(table.ENTRIES) == set(table.KERNEL_NAMES)
+    checked = 0
+    for name, params in table.ENTRIES.items():
+        sig = inspect.signature(getattr(module, name))
+        kinds = {p.kind for p in sig.parameters.values()}
+        if kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}:
+            continue  # a generated entry: its names come from the same table
+        assert tuple(sig.parameters) == tuple(p.name for p in params), name
+        checked += 1
+    assert checked >= 10
+
+
+def test_byte_model_counts_each_buffer_read_and_written_once(rng):
+    """The profiler's byte model from the declarations: in place counts twice, an alias of a
+    buffer already read is not read again, a step's hyper scalars are not counted."""
+    table = _table()
+    n, m = 6, 5
+    G, A, dZ = (rng.standard_normal((n, m)) for _ in range(3))
+    db = rng.standard_normal(m)
+    b = rng.standard_normal(m)
+    assert table.traffic("bias_act_fwd", ("relu", A, b, None, 0.01)) == 2 * A.nbytes + b.nbytes
+    # Z is A: read once; dZ is G: G read, then written
+    assert table.traffic("act_bwd", ("relu", G, A, A, G, db)) == \
+        2 * G.nbytes + A.nbytes + db.nbytes
+    assert table.traffic("act_bwd", ("gelu", G, A, dZ, dZ, db)) == \
+        G.nbytes + A.nbytes + 2 * dZ.nbytes + db.nbytes
+    p, g, m_, v = (rng.standard_normal(7) for _ in range(4))
+    hyper = rng.standard_normal(12)
+    assert table.traffic("adam_step_hyper", (p, g, m_, v, None, hyper, False)) == \
+        7 * p.nbytes
+    assert table.traffic("layernorm_fwd", (), dict(X=G, gamma=b, beta=b, Y=dZ, mean=db,
+                                                    rstd=db, eps=1e-5)) == \
+        2 * G.nbytes + b.nbytes + db.nbytes

@@ -16,13 +16,13 @@ Same contracts as ``reference.py``'s "deep networks" section; the CUDA kernel ta
 from __future__ import annotations
 
 import numpy as np
-from devnet.kernels import checks, scalar
+from devnet.kernels import checks, scalar, table
 from devnet.kernels.cuda.device import S
 from devnet.kernels.cuda.elementwise import bias_act_fwd
 from devnet.kernels.cuda.launch import Call, check, config, kernel
 from devnet.kernels.cuda.registry import register
-from devnet.kernels.table import NEEDS_PREACTIVATION
-from numba import cuda, types
+from devnet.kernels.table import NEEDS_PREACTIVATION, decl
+from numba import cuda
 
 from devnet.errors import ConfigError, DataError, lookup
 
@@ -158,45 +158,36 @@ def _dropout_fwd(A, threshold, scale, k0, k1, row0):
                                                     k0, k1, threshold), scale)
 
 
-# --- signatures and the registry ----------------------------------------------------------------
-# scalars in the arrays' type ft; part: float64 partial sums; count: the int32 ticket counters
-# of the last-block column sums
+# --- the registry: each kernel's arguments ------------------------------------------------------
+# scalars in the arrays' type; part: float64 partial sums; count: the int32 ticket counters of
+# the last-block column sums; the dropout mask's threshold and key halves uint64
 
-_PART, _COUNT, _B1, _U8, _I8 = types.float64[::1], types.int32[::1], types.boolean, \
-    types.uint64, types.int64
 _SCALAR_FUNCS = ("layernorm_stats", "layernorm", "layernorm_grad", "dropout", "dropout_keep")
+_MASK = ("threshold u64", "scale", "k0 u64", "k1 u64")  # then row0: where the shard's rows start
 
 
 def _extra(dt):
     return {"real": dt.type, **{f: getattr(S[dt], f) for f in _SCALAR_FUNCS}}
 
 
-def _drop_fwd(ft):
-    a2 = ft[:, ::1]
-    return (a2, ft[::1], a2, _B1, ft, _U8, ft, _U8, _U8, a2, a2, _I8)
-
-
-def _drop_bwd(ft):
-    a2 = ft[:, ::1]
-    return (a2, a2, a2, a2, _PART, _COUNT, ft[::1], ft, _U8, ft, ft, _U8, _U8, _I8)
-
-
-register("layernorm_fwd", _layernorm_fwd,
-         lambda ft: (ft[:, ::1], ft[::1], ft[::1], ft[:, ::1], ft[::1], ft[::1], ft),
-         extra=_extra)
+register("layernorm_fwd", _layernorm_fwd, table.ENTRIES["layernorm_fwd"], extra=_extra)
 register("layernorm_bwd_rows", _layernorm_bwd_rows,
-         lambda ft: (ft[:, ::1], ft[:, ::1], ft[::1], ft[::1], ft[::1], ft[:, ::1], ft[:, ::1],
-                     _B1), extra=_extra)
+         decl("G[n,m]", "X[n,m]", "mean[n]", "rstd[n]", "gamma[m]", "dX[n,m] w", "R[n,m]",
+              "has_r bool"), extra=_extra)
 register("layernorm_bwd_cols", _layernorm_bwd_cols,
-         lambda ft: (ft[:, ::1], ft[:, ::1], ft[::1], ft[::1], _PART, _PART, _COUNT, ft[::1],
-                     ft[::1]), extra=_extra)
-register("dropout_fwd", _dropout_fwd, lambda ft: (ft[:, ::1], _U8, ft, _U8, _U8, _I8),
-         extra=_extra)
+         decl("G[n,m]", "X[n,m]", "mean[n]", "rstd[n]", "part_g[P] f64 rw", "part_b[P] f64 rw",
+              "count[C] i32 rw", "dgamma[m] w", "dbeta[m] w"), extra=_extra)
+register("dropout_fwd", _dropout_fwd, decl("A[n,m] rw", *_MASK, "row0 i64"), extra=_extra)
+_DROP_FWD = decl("A[n,m] rw", "b[m]", "Z[n,m] w", "keep_z bool", "alpha", *_MASK, "R[n,m]",
+                 "out[n,m] w", "row0 i64")
+_DROP_BWD = decl("G[n,m]", "A[n,m]", "Z[n,m]", "dZ[n,m] w", "part[P] f64 rw", "count[C] i32 rw",
+                 "db[m] w", "alpha", "threshold u64", "scale", "inv", "k0 u64", "k1 u64",
+                 "row0 i64")
 for _a in scalar.ACTIVATIONS:
     for _drop, _resid in ((True, False), (False, True), (True, True)):
         register(f"bias_act_drop_fwd_{_a}_{int(_drop)}{int(_resid)}", _bias_act_drop_fwd,
-                 _drop_fwd, {"value": _a, "DROP": _drop, "RESID": _resid}, extra=_extra)
-    register(f"act_drop_bwd_{_a}", _act_drop_bwd, _drop_bwd, {"grad": f"{_a}_grad"},
+                 _DROP_FWD, {"value": _a, "DROP": _drop, "RESID": _resid}, extra=_extra)
+    register(f"act_drop_bwd_{_a}", _act_drop_bwd, _DROP_BWD, {"grad": f"{_a}_grad"},
              extra=_extra)
 
 DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd_rows", "layernorm_bwd_cols", "dropout_fwd",

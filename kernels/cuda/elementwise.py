@@ -29,8 +29,8 @@ import numpy as np
 from devnet.kernels import checks, scalar, table
 from devnet.kernels.cuda.launch import Call, check, config, kernel
 from devnet.kernels.cuda.registry import SPECS, register
-from devnet.kernels.table import NEEDS_PREACTIVATION
-from numba import cuda, types
+from devnet.kernels.table import NEEDS_PREACTIVATION, decl
+from numba import cuda
 
 from devnet.errors import DataError, lookup
 
@@ -230,45 +230,35 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
 # by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
 
 
-# --- signatures and the registry -----------------------------------------------------------------
-# scalar arguments (alpha, scale, ...) in the arrays' type ft: a float64 would promote; part:
-# float64 partial sums; count: the int32 ticket counters of the last-block sums
+# --- the registry: each kernel's arguments ------------------------------------------------------
+# scalars (alpha, scale, ...) in the arrays' type: a float64 would promote; part: float64
+# partial sums; count: the int32 ticket counters of the last-block sums
 
-_PART, _COUNT = types.float64[::1], types.int32[::1]
-
-
-def _fwd(ft):
-    return (ft[:, ::1], ft[::1], ft[:, ::1], types.boolean, ft)
-
-
-def _bwd(ft):
-    return (ft[:, ::1], ft[:, ::1], ft[:, ::1], ft[:, ::1], _PART, _COUNT, ft[::1], ft)
+_FWD = decl("A[n,m] rw", "b[m]", "Z[n,m] w", "keep_z bool", "alpha")
+_BWD = decl("G[n,m]", "A[n,m]", "Z[n,m]", "dZ[n,m] w", "part[P] f64 rw", "count[C] i32 rw",
+            "db[m] w", "alpha")
+_TOTAL = ("part[P] f64 rw", "count[C] i32 rw", "out[1] w")  # a loss value's reduction
 
 
-def _xent(labels):
-    def args(ft):
-        return (ft[:, ::1], labels or ft[:, ::1], ft[:, ::1], ft[::1], types.boolean, ft, _PART,
-                _COUNT, ft[::1])
-    return args
-
-
-def _elem_loss_args(ft):
-    return (ft[:, ::1], ft[:, ::1], ft[:, ::1], ft[::1], types.boolean, ft, ft, _PART, _COUNT,
-            ft[::1])
+def _xent(target):
+    return decl("L[n,k]", target, "grad[n,k] w", "w[n]", "has_w bool", "scale", *_TOTAL)
 
 
 for _a in scalar.ACTIVATIONS:
-    register(f"bias_act_fwd_{_a}", _bias_act_fwd, _fwd, {"value": _a})
-    register(f"act_bwd_{_a}", _act_bwd, _bwd, {"grad": f"{_a}_grad"})
-register("bias_act_fwd_softmax", _softmax_fwd, _fwd)
-register("softmax_bwd_rows", _softmax_bwd_rows, lambda ft: (ft[:, ::1],) * 3)
-register("col_partials", _col_partials, lambda ft: (ft[:, ::1], _PART, _COUNT, ft[::1]))
-register("softmax_xent_label_i32", _xent_label, _xent(types.int32[::1]))
-register("softmax_xent_label_i64", _xent_label, _xent(types.int64[::1]))
-register("softmax_xent_prob", _xent_prob, _xent(None))
+    register(f"bias_act_fwd_{_a}", _bias_act_fwd, _FWD, {"value": _a})
+    register(f"act_bwd_{_a}", _act_bwd, _BWD, {"grad": f"{_a}_grad"})
+register("bias_act_fwd_softmax", _softmax_fwd, _FWD)
+register("softmax_bwd_rows", _softmax_bwd_rows, decl("G[n,k]", "A[n,k]", "dZ[n,k] w"))
+register("col_partials", _col_partials,
+         decl("X[n,m]", "part[P] f64 rw", "count[C] i32 rw", "db[m] w"))
+register("softmax_xent_label_i32", _xent_label, _xent("T[n] i32"))
+register("softmax_xent_label_i64", _xent_label, _xent("T[n] i64"))
+register("softmax_xent_prob", _xent_prob, _xent("T[n,k]"))
+_ELEM_LOSS = decl("P[n,k]", "T[n,k]", "grad[n,k] w", "w[n]", "has_w bool", "scale", "delta",
+                  *_TOTAL)
 for _n, _row in table.LOSSES.items():  # the element losses of every table row
     if _row.scalar is not None:
-        register(_n, _elem_loss, _elem_loss_args, {"loss": _row.scalar})
+        register(_n, _elem_loss, _ELEM_LOSS, {"loss": _row.scalar})
 
 def _check_act(table_key, act):
     if table_key not in SPECS:

@@ -13,7 +13,8 @@ from devnet.kernels import hyper as _hyper
 from devnet.kernels.cuda.device import N
 from devnet.kernels.cuda.launch import Call, config, kernel
 from devnet.kernels.cuda.registry import pyfunc, register
-from numba import cuda, types
+from devnet.kernels.table import decl
+from numba import cuda
 
 # --- kernel templates ----------------------------------------------------------------------------
 # The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
@@ -126,32 +127,25 @@ def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, c
                           real(sw))  # noqa: F821
 
 
-# --- signatures and the registry -----------------------------------------------------------------
-# Scalar arguments in the arrays' type ft (a float64 would promote); the by-value steps' last
-# one is gs (1, unused by value; the hyper kernels pass hyper's). The hyper steps and the
-# advance read their scalars from a float64 array, whatever ft.
+# --- the registry: each kernel's arguments ------------------------------------------------------
+# A by-value step takes the entry's arguments (``table.ENTRIES``) and gs, the gradient's scale
+# (1, unused by value; the hyper kernels pass hyper's); a hyper step the entry's, with a flag
+# per buffer that only a scalar gates (RMSProp's has_mom). Scalars in the arrays' type (a
+# float64 would promote); hyper and the advance's table float64 whatever it is.
 
-_H8, _PART, _COUNT, _B1 = types.float64[::1], types.float64[::1], types.int32[::1], types.boolean
-
-
-def _a1(ft, n):
-    return (ft[::1],) * n
+_REDUCE = ("part[P] f64 rw", "count[C] i32 rw")
 
 
-_ARGS = {
-    "sgd": lambda ft: (*_a1(ft, 2), ft, ft, ft),
-    "heavy_ball": lambda ft: (*_a1(ft, 3), ft, ft, ft, ft),
-    "rmsprop": lambda ft: (*_a1(ft, 5), ft, ft, ft, ft, ft, _B1, ft),
-    "adam": lambda ft: (*_a1(ft, 5), ft, ft, ft, ft, ft, ft, ft, _B1, ft),
-    "sgd_hyper": lambda ft: (*_a1(ft, 2), _H8),
-    "heavy_ball_hyper": lambda ft: (*_a1(ft, 3), _H8),
-    "rmsprop_hyper": lambda ft: (*_a1(ft, 5), _H8, _B1, _B1),
-    "adam_hyper": lambda ft: (*_a1(ft, 5), _H8, _B1),
-    "advance": lambda ft: (_H8, types.float64[:, ::1]),
-    "clip": lambda ft: (ft[::1], _H8, _PART, _COUNT),
-    "l2": lambda ft: (ft[::1], ft[::1], types.int64[:, ::1], ft, ft[::1], _B1, ft, ft[::1], ft,
-                      _PART, _COUNT, ft[::1]),
-}
+def _step_params(name):
+    if name in table.STEP_HYPER:
+        gated = table.gated_scalars(table.STEP_HYPER[name])
+        return table.ENTRIES[name] + decl(*(f"has_{b} bool" for b, _ in gated))
+    return table.ENTRIES[name] + decl("gs")
+
+
+_CLIP = decl("g[N]", "hyper[H] f64 w", *_REDUCE)
+_L2 = decl("p[N]", "g[N] rw", "spans[S,2] i64", "alpha", "w[n]", "has_w bool", "count",
+           "value[1]", "value_scale", "part[P] f64 rw", "counter[C] i32 rw", "out[1] w")
 _STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
 _HYPER_TEMPLATES = {"sgd": _sgd_hyper, "heavy_ball": _heavy_ball_hyper,
                     "rmsprop": _rmsprop_hyper, "adam": _adam_hyper}
@@ -180,16 +174,16 @@ def _reduction_globals(dt):
 
 
 for _n, _row in table.STEPS.items():
-    register(_n, _STEP_TEMPLATES[_row.template], _ARGS[_row.template],
-             {"update": _row.update}, tag=_NORMS_TAG)
+    register(_n, _STEP_TEMPLATES[_row.template], _step_params(_n), {"update": _row.update},
+             tag=_NORMS_TAG)
 for _n, _s in table.STEP_HYPER.items():
-    _t = table.STEPS[_s].template
-    register(_n, _HYPER_TEMPLATES[_t], _ARGS[f"{_t}_hyper"], extra=_hyper_globals(_s),
-             tag=_HYPER_TAG + _NORMS_TAG)
-register(table.ADVANCE_KERNEL, _hyper.opt_advance, _ARGS["advance"], tag=_HYPER_TAG)
-register(table.CLIP_KERNEL, _opt_clip, _ARGS["clip"], extra=_reduction_globals,
+    register(_n, _HYPER_TEMPLATES[table.STEPS[_s].template], _step_params(_n),
+             extra=_hyper_globals(_s), tag=_HYPER_TAG + _NORMS_TAG)
+register(table.ADVANCE_KERNEL, _hyper.opt_advance, table.ENTRIES[table.ADVANCE_KERNEL],
+         tag=_HYPER_TAG)
+register(table.CLIP_KERNEL, _opt_clip, _CLIP, extra=_reduction_globals,
          tag=_HYPER_TAG + _NORMS_TAG)
-register(table.L2_KERNEL, _l2_penalty, _ARGS["l2"], extra=_reduction_globals, tag=_NORMS_TAG)
+register(table.L2_KERNEL, _l2_penalty, _L2, extra=_reduction_globals, tag=_NORMS_TAG)
 
 
 # --- the kernel table: optimizer steps, one launch over the flat buffers, all updated in place --

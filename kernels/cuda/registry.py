@@ -1,4 +1,4 @@
-"""The CUDA kernel registry: kernel name -> template, signature and the globals it is cloned with.
+"""The CUDA kernel registry: kernel name -> template, arguments and the globals it is cloned with.
 
 Each kernel module (``elementwise``, ``optim``, ``deep``) registers its kernels here when it is
 imported; ``launch.Kernel`` compiles one from its name and dtype. A kernel is a plain-Python
@@ -22,7 +22,7 @@ class Spec(NamedTuple):
     """How kernel ``name`` is built."""
 
     template: Callable
-    args: Callable  # float type -> the Numba types of its arguments
+    params: tuple  # its arguments (``table.Param``, ``table.decl``), in the template's order
     funcs: dict  # global -> the name (str) of a scalar function of ``S[dtype]``, or a constant
     extra: Callable | None = None  # dtype -> more globals
     tag: str = ""  # what its compiled code depends on beyond scalar.py (Numba's disk cache)
@@ -31,13 +31,32 @@ class Spec(NamedTuple):
 SPECS: dict[str, Spec] = {}
 
 
-def register(name, template, args, funcs=None, extra=None, tag=""):
-    SPECS[name] = Spec(template, args, funcs or {}, extra, tag)
+def register(name, template, params, funcs=None, extra=None, tag=""):
+    """Kernel ``name``: ``template`` with its arguments declared (``table.decl``)."""
+    code = template.__code__
+    names = code.co_varnames[:code.co_argcount]
+    if names != tuple(p.name for p in params):
+        raise TypeError(f"CUDA kernel {name}: template arguments {names} are not the declared "
+                        f"{tuple(p.name for p in params)}")
+    SPECS[name] = Spec(template, tuple(params), funcs or {}, extra, tag)
+
+
+_TYPES = {"f64": types.float64, "i32": types.int32, "i64": types.int64, "u64": types.uint64,
+          "bool": types.boolean}
+
+
+def numba_type(param, ft):
+    """The Numba type of argument ``param`` in a kernel of float type ``ft``: scalars in ft
+    (a float64 would promote the kernel's math); C-contiguous arrays."""
+    t = ft if param.dtype == "real" else _TYPES[param.dtype]
+    if not param.shape:
+        return t
+    return t[::1] if len(param.shape) == 1 else t[:, ::1]
 
 
 def signature(name, ft):
     """The one signature kernel ``name`` is compiled for, with float type ``ft``."""
-    return types.void(*SPECS[name].args(ft))
+    return types.void(*(numba_type(p, ft) for p in SPECS[name].params))
 
 
 def pyfunc(name, dtype, **override):
