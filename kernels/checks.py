@@ -15,6 +15,7 @@ import numpy as np
 from devnet.kernels.table import (
     ARRAYS,
     CLIP_KERNEL,
+    ENTRIES,
     HYPER_HEADER,
     HYPER_STEPWISE0,
     L2_KERNEL,
@@ -367,7 +368,7 @@ def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
     ``launch(p, g, spans, alpha, weight, count, value, value_scale)`` with floats.
     """
     name = L2_KERNEL
-    args = ("p", "g", "spans", "alpha", "weight", "count", "value", "value_scale")
+    args = tuple(p.name for p in ENTRIES[name])
 
     def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
         check(name, (p, g, spans, alpha, weight), array_type, contiguous)
