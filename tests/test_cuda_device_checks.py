@@ -158,6 +158,7 @@ def test_a_kernel_is_registered_only_with_its_declared_arguments():
     """The CUDA signatures come from each kernel's declaration: a template whose parameters
     are not the declared ones, in order, is refused when it is registered."""
     from devnet.kernels.cuda import registry
+    from devnet.kernels.cuda.device import FLOAT_TYPES
     from devnet.kernels.table import decl
 
     def template(A, b, alpha):
@@ -167,6 +168,6 @@ def test_a_kernel_is_registered_only_with_its_declared_arguments():
                                         r"the declared \('A', 'alpha', 'b'\)"):
         registry.register("misdeclared", template, decl("A[n,m] rw", "alpha", "b[m]"))
     assert "misdeclared" not in registry.SPECS
-    sig = registry.signature("bias_act_fwd_relu", registry.FLOAT_TYPES[np.dtype(np.float32)])
+    sig = registry.signature("bias_act_fwd_relu", FLOAT_TYPES[np.dtype(np.float32)])
     assert [str(t) for t in sig.args] == ["array(float32, 2d, C)", "array(float32, 1d, C)",
                                           "array(float32, 2d, C)", "bool", "float32"]

@@ -25,6 +25,7 @@ pytest.importorskip("numba_cuda")
 pytest.importorskip("cuda.core")
 pytest.importorskip("cupy")
 
+import _ptx_targets as ptx  # noqa: E402
 from _launch_fakes import STREAM_PTR, args_for, install  # noqa: E402
 from devnet.kernels import cuda as kcuda  # noqa: E402
 from devnet.kernels.cuda import launch, registry  # noqa: E402
@@ -43,8 +44,8 @@ pytestmark = pytest.mark.skipif(
 
 # (Kernel class, kernel name, dtype) of every kernel the package launches
 _TARGETS = [(launch.Kernel, label) for label, _, _ in
-            kcuda.PTX_TARGETS + kcuda.PTX_HYPER_TARGETS] + \
-    [(launch.Kernel, label) for label, _, _ in kcuda.DEEP_PTX_TARGETS]
+            ptx.PTX_TARGETS + ptx.PTX_HYPER_TARGETS] + \
+    [(launch.Kernel, label) for label, _, _ in ptx.DEEP_PTX_TARGETS]
 
 
 def _param_bytes(holder, params):

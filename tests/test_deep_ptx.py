@@ -23,7 +23,7 @@ except Exception as exc:  # numba-cuda missing, or its NVVM bindings broken
     pytest.skip(f"numba-cuda is not importable ({type(exc).__name__}: {exc}); install "
                 "numba-cuda[cu12] (the test extra)", allow_module_level=True)
 
-from devnet.kernels import cuda as kcuda  # noqa: E402
+import _ptx_targets as kcuda  # noqa: E402
 from test_kernels_ptx import F64_ALLOWED, f64_ops  # noqa: E402
 
 CCS = ((8, 0), (9, 0))

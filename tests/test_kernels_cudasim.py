@@ -27,11 +27,12 @@ pytestmark = [
 ]
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    import _ptx_targets as ptx
     from devnet.kernels import cuda as kcuda
     from devnet.kernels import reference, scalar
     from devnet.kernels.cuda import launch
 else:  # pragma: no cover - the module is skipped
-    kcuda = reference = scalar = launch = None
+    kcuda = reference = scalar = launch = ptx = None
 
 DTYPES = (np.float32, np.float64)
 SHAPES = ((1, 1), (1, 7), (9, 1), (33, 5), (70, 3))
@@ -228,7 +229,7 @@ def test_adam(name, amsgrad, n, dtype, rng):
 
 
 def test_ptx_targets_cover_every_kernel():
-    names = {n.split("[")[0] for n, _, _ in kcuda.PTX_TARGETS}
+    names = {n.split("[")[0] for n, _, _ in ptx.PTX_TARGETS}
     for act in scalar.ACTIVATIONS:
         assert f"bias_act_fwd_{act}" in names and f"act_bwd_{act}" in names
     for step in reference.STEP_KERNELS:
@@ -285,7 +286,7 @@ def test_opt_advance_matches_reference(rng):
 
 
 def test_hyper_targets_cover_every_step():
-    names = {n.split("[")[0] for n, _, _ in kcuda.PTX_HYPER_TARGETS}
+    names = {n.split("[")[0] for n, _, _ in ptx.PTX_HYPER_TARGETS}
     assert names == {f"{s}_hyper" for s in reference.STEP_KERNELS} | {"opt_advance"}
 
 

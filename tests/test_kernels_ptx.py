@@ -1,9 +1,10 @@
 """Every Numba-CUDA kernel compiles to PTX for compute capabilities 8.0 and 9.0, without a GPU.
 
 ``numba.cuda.compile_ptx`` needs numba-cuda (with its cu12 NVVM), not a device; this runs in the
-ordinary pytest process. The kernels and their signatures come from ``cuda.PTX_TARGETS``: each
-activation, loss and optimizer specialisation, float32 and float64. Float32 kernels are also
-checked to compute in float32: a stray float64 literal or argument shows up as ``.f64`` math.
+ordinary pytest process. The kernels and their signatures come from
+``_ptx_targets.PTX_TARGETS``: each activation, loss and optimizer specialisation, float32 and
+float64. Float32 kernels are also checked to compute in float32: a stray float64 literal or
+argument shows up as ``.f64`` math.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ except Exception as exc:  # numba-cuda missing, or its NVVM / toolkit bindings b
     pytest.skip(f"numba-cuda is not importable ({type(exc).__name__}: {exc}); install "
                 "numba-cuda[cu12] (the test extra)", allow_module_level=True)
 
-from devnet.kernels import cuda as kcuda  # noqa: E402
+import _ptx_targets as kcuda  # noqa: E402
 from devnet.kernels import reference, scalar, table  # noqa: E402
 
 CCS = ((8, 0), (9, 0))

@@ -16,9 +16,7 @@ from __future__ import annotations
 from devnet.kernels import table
 from devnet.kernels.cuda import elementwise as _elementwise
 from devnet.kernels.cuda import optim as _optim
-from devnet.kernels.cuda import registry
 from devnet.kernels.cuda.deep import (  # noqa: F401
-    DEEP_KERNELS,
     act_drop_bwd,
     bias_act_drop_fwd,
     dropout_fwd,
@@ -41,32 +39,3 @@ from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 for _name in (*table.ELEMENT_LOSSES, *table.STEPS, *table.STEP_HYPER):
     globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
 opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty
-
-_PTX_HYPER = (*table.STEP_HYPER_KERNELS, table.ADVANCE_KERNEL)
-
-
-def __getattr__(name):
-    """The PTX targets, built (every kernel cloned per dtype) only when a test asks.
-
-    ``PTX_TARGETS``: (name, plain-Python kernel, signature) of every kernel of ``elementwise``
-    and ``optim`` but the hyper steps and the advance; ``opt_clip`` is there: it reads g in its
-    dtype and keeps float32 math (only its float64 sum and hyper's load / store).
-    ``PTX_HYPER_TARGETS``: the hyper steps and ``opt_advance`` (float64 only: one dtype whatever
-    the model's). Apart: a float32 hyper step holds ``ld.f64`` / ``cvt`` (its scalars are read
-    as float64 and cast), which ``test_kernels_ptx``'s no-float64 rule for steps refuses.
-    ``DEEP_PTX_TARGETS``: the kernels of ``deep``.
-    """
-    import numpy as np
-
-    if name == "PTX_TARGETS":
-        names = [n for n in registry.SPECS if n not in _PTX_HYPER and n not in DEEP_KERNELS]
-        value = registry.ptx_targets(names)
-    elif name == "PTX_HYPER_TARGETS":
-        value = registry.ptx_targets(table.STEP_HYPER_KERNELS) + registry.ptx_targets(
-            [table.ADVANCE_KERNEL], [np.dtype(np.float64)])
-    elif name == "DEEP_PTX_TARGETS":
-        value = registry.ptx_targets(DEEP_KERNELS)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value

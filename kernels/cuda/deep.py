@@ -190,12 +190,6 @@ for _a in scalar.ACTIVATIONS:
     register(f"act_drop_bwd_{_a}", _act_drop_bwd, _DROP_BWD, {"grad": f"{_a}_grad"},
              extra=_extra)
 
-DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd_rows", "layernorm_bwd_cols", "dropout_fwd",
-                *(f"bias_act_drop_fwd_{a}_{d}{r}" for a in scalar.ACTIVATIONS
-                  for d, r in ("10", "01", "11")),
-                *(f"act_drop_bwd_{a}" for a in scalar.ACTIVATIONS))
-"""The kernels this module registers (for the PTX tests)."""
-
 
 def _dropout_args(name, p, key, dtype, row0):
     """(threshold, 1/(1-p), 1-p, k0, k1, row0) as kernel arguments; ConfigError unless

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 from devnet.kernels import scalar
-from devnet.kernels.cuda.device import COMMON, FLOAT_TYPES, S
+from devnet.kernels.cuda.device import COMMON, S
 from numba import types
 
 
@@ -75,9 +75,3 @@ def pyfunc(name, dtype, **override):
     # disk cache then recompiles when it changes (and when what ``tag`` stands for does)
     fn.__qualname__ = f"{name}_{dt.name}_{spec.tag}{scalar.SOURCE_TAG}"
     return fn
-
-
-def ptx_targets(names, dtypes=None):
-    """(label, plain-Python kernel, signature) of each kernel of ``names`` for each dtype."""
-    return [(f"{name}[{dt.name}]", pyfunc(name, dt), signature(name, FLOAT_TYPES[dt]))
-            for name in names for dt in (dtypes or FLOAT_TYPES)]
