@@ -2,7 +2,7 @@
 
 Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s rows, a ``g``
 shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
-generated or hand-written entry of ``cpu.py`` and the ``cuda`` package calls ``check`` first:
+generated or hand-written entry of ``cpu/`` and the ``cuda`` package calls ``check`` first:
 attribute reads only (no pass over the data), and a DataError naming the argument.
 """
 
@@ -157,7 +157,7 @@ def _type_names(array_type) -> str:
     return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)
 
 
-# --- entry points generated from table rows (cpu.py and cuda/ fill in the launch) ----------
+# --- entry points generated from table rows (cpu/ and cuda/ fill in the launch) ----------
 
 def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> tuple:
     try:

@@ -1,6 +1,6 @@
 """``opt_advance``: an optimizer's per-step scalars advanced on the device, one thread.
 
-One plain-Python template, compiled by ``cpu.py`` (``njit``) and ``cuda/`` (a one-thread
+One plain-Python template, compiled by ``cpu/`` (``njit``) and ``cuda/`` (a one-thread
 kernel); ``reference.opt_advance`` is its xp-generic oracle. The layout of ``hyper`` and
 ``table`` is ``table.hyper_layout`` (read that comment block first).
 """

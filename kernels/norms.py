@@ -3,7 +3,7 @@ L2 term (``l2_penalty``) and gradient-norm clipping (``opt_clip``, and the gradi
 hyper steps apply as they read g).
 
 Plain Python, compiled like ``scalar.py``'s functions (``compiled``: float literals typed per
-dtype, each function inlined) by ``cpu.py`` and ``cuda/``; ``reference.py`` runs the same
+dtype, each function inlined) by ``cpu/`` and ``cuda/``; ``reference.py`` runs the same
 functions on host floats. Apart from ``scalar.py`` so that its edits do not recompile every
 kernel: the kernels using these functions carry ``SOURCE_TAG`` in their cache names.
 
@@ -50,7 +50,7 @@ def clip_scale(sq, clip, unit):
     max|g| where ``|g|**2`` overflows); a NaN norm stays NaN (a plain ``min`` would read it as
     1, "no clipping", and hide the divergence).
 
-    Float64 whatever g's dtype (``cpu.py`` and ``cuda/`` bind the float64 copy): a float32
+    Float64 whatever g's dtype (``cpu/`` and ``cuda/`` bind the float64 copy): a float32
     gradient of norm 2e19 has a square beyond float32's range, so a float32 ``sq`` is inf,
     the scale 0 and every update skipped: the very exploding gradient clipping exists for.
     Only a float64 g (norm past 1.3e154) overflows the float64 sum: the kernels then sum the

@@ -1,6 +1,6 @@
 """xp-generic (NumPy or CuPy) versions of every fused op: the oracle kernels are tested against.
 
-Every function here has the same name and signature as its fused counterpart in ``cpu.py`` and
+Every function here has the same name and signature as its fused counterpart in ``cpu/`` and
 the ``cuda`` package. Conventions shared by all kernel tables:
 
 - matrices are C-contiguous ``(n_samples, n_features)``; dtypes float32 or float64;

@@ -1,4 +1,4 @@
-"""The scalar math of every fused op, written once; ``cpu.py`` and ``cuda/`` compile it.
+"""The scalar math of every fused op, written once; ``cpu/`` and ``cuda/`` compile it.
 
 Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops
 (``njit(inline="always")``) and CUDA grid-stride kernels (``cuda.jit(device=True)``), and they
@@ -9,7 +9,7 @@ literals (``1.0 - beta1``, ``0.5 * z``) and float globals (``_GELU_C``) turned i
 scalars, since Numba types a Python float literal as float64 and ``float32 * float64`` is
 float64: one literal would send a whole float32 kernel to float64 (4 lanes instead of 8 on the
 CPU, f64 divides and libdevice calls on the GPU). Kernels take hyper-parameters in the array's
-dtype too (cpu.py casts them on entry, cuda/ launches with them so). The source stays written
+dtype too (cpu/ casts them on entry, cuda/ launches with them so). The source stays written
 once, with ordinary literals.
 
 - activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative

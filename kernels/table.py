@@ -1,6 +1,6 @@
 """The kernel registry: every op's name, arguments and flags, as data (no math, no oracle).
 
-``cpu.py`` and ``cuda/`` generate their loss and optimizer entry points from ``LOSSES`` and
+``cpu/`` and ``cuda/`` generate their loss and optimizer entry points from ``LOSSES`` and
 ``STEPS``; every backend's kernel table holds ``KERNEL_NAMES``; production code (backends,
 ``devnet.nn``, ``devnet.losses``) reads these names from here, not from ``reference.py``.
 Adding a loss or an optimizer: its scalar math in ``scalar.py``, its row here, its reference

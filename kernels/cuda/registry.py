@@ -2,7 +2,7 @@
 
 Each kernel module (``elementwise``, ``optim``, ``deep``) registers its kernels here when it is
 imported; ``launch.Kernel`` compiles one from its name and dtype. A kernel is a plain-Python
-template cloned per dtype with its scalar functions bound as globals (as ``cpu.py`` does): one
+template cloned per dtype with its scalar functions bound as globals (as ``cpu/`` does): one
 specialised kernel per activation, loss and optimizer, its float literals typed as the dtype
 (``scalar.specialise``).
 """
