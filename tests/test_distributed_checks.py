@@ -1,7 +1,7 @@
-"""A hostile user of devnet.distributed: bad arguments, and ranks given different settings.
+"""devnet.distributed refuses bad arguments, and ranks given different settings, by name.
 
 Single-process tests use MPI's one-rank world; multi-rank tests run
-``tests/_adversarial_dist_worker.py`` under devnet's launcher in a subprocess bounded by a
+``tests/_per_rank_settings_worker.py`` under devnet's launcher in a subprocess bounded by a
 timeout (a hang fails the test), with collectives timing out after 8 s inside the job.
 """
 
@@ -24,7 +24,7 @@ from devnet.distributed import communicator as dist_comm
 from devnet.distributed import launcher as dist_launcher
 from devnet.distributed import parallel as dist_parallel
 
-WORKER = str(Path(__file__).with_name("_adversarial_dist_worker.py"))
+WORKER = str(Path(__file__).with_name("_per_rank_settings_worker.py"))
 
 
 needs_mpi = pytest.mark.skipif(_mpiexec_reason() is not None,

@@ -1,7 +1,7 @@
-"""Run by tests/test_adversarial_distributed.py under mpiexec (or alone, ``single``): a hostile
+"""Run by tests/test_distributed_checks.py under mpiexec (or alone, ``single``): a
 user's data-parallel fit, where the ranks may be given different settings.
 
-    python tests/_adversarial_dist_worker.py OUT.npz [options as JSON]
+    python tests/_per_rank_settings_worker.py OUT.npz [options as JSON]
 
 Options (JSON): n, batch_size, epochs, sizes, lr, dropout, model_seed, seed, weights (a list
 repeated to n: sample weights), val_shift (added to the validation inputs), scaling (True:
