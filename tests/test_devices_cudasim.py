@@ -1,10 +1,10 @@
-"""Adversarial review of the CUDA path on Numba's CUDA simulator and the CuPy stand-in.
+"""The CUDA path on Numba's CUDA simulator and the CuPy stand-in matches the CPU.
 
-A hostile but realistic GPU user: arrays on the other GPU, host arrays mixed into kernel calls,
+What a GPU user does: arrays on the other GPU, host arrays mixed into kernel calls,
 both feeds forced, every optimizer with clip_norm, dropout, LayerNorm/residual, checkpoints
 across devices, profile and the estimators; the CPU is the oracle (float64: ~1e-10 relative).
 
-    DEVNET_CUDA_SIMULATOR=1 python -m pytest -q -m cudasim tests/test_adversarial_cuda_sim.py
+    DEVNET_CUDA_SIMULATOR=1 python -m pytest -q -m cudasim tests/test_devices_cudasim.py
 
 The simulator runs each GPU thread in Python: the data are tiny and each fit is a few steps.
 """
@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.cudasim,
     pytest.mark.skipif(not SIM, reason="needs DEVNET_CUDA_SIMULATOR=1 set before devnet is "
                        "imported (run: DEVNET_CUDA_SIMULATOR=1 python -m pytest -m cudasim "
-                       "tests/test_adversarial_cuda_sim.py)"),
+                       "tests/test_devices_cudasim.py)"),
 ]
 
 import devnet as dn  # noqa: E402
@@ -60,7 +60,7 @@ def _fit_both(make, X, y, **kw):
     return cpu, gpu
 
 
-# --- defect: an array of another GPU went into the model as it was ----------------------------
+# --- an array on another GPU is copied to the model's GPU first ----------------------------
 
 def test_forward_with_x_on_another_gpu_copies_it_to_the_models(gpus, rng):
     """cupy.asarray returns an array of another GPU unchanged: the model's kernels then read
@@ -90,7 +90,7 @@ def test_forward_with_x_on_another_gpu_in_a_float32_model(gpus, rng):
     np.testing.assert_allclose(g0.to_numpy(out), cpu.forward(X), rtol=1e-5, atol=1e-6)
 
 
-# --- defect: a host array among device arrays crashed the launch ---------------------------------
+# --- a host array among device arrays is refused by name, before the launch ------------------
 
 def test_kernel_refuses_a_host_array_among_device_arrays(gpus, rng):
     """``a.data.device_id`` of a NumPy array (a memoryview): AttributeError from the launch."""
