@@ -7,7 +7,9 @@ import pytest
 from devnet.kernels import reference
 
 import devnet as dn
+from devnet import backend as backend_mod
 from devnet.backend import cuda as cuda_backend
+from devnet.optim import SGD
 
 NO_CUDA = cuda_backend.unavailable_reason()
 
@@ -110,3 +112,55 @@ def test_cuda_backend_roundtrip(rng):
     d = be.asarray(a, dtype="float64")
     assert be.is_array(d)
     np.testing.assert_array_equal(be.to_numpy(d), a)
+
+
+def _data(rng, n=96, n_in=5, k=3):
+    return rng.standard_normal((n, n_in)).astype("float32"), rng.integers(0, k, n)
+
+
+@pytest.mark.skipif(NO_CUDA is None, reason="a GPU is present: auto picks it")
+def test_auto_and_cpu_were_two_backends_so_to_cpu_silently_froze_training(rng, monkeypatch):
+    monkeypatch.delenv("DEVNET_DEVICE", raising=False)
+    assert dn.get_backend("auto") is dn.get_backend("cpu") is dn.get_backend(" CPU ")
+    model = dn.MLP([5, 8, 3], backend="auto", seed=0)
+    opt = SGD(model.parameters(), lr=0.1)
+    grads = model.grads
+    model.to("cpu")  # the device it is on: a no-op, not a new gradient buffer
+    assert model.grads is grads
+    X, y = _data(rng)
+    before = model.params.copy()
+    dn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=16, progress=False)
+    assert not np.array_equal(before, model.params)
+
+
+@pytest.mark.parametrize("spec", ["cuda:\u0663", "cuda:\uff11", "cuda:99999999999999999999"])
+def test_device_index_took_non_ascii_digits_and_unbounded_numbers(spec):
+    with pytest.raises(dn.ConfigError, match="valid devices: auto, cpu, cuda, cuda:N"):
+        backend_mod.parse_device(spec)
+
+
+def test_env_var_was_ignored_for_auto_spelled_in_capitals_and_not_named(monkeypatch):
+    monkeypatch.setenv("DEVNET_DEVICE", "quantum")
+    for spec in ("auto", "AUTO", " Auto ", None):
+        with pytest.raises(dn.ConfigError, match="DEVNET_DEVICE.*quantum.*valid devices"):
+            dn.get_backend(spec)
+    monkeypatch.setenv("DEVNET_DEVICE", " CPU ")
+    assert dn.get_backend("AUTO") is dn.get_backend("cpu")
+
+
+@pytest.mark.parametrize("value", [[1, 2], None, "x"])
+def test_backend_of_a_non_array_was_an_attribute_error(value):
+    with pytest.raises(dn.ConfigError, match="NumPy or CuPy array"):
+        backend_mod.backend_of(value)
+
+
+@pytest.mark.parametrize("a, dtype", [([1, 2], "bogus"), ([[1], [2, 3]], None)])
+def test_cpu_asarray_of_bad_input_was_a_raw_numpy_error(a, dtype):
+    with pytest.raises(dn.DataError, match="cannot make"):
+        dn.get_backend("cpu").asarray(a, dtype=dtype)
+
+
+@pytest.mark.parametrize("seed", [-1, "a", 1.5, True])
+def test_cpu_rng_with_a_bad_seed_was_a_raw_numpy_error(seed):
+    with pytest.raises(dn.ConfigError, match="seed must be a non-negative integer"):
+        dn.get_backend("cpu").rng(seed)

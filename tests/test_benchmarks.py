@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder of the reposi
 
 from benchmarks import baseline, bench_fusion, bench_step, env, report, timing  # noqa: E402
 from benchmarks import main as bench_main  # noqa: E402
+from devnet.optim import Adam  # noqa: E402
 from devnet.profile import ProfileReport, measure_ceilings  # noqa: E402
 from devnet.profile import main as profile_main  # noqa: E402
 
@@ -678,3 +679,102 @@ def test_deep_targets_are_graded_at_the_issues_sizes_only():
     quick = {"layernorm_vs_unfused": {**full["layernorm_vs_unfused"], "elements": 1 << 14},
              "step": {**full["step"], "sizes": [32, 64, 64, 10], "batch": 32}}
     assert report.check_targets({"deep": quick}) == []  # tiny sizes are not graded
+
+
+CEIL = {"copy_gbs": 10.0, "gemm_gflops": 10.0}  # fixed ceilings: no measuring in the tests
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"repeats": 0}, "repeats"), ({"repeats": 1.5}, "repeats"), ({"repeats": True}, "repeats"),
+    ({"warmup": -1}, "warmup"), ({"warmup": None}, "warmup"),
+    ({"ceilings": {"copy_gbs": 0.0, "gemm_gflops": 1.0}}, "copy_gbs"),
+    ({"ceilings": [1, 2]}, "ceilings must be the dict"),
+])
+def test_profile_bad_arguments_were_raw_statistics_or_zero_division_errors(kwargs, match, rng):
+    X, y = _data(rng, 16, 8)
+    model = dn.MLP([8, 16, 3], seed=0, backend="cpu")
+    kwargs = {"ceilings": CEIL, **kwargs}
+    with pytest.raises(dn.ConfigError, match=match):
+        dn.profile(model, X, y, **kwargs)
+
+
+def test_profile_timed_out_of_range_labels_and_nan_inputs_instead_of_refusing(rng):
+    X, y = _data(rng, 16, 8)
+    model = dn.MLP([8, 16, 3], seed=0, backend="cpu")
+    with pytest.raises(dn.DataError, match=r"labels.*\[0, 3\)"):
+        dn.profile(model, X, y + 3, repeats=1, ceilings=CEIL)
+    X[2, 1] = np.nan
+    with pytest.raises(dn.DataError, match="NaN"):
+        dn.profile(model, X, y, repeats=1, ceilings=CEIL)
+    with pytest.raises(dn.ConfigError, match="MLP"):
+        dn.profile(None, X, y, repeats=1, ceilings=CEIL)
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout": 0.3}, {"norm": "layernorm"},
+                                    {"block": "residual", "norm": "layernorm", "dropout": 0.2}])
+def test_profile_of_deep_options_crashed_or_booked_their_kernels_as_the_loss(kwargs, rng):
+    X, y = _data(rng, 32, 16)
+    model = dn.MLP([16, 16, 16, 3], seed=0, backend="cpu", **kwargs)
+    report = dn.profile(model, X, y, repeats=2, ceilings=CEIL)
+    assert [o.op for o in report.ops if o.layer == "loss"] == ["softmax_xent"]
+    assert not any(o.layer.endswith("?") for o in report.ops)
+    # the ops and the glue add up to the step; shares to 1
+    assert sum(o.time_s for o in report.ops) == pytest.approx(max(report.step_s, report.ops_s))
+    for o in report.ops:  # rates recomputed from the byte and flop counts
+        if o.time_s > 0:
+            assert o.gbs == pytest.approx(o.bytes / o.time_s / 1e9)
+            assert o.pct_bandwidth == pytest.approx(o.gbs / CEIL["copy_gbs"])
+    if kwargs.get("norm"):
+        ln = next(o for o in report.ops if o.op == "layernorm_fwd")
+        # X, Y (32, 16) float32; gamma, beta (16,); mean, rstd (32,)
+        assert ln.bytes == 2 * 32 * 16 * 4 + 2 * 16 * 4 + 2 * 32 * 4
+
+
+def test_profile_booked_opt_advance_as_reading_its_whole_table(rng):
+    X, y = _data(rng, 32, 8)
+    model = dn.MLP([8, 16, 3], seed=0, backend="cpu")
+    opt = Adam(model.parameters(), lr=1e-3)
+    report = dn.profile(model, X, y, optimizer=opt, repeats=1, ceilings=CEIL)
+    adv = next(o for o in report.ops if o.op == "opt_advance")
+    # the hyper array, and one row of the table (lr, bc1, bc2: float64)
+    assert adv.bytes == opt.hyper.nbytes + 3 * 8
+    step = next(o for o in report.ops if o.op == "adam_step_hyper")
+    assert step.bytes == 7 * model.params.nbytes  # p, m, v read and written; g read
+    mm = next(o for o in report.ops if o.op.startswith("forward") and o.layer == "layers.0")
+    assert mm.flops == 2 * 32 * 8 * 16 and mm.bytes == (32 * 8 + 8 * 16 + 32 * 16) * 4
+
+
+@pytest.mark.parametrize("kwargs, match", [({"dtype": "int8"}, "dtype"),
+                                           ({"copy_mb": 0}, "copy_mb"),
+                                           ({"repeats": 0}, "repeats"),
+                                           ({"gemm_n": -3}, "gemm_n")])
+def test_measure_ceilings_took_integer_dtypes_and_empty_buffers(kwargs, match):
+    with pytest.raises(dn.ConfigError, match=match):
+        measure_ceilings(dn.get_backend("cpu"), **kwargs)
+
+
+@pytest.mark.parametrize("extra, match", [(["--batch-size", "-4"], None),
+                                          (["--batch-size", "0"], None),
+                                          (["--json", "/nonexistent/dir/x.json"], "folder"),
+                                          (["--json", "."], "directory")])
+def test_profile_command_crashed_on_bad_batch_size_or_json_path(extra, match, capsys):
+    argv = ["--sizes", "8-16-3", "--repeats", "1", "--device", "cpu", *extra]
+    if match is None:
+        with pytest.raises(SystemExit) as info:
+            profile_main(argv)
+        assert info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    else:
+        with pytest.raises(dn.ConfigError, match=match):
+            profile_main(argv)
+
+
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "poisson"])
+def test_profile_command_fed_standard_normal_targets_to_any_loss(loss, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert profile_main(["--sizes", "8-16-2", "--batch-size", "16", "--repeats", "1",
+                         "--device", "cpu", "--loss", loss, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["loss"] == loss
+
+
+def _data(rng, n=96, n_in=5, k=3):
+    return rng.standard_normal((n, n_in)).astype("float32"), rng.integers(0, k, n)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import stat
 import struct
 import subprocess
 import sys
@@ -370,3 +371,43 @@ def test_longest_file_name_the_folder_allows_is_saved(tmp_path):
     dn.save(model, path)
     np.testing.assert_array_equal(dn.load(path, backend="cpu")[0].params, model.params)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_save_to_a_path_ending_in_a_separator_wrote_a_file_named_like_the_folder(tmp_path):
+    model = dn.MLP([3, 4, 2], seed=0, backend="cpu")
+    with pytest.raises(dn.CheckpointError, match="names a folder"):
+        dn.save(model, f"{tmp_path}/run/")
+    assert not (tmp_path / "run").exists()
+
+
+def test_save_over_a_symlink_replaced_the_link_not_the_file_it_points_to(tmp_path):
+    model = dn.MLP([3, 4, 2], seed=1, backend="cpu")
+    target, link = tmp_path / "run3.safetensors", tmp_path / "latest.safetensors"
+    dn.save(dn.MLP([3, 4, 2], seed=0, backend="cpu"), target)
+    link.symlink_to(target)
+    dn.save(model, link)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(dn.load(target, backend="cpu")[0].params, model.params)
+
+
+def test_save_silently_replaced_a_read_only_checkpoint(tmp_path):
+    path = tmp_path / "keep.safetensors"
+    old = dn.MLP([3, 4, 2], seed=0, backend="cpu")
+    dn.save(old, path)
+    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP)
+    try:
+        with pytest.raises(dn.CheckpointError, match="read-only"):
+            dn.save(dn.MLP([3, 4, 2], seed=1, backend="cpu"), path)
+    finally:
+        os.chmod(path, 0o644)
+    np.testing.assert_array_equal(dn.load(path, backend="cpu")[0].params, old.params)
+
+
+def test_save_with_metadata_over_the_header_limit_was_a_raw_safetensors_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = dn.MLP([3, 4, 2], seed=0, backend="cpu")
+    dn.save(model, path)
+    before = path.read_bytes()
+    with pytest.raises(dn.ConfigError, match="MiB a safetensors header holds"):
+        dn.save(model, path, extra={"blob": "x" * (101 * 2**20)})
+    assert path.read_bytes() == before

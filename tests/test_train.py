@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import devnet as dn
+from devnet.optim import SGD, Adam, AdamW, RMSProp
 
 
 def _seed(rng) -> int:
@@ -451,3 +452,107 @@ def test_fit_on_the_models_own_forward_output_trains_as_on_a_copy(which, rng):
     expected_params, expected_val_loss = run(copy_it=True)
     np.testing.assert_array_equal(params, expected_params)
     assert val_loss == expected_val_loss
+
+
+class _Record(dn.Callback):
+    """Copies of the parameters, optimizer state and step count after every step."""
+
+    def __init__(self):
+        self.states = {}
+
+    def on_train_begin(self, logs):
+        self._keep(0)
+
+    def on_batch_end(self, step, logs):
+        self._keep(step)
+
+    def _keep(self, step):
+        tr = self.trainer
+        self.states[step] = (tr.model.params.copy(),
+                             {k: v.copy() for k, v in tr.optimizer.state.items()},
+                             tr.optimizer.t)
+
+
+def _finite(state) -> bool:
+    params, buffers, _ = state
+    return bool(np.isfinite(params).all() and all(np.isfinite(b).all() for b in buffers.values()))
+
+
+def _last_good_check(states, every, steps_per_epoch, epochs):
+    """The global step of the last guard check before the first non-finite state."""
+    checks = {0} | {e * steps_per_epoch for e in range(1, epochs + 1)}
+    if every:
+        checks |= {e * steps_per_epoch + s + 1 for e in range(epochs)
+                   for s in range(steps_per_epoch - 1) if (s + 1) % every == 0}
+    first_bad = min(g for g, st in states.items() if not _finite(st))
+    return max(c for c in checks if c < first_bad)
+
+
+_OPTIMIZERS = {
+    "adam": lambda p: Adam(p, lr=1e12), "adamw": lambda p: AdamW(p, lr=1e12, weight_decay=0.1),
+    "adam_amsgrad": lambda p: Adam(p, lr=1e12, amsgrad=True),
+    "rmsprop": lambda p: RMSProp(p, lr=1e12, momentum=0.5),
+    "rmsprop_centered": lambda p: RMSProp(p, lr=1e12, centered=True),
+    "momentum": lambda p: SGD(p, lr=1e30, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+@pytest.mark.parametrize("dropout, weighted, every", [(0.0, False, 1), (0.3, True, 3),
+                                                      (0.3, False, None)])
+def test_guard_restored_a_state_with_overflowed_optimizer_state_not_the_last_finite_one(
+        name, dropout, weighted, every):
+    rng = np.random.default_rng(2)  # a fixed run that overflows mid-epoch for every case
+    X, y = _data(rng)
+    sw = rng.uniform(0.1, 3.0, len(X)) if weighted else None
+    model = dn.MLP([5, 16, 16, 3], seed=0, backend="cpu", dropout=dropout)
+    opt = _OPTIMIZERS[name](model.parameters())
+    rec = _Record()
+    with pytest.raises(dn.DivergenceError) as info:
+        dn.fit(model, X, y, optimizer=opt, epochs=3, batch_size=8, guard_every=every,
+               callbacks=[rec], sample_weight=sw, progress=False)
+    assert info.value.layer is not None and info.value.array is not None
+    params, buffers, t = rec.states[_last_good_check(rec.states, every, 12, 3)]
+    np.testing.assert_array_equal(model.params, params)  # bit for bit
+    for key, buf in buffers.items():
+        np.testing.assert_array_equal(opt.state[key], buf)
+    assert opt.t == t
+
+
+def test_guard_let_adam_train_on_with_an_infinite_second_moment(rng):
+    """A finite gradient whose square overflows made exp_avg_sq inf: the update became 0, the
+    parameters stayed finite and frozen, and fit returned as if it had trained."""
+    X, y = _data(rng)
+    model = dn.MLP([5, 16, 16, 3], seed=0, backend="cpu")
+    opt = Adam(model.parameters(), lr=1e12)
+    with pytest.raises(dn.DivergenceError):
+        dn.fit(model, X, y, optimizer=opt, epochs=3, batch_size=8, guard_every=1,
+               progress=False)
+    assert all(np.isfinite(buf).all() for buf in opt.state.values())
+
+
+class _Poison(dn.Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_batch_end(self, step, logs):
+        if step == self.at:
+            self.trainer.model.layers[1].W[0, 0] = np.nan
+
+
+def test_guard_did_not_name_a_nan_a_callback_wrote_mid_epoch(rng):
+    X, y = _data(rng)
+    model = dn.MLP([5, 8, 3], seed=0, backend="cpu")
+    opt = Adam(model.parameters(), lr=1e-3)
+    rec = _Record()
+    with pytest.raises(dn.DivergenceError, match=r"layers\.1\.W.*changed outside") as info:
+        dn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=8, guard_every=2,
+               callbacks=[rec, _Poison(4)], progress=False)
+    assert (info.value.layer, info.value.array) == ("layers.1", "W")
+    params, buffers, t = rec.states[2]  # the check after step 4 found it; the one before: 2
+    np.testing.assert_array_equal(model.params, params)
+    assert opt.t == t and all(np.array_equal(opt.state[k], b) for k, b in buffers.items())
+
+
+def _data(rng, n=96, n_in=5, k=3):
+    return rng.standard_normal((n, n_in)).astype("float32"), rng.integers(0, k, n)
