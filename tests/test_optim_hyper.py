@@ -1,7 +1,8 @@
-"""Graph-ready optimizer steps (issue 12): the per-step scalars live in a device array.
+"""Graph-ready optimizer steps: the per-step scalars live in a device array, so a captured
+step reads the current ones; an optimizer's fields written after construction are checked.
 
 The hyper path (``opt_advance`` + ``<step>_hyper``) must update bit for bit as the by-value
-path it replaced (``_by_value_step`` below is that path, transcribed), for every optimizer and
+oracle (``_by_value_step`` below: scalars passed by value) for every optimizer and
 flag, both dtypes, with a schedule whose table is refilled mid-run, on the CPU kernels and the
 reference kernels; writes to ``t`` / ``base_lr`` / ``schedule`` (resume, the guard, callbacks,
 the estimators' adaptive rate) must keep the device copy right. The CUDA kernels are checked
@@ -11,6 +12,7 @@ subprocess below.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -49,8 +51,8 @@ BACKENDS = {"cpu": lambda: dn.get_backend("cpu"),
 
 
 def _by_value_step(opt) -> None:
-    """The step before issue 12, transcribed: scalars by value, lr from the host schedule,
-    the gradient clipped in place (``Optimizer._clip_`` as it was)."""
+    """The oracle: one step with its scalars by value, lr from the host schedule and the
+    gradient clipped in place, so the device-scalar path is checked against plain arithmetic."""
     lr = opt.lr
     if opt.clip_norm is not None:
         xp, g = opt.backend.xp, opt.params.grad
@@ -441,3 +443,88 @@ def _run_cuda():
 
 if __name__ == "__main__" and sys.argv[1:] == ["cuda"]:
     _run_cuda()
+
+def _model(rng, sizes=(4, 6, 3), dtype="float64"):
+    return dn.MLP(list(sizes), backend="cpu", dtype=dtype, seed=int(rng.integers(1 << 30)))
+
+
+def _step(model, opt, rng):
+    model.grads[...] = rng.standard_normal(model.n_params)
+    opt.step()
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("adam", "betas", (2, 0.5)), ("adam", "betas", (0.9,)), ("adam", "betas", "ab"),
+    ("adam", "betas", (float("nan"), 0.9)), ("adam", "eps", -1), ("adam", "eps", 0.0),
+    ("adam", "eps", float("nan")), ("adam", "eps", "x"), ("adam", "base_lr", float("nan")),
+    ("adam", "base_lr", -1.0), ("adam", "base_lr", 0), ("adam", "base_lr", "0.1"),
+    ("adam", "base_lr", None), ("adam", "base_lr", math.inf), ("adam", "t", -3),
+    ("adam", "t", 1.5), ("adam", "t", "3"), ("adam", "t", None), ("adam", "t", True),
+    ("adam", "clip_norm", 0), ("adam", "clip_norm", -1.0), ("adam", "weight_decay", -1),
+    ("adamw", "weight_decay", float("nan")), ("sgd", "momentum", 1.5), ("sgd", "momentum", -0.1),
+    ("adam", "schedule", "cosine"), ("adam", "schedule", lambda step: 0.1),
+    ("adam", "schedule", 42),
+    ("rmsprop", "rho", 1.0), ("rmsprop", "rho", -0.5), ("rmsprop", "eps", -1),
+    ("rmsprop", "momentum", 2.0),
+])
+def test_bad_value_written_to_an_optimizer_field_is_refused_before_the_next_step(
+        name, field, value, rng):
+    model = _model(rng)
+    opt = dn.optim.get(name, model, lr=0.01)
+    _step(model, opt, rng)
+    setattr(opt, field, value)
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match=field.rstrip("s") if field != "base_lr" else "lr"):
+        _step(model, opt, rng)
+    np.testing.assert_array_equal(model.params, before)  # nothing ran on the bad value
+
+
+def test_good_value_written_to_an_optimizer_field_is_used_and_normalised(rng):
+    model = _model(rng)
+    opt = dn.optim.Adam(model, lr=0.01)
+    _step(model, opt, rng)
+    opt.t, opt.eps, opt.betas = np.int64(7), np.float32(1e-6), [0.5, 0.75]
+    twin = dn.MLP(model.layer_sizes, backend="cpu", dtype="float64", seed=None)
+    twin.params[...] = model.params
+    ref = dn.optim.Adam(twin, lr=0.01, eps=float(np.float32(1e-6)), betas=(0.5, 0.75))
+    ref.load_state_dict(opt.state_dict())
+    g = rng.standard_normal(model.n_params)
+    model.grads[...] = g
+    twin.grads[...] = g
+    opt.step()
+    ref.step()
+    np.testing.assert_array_equal(model.params, twin.params)
+    assert type(opt.t) is int and opt.t == 8 and opt.betas == (0.5, 0.75)
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("adam", "amsgrad", True), ("rmsprop", "centered", True), ("sgd", "nesterov", True)])
+def test_choice_fixed_at_construction_written_later_is_refused(name, field, value, rng):
+    model = _model(rng)
+    opt = dn.optim.get(name, model, lr=0.01)
+    setattr(opt, field, not value)  # the same value: allowed
+    with pytest.raises(ConfigError, match=f"{field} is fixed when the optimizer is built"):
+        setattr(opt, field, value)
+    assert getattr(opt, field) is (not value)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop"])
+def test_momentum_turned_on_after_construction_is_refused_not_ignored(name, rng):
+    model = _model(rng)
+    opt = dn.optim.get(name, model, lr=0.01)
+    opt.momentum = 0.5
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match="built with momentum=0"):
+        _step(model, opt, rng)
+    np.testing.assert_array_equal(model.params, before)
+
+
+def test_momentum_turned_off_after_construction_is_plain_sgd(rng):
+    model = _model(rng)
+    opt = dn.optim.SGD(model, lr=0.1, momentum=0.9)
+    _step(model, opt, rng)
+    opt.momentum = 0.0
+    p0, g = model.params.copy(), rng.standard_normal(model.n_params)
+    model.grads[...] = g
+    opt.step()
+    np.testing.assert_allclose(model.params, p0 - 0.1 * g, rtol=1e-12, atol=1e-15)

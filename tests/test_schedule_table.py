@@ -1,13 +1,19 @@
 """One schedule table (optim.schedules.NAMED) for fit(schedule=...) and the CLI; one device
-parser (backend.parse_device) for get_backend and the CLI. Issue 11."""
+parser (backend.parse_device) for get_backend and the CLI.
+
+A schedule returning garbage, or turning bad later, is refused at the step that would use it."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 import devnet as dn
 from devnet.backend import parse_device
 from devnet.cli import validate_config
+from devnet.errors import ConfigError
 from devnet.optim import schedules
 
 
@@ -54,3 +60,119 @@ def test_parse_device(spec, parsed):
 def test_parse_device_refuses(spec):
     with pytest.raises(dn.ConfigError, match="valid devices: auto, cpu, cuda, cuda:N"):
         parse_device(spec)
+
+def _model(rng, sizes=(4, 6, 3), dtype="float64"):
+    return dn.MLP(list(sizes), backend="cpu", dtype=dtype, seed=int(rng.integers(1 << 30)))
+
+
+def _data(rng, n=24, n_in=4, k=3):
+    return rng.standard_normal((n, n_in)), rng.integers(0, k, n)
+
+
+def _step(model, opt, rng):
+    model.grads[...] = rng.standard_normal(model.n_params)
+    opt.step()
+
+
+class _Curve(schedules.Schedule):
+    """A user's schedule: whatever ``fn`` returns."""
+
+    name = "curve"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, step):
+        return self.fn(step)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda s: float("nan"), lambda s: -0.1, lambda s: math.inf, lambda s: "0.1",
+    lambda s: None, lambda s: True, lambda s: np.array([0.1]), lambda s: 1 / 0,
+], ids=["nan", "negative", "inf", "str", "none", "bool", "array", "raises"])
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_schedule_returning_garbage_is_refused_before_it_is_used(fn, name, rng):
+    model = _model(rng)
+    opt = dn.optim.get(name, model, lr=_Curve(fn))
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match="learning rate must be a number: for step 0"):
+        _step(model, opt, rng)
+    np.testing.assert_array_equal(model.params, before)
+    assert opt.t == 0
+
+
+def test_schedule_turning_bad_later_is_refused_at_that_step(rng):
+    model = _model(rng)
+    good = float(rng.uniform(0.01, 0.1))
+    opt = dn.optim.SGD(model, lr=_Curve(lambda s: good if s < 5 else float("nan")))
+    for _ in range(5):
+        _step(model, opt, rng)
+    assert np.isfinite(model.params).all()
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match="for step 5 the schedule"):
+        _step(model, opt, rng)
+    np.testing.assert_array_equal(model.params, before)
+
+
+def test_growing_schedule_overflowing_past_the_run_still_trains(rng):
+    """exponential(gamma=4) overflows float at step ~512: a 20-step run must not care (the
+    table of the next 1024 steps used to raise OverflowError at the first step)."""
+    model = _model(rng)
+    sched = schedules.exponential(1e-6, 4.0)
+    opt = dn.optim.SGD(model, lr=sched)
+    p0 = model.params.copy()
+    for _ in range(20):
+        model.grads[...] = 1.0
+        opt.step()
+    np.testing.assert_allclose(p0 - model.params, sum(sched(s) for s in range(20)), rtol=1e-12)
+    opt.t = 511  # close to the overflow: the table now ends before it, and the step says why
+    model.grads[...] = 1.0
+    opt.step()
+    with pytest.raises(ConfigError, match="OverflowError"):
+        for _ in range(2):
+            opt.step()
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "cosine"}, {"name": "warmup_cosine", "warmup_steps": 3},
+    {"name": "step", "gamma": 0.5}, "exponential",
+])
+def test_fit_schedule_by_name_uses_the_one_schedule_table(spec, rng):
+    X, y = _data(rng)
+    model = _model(rng)
+    hist = dn.fit(model, X, y, loss="cross_entropy", optimizer="sgd", lr=0.05, epochs=3,
+                  batch_size=5, schedule=spec, progress=False, train_metrics=False)
+    want = schedules.build(spec, 0.05, 3 * 5)
+    assert hist.history["lr"] == pytest.approx([want(0), want(5), want(10)], rel=1e-12)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: schedules.from_config(3), "must be a dict"),
+    (lambda: schedules.from_config("cosine"), "must be a dict"),
+    (lambda: schedules.from_config({"name": "warmup", "warmup_steps": 2}), "needs 'inner'"),
+    (lambda: schedules.from_config({"name": "warmup", "inner": 3, "warmup_steps": 2}),
+     "must be a dict"),
+    (lambda: schedules.build({"foo": 1}, 0.1, 10), "needs a 'name'"),
+])
+def test_schedule_config_garbage_is_a_config_error(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_fit_refuses_an_optimizer_with_a_bad_field_before_training(rng):
+    X, y = _data(rng)
+    model = _model(rng)
+    opt = dn.optim.Adam(model, lr=0.01)
+    opt.eps = -1.0
+    before = model.params.copy()
+
+    class Seen(dn.Callback):
+        began = False
+
+        def on_train_begin(self, logs):
+            Seen.began = True
+
+    with pytest.raises(ConfigError, match="eps must be"):
+        dn.fit(model, X, y, optimizer=opt, epochs=1, progress=False, callbacks=[Seen()])
+    np.testing.assert_array_equal(model.params, before)
+    assert not Seen.began

@@ -1,4 +1,6 @@
-"""Regression tests for the training-loop defects of issue 10, one test (or class) per defect."""
+"""What fit, evaluate, Step and the checkpoints do with their inputs and arguments: task
+inference, sample weights, argument types, schedules ending before a resumed run, input
+scaling carried across a resume, and checkpoints that load could not rebuild."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import warnings
 
 import numpy as np
 import pytest
+from test_schedule_table import _Curve  # a user's schedule: whatever it is given returns
 
 import devnet as dn
 from devnet import task as task_mod
+from devnet.errors import CheckpointError, ConfigError
 from devnet.optim import schedules
-from devnet.train import ScheduleHorizonWarning
+from devnet.train import ScheduleHorizonWarning, Step
 
 
 def _seed(rng) -> int:
@@ -26,7 +30,7 @@ def _blobs(rng, n=60, k=3, d=4):
     return X, y
 
 
-# --- item 4: task inference; never more outputs than labels ----------------------------------
+# --- task inference; never more outputs than labels ----------------------------------------
 
 def test_infer_task_rules(rng):
     k = int(rng.integers(2, 20))
@@ -127,7 +131,7 @@ def test_fit_unknown_task_lists_the_tasks(rng):
         dn.fit(dn.MLP([4, 3], backend="cpu"), X, y, task="binary", epochs=1, progress=False)
 
 
-# --- item 5: sample weights -------------------------------------------------------------------
+# --- sample weights -------------------------------------------------------------------------
 
 def _weighted_run(X, y, w, seed):
     model = dn.MLP([4, 6, 1], backend="cpu", seed=seed)
@@ -175,7 +179,7 @@ def test_sample_weight_zero_on_every_training_row_after_split(rng):
                validation_split=0.25, epochs=1, progress=False)
 
 
-# --- item 9: schedule and hyper-parameter arguments -------------------------------------------
+# --- schedule and hyper-parameter arguments -------------------------------------------------
 
 @pytest.mark.parametrize("make,match", [
     (lambda: schedules.step(0.1, step_size=0.5), "step_size must be a whole number"),
@@ -238,7 +242,7 @@ def test_optimizer_flags_must_be_bool(name, kwargs):
         dn.optim.get(name, dn.MLP([2, 2], backend="cpu"), **kwargs)
 
 
-# --- item 6: resuming past a finished schedule -----------------------------------------------
+# --- resuming past a finished schedule -----------------------------------------------------
 
 def _resume_setup(rng, tmp_path):
     X, y = _blobs(rng, n=48)
@@ -330,7 +334,8 @@ def test_evaluate_auto_loss_follows_fits_rule(rng):
 # --- input standardization carried across a resume --------------------------------------------
 
 def test_resume_into_a_fresh_model_keeps_the_checkpoints_input_scaling(rng, tmp_path):
-    """Regression: resuming a standardized run into a fresh model trained on unscaled inputs."""
+    """A fresh model resumed from a standardized run takes the run's input scaling; a model
+    scaling its inputs otherwise is refused."""
     X, y = _blobs(rng)
     mean, scale = X.mean(0).astype(np.float64), X.std(0).astype(np.float64) + 0.5
     model = dn.MLP([4, 8, 3], backend="cpu", seed=1)
@@ -348,7 +353,7 @@ def test_resume_into_a_fresh_model_keeps_the_checkpoints_input_scaling(rng, tmp_
 
 
 def test_poisson_metrics_score_the_predicted_mean_not_its_log(rng):
-    """Regression: r2/mae of a log-link (poisson) model were computed on log(mean)."""
+    """r2/mae of a log-link (poisson) model score the predicted mean, not log(mean)."""
     X = rng.standard_normal((64, 3))
     y = rng.poisson(np.exp(0.5 * X[:, :1] + 1.0)).astype(np.float64)
     model = dn.MLP([3, 1], dtype="float64", backend="cpu", seed=0)
@@ -368,3 +373,176 @@ def test_data_parallel_fit_with_a_foreign_comm_is_refused_by_name(rng):
     model = dn.MLP([4, 8, 3], dropout=0.2, backend="cpu", seed=1)
     with pytest.raises(DistributedError, match="devnet.distributed.init"):
         dn.fit(model, X, y, epochs=1, batch_size=16, progress=False, comm=object())
+
+
+def _model(rng, sizes=(4, 6, 3), dtype="float64"):
+    return dn.MLP(list(sizes), backend="cpu", dtype=dtype, seed=int(rng.integers(1 << 30)))
+
+
+def _data(rng, n=24, n_in=4, k=3):
+    return rng.standard_normal((n, n_in)), rng.integers(0, k, n)
+
+
+def _step(model, opt, rng):
+    model.grads[...] = rng.standard_normal(model.n_params)
+    opt.step()
+
+
+def test_step_takes_a_loss_by_name(rng):
+    X, y = _data(rng)
+    model = _model(rng)
+    twin = dn.MLP(model.layer_sizes, backend="cpu", dtype="float64", seed=None)
+    twin.params[...] = model.params
+    a = Step(model, "cross_entropy", dn.optim.SGD(model, lr=0.1))
+    b = Step(twin, dn.losses.get("cross_entropy"), dn.optim.SGD(twin, lr=0.1))
+    assert float(a(X, y)) == float(b(X, y))
+    np.testing.assert_array_equal(model.params, twin.params)
+    with pytest.raises(ConfigError, match="valid losses: .*cross_entropy"):
+        Step(model, "hinge", dn.optim.SGD(model, lr=0.1))
+
+
+def test_step_refuses_an_optimizer_over_another_models_parameters(rng):
+    model = _model(rng)
+    same_shape = dn.MLP(model.layer_sizes, backend="cpu", dtype="float64", seed=1)
+    with pytest.raises(ConfigError, match="built over other parameters"):
+        Step(model, "cross_entropy", dn.optim.Adam(same_shape, lr=0.01))
+
+
+@pytest.fixture
+def previous(tmp_path, rng):
+    """A good checkpoint already on disk: (path, its bytes)."""
+    path = tmp_path / "m.safetensors"
+    model = _model(rng)
+    dn.save(model, path, optimizer=dn.optim.Adam(model, lr=0.01))
+    return path, path.read_bytes()
+
+
+def _other_model_optimizer(model, rng):
+    return dn.optim.Adam(_model(rng, sizes=(4, 5, 3)), lr=0.01)
+
+
+def _custom_schedule_optimizer(model, rng):
+    return dn.optim.Adam(model, lr=_Curve(lambda s: 0.01))
+
+
+def _bad_field_optimizer(model, rng):
+    opt = dn.optim.Adam(model, lr=0.01)
+    opt.betas = (1.5, 0.9)
+    return opt
+
+
+@pytest.mark.parametrize("make,match", [
+    (_other_model_optimizer, "belongs to another model"),
+    (_custom_schedule_optimizer, "schedule .* cannot be saved"),
+    (_bad_field_optimizer, "beta1 must be"),
+])
+def test_save_refuses_an_optimizer_load_could_not_rebuild_and_keeps_the_previous_file(
+        previous, make, match, rng):
+    path, old = previous
+    model = _model(rng)
+    with pytest.raises(ConfigError, match=match):
+        dn.save(model, path, optimizer=make(model, rng))
+    assert path.read_bytes() == old
+    dn.load(path, backend="cpu")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(model="model"), "save takes a devnet.MLP"),
+    (dict(optimizer="adam"), "optimizer must be a devnet.optim.Optimizer"),
+    (dict(history=5), "history must be the devnet History"),
+])
+def test_save_refuses_arguments_of_the_wrong_type_and_keeps_the_previous_file(
+        previous, kwargs, match, rng):
+    path, old = previous
+    args = {"model": _model(rng), **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        dn.save(args.pop("model"), path, **args)
+    assert path.read_bytes() == old
+
+
+def test_model_checkpoint_refuses_a_missing_folder_before_the_first_epoch(tmp_path, rng):
+    X, y = _data(rng)
+    model = _model(rng)
+    before = model.params.copy()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        dn.fit(model, X, y, epochs=2, progress=False,
+               checkpoint=tmp_path / "missing" / "m.safetensors")
+    np.testing.assert_array_equal(model.params, before)  # no epoch trained for nothing
+
+
+def test_model_checkpoint_refuses_an_unsaveable_schedule_before_the_first_epoch(tmp_path, rng):
+    X, y = _data(rng)
+    model = _model(rng)
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match="cannot be saved"):
+        dn.fit(model, X, y, epochs=2, progress=False, lr=_Curve(lambda s: 0.01),
+               checkpoint=tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(model.params, before)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: dn.EarlyStopping(monitor=5), "monitor must be the name"),
+    (lambda p: dn.EarlyStopping(monitor=""), "monitor must be the name"),
+    (lambda p: dn.EarlyStopping(restore_best="no"), "restore_best must be True or False"),
+    (lambda p: dn.ModelCheckpoint(5), "path must be a non-empty str"),
+    (lambda p: dn.ModelCheckpoint(p, save_best_only="yes"), "save_best_only must be True"),
+    (lambda p: dn.callbacks.CSVLogger(5), "path must be a non-empty str"),
+    (lambda p: dn.callbacks.CSVLogger(p, separator=",,"), "single character"),
+    (lambda p: dn.callbacks.CSVLogger(p, append="yes"), "append must be True or False"),
+    (lambda p: dn.callbacks.LearningRateScheduler(lambda epoch: 0.1), "taking two arguments"),
+])
+def test_callback_arguments_of_the_wrong_kind_are_config_errors(make, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        make(tmp_path / "x")
+
+
+@pytest.mark.parametrize("where", ["missing/log.csv", "."])
+def test_csv_logger_that_cannot_open_its_file_is_a_config_error(where, tmp_path, rng):
+    X, y = _data(rng)
+    logger = dn.callbacks.CSVLogger(tmp_path / where)
+    with pytest.raises(ConfigError, match="CSVLogger cannot write its log"):
+        dn.fit(_model(rng), X, y, epochs=1, progress=False, callbacks=[logger])
+
+
+def test_resume_of_a_finished_run_with_the_same_epochs_warns_nothing_trained(rng, tmp_path):
+    # epochs is the total to reach: a checkpoint past it trained nothing, silently
+    X, y = _data(rng)
+    ck = str(tmp_path / "ck.safetensors")
+    model = _model(rng)
+    dn.fit(model, X, y, epochs=2, batch_size=8, checkpoint=ck, progress=False)
+    before = model.params.copy()
+    with pytest.warns(UserWarning, match="already trained 2 epochs .* epochs=2.* epochs > 2"):
+        hist = dn.fit(model, X, y, epochs=2, batch_size=8, resume_from=ck, progress=False)
+    np.testing.assert_array_equal(model.params, before)
+    assert len(hist.history["loss"]) == 2  # the checkpoint's history, nothing added
+
+
+def test_predict_proba_with_a_regression_loss_is_refused_not_raw_outputs(rng):
+    model = _model(rng)
+    X, _ = _data(rng)
+    with pytest.raises(ConfigError, match="regression loss: use predict"):
+        dn.predict_proba(model, X, loss="mse")
+    p = dn.predict_proba(model, X, loss="cross_entropy")
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_warmup_longer_than_the_run_is_refused_not_a_run_spent_warming_up(rng):
+    X, y = _data(rng)  # 24 rows, batch 8, 2 epochs: 6 steps
+    with pytest.raises(ConfigError, match="warmup_steps = 6 is not below the run's 6 steps"):
+        dn.fit(_model(rng), X, y, epochs=2, batch_size=8, progress=False,
+               schedule={"name": "warmup_cosine", "warmup_steps": 6})
+    # the default warm-up (5% of the run, at least 1 step) still fits a one-step run
+    dn.fit(_model(rng), X, y, epochs=1, batch_size=32, progress=False, schedule="warmup_cosine")
+
+
+def test_save_refuses_an_optimizer_of_another_model_of_the_same_shape(rng, tmp_path):
+    # its moments would be written as this model's state, and a resume would continue from them
+    model, other = _model(rng), _model(rng)
+    opt = dn.optim.Adam(other.parameters(), lr=1e-3)
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(ConfigError, match="built over other parameters"):
+        dn.save(model, path, optimizer=opt)
+    assert not path.exists()
+    dn.save(model, path, optimizer=dn.optim.Adam(model.parameters(), lr=1e-3))
+    assert path.exists()
