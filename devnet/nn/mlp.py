@@ -404,7 +404,6 @@ def _check_memory(sizes, n_params: int, dtype: np.dtype) -> None:
     # Refuse before allocating: the host draws the initial weights, then params + grads are
     # allocated on the device; past physical RAM that is a swap storm or an OOM kill.
     memory = _physical_memory()
-    need = 2 * n_params * dtype.itemsize
-    if memory is not None and need > memory:
+    if memory is not None and 2 * n_params * dtype.itemsize > memory:
         raise ConfigError(_too_large(sizes, n_params, dtype,
                                      f"this machine has {memory:,} bytes of memory"))

@@ -346,10 +346,8 @@ class Passes:
                 kernels.act_bwd(layer.activation, G, work.A[i], work.Z[i], dZ, layer.db, alpha)
             inp = work.inputs[i]
             be.matmul((work.U[i] if layer.norm else inp).T, dZ, out=layer.dW)
-            if i == 0 and not layer.norm:
+            if i == 0 and not (layer.norm and input_grad):
                 return self._input_grad(dZ, layer, work, n) if input_grad else None
-            if i == 0 and not input_grad:
-                return None
             dX = self._lazy(work, "dX", n) if i == 0 else work.G[i - 1]
             skip = G if layer.residual else None
             if layer.norm:  # dX <- LayerNorm backward of dU (+ the skip's G), fused
