@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import devnet as dn
+from devnet import io
+from devnet.nn import mlp as mlp_module
 from devnet.nn.activations import HIDDEN_ACTIVATIONS
 
 LOSS_NAMES = ("mse", "mae", "huber", "cross_entropy", "binary_cross_entropy")
@@ -262,3 +264,224 @@ def test_a_float64_model_holds_values_past_float32_range():
     model = dn.MLP([2, 3, 1], dtype="float64", backend="cpu", seed=0)
     model.layers[0].W = 1e300
     assert (model.layers[0].W == 1e300).all()
+
+
+F64 = dict(rtol=1e-12, atol=1e-12)
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30)
+
+
+def _scaled_model(rng, n_in=4, dtype="float64", backend="cpu"):
+    model = dn.MLP([n_in, 6, 3], activation="tanh", dtype=dtype, backend=backend,
+                   seed=int(rng.integers(1 << 30)))
+    model.params[...] = model.backend.asarray(rng.normal(0, 0.7, model.n_params),
+                                              dtype=model.dtype)
+    mean = rng.normal(0, 50, n_in)
+    scale = rng.uniform(0.5, 20, n_in)
+    model.set_input_scaling(mean, scale)
+    return model, mean, scale
+
+
+def _raw_inputs(rng, mean, scale, n=7):
+    return mean + scale * rng.standard_normal((n, mean.size))
+
+
+def test_input_scaling_forward_standardizes_and_leaves_X_alone(rng):
+    model, mean, scale = _scaled_model(rng)
+    X = _raw_inputs(rng, mean, scale)
+    keep = X.copy()
+    out = model.forward(X).copy()
+    np.testing.assert_array_equal(X, keep)
+    plain = dn.MLP([4, 6, 3], activation="tanh", dtype="float64", backend="cpu")
+    plain.params[...] = model.params
+    np.testing.assert_allclose(out, plain.forward((X - mean) / scale), **F64)
+    np.testing.assert_allclose(model.predict(X, batch_size=3), out, **F64)
+
+
+def test_input_scaling_gradient_matches_finite_differences_float64(rng):
+    model, mean, scale = _scaled_model(rng)
+    X = _raw_inputs(rng, mean, scale, n=5)
+    target = rng.standard_normal((5, 3))
+    loss = dn.losses.get("mse")
+
+    def value():
+        return loss(model.forward(X), target)[0]
+
+    _, dpred = loss(model.forward(X), target)
+    dX = model.backward(dpred).copy()
+    analytic = model.grads.copy()
+    # eps relative to the raw feature scale: X is O(50), the step must be too
+    assert _rel_err(dX, _numeric_grad(value, X, eps=1e-5)) < 1e-6
+    assert _rel_err(analytic, _numeric_grad(value, model.params, eps=1e-6)) < 1e-6
+
+
+@pytest.mark.parametrize("mean,scale,match", [
+    (np.zeros(3), np.ones(4), r"mean must have shape \(4,\)"),
+    (np.zeros(4), np.ones((1, 4)), r"scale must have shape \(4,\)"),
+    (np.zeros(4), np.array([1.0, 0.0, 1.0, 1.0]), r"scale must be > 0.*scale\[1\]"),
+    (np.zeros(4), -np.ones(4), "scale must be > 0"),
+    (np.array([0, np.nan, 0, 0]), np.ones(4), "mean contains NaN/Inf"),
+    (np.zeros(4), np.array([1, 1, np.inf, 1]), "scale contains NaN/Inf"),
+    (None, np.ones(4), "mean must be a numeric array"),
+    (["a"] * 4, np.ones(4), "mean must be a numeric array"),
+])
+def test_input_scaling_rejects_bad_statistics(mean, scale, match):
+    model = dn.MLP([4, 3], backend="cpu")
+    with pytest.raises(dn.DataError, match=match):
+        model.set_input_scaling(mean, scale)
+    assert model.input_scaling is None
+
+
+def test_input_scaling_property_returns_float64_copies_and_clears(rng):
+    model = dn.MLP([3, 2], backend="cpu")
+    assert model.input_scaling is None
+    mean, scale = rng.standard_normal(3).astype(np.float32), rng.uniform(1, 2, 3)
+    model.set_input_scaling(mean, scale)
+    got_mean, got_scale = model.input_scaling
+    assert got_mean.dtype == got_scale.dtype == np.float64
+    np.testing.assert_array_equal(got_mean, mean.astype(np.float64))
+    got_mean[...] = 99
+    assert model.input_scaling[0][0] != 99
+    model.set_input_scaling(None, None)
+    assert model.input_scaling is None
+
+
+def test_input_scaling_survives_to_another_backend(rng):
+    model, mean, scale = _scaled_model(rng)
+    X = _raw_inputs(rng, mean, scale)
+    before = model.predict(X)
+    model.to(dn.get_backend("cpu", kernels="reference"))
+    np.testing.assert_array_equal(model.input_scaling[1], scale)
+    np.testing.assert_allclose(model.predict(X), before, **F64)
+
+
+def test_standardization_lost_at_predict_is_saved_in_checkpoint(rng, tmp_path, backend):
+    """The input statistics travel with the checkpoint and apply on dn.load."""
+    model, mean, scale = _scaled_model(rng, backend=backend)
+    X = _raw_inputs(rng, mean, scale)
+    path = dn.save(model, tmp_path / "m.safetensors")
+    assert io.read_metadata(path)["input_scaling"] is True
+    loaded, _ = dn.load(path, backend=backend)
+    np.testing.assert_array_equal(loaded.input_scaling[0], mean)
+    np.testing.assert_array_equal(loaded.input_scaling[1], scale)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    ck = io.load_checkpoint(path, backend="cpu")
+    np.testing.assert_array_equal(ck.model.input_scaling[1], scale)
+
+
+def test_fit_and_evaluate_see_raw_data_with_input_scaling(rng):
+    """fit on raw X with the scaling set == fit on standardized X without it."""
+    X = rng.normal(1000, 300, (48, 3))
+    y = rng.integers(0, 2, 48)
+    Xv, yv = rng.normal(1000, 300, (16, 3)), rng.integers(0, 2, 16)
+    mean, scale = X.mean(0), X.std(0)
+    seed = int(rng.integers(1 << 30))
+    scaled = dn.MLP([3, 8, 2], dtype="float64", backend="cpu", seed=seed)
+    scaled.set_input_scaling(mean, scale)
+    plain = dn.MLP([3, 8, 2], dtype="float64", backend="cpu", seed=seed)
+    args = dict(loss="cross_entropy", epochs=2, batch_size=16, progress=False, seed=seed)
+    h1 = dn.fit(scaled, X, y, validation_data=(Xv, yv), **args)
+    h2 = dn.fit(plain, (X - mean) / scale, y, validation_data=((Xv - mean) / scale, yv), **args)
+    np.testing.assert_allclose(scaled.params, plain.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-9)
+    np.testing.assert_allclose(scaled.predict(Xv), plain.predict((Xv - mean) / scale),
+                               rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [-1, "a", 1.5, True, [1]])
+def test_mlp_bad_seed_is_a_config_error(seed):
+    with pytest.raises(dn.ConfigError, match="seed must be a non-negative integer or None"):
+        dn.MLP([3, 2], backend="cpu", seed=seed)
+
+
+def test_mlp_numpy_integer_seed_is_accepted():
+    a = dn.MLP([3, 4, 2], backend="cpu", seed=np.int64(7))
+    b = dn.MLP([3, 4, 2], backend="cpu", seed=7)
+    np.testing.assert_array_equal(a.params, b.params)
+    assert type(a.config()["seed"]) is int
+
+
+@pytest.mark.parametrize("activation", [None, 5, {"relu"}])
+def test_mlp_activation_not_a_name_is_a_config_error(activation):
+    with pytest.raises(dn.ConfigError, match="valid activations: .*relu"):
+        dn.MLP([3, 4, 2], activation=activation, backend="cpu")
+
+
+@pytest.mark.parametrize("sizes", [[True, 3], [3, False], [3.0, 2], ["3", 2], "34", None, 5,
+                                   [3, -2], [np.float64(3), 2]])
+def test_mlp_layer_sizes_not_positive_ints_is_a_config_error(sizes):
+    with pytest.raises(dn.ConfigError, match="at least two positive integers"):
+        dn.MLP(sizes, backend="cpu")
+
+
+def test_mlp_numpy_int_layer_sizes_are_accepted():
+    model = dn.MLP(np.array([3, 4, 2]), backend="cpu")
+    assert model.layer_sizes == [3, 4, 2] and all(type(s) is int for s in model.layer_sizes)
+
+
+@pytest.mark.parametrize("dtype,name", [(np.float32, "float32"), (np.dtype("float64"), "float64"),
+                                        ("float32", "float32"), ("f8", "float64")])
+def test_mlp_numpy_dtype_spellings_are_accepted(dtype, name):
+    model = dn.MLP([3, 2], dtype=dtype, backend="cpu")
+    assert model.dtype == np.dtype(name) and model.config()["dtype"] == name
+
+
+@pytest.mark.parametrize("dtype", [None, np.int32, "float16", "nonsense", 5])
+def test_mlp_unknown_dtype_lists_valid_ones(dtype):
+    with pytest.raises(dn.ConfigError, match="valid dtypes: float32, float64"):
+        dn.MLP([3, 2], dtype=dtype, backend="cpu")
+
+
+@pytest.mark.parametrize("alpha", [10**400, float("nan"), -0.5, "0.1", True])
+def test_mlp_alpha_past_float_range_is_a_config_error(alpha):
+    with pytest.raises(dn.ConfigError, match="alpha must be a finite number >= 0"):
+        dn.MLP([3, 2], activation="leaky_relu", alpha=alpha, backend="cpu")
+
+
+def test_mlp_numpy_scalar_alpha_is_accepted():
+    assert dn.MLP([3, 2], activation="leaky_relu", alpha=np.float32(0.25),
+                  backend="cpu").alpha == 0.25
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 1.5, True, None])
+def test_predict_batch_size_zero_is_a_config_error(batch_size, rng):
+    model = dn.MLP([3, 2], backend="cpu")
+    with pytest.raises(dn.ConfigError, match="batch_size must be a positive integer"):
+        model.predict(rng.standard_normal((4, 3)), batch_size=batch_size)
+
+
+def test_backward_before_forward_is_a_devnet_error(rng):
+    model = dn.MLP([3, 4, 2], backend="cpu")
+    with pytest.raises(dn.DevnetError, match=r"backward\(\) called before forward\(\)"):
+        model.backward(rng.standard_normal((5, 2)))
+
+
+def test_backward_with_another_batch_size_than_forward_is_a_devnet_error(rng):
+    model = dn.MLP([3, 4, 2], backend="cpu")
+    model.forward(rng.standard_normal((5, 3)))
+    with pytest.raises(dn.DevnetError, match=r"dY for 6 samples .* forward\(\) ran on 5"):
+        model.backward(rng.standard_normal((6, 2)))
+
+
+def test_huge_mlp_says_how_many_bytes_before_allocating(monkeypatch):
+    def no_alloc(self, *args):
+        raise AssertionError("allocated before checking the size")
+
+    monkeypatch.setattr(dn.MLP, "_initial_params", no_alloc)
+    monkeypatch.setattr(mlp_module, "_physical_memory", lambda: 2**30)
+    sizes = [10**5, 10**5, 10]
+    n = 10**5 * 10**5 + 10**5 + 10**5 * 10 + 10
+    with pytest.raises(dn.ConfigError, match=f"{2 * 4 * n:,} bytes"):
+        dn.MLP(sizes, backend="cpu")
+
+
+def test_huge_mlp_memory_error_becomes_a_devnet_error(monkeypatch):
+    def oom(self):
+        raise MemoryError
+
+    monkeypatch.setattr(dn.MLP, "_initial_params", oom)
+    monkeypatch.setattr(mlp_module, "_physical_memory", lambda: None)
+    with pytest.raises(dn.DevnetError, match=f"{2 * 8 * (3 * 4 + 4):,} bytes"):
+        dn.MLP([3, 4], dtype="float64", backend="cpu")
