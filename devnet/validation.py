@@ -34,8 +34,12 @@ def real(value) -> bool:
     """Whether ``value`` is a finite real number (NumPy's too), not a bool."""
     if type(value) is float:  # the common case, without the slower ABC check
         return math.isfinite(value)
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
-        and math.isfinite(value)
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range: no float rule can take it
+        return False
 
 
 def flag(name: str, value) -> bool:
@@ -54,7 +58,9 @@ def interval(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        # an infinite end is never in the interval (real() is False for inf)
+        left = "(" if lo_open or lo == -math.inf else "["
+        right = ")" if hi_open or hi == math.inf else "]"
         raise ConfigError(f"{name} must be a number in {left}{lo}, {hi}{right}, got {value!r}")
     return float(value)
 
@@ -65,12 +71,12 @@ def unit(name: str, value) -> float:
 
 
 def positive(name: str, value) -> float:
-    """A float in (0, inf]."""
+    """A finite float > 0."""
     return interval(name, value, 0.0, lo_open=True)
 
 
 def non_negative(name: str, value) -> float:
-    """A float in [0, inf]."""
+    """A finite float >= 0."""
     return interval(name, value, 0.0)
 
 

@@ -249,3 +249,10 @@ def test_an_optimizer_class_that_does_not_cover_its_kernel_row_is_refused():
     model = dn.MLP([3, 4, 2], dtype="float64", backend="cpu")
     with pytest.raises(TypeError, match=r"Partial declares nothing for \['rho', 'mu', 'eps'"):
         Partial(model)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_an_int_past_floats_range_is_a_config_error_not_an_overflow(value):
+    model = dn.MLP([3, 4, 2], seed=0, backend="cpu")
+    with pytest.raises(dn.ConfigError, match=r"lr must be a number in \(0\.0, inf\), got"):
+        dn.optim.Adam(model.parameters(), lr=value)
