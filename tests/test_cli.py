@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import devnet as dn
+from devnet import cli
+
 SUBCOMMANDS = ("info", "train", "eval", "predict", "bench", "profile")
 
 
@@ -185,3 +188,59 @@ def test_main_returns_codes_in_process(capsys):
     assert "devices" in capsys.readouterr().out
     assert main(["train", "--config", "/nonexistent/run.toml"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def run_cli(capsys, *argv):
+    """``(exit code, stdout, stderr)`` of ``devnet ARGV`` run in this process."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_flag(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip().startswith(f"devnet {dn.__version__}")
+
+
+def test_bench_and_profile_take_their_own_options(monkeypatch, capsys):
+    calls = []
+
+    def fake_entry(module, what):
+        return lambda argv: calls.append((module, argv)) or 3
+
+    monkeypatch.setattr(cli, "_entry_point", fake_entry)
+    assert cli.main(["bench", "step", "--sizes", "S", "--quick"]) == 3  # their exit code
+    assert cli.main(["--debug", "profile", "--sizes", "8-4-2", "--batch-size", "4"]) == 3
+    assert cli.main(["bench", "--", "--quick", "--no-torch"]) == 3  # the old spelling
+    assert calls == [("benchmarks", ["step", "--sizes", "S", "--quick"]),
+                     ("devnet.profile", ["--sizes", "8-4-2", "--batch-size", "4"]),
+                     ("benchmarks", ["--quick", "--no-torch"])]
+
+
+def test_profile_runs_with_options_directly(capsys):
+    code = cli.main(["profile", "--sizes", "8-6-3", "--batch-size", "4", "--device", "cpu",
+                     "--repeats", "2"])
+    assert code == 0
+    assert "python/glue" in capsys.readouterr().out
+
+
+def test_history_plot_colours_ticks_and_labels():
+    pytest.importorskip("matplotlib")
+    hist = dn.History()
+    hist.epoch = list(range(7))
+    hist.history = {"loss": list(np.linspace(2, 1, 7)), "val_loss": list(np.linspace(2.1, 1.2, 7)),
+                    "accuracy": list(np.linspace(0.3, 0.9, 7)),
+                    "val_accuracy": list(np.linspace(0.2, 0.8, 7))}
+    fig = cli.history_figure(hist)
+    try:
+        loss_ax, metric_ax = fig.axes
+        colours = [[line.get_color() for line in ax.get_lines()] for ax in fig.axes]
+        assert colours[0] == colours[1] and len(set(colours[0])) == 2
+        for ax in fig.axes:
+            assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+            ticks = [t for t in ax.get_xticks() if 1 <= t <= 7]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

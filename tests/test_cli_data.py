@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_cli_defects import one_line_error, run_cli  # the CLI's test conventions
+from test_cli_config import one_line_error, run_cli  # the CLI's test conventions
 
 import devnet as dn
 from devnet.errors import ConfigError, DataError

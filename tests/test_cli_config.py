@@ -1,4 +1,5 @@
-"""Regression tests for the CLI / data defects of issue 10, each named after its defect.
+"""The devnet command's configuration and arguments: what a run keeps (standardization, the
+task), keys and paths checked before training, and clear one-line errors for bad input files.
 
 The command runs in-process (``devnet.cli.main``) on small CSV / NPZ files made from fresh
 random data: fast, and an error's exit code and one-line message are checked directly.
@@ -77,7 +78,7 @@ def offset_classes(rng, n=240):
     return X, y
 
 
-# --- item 2: standardization lost at eval / predict ----------------------------------------
+# --- standardization kept for eval / predict -----------------------------------------------
 
 def test_standardization_is_kept_in_the_checkpoint_whatever_the_data_path(
         rng, tmp_path, capsys, monkeypatch):
@@ -116,7 +117,7 @@ def test_standardization_is_kept_in_the_checkpoint_whatever_the_data_path(
     assert np.mean(pred == y) > 0.85
 
 
-# --- item 3: target_column out of range wraps ----------------------------------------------
+# --- target_column in range ----------------------------------------------------------------
 
 def test_target_column_out_of_range_is_a_config_error(rng, tmp_path, capsys):
     X = rng.normal(size=(20, 2))
@@ -135,7 +136,7 @@ def test_target_column_out_of_range_is_a_config_error(rng, tmp_path, capsys):
     one_line_error(err, "target_column = 7", "out of range")
 
 
-# --- item 4: whole-number regression targets became classification ------------------------
+# --- whole-number regression targets stay regression ---------------------------------------
 
 def test_whole_number_regression_targets_stay_regression(rng, tmp_path, capsys):
     X = rng.normal(size=(400, 3))
@@ -192,7 +193,7 @@ def test_task_key_is_validated(tmp_path, capsys):
     one_line_error(err, "data.task", "auto, classification, regression")
 
 
-# --- item 7: predict without --data on a CSV-trained run ------------------------------------
+# --- predict without --data on a CSV-trained run --------------------------------------------
 
 def test_predict_without_data_on_a_csv_run_drops_the_target_column(rng, tmp_path, capsys):
     X = rng.normal(size=(60, 4))
@@ -209,7 +210,7 @@ def test_predict_without_data_on_a_csv_run_drops_the_target_column(rng, tmp_path
     assert "target column dropped" in " ".join(text.split())
 
 
-# --- item 8: output paths checked only after training ---------------------------------------
+# --- output paths checked before training ---------------------------------------------------
 
 @pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "checkpoint_has_a_folder",
                                   "checkpoint_is_a_folder", "plot_format"])
@@ -393,33 +394,7 @@ def test_missing_scikit_learn_says_how_to_install_it(monkeypatch, tmp_path, caps
     one_line_error(err, "pip install scikit-learn", "devnet-mlp[sklearn]")
 
 
-# --- packaging, forwarding, progress, plot ---------------------------------------------------
-
-def test_version_flag(capsys):
-    code, out, _ = run_cli(capsys, "--version")
-    assert code == 0 and out.strip().startswith(f"devnet {dn.__version__}")
-
-
-def test_bench_and_profile_take_their_own_options(monkeypatch, capsys):
-    calls = []
-
-    def fake_entry(module, what):
-        return lambda argv: calls.append((module, argv)) or 3
-
-    monkeypatch.setattr(cli, "_entry_point", fake_entry)
-    assert cli.main(["bench", "step", "--sizes", "S", "--quick"]) == 3  # their exit code
-    assert cli.main(["--debug", "profile", "--sizes", "8-4-2", "--batch-size", "4"]) == 3
-    assert cli.main(["bench", "--", "--quick", "--no-torch"]) == 3  # the old spelling
-    assert calls == [("benchmarks", ["step", "--sizes", "S", "--quick"]),
-                     ("devnet.profile", ["--sizes", "8-4-2", "--batch-size", "4"]),
-                     ("benchmarks", ["--quick", "--no-torch"])]
-
-
-def test_profile_runs_with_options_directly(capsys):
-    code = cli.main(["profile", "--sizes", "8-6-3", "--batch-size", "4", "--device", "cpu",
-                     "--repeats", "2"])
-    assert code == 0
-    assert "python/glue" in capsys.readouterr().out
+# --- progress and the predict output path ---------------------------------------------------
 
 
 def test_train_shows_progress_by_default(tmp_path, monkeypatch, capsys):
@@ -439,28 +414,6 @@ def test_train_shows_progress_by_default(tmp_path, monkeypatch, capsys):
         path = write_config(tmp_path / "run.toml", "xor", tmp_path / "o", train_extra=line)
         assert run_cli(capsys, "train", "--config", path)[0] == 130
         assert seen[-1] == expected
-
-
-def test_history_plot_colours_ticks_and_labels():
-    pytest.importorskip("matplotlib")
-    hist = dn.History()
-    hist.epoch = list(range(7))
-    hist.history = {"loss": list(np.linspace(2, 1, 7)), "val_loss": list(np.linspace(2.1, 1.2, 7)),
-                    "accuracy": list(np.linspace(0.3, 0.9, 7)),
-                    "val_accuracy": list(np.linspace(0.2, 0.8, 7))}
-    fig = cli.history_figure(hist)
-    try:
-        loss_ax, metric_ax = fig.axes
-        colours = [[line.get_color() for line in ax.get_lines()] for ax in fig.axes]
-        assert colours[0] == colours[1] and len(set(colours[0])) == 2
-        for ax in fig.axes:
-            assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
-            ticks = [t for t in ax.get_xticks() if 1 <= t <= 7]
-            assert ticks and all(float(t).is_integer() for t in ticks)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
 
 
 def test_predict_checks_its_output_path_first(tmp_path, capsys):
