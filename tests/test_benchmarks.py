@@ -298,7 +298,8 @@ def test_settle_calls_the_function_for_the_whole_span_then_syncs():
 
 
 def test_bench_writes_to_the_current_directory_not_the_source_tree(tmp_path, monkeypatch):
-    """Issue 10: `devnet bench` wrote into the checkout's benchmarks/results/ from anywhere."""
+    """`devnet bench` writes its results under the current directory, never into the checkout's
+    benchmarks/results/ (which may be read-only or someone else's)."""
     before = set(report.RESULTS_DIR.iterdir())
     monkeypatch.chdir(tmp_path)
     assert bench_main(["step", "--quick", "--device", "cpu", "-q", "--sizes", "3-5-2:b2",
@@ -498,7 +499,7 @@ def test_baseline_steps_match_the_reference(name, wd, rng):
     assert not np.array_equal(b1["p"], bufs["p"])
 
 
-# --- the deep-network kernels (issue 14): LayerNorm, dropout, their fused activation forms -------
+# --- the deep-network kernels: LayerNorm, dropout, their fused activation forms -----------------
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (7, 13), (33, 70)])
 def test_baseline_layernorm_matches_the_reference(shape, rng):
@@ -585,7 +586,7 @@ def test_fusion_covers_every_kernel_and_poisson_gets_counts():
     assert (T == 0).any() and (T >= 3).any()  # Poisson(2) counts, zeros included
 
 
-# --- the suites registered later: deep (issue 14), lbfgs (issue 13), distributed (issue 15) ------
+# --- the deep, lbfgs and distributed suites ------------------------------------------------------
 
 def test_bench_deep_suite_runs_on_tiny_sizes(tmp_path, capsys):
     res = _run(tmp_path, "deep", "--no-torch", "--no-sklearn", "--no-plots")

@@ -1,4 +1,4 @@
-"""Deep MLPs (issue 14): residual blocks, LayerNorm, dropout, the gradient-flow monitor.
+"""Deep MLPs: residual blocks, LayerNorm, dropout, the gradient-flow monitor.
 
 Gradients are checked against finite differences in float64 for every hidden activation x
 block x norm, with dropout active under a fixed mask (same step: same mask); the fused CPU
@@ -242,7 +242,7 @@ def test_masks_differ_by_step_layer_and_seed():
 def test_data_parallel_dropout_shard_masks_equal_the_whole_batchs_rows(table, dtype, rng,
                                                                        monkeypatch):
     """A shard (rows r0..r0+k-1 of a batch, ``row0=r0``) gets the whole batch's masks there:
-    the ranks of a data-parallel step drop what one process would (issue 15)."""
+    the ranks of a data-parallel step drop what one process would."""
     kernels = reference if table == "reference" else kcpu
     monkeypatch.setattr(kcpu, "PARALLEL_MIN", 0 if table == "parallel" else 1 << 62)
     n, m = int(rng.integers(40, 90)), int(rng.integers(3, 40))
@@ -346,7 +346,7 @@ def test_bad_training_arguments_are_config_errors():
 
 @pytest.mark.parametrize("block, norm", [("plain", None), ("residual", "layernorm")])
 def test_data_parallel_dropout_gradient_is_the_sum_of_the_halves(block, norm, rng):
-    """Issue 15: a batch's gradient equals its two halves' (the second with row0 = n/2), as
+    """A batch's gradient equals its two halves' (the second with row0 = n/2), as
     the data-parallel all-reduce adds them; keyed from row 0 the second half's masks differ."""
     model = dn.MLP(SIZES, activation="tanh", dtype="float64", backend="cpu", block=block,
                    norm=norm, dropout=0.4, seed=int(rng.integers(1000)))

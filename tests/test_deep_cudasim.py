@@ -79,7 +79,8 @@ SCRIPT = textwrap.dedent('''
         for a in (got[0][0], got[1][0]):
             assert (a[~keep] == 0).all()
 
-        # issue 15: a shard (rows r0..r0+k-1, row0=r0) gets the whole batch's masks there
+        # a shard (rows r0..r0+k-1, row0=r0) gets the whole batch's masks there, so the ranks
+        # of a data-parallel step drop what one process would
         r0 = int(rng.integers(1, n - 2))
         rows = slice(r0, r0 + int(rng.integers(1, n - r0 + 1)))
         A0, Gs = rng.standard_normal((n, m)).astype(dt), G.copy()

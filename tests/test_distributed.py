@@ -118,7 +118,7 @@ def test_two_ranks_on_gpus_equal_single_process(tmp_path):
 
 @pytest.mark.parametrize("deep", [False, True])
 def test_dropout_two_ranks_equal_single_process(tmp_path, deep):
-    # issue 15: each rank's shard is keyed by its global first row, so the ranks' masks are the
+    # each rank's shard is keyed by its global first row, so the ranks' masks are the
     # one-process masks; the last batch of n=97 has one row (rank 1's share is empty)
     opts = dict(n=97, batch_size=32, epochs=5, dropout=0.4, sizes=[6, 16, 16, 4], deep=deep)
     single = ok(*run(tmp_path, "single", nproc=0, single=True, **opts)[:2])

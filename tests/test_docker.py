@@ -96,7 +96,7 @@ def test_readme_shows_a_gpu_training_run():
         assert path.name in text
 
 
-# --- the mistakes of issue 10 ----------------------------------------------------------------
+# --- the image's user, environment and layers -----------------------------------------------
 
 ROOT = DOCKER.parent
 #: base images that already have a user with uid 1000 ("ubuntu" since Ubuntu 23.04)

@@ -1,5 +1,5 @@
 """Fuzz the public entry points: every outcome is a success or a DevnetError, never another
-exception, a hang or a crash (issue 10's acceptance).
+exception, a hang or a crash.
 
 Drives the bare losses (every loss in the table, both doors), the raw CPU loss kernels,
 ``dn.fit`` on tiny models and ``dn.load`` on random bytes and damaged real checkpoints, with

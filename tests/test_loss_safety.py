@@ -1,4 +1,4 @@
-"""Issue 10, losses: bad labels, predictions, targets and weights give a DataError, never memory
+"""Losses: bad labels, predictions, targets and weights give a DataError, never memory
 corruption, a wrapped label, a truncated gradient or a silent NaN.
 
 Calls that could corrupt memory if a guard regressed (the raw Numba kernels with out-of-range
@@ -46,7 +46,7 @@ def _expected_xent(z, labels, w=None):
     return value, w[:, None] * (p - onehot) / n
 
 
-# --- item 1: labels ------------------------------------------------------------------------
+# --- labels ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [3, -1, 10**9, -10**12])
 def test_bare_cross_entropy_rejects_out_of_range_labels(bad, rng):
@@ -212,7 +212,7 @@ def test_cpu_kernel_entry_rejects_bad_arguments(case, rng):
         kernel(z, t, g, w, 1.0)
 
 
-# --- item 11 and the clear errors ---------------------------------------------------------------
+# --- predictions and targets of the wrong kind: clear errors --------------------------------------
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.complex128])
@@ -364,7 +364,7 @@ def test_cross_entropy_accepts_one_hot_integer_targets(rng):
     np.testing.assert_allclose(g_onehot, g, rtol=1e-12, atol=1e-15)
 
 
-# --- sample weights (issue item 5, the loss side) ----------------------------------------------
+# --- sample weights, the loss side --------------------------------------------------------------
 
 @pytest.mark.parametrize("weights", ["shape", "negative", "all_zero", "nan", "inf", "complex",
                                      "2d"])

@@ -1,4 +1,4 @@
-"""devnet.train's Step, feeds and guard replay, and the package's import graph (issue 11)."""
+"""devnet.train's Step, feeds and guard replay, and the package's import graph."""
 
 from __future__ import annotations
 
