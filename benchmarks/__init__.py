@@ -218,7 +218,7 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
             backend, sklearn, n, arch, 32 if args.quick else 128,
             epochs=args.epochs, seed=args.seed, log=log)
     if ("sklearn" in suites or "lbfgs" in suites) and sklearn is not None:
-        # the L-BFGS solver against scikit-learn's, seconds per iteration (issue 13); part of
+        # the L-BFGS solver against scikit-learn's, seconds per iteration; part of
         # the sklearn suite, or alone as "lbfgs"
         from . import bench_lbfgs
 

@@ -288,7 +288,7 @@ def poisson(pred, target, grad, weight, scale):
     return _finish(xp, tlog, grad, weight, scale, pred.dtype)
 
 
-# --- deep networks: LayerNorm rows, dropout (issue 14) -------------------------------------------
+# --- deep networks: LayerNorm rows, dropout ------------------------------------------------------
 
 _U32 = 0xFFFFFFFF
 

@@ -1,4 +1,4 @@
-"""Deep-network suite (issue 14): fused LayerNorm and the residual + LayerNorm training step.
+"""Deep-network suite: fused LayerNorm and the residual + LayerNorm training step.
 
 - LayerNorm forward and backward at ``ln_mb`` MB per operand (float32 rows of ``ln_width``):
   GB/s (bytes the op must move: forward reads X and writes Y, backward reads G and X and writes

@@ -114,7 +114,7 @@ class _Keys:
 DROPOUT = 0.1
 
 
-# --- the reductions over the flat buffers (issue 12): their plain sequences are the code the
+# --- the reductions over the flat buffers: their plain sequences are the code the
 # kernels replaced (the estimators' L2 hook, Optimizer._clip_), kept here with the cases
 
 def _spans(n):

@@ -26,12 +26,12 @@ TARGETS = (
      "fused_over_copy", ">=", 0.7),
     ("plain NumPy / fused kernel, 1M float32 (worst kernel)", "fusion", None, "speedup",
      ">=", 2.0),
-    # issue 14, at the sizes it names (the deep suite's full sizes; --quick is not graded)
+    # the deep suite's targets, at the sizes they name (the deep suite's full sizes; --quick is not graded)
     ("unfused NumPy / fused LayerNorm forward, 1M float32", "deep", "layernorm 1048576",
      "fwd_speedup", ">=", 2.0),
     ("unfused NumPy / fused LayerNorm backward, 1M float32", "deep", "layernorm 1048576",
      "bwd_speedup", ">=", 2.0),
-    # issue 15: data-parallel samples/s, 2 ranks over 1 (one BLAS thread per rank)
+    # data-parallel samples/s, 2 ranks over 1 (one BLAS thread per rank)
     ("2 ranks / 1 rank samples/s, M global b512", "distributed", "784-1024-1024-10 b512",
      "speedup_2", ">=", 1.8),
     ("residual+LayerNorm step / plain step, M b256", "deep", "step 784-1024-1024-10 b256",
@@ -341,8 +341,8 @@ def _met(t: dict, no: str) -> str:
 
 
 def _render_deep(deep: dict) -> str:
-    """The deep suite (issue 14): LayerNorm vs copy and vs unfused; residual+LN step cost."""
-    lines = ["\ndeep networks (issue 14; ratios: median [min-max] of interleaved repetitions)"]
+    """The deep suite: LayerNorm vs copy and vs unfused; residual+LN step cost."""
+    lines = ["\ndeep networks (ratios: median [min-max] of interleaved repetitions)"]
     c = deep.get("layernorm_vs_copy")
     if c:
         lines.append(f"  LayerNorm {c['shape'][0]}x{c['shape'][1]} float32 ({c['mb']:.3g} MB): "

@@ -444,7 +444,7 @@ def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
         return norms.l2_value(value, value_scale, alpha, sq, sw)
 
 
-# --- deep networks (issue 14): LayerNorm rows, dropout, the residual add -----------------------
+# --- deep networks: LayerNorm rows, dropout, the residual add ----------------------------------
 # Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
 # ``key = scalar.dropout_key(seed, step, layer)``; the same uint64 arithmetic here (NumPy /
 # CuPy arrays) as in the compiled kernels, so every table draws the same bits.

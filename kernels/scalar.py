@@ -355,7 +355,7 @@ def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
     return adam(p * (1.0 - lr * wd), g, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
 
 
-# --- deep networks (issue 14): LayerNorm rows and counter-based dropout ------------------------
+# --- deep networks: LayerNorm rows and counter-based dropout -----------------------------------
 
 def layernorm_stats(shift, s1, s2, m, eps):
     """A row's ``(mean, 1 / sqrt(var + eps))`` from its shifted sums ``s1 = sum(x - shift)``,

@@ -156,7 +156,7 @@ def step_hyper_argnames(name: str) -> tuple[str, ...]:
 
 # --- the whole table ---------------------------------------------------------------------------
 
-# --- reductions over the flat buffers (issue 12: no CuPy launches in the step) ---------------
+# --- reductions over the flat buffers (one launch each: no CuPy launches in the step) ---------
 # ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``: scikit-learn's L2
 # term over the [start, stop) ``spans`` of p (the weights; biases excluded), one pass: adds
 # ``alpha / sw * p`` to g and returns ``value * value_scale + 0.5 alpha sum(p**2) / sw``, with

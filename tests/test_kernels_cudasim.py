@@ -236,7 +236,7 @@ def test_ptx_targets_cover_every_kernel():
         assert step in names
 
 
-# --- the hyper steps and the advance (issue 12: graph-ready scalars) ---------------------------
+# --- the hyper steps and the advance (graph-ready scalars) ---------------------------
 
 _HYPER_VALUES = {"lr": 0.01, "wd": 0.01, "mu": 0.9, "rho": 0.9, "eps": 1e-8, "beta1": 0.9,
                  "beta2": 0.999, "bc1": 1 - 0.9**3, "bc2": 1 - 0.999**3}
@@ -290,7 +290,7 @@ def test_hyper_targets_cover_every_step():
     assert names == {f"{s}_hyper" for s in reference.STEP_KERNELS} | {"opt_advance"}
 
 
-# --- the reductions over the flat buffers (issue 12: the L2 term and clipping, one launch) ---
+# --- the reductions over the flat buffers (the L2 term and clipping, one launch) ---
 
 def _spans(rng, n):
     cuts = np.sort(rng.choice(np.arange(1, n), size=6, replace=False))

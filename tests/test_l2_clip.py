@@ -1,4 +1,4 @@
-"""The reductions over the flat buffers (issue 12): scikit-learn's L2 term (``l2_penalty``) and
+"""The reductions over the flat buffers: scikit-learn's L2 term (``l2_penalty``) and
 gradient clipping (``opt_clip`` + the hyper steps' gradient scale), on the CPU kernels and the
 reference, against plain NumPy and against the code they replaced (the estimators' L2 hook and
 ``Optimizer._clip_``, transcribed below). The CUDA kernels: ``test_kernels_cudasim.py``; launch
@@ -262,7 +262,7 @@ CLIPPED = {
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize("config", sorted(CLIPPED))
 def test_clip_norm_update_equals_the_old_in_place_path(config, dtype, rng):
-    """Regression (issue 12, clip_norm folded into the step): every optimizer with clip_norm
+    """Regression (clip_norm folded into the step): every optimizer with clip_norm
     updates as the old path (g clipped in place, then the step) to float32 rounding (float64:
     1e-12), clipping on some steps and not others; and model.grads is left as it was."""
     cls, kwargs = CLIPPED[config]
@@ -328,7 +328,7 @@ def _old_hook(model, value, batch, value_scale, alpha):
 @pytest.mark.parametrize("weighted", (False, True))
 @pytest.mark.parametrize("dtype", ("float32", "float64"))
 def test_sklearn_l2_hook_equals_the_unfused_hook(dtype, weighted, rng):
-    """Regression (issue 12, the estimators' L2 term in one kernel): the hook's value and
+    """Regression (the estimators' L2 term in one kernel): the hook's value and
     gradient are the old hook's (a dot per layer, dW += c W), biases untouched."""
     models = [dn.MLP([4, 6, 5, 3], dtype=dtype, backend="cpu", seed=1) for _ in range(2)]
     params, grads = rng.standard_normal((2, models[0].n_params)).astype(dtype)

@@ -1,6 +1,6 @@
 """Launches and allocations of the estimators' L2 term and of clip_norm on the simulated GPU.
 
-Regression for issue 12 ("clip_norm and the estimator's L2 must not add a dozen CuPy
+Regression ("clip_norm and the estimator's L2 must not add a dozen CuPy
 launches"): before, the L2 hook ran a dot, a scaled copy of W and an add per layer plus the
 value arithmetic (allocating each step), and ``_clip_`` five CuPy ops. Runs in the
 ``DEVNET_CUDA_SIMULATOR=1`` pytest process (as ``tests/test_cuda_launch_bench.py``):
