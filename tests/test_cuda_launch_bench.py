@@ -2,7 +2,8 @@
 
 Off the CUDA backend it says why it skipped. Under ``DEVNET_CUDA_SIMULATOR=1`` (the cudasim
 process of ``make test``) it runs the real CUDA launch path with only the kernel execution
-stubbed, and the step's launch and allocation counts are checked against the graph-ready step's targets.
+stubbed, and the step's launch and allocation counts are checked against the graph-ready step's
+targets.
 On a GPU it stubs the driver's ``cuLaunchKernelEx`` and nothing above it: checked here in a
 process with a stand-in driver library (a C file built with the system compiler), since none
 is installed.
