@@ -202,19 +202,24 @@ class _Recorder:
 
 
 class _ProxyBackend:
-    """Forwards everything to ``real``; ``matmul`` and every kernel go through the recorder."""
+    """Forwards everything to ``real``; ``matmul`` and every kernel of both tables (the
+    public ``kernels`` and the ``raw_kernels`` devnet calls itself) go through the recorder."""
 
     def __init__(self, real, recorder: _Recorder):
         self._real = real
         self._rec = recorder
-        table = {}
-        for name, fn in vars(real.kernels).items():
+        self.kernels = self._recorded(real.kernels)
+        self.raw_kernels = self._recorded(real.raw_kernels)
+
+    def _recorded(self, kernels) -> SimpleNamespace:
+        recorder, table = self._rec, {}
+        for name, fn in vars(kernels).items():
             if callable(fn):
                 table[name] = (lambda n, f: lambda *a, **kw: recorder.kernel(n, f, *a, **kw))(
                     name, fn)
             else:
                 table[name] = fn
-        self.kernels = SimpleNamespace(**table)
+        return SimpleNamespace(**table)
 
     def matmul(self, a, b, out):
         return self._rec.matmul(self._real.matmul, a, b, out)

@@ -2,14 +2,17 @@
 
 Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s rows, a ``g``
 shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
-generated or hand-written entry of ``cpu/`` and the ``cuda`` package calls ``check`` first:
-attribute reads only (no pass over the data), and a DataError naming the argument.
+public entry of ``cpu/`` and the ``cuda`` package calls ``check`` first: attribute reads only (no
+pass over the data), and a DataError naming the argument. Each also keeps the same kernel
+without ``check`` as its ``unchecked`` attribute: the backends' ``raw_kernels`` table, which
+devnet calls for buffers it allocated itself to agree (on a small model the checks cost more
+than the kernels: 2-8-1, b4, 26 of a 37 us backward).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import threading
 
 import numpy as np
 from devnet.kernels.table import (
@@ -54,42 +57,14 @@ def _shape_text(shape_syms, sizes):
         ("," if len(shape_syms) == 1 else "") + ")"
 
 
-class _Trust(threading.local):
-    depth = 0
-
-
-_trust = _Trust()
-
-
-class _Trusted:
-    """``with TRUSTED:`` skips ``check`` on this thread for kernel calls whose buffers devnet
-    allocated itself to agree (the MLP's forward and backward, after checking X / dY): on a
-    small model the checks cost more than the kernels (2-8-1, b4: 26 of a 37 us backward).
-    Calls from anywhere else, ``backend.kernels.<op>`` included, stay checked.
-    """
-
-    __slots__ = ()
-
-    def __enter__(self):
-        _trust.depth += 1
-
-    def __exit__(self, *exc):
-        _trust.depth -= 1
-
-
-TRUSTED = _Trusted()
-
-
 def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False,
           specs: str | None = None):
     """The common float dtype of kernel ``name``'s arrays in ``args`` (positional), or a
     DataError naming the first argument that is missing, of another type, dtype, rank or
     shape than the others imply, read-only where written, or (``contiguous``) not
-    C-contiguous. None, unchecked, inside ``with TRUSTED``. ``specs``: the ``ARRAYS`` entry
-    to check against, when not ``name``'s own (a hyper step checks its by-value step's).
+    C-contiguous. ``specs``: the ``ARRAYS`` entry to check against, when not ``name``'s own
+    (a hyper step checks its by-value step's).
     """
-    if _trust.depth:
-        return None
     sizes: dict[str, int] = {}
     origin: dict[str, str] = {}
     dtype = None
@@ -131,6 +106,38 @@ def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = Fals
         if sizes.get(sym, 1) < 1:
             raise DataError(f"{name}: size {sym} is 0; each row needs at least one element")
     return dtype
+
+
+def checked(name: str, array_type=np.ndarray, contiguous: bool = False):
+    """Decorator of a hand-written kernel entry: the public entry runs ``check(name, ...)`` on
+    its arguments (bound by the kernel's signature: ``ARRAYS`` gives their positions), then the
+    kernel; the kernel itself stays reachable as the entry's ``unchecked`` attribute."""
+
+    def wrap(kernel):
+        sig = inspect.signature(kernel)
+
+        def entry(*args, **kwargs):
+            bound = args
+            if kwargs:
+                try:
+                    bound = sig.bind(*args, **kwargs).args
+                except TypeError:
+                    return kernel(*args, **kwargs)  # Python's own message for a bad call
+            check(name, bound, array_type, contiguous)
+            return kernel(*args, **kwargs)
+
+        functools.update_wrapper(entry, kernel)
+        entry.unchecked = kernel
+        return entry
+    return wrap
+
+
+def _pair(build):
+    """``build(True)``, the checked public entry, with ``build(False)`` as its ``unchecked``."""
+    entry = build(True)
+    entry.unchecked = build(False)
+    functools.update_wrapper(entry.unchecked, entry)
+    return entry
 
 
 def residual_out(name: str, R, out) -> None:
@@ -202,23 +209,26 @@ def make_step(name: str, launch, array_type=np.ndarray, contiguous: bool = False
     n_floats = n_arrays + len(row.scalars)
     needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items())
 
-    def step(*args, **kwargs):
-        if kwargs or len(args) != len(names):
-            args = _bind(name, sig, args, kwargs)
-        check(name, args, array_type, contiguous)
-        for pos, buf, hpos, hyper in needs:
-            if args[pos] is None and args[hpos]:
-                raise DataError(f"{name}: {hyper}={args[hpos]!r} uses the state buffer "
-                                f"{buf!r}, got None")
-        p = args[0]
-        arrays = [p if a is None else a for a in args[:n_arrays]]
-        floats = _floats(name, row.scalars, args[n_arrays:n_floats])
-        launch(arrays, floats, [bool(f) for f in args[n_floats:]])
+    def build(checking):
+        def step(*args, **kwargs):
+            if kwargs or len(args) != len(names):
+                args = _bind(name, sig, args, kwargs)
+            if checking:
+                check(name, args, array_type, contiguous)
+            for pos, buf, hpos, hyper in needs:
+                if args[pos] is None and args[hpos]:
+                    raise DataError(f"{name}: {hyper}={args[hpos]!r} uses the state buffer "
+                                    f"{buf!r}, got None")
+            p = args[0]
+            arrays = [p if a is None else a for a in args[:n_arrays]]
+            floats = _floats(name, row.scalars, args[n_arrays:n_floats])
+            launch(arrays, floats, [bool(f) for f in args[n_floats:]])
 
-    step.__name__ = step.__qualname__ = name
-    step.__signature__ = sig
-    step.__doc__ = f"{row.doc} (N,) flat buffers, one dtype; see ``reference.{name}``."
-    return step
+        step.__name__ = step.__qualname__ = name
+        step.__signature__ = sig
+        step.__doc__ = f"{row.doc} (N,) flat buffers, one dtype; see ``reference.{name}``."
+        return step
+    return _pair(build)
 
 
 def float64_array(name: str, arg: str, a, ndim: int, array_type=np.ndarray,
@@ -258,30 +268,33 @@ def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool =
     needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items()
                   if h in row.flags)
 
-    def step(*args, **kwargs):
-        if kwargs or len(args) != len(names):
-            args = _bind(name, sig, args, kwargs)
-        check(name, args, array_type, contiguous, specs=step_name)
-        hyper = args[n_arrays]
-        float64_array(name, "hyper", hyper, 1, array_type)
-        if hyper.shape[0] != size:
-            raise DataError(f"{name}: argument 'hyper' must have {size} elements "
-                            f"({', '.join(hyper_layout(step_name))}), got {hyper.shape[0]}")
-        for pos, buf, hpos, flag in needs:
-            if args[pos] is None and args[hpos]:
-                raise DataError(f"{name}: {flag}={args[hpos]!r} uses the state buffer "
-                                f"{buf!r}, got None")
-        p = args[0]
-        arrays = [p if a is None else a for a in args[:n_arrays]]
-        launch(arrays, hyper, [bool(f) for f in args[n_arrays + 1:]],
-               [args[pos] is not None for pos in gated])
+    def build(checking):
+        def step(*args, **kwargs):
+            if kwargs or len(args) != len(names):
+                args = _bind(name, sig, args, kwargs)
+            if checking:
+                check(name, args, array_type, contiguous, specs=step_name)
+            hyper = args[n_arrays]
+            float64_array(name, "hyper", hyper, 1, array_type)
+            if hyper.shape[0] != size:
+                raise DataError(f"{name}: argument 'hyper' must have {size} elements "
+                                f"({', '.join(hyper_layout(step_name))}), got {hyper.shape[0]}")
+            for pos, buf, hpos, flag in needs:
+                if args[pos] is None and args[hpos]:
+                    raise DataError(f"{name}: {flag}={args[hpos]!r} uses the state buffer "
+                                    f"{buf!r}, got None")
+            p = args[0]
+            arrays = [p if a is None else a for a in args[:n_arrays]]
+            launch(arrays, hyper, [bool(f) for f in args[n_arrays + 1:]],
+                   [args[pos] is not None for pos in gated])
 
-    step.__name__ = step.__qualname__ = name
-    step.__signature__ = sig
-    step.__doc__ = (f"``{step_name}`` with its scalars read from ``hyper`` (float64, slots "
-                    f"{', '.join(hyper_layout(step_name))}) on the device; see "
-                    f"``reference.{name}``.")
-    return step
+        step.__name__ = step.__qualname__ = name
+        step.__signature__ = sig
+        step.__doc__ = (f"``{step_name}`` with its scalars read from ``hyper`` (float64, slots "
+                        f"{', '.join(hyper_layout(step_name))}) on the device; see "
+                        f"``reference.{name}``.")
+        return step
+    return _pair(build)
 
 
 def make_advance(launch, array_type=np.ndarray):
@@ -322,18 +335,21 @@ def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
     """
     name = CLIP_KERNEL
 
-    def opt_clip(g, hyper):
-        check(name, (g,), array_type, contiguous)
-        if not isinstance(g, array_type) or g.ndim != 1:  # unchecked inside TRUSTED
-            raise DataError(f"{name}: argument 'g' must be a 1-D float array")
-        float64_array(name, "hyper", hyper, 1, array_type, written=True)
-        _hyper_slots(name, hyper, len(HYPER_HEADER),
-                     f"{len(HYPER_HEADER)} header slots ({', '.join(HYPER_HEADER)})")
-        launch(g, hyper)
+    def build(checking):
+        def opt_clip(g, hyper):
+            if checking:
+                check(name, (g,), array_type, contiguous)
+            if not isinstance(g, array_type) or g.ndim != 1:  # unchecked entry too
+                raise DataError(f"{name}: argument 'g' must be a 1-D float array")
+            float64_array(name, "hyper", hyper, 1, array_type, written=True)
+            _hyper_slots(name, hyper, len(HYPER_HEADER),
+                         f"{len(HYPER_HEADER)} header slots ({', '.join(HYPER_HEADER)})")
+            launch(g, hyper)
 
-    opt_clip.__doc__ = ("The gradient's clip scale into ``hyper`` (one reduction); see "
-                        "``reference.opt_clip``.")
-    return opt_clip
+        opt_clip.__doc__ = ("The gradient's clip scale into ``hyper`` (one reduction); see "
+                            "``reference.opt_clip``.")
+        return opt_clip
+    return _pair(build)
 
 
 def _spans(name: str, spans, n: int, array_type) -> None:
@@ -370,35 +386,38 @@ def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
     name = L2_KERNEL
     args = tuple(p.name for p in ENTRIES[name])
 
-    def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
-        check(name, (p, g, spans, alpha, weight), array_type, contiguous)
-        for arg, a in (("p", p), ("g", g)):  # the dtype / shape checks, inside TRUSTED too
-            if not isinstance(a, array_type) or a.ndim != 1 or a.shape != p.shape:
-                raise DataError(f"{name}: argument {arg!r} must be a 1-D float array of p's "
-                                "size")
-        _spans(name, spans, p.shape[0], array_type)
-        alpha, count, value_scale = _floats(name, ("alpha", "count", "value_scale"),
-                                            (alpha, count, value_scale))
-        if device_value:
-            if not isinstance(value, array_type) or value.size != 1 or \
-                    value.dtype != p.dtype or not value.flags.c_contiguous:
-                raise DataError(f"{name}: value must be a 1-element {p.dtype} array on the "
-                                f"device (the loss value), got {_describe(value)}")
-        elif isinstance(value, array_type):
-            if value.size != 1 or value.dtype.kind not in "biuf":
-                raise DataError(f"{name}: value must be a real number or a 1-element array, "
-                                f"got {_describe(value)}")
-            value = float(value.reshape(())[()])
-        else:
-            value = _floats(name, ("value",), (value,))[0]
-        return launch(p, g, spans, alpha, weight, count, value, value_scale)
+    def build(checking):
+        def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
+            if checking:
+                check(name, (p, g, spans, alpha, weight), array_type, contiguous)
+            for arg, a in (("p", p), ("g", g)):  # unchecked entry too
+                if not isinstance(a, array_type) or a.ndim != 1 or a.shape != p.shape:
+                    raise DataError(f"{name}: argument {arg!r} must be a 1-D float array of p's "
+                                    "size")
+            _spans(name, spans, p.shape[0], array_type)
+            alpha, count, value_scale = _floats(name, ("alpha", "count", "value_scale"),
+                                                (alpha, count, value_scale))
+            if device_value:
+                if not isinstance(value, array_type) or value.size != 1 or \
+                        value.dtype != p.dtype or not value.flags.c_contiguous:
+                    raise DataError(f"{name}: value must be a 1-element {p.dtype} array on the "
+                                    f"device (the loss value), got {_describe(value)}")
+            elif isinstance(value, array_type):
+                if value.size != 1 or value.dtype.kind not in "biuf":
+                    raise DataError(f"{name}: value must be a real number or a 1-element array, "
+                                    f"got {_describe(value)}")
+                value = float(value.reshape(())[()])
+            else:
+                value = _floats(name, ("value",), (value,))[0]
+            return launch(p, g, spans, alpha, weight, count, value, value_scale)
 
-    l2_penalty.__signature__ = inspect.Signature(
-        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in args[:-1]]
-        + [inspect.Parameter(args[-1], inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)])
-    l2_penalty.__doc__ = ("scikit-learn's L2 term over the weight spans, in place on g; "
-                          "returns the loss value with it; see ``reference.l2_penalty``.")
-    return l2_penalty
+        l2_penalty.__signature__ = inspect.Signature(
+            [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in args[:-1]]
+            + [inspect.Parameter(args[-1], inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)])
+        l2_penalty.__doc__ = ("scikit-learn's L2 term over the weight spans, in place on g; "
+                              "returns the loss value with it; see ``reference.l2_penalty``.")
+        return l2_penalty
+    return _pair(build)
 
 
 def _describe(a) -> str:

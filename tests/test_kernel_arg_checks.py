@@ -182,22 +182,44 @@ if __name__ == "__main__" and sys.argv[1:] == ["cuda"]:
     _run_cuda()
 
 
-def test_checks_are_skipped_only_inside_the_models_own_passes(rng):
-    """The MLP skips the checks for its own buffers; a failing forward must not leave them off
-    for the next direct call."""
+@pytest.mark.parametrize("block,norm,dropout", [("plain", None, 0.0),
+                                                 ("residual", "layernorm", 0.25)])
+def test_the_library_calls_the_unchecked_table_and_a_users_call_stays_checked(
+        block, norm, dropout, rng, monkeypatch):
+    """The MLP's passes and the optimizer's step call ``backend.raw_kernels`` (their buffers
+    are their own, allocated to agree): no argument check runs in a training step or a
+    prediction. A user's call of ``backend.kernels.<op>`` stays checked, before and after a
+    failing forward."""
     from devnet.kernels import checks
 
     import devnet as dn
 
     be = dn.get_backend("cpu")
-    model = dn.MLP([3, 4, 2], backend=be, seed=0)
-    model.forward(rng.standard_normal((5, 3)).astype(np.float32))
+    model = dn.MLP([3, 4, 4, 2], backend=be, seed=int(rng.integers(1000)), block=block,
+                   norm=norm, dropout=dropout)
+    opt = dn.optim.Adam(model.parameters(), lr=1e-3, clip_norm=1.0)
+    real, calls = checks.check, []
+
+    def spy(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "check", spy)
+    X = rng.standard_normal((5, 3)).astype(np.float32)
+    for _ in range(2):
+        Y = model.forward(X, training=True)
+        model.backward(rng.standard_normal(Y.shape).astype(np.float32))
+        opt.step()
+    model.predict(X)
+    assert calls == []
     with pytest.raises(dn.DataError):
         model.forward(rng.standard_normal((5, 4)).astype(np.float32))  # wrong width
-    assert checks._trust.depth == 0
     A = rng.standard_normal((4, 3)).astype(np.float32)
     with pytest.raises(dn.DataError, match="'b'"):
         be.kernels.bias_act_fwd("relu", A, np.zeros(5, np.float32))
+    with pytest.raises(dn.DataError, match="'g' must be float32 or float64"):
+        be.kernels.opt_clip(rng.integers(0, 9, 6), np.ones(8))
+    assert calls == ["bias_act_fwd", "opt_clip"]
 
 
 @pytest.mark.parametrize("module_name", ["reference", "cpu"])

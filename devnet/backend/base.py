@@ -10,12 +10,17 @@ import numpy as np
 from devnet.kernels import table as kernel_names
 
 
-def kernel_table(module: ModuleType) -> SimpleNamespace:
-    """Collect ``kernel_names.KERNEL_NAMES`` from ``module`` into a namespace."""
+def kernel_table(module: ModuleType, unchecked: bool = False) -> SimpleNamespace:
+    """Collect ``kernel_names.KERNEL_NAMES`` from ``module`` into a namespace: the public
+    entries, or with ``unchecked`` each entry's ``unchecked`` kernel (the same kernel without
+    the O(1) argument checks; an entry without one, e.g. the reference oracle's, as it is)."""
     missing = [n for n in kernel_names.KERNEL_NAMES if not hasattr(module, n)]
     if missing:
         raise ImportError(f"{module.__name__} lacks kernels: {', '.join(missing)}")
-    table = SimpleNamespace(**{n: getattr(module, n) for n in kernel_names.KERNEL_NAMES})
+    entries = {n: getattr(module, n) for n in kernel_names.KERNEL_NAMES}
+    if unchecked:
+        entries = {n: getattr(f, "unchecked", f) for n, f in entries.items()}
+    table = SimpleNamespace(**entries)
     table.source = module.__name__
     return table
 
@@ -56,13 +61,18 @@ class Clock:
 class Backend:
     """One device: its array module ``xp``, its kernel table, and transfers at the edges.
 
-    Outside ``devnet.backend`` code never tests ``name``: it uses ``xp`` and ``kernels``.
+    Outside ``devnet.backend`` code never tests ``name``: it uses ``xp`` and ``kernels``
+    (or ``raw_kernels``).
     """
 
     name: str = "base"  #: "cpu" or "cuda"
     device: str = "base"  #: "cpu" or "cuda:N"
     xp: ModuleType = np
+    #: the public kernel entries: each checks its arguments' shapes, dtypes and layout in O(1)
     kernels: SimpleNamespace
+    #: the same kernels without those checks, for devnet's own calls on buffers it allocated
+    #: to agree (on a small model the checks cost more than the kernels)
+    raw_kernels: SimpleNamespace
     reason: str = ""  #: why this backend was chosen (set by ``get_backend("auto")``)
 
     def asarray(self, a, dtype=None):

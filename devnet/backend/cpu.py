@@ -22,10 +22,10 @@ class CPUBackend(Backend):
     def __init__(self, kernels: str = "fused"):
         lookup({"fused": 0, "reference": 0}, kernels, "kernel set")
         self.kernel_set = kernels
-        if kernels == "reference":
-            self.kernels = kernel_table(reference)
-        else:
-            self.kernels = kernel_table(importlib.import_module("devnet.kernels.cpu"))
+        module = reference if kernels == "reference" else \
+            importlib.import_module("devnet.kernels.cpu")
+        self.kernels = kernel_table(module)
+        self.raw_kernels = kernel_table(module, unchecked=True)
 
     def asarray(self, a, dtype=None):
         try:

@@ -215,10 +215,11 @@ class CUDABackend(Backend):
         self._stagers: dict[tuple, _Stager] = {}
         module = reference if kernels == "reference" else \
             importlib.import_module("devnet.kernels.cuda")
-        table = kernel_table(module)
-        for name in kernel_names.KERNEL_NAMES:
-            setattr(table, name, _OnDevice(getattr(table, name), self._scope))
-        self.kernels = table
+        self.kernels = kernel_table(module)
+        self.raw_kernels = kernel_table(module, unchecked=True)
+        for table in (self.kernels, self.raw_kernels):
+            for name in kernel_names.KERNEL_NAMES:
+                setattr(table, name, _OnDevice(getattr(table, name), self._scope))
 
     def scope(self):
         """A context manager running what it encloses on this backend's device and stream."""

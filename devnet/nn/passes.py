@@ -21,7 +21,6 @@ from devnet import validation
 from devnet.backend.host import detach, to_numpy
 from devnet.errors import ConfigError, DataError
 from devnet.kernels import scalar
-from devnet.kernels.checks import TRUSTED
 from devnet.nn import activations
 from devnet.nn.usage import get_ident
 
@@ -32,33 +31,34 @@ _MAX_ROW0 = 2**62  # row0 + the element count must fit the kernels' int64 elemen
 
 
 def _own_buffers(method):
-    """Run ``method`` with the kernels' argument checks off: it checks X / dY itself, and every
-    other buffer its kernels touch is the model's own, allocated to agree. It runs in the
-    backend's scope: its own xp calls (input scaling, copies) go to whichever device is
-    current. The training buffers it uses belong to the thread training the model, if one
-    does: another thread is refused (one comparison, no lock, in the training step)."""
+    """Run ``method``, which calls the unchecked kernels (``backend.raw_kernels``): it checks
+    X / dY itself, and every other buffer its kernels touch is the model's own, allocated to
+    agree. It runs in the backend's scope: its own xp calls (input scaling, copies) go to
+    whichever device is current. The training buffers it uses belong to the thread training
+    the model, if one does: another thread is refused (one comparison, no lock, in the
+    training step)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         owner = self._usage.owner
         if owner is not None and owner != get_ident():
             raise self._usage.busy(f"model.{method.__name__}()")
-        with TRUSTED, self.backend.scope():
+        with self.backend.scope():
             return method(self, *args, **kwargs)
     return run
 
 
 def _inference(method):
     """Run ``method`` as one inference: registered with the model's Usage (refused while
-    another thread trains the model; a training claim waits for it), in the backend's scope
-    with the kernels' argument checks off (its buffers are the calling thread's own)."""
+    another thread trains the model; a training claim waits for it), in the backend's scope;
+    it calls the unchecked kernels (its buffers are the calling thread's own)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         usage = self._usage
         me = usage.enter_shared(f"model.{method.__name__}()")
         try:
-            with TRUSTED, self.backend.scope():
+            with self.backend.scope():
                 return method(self, *args, **kwargs)
         finally:
             usage.exit_shared(me)
@@ -211,7 +211,7 @@ class Passes:
     def _forward_plain(self, X, outs, Zs):
         """Layer i's output into ``outs[i]`` (its pre-activation into ``Zs[i]`` if not None);
         returns the last one."""
-        matmul, kernels, alpha = self.backend.matmul, self.backend.kernels, self.alpha
+        matmul, kernels, alpha = self.backend.matmul, self.backend.raw_kernels, self.alpha
         A = X
         for layer, out, Z in zip(self.layers, outs, Zs):
             matmul(A, layer.W, out=out)
@@ -224,7 +224,7 @@ class Passes:
         are rows row0.. of the step's batch (they key the masks). Layer i's matmul output goes
         to ``outs[i]`` (``work.A`` in training). Returns the output and the dropout keys."""
         row0 = int(row0)
-        be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
+        be, kernels, alpha = self.backend, self.backend.raw_kernels, self.alpha
         keys = [None] * len(self.layers)
         inputs = [None] * len(self.layers)
         A = X
@@ -301,7 +301,7 @@ class Passes:
         work = self._work[n]
         if self._keys is not None or self._deep:
             return self._backward_deep(dY, work, n, input_grad)
-        be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
+        be, kernels, alpha = self.backend, self.backend.raw_kernels, self.alpha
         G = dY
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
@@ -332,7 +332,7 @@ class Passes:
 
     def _backward_deep(self, dY, work: _Work, n: int, input_grad: bool):
         """``backward`` through LayerNorm, residual blocks and dropout (``_forward_deep``)."""
-        be, kernels, alpha = self.backend, self.backend.kernels, self.alpha
+        be, kernels, alpha = self.backend, self.backend.raw_kernels, self.alpha
         keys = self._keys or [None] * len(self.layers)
         G = dY  # dL/d(layer output)
         for i in range(len(self.layers) - 1, -1, -1):

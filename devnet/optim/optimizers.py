@@ -39,7 +39,6 @@ import numpy as np
 from devnet import validation as check
 from devnet.errors import ConfigError, lookup
 from devnet.kernels import table as kernel_table
-from devnet.kernels.checks import TRUSTED
 from devnet.nn.dense import ParameterList
 from devnet.optim.schedules import Schedule
 
@@ -237,18 +236,17 @@ class Optimizer:
         """
         if self._stale or self._t >= self._refill_at:
             self._sync_device()  # before opt_clip: the upload resets its slot to 1
-        kernels, p = self.backend.kernels, self.params
+        # every buffer below is this optimizer's or the model's, allocated to agree: the
+        # unchecked kernels, as in the MLP's own passes
+        kernels, p = self.backend.raw_kernels, self.params
         entry, buffers, flags = self._launch
         state = self.state
-        # every buffer below is this optimizer's or the model's, allocated to agree: the
-        # kernels' shape / dtype checks are skipped, as in the MLP's own passes
-        with TRUSTED:
-            if self._clip is not None:
-                kernels.opt_clip(p.grad, self.hyper)
-            kernels.opt_advance(self.hyper, self._table)
-            self._t += 1  # in lock-step with the device's, whatever the update does next
-            getattr(kernels, entry)(p.data, p.grad, *(state.get(b) for b in buffers),
-                                    self.hyper, *flags)
+        if self._clip is not None:
+            kernels.opt_clip(p.grad, self.hyper)
+        kernels.opt_advance(self.hyper, self._table)
+        self._t += 1  # in lock-step with the device's, whatever the update does next
+        getattr(kernels, entry)(p.data, p.grad, *(state.get(b) for b in buffers),
+                                self.hyper, *flags)
 
     def validate(self) -> None:
         """ConfigError unless every host field obeys its declared rule.

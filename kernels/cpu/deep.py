@@ -163,35 +163,35 @@ def _dropout_args(name, p, key, row0):
             checks.dropout_row0(name, row0))
 
 
+@checks.checked("layernorm_fwd")
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
-    checks.check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
     kernel = _deep_pick(_layernorm_fwd, "layernorm_fwd", X)
     kernel(X, gamma, beta, Y, mean, rstd, float(eps))
 
 
+@checks.checked("layernorm_bwd")
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
-    checks.check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
     resid = R is not None
     kernel = _deep_pick(_layernorm_bwd, f"layernorm_bwd_{int(resid)}", G, RESID=resid)
     kernel(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R if resid else G,
            chunks(G))
 
 
+@checks.checked("dropout_fwd")
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout of A (n, m), rows from global row ``row0``; see
     ``reference.dropout_fwd``."""
-    checks.check("dropout_fwd", (A,))
     threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, row0)
     kernel = _deep_pick(_dropout_fwd, "dropout_fwd", A)
     kernel(A, threshold, scale, k0, k1, row0)
 
 
+@checks.checked("bias_act_drop_fwd")
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
-    checks.check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
     checks.residual_out("bias_act_drop_fwd", R, out)
     threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, row0)
     keep_z, drop, resid = Z is not None, p > 0, R is not None
@@ -202,10 +202,10 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
            R if resid else A, out if resid else A, row0)
 
 
+@checks.checked("act_drop_bwd")
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
-    checks.check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")

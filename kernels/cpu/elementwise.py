@@ -200,6 +200,7 @@ def _kernel(by_act, act, a):
     return pick(kernels, a)
 
 
+@checks.checked("bias_act_fwd")
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
 
@@ -207,10 +208,10 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise.
     """
     kernel = _kernel(_FWD, act, A)
-    checks.check("bias_act_fwd", (act, A, b, Z))
     kernel(A, b, A if Z is None else Z, Z is not None, float(alpha))
 
 
+@checks.checked("act_bwd")
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     """``dZ <- G * act'(.)`` and ``db <- column sums of dZ`` in one pass over G.
 
@@ -218,7 +219,6 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
     """
     kernel = _kernel(_BWD, act, G)
-    checks.check("act_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")

@@ -19,7 +19,7 @@ import numpy as np
 from devnet.kernels import checks, scalar, table
 from devnet.kernels.cuda.device import S
 from devnet.kernels.cuda.elementwise import bias_act_fwd
-from devnet.kernels.cuda.launch import Call, check, config, kernel
+from devnet.kernels.cuda.launch import Call, config, kernel
 from devnet.kernels.cuda.registry import register
 from devnet.kernels.table import NEEDS_PREACTIVATION, decl
 from numba import cuda
@@ -210,9 +210,9 @@ def _elementwise_act(act):
 
 # --- the public kernels (signatures and contracts: reference.py) --------------------------------
 
+@checks.checked("layernorm_fwd", checks.ArrayLike, True)
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
-    check("layernorm_fwd", (X, gamma, beta, Y, mean, rstd))
     n, m = X.shape
     c = Call(X)
     grid, block = config(c, "rows", n, m)
@@ -220,9 +220,9 @@ def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
                                       X.dtype.type(eps))
 
 
+@checks.checked("layernorm_bwd", checks.ArrayLike, True)
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
-    check("layernorm_bwd", (G, X, mean, rstd, gamma, dX, dgamma, dbeta, R))
     n, m = G.shape
     dt = G.dtype
     c = Call(G)
@@ -237,10 +237,10 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
                                       G if R is None else R, R is not None)
 
 
+@checks.checked("dropout_fwd", checks.ArrayLike, True)
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout of A (n, m), rows from global row ``row0``; see
     ``reference.dropout_fwd``."""
-    check("dropout_fwd", (A,))
     threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, A.dtype, row0)
     n, m = A.shape
     c = Call(A)
@@ -248,16 +248,16 @@ def dropout_fwd(A, p, key, row0=0):
     kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1, row0)
 
 
+@checks.checked("bias_act_drop_fwd", checks.ArrayLike, True)
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
     _elementwise_act(act)
-    check("bias_act_drop_fwd", (act, A, b, Z, alpha, p, key, R, out))
     checks.residual_out("bias_act_drop_fwd", R, out)
     drop, resid = p > 0, R is not None
     threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, A.dtype,
                                                       row0)
     if not (drop or resid):
-        bias_act_fwd(act, A, b, Z, alpha)
+        bias_act_fwd.unchecked(act, A, b, Z, alpha)  # its arguments are checked here
         return
     n, m = A.shape
     c = Call(A)
@@ -267,10 +267,10 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
         threshold, scale, k0, k1, R if resid else A, out if resid else A, row0)
 
 
+@checks.checked("act_drop_bwd", checks.ArrayLike, True)
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
     _elementwise_act(act)
-    check("act_drop_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
-from devnet.kernels.cuda.launch import Call, check, config, kernel
+from devnet.kernels.cuda.launch import Call, config, kernel
 from devnet.kernels.cuda.registry import SPECS, register
 from devnet.kernels.table import NEEDS_PREACTIVATION, decl
 from numba import cuda
@@ -267,6 +267,7 @@ def _check_act(table_key, act):
 
 # --- the kernel table: activations ---------------------------------------------------------------
 
+@checks.checked("bias_act_fwd", checks.ArrayLike, True)
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
 
@@ -275,7 +276,6 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     """
     name = f"bias_act_fwd_{act}"
     _check_act(name, act)
-    check("bias_act_fwd", (act, A, b, Z))
     n, m = A.shape
     c = Call(A)
     grid, block = config(c, "rows" if act == "softmax" else "cols", n, m)
@@ -294,6 +294,7 @@ def _same_buffer(a, b):
     return a.data.ptr == b.data.ptr
 
 
+@checks.checked("act_bwd", checks.ArrayLike, True)
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one launch (softmax: two).
 
@@ -303,7 +304,6 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     name = f"act_bwd_{act}"
     if act != "softmax":
         _check_act(name, act)
-    check("act_bwd", (act, G, A, Z, dZ, db))
     if Z is None:
         if act in NEEDS_PREACTIVATION:
             raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")

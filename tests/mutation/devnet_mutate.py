@@ -13,7 +13,7 @@ Not collected by pytest (no ``test_`` prefix). Run from the repository root::
 
 Each mutation runs in its own pytest process that loads this file as a plugin
 (``-p devnet_mutate`` with ``DEVNET_MUTATION=kernel:output``); the plugin patches
-``devnet.kernels.cpu`` and the cached CPU backend's kernel table before any test runs.
+``devnet.kernels.cpu`` and the cached CPU backend's kernel tables before any test runs.
 Exit status 0 when every mutation was caught, 1 otherwise.
 """
 
@@ -123,16 +123,22 @@ def mutate(kernel: str, output: tuple, fn):
 
 
 def install(spec: str) -> None:
-    """Patch ``devnet.kernels.cpu`` and the cached CPU backend with mutation ``kernel:output``."""
+    """Patch ``devnet.kernels.cpu`` and both tables of the cached CPU backend (the public
+    ``kernels`` and the ``raw_kernels`` devnet's own passes and steps call) with mutation
+    ``kernel:output``."""
     from devnet.kernels import cpu
 
     import devnet as dn
 
     kernel, _, out = spec.partition(":")
     output = next(o for o in OUTPUTS[kernel] if (o[1] or "value") == out)
-    wrapped = mutate(kernel, output, getattr(cpu, kernel))
-    setattr(cpu, kernel, wrapped)
-    setattr(dn.get_backend("cpu").kernels, kernel, wrapped)
+    entry = getattr(cpu, kernel)
+    wrapped = mutate(kernel, output, entry)
+    wrapped.unchecked = mutate(kernel, output, getattr(entry, "unchecked", entry))
+    setattr(cpu, kernel, wrapped)  # a backend built later collects both from here
+    be = dn.get_backend("cpu")
+    setattr(be.kernels, kernel, wrapped)
+    setattr(be.raw_kernels, kernel, wrapped.unchecked)
 
 
 def pytest_configure(config):
