@@ -1,6 +1,6 @@
 """Mismatched buffers at every fused kernel entry: a DataError, never an access out of bounds.
 
-Regression for issue 10 item 1 (the whole class): Numba kernels do not check bounds, so a ``b``
+Regression for the whole class: Numba kernels do not check bounds, so a ``b``
 longer than A's columns, a ``g`` shorter than ``p`` or a ``db`` of the wrong length read or wrote
 past an array. Each entry of ``backend.kernels`` named in ``table.ARRAYS`` is called with each
 of its arrays replaced by one of another shape, rank or dtype; the call must raise DataError

@@ -22,7 +22,6 @@ the current stream of the current device.
 from __future__ import annotations
 
 import numpy as np
-from devnet.kernels import checks
 from devnet.kernels.cuda import registry
 from devnet.kernels.cuda.device import BLOCKS_PER_SM, FLOAT_TYPES, NT, SIM_MAX_BLOCKS, SIMULATOR
 from numba import cuda, types
@@ -466,8 +465,3 @@ class Call:
         turn = ring[0]
         ring[0] = (turn + 1) % LOSS_RING
         return ring[1][turn]
-
-
-def check(name, args):
-    """``checks.check`` for CuPy (or, under the simulator, NumPy) arrays: C-contiguous."""
-    return checks.check(name, args, checks.ArrayLike, True)

@@ -45,13 +45,13 @@ OUTPUTS: dict[str, tuple] = {
     "act_bwd": (("scale", "dZ"), ("scale", "db")),
     **{name: _LOSS for name in ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber", "poisson")},
     **{name: tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
-    # the deep-network kernels (issue 14); ``out`` is written only when a residual R is given
+    # the deep-network kernels; ``out`` is written only when a residual R is given
     "layernorm_fwd": (("scale", "Y"), ("scale", "mean"), ("scale", "rstd")),
     "layernorm_bwd": (("scale", "dX"), ("scale", "dgamma"), ("scale", "dbeta")),
     "dropout_fwd": (("scale", "A"),),
     "bias_act_drop_fwd": (("scale", "A"), ("scale", "Z"), ("scale", "out")),
     "act_drop_bwd": (("scale", "dZ"), ("scale", "db")),
-    # the graph-ready optimizer (issue 12): the step kernels reading their scalars from
+    # the graph-ready optimizer: the step kernels reading their scalars from
     # ``hyper`` (what training runs), the advance and the clip writing ``hyper``, the L2 term
     **{f"{name}_hyper": tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
     "opt_advance": (("delta", "hyper"),),
