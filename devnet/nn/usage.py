@@ -1,6 +1,6 @@
 """Which threads use a model: the one training it, and the inferences running.
 
-The contract (README, "Threads"): inference from many threads at once is safe (each thread
+The contract (docs/guide.md, "Threads"): inference from many threads at once is safe (each thread
 has its own work buffers); training claims the model for one thread. A second trainer, or an
 inference started by another thread while one trains, is refused with ModelBusyError instead
 of reading or writing parameters mid-update. A claim waits for the inferences already running
