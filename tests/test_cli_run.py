@@ -164,6 +164,10 @@ def test_ctrl_c_then_resume_is_the_uninterrupted_run_then_eval_and_predict(rng, 
     hist_ref = json.loads((tmp_path / "ref" / "history.json").read_text())
     assert hist["epoch"] == hist_ref["epoch"] == list(range(epochs))
     assert hist["history"]["loss"] == hist_ref["history"]["loss"]
+    # the series in the order the uninterrupted run records them (the checkpoint sorts them)
+    assert list(hist["history"]) == list(hist_ref["history"])
+    header = (run / "history.csv").read_text().splitlines()[0]
+    assert header == (tmp_path / "ref" / "history.csv").read_text().splitlines()[0]
 
     ckpt = run / "model.safetensors"
     ev = devnet("eval", "--checkpoint", ckpt, "--json", cwd=tmp_path)

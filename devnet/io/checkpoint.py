@@ -206,4 +206,5 @@ def history_from(data: dict | None):
     h.history = {k: list(v) for k, v in data.get("history", {}).items()}
     h.epoch = [int(e) for e in data.get("epoch", [])]
     h.params = dict(data.get("params", {}))
+    h.reorder = True
     return h

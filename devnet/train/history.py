@@ -15,6 +15,10 @@ class History:
     ``epoch`` lists the 0-based epoch indices recorded (continuing across a resume).
     """
 
+    #: set on a History restored from a checkpoint, whose JSON keeps the keys sorted: the next
+    #: epoch's logs give them back the order an uninterrupted run records them in
+    reorder = False
+
     def __init__(self):
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
@@ -24,6 +28,9 @@ class History:
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+        if self.reorder:
+            self.reorder = False
+            self.history = {**{k: self.history[k] for k in logs}, **self.history}
 
     def __getitem__(self, key):
         return self.history[key]
