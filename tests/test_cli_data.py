@@ -377,8 +377,8 @@ def test_values_beyond_float32_are_an_error_naming_the_cell(rng, tmp_path):
 
 
 def test_bundled_split_hash_is_the_one_earlier_runs_recorded():
-    """Runs recorded a sha256 of the bundled features as float64; the loaders now return
-    float32, and the hash must not change with them (old run folders keep working)."""
+    """The split hash of a bundled dataset is a sha256 of its features as float64, whatever
+    dtype the loaders return, so a run folder's recorded hash matches on every later read."""
     pytest.importorskip("sklearn")
     from devnet.cli.dataset import split_source
 

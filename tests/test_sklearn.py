@@ -207,7 +207,8 @@ def _forward(est, X, activation):
 
 @pytest.mark.parametrize("activation", ["tanh", "logistic", "identity"])
 def test_set_params_activation_after_fit_is_used_by_predict(rng, activation):
-    """Was: predict kept the network built with the old activation (silently relu)."""
+    """A changed activation rebuilds the network: predict must not keep the one built with the
+    earlier activation (it would silently stay relu)."""
     X, _, y = _data(rng)
     reg = MLPRegressor(device="cpu", **_FAST).fit(X, y)
     reg.set_params(activation=activation)

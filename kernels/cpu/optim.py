@@ -14,7 +14,7 @@ from devnet.kernels.cpu.build import COMMON, DTYPES, FASTMATH, N, S, build, char
 from numba import njit, prange
 
 # The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
-# by-value kernels, whose math stays as it was, ``norms.scaled`` (g * gs, the clip's scale from
+# by-value kernels, which take no clip scale, ``norms.scaled`` (g * gs, the clip's scale from
 # hyper) in the hyper ones; ``gs`` comes last (1.0, unused, from the by-value entries).
 
 def _sgd(p, g, lr, wd, gs):

@@ -226,10 +226,6 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
     sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)  # noqa: F821
 
 
-# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
-# by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
-
-
 # --- the registry: each kernel's arguments ------------------------------------------------------
 # scalars (alpha, scale, ...) in the arrays' type: a float64 would promote; part: float64
 # partial sums; count: the int32 ticket counters of the last-block sums

@@ -18,7 +18,7 @@ from numba import cuda
 
 # --- kernel templates ----------------------------------------------------------------------------
 # The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
-# by-value kernels, whose PTX stays as it was (gs, last, is passed 1 and unused), and
+# by-value kernels, which take no clip scale (gs, last, is passed 1 and unused), and
 # ``norms.scaled`` (g * gs, the clip's scale) in the hyper kernels' inlined copy (``step``).
 
 def _sgd(p, g, lr, wd, gs):
