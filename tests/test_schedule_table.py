@@ -61,6 +61,7 @@ def test_parse_device_refuses(spec):
     with pytest.raises(dn.ConfigError, match="valid devices: auto, cpu, cuda, cuda:N"):
         parse_device(spec)
 
+
 def _model(rng, sizes=(4, 6, 3), dtype="float64"):
     return dn.MLP(list(sizes), backend="cpu", dtype=dtype, seed=int(rng.integers(1 << 30)))
 

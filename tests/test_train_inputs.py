@@ -9,7 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-from test_schedule_table import _Curve  # a user's schedule: whatever it is given returns
+from test_schedule_table import (  # _Curve: a user's schedule, whatever it is given returns
+    _Curve,
+    _data,
+    _model,
+)
 
 import devnet as dn
 from devnet import task as task_mod
@@ -375,17 +379,6 @@ def test_data_parallel_fit_with_a_foreign_comm_is_refused_by_name(rng):
         dn.fit(model, X, y, epochs=1, batch_size=16, progress=False, comm=object())
 
 
-def _model(rng, sizes=(4, 6, 3), dtype="float64"):
-    return dn.MLP(list(sizes), backend="cpu", dtype=dtype, seed=int(rng.integers(1 << 30)))
-
-
-def _data(rng, n=24, n_in=4, k=3):
-    return rng.standard_normal((n, n_in)), rng.integers(0, k, n)
-
-
-def _step(model, opt, rng):
-    model.grads[...] = rng.standard_normal(model.n_params)
-    opt.step()
 
 
 def test_step_takes_a_loss_by_name(rng):
