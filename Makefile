@@ -30,9 +30,9 @@ demo: $(VENV)/.demo-installed
 test: test-source test-wheel
 
 # The simulator tests are found by their markers, never by a list of files: a cudasim test runs
-# in exactly one of the two simulator passes (tests/test_simulator_passes.py checks the recipe):
-# the kernels alone on Numba's simulator (also marked kernelsim), or the whole CUDA backend over
-# the CuPy stand-in and the simulated kernels (bounded).
+# in exactly one of the two simulator passes (tests/packaging/test_simulator_passes.py checks
+# the recipe): the kernels alone on Numba's simulator (also marked kernelsim), or the whole CUDA
+# backend over the CuPy stand-in and the simulated kernels (bounded).
 test-source: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -m "not cudasim"
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q -m "cudasim and kernelsim"
@@ -45,10 +45,11 @@ wheel: $(VENV)/.test-installed
 
 # The wheel in a fresh venv with the extras a user would take, and the user-facing tests run
 # against it from a folder where the checkout is not importable (a missing module, data file or
-# entry point fails here). Bounded.
+# entry point fails here). Bounded. WHEEL_TESTS are paths under tests/, without ".py"; the tests'
+# own helpers (tests/helpers/) come from pyproject's pythonpath, which names tests/ alone.
 WHEEL_VENV := .venv-wheel
-WHEEL_TESTS := test_packaging test_train test_sklearn test_cli test_cli_run test_resume test_io \
-	test_distributed
+WHEEL_TESTS := packaging/test_packaging train/test_train sklearn/test_sklearn cli/test_cli \
+	cli/test_cli_run io/test_resume io/test_io distributed/test_distributed
 test-wheel: wheel
 	rm -rf $(WHEEL_VENV)
 	$(PYTHON) -m venv $(WHEEL_VENV)

@@ -1,7 +1,8 @@
 """devnet's benchmarks: kernels, fusion, training step, scaling; beside PyTorch and scikit-learn.
 
 Suites (``SUITES``): kernels, fusion, step, sklearn (with lbfgs), lbfgs, scaling, threads,
-launch (CUDA), deep (LayerNorm, residual step), distributed (mpiexec; skipped without MPI).
+launch (CUDA), deep (LayerNorm, residual step), distributed (mpiexec; skipped without MPI),
+peers (devnet vs JAX jit/scan, PyTorch eager and torch.compile, scikit-learn's estimator).
 
 Run ``python -m benchmarks`` (or ``devnet bench``) from the repository root; ``--help`` lists the
 options, ``--quick`` runs tiny sizes in seconds (reported, never graded against the targets).
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 SUITES = ("kernels", "fusion", "step", "sklearn", "lbfgs", "scaling", "threads", "launch", "deep",
-          "distributed")
+          "distributed", "peers")
 
 __all__ = ["main", "SUITES"]
 
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of samples per measurement (default 0.6; quick 0.02)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-jax", action="store_true", help="skip JAX (the peers suite)")
+    p.add_argument("--peer-workloads", default=None, metavar="NAME,...",
+                   help="workloads of the peers suite (default: all): step-tiny, step-S, "
+                   "step-M1, step-M, epoch-digits, epoch-60000, estimator-digits")
     p.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for the JSON and PNG files (default: the current directory)")
@@ -257,6 +262,8 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
                                          log=log)
     if "distributed" in suites:
         _run_distributed(args, results, log, settings.repetitions)
+    if "peers" in suites:
+        _run_peers(args, results, backend, gpu, settings, threads, torch, sklearn, log)
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()
@@ -274,6 +281,20 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
             for png in report.write_plots(results, path.with_suffix("")):
                 print(f"wrote {png}")
     return 0
+
+
+def _run_peers(args, results, backend, gpu, settings, threads, torch, sklearn, log) -> None:
+    """devnet against JAX, PyTorch eager, torch.compile and scikit-learn's estimator."""
+    from . import bench_peers
+
+    workloads = bench_peers.parse_workloads(args.peer_workloads, args.quick)
+    compile_ = ("--quick" if args.quick else "--no-torch-compile" if args.no_torch_compile
+                else True)
+    peers = bench_peers.load_peers(args.no_jax, torch, sklearn, compile_, gpu)
+    log("peers suite (devnet vs JAX, PyTorch eager, torch.compile, scikit-learn)")
+    results["peers"] = bench_peers.run(backend, workloads, settings, peers, threads,
+                                       seed=args.seed, log=log)
+    results["skipped"].update({f"peers: {k}": why for k, why in peers.skipped.items()})
 
 
 def _run_distributed(args, results: dict, log, repetitions: int) -> None:

@@ -5,9 +5,11 @@ and ``act_bwd`` for each activation, every loss, every optimizer step and its va
 centered RMSProp with momentum, AMSGrad), and the deep-network kernels (LayerNorm forward and
 backward, with and without the residual skip; dropout alone and fused into the activation's
 forward and backward, p = 0.1). The unfused sequences are called with the same
-arguments: the headline ``speedup`` is against ``benchmarks.baseline`` (the best plain NumPy /
-CuPy sequence: in place, ``out=``, no ``**``), ``speedup_vs_reference`` against the test oracle
-``devnet.kernels.reference`` (written for clarity, not speed). Each is the median of
+arguments (an optimizer step's scalars by value, where the fused entry reads them from its
+``hyper`` array, as training does): the headline ``speedup`` is against
+``benchmarks.baseline`` (the best plain NumPy / CuPy sequence: in place, ``out=``, no ``**``),
+``speedup_vs_reference`` against the test oracle ``devnet.kernels.reference`` (written for
+clarity, not speed). Each is the median of
 ``settings.repetitions`` interleaved repetitions, with its min and max.
 
 The fused tanh activation is a 6-ulp rational function and NumPy's tanh is accurate: the
@@ -88,14 +90,32 @@ def _loss(name, target):
                       lambda k, o: getattr(k, name)(o["Z"], o["T"], o["g"], None, o["scale"]))
 
 
-def _step(label, states, call):
+def _step(label, step, values, flags=None, states=None):
+    """Optimizer step ``step`` with ``values`` (its scalars) and ``flags``: the kernel table
+    runs its in-place entry, ``<step>_hyper`` (the scalars read from ``hyper``, as training
+    does), the baseline and the oracle the same update with the scalars by value. ``states``:
+    the state buffers given (the row's others are None); default all."""
+    row = table.STEPS[step]
+    flags = flags or {}
+    buffers = row.buffers[1:]
+    states = buffers if states is None else states
+    scalars = [values[s] for s in row.scalars]
+    flag_values = [flags.get(f, False) for f in row.flags]
+
     def make(xp, rng, n, dtype):
         def vec():
             return xp.asarray(rng.standard_normal(n).astype(dtype))
-        ops = {"p": vec(), "g": vec()}
+        ops = {"p": vec(), "g": vec(), "hyper": xp.asarray(table.hyper_values(step, values))}
         for s in states:  # gavg starts at 0: sq >= gavg**2 then holds at every step
             ops[s] = xp.zeros(n, dtype=dtype) if s == "gavg" else xp.abs(vec())
         return ops
+
+    def call(k, o):
+        arrays = [o["p"], o["g"], *(o.get(b) for b in buffers)]
+        if k is _PLAIN or k is reference:
+            getattr(k, step)(*arrays, *scalars, *flag_values)
+        else:
+            getattr(k, f"{step}_hyper")(*arrays, o["hyper"], *flag_values)
     return FusionCase(label, make, call)
 
 
@@ -234,6 +254,8 @@ def _layernorm_bwd(residual=False):
                                                    o["R"]))
 
 
+_SGD = dict(lr=1e-3, mu=0.9, wd=1e-4)
+_RMSPROP = dict(lr=1e-3, rho=0.99, mu=0.0, eps=1e-8, wd=1e-4)
 _ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=1e-4, bc1=0.1, bc2=0.001)
 
 CASES = (
@@ -242,26 +264,15 @@ CASES = (
     _loss("softmax_xent", "labels"), _loss("softmax_xent", "probs"),
     _loss("sigmoid_bce", "binary"), _loss("mse", "values"), _loss("mae", "values"),
     _loss("huber", "values"), _loss("poisson", "counts"),
-    _step("sgd_step", (), lambda k, o: k.sgd_step(o["p"], o["g"], 1e-3, 1e-4)),
-    _step("momentum_step", ("b",),
-          lambda k, o: k.momentum_step(o["p"], o["g"], o["b"], 1e-3, 0.9, 1e-4)),
-    _step("nesterov_step", ("b",),
-          lambda k, o: k.nesterov_step(o["p"], o["g"], o["b"], 1e-3, 0.9, 1e-4)),
-    _step("rmsprop_step", ("sq",),
-          lambda k, o: k.rmsprop_step(o["p"], o["g"], o["sq"], None, None, 1e-3, 0.99, 0.0,
-                                      1e-8, 1e-4, False)),
-    _step("rmsprop_step[centered,momentum]", ("sq", "mom", "gavg"),
-          lambda k, o: k.rmsprop_step(o["p"], o["g"], o["sq"], o["mom"], o["gavg"], 1e-3,
-                                      0.99, 0.9, 1e-8, 1e-4, True)),
-    _step("adam_step", ("m", "v"),
-          lambda k, o: k.adam_step(o["p"], o["g"], o["m"], o["v"], None, amsgrad=False,
-                                   **_ADAM)),
-    _step("adam_step[amsgrad]", ("m", "v", "vmax"),
-          lambda k, o: k.adam_step(o["p"], o["g"], o["m"], o["v"], o["vmax"], amsgrad=True,
-                                   **_ADAM)),
-    _step("adamw_step", ("m", "v"),
-          lambda k, o: k.adamw_step(o["p"], o["g"], o["m"], o["v"], None, amsgrad=False,
-                                    **_ADAM)),
+    _step("sgd_step", "sgd_step", _SGD),
+    _step("momentum_step", "momentum_step", _SGD),
+    _step("nesterov_step", "nesterov_step", _SGD),
+    _step("rmsprop_step", "rmsprop_step", _RMSPROP, states=("sq",)),
+    _step("rmsprop_step[centered,momentum]", "rmsprop_step", {**_RMSPROP, "mu": 0.9},
+          {"centered": True}),
+    _step("adam_step", "adam_step", _ADAM, states=("m", "v")),
+    _step("adam_step[amsgrad]", "adam_step", _ADAM, {"amsgrad": True}),
+    _step("adamw_step", "adamw_step", _ADAM, states=("m", "v")),
     FusionCase("layernorm_fwd", _layernorm_ops,
                lambda k, o: k.layernorm_fwd(o["X"], o["gamma"], o["beta"], o["Y"], o["mean"],
                                             o["rstd"])),
@@ -278,8 +289,7 @@ CASE_NAMES = tuple(c.name for c in CASES)
 def not_covered() -> dict[str, str]:
     """Kernels of the table with no case here (and why): reported, never silently missing."""
     covered = {name.split("[")[0] for name in CASE_NAMES}
-    # an optimizer's device-scalar entry runs its by-value kernel's loop: the same case
-    covered |= {f"{name}_hyper" for name in covered}
+    covered |= {f"{name}_hyper" for name in covered}  # a step's case runs its hyper entry
     out = {name: "no plain NumPy baseline in benchmarks/baseline.py yet"
            for name in reference.KERNEL_NAMES if name not in covered}
     if table.ADVANCE_KERNEL in out:  # one thread updating a few scalars: no bandwidth to fuse

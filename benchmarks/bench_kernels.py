@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from devnet.kernels import reference
+from devnet.kernels import reference, table
 
 from . import baseline
 from .timing import Rotation, Settings, clock_for, interleaved, is_gpu, n_rotations, ratio_stats
@@ -38,6 +38,9 @@ class KernelSpec:
     make: Callable  # (xp, rng, n_elems, dtype) -> dict of operands
     fused: Callable  # (kernels, ops) -> None
     nbytes: Callable  # (ops) -> minimal bytes moved
+    #: (module, ops) -> None for the plain and oracle sequences when they differ from
+    #: ``fused``'s call: an optimizer step's scalars by value, the kernel's in ``ops["hyper"]``
+    unfused: Callable | None = None
 
 
 def _mat(xp, rng, n, dtype, cols=COLS):
@@ -69,10 +72,10 @@ def _make_mse(xp, rng, n, dtype):
     return {"Z": P, "t": _mat(xp, rng, n, dtype, cols=CLASSES), "g": xp.empty_like(P)}
 
 
-def _make_flat(xp, rng, n, dtype, states=2):
+def _make_flat(xp, rng, n, dtype, states, step, values):
     def vec():
         return xp.asarray(rng.standard_normal(n, dtype=np.float32).astype(dtype))
-    ops = {"p": vec(), "g": vec()}
+    ops = {"p": vec(), "g": vec(), "hyper": xp.asarray(table.hyper_values(step, values))}
     for i in range(states):
         ops[f"s{i}"] = xp.abs(vec())
     return ops
@@ -82,9 +85,12 @@ def _nb(*arrays):
     return sum(int(a.nbytes) for a in arrays if a is not None)
 
 
-def _adam_call(k, o):
-    k.adam_step(o["p"], o["g"], o["s0"], o["s1"], None, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.1,
-                0.001, False)
+_SGD = dict(lr=1e-3, wd=0.0)
+_ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0, bc1=0.1, bc2=0.001)
+
+
+def _adam_by_value(k, o):
+    k.adam_step(o["p"], o["g"], o["s0"], o["s1"], None, *_ADAM.values(), False)
 
 
 SPECS = (
@@ -106,11 +112,15 @@ SPECS = (
     KernelSpec("mse", _make_mse,
                lambda k, o: k.mse(o["Z"], o["t"], o["g"], None, 1.0 / o["Z"].size),
                lambda o: _nb(o["Z"], o["t"], o["g"])),
-    KernelSpec("sgd_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 0),
-               lambda k, o: k.sgd_step(o["p"], o["g"], 1e-3, 0.0),
-               lambda o: 2 * _nb(o["p"]) + _nb(o["g"])),
-    KernelSpec("adam_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 2), _adam_call,
-               lambda o: 2 * _nb(o["p"], o["s0"], o["s1"]) + _nb(o["g"])),
+    # the steps as training runs them: in place, their scalars in hyper
+    KernelSpec("sgd_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 0, "sgd_step", _SGD),
+               lambda k, o: k.sgd_step_hyper(o["p"], o["g"], o["hyper"]),
+               lambda o: 2 * _nb(o["p"]) + _nb(o["g"]),
+               lambda k, o: k.sgd_step(o["p"], o["g"], *_SGD.values())),
+    KernelSpec("adam_step", lambda xp, r, n, d: _make_flat(xp, r, n, d, 2, "adam_step", _ADAM),
+               lambda k, o: k.adam_step_hyper(o["p"], o["g"], o["s0"], o["s1"], None,
+                                              o["hyper"], False),
+               lambda o: 2 * _nb(o["p"], o["s0"], o["s1"]) + _nb(o["g"]), _adam_by_value),
 )
 SPEC_NAMES = tuple(s.name for s in SPECS)
 
@@ -134,11 +144,12 @@ def run(backend, settings: Settings, sizes_mb=SIZES_MB, names=None, dtype="float
             sets += [spec.make(xp, rng, n, dtype)
                      for _ in range(n_rotations(nbytes, gpu, cap=8) - 1)]
             rot = Rotation(sets)
+            unfused = spec.unfused or spec.fused
             t = interleaved({
                 "copy": (lambda d=dst, s=src: d.__setitem__(Ellipsis, s), clock),
                 "fused": (lambda f=spec.fused, r=rot: f(backend.kernels, r.next()), clock),
-                "plain": (lambda f=spec.fused, r=rot: f(baseline, r.next()), clock),
-                "reference": (lambda f=spec.fused, r=rot: f(reference, r.next()), clock),
+                "plain": (lambda f=unfused, r=rot: f(baseline, r.next()), clock),
+                "reference": (lambda f=unfused, r=rot: f(reference, r.next()), clock),
             }, settings, settings.repetitions)
             copy_gbs = 2 * src.nbytes / t["copy"].median / 1e9
             # fused GB/s over copy GB/s = (bytes / fused) / (copy bytes / copy time)

@@ -29,6 +29,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 import numpy as np
+from devnet.kernels import table
 
 REFERENCE_STEP = ((784, 128, 128, 10), 256)
 QUICK_STEP = ((32, 16, 16, 10), 32)
@@ -206,12 +207,14 @@ def _kernel_calls(backend, seed=0):
     labels = backend.asarray(rng.integers(0, 10, 256))
     n = 784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
     p, pg, m, v = arr(n), arr(n), xp.zeros(n, np.float32), xp.zeros(n, np.float32)
+    hyper = backend.asarray(np.array(table.hyper_values("adam_step", dict(
+        lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0, bc1=0.1, bc2=0.001))))
     return {
         "bias_act_fwd": lambda: k.bias_act_fwd("relu", A, b),
         "act_bwd": lambda: k.act_bwd("relu", G, A, None, dZ, db),
         "softmax_xent": lambda: k.softmax_xent(L, labels, g, None, 1.0 / 256),
-        "adam_step": lambda: k.adam_step(p, pg, m, v, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.1,
-                                         0.001, False),
+        # as training runs it: in place, its scalars in hyper
+        "adam_step": lambda: k.adam_step_hyper(p, pg, m, v, None, hyper, False),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import importlib.metadata
 import os
 import platform
 import socket
@@ -28,6 +29,11 @@ def versions() -> dict:
                  "matplotlib"):
         mod = optional(name)
         out[name] = getattr(mod, "__version__", None) if mod is not None else None
+    for name in ("jax", "jaxlib", "optax"):  # from the installed metadata: no import (seconds)
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
     return out
 
 

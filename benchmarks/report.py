@@ -36,6 +36,18 @@ TARGETS = (
      "speedup_2", ">=", 1.8),
     ("residual+LayerNorm step / plain step, M b256", "deep", "step 784-1024-1024-10 b256",
      "residual_ln_over_plain", "<=", 1.25),
+    # against JAX at its best (jit step or scan epoch, same threads; the peers suite)
+    ("devnet step / JAX step, tiny 2-8-2 b4", "peers", "step-tiny", "devnet_over_jax", "<=",
+     0.1),
+    ("devnet step / JAX step, S", "peers", "step-S", "devnet_over_jax", "<=", 0.6),
+    ("devnet step / JAX step, M1", "peers", "step-M1", "devnet_over_jax", "<=", 0.9),
+    ("devnet step / JAX step, M", "peers", "step-M", "devnet_over_jax", "<=", 0.95),
+    ("dn.fit epoch / JAX scan epoch, digits (128,64) b32", "peers", "epoch-digits",
+     "devnet_over_jax", "<=", 0.5),
+    ("dn.fit epoch / JAX scan epoch, 60000x784 (256,256) b128", "peers", "epoch-60000",
+     "devnet_over_jax", "<=", 0.9),
+    ("devnet MLPClassifier.fit / scikit-learn's, digits (128,64) 50 epochs", "peers",
+     "estimator-digits", "devnet_over_sklearn", "<=", 0.1),
 )
 # Targets with no config take the worst row of their suite among these rows.
 _WORST_OF = {"kernels": lambda r: r["size_mb"] >= 64, "fusion": lambda r: True}
@@ -51,6 +63,13 @@ TARGET_SIZES = {
     ("step", "M"): "784-1024-1024-10 b256",
     ("sklearn", "sklearn-target"): "60000x784 hidden (256, 256) b128",
     ("fusion", None): "1048576 float32",
+    ("peers", "step-tiny"): "2-8-2 b4",
+    ("peers", "step-S"): "64-128-128-10 b64",
+    ("peers", "step-M1"): "784-256-256-10 b128",
+    ("peers", "step-M"): "784-1024-1024-10 b256",
+    ("peers", "epoch-digits"): "1797x64 hidden (128, 64) b32",
+    ("peers", "epoch-60000"): "60000x784 hidden (256, 256) b128",
+    ("peers", "estimator-digits"): "1797x64 hidden (128, 64) 50 epochs",
 }
 
 
@@ -65,6 +84,8 @@ def row_size(suite: str, row: dict) -> str | None:
                     f"b{row['batch']}")
         if suite == "fusion":
             return f"{row['elements']} {row['dtype']}"
+        if suite == "peers":
+            return row["size"]
     except KeyError:
         return None
     return None
@@ -99,6 +120,8 @@ def check_targets(results: dict) -> list[dict]:
         rows = results.get(suite) or []
         if suite == "deep":
             rows = deep_rows(rows)
+        elif suite == "peers":
+            rows = (rows or {}).get("rows") or []
         elif isinstance(rows, dict):
             rows = [rows]
         if config is None:
@@ -128,8 +151,17 @@ def check_targets(results: dict) -> list[dict]:
                     "value": shown[field], "min": min(reps), "max": max(reps),
                     "repetitions": len(reps), "worst": worst, "met": met,
                     "graded": why is None, "not_graded": why,
-                    "peer": shown.get("torch_config") if field == "devnet_over_torch" else None})
+                    "peer": _peer(shown, field)})
     return out
+
+
+def _peer(row: dict, field: str) -> str | None:
+    """The competitor a devnet_over_* ratio was taken against, where the row names it."""
+    if field == "devnet_over_torch":
+        return row.get("torch_config") or row.get("torch_peer")
+    if field.startswith("devnet_over_"):
+        return row.get(f"{field.removeprefix('devnet_over_')}_peer")
+    return None
 
 
 def _rank_speedup(d: dict, ranks: int) -> str:
@@ -309,6 +341,8 @@ def render(results: dict) -> str:
                   x["ranks"], (d.get("gemm_speedup") or {}).get(str(x["ranks"])))),
               _fmt(x["allreduce_ms"]), _fmt(x["ring_model_ms"]),
               _fmt(x["bus_bandwidth_GBps"])] for x in d["runs"]]))
+    if (results.get("peers") or {}).get("rows"):
+        parts.append(_render_peers(results["peers"]))
     if isinstance(results.get("launch"), dict):
         launch = results["launch"]
         parts.append("\nlaunch suite: " + (f"skipped ({launch['skipped']})"
@@ -338,6 +372,37 @@ def _met(t: dict, no: str) -> str:
     if t.get("not_graded") or t["met"] is None:
         return "not graded"
     return "yes" if t["met"] else no
+
+
+PEER_FIELDS = (("jax", "JAX"), ("torch", "torch eager"), ("torch_compile", "torch.compile"),
+               ("sklearn", "sklearn"))
+
+
+def _render_peers(peers: dict) -> str:
+    """devnet against each peer family's fastest member, per workload."""
+    rows = peers["rows"]
+    thr = peers.get("threads") or {}
+    lines = [f"\npeers (ms per step, per epoch or per fit; devnet = its fastest way, each peer "
+             f"family its fastest member, per round; ratios median [min-max] of "
+             f"{rows[0].get('repetitions', '?')} rounds; threads: devnet/torch "
+             f"{thr.get('requested', '?')}, JAX {thr.get('jax', '?')})"]
+    lines.append(table(
+        ["workload", "size", "devnet", "devnet ms", *(f"{lbl} ms" for _, lbl in PEER_FIELDS),
+         *(f"devnet/{lbl}" for _, lbl in PEER_FIELDS), "devnet/fastest peer", "fastest peer"],
+        [[r["config"], r["size"], r["devnet"], _fmt(r["devnet_s"], "ms"),
+          *(_fmt(r.get(f"{f}_s"), "ms") for f, _ in PEER_FIELDS),
+          *(_spread(r, f"devnet_over_{f}") for f, _ in PEER_FIELDS),
+          _spread(r, "devnet_over_fastest_peer"), str(r.get("fastest_peer", "-"))]
+         for r in rows]))
+    for r in rows:
+        variants = r.get("devnet_variants") or {}
+        if len(variants) > 1:
+            lines.append(f"  {r['config']}: " + "; ".join(
+                f"{name} {_fmt(v['s'], 'ms')} ms (/JAX {_fmt(v['over_jax'])}, /fastest peer "
+                f"{_fmt(v['over_fastest_peer'])})" for name, v in variants.items()))
+        if r.get("torch_compile_skipped"):
+            lines.append(f"  {r['config']}: torch.compile skipped ({r['torch_compile_skipped']})")
+    return "\n".join(lines)
 
 
 def _render_deep(deep: dict) -> str:
@@ -466,7 +531,8 @@ def readme_block(results: dict, source: str) -> str:
              f"Measured on {mach.get('cpu_model', m.get('device_name'))} "
              f"({mach.get('cores', '?')} cores, {blas}; device {m['device']}), "
              f"{m['date']}, devnet {m['versions'].get('devnet')}, "
-             f"PyTorch {m['versions'].get('torch') or '-'}. "
+             f"PyTorch {m['versions'].get('torch') or '-'}"
+             f"{', JAX ' + m['versions']['jax'] if m['versions'].get('jax') else ''}. "
              f"{m.get('quiet_reason', '').rstrip('.')}{'. ' if m.get('quiet_reason') else ''}"
              "Ratios: median of "
              "interleaved repetitions [min-max]; a target is met only if every repetition "
@@ -480,6 +546,19 @@ def readme_block(results: dict, source: str) -> str:
                 f"{_fmt(r['devnet_s'], 'ms')} | {r.get('torch_config', '-')} | "
                 f"{_fmt(r.get('torch_s'), 'ms')} | {_spread(r, 'devnet_over_torch')} | "
                 f"{_fmt(r.get('torch_compile_s'), 'ms')} |")
+        lines.append("")
+    if (results.get("peers") or {}).get("rows"):
+        lines += ["| workload | devnet ms | JAX ms | devnet/JAX | torch eager ms | devnet/torch "
+                  "eager | torch.compile ms | devnet/torch.compile | devnet/fastest peer |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in results["peers"]["rows"]:
+            lines.append(
+                f"| {r['config']} ({r['size']}) | {_fmt(r['devnet_s'], 'ms')} | "
+                f"{_fmt(r.get('jax_s'), 'ms')} | {_spread(r, 'devnet_over_jax')} | "
+                f"{_fmt(r.get('torch_s'), 'ms')} | {_spread(r, 'devnet_over_torch')} | "
+                f"{_fmt(r.get('torch_compile_s'), 'ms')} | "
+                f"{_spread(r, 'devnet_over_torch_compile')} | "
+                f"{_spread(r, 'devnet_over_fastest_peer')} ({r.get('fastest_peer', '-')}) |")
         lines.append("")
     if results.get("fusion"):
         rows = results["fusion"]

@@ -5,10 +5,6 @@ and y whose dtype says the task: int64 class labels for classification, float ta
 same dtype as X for regression (``devnet.task`` decides which). ``dtype="float64"`` keeps every
 digit. Files are parsed in float64 and cast once, so a value is the nearest float32 to the
 text. The command line and the Python API share them, so a file means the same in both.
-
-Over 500 lines: most of it is the CSV reader's rules (header detection, pandas' index
-column, a finite number in every cell, errors naming the line and column), which a user's file
-meets first.
 """
 
 from __future__ import annotations
@@ -20,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet import validation
 from devnet.errors import ConfigError, DataError, MissingDependencyError, lookup
-
-#: what ``pip install`` adds scikit-learn for the bundled datasets
-SKLEARN_HINT = "pip install scikit-learn (or pip install 'devnet-mlp[sklearn]')"
+from devnet.task import infer_task
 
 
 def _sklearn_datasets():
@@ -31,8 +26,8 @@ def _sklearn_datasets():
         from sklearn import datasets
     except ImportError as exc:
         raise MissingDependencyError(
-            f"the bundled datasets come from scikit-learn, which is not installed: "
-            f"{SKLEARN_HINT} ({exc})") from None
+            "the bundled datasets come from scikit-learn, which is not installed: pip install "
+            f"scikit-learn (or pip install 'devnet-mlp[sklearn]') ({exc})") from None
     return datasets
 
 
@@ -128,8 +123,6 @@ def train_test_split(X, y, test_size: float = 0.25, seed: int | None = 0):
     X and y: arrays (or lists) with the same number of rows, at least two; each part gets at
     least one row. ``round(n * test_size)`` rows (at least 1) go to the test part.
     """
-    from devnet import validation
-
     test_size = validation.fraction("test_size", test_size)
     seed = validation.seed("seed", seed)
     X, y = (np.asarray(a) if not hasattr(a, "shape") and a is not None else a for a in (X, y))
@@ -293,17 +286,14 @@ def _split_header(path: Path, rows: list, lines: list, header) -> list[str] | No
             if len(rows) > 1 and len(rows[1]) == len(kinds) and all(
                     _cell_kind(rows[1][j]) == "text" for j in text):
                 return None  # a column of text (labels?) in every row: data, said later
-            if text == [0] and not rows[0][0].strip() and _is_range_index(rows[1:]):
-                # pandas' to_csv() of unnamed columns: ",0,1,2" above an index 0..n-1
-                names = [v.strip() for v in rows[0]]
-                del rows[0], lines[0]
-                return names
-            j = text[0]
-            cell = "an empty cell" if not rows[0][j].strip() else repr(rows[0][j])
-            raise DataError(f"{path}, line {lines[0]}: the first row mixes numbers and text "
-                            f"({cell} in column {j + 1}): a header row holds only column names, a "
-                            "data row only numbers; fix the cell, or pass header=True "
-                            "(data.header = true) if it is a header")
+            # pandas' to_csv() of unnamed columns (",0,1,2" above an index 0..n-1): a header
+            if not (text == [0] and not rows[0][0].strip() and _is_range_index(rows[1:])):
+                j = text[0]
+                cell = "an empty cell" if not rows[0][j].strip() else repr(rows[0][j])
+                raise DataError(f"{path}, line {lines[0]}: the first row mixes numbers and "
+                                f"text ({cell} in column {j + 1}): a header row holds only "
+                                "column names, a data row only numbers; fix the cell, or pass "
+                                "header=True (data.header = true) if it is a header")
     names = [v.strip() for v in rows[0]]
     del rows[0], lines[0]
     return names
@@ -317,12 +307,7 @@ def _is_range_index(rows: list[list[str]]) -> bool:
 def _read_table(path: Path, header) -> tuple[list, list, list[str] | None, int]:
     """``(rows, lines, names, skipped)``: the data rows of a CSV file (all of one width), the
     line each ends on, the header names (None without a header) and how many leading columns
-    were dropped (1 for pandas' index column, else 0).
-
-    The first column of a header row with an empty name that holds exactly 0..n-1 is the index
-    pandas' ``to_csv()`` writes: it is dropped with a ``DataWarning``. Any other empty name is
-    a DataError: columns are matched by name, and an unnamed one cannot be.
-    """
+    were dropped (1 for pandas' index column, else 0; see ``load_csv``)."""
     rows, lines = _read_rows(path)
     header_line = lines[0] if lines else 1
     names = _split_header(path, rows, lines, header)
@@ -414,6 +399,7 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
     path = _open_file(path)
     rows, lines, names, skipped = _read_table(path, header)
     width = len(rows[0])
+    col = None
     if with_target:
         if width < 2:
             hint = next((f"; the file looks {sep!r}-separated, devnet reads commas"
@@ -421,12 +407,8 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
             raise DataError(f"{path}: has {width} column; needs at least 2 (features and the "
                             f"target){hint}")
         col = column_index(target_column, names, width, path)
-    else:
-        col = None
-    if columns is None:
-        picked = [j for j in range(width) if j != col]
-    else:
-        picked = _pick_columns(columns, names, col, path)
+    picked = ([j for j in range(width) if j != col] if columns is None
+              else _pick_columns(columns, names, col, path))
 
     def cell(j: int) -> str:  # a column as the file numbers it (from 1) and its name
         return f"column {j + 1 + skipped}" + (f" ({names[j]!r})" if names else "")
@@ -533,11 +515,9 @@ def load_npz(path, task: str = "auto", with_target: bool = True, dtype="float32"
     return X, _target(y, task, path, dtype)
 
 
-def _target(y, task: str, where, dtype=np.float64) -> np.ndarray:
+def _target(y, task: str, where, dtype: np.dtype) -> np.ndarray:
     """y as int64 labels (classification) or ``dtype`` (regression), the task resolved on the
     values as read (float64), before any cast."""
-    from devnet.task import infer_task
-
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
         raise DataError(f"{where}: the targets y must be numbers, got dtype {y.dtype} "
@@ -549,7 +529,7 @@ def _target(y, task: str, where, dtype=np.float64) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1 and task == "classification":
         y = y.reshape(-1)
     if infer_task(y, task) == "regression":
-        return _cast(y.astype(np.float64), np.dtype(dtype), f"{where}: the target")
+        return _cast(y.astype(np.float64), dtype, f"{where}: the target")
     if y.ndim != 1 or np.any(y != np.round(y)):
         raise DataError(f"{where}: task = 'classification' needs one integer class label per "
                         f"sample, got {y.dtype} {y.shape}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,6 @@ TORCH_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                      "Softmax": "softmax", "Identity": "identity"}
 _TO_TORCH = {v: k for k, v in TORCH_ACTIVATIONS.items()}
 _META_KEY = "devnet.activations"
-
-
-def _is_foreign(x) -> bool:
-    return not isinstance(x, np.ndarray) and (hasattr(x, "__dlpack__")
-                                              or hasattr(x, "__cuda_array_interface__"))
 
 
 def from_dlpack(x, backend: str | Backend = "auto"):
@@ -106,7 +102,8 @@ def as_array(x, backend: str | Backend = "auto"):
     be = get_backend(backend)
     if be.is_array(x):
         return _numeric(x, x)
-    if _is_foreign(x):
+    if not isinstance(x, np.ndarray) and (hasattr(x, "__dlpack__")
+                                          or hasattr(x, "__cuda_array_interface__")):
         return from_dlpack(x, be)
     if x is None or isinstance(x, (str, bytes)):
         raise DataError(f"cannot convert {type(x).__name__} to an array: expected numbers")
@@ -127,7 +124,7 @@ def export_parameters(model, to: str | None = None) -> dict:
     """
     wrap = {None: lambda a: a, "torch": to_torch, "jax": to_jax}
     _check_model(model)
-    if to not in wrap:
+    if not (to is None or isinstance(to, str)) or to not in wrap:  # a list is unhashable
         raise ConfigError(f"unknown export target {to!r}; valid targets: None, jax, torch")
     return {p.name: wrap[to](p.data) for p in model.parameters()}
 
@@ -158,20 +155,20 @@ def _import(name: str, what: str):
 
 # --- PyTorch nn.Sequential ------------------------------------------------------------------
 
+# the arguments that make a torch.nn module compute devnet's activation: softmax per row
+# (sample), gelu's tanh approximation
+_TORCH_ARGS = {"softmax": {"dim": 1}, "gelu": {"approximate": "tanh"}}
+
+
 def _torch_act(torch, name: str, alpha: float):
-    nn = torch.nn
-    if name == "identity":
-        return None
-    if name == "leaky_relu":
-        return nn.LeakyReLU(alpha)
-    if name == "softmax":
-        return nn.Softmax(dim=1)
-    if name == "gelu":
-        return nn.GELU(approximate="tanh")  # devnet's gelu is the tanh approximation
+    """The torch.nn module of devnet activation ``name``; None for the identity."""
     if name not in _TO_TORCH:
         raise ConfigError(f"activation {name!r} has no torch.nn equivalent; valid: "
                           f"{', '.join(sorted(_TO_TORCH))}")
-    return getattr(nn, _TO_TORCH[name])()
+    if name == "identity":
+        return None
+    kwargs = {"negative_slope": alpha} if name == "leaky_relu" else _TORCH_ARGS.get(name, {})
+    return getattr(torch.nn, _TO_TORCH[name])(**kwargs)
 
 
 def to_torch_sequential(model):
@@ -180,10 +177,10 @@ def to_torch_sequential(model):
     Weights are copied to the CPU in the model's dtype; Linear.weight = W.T.
     """
     torch = _import("torch", "PyTorch")
-    _check_model(model)
+    host_layers = _host_layers(model)
     dtype = getattr(torch, model.dtype.name)
     modules = []
-    for layer, (W, b) in zip(model.layers, _host_layers(model)):
+    for layer, (W, b) in zip(model.layers, host_layers):
         lin = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(W.T.copy()))
@@ -271,12 +268,9 @@ def _finite_weights(a: np.ndarray, where: str, error: type) -> None:
         raise error(f"{where} has NaN or Inf weights; a model built from them would output NaN")
 
 
-def _default_dtype(weight: np.ndarray) -> str:
-    """The model dtype for weights of ``weight.dtype``: float64 stays, the rest is float32."""
-    return "float64" if weight.dtype == np.float64 else "float32"
-
-
 def _build(layers, acts, alpha, backend, dtype):
+    """An MLP of the Linear weights ``layers`` [(weight (out, in), bias)]; ``dtype`` None:
+    float64 weights stay float64, the rest become float32."""
     from devnet.nn import MLP
 
     for i, (w, b) in enumerate(layers):
@@ -288,6 +282,8 @@ def _build(layers, acts, alpha, backend, dtype):
         if w.shape != (sizes[i + 1], n_in) or b.shape != (sizes[i + 1],):
             raise ConfigError(f"Linear {i}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do "
                               f"not chain with the previous layer's {n_in} outputs")
+    if dtype is None:
+        dtype = "float64" if layers[0][0].dtype == np.float64 else "float32"
     model = MLP(sizes, activation=acts[:-1], output_activation=acts[-1], dtype=dtype,
                 backend=backend, seed=None, alpha=alpha)
     for layer, (w, b) in zip(model.layers, layers, strict=True):
@@ -311,7 +307,7 @@ def from_torch_sequential(seq, backend: str | Backend = "auto", dtype: str | Non
                           + (": wrap it, nn.Sequential(layer)" if type(seq).__name__ ==
                              "Linear" else "")) from None
     layers, acts, alpha = _parse_sequential(modules)
-    return _build(layers, acts, alpha, backend, dtype or _default_dtype(layers[0][0]))
+    return _build(layers, acts, alpha, backend, dtype)
 
 
 def export_torch(model, path: str | Path) -> Path:
@@ -323,9 +319,9 @@ def export_torch(model, path: str | Path) -> Path:
     """
     from safetensors.numpy import save_file
 
-    _check_model(model)
+    host_layers = _host_layers(model)
     tensors, index = {}, 0
-    for layer, (W, b) in zip(model.layers, _host_layers(model)):
+    for layer, (W, b) in zip(model.layers, host_layers):
         tensors[f"{index}.weight"] = np.ascontiguousarray(W.T)
         tensors[f"{index}.bias"] = np.ascontiguousarray(b)
         index += 1 if layer.activation == "identity" else 2
@@ -359,14 +355,14 @@ def import_torch(path: str | Path, activation: str = "relu", output_activation: 
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") \
             from None
-    indices, prefixes = {}, set()
-    for key in tensors:
+    indices, prefixes = defaultdict(dict), set()
+    for key, tensor in tensors.items():
         m = re.fullmatch(r"(.*?)(\d+)\.(weight|bias)", key)
         if m is None:
             raise CheckpointError(f"{path}: key {key!r} is not '<index>.weight' / "
                                   "'<index>.bias' of an nn.Sequential")
         prefixes.add(m.group(1))
-        indices.setdefault(int(m.group(2)), {})[m.group(3)] = tensors[key]
+        indices[int(m.group(2))][m.group(3)] = tensor
     if len(prefixes) > 1:
         # "enc.0.weight" and "dec.0.weight" would both be layer 0, one silently dropped
         raise CheckpointError(f"{path}: keys of more than one module ({sorted(prefixes)}); "
@@ -392,7 +388,7 @@ def import_torch(path: str | Path, activation: str = "relu", output_activation: 
     else:
         acts = [activation] * (len(layers) - 1) + [output_activation]
         alpha = 0.01
-    return _build(layers, acts, alpha, backend, dtype or _default_dtype(layers[0][0]))
+    return _build(layers, acts, alpha, backend, dtype)
 
 
 def _metadata(path: Path, meta: dict) -> tuple[list[str], float]:

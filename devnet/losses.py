@@ -8,7 +8,8 @@ GPU, a synchronisation, which a training step must not pay.
 
 A loss declares the kind of target it takes (``TARGETS``: any finite values, values in
 [0, 1], values >= 0, or class labels / probabilities); the checks of each kind are written
-once, here, and ``devnet.validation`` runs the same value rules at fit's data edge.
+once, in ``devnet.targets``, and ``devnet.validation`` runs the same value rules at fit's data
+edge.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from devnet.backend import backend_of
 from devnet.backend.host import detach
 from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels.reference import get_xp
-from devnet.validation import TARGETS, bounds, cast, class_labels_or_probs, class_target
+from devnet.targets import TARGETS, cast, class_labels_or_probs, class_target
 
 # Prediction dtypes the fused kernels compute in; ``loss(...)`` also takes float16 (widened).
 PRED_DTYPES = ("float32", "float64")
@@ -164,8 +165,8 @@ class Loss:
         _finite(f"{self.name} predictions", pred, xp)
         target = self.prepare_target(pred, _as_array(f"{self.name} target", target, xp), xp)
         if sample_weight is not None:
-            sample_weight = _check_weights(_as_array("sample_weight", sample_weight, xp),
-                                           pred.shape[0], xp)
+            sample_weight = validation.sample_weights(
+                _as_array("sample_weight", sample_weight, xp), pred.shape[0])
         return target, sample_weight
 
     def forward_backward_(self, pred, target, grad, sample_weight=None, backend=None,
@@ -236,27 +237,6 @@ def _on_device(be, a):
     if a is not None and hasattr(a, "__cuda_array_interface__") and not be.is_array(a):
         return be.asarray(a)
     return a
-
-
-def _check_weights(w, n: int, xp):
-    """Sample weights (n,) as float64, finite, >= 0, not all 0, scaled to a maximum of 1.
-
-    Scaling by the maximum keeps the mean taken later from overflowing even float64.
-    """
-    if w.shape != (n,):
-        raise DataError(f"sample_weight must have shape ({n},), one weight per sample, got "
-                        f"{tuple(w.shape)}")
-    _real("sample_weight", w)
-    w = w.astype(xp.float64, copy=False)
-    lo, hi = bounds(w)  # NaN propagates into both
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise DataError("sample_weight contains NaN or Inf; expected finite weights >= 0")
-    if lo < 0:
-        raise DataError(f"sample_weight must be >= 0, got a weight of {lo:g}")
-    if hi == 0:
-        raise DataError("sample_weight is all zero: no sample would count; give at least "
-                        "one weight > 0")
-    return w / hi
 
 
 class MSE(Loss):

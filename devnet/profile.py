@@ -1,20 +1,16 @@
 """Per-layer, per-op breakdown of one training step, against ceilings measured on the spot.
 
-``profile(model, X, y)`` runs the training step itself (``devnet.train.Step``: the model's
-forward, the loss's ``forward_backward_``, the model's backward without the input gradient and
-``opt.step()``) with the backend swapped for a thin proxy that times every ``matmul`` and kernel
-call it forwards, so the ops timed are exactly the ops the MLP runs. Each op is attributed to
-its layer from the arrays it is handed (``W``, ``b``, ``dW``, ``db`` are views owned by one
-layer).
+``profile(model, X, y)`` runs the training step itself (``devnet.train.Step``) with the backend
+swapped for a proxy that times every ``matmul`` and kernel call it forwards, so the ops timed are
+exactly the ops the MLP runs. Each op is attributed to its layer by the arrays it is handed
+(``W``, ``b``, ``dW``, ``db`` are views owned by one layer).
 
-Each op's time is the median over ``repeats`` instrumented steps. On the CPU an op's time is
-its wall time (its work is done when the call returns). On a GPU two times are kept: ``host_s``,
-the host's time in the call (launch cost; nothing is synchronised between ops, so the host runs
-ahead as in training) and ``time_s``, the GPU's time between CUDA events recorded on the
-backend's stream around the op, read after the step (so it is the kernel's execution, not the
-launch latency). The step time is the median of uninstrumented steps, and the
-difference between the step and the sum of its ops is reported as ``python/glue``. Ceilings:
-the bandwidth of a plain copy and the GFLOP/s of a large square GEMM, measured in the same call.
+An op's time is its median over ``repeats`` instrumented steps. ``host_s`` is the host's time
+in the call (on a GPU the launch cost: ops are not synchronised, so the host runs ahead as in
+training); ``time_s`` is the op's run: on the CPU the same, on a GPU the time between CUDA
+events around the op on the backend's stream. The step time is the median of uninstrumented
+steps; what the ops leave of it is reported as ``python/glue``. Ceilings: the bandwidth of a
+plain copy and the GFLOP/s of a large square GEMM, measured in the same call.
 
     report = dn.profile(model, X, y, loss="cross_entropy")
     print(report); report.to_dict()
@@ -26,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import numbers
+import os
 import statistics
 import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,94 +37,25 @@ from devnet import optim as optim_mod
 from devnet.backend import get_backend
 from devnet.errors import ConfigError, lookup
 from devnet.kernels import table
+from devnet.train.engine import choose
+from devnet.train.feed import make_feed
 from devnet.train.setup import resolve_loss
 from devnet.train.step import Step
-from devnet.validation import check_model, check_X, check_y, positive_int
+from devnet.validation import check_model, check_X, check_y, count, positive_int, positive_number
 
 __all__ = ["profile", "ProfileReport", "OpRecord", "measure_ceilings", "main"]
 
-
-# --- clocks -------------------------------------------------------------------------------------
-
-def _events(backend):
-    """CuPy's CUDA Event class when the backend's arrays live on a GPU, else None."""
-    return getattr(getattr(backend.xp, "cuda", None), "Event", None)
-
-
-class _Pending:
-    """One op's times: the host's now, the GPU's once its end event has completed."""
-
-    __slots__ = ("host_s", "start", "end", "xp")
-
-    def __init__(self, host_s, start=None, end=None, xp=None):
-        self.host_s, self.start, self.end, self.xp = host_s, start, end, xp
-
-    def device_s(self) -> float:
-        if self.start is None:
-            return self.host_s
-        self.end.synchronize()
-        return self.xp.cuda.get_elapsed_time(self.start, self.end) / 1e3
-
-
-class _Clock:
-    """Times one region: CUDA events on a GPU, perf_counter after synchronize on the CPU."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.Event = _events(backend)
-        self.stream = getattr(backend, "stream", None)  # the backend's own stream, if any
-
-    def op_start(self):
-        """Start timing one op without synchronising (see ``op_stop``)."""
-        if self.Event is None:
-            return time.perf_counter(), None
-        ev = self.Event()
-        ev.record(self.stream)
-        return time.perf_counter(), ev
-
-    def op_stop(self, token) -> _Pending:
-        """The op's host time now; on a GPU its device time once the events are read."""
-        t0, start = token
-        host = time.perf_counter() - t0
-        if start is None:
-            return _Pending(host)
-        end = self.Event()
-        end.record(self.stream)
-        return _Pending(host, start, end, self.backend.xp)
-
-    def start(self):
-        # the backend's own timer (``Backend.clock``): on a GPU, events on its stream and
-        # device -- an event on the current device's default stream would time another GPU
-        return self.backend.clock()
-
-    def stop(self, token) -> float:
-        return token.elapsed()
-
-
-# --- byte and flop models -----------------------------------------------------------------------
-
-def _nb(*arrays) -> int:
-    return sum(int(a.nbytes) for a in arrays if hasattr(a, "nbytes"))
-
-
-# the array argument that names a kernel's layer (the recorder's view of that name), by kernel;
-# other kernels: loss or optimizer
-_LAYER_ARG = {"bias_act_fwd": "b", "bias_act_drop_fwd": "b", "act_bwd": "db",
-              "act_drop_bwd": "db", "layernorm_fwd": "gamma", "layernorm_bwd": "dgamma"}
+# kernels owned by one layer: the argument that names the layer, and the row's label
+# ({} is the activation, the kernel's first argument); other kernels: loss or optimizer
+_LAYER_OPS = {"bias_act_fwd": ("b", "bias+{}"),
+              "bias_act_drop_fwd": ("b", "bias+{}+dropout"),
+              "act_bwd": ("db", "{}' + bias grad"),
+              "act_drop_bwd": ("db", "dropout+{}' + bias grad"),
+              "layernorm_fwd": ("gamma", "layernorm_fwd"),
+              "layernorm_bwd": ("dgamma", "layernorm_bwd")}
 _OPTIMIZER_KERNELS = frozenset((*table.STEP_KERNELS, *table.STEP_HYPER_KERNELS,
                                 table.ADVANCE_KERNEL, table.CLIP_KERNEL, table.L2_KERNEL))
 
-
-def _argument(name: str, arg: str, args: tuple, kwargs: dict):
-    """Argument ``arg`` of a call to kernel ``name``, positional or by keyword (declared order:
-    ``table.ENTRIES``)."""
-    if arg in kwargs:
-        return kwargs[arg]
-    pos = [p.name for p in table.ENTRIES[name]].index(arg)
-    return args[pos] if pos < len(args) else None
-
-
-# --- the proxy backend --------------------------------------------------------------------------
 
 @dataclass
 class OpRecord:
@@ -150,50 +76,44 @@ class OpRecord:
 
 
 class _Recorder:
-    """Collects (layer, op, seconds, bytes, flops) for every forwarded call of one step."""
+    """Collects (layer, op, clock, bytes, flops) for every forwarded call of one step."""
 
-    def __init__(self, backend, model, optimizer):
-        self.clock = _Clock(backend)
-        self.events: list[tuple[str, str, float, int, float]] = []
-        self.layer_of_W = {id(layer.W): i for i, layer in enumerate(model.layers)}
-        self.layer_of_dW = {id(layer.dW): i for i, layer in enumerate(model.layers)}
+    def __init__(self, backend, model):
+        self.backend = backend
+        self.events: list[tuple] = []
         self.layer_of = {view: {id(getattr(layer, view)): i
                                 for i, layer in enumerate(model.layers)
                                 if getattr(layer, view, None) is not None}
-                         for view in ("b", "db", "gamma", "dgamma")}
+                         for view in ("W", "dW", "b", "db", "gamma", "dgamma")}
         self.current = 0  # the layer whose backward ran last (dX matmul follows its dW)
-        self.optimizer = optimizer
 
     def timed(self, layer, op, nbytes, flops, fn, *args, **kwargs):
-        token = self.clock.op_start()
+        # no sync per op: the host runs ahead as in training; the clocks are read after the step
+        clock = self.backend.clock(sync=False)
         out = fn(*args, **kwargs)
-        self.events.append((layer, op, self.clock.op_stop(token), nbytes, flops))
+        self.events.append((layer, op, clock.stop(), nbytes, flops))
         return out
 
     def matmul(self, real, a, b, out):
         flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
-        nbytes = _nb(a, b, out)
-        if id(b) in self.layer_of_W:
-            i = self.layer_of_W[id(b)]
+        nbytes = sum(int(m.nbytes) for m in (a, b, out))
+        if id(b) in self.layer_of["W"]:
+            i = self.layer_of["W"][id(b)]
             label = (f"layers.{i}", "forward matmul  X@W")
-        elif id(out) in self.layer_of_dW:
-            self.current = self.layer_of_dW[id(out)]
+        elif id(out) in self.layer_of["dW"]:
+            self.current = self.layer_of["dW"][id(out)]
             label = (f"layers.{self.current}", "backward matmul dW=X.T@dZ")
         else:
             label = (f"layers.{self.current}", "backward matmul dX=dZ@W.T")
         return self.timed(*label, nbytes, flops, real, a, b, out=out)
 
     def kernel(self, name, fn, *args, **kwargs):
-        # minimal bytes: each operand read once, outputs written (in place: both)
-        nbytes = table.traffic(name, args, kwargs)
-        if name in _LAYER_ARG:
-            arg = _LAYER_ARG[name]
-            which = self.layer_of[arg].get(id(_argument(name, arg, args, kwargs)), "?")
-            layer = f"layers.{which}"
-            op = {"bias_act_fwd": f"bias+{args[0]}",
-                  "bias_act_drop_fwd": f"bias+{args[0]}+dropout",
-                  "act_bwd": f"{args[0]}' + bias grad",
-                  "act_drop_bwd": f"dropout+{args[0]}' + bias grad"}.get(name, name)
+        nbytes = table.traffic(name, args, kwargs)  # each operand read once, outputs written
+        if name in _LAYER_OPS:
+            arg, label = _LAYER_OPS[name]
+            bound = dict(zip((p.name for p in table.ENTRIES[name]), args), **kwargs)
+            layer = f"layers.{self.layer_of[arg].get(id(bound.get(arg)), '?')}"
+            op = label.format(args[0])
         elif name in _OPTIMIZER_KERNELS:
             layer, op = "optimizer", name
         else:
@@ -212,14 +132,8 @@ class _ProxyBackend:
         self.raw_kernels = self._recorded(real.raw_kernels)
 
     def _recorded(self, kernels) -> SimpleNamespace:
-        recorder, table = self._rec, {}
-        for name, fn in vars(kernels).items():
-            if callable(fn):
-                table[name] = (lambda n, f: lambda *a, **kw: recorder.kernel(n, f, *a, **kw))(
-                    name, fn)
-            else:
-                table[name] = fn
-        return SimpleNamespace(**table)
+        return SimpleNamespace(**{name: partial(self._rec.kernel, name, fn) if callable(fn)
+                                  else fn for name, fn in vars(kernels).items()})
 
     def matmul(self, a, b, out):
         return self._rec.matmul(self._real.matmul, a, b, out)
@@ -239,13 +153,9 @@ def _check_ceilings(ceilings) -> dict:
         raise ConfigError(f"ceilings must be the dict measure_ceilings returns (keys "
                           f"{', '.join(_CEILINGS)}), got {type(ceilings).__name__}")
     for key in _CEILINGS:
-        value = ceilings.get(key)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"ceilings[{key!r}] must be a finite number > 0 (the rate the "
-                              f"shares are taken of), got {value!r}; ceilings needs keys "
-                              f"{', '.join(_CEILINGS)}")
+        positive_number(f"ceilings[{key!r}]", ceilings.get(key))
     return ceilings
+
 
 def measure_ceilings(backend, dtype="float32", copy_mb: float = 64, gemm_n: int | None = None,
                      repeats: int = 5) -> dict:
@@ -260,34 +170,32 @@ def measure_ceilings(backend, dtype="float32", copy_mb: float = 64, gemm_n: int 
     except TypeError:
         pass  # not a dtype: lookup names it and lists the valid ones
     lookup({"float32": 0, "float64": 0}, dtype, "dtype")
-    if isinstance(copy_mb, bool) or not isinstance(copy_mb, numbers.Real) \
-            or not math.isfinite(copy_mb) or copy_mb <= 0:
-        raise ConfigError(f"copy_mb must be a finite number > 0, got {copy_mb!r}")
+    positive_number("copy_mb", copy_mb)
     if gemm_n is not None:
         gemm_n = positive_int("gemm_n", gemm_n)
     repeats = positive_int("repeats", repeats)
-    xp, clock = backend.xp, _Clock(backend)
-    gpu = _events(backend) is not None
+    xp = backend.xp
     n = int(copy_mb * (1 << 20)) // np.dtype(dtype).itemsize
     src = xp.ones(n, dtype=dtype)
     dst = xp.empty_like(src)
 
-    def best(fn):
-        fn()
+    def median_time(fn):
+        fn()  # warm-up
         times = []
         for _ in range(repeats):
-            token = clock.start()
+            clock = backend.clock()
             fn()
-            times.append(clock.stop(token))
+            times.append(clock.elapsed())
         return statistics.median(times)
 
-    t_copy = best(lambda: dst.__setitem__(Ellipsis, src))
+    t_copy = median_time(lambda: dst.__setitem__(Ellipsis, src))
+    gpu = hasattr(getattr(xp, "cuda", None), "Event")  # CuPy's arrays
     m = gemm_n or (8192 if gpu else 1024)
     rng = np.random.default_rng(0)
     a = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
     b = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
     c = backend.empty((m, m), dtype)
-    t_gemm = best(lambda: backend.matmul(a, b, out=c))
+    t_gemm = median_time(lambda: backend.matmul(a, b, out=c))
     return {"copy_gbs": 2 * src.nbytes / t_copy / 1e9, "gemm_gflops": 2.0 * m**3 / t_gemm / 1e9,
             "copy_mb": copy_mb, "gemm_n": m}
 
@@ -309,11 +217,12 @@ class ProfileReport:
     ceilings: dict
     ops: list[OpRecord] = field(default_factory=list)
     repeats: int = 0
+    engine: str = "python"  #: the engine fit's engine="auto" runs this step with
+    engine_reason: str = ""  #: why (``devnet.train.engine``)
+    compiled_step_s: float | None = None  #: per step, compiled (``profile(compiled=True)``)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ops"] = [asdict(o) for o in self.ops]
-        return d
+        return asdict(self)
 
     def by_op(self) -> dict[str, float]:
         """Seconds per op kind summed over layers (e.g. every forward matmul together)."""
@@ -327,7 +236,10 @@ class ProfileReport:
                 f"{self.device} (kernels {self.kernels}), loss {self.loss}, {self.optimizer}\n"
                 f"step {self.step_s * 1e3:.4g} ms (median of {self.repeats}); ops sum "
                 f"{self.ops_s * 1e3:.4g} ms; ceilings: copy {self.ceilings['copy_gbs']:.1f} GB/s, "
-                f"GEMM {self.ceilings['gemm_gflops']:.1f} GFLOP/s")
+                f"GEMM {self.ceilings['gemm_gflops']:.1f} GFLOP/s\n"
+                f"fit's engine: {self.engine} ({self.engine_reason})" +
+                ("" if self.compiled_step_s is None else
+                 f"; compiled step {self.compiled_step_s * 1e3:.4g} ms"))
         rows = [[o.layer, o.op, f"{o.host_s * 1e6:.1f}", f"{o.time_s * 1e6:.1f}",
                  f"{100 * o.share:.1f}",
                  f"{o.gbs:.2f}" if o.bytes else "-", f"{o.gflops:.2f}" if o.flops else "-",
@@ -349,7 +261,8 @@ class ProfileReport:
 
 
 def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 20,
-            warmup: int = 3, ceilings: dict | None = None, **opt_kwargs) -> ProfileReport:
+            warmup: int = 3, ceilings: dict | None = None, compiled: bool = False,
+            **opt_kwargs) -> ProfileReport:
     """Break one training step of ``model`` on the batch (X, y) into its ops.
 
     Args:
@@ -360,16 +273,17 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
             Optimizer over ``model``.
         repeats: instrumented (and uninstrumented) steps whose medians are reported.
         ceilings: reuse ``measure_ceilings(...)`` output instead of measuring again.
+        compiled: also time the step under fit's compiled engine (``compiled_step_s``: the
+            batch run ``repeats`` times in one call; compiles the step's driver first).
     """
     check_model(model)
     repeats = positive_int("repeats", repeats)
-    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
-        raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
+    warmup = count("warmup", warmup)
     if ceilings is not None:
         ceilings = _check_ceilings(ceilings)
     be = model.backend
-    # the step runs with its data checks off (checked=True, as in fit): check once here, as
-    # fit does -- a label out of range or a NaN would otherwise be timed, not refused
+    # the step runs with its data checks off, as in fit: a label out of range or a NaN would
+    # otherwise be timed, not refused
     X = check_X(model, X)
     if isinstance(loss, str) and loss == "auto":
         loss = resolve_loss(model, loss, "auto", y)
@@ -378,67 +292,72 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     opt = optim_mod.get(optimizer, model, **opt_kwargs)
     Xd = be.asarray(X, dtype=model.dtype)
     yd = be.asarray(y)
-    clock = _Clock(be)
     train_step = Step(model, loss, opt)
 
-    def step(backend):
-        # the training step itself; ``backend``: the one swapped into the model and optimizer
-        train_step(Xd, yd)
-
     for _ in range(max(1, warmup)):
-        step(be)
+        train_step(Xd, yd)
     step_times = []
     for _ in range(repeats):
-        token = clock.start()
-        step(be)
-        step_times.append(clock.stop(token))
+        clock = be.clock()
+        train_step(Xd, yd)
+        step_times.append(clock.elapsed())
 
-    rec = _Recorder(be, model, opt)
+    rec = _Recorder(be, model)
     proxy = _ProxyBackend(be, rec)
-    per_op: dict[tuple[str, str], list[float]] = defaultdict(list)
-    per_op_host: dict[tuple[str, str], list[float]] = defaultdict(list)
-    meta: dict[tuple[str, str], tuple[int, float, int]] = {}
+    per_step = []  # per instrumented step: {(layer, op): (s, host s, calls, bytes, flops)}
     model.backend, opt.backend = proxy, proxy
     try:
         for _ in range(repeats + 1):
             rec.events.clear()
-            step(proxy)
+            train_step(Xd, yd)
             be.synchronize()  # once per step: the ops' events are complete
-            counts: dict[tuple[str, str], float] = defaultdict(float)
-            host: dict[tuple[str, str], float] = defaultdict(float)
-            ncalls: dict[tuple[str, str], int] = defaultdict(int)
-            for layer, op, pending, nbytes, flops in rec.events:
-                counts[(layer, op)] += pending.device_s()
-                host[(layer, op)] += pending.host_s
-                ncalls[(layer, op)] += 1
-                meta[(layer, op)] = (nbytes, flops, 0)
-            for key, t in counts.items():
-                per_op[key].append(t)
-                per_op_host[key].append(host[key])
-                nbytes, flops, _ = meta[key]
-                meta[key] = (nbytes, flops, ncalls[key])
+            totals: dict[tuple[str, str], tuple] = {}
+            for layer, op, clock, nbytes, flops in rec.events:
+                t, host, calls, _, _ = totals.get((layer, op), (0.0, 0.0, 0, 0, 0.0))
+                totals[(layer, op)] = (t + clock.elapsed(), host + clock.host_s, calls + 1,
+                                       nbytes, flops)
+            per_step.append(totals)
     finally:
         model.backend, opt.backend = be, be
 
     ceil = ceilings or measure_ceilings(be, model.dtype.name)
     step_s = statistics.median(step_times)
     ops = []
-    for (layer, op), times in per_op.items():
-        t = statistics.median(times[1:] if len(times) > 1 else times)
-        host_times = per_op_host[(layer, op)]
-        host_t = statistics.median(host_times[1:] if len(host_times) > 1 else host_times)
-        nbytes, flops, calls = meta[(layer, op)]
+    for key in dict.fromkeys(k for totals in per_step for k in totals):  # first-seen order
+        seen = [totals[key] for totals in per_step if key in totals]
+        kept = seen[1:] or seen  # the first instrumented step pays first-call costs
+        t = statistics.median(s[0] for s in kept)
+        host_t = statistics.median(s[1] for s in kept)
+        _, _, calls, nbytes, flops = seen[-1]
         gbs = nbytes * calls / t / 1e9 if t > 0 else 0.0
         gfl = flops * calls / t / 1e9 if t > 0 else 0.0
-        ops.append(OpRecord(layer, op, t, 0.0, nbytes * calls, flops * calls, gbs, gfl,
+        ops.append(OpRecord(*key, t, 0.0, nbytes * calls, flops * calls, gbs, gfl,
                             gbs / ceil["copy_gbs"], gfl / ceil["gemm_gflops"], calls, host_t))
     ops_s = sum(o.time_s for o in ops)
     ops.append(OpRecord("step", "python/glue (step - ops)", max(0.0, step_s - ops_s)))
     for o in ops:
         o.share = o.time_s / step_s if step_s > 0 else 0.0
     sizes = "-".join(map(str, model.layer_sizes))
+    engine, why, compiled_s = _engine(train_step, X, y, repeats, compiled)
     return ProfileReport(sizes, be.device, getattr(be.kernels, "source", "?"), int(Xd.shape[0]),
-                         loss.name, type(opt).__name__, step_s, ops_s, ceil, ops, repeats)
+                         loss.name, type(opt).__name__, step_s, ops_s, ceil, ops, repeats,
+                         engine, why, compiled_s)
+
+
+def _engine(step, X, y, repeats: int, timed: bool):
+    """(engine, reason, seconds per compiled step or None): what fit's engine="auto" runs
+    ``step`` with on the host batch (X, y). ``timed``: also run the batch ``repeats`` times in
+    one compiled call, once the driver is compiled."""
+    n, be = len(X), step.model.backend
+    copies = repeats + 1 if timed else 1
+    feed = make_feed(be, np.concatenate([X] * copies), np.concatenate([y] * copies), None, n)
+    chosen = choose("auto", step, feed, n)
+    if not timed or chosen.runner is None:
+        return chosen.name, chosen.reason, None
+    chosen.runner.run(None, 0, 1)  # compiles the driver
+    clock = be.clock()
+    chosen.runner.run(None, 1, repeats)
+    return chosen.name, chosen.reason, clock.elapsed() / repeats
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -482,15 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json == "-":
         json.dump(report.to_dict(), sys.stdout, indent=1)
         print()
-    else:
-        print(report)
-        if args.json:
-            try:
-                with open(args.json, "w") as f:
-                    json.dump(report.to_dict(), f, indent=1)
-            except OSError as exc:
-                raise ConfigError(f"--json: cannot write {args.json!r}: {exc}") from None
-            print(f"wrote {args.json}")
+        return 0
+    print(report)
+    if args.json:
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+        except OSError as exc:
+            raise ConfigError(f"--json: cannot write {args.json!r}: {exc}") from None
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -507,8 +426,6 @@ def _random_targets(loss: str, rng, n: int, n_out: int, dtype: str) -> np.ndarra
 
 def _check_output(path: str) -> None:
     """ConfigError unless ``path`` can be created or overwritten as a file."""
-    import os
-
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         raise ConfigError(f"--json: {path!r} is a directory; give a file name")

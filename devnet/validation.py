@@ -3,7 +3,8 @@
 Every check raises a DataError (the data is wrong) or a ConfigError (an argument is wrong) whose
 message names the argument and says what was expected. Checks return the input converted to
 what the step needs (C-contiguous host arrays of the model's dtype, integer labels), so the step
-itself never converts or checks anything.
+itself never converts or checks anything. What targets must be (class labels, each loss's
+target kind) is ``devnet.targets``'s, which ``check_y`` runs.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 
 from devnet.backend.host import to_numpy
 from devnet.errors import ConfigError, DataError
 from devnet.kernels.reference import get_xp
-from devnet.task import check_class_labels
+from devnet.targets import bounds, check_class_labels, whole
 
 # Largest integer every integer up to which a float type represents exactly.
 _EXACT_INT = {np.dtype("float32"): 2**24, np.dtype("float64"): 2**53}
@@ -103,14 +103,17 @@ def count(name: str, value, what: str = "") -> int:
                       f"got {value!r}")
 
 
+def is_seed(value) -> bool:
+    """Whether ``value`` is a seed: None or an int >= 0 (NumPy integers too), not a bool."""
+    return value is None or isinstance(value, numbers.Integral) \
+        and not isinstance(value, (bool, np.bool_)) and bool(value >= 0)
+
+
 def seed(name: str, value) -> int | None:
     """``value`` as an int >= 0 (NumPy integers too) or None, or a ConfigError naming ``name``."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < 0:
+    if not is_seed(value):
         raise ConfigError(f"{name} must be a non-negative integer or None, got {value!r}")
-    return int(value)
+    return None if value is None else int(value)
 
 
 def positive_int(name: str, value) -> int:
@@ -272,7 +275,7 @@ def check_y(model, loss, y, n: int, name: str = "y", x_name: str = "X") -> np.nd
     k = model.n_out
     if loss.target == "classes":
         arr = _labels_or_probs(arr, n, k, name)
-        if arr.ndim == 2:  # probabilities; labels were checked by devnet.task's rule
+        if arr.ndim == 2:  # probabilities; labels were checked by check_class_labels
             loss.check_values(arr, model.dtype, name)
         return arr
     if arr.ndim == 1 and k == 1:
@@ -291,16 +294,15 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[1] == 1 and k > 1:
         arr = arr.reshape(n)
     if arr.ndim == 1:
-        if arr.dtype.kind == "f":
-            if not np.array_equal(arr, np.round(arr)):
-                bad = arr != np.round(arr)
-                raise DataError(f"cross_entropy needs integer class labels in {name}, got "
-                                f"non-integer values (e.g. {name}{_first_bad(bad)} = "
-                                f"{arr[bad][0].item()!r})")
-        elif arr.dtype.kind == "b":
+        if not whole(arr):  # finite already (check_y)
+            bad = arr != np.round(arr)
+            raise DataError(f"cross_entropy needs integer class labels in {name}, got "
+                            f"non-integer values (e.g. {name}{_first_bad(bad)} = "
+                            f"{arr[bad][0].item()!r})")
+        if arr.dtype.kind == "b":
             raise DataError(f"cross_entropy needs integer class labels in {name}, got bool; "
                             "use binary_cross_entropy for 0/1 targets")
-        check_class_labels(arr, k, name)  # one rule (devnet.task) for fit, CLI and losses
+        check_class_labels(arr, k, name)
         return np.ascontiguousarray(arr, dtype=np.int64)
     if arr.shape != (n, k):
         raise DataError(f"cross_entropy needs {name} as integer labels of shape ({n},) or "
@@ -308,30 +310,48 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
     return arr
 
 
-def check_sample_weight(model, w, n: int, name: str = "sample_weight") -> np.ndarray | None:
-    """Weights (n,) rescaled to mean 1 in float64, then cast to the model's dtype; None passes.
+def sample_weights(w, n: int, name: str = "sample_weight"):
+    """Sample weights (n,) as float64 scaled to a maximum of 1 (NumPy or CuPy, where ``w``
+    lives): the rule for fit's data edge and the losses alike. Weights must hold real numbers,
+    one per sample, finite, >= 0 and not all zero. Scaling by the maximum keeps a mean taken
+    later from overflowing even float64. One host read (sync) when they pass.
+    """
+    if w.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers (bool, int or float), got dtype "
+                        f"{w.dtype}")
+    if w.shape != (n,):
+        raise DataError(f"{name} must have shape ({n},), one weight per sample, got "
+                        f"{tuple(w.shape)}")
+    xp = get_xp(w)
+    w = w.astype(xp.float64, copy=False)
+    lo, hi = bounds(w)  # NaN propagates into both
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = to_numpy(~xp.isfinite(w))  # the error path: a copy to the host is no cost
+        raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s), first at "
+                        f"{name}{_first_bad(bad)}; expected finite numbers")
+    if lo < 0:
+        host = to_numpy(w)
+        bad = host < 0
+        raise DataError(f"{name} must be >= 0, got {int(bad.sum())} negative weight(s), first "
+                        f"{name}{_first_bad(bad)} = {host[bad][0]:g}")
+    if hi == 0:
+        raise DataError(f"{name} is all zero: no sample would count; give at least one "
+                        "weight > 0")
+    return w / hi
 
-    Weights must be finite, >= 0 and not all zero. Only their ratios matter (the loss is a
-    weighted mean), so rescaling changes no result, but it keeps every weight representable:
-    float32 weights near 1e38 would overflow their own mean (zeroing every weight) and
-    float64 weights beyond float32's range would become inf in a float32 model.
+
+def check_sample_weight(model, w, n: int, name: str = "sample_weight") -> np.ndarray | None:
+    """Weights (n,) (``sample_weights``) rescaled to mean 1 in float64, then cast to the
+    model's dtype; None passes.
+
+    Only their ratios matter (the loss is a weighted mean), so rescaling changes no result,
+    but it keeps every weight representable: float32 weights near 1e38 would overflow their
+    own mean (zeroing every weight) and float64 weights beyond float32's range would become
+    inf in a float32 model.
     """
     if w is None:
         return None
-    arr = _host(name, w, model.backend)
-    if arr.shape != (n,):
-        raise DataError(f"{name} must have shape ({n},), one weight per sample, got {arr.shape}")
-    _finite(name, arr)
-    arr = arr.astype(np.float64)
-    if (arr < 0).any():
-        bad = arr < 0
-        raise DataError(f"{name} must be >= 0, got {int(bad.sum())} negative weight(s), first "
-                        f"{name}{_first_bad(bad)} = {arr[bad][0]:g}")
-    top = arr.max()
-    if not top > 0:
-        raise DataError(f"{name} is all zero: no sample would count; give at least one "
-                        "weight > 0")
-    arr = arr / top  # in [0, 1] first, so the mean cannot overflow
+    arr = sample_weights(_host(name, w, model.backend), n, name)
     arr /= arr.mean()
     return np.ascontiguousarray(arr, dtype=model.dtype)
 
@@ -356,148 +376,3 @@ def check_model(model) -> None:
     needed = ("forward", "backward", "params", "grads", "n_in", "n_out", "dtype", "backend")
     if not all(hasattr(model, a) for a in needed):
         raise ConfigError(f"model must be a devnet.MLP, got {type(model).__name__}")
-
-
-# --- targets, by the kind a loss declares (``devnet.losses``: ``Loss.target``) ----------------
-# Device-generic (NumPy or CuPy): the losses' unchecked door runs them on a batch where it
-# lives, fit's data edge (``check_y``) on the host.
-
-_SHOWN = 5  # bad labels named in an error message
-
-
-def cast(a, dtype):
-    """``a`` as ``dtype``; values beyond its range become inf, which the caller reports."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return a.astype(dtype, copy=False)
-
-
-def bounds(a) -> tuple[float, float]:
-    """(min, max) of a non-empty array as Python floats: one host read (sync) for both."""
-    lo, hi = get_xp(a).stack((a.min(), a.max())).tolist()
-    return float(lo), float(hi)
-
-
-def _label_list(xp, labels) -> str:
-    """Up to ``_SHOWN`` distinct values of ``labels`` (a device array), for a message."""
-    values = np.unique(np.asarray(labels.get() if hasattr(labels, "get") else labels))
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
-                      for v in values[:_SHOWN].tolist())
-    return shown + (f", ... ({len(values)} distinct)" if len(values) > _SHOWN else "")
-
-
-def _class_count(k: int) -> None:
-    # a softmax over one column is 1 whatever the logit: loss 0, gradient 0, nothing is ever
-    # learnt, silently
-    if k < 2:
-        raise DataError(f"cross_entropy needs at least 2 prediction columns (one per class), "
-                        f"got {k}; for one output use binary_cross_entropy (0/1 targets) or "
-                        "build the model with one output per class")
-
-
-def class_target(pred, target):
-    """``target`` for predictions ``pred`` (n, k) as the softmax kernel takes it: (n,) integer
-    labels or (n, k) float probabilities; a DataError otherwise."""
-    n, k = pred.shape
-    _class_count(k)
-    if target.ndim == 1 and target.shape[0] == n and target.dtype.kind in "iu":
-        return target
-    if target.shape == (n, k) and target.dtype.kind == "f":
-        return target
-    raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
-                    f"probabilities of shape ({n}, {k}), got {target.dtype} "
-                    f"{tuple(target.shape)}")
-
-
-def class_labels_or_probs(pred, target, xp):
-    """Labels: integers 0..k-1 (whole-number floats too) as int64, one min/max per call;
-    probabilities: (n, k) finite, in [0, 1], rows summing to 1, in pred's dtype."""
-    n, k = pred.shape
-    _class_count(k)
-    if target.ndim == 2 and target.shape == (n, 1) and k > 1:
-        target = target.reshape(n)
-    if target.ndim == 2 and target.shape == (n, k):
-        probs = cast(target, pred.dtype)
-        _class_values("cross_entropy", probs, pred.dtype)
-        return probs
-    if target.ndim != 1 or target.shape[0] != n:
-        raise DataError(f"cross_entropy needs integer labels of shape ({n},) or class "
-                        f"probabilities of shape ({n}, {k}), got shape {tuple(target.shape)}")
-    if target.dtype.kind == "b":
-        raise DataError("cross_entropy needs integer class labels 0..k-1, got bool; use "
-                        "binary_cross_entropy for 0/1 targets of one output")
-    lo, hi = bounds(target)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise DataError("cross_entropy labels contain NaN or Inf; expected integer class "
-                        f"labels 0..{k - 1}")
-    if lo < 0 or hi >= k:
-        bad = target[(target < 0) | (target >= k)]
-        raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
-                        f"for predictions with {k} columns; got out-of-range label(s) "
-                        f"{_label_list(xp, bad)}")
-    labels = target.astype(xp.int64, copy=False)  # in range now: no overflow
-    if target.dtype.kind == "f":
-        frac = labels != target
-        if bool(frac.any()):
-            raise DataError(f"cross_entropy labels must be whole numbers (class indices "
-                            f"0..{k - 1}), got {_label_list(xp, target[frac])}")
-    return labels
-
-
-def _any_values(loss: str, target, dtype, name: str) -> None:
-    """Regression targets: no rule beyond finiteness."""
-
-
-def _unit_values(loss: str, target, dtype, name: str) -> None:
-    """0/1 labels or probabilities: every value in [0, 1]."""
-    lo, hi = bounds(target)
-    if not (0 <= lo and hi <= 1):  # also False for NaN
-        raise DataError(f"{loss} needs {name} in [0, 1] (0/1 labels or probabilities), got "
-                        f"values in [{lo:g}, {hi:g}]")
-
-
-def _non_negative_values(loss: str, target, dtype, name: str) -> None:
-    """Counts or rates: every value >= 0 (a deviance's log(t) needs it)."""
-    lo = float(target.min())
-    if lo < 0:
-        raise DataError(f"{loss} targets must be >= 0 (counts or rates), got a minimum of "
-                        f"{lo:g} in {name}; use a regression loss such as mse for targets "
-                        "that can be negative")
-
-
-def _class_values(loss: str, target, dtype, name: str = "targets") -> None:
-    """Class probabilities (n, k): in [0, 1], each row summing to 1 within ``sqrt(eps)`` of
-    ``dtype`` (scikit-learn's ``log_loss`` tolerance). A row that does not is no
-    distribution: an all-zero row would score loss 0 and teach nothing. Labels (1-D) are
-    checked by ``class_labels_or_probs`` / ``devnet.task``."""
-    if target.ndim != 2:
-        return
-    lo, hi = bounds(target)
-    if not (0 <= lo and hi <= 1):  # also False for NaN
-        raise DataError(f"{loss} class probabilities in {name} must be finite and in [0, 1], "
-                        f"got values in [{lo:g}, {hi:g}]")
-    xp = get_xp(target)
-    sums = target.sum(axis=1, dtype=xp.float64)
-    tol = float(np.sqrt(np.finfo(dtype).eps))
-    bad = xp.abs(sums - 1) > tol
-    n_bad = int(bad.sum())
-    if n_bad:
-        i = int(xp.argmax(bad))
-        raise DataError(f"{loss} class probabilities in {name} must sum to 1 in every row "
-                        f"(within {tol:.1e}), got {n_bad} row(s) that do not, first row {i} "
-                        f"summing to {float(sums[i]):g}; normalise the rows "
-                        "(y / y.sum(axis=1, keepdims=True)) or pass integer class labels")
-
-
-class TargetKind(NamedTuple):
-    """What a loss asks of its targets."""
-
-    values: object  #: the value rule: (loss name, target, dtype, argument name) -> None
-    bounded: bool  #: the value rule refuses NaN and Inf itself (no separate finiteness check)
-
-
-TARGETS = {
-    "real": TargetKind(_any_values, False),
-    "unit": TargetKind(_unit_values, True),
-    "non_negative": TargetKind(_non_negative_values, False),
-    "classes": TargetKind(_class_values, True),
-}

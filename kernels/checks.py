@@ -1,12 +1,11 @@
 """O(1) argument checks of the fused kernel entries, from ``table.ARRAYS``: shapes, dtypes, layout.
 
-Numba kernels (CPU and CUDA) do not check bounds: a ``b`` shorter than ``A``'s rows, a ``g``
-shorter than ``p`` or a ``db`` of the wrong length would read or write outside an array. Every
-public entry of ``cpu/`` and the ``cuda`` package calls ``check`` first: attribute reads only (no
-pass over the data), and a DataError naming the argument. Each also keeps the same kernel
-without ``check`` as its ``unchecked`` attribute: the backends' ``raw_kernels`` table, which
-devnet calls for buffers it allocated itself to agree (on a small model the checks cost more
-than the kernels: 2-8-1, b4, 26 of a 37 us backward).
+Numba kernels (CPU and CUDA) do not check bounds: a mismatched buffer would be read or written
+outside its array. Every public entry of ``cpu/`` and the ``cuda`` package checks first
+(attribute reads only, a DataError naming the argument) and keeps the kernel without the checks
+as its ``unchecked`` attribute: the backends' ``raw_kernels``, for buffers devnet allocated
+itself (on a small model the checks cost more than the kernels: 2-8-1, b4, 26 of a 37 us
+backward).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from devnet.kernels.table import (
     STEPS,
     gated_scalars,
     hyper_layout,
-    step_argnames,
     step_hyper_argnames,
 )
 
@@ -57,19 +55,14 @@ def _shape_text(shape_syms, sizes):
         ("," if len(shape_syms) == 1 else "") + ")"
 
 
-def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False,
-          specs: str | None = None):
+def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = False):
     """The common float dtype of kernel ``name``'s arrays in ``args`` (positional), or a
-    DataError naming the first argument that is missing, of another type, dtype, rank or
-    shape than the others imply, read-only where written, or (``contiguous``) not
-    C-contiguous. ``specs``: the ``ARRAYS`` entry to check against, when not ``name``'s own
-    (a hyper step checks its by-value step's).
-    """
+    DataError naming the first argument that is missing, of another type, dtype, rank or shape
+    than the others imply, read-only where written, or (``contiguous``) not C-contiguous."""
     sizes: dict[str, int] = {}
     origin: dict[str, str] = {}
     dtype = None
-    key = specs or name
-    for spec in ARRAYS[key] if key in ARRAYS else REDUCTION_ARRAYS[key]:
+    for spec in ARRAYS[name] if name in ARRAYS else REDUCTION_ARRAYS[name]:
         a = args[spec.pos] if spec.pos < len(args) else None
         if a is None:
             if spec.optional:
@@ -96,9 +89,8 @@ def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = Fals
                                 f"expected {_shape_text(spec.shape, sizes)} ({sym} = {seen} "
                                 f"from {origin[sym]!r})")
             origin.setdefault(sym, spec.name)
-        if spec.written and isinstance(a, np.ndarray) and not a.flags.writeable:
-            raise DataError(f"{name}: argument {spec.name!r} is written but read-only; pass a "
-                            "writable array")
+        if spec.written:
+            _writable(name, spec.name, a)
         if contiguous and not a.flags.c_contiguous:
             raise DataError(f"{name}: argument {spec.name!r} must be C-contiguous, got strides "
                             f"{tuple(a.strides)}; pass a contiguous copy")
@@ -109,9 +101,8 @@ def check(name: str, args: tuple, array_type=np.ndarray, contiguous: bool = Fals
 
 
 def checked(name: str, array_type=np.ndarray, contiguous: bool = False):
-    """Decorator of a hand-written kernel entry: the public entry runs ``check(name, ...)`` on
-    its arguments (bound by the kernel's signature: ``ARRAYS`` gives their positions), then the
-    kernel; the kernel itself stays reachable as the entry's ``unchecked`` attribute."""
+    """Decorator of a hand-written kernel entry: ``check(name, ...)`` on its arguments, then the
+    kernel, which stays reachable as the entry's ``unchecked`` attribute."""
 
     def wrap(kernel):
         sig = inspect.signature(kernel)
@@ -148,8 +139,7 @@ def residual_out(name: str, R, out) -> None:
 
 
 def dropout_row0(name: str, row0) -> int:
-    """``row0`` (the global row of a dropout kernel's first row) as an int; a DataError unless
-    it is a non-negative integer."""
+    """``row0`` (the global row of a dropout kernel's first row) as an int, or a DataError."""
     if isinstance(row0, (bool, np.bool_)) or not isinstance(row0, (int, np.integer)) \
             or row0 < 0:
         raise DataError(f"{name}: row0 (the global row of the array's first row, keying its "
@@ -160,8 +150,7 @@ def dropout_row0(name: str, row0) -> int:
 def _type_names(array_type) -> str:
     if array_type is ArrayLike:
         return "NumPy or CuPy"
-    types = array_type if isinstance(array_type, tuple) else (array_type,)
-    return " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in types)
+    return f"{array_type.__module__.split('.')[0]}.{array_type.__name__}"
 
 
 # --- entry points generated from table rows (cpu/ and cuda/ fill in the launch) ----------
@@ -176,65 +165,34 @@ def _bind(name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> tuple
 
 
 def _floats(name: str, names, values) -> list:
-    try:
-        return [float(v) for v in values]
-    except (TypeError, ValueError):
-        bad = next(n for n, v in zip(names, values) if not _is_real(v))
-        raise DataError(f"{name}: {bad} must be a real number, got "
-                        f"{values[list(names).index(bad)]!r}") from None
+    """``values`` as floats, or a DataError naming the first that is not a real number."""
+    out = []
+    for arg, v in zip(names, values):
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise DataError(f"{name}: {arg} must be a real number, got {v!r}") from None
+    return out
 
 
-def _is_real(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+def _signature(names, defaults=()) -> inspect.Signature:
+    """Positional-or-keyword parameters ``names``, then ``defaults`` ((name, value) pairs)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter(a, kind) for a in names]
+                             + [inspect.Parameter(a, kind, default=d) for a, d in defaults])
 
 
-def make_step(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
-    """The public entry of optimizer kernel ``name`` (``table.STEPS``).
-
-    It binds its arguments (positional or keyword, as the signature in ``table``), checks the
-    buffers (``check``: one shape (N,), one dtype), refuses a state buffer left None while its
-    hyper-parameter uses it (RMSProp's ``mom`` with ``mu > 0``, ``gavg`` when centered, Adam's
-    ``vmax`` with amsgrad: the kernel would update p twice instead), puts ``p`` in the place of
-    the unused ones, and calls ``launch(arrays, floats, flags)``.
-    """
-    row = STEPS[name]
-    names = step_argnames(name)
-    sig = inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                             for a in names])
-    n_arrays = 1 + len(row.buffers)
-    n_floats = n_arrays + len(row.scalars)
-    needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items())
-
-    def build(checking):
-        def step(*args, **kwargs):
-            if kwargs or len(args) != len(names):
-                args = _bind(name, sig, args, kwargs)
-            if checking:
-                check(name, args, array_type, contiguous)
-            for pos, buf, hpos, hyper in needs:
-                if args[pos] is None and args[hpos]:
-                    raise DataError(f"{name}: {hyper}={args[hpos]!r} uses the state buffer "
-                                    f"{buf!r}, got None")
-            p = args[0]
-            arrays = [p if a is None else a for a in args[:n_arrays]]
-            floats = _floats(name, row.scalars, args[n_arrays:n_floats])
-            launch(arrays, floats, [bool(f) for f in args[n_floats:]])
-
-        step.__name__ = step.__qualname__ = name
-        step.__signature__ = sig
-        step.__doc__ = f"{row.doc} (N,) flat buffers, one dtype; see ``reference.{name}``."
-        return step
-    return _pair(build)
+def _writable(name: str, arg: str, a) -> None:
+    """A DataError when ``a``, which the kernel writes, is a read-only NumPy array."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        raise DataError(f"{name}: argument {arg!r} is written but read-only; pass a writable "
+                        "array")
 
 
 def float64_array(name: str, arg: str, a, ndim: int, array_type=np.ndarray,
                   written: bool = False) -> None:
     """A DataError unless ``a`` is a C-contiguous ``ndim``-D float64 array (writable if
-    ``written``): the layout every backend's kernels read hyper and table with."""
+    ``written``): how every backend's kernels read hyper and table."""
     if not isinstance(a, array_type):
         raise DataError(f"{name}: argument {arg!r} must be a float64 array "
                         f"({_type_names(array_type)}), got {type(a).__name__}")
@@ -242,27 +200,25 @@ def float64_array(name: str, arg: str, a, ndim: int, array_type=np.ndarray,
         raise DataError(f"{name}: argument {arg!r} must be a C-contiguous {ndim}-D float64 "
                         f"array, got a {a.ndim}-D {a.dtype} array of shape {tuple(a.shape)}"
                         + ("" if a.flags.c_contiguous else " (not C-contiguous)"))
-    if written and isinstance(a, np.ndarray) and not a.flags.writeable:
-        raise DataError(f"{name}: argument {arg!r} is written but read-only; pass a writable "
-                        "array")
+    if written:
+        _writable(name, arg, a)
 
 
 def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
     """The public entry of hyper step ``name`` (``table.STEP_HYPER``, e.g. ``adam_step_hyper``).
 
-    ``name(p, *buffers, hyper, *flags)``: the by-value step's checks on the buffers
-    (``check``), ``hyper`` a float64 (H,) array of ``table.hyper_layout`` (read by the kernel,
-    never by this entry: no sync), a state buffer needed by a flag refused when None; a state
-    buffer gated by a scalar may be None (its term is then off, see ``table``). Calls
-    ``launch(arrays, hyper, flags, present)``, unused buffers replaced by ``p``; ``present``:
-    per ``table.gated_scalars`` pair, whether its buffer was given.
+    ``name(p, *buffers, hyper, *flags)``: checks the buffers (one shape (N,), one dtype) and
+    ``hyper``'s layout (never its values: no sync); refuses a state buffer left None while a
+    flag uses it (the kernel would update p twice instead); a buffer gated by a scalar may be
+    None (its term is then off, see ``table``). Calls ``launch(arrays, hyper, flags,
+    present)``, unused buffers replaced by ``p``; ``present``: per ``table.gated_scalars``
+    pair, whether its buffer was given.
     """
     step_name = STEP_HYPER[name]
     row = STEPS[step_name]
     names = step_hyper_argnames(name)
     size = len(hyper_layout(step_name))
-    sig = inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                             for a in names])
+    sig = _signature(names)
     n_arrays = 1 + len(row.buffers)
     gated = tuple(names.index(b) for b, _ in gated_scalars(step_name))
     needs = tuple((names.index(b), b, names.index(h), h) for b, h in row.optional.items()
@@ -273,7 +229,7 @@ def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool =
             if kwargs or len(args) != len(names):
                 args = _bind(name, sig, args, kwargs)
             if checking:
-                check(name, args, array_type, contiguous, specs=step_name)
+                check(name, args, array_type, contiguous)
             hyper = args[n_arrays]
             float64_array(name, "hyper", hyper, 1, array_type)
             if hyper.shape[0] != size:
@@ -290,9 +246,9 @@ def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool =
 
         step.__name__ = step.__qualname__ = name
         step.__signature__ = sig
-        step.__doc__ = (f"``{step_name}`` with its scalars read from ``hyper`` (float64, slots "
-                        f"{', '.join(hyper_layout(step_name))}) on the device; see "
-                        f"``reference.{name}``.")
+        step.__doc__ = (f"{row.doc} (N,) flat buffers, one dtype; the scalars read from "
+                        f"``hyper`` (float64, slots {', '.join(hyper_layout(step_name))}) on "
+                        f"the device; see ``reference.{step_name}``.")
         return step
     return _pair(build)
 
@@ -300,9 +256,8 @@ def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool =
 def make_advance(launch, array_type=np.ndarray):
     """The public entry ``opt_advance(hyper, table)``: checks, then ``launch(hyper, table)``.
 
-    hyper: a writable float64 (H,) array; table: a float64 (rows, columns) array with
-    ``rows >= 1`` and ``H >= 2 + columns`` (``table.hyper_layout``). Values are not read
-    (that would sync a GPU): the kernel clamps the row it reads.
+    hyper: a writable float64 (H,) array; table: a float64 (rows >= 1, columns) array, with
+    H >= the header's slots + columns. Values are not read (no sync): the kernel clamps the row.
     """
     name = "opt_advance"
 
@@ -328,10 +283,9 @@ def _hyper_slots(name: str, hyper, need: int, what: str) -> None:
 
 
 def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
-    """The public entry ``opt_clip(g, hyper)``: checks, then ``launch(g, hyper)``.
+    """The public entry ``opt_clip(g, hyper)``: checks (no sync), then ``launch(g, hyper)``.
 
-    g: (N,) float32/float64, read only; hyper: a writable float64 (H,) array with at least the
-    header's slots (``table.HYPER_HEADER``). Values are not read (no sync).
+    g: (N,) float32/float64; hyper: a writable float64 (H,) array of at least the header's slots.
     """
     name = CLIP_KERNEL
 
@@ -355,8 +309,7 @@ def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
 def _spans(name: str, spans, n: int, array_type) -> None:
     """A DataError unless ``spans`` is a C-contiguous (k, 2) int64 array; on the host (NumPy)
     also unless its spans are sorted, disjoint and within [0, n]. A device array's values are
-    not read (that would sync): the kernels clamp every span into the buffer instead
-    (``norms.span_bounds``), so no access falls outside p and g whatever it holds."""
+    not read (no sync): the kernels clamp every span into the buffer (``norms.span_bounds``)."""
     if not isinstance(spans, array_type) or spans.dtype != np.int64 or spans.ndim != 2 \
             or spans.shape[1] != 2 or not spans.flags.c_contiguous:
         what = (f"a {spans.ndim}-D {spans.dtype} array of shape {tuple(spans.shape)}"
@@ -377,11 +330,9 @@ def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
             device_value: bool = False):
     """The public entry ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``.
 
-    Checks p, g (N,) and weight (n,) or None (one float dtype), spans (``_spans``), the
-    scalars (real numbers) and ``value``: with ``device_value`` a 1-element array of p's dtype
-    (the loss kernels' output, read by the kernel: no sync), else a real number or a
-    1-element array (read here, on the host). Then
-    ``launch(p, g, spans, alpha, weight, count, value, value_scale)`` with floats.
+    Checks the arrays, the scalars (real numbers) and ``value``: with ``device_value`` a
+    1-element array of p's dtype (read by the kernel: no sync), else a real number or a
+    1-element array (read here). Then ``launch(...)`` with the same arguments, scalars floats.
     """
     name = L2_KERNEL
     args = tuple(p.name for p in ENTRIES[name])
@@ -411,9 +362,7 @@ def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
                 value = _floats(name, ("value",), (value,))[0]
             return launch(p, g, spans, alpha, weight, count, value, value_scale)
 
-        l2_penalty.__signature__ = inspect.Signature(
-            [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in args[:-1]]
-            + [inspect.Parameter(args[-1], inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)])
+        l2_penalty.__signature__ = _signature(args[:-1], ((args[-1], 1.0),))
         l2_penalty.__doc__ = ("scikit-learn's L2 term over the weight spans, in place on g; "
                               "returns the loss value with it; see ``reference.l2_penalty``.")
         return l2_penalty
@@ -429,12 +378,10 @@ def _describe(a) -> str:
 def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,
               contiguous: bool = False):
     """(labels, target, weight) of loss kernel ``name`` checked in O(1), shaped and cast for
-    the kernel, or a DataError.
+    the kernel, or a DataError; ``labels``: target is (n,) integer class labels.
 
-    Shapes, dtypes and writability only, never the values: a kernel must not read or write
-    outside its arrays whatever it is given (softmax_xent's label bounds are checked per row
-    inside the kernel), and a wrong argument is a DataError, not a Numba typing error.
-    ``labels``: target is (n,) integer class labels (``table.LOSSES[name].labels``).
+    Shapes, dtypes and writability only, never the values (softmax_xent's kernels check each
+    label's bounds): a wrong argument is a DataError, not a Numba typing error.
     """
     arrays = {"pred": pred, "target": target, "grad": grad}
     if weight is not None:
@@ -482,12 +429,9 @@ def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,
 
 
 def make_loss(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
-    """The public entry of element loss kernel ``name`` (``table.LOSSES``).
-
-    ``loss(pred, target, grad, weight, scale, **params)``: checks (``loss_args``), then
-    ``launch(pred, target, grad, weight, scale, param)`` with the row's one hyper-parameter
-    (the scalar function's third argument; 1.0 when the row has none).
-    """
+    """The public entry ``name(pred, target, grad, weight, scale, **params)`` of element loss
+    kernel ``name``: checks, then ``launch(pred, target, grad, weight, scale, param)`` with the
+    row's one hyper-parameter (1.0 when it has none)."""
     row = LOSSES[name]
     defaults = dict(row.params)
     param_name, default = next(iter(row.params), (None, 1.0))
@@ -510,11 +454,7 @@ def make_loss(name: str, launch, array_type=np.ndarray, contiguous: bool = False
                                                            (scale, param)))
 
     loss.__name__ = loss.__qualname__ = name
-    loss.__signature__ = inspect.Signature(
-        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-         for a in ("pred", "target", "grad", "weight", "scale")]
-        + [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
-           for p, d in row.params])
+    loss.__signature__ = _signature(("pred", "target", "grad", "weight", "scale"), row.params)
     loss.__doc__ = (f"{row.doc} Returns ``scale * sum_i w_i l_i``; writes ``grad``; see "
                     f"``reference.{name}``.")
     return loss

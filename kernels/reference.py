@@ -1,7 +1,8 @@
 """xp-generic (NumPy or CuPy) versions of every fused op: the oracle kernels are tested against.
 
-Every function here has the same name and signature as its fused counterpart in ``cpu/`` and
-the ``cuda`` package. Conventions shared by all kernel tables:
+Every kernel of ``cpu/`` and the ``cuda`` package has its counterpart here, of the same name and
+signature; the by-value optimizer steps (``adam_step``, ...) are the oracle's alone, the math the
+in-place ``<step>_hyper`` kernels are tested against. Conventions shared by all kernel tables:
 
 - matrices are C-contiguous ``(n_samples, n_features)``; dtypes float32 or float64;
 - ``act`` is an activation name from ``ACTIVATION_NAMES``; ``alpha`` is leaky_relu's slope;
@@ -13,22 +14,34 @@ the ``cuda`` package. Conventions shared by all kernel tables:
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
+from devnet.kernels import norms, scalar
 
 # The registry (names, which activations need Z, which losses take labels, ...) lives in
 # table.py; re-exported here for the tests and benchmarks that read it from the oracle.
-from devnet.kernels.table import (  # noqa: E402, F401
+from devnet.kernels.table import (  # noqa: F401
     ACTIVATION_NAMES,
-    DEEP_KERNELS,
+    HYPER_CLIP,
+    HYPER_GSCALE,
+    HYPER_STEPWISE0,
+    HYPER_T,
+    HYPER_T0,
     KERNEL_NAMES,
     LAYERNORM_EPS,
     LOSS_KERNELS,
     LOSSES,
     NEEDS_PREACTIVATION,
     ROWWISE,
+    STEP_HYPER,
     STEP_KERNELS,
+    STEPS,
+    gated_scalars,
+    hyper_layout,
+    hyper_slots,
+    step_hyper_argnames,
 )
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -94,19 +107,11 @@ ACTIVATIONS = {
 
 
 def _act(act, which):
+    """Activation ``act``'s value (``which`` 0) or derivative (1), or a ValueError."""
     fn = ACTIVATIONS[act][which] if act in ACTIVATIONS else None
     if fn is None:
         raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATION_NAMES)}")
     return fn
-
-
-def _act_value(xp, act, z, alpha):
-    return _act(act, 0)(xp, z, alpha)
-
-
-def _act_grad(xp, act, a, z, alpha):
-    """d act / d z at each element, from the output ``a`` (or ``z`` where needed)."""
-    return _act(act, 1)(xp, a, z, alpha)
 
 
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
@@ -119,7 +124,7 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     A += b
     if Z is not None:
         Z[...] = A
-    A[...] = _act_value(xp, act, A, alpha)
+    A[...] = _act(act, 0)(xp, A, alpha)
 
 
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
@@ -135,13 +140,13 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
         s = (G * A).sum(axis=1, keepdims=True)
         dZ[...] = A * (G - s)
     else:
-        dZ[...] = G * _act_grad(xp, act, A, Z, alpha)
+        dZ[...] = G * _act(act, 1)(xp, A, Z, alpha)
     db[...] = dZ.sum(axis=0)
 
 
 def act_fwd(act, Z, alpha=0.01):
     """``act(Z)`` as a new array (used by tests and predict paths, never in the step)."""
-    return _act_value(get_xp(Z), act, Z, alpha)
+    return _act(act, 0)(get_xp(Z), Z, alpha)
 
 
 # --- losses: value and gradient in one call ----------------------------------------------------
@@ -250,7 +255,8 @@ for _name in ELEMENT_LOSSES:
 # --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
 # p, g and every state buffer are 1-D arrays of the same length and dtype; p and the state are
 # updated in place; scalars are Python floats. ``wd`` is L2 weight decay added to the gradient
-# (coupled), except in adamw_step where it is decoupled.
+# (coupled), except in adamw_step where it is decoupled. No kernel table holds these: the
+# fused steps are the ``<step>_hyper`` entries below, which must match them bit for bit.
 
 def sgd_step(p, g, lr, wd):
     """``p -= lr (g + wd p)``."""
@@ -331,28 +337,11 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
 # The same steps with their scalars in a float64 device array (``table.hyper_layout``), and the
 # per-step advance of that array. The oracle reads the scalars to the host (a sync on CuPy) and
 # runs the by-value step above: the fused kernels must match it bit for bit.
-import inspect  # noqa: E402
-
-from devnet.kernels import norms  # noqa: E402
-from devnet.kernels.table import (  # noqa: E402
-    HYPER_CLIP,
-    HYPER_GSCALE,
-    HYPER_STEPWISE0,
-    HYPER_T,
-    HYPER_T0,
-    STEP_HYPER,
-    STEPS,
-    gated_scalars,
-    hyper_layout,
-    hyper_slots,
-    step_hyper_argnames,
-)
-
 
 def opt_advance(hyper, table):
     """``t += 1`` in ``hyper``, then its stepwise slots <- row ``min(t - 1 - t0, rows - 1)``
-    of ``table`` (clamped to >= 0). hyper: (H,) float64, updated in place; table:
-    (rows, columns) float64. No host sync."""
+    of ``table`` (clamped to >= 0). hyper: (H,) float64, in place; table: (rows, columns)
+    float64."""
     xp = get_xp(hyper)
     hyper[HYPER_T] += 1.0
     ahead = xp.minimum(hyper[HYPER_T] - hyper[HYPER_T0], table.shape[0])
@@ -446,34 +435,18 @@ def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
 
 # --- deep networks: LayerNorm rows, dropout, the residual add ----------------------------------
 # Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
-# ``key = scalar.dropout_key(seed, step, layer)``; the same uint64 arithmetic here (NumPy /
-# CuPy arrays) as in the compiled kernels, so every table draws the same bits.
-
-_U32 = 0xFFFFFFFF
-
-
-def _mix32(x):
-    # scalar.mix32 on a uint64 array; uint64 constants, so no array module promotes to float
-    u = np.uint64
-    x = x ^ (x >> u(16))
-    x = (x * u(0x7FEB352D)) & u(_U32)
-    x = x ^ (x >> u(15))
-    x = (x * u(0x846CA68B)) & u(_U32)
-    return x ^ (x >> u(16))
-
+# ``key = scalar.dropout_key(seed, step, layer)``: its uint64 arithmetic runs on NumPy / CuPy
+# arrays as it is, so every table draws the same bits.
 
 def dropout_mask(xp, shape, p, key, row0=0):
     """The keep mask (bool, ``shape``) of dropout rate ``p`` and 64-bit ``key``; ``row0``: the
     global row of the array's first row (element (i, j) is hashed as (row0 + i) m + j)."""
-    from devnet.kernels import scalar
-
     if p <= 0:
         return xp.ones(shape, dtype=bool)
     start = row0 * math.prod(shape[1:])
     e = xp.arange(start, start + math.prod(shape), dtype=xp.uint64).reshape(shape)
-    k0, k1 = xp.uint64(key & _U32), xp.uint64(key >> 32)
-    return _mix32(_mix32((e & xp.uint64(_U32)) ^ k0) ^ k1) >= xp.uint64(
-        scalar.dropout_threshold(p))
+    return scalar.dropout_keep(e, xp.uint64(key & 0xFFFFFFFF), xp.uint64(key >> 32),
+                               xp.uint64(scalar.dropout_threshold(p)))
 
 
 def dropout_scales(p, dtype):
@@ -523,7 +496,7 @@ def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     scale, inv = dropout_scales(p, G.dtype)
     keep = dropout_mask(xp, G.shape, p, key, row0)
     a = A * inv
-    dZ[...] = xp.where(keep, G * scale * _act_grad(xp, act, a, Z, alpha), G.dtype.type(0))
+    dZ[...] = xp.where(keep, G * scale * _act(act, 1)(xp, a, Z, alpha), G.dtype.type(0))
     db[...] = dZ.sum(axis=0)
 
 

@@ -1,29 +1,24 @@
 """The scalar math of every fused op, written once; ``cpu/`` and ``cuda/`` compile it.
 
-Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops
-(``njit(inline="always")``) and CUDA grid-stride kernels (``cuda.jit(device=True)``), and they
-run as they are in plain Python.
+Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops and CUDA
+kernels, and they run as they are in plain Python.
 
 Precision follows the array: ``compiled(decorate, dtype)`` clones every function with its float
-literals (``1.0 - beta1``, ``0.5 * z``) and float globals (``_GELU_C``) turned into ``dtype``
-scalars, since Numba types a Python float literal as float64 and ``float32 * float64`` is
-float64: one literal would send a whole float32 kernel to float64 (4 lanes instead of 8 on the
-CPU, f64 divides and libdevice calls on the GPU). Kernels take hyper-parameters in the array's
-dtype too (cpu/ casts them on entry, cuda/ launches with them so). The source stays written
-once, with ordinary literals.
+literals and float globals turned into ``dtype`` scalars, since Numba types a Python float
+literal as float64 and one would send a whole float32 kernel to float64 (half the SIMD lanes,
+f64 divides on the GPU). Kernels take hyper-parameters in the array's dtype too.
 
 - activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative
-  from the output ``a`` or the pre-activation ``z``, side by side; ``ACTIVATIONS`` maps names to
-  the pair (each kernel is specialised per activation: an in-loop switch blocks vectorisation);
+  from the output ``a`` or the pre-activation ``z``; ``ACTIVATIONS`` maps names to the pair
+  (each kernel is specialised per activation: an in-loop switch blocks vectorisation);
 - losses: ``<name>(pred, target, delta) -> (value, dvalue/dpred)`` per element, and the pieces
   of a softmax-cross-entropy row;
 - optimizers: the per-element update of each step, returning the new parameter and state.
 
-``exp`` and ``log1p`` are written out (range reduction + polynomial) rather than taken from
-``math`` so that LLVM can vectorise the CPU loops: with no SVML, ``math.exp`` is a scalar libm
-call per element (1M float64 exps: 11.8 ms with ``math.exp``, 2.1 ms with ``exp`` below).
-float32 kernels get ``exp_f32`` as their ``exp`` (``DTYPE_FUNCTIONS``): a degree-6 polynomial is
-a float32 ulp where float64 needs degree 12.
+``exp`` and ``log1p`` are written out (range reduction + polynomial) so that LLVM can vectorise
+the CPU loops: without SVML ``math.exp`` is a libm call per element (1M float64 exps: 11.8 ms,
+against 2.1 ms). float32 kernels get ``exp_f32`` (``DTYPE_FUNCTIONS``): degree 6 is a float32
+ulp where float64 needs degree 12.
 """
 
 from __future__ import annotations
@@ -64,25 +59,21 @@ _LN2_LO_F32 = -2.12194440e-4
 
 
 def exp_f32(x):
-    """``e**x`` to about 1 ulp in float32 over the normal range; 0 below it (from -87 down: the
-    result would be under 1.2e-38, a subnormal), inf from 88.73 up (float32's largest is
-    3.4e38 = e**88.72).
+    """``e**x`` to about 1 ulp in float32 over the normal range; 0 from -87 down, inf from
+    88.73 up.
 
-    Subnormal results are flushed to 0 on purpose: x86 takes a microcode assist per element for
-    subnormal arithmetic (bias + sigmoid over 1M float32 elements at z = -95: 11.3 ms with
-    subnormal results, against 0.74 ms at z = -5), and where an activation or a softmax term
-    falls under 1e-38 a 0 changes nothing. float64's ``exp`` clamps at -708 instead.
+    Subnormal results are flushed to 0 on purpose: x86 takes a microcode assist per subnormal
+    element (bias + sigmoid over 1M float32 at z = -95: 11.3 ms, against 0.74 ms at z = -5),
+    and an activation or softmax term under 1e-38 is as good as 0.
     """
     xc = min(max(x, -87.0), 89.0)  # so k stays in [-126, 128]: no NaN from inf * 0
     k = np.floor(xc * _LOG2E + 0.5)  # np.floor keeps x's type (math.floor is an int64)
     r = xc - k * _LN2_HI_F32 - k * _LN2_LO_F32  # |r| <= ln2 / 2
     p = 1.0 + (r + r * r * (0.5000000120 + r * (0.16666665459 + r * (0.041665795894 + r * (
         0.0083334519073 + r * (0.0013981999507 + r * 0.00019875691500))))))
-    # times 2**k in two steps, 2**k1 added to p's exponent bits (exact: the exponent stays in
-    # [63, 191]) then one multiply by 2**k2 (both halves normal floats): the multiply rounds
-    # once and overflows to inf, where a one-step bit-cast 2**k cannot reach k = 128, and
-    # p * 2**k1 * 2**k2 with two float multiplies is not safe under fastmath "reassoc"
-    # (2**k1 * 2**k2 first: inf)
+    # times 2**k in two steps: 2**k1 added to p's exponent bits (exact), then one multiply by
+    # 2**k2, which rounds once and overflows to inf (a bit-cast 2**k cannot reach k = 128, and
+    # two float multiplies could be reassociated under fastmath into 2**k1 * 2**k2 = inf)
     ki = np.int32(k)
     k1 = np.int32(ki >> 1)
     q = np.int32(np.float32(p).view(np.int32) + (k1 << 23)).view(np.float32)
@@ -94,21 +85,9 @@ def log1p(t):
     """``log(1 + t)`` for ``0 <= t <= 1`` (what log-sum-exp terms need), to a few ulp."""
     s = t / (2.0 + t)  # log1p(t) = 2 atanh(s), s in [0, 1/3]: the series needs s**33
     s2 = s * s
-    q = 1 / 31 + s2 * (1 / 33)
-    q = 1 / 29 + s2 * q
-    q = 1 / 27 + s2 * q
-    q = 1 / 25 + s2 * q
-    q = 1 / 23 + s2 * q
-    q = 1 / 21 + s2 * q
-    q = 1 / 19 + s2 * q
-    q = 1 / 17 + s2 * q
-    q = 1 / 15 + s2 * q
-    q = 1 / 13 + s2 * q
-    q = 1 / 11 + s2 * q
-    q = 1 / 9 + s2 * q
-    q = 1 / 7 + s2 * q
-    q = 1 / 5 + s2 * q
-    q = 1 / 3 + s2 * q
+    q = 1 / 3 + s2 * (1 / 5 + s2 * (1 / 7 + s2 * (1 / 9 + s2 * (1 / 11 + s2 * (1 / 13 + s2 * (
+        1 / 15 + s2 * (1 / 17 + s2 * (1 / 19 + s2 * (1 / 21 + s2 * (1 / 23 + s2 * (
+            1 / 25 + s2 * (1 / 27 + s2 * (1 / 29 + s2 * (1 / 31 + s2 * (1 / 33)))))))))))))))
     return 2.0 * s * (1.0 + s2 * q)
 
 
@@ -120,9 +99,8 @@ def sigmoid_of(z):
 
 def tanh_of(z):
     """``tanh(z)``; an odd Taylor polynomial near 0, where ``(1 - t) / (1 + t)`` cancels."""
-    # |z| capped at 20, where tanh is 1 in float64 too: past ~44 exp(-2x) is subnormal in
-    # float32, and subnormal arithmetic is a microcode assist per element (bias+gelu on 1M
-    # float32 with a tenth of the inputs above 50: 7.1 ms, against 1.05 ms)
+    # |z| capped at 20, where tanh is 1 in float64 too: past ~44 exp(-2x) is a float32
+    # subnormal, slow on x86 (bias+gelu on 1M float32, a tenth above 50: 7.1 ms, against 1.05)
     x = min(abs(z), 20.0)
     x2 = x * x
     small = x * (1.0 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315 + x2 * (
@@ -132,17 +110,11 @@ def tanh_of(z):
     return y if z >= 0 else -y
 
 
-# tanh(x) / x = P(x**2) / Q(x**2) on |x| <= 8, fitted here for float32 (Lawson's iteration for
-# the least maximum relative error, coefficients then rounded to float32): 5.5 ulp at most, 0.46
-# on average, and never above 1 (fitted to 9, the quotient reached 1 + 2 ulp near 8.5, and
-# clamping the result cost a quarter of the kernel's time). Past 8 it stays at 0.99999976, 4 ulp
-# below tanh. Four FMAs each side and one divide, no exp and no branch: bias + tanh over 1M
-# float32 elements in 0.26 ms, against 0.73 ms with tanh_of (its exp, Taylor branch and select
-# are ~40 vector ops per element) and 0.49 ms for NumPy's AVX-512 tanh alone.
-# Only the tanh activation's value uses it (``tanh_value``): gelu's derivative needs 1 + t for t
-# near -1 to a fraction of an ulp of 1, where a few ulp of t are a large relative error, so gelu
-# keeps tanh_of; and float64 keeps tanh_of, as a rational function good to a float64 ulp needs
-# about twice the terms.
+# tanh(x) / x = P(x**2) / Q(x**2) on |x| <= 8, fitted for float32 (Lawson's iteration, least
+# maximum relative error): 5.5 ulp at most, never above 1 (fitted to 9 it reached 1 + 2 ulp).
+# No exp and no branch: bias + tanh over 1M float32 in 0.26 ms, against 0.73 ms with tanh_of.
+# Only the tanh activation's value uses it: gelu's derivative needs 1 + t near t = -1 to a
+# fraction of an ulp, so gelu keeps tanh_of, and so does float64 (twice the terms needed).
 def tanh_value(z):
     """The tanh activation's value: ``tanh_of``, or ``tanh_rational_f32`` in float32."""
     return tanh_of(z)
@@ -361,9 +333,8 @@ def layernorm_stats(shift, s1, s2, m, eps):
     """A row's ``(mean, 1 / sqrt(var + eps))`` from its shifted sums ``s1 = sum(x - shift)``,
     ``s2 = sum((x - shift)**2)`` over ``m`` elements (``m`` in the kernel's dtype).
 
-    One pass over the row: shifting by one of its own elements (``shift = x[0]``) keeps
-    ``s2 / m - (s1 / m)**2`` from cancelling when the mean is large against the spread, which
-    the plain sum-of-squares formula does in float32.
+    Shifting by one of the row's own elements (``x[0]``) keeps ``s2 / m - (s1 / m)**2`` from
+    cancelling in float32 when the mean is large against the spread.
     """
     d = s1 / m
     var = max(s2 / m - d * d, 0.0)
@@ -380,9 +351,8 @@ def layernorm_grad(g, xhat, g_mean, gx_mean, rstd):
 
 
 # Dropout masks come from a counter-based hash of (key, element): no generator state, so the
-# same (seed, step, layer) gives the same mask on every device, in any thread order, and after a
-# resume, and backward recomputes the mask instead of storing it. Integers are uint64 holding
-# 32-bit words (masked after each multiply): the same arithmetic in Numba, CUDA and NumPy.
+# same (seed, step, layer) gives the same mask on every device, thread order and resume, and
+# backward recomputes it. uint64 holding 32-bit words: the same in Numba, CUDA and NumPy.
 _U32 = np.uint64(0xFFFFFFFF)
 _MIX1 = np.uint64(0x7FEB352D)
 _MIX2 = np.uint64(0x846CA68B)
@@ -392,8 +362,7 @@ _U64 = (1 << 64) - 1
 
 
 def mix32(x):
-    """lowbias32 (C. Wellons' hash prospector): a bijection of 32-bit words, ``x`` a uint64
-    below 2**32; xorshift-multiply rounds with near-ideal avalanche."""
+    """lowbias32 (C. Wellons' hash prospector): a bijection of 32-bit words in uint64s."""
     x = x ^ (x >> _SH16)
     x = (x * _MIX1) & _U32
     x = x ^ (x >> _SH15)
@@ -402,11 +371,8 @@ def mix32(x):
 
 
 def dropout_keep(e, k0, k1, threshold):
-    """Whether element ``e`` (uint64 flat index) is kept: hash(e, key) >= threshold.
-
-    ``k0``, ``k1``: the key's two 32-bit words (``dropout_key``); ``threshold``:
-    ``dropout_threshold(p)``. Two rounds, the key mixed in before each.
-    """
+    """Whether element ``e`` (uint64 flat index) is kept: hash(e, key) >= threshold; ``k0``,
+    ``k1``: the key's 32-bit words; ``threshold``: ``dropout_threshold(p)``."""
     return mix32(mix32((e & _U32) ^ k0) ^ k1) >= threshold
 
 
@@ -422,11 +388,8 @@ def _splitmix64(z):
 
 
 def dropout_key(seed, step, layer):
-    """The 64-bit key of one layer's mask at one optimizer step (host side, Python ints).
-
-    SplitMix64 chained over (seed, step, layer); kernels split it into ``k0 = key & 0xFFFFFFFF``
-    and ``k1 = key >> 32``.
-    """
+    """The 64-bit key of one layer's mask at one optimizer step: SplitMix64 chained over
+    (seed, step, layer), Python ints."""
     return _splitmix64(_splitmix64(_splitmix64(int(seed) & _U64) ^ int(step)) ^ int(layer))
 
 
@@ -471,13 +434,9 @@ def specialise(fn: FunctionType, ns: dict, dtype, name: str | None = None) -> Fu
 
 
 def compiled(decorate, dtype=np.float64) -> SimpleNamespace:
-    """Every function above for ``dtype``, through ``decorate``, calling each other's copies.
-
-    ``decorate``: e.g. ``numba.njit(inline="always")`` or ``numba.cuda.jit(device=True)``.
-    Each function is cloned (``specialise``) with its float constants in ``dtype`` and its
-    globals pointing at the compiled namespace, so ``sigmoid`` calls the compiled ``sigmoid_of``
-    and ``exp`` (``exp_f32`` for float32, ``DTYPE_FUNCTIONS``); this module stays plain Python.
-    """
+    """Every function above for ``dtype``, through ``decorate`` (e.g.
+    ``numba.njit(inline="always")``), each calling the others' compiled copies (``exp`` is
+    ``exp_f32`` for float32: ``DTYPE_FUNCTIONS``)."""
     ns = typed_globals(globals(), dtype)
     for name, obj in globals().items():
         if isinstance(obj, FunctionType) and obj.__module__ == __name__ and obj not in _TOOLS:

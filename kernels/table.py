@@ -1,15 +1,13 @@
 """The kernel registry: every op's name, arguments and flags, as data (no math, no oracle).
 
-``cpu/`` and ``cuda/`` generate their loss and optimizer entry points from ``LOSSES`` and
-``STEPS``; every backend's kernel table holds ``KERNEL_NAMES``; production code (backends,
-``devnet.nn``, ``devnet.losses``) reads these names from here, not from ``reference.py``.
-Adding a loss or an optimizer: its scalar math in ``scalar.py``, its row here, its reference
-version and its test.
+``cpu/`` and ``cuda/`` generate their loss and optimizer entries from ``LOSSES`` and ``STEPS``;
+every backend's kernel table holds ``KERNEL_NAMES``; production code reads these names from
+here, not from ``reference.py``. Adding a loss or an optimizer: its scalar math in
+``scalar.py``, its row here, its reference version and its test.
 
 ``ENTRIES`` declares every entry's arguments once (name, symbolic shape, type, read / written /
-optional); generated from it: ``ARRAYS`` (the array arguments ``checks.py`` checks in O(1)
-before any kernel runs: a mismatched buffer must be a DataError, never an access outside an
-array), the profiler's byte model (``traffic``) and, through the same ``decl``, the CUDA
+optional); generated from it: ``ARRAYS`` (what ``checks.py`` checks in O(1) before any kernel
+runs), the profiler's byte model (``traffic``) and, through the same ``decl``, the CUDA
 kernels' signatures and parameter marshalling (``kernels/cuda/registry.py``).
 """
 
@@ -59,7 +57,8 @@ LABEL_LOSSES = frozenset(n for n, row in LOSSES.items() if row.labels)
 # --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
 
 class StepRow(NamedTuple):
-    """One optimizer kernel: ``name(p, *buffers, *scalars, *flags)``, all buffers (N,)."""
+    """One optimizer step: ``reference.name(p, *buffers, *scalars, *flags)``, all buffers
+    (N,); the kernel tables hold it as ``name_hyper`` (its scalars in ``hyper``)."""
 
     template: str  #: the loop both backends compile: "sgd", "heavy_ball", "rmsprop", "adam"
     update: str  #: the scalar.py per-element update it is specialised with
@@ -89,29 +88,21 @@ STEPS = {
                           _ADAM_SCALARS, ("amsgrad",),
                           "In place AdamW (decoupled ``wd``) on p, m, v (and vmax if amsgrad)."),
 }
-STEP_KERNELS = tuple(STEPS)
-
-
-def step_argnames(name: str) -> tuple[str, ...]:
-    """The positional argument names of step kernel ``name`` (its ``ENTRIES`` declaration)."""
-    return tuple(p.name for p in ENTRIES[name])
+STEP_KERNELS = tuple(STEPS)  #: the by-value steps: the oracle's (``reference.py``) only
 
 
 # --- the same steps with their scalars in device memory (graph-ready) --------------------------
 # ``<step>_hyper(p, *buffers, hyper, *flags)`` runs ``<step>`` with its float scalars read from
-# ``hyper``, a float64 (H,) array on the device, instead of passed by value: a CUDA graph
-# captures kernel arguments once, so a replayed step must find this step's lr and bias
-# corrections in memory. ``opt_advance(hyper, table)`` (one thread) runs before it each step:
-# t += 1, then the scalars that change per step (``STEPWISE``) are copied from row
-# ``min(t - 1 - t0, rows - 1)`` of ``table``, a float64 (rows, len(stepwise)) array the host
-# fills ahead of time (the schedule's lr, Adam's bias corrections as Python computes them:
-# bit for bit what the by-value call passes). The rest of ``hyper`` is constant.
-# A state buffer gated by a scalar (RMSProp's ``mom``, used when ``mu > 0``) may be None in a
-# hyper call: the device value cannot be checked without a sync, so None turns the term off
-# (mu read as 0) instead of letting p stand in for the buffer.
-# Gradient clipping lives in the header too: ``opt_clip(g, hyper)`` (one reduction launch)
-# writes ``min(1, clip / (|g| + 1e-6))`` into ``gscale`` and every hyper step multiplies g by
-# it as it reads g (g itself is left unscaled). Without clipping gscale stays 1.0.
+# ``hyper``, a float64 (H,) device array: a CUDA graph captures kernel arguments once, so a
+# replayed step must find its lr and bias corrections in memory. ``opt_advance(hyper, table)``
+# (one thread) runs before it each step: t += 1, then the ``STEPWISE`` scalars are copied from
+# row ``min(t - 1 - t0, rows - 1)`` of ``table``, a float64 (rows, len(stepwise)) array the host
+# fills ahead of time, bit for bit what the by-value call passes. The rest of ``hyper`` is
+# constant. A state buffer gated by a scalar (RMSProp's ``mom``, used when ``mu > 0``) may be
+# None in a hyper call: its term is then off (mu read as 0), as the device value cannot be
+# checked without a sync. ``opt_clip(g, hyper)`` writes ``min(1, clip / (|g| + 1e-6))`` into
+# the header's ``gscale``, and every hyper step multiplies g by it as it reads g (1.0 without
+# clipping).
 
 HYPER_T, HYPER_T0 = 0, 1  #: completed steps; the step count the table's first row follows
 HYPER_GSCALE, HYPER_CLIP = 2, 3  #: the gradient's scale; the clip norm (inf: no clipping)
@@ -137,6 +128,13 @@ def hyper_layout(name: str) -> tuple[str, ...]:
     return (*HYPER_HEADER, *columns, *(s for s in STEPS[name].scalars if s not in columns))
 
 
+def hyper_values(name: str, values: dict) -> list[float]:
+    """Step kernel ``name``'s hyper slots (``hyper_layout``) filled from ``values`` (slot name
+    -> value; a slot it lacks: ``HYPER_DEFAULTS``, else 0): the array a call with these
+    scalars by value reads, e.g. ``hyper_values("adam_step", {"lr": 1e-3, ...})``."""
+    return [float(values.get(k, HYPER_DEFAULTS.get(k, 0.0))) for k in hyper_layout(name)]
+
+
 def hyper_slots(name: str) -> tuple[int, ...]:
     """The hyper slot of each of ``STEPS[name].scalars``, in the row's order."""
     layout = hyper_layout(name)
@@ -155,28 +153,19 @@ def step_hyper_argnames(name: str) -> tuple[str, ...]:
 
 
 # --- the whole table ---------------------------------------------------------------------------
-
-# --- reductions over the flat buffers (one launch each: no CuPy launches in the step) ---------
-# ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``: scikit-learn's L2
-# term over the [start, stop) ``spans`` of p (the weights; biases excluded), one pass: adds
-# ``alpha / sw * p`` to g and returns ``value * value_scale + 0.5 alpha sum(p**2) / sw``, with
-# ``sw`` the sum of ``weight`` (the batch's sample weights, summed by the kernel: no host sync,
-# no allocation) or ``count`` when weight is None. ``opt_clip(g, hyper)``: see above.
+# The reductions over the flat buffers, one launch each: ``opt_clip`` (above) and
+# ``l2_penalty``, scikit-learn's L2 term over the weights' spans of p (``reference.l2_penalty``).
 CLIP_KERNEL = "opt_clip"
 L2_KERNEL = "l2_penalty"
 
 DEEP_KERNELS = ("layernorm_fwd", "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
                 "act_drop_bwd")
-KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *STEP_KERNELS, *DEEP_KERNELS,
-                *STEP_HYPER_KERNELS, ADVANCE_KERNEL, CLIP_KERNEL, L2_KERNEL)
+KERNEL_NAMES = ("bias_act_fwd", "act_bwd", *LOSS_KERNELS, *DEEP_KERNELS, *STEP_HYPER_KERNELS,
+                ADVANCE_KERNEL, CLIP_KERNEL, L2_KERNEL)
 LAYERNORM_EPS = 1e-5
 
 
-# --- argument declarations: every entry's arguments, declared once -----------------------------
-# ``Param``s in call order. What is generated from them: the O(1) checks' array specs
-# (``ARRAYS``, ``REDUCTION_ARRAYS``: positions, shapes, optional, writable), the profiler's byte
-# model (``traffic``), and, for the CUDA kernels (declared the same way in ``kernels/cuda/``),
-# their signatures and parameter marshalling.
+# --- argument declarations: every entry's arguments, declared once, in call order --------------
 
 DTYPES = ("real", "f64", "i32", "i64", "label", "u64", "bool", "int", "str")
 """Argument types: ``real`` the model's float dtype (float32 or float64, arrays and scalars
@@ -221,7 +210,9 @@ def decl(*specs: str) -> tuple[Param, ...]:
     return tuple(params)
 
 
-def _step_decl(step: str, hyper: bool) -> tuple[Param, ...]:
+def step_decl(step: str, hyper: bool = True) -> tuple[Param, ...]:
+    """The arguments of step ``step``: its hyper entry's, or (``hyper=False``) the by-value
+    loop's that the oracle and the CUDA hyper kernels' inlined ``step`` take."""
     row = STEPS[step]
     state = tuple(f"{b}[N] rw{'o' if b in row.optional else ''}" for b in row.buffers[1:])
     scalars = ("hyper[H] f64 r skip",) if hyper else row.scalars
@@ -240,7 +231,6 @@ ENTRIES: dict[str, tuple[Param, ...]] = {
     "act_bwd": decl("act str", "G[n,m] rm", "A[n,m]", "Z[n,m] ro", "dZ[n,m] w", "db[m] w",
                     "alpha"),
     **{name: _loss_decl(name) for name in LOSSES},
-    **{name: _step_decl(name, False) for name in STEPS},
     "layernorm_fwd": decl("X[n,m]", "gamma[m]", "beta[m]", "Y[n,m] w", "mean[n] w",
                           "rstd[n] w", "eps"),
     "layernorm_bwd": decl("G[n,m] rm", "X[n,m]", "mean[n]", "rstd[n]", "gamma[m]", "dX[n,m] w",
@@ -250,7 +240,7 @@ ENTRIES: dict[str, tuple[Param, ...]] = {
                               "key int", "R[n,m] ro", "out[n,m] wo", "row0 int"),
     "act_drop_bwd": decl("act str", "G[n,m] rm", "A[n,m]", "Z[n,m] ro", "dZ[n,m] w", "db[m] w",
                          "alpha", "p", "key int", "row0 int"),
-    **{name: _step_decl(step, True) for name, step in STEP_HYPER.items()},
+    **{name: step_decl(step) for name, step in STEP_HYPER.items()},
     # t and the stepwise slots written; one row of the table read
     ADVANCE_KERNEL: decl("hyper[H] f64 w", "table[rows,c] f64 r row"),
     # gscale written (the clip slot read: the same few header slots, counted once)
@@ -266,8 +256,7 @@ def traffic(name: str, args: tuple, kwargs: dict | None = None) -> int:
     once, each one it writes written once (in place: both), per its declaration."""
     bound = dict(zip((p.name for p in ENTRIES[name]), args))
     bound.update(kwargs or {})
-    seen_read: set[int] = set()
-    seen_written: set[int] = set()
+    seen: set[tuple[int, bool]] = set()  # (array, written)
     total = 0
     for p in ENTRIES[name]:
         a = bound.get(p.name)
@@ -276,12 +265,10 @@ def traffic(name: str, args: tuple, kwargs: dict | None = None) -> int:
         if p.traffic == "row":  # one row of the last axis
             total += a.itemsize * a.shape[-1]
             continue
-        if p.read and id(a) not in seen_read:
-            seen_read.add(id(a))
-            total += int(a.nbytes)
-        if p.written and id(a) not in seen_written:
-            seen_written.add(id(a))
-            total += int(a.nbytes)
+        for written, used in ((False, p.read), (True, p.written)):
+            if used and (id(a), written) not in seen:
+                seen.add((id(a), written))
+                total += int(a.nbytes)
     return total
 
 
@@ -295,20 +282,16 @@ class Arg(NamedTuple):
     written: bool = False
 
 
-def _arrays(name: str, dtypes=("real",)) -> tuple[Arg, ...]:
+def _arrays(name: str) -> tuple[Arg, ...]:
     """The float arrays of entry ``name`` as the checks see them (written: must be writable)."""
     return tuple(Arg(i, p.name, p.shape, p.optional, p.written or p.mutable)
-                 for i, p in enumerate(ENTRIES[name]) if p.shape and p.dtype in dtypes)
+                 for i, p in enumerate(ENTRIES[name]) if p.shape and p.dtype == "real")
 
 
 # Array arguments of every non-loss entry (losses: ``checks.loss_args``). Shapes name sizes:
 # every argument using "n" must agree on it. Positions count from 0 (act is argument 0).
-ARRAYS = {name: _arrays(name) for name in ("bias_act_fwd", "act_bwd", "layernorm_fwd",
-                                           "layernorm_bwd", "dropout_fwd", "bias_act_drop_fwd",
-                                           "act_drop_bwd", *STEPS)}
-
-# The float arrays of the reductions, checked by ``checks.check`` like ARRAYS' entries; apart
-# because their other arguments (int64 spans, a float64 hyper array, a 1-element value) have
-# their own checks (``checks.make_l2`` / ``make_clip``), which ARRAYS' symbolic shapes do not
-# express (``tests/test_kernel_arg_checks.py`` builds calls from ARRAYS alone).
+ARRAYS = {name: _arrays(name) for name in ("bias_act_fwd", "act_bwd", *DEEP_KERNELS,
+                                           *STEP_HYPER)}
+# The reductions' float arrays, apart: their other arguments have their own checks
+# (``checks.make_l2`` / ``make_clip``), and tests build calls from ARRAYS alone.
 REDUCTION_ARRAYS = {name: _arrays(name) for name in (L2_KERNEL, CLIP_KERNEL)}

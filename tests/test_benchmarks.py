@@ -75,7 +75,7 @@ def test_bench_quick_writes_the_json_schema(tmp_path, capsys):
     assert set(fusion) == set(bench_fusion.CASE_NAMES)
     # kernels without a plain baseline yet are listed with the reason, never silently missing
     for name in KERNEL_NAMES:
-        case = name.removesuffix("_hyper")  # a device-scalar entry: its by-value kernel's case
+        case = name.removesuffix("_hyper")  # an in-place step entry: its step's case
         assert any(k.split("[")[0] == case for k in fusion) or \
             name in res["fusion_not_covered"], name
     assert not set(res["fusion_not_covered"]) & {k.split("[")[0] for k in fusion}
@@ -575,10 +575,10 @@ def test_baseline_dropout_mask_is_the_kernels_mask_bit_for_bit(rng):
 def test_fusion_covers_every_kernel_and_poisson_gets_counts():
     assert bench_fusion.not_covered() == {
         table.ADVANCE_KERNEL: "one thread over a few scalars: nothing to fuse"}
-    # every kernel but the optimizers' device-scalar entries (their by-value kernel's case)
-    # and the advance
+    # every kernel but the advance; an optimizer's in-place entry under its step's name
     assert {n.split("[")[0] for n in bench_fusion.CASE_NAMES} == \
-        set(KERNEL_NAMES) - set(table.STEP_HYPER_KERNELS) - {table.ADVANCE_KERNEL}
+        set(KERNEL_NAMES) - set(table.STEP_HYPER_KERNELS) - {table.ADVANCE_KERNEL} \
+        | set(table.STEP_KERNELS)
     case = {c.name: c for c in bench_fusion.CASES}["poisson"]
     ops = case.make(np, np.random.default_rng(0), 1 << 12, "float32")
     T = ops["T"]
@@ -779,3 +779,230 @@ def test_profile_command_fed_standard_normal_targets_to_any_loss(loss, tmp_path,
 
 def _data(rng, n=96, n_in=5, k=3):
     return rng.standard_normal((n, n_in)).astype("float32"), rng.integers(0, k, n)
+
+
+# --- the peers suite: JAX, PyTorch eager, torch.compile, scikit-learn's estimator -----------
+
+HAS_JAX = importlib.util.find_spec("jax") is not None and \
+    importlib.util.find_spec("optax") is not None
+needs_jax = pytest.mark.skipif(not HAS_JAX, reason="JAX and optax are not installed (the "
+                               "'bench' extra: pip install -e '.[bench]')")
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (the 'bench' "
+                                 "extra)")
+# float32 on 3-8-6-4 with the same weights: the peers differ from devnet by rounding only
+_PEER_TOL = {"rtol": 2e-5, "atol": 2e-6}
+
+
+def _peer_case(rng, n=11):
+    """A devnet model with fresh weights and n rows (11: batches of 4 end with a partial 3)."""
+    from benchmarks import bench_peers
+
+    model = dn.MLP([3, 8, 6, 4], seed=int(rng.integers(2**31)), backend="cpu")
+    X = rng.standard_normal((n, 3)).astype(np.float32)
+    y = rng.integers(0, 4, n)
+    return model, X, y, bench_peers.initial_weights(model)
+
+
+def _devnet_step(model, X, y):
+    from benchmarks import bench_peers
+
+    opt = dn.optim.Adam(model.parameters(), lr=bench_peers.LR)
+    step = dn.train.Step(model, "cross_entropy", opt)
+    return float(step(X, y))
+
+
+def _assert_same_weights(got, want):
+    for (gW, gb), (wW, wb) in zip(got, want, strict=True):
+        np.testing.assert_allclose(gW, wW, **_PEER_TOL)
+        np.testing.assert_allclose(gb, wb, **_PEER_TOL)
+
+
+@needs_jax
+def test_jax_peer_step_and_gradients_match_devnet(rng):
+    import jax
+    import optax
+
+    from benchmarks import bench_peers
+
+    model, X, y, w0 = _peer_case(rng, n=5)
+    peer = bench_peers.JaxPeer(jax, optax, w0)
+    x, t = peer.put(X), peer.labels(y)
+    # the gradient from the same weights
+    step = dn.train.Step(model, "cross_entropy")
+    value = float(step.loss_and_grad(X, y))
+    grads = peer.grad_fn(peer.params, x, t)
+    for layer, (dW, db) in zip(model.layers, grads, strict=True):
+        np.testing.assert_allclose(np.asarray(dW), layer.dW, **_PEER_TOL)
+        np.testing.assert_allclose(np.asarray(db), layer.db, **_PEER_TOL)
+    assert float(peer.loss_fn(peer.params, x, t)) == pytest.approx(value, rel=1e-6)
+    # one Adam step (jit, donated buffers): the same loss and the same weights after it
+    assert float(peer.step(x, t)) == pytest.approx(_devnet_step(model, X, y), rel=1e-6)
+    _assert_same_weights(peer.weights(), bench_peers.initial_weights(model))
+    assert not np.allclose(peer.weights()[0][0], w0[0][0])  # the step moved the weights
+
+
+@needs_jax
+def test_jax_scan_epoch_matches_devnet_fit_with_a_partial_last_batch(rng):
+    import jax
+    import optax
+
+    from benchmarks import bench_peers
+
+    model, X, y, w0 = _peer_case(rng)
+    hist = dn.fit(model, X, y, loss="cross_entropy", optimizer=dn.optim.Adam(
+        model.parameters(), lr=bench_peers.LR), epochs=1, batch_size=4, shuffle=False,
+        progress=False, train_metrics=False)
+    peer = bench_peers.JaxPeer(jax, optax, w0)
+    order = peer.put(np.arange(len(X), dtype=np.int32))
+    loss = float(peer.epoch(peer.put(X), peer.labels(y), order, 4))
+    # the epoch's loss weighs the last batch (3 rows) by its share of a batch, as fit does
+    assert loss == pytest.approx(hist.history["loss"][0], rel=1e-5)
+    _assert_same_weights(peer.weights(), bench_peers.initial_weights(model))
+
+
+@needs_torch
+@pytest.mark.parametrize("adam, compile_backend", [({"foreach": True}, None),
+                                                   ({"fused": True}, None),
+                                                   ({}, "aot_eager")])
+def test_torch_peers_step_and_epoch_match_devnet(adam, compile_backend, rng):
+    """Eager with each raced Adam, and the whole step under torch.compile: the benchmark
+    compiles with inductor, which takes minutes here; aot_eager captures the same step
+    (Dynamo, AOTAutograd, the compiled optimizer) without generating C++."""
+    import torch
+
+    from benchmarks import bench_peers
+
+    model, X, y, w0 = _peer_case(rng)
+    twin = dn.MLP([3, 8, 6, 4], backend="cpu")
+    twin.params[...] = model.params
+    peer = bench_peers.TorchPeer(torch, w0, adam=adam, compile=compile_backend)
+    x, t = peer.put(X[:4]), peer.labels(y[:4])
+    assert float(peer.step(x, t)) == pytest.approx(_devnet_step(model, X[:4], y[:4]), rel=1e-6)
+    _assert_same_weights(peer.weights(), bench_peers.initial_weights(model))
+    # an epoch over rows in a given order, partial last batch included
+    peer = bench_peers.TorchPeer(torch, w0, adam=adam, compile=compile_backend)
+    order = rng.permutation(len(X))
+    loss = float(peer.epoch(peer.put(X), peer.labels(y), torch.from_numpy(order), 4))
+    hist = dn.fit(twin, X[order], y[order], loss="cross_entropy", optimizer=dn.optim.Adam(
+        twin.parameters(), lr=bench_peers.LR), epochs=1, batch_size=4, shuffle=False,
+        progress=False, train_metrics=False)
+    assert loss == pytest.approx(hist.history["loss"][0], rel=1e-5)
+    _assert_same_weights(peer.weights(), bench_peers.initial_weights(twin))
+
+
+def test_peers_ratios_take_each_familys_fastest_per_round():
+    from benchmarks import bench_peers
+
+    def rep(*medians):
+        return timing.Repeated([timing.Timing(m, m, m, 1, 1) for m in medians])
+
+    t = {"devnet Step": rep(2.0, 2.0, 2.0, 2.0, 2.0),
+         "devnet fit[auto] epoch/steps": rep(1.0, 3.0, 1.0, 1.0, 1.0),
+         "jax jit": rep(4.0, 4.0, 1.0, 4.0, 4.0), "jax scan epoch/steps": rep(2.0, 2.0, 2.0, 2.0,
+                                                                              8.0),
+         "torch adam(fused=True)": rep(8.0, 8.0, 8.0, 8.0, 8.0),
+         "torch adam(foreach=True)": rep(10.0, 10.0, 10.0, 10.0, 1.0)}
+    row = {}
+    bench_peers.fill_ratios(row, t)
+    assert row["devnet"] == "devnet fit[auto] epoch/steps" and row["devnet_s"] == 1.0
+    # per round: devnet's best (1, 2, 1, 1, 1) over JAX's best (2, 2, 1, 2, 4)
+    assert row["devnet_over_jax_reps"] == [0.5, 1.0, 1.0, 0.5, 0.25]
+    assert row["devnet_over_jax"] == 0.5 and row["jax_peer"] == "jax scan epoch/steps"
+    assert row["devnet_over_torch_reps"] == [1 / 8, 2 / 8, 1 / 8, 1 / 8, 1.0]
+    assert row["torch_peer"] == "torch adam(fused=True)"
+    # the fastest peer of all, per round: min(2, 8, 1) ... min(4, 1) in the last round
+    assert row["devnet_over_fastest_peer_reps"] == [0.5, 1.0, 1.0, 0.5, 1.0]
+    assert row["fastest_peer"] == "jax scan epoch/steps"
+    assert set(row["devnet_variants"]) == {"devnet Step", "devnet fit[auto] epoch/steps"}
+    assert "devnet_over_torch_compile" not in row and "devnet_over_sklearn" not in row
+
+
+def test_peers_workloads_are_the_targets_sizes():
+    from benchmarks import bench_peers
+
+    for (suite, config), size in report.TARGET_SIZES.items():
+        if suite == "peers":
+            assert bench_peers.WORKLOADS[config].size == size, config
+    assert {t[2] for t in report.TARGETS if t[1] == "peers"} == set(bench_peers.WORKLOADS)
+    assert set(bench_peers.QUICK_WORKLOADS) <= set(bench_peers.WORKLOADS)
+    with pytest.raises(SystemExit, match="unknown peer workload.*valid: step-tiny"):
+        bench_peers.parse_workloads("step-tiny,step-XL", quick=False)
+
+
+@needs_jax
+def test_bench_peers_suite_writes_every_peer_and_grades_nothing_quick(tmp_path, capsys):
+    res = _run(tmp_path, "peers", "--peer-workloads", "step-tiny,estimator-digits",
+               "--no-plots")
+    assert res["meta"]["versions"]["jax"] and res["meta"]["versions"]["optax"]
+    peers = res["peers"]
+    assert peers["threads"]["requested"] >= 1 and peers["threads"]["jax"] >= 1
+    assert "how" in peers["threads"] and peers["skipped"]["torch.compile"] == "--quick"
+    rows = {r["config"]: r for r in peers["rows"]}
+    step = rows["step-tiny"]
+    assert step["size"] == "2-8-2 b4" and step["steps_per_call"] >= 1
+    assert {"jax jit", "jax scan epoch/steps", "devnet Step"} <= set(step["times_s"])
+    assert all(_positive(s) for s in step["times_s"].values())
+    assert step["jax_peer"] in ("jax jit", "jax scan epoch/steps")
+    assert len(step["devnet_over_jax_reps"]) == step["repetitions"] >= 5
+    assert _positive(step["devnet_over_fastest_peer"])
+    if bench_peers_engines():  # fit's engines: both benchmarked, and which one ran is kept
+        assert "devnet fit[auto] epoch/steps" in step["times_s"]
+        assert set(step["engines_ran"].values()) <= {"python", "compiled"}
+    if HAS_TORCH:
+        assert set(step["torch_peer"].split(" ", 1)[1:]) <= set(bench_step.TORCH_ADAM)
+        assert _positive(step["devnet_over_torch"])
+    if HAS_SKLEARN:
+        est = rows["estimator-digits"]
+        assert _positive(est["devnet_over_sklearn"]) and est["fastest_peer"].startswith("sklearn")
+        # both estimators ran every epoch asked for (no early stop)
+        assert set(est["iterations"].values()) == {est["epochs"]}
+    graded = [t for t in res["targets"] if t["target"] in
+              {x[0] for x in report.TARGETS if x[1] == "peers"}]
+    assert graded and all(t["met"] is None for t in graded)
+    out = capsys.readouterr().out
+    assert "devnet/JAX" in out and "step-tiny" in out
+    assert "| devnet/JAX |" in report.readme_block(res, "quick.json")
+
+
+def bench_peers_engines():
+    from benchmarks import bench_peers
+
+    return bench_peers.fit_engines()
+
+
+def test_bench_peers_suite_without_jax_says_why(tmp_path):
+    res = _run(tmp_path, "peers", "--peer-workloads", "step-tiny", "--no-jax", "--no-torch",
+               "--no-plots")
+    assert res["skipped"]["peers: jax"] == "--no-jax"
+    (row,) = res["peers"]["rows"]
+    assert "devnet_over_jax" not in row and "fastest_peer" not in row
+    assert _positive(row["devnet_s"])
+
+
+@needs_torch
+def test_bench_peers_times_torch_compile_of_the_step(rng):
+    import torch
+
+    from benchmarks import bench_peers
+
+    w = bench_peers.QUICK_WORKLOADS["step-tiny"]
+    peers = bench_peers.Peers(torch=torch, torch_compile="aot_eager", skipped={})
+    row = bench_peers.run_workload(dn.get_backend("cpu"), "step-tiny", w,
+                                   timing.Settings.quick(), peers, seed=0, log=lambda m: None)
+    assert "torch_compile_skipped" not in row
+    assert _positive(row["torch_compile_s"]) and row["torch_compile_peer"] == "torch.compile"
+    assert len(row["devnet_over_torch_compile_reps"]) == row["repetitions"]
+
+
+def test_peers_per_step_competitors_are_timed_per_call_then_divided():
+    from benchmarks import bench_peers
+
+    def epoch():
+        pass
+
+    fns = {"a": (bench_peers.per_step(epoch, 4), None), "b": (lambda: None, None)}
+    t = {"a": timing.Repeated([timing.Timing(8.0, 4.0, 12.0, 3, 2)]),
+         "b": timing.Repeated([timing.Timing(8.0, 4.0, 12.0, 3, 2)])}
+    bench_peers._per_step_times(t, fns)
+    assert t["a"].reps[0] == timing.Timing(2.0, 1.0, 3.0, 3, 2)
+    assert t["b"].reps[0] == timing.Timing(8.0, 4.0, 12.0, 3, 2)

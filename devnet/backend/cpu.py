@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import numbers
 
 import numpy as np
 
+from devnet import validation
 from devnet.backend.base import Backend, kernel_table
-from devnet.errors import ConfigError, DataError, lookup
+from devnet.errors import DataError, lookup
 from devnet.kernels import reference
 
 
@@ -39,7 +39,4 @@ class CPUBackend(Backend):
         return np.asarray(a)
 
     def rng(self, seed=None):
-        if seed is not None and (isinstance(seed, (bool, np.bool_))
-                                 or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
-        return np.random.default_rng(seed)
+        return np.random.default_rng(validation.seed("seed", seed))

@@ -32,6 +32,7 @@ SIMULATOR = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
 
 if SIMULATOR:
     from devnet.testing import cupy_sim as cupy
+    from devnet.testing.cupy_graph import cublas
 
     cupyx = cupy.cupyx
     # every ``import cupy`` in devnet (the reference kernels' get_xp, the kernel launcher)
@@ -147,7 +148,8 @@ class _Scope:
     """``with scope:`` makes a device and a stream current, restoring the previous ones.
 
     Re-entrant and per thread (a ``fit`` in another thread keeps its own stack); the device
-    is switched only when another one is current (one cheap runtime query otherwise).
+    is switched only when another one is current (one cheap runtime query otherwise). The
+    stream is the backend's own unless ``CUDABackend.on_stream`` named another for this thread.
     """
 
     __slots__ = ("index", "stream", "_tls")
@@ -160,18 +162,107 @@ class _Scope:
     def __enter__(self):
         runtime = cupy.cuda.runtime
         previous = runtime.getDevice()
-        stack = self._tls.__dict__.setdefault("stack", [])
-        stack.append(previous)
+        tls = self._tls.__dict__
+        stream = tls.get("stream") or self.stream
+        tls.setdefault("stack", []).append((previous, stream))
         if previous != self.index:
             runtime.setDevice(self.index)
-        self.stream.__enter__()  # CuPy's current stream is per thread and per device
+        stream.__enter__()  # CuPy's current stream is per thread and per device
         return self
 
     def __exit__(self, *exc):
-        self.stream.__exit__(*exc)
-        previous = self._tls.stack.pop()
+        previous, stream = self._tls.stack.pop()
+        stream.__exit__(*exc)
         if previous != self.index:
             cupy.cuda.runtime.setDevice(previous)
+
+
+def _cublas():
+    """The low-level cuBLAS bindings (None and the reason when they do not load)."""
+    if SIMULATOR:
+        return cublas, None
+    try:
+        from cupy_backends.cuda.libs import cublas as lib
+    except Exception as exc:  # libcublas missing: cupy.matmul would fail the same way
+        return None, f"CuPy's cuBLAS bindings did not load ({type(exc).__name__}: {exc})"
+    return lib, None
+
+
+class _Gemm:
+    """``out <- a @ b`` with cuBLAS sgemm / dgemm on a handle of this backend's own: safe to
+    capture in a CUDA graph, which CuPy's matmul is not (it rebinds its handle to the current
+    stream on every call, and refuses cuBLAS calls during a capture).
+
+    One handle per thread (a cuBLAS handle serves one stream at a time), made on first use and
+    bound to a stream only when the stream changes (``bind`` before a capture: nothing
+    allocates or rebinds inside it). alpha = 1 and beta = 0 are read from device memory
+    (pointer mode device), allocated once. Row-major through the usual transpose: C = A B is
+    C^T = B^T A^T in cuBLAS's column-major view.
+    """
+
+    def __init__(self, lib, device):
+        self.lib, self.device = lib, device
+        self._tls = threading.local()
+        self._ones = {np.dtype(t): cupy.asarray(np.array([1, 0], t))
+                      for t in (np.float32, np.float64)}
+        # written on the current stream; the GEMM reads them on any stream of the device
+        cupy.cuda.Device(device).synchronize()
+
+    def _handle(self, stream_ptr: int):
+        tls = self._tls.__dict__
+        handle = tls.get("handle")
+        if handle is None:
+            handle = tls["handle"] = self.lib.create()
+            self.lib.setPointerMode(handle, self.lib.CUBLAS_POINTER_MODE_DEVICE)
+            tls["bound"] = None
+        if tls["bound"] != stream_ptr:
+            self.lib.setStream(handle, stream_ptr)
+            tls["bound"] = stream_ptr
+        return handle
+
+    def bind(self, stream) -> None:
+        """Bind this thread's handle to ``stream`` (under the device; before a capture)."""
+        self._handle(stream.ptr)
+
+    @staticmethod
+    def _operand(x):
+        """(op, leading dimension) of a row-major operand in column-major terms, or None."""
+        if x.flags.c_contiguous:
+            return 0, max(1, x.shape[1])  # its transpose, untransposed
+        if x.flags.f_contiguous:
+            return 1, max(1, x.shape[0])
+        return None
+
+    def covers(self, a, b, out) -> bool:
+        """True when the GEMM takes these arrays: 2-D, one float dtype, on this device, out
+        C-contiguous and apart from a and b, every size positive."""
+        dt = out.dtype
+        if not (a.ndim == b.ndim == out.ndim == 2 and a.dtype == b.dtype == dt and
+                dt in self._ones and out.flags.c_contiguous and
+                out.shape == (a.shape[0], b.shape[1]) and a.shape[1] == b.shape[0] and
+                min(*a.shape, b.shape[1]) > 0):
+            return False
+        if self._operand(a) is None or self._operand(b) is None:
+            return False
+        lo, hi = out.data.ptr, out.data.ptr + out.nbytes
+        for x in (a, b):
+            if x.data.device_id != self.device or \
+                    (x.data.ptr < hi and lo < x.data.ptr + x.nbytes):
+                return False
+        return True
+
+    def __call__(self, a, b, out):
+        """``out <- a @ b`` on the current stream (arrays ``covers`` takes)."""
+        (op_a, lda), (op_b, ldb) = self._operand(a), self._operand(b)
+        m, k = a.shape
+        n = b.shape[1]
+        ones = self._ones[out.dtype]
+        alpha = ones.data.ptr
+        gemm = self.lib.sgemm if out.dtype == np.float32 else self.lib.dgemm
+        handle = self._handle(cupy.cuda.get_current_stream().ptr)
+        gemm(handle, op_b, op_a, n, m, k, alpha, b.data.ptr, ldb, a.data.ptr, lda,
+             alpha + ones.itemsize, out.data.ptr, n)
+        return out
 
 
 class _OnDevice:
@@ -213,6 +304,9 @@ class CUDABackend(Backend):
             self.stream = cupy.cuda.Stream(non_blocking=False)
         self._scope = _Scope(index, self.stream)
         self._stagers: dict[tuple, _Stager] = {}
+        lib, self.gemm_reason = _cublas()
+        with self._device:
+            self._gemm = None if lib is None else _Gemm(lib, index)
         module = reference if kernels == "reference" else \
             importlib.import_module("devnet.kernels.cuda")
         self.kernels = kernel_table(module)
@@ -272,9 +366,41 @@ class CUDABackend(Backend):
             return cupy.zeros(shape, dtype=dtype)
 
     def matmul(self, a, b, out):
-        """``out <- a @ b`` with cuBLAS on this backend's device and stream."""
+        """``out <- a @ b`` with cuBLAS on this backend's device and current stream: the
+        capture-safe GEMM (``_Gemm``) for 2-D float operands, CuPy's matmul otherwise."""
         with self._scope:
+            if self._gemm is not None and self._gemm.covers(a, b, out):
+                return self._gemm(a, b, out)
             return cupy.matmul(a, b, out=out)
+
+    # --- CUDA graphs (devnet.train.graph) ---------------------------------------------------
+
+    def graph_reason(self) -> str | None:
+        """Why a training step cannot be captured as a CUDA graph here, or None."""
+        if self.kernel_set == "reference":
+            return "the reference kernels allocate their temporaries on every call"
+        return self.gemm_reason
+
+    def capture_stream(self):
+        """A new non-blocking stream on this device (capture needs one)."""
+        with self._device:
+            return cupy.cuda.Stream(non_blocking=True)
+
+    def event(self):
+        """A new event on this device (no timing), to order one stream after another."""
+        with self._device:
+            return cupy.cuda.Event(disable_timing=True)
+
+    def on_stream(self, stream):
+        """A context in which this thread's ``scope()`` runs on ``stream`` instead of the
+        backend's own stream (a stream of this device), and is entered."""
+        return _OnStream(self._scope, stream)
+
+    def bind_gemm(self, stream) -> None:
+        """Bind this thread's cuBLAS handle to ``stream`` before a capture on it."""
+        if self._gemm is not None:
+            with self._scope:
+                self._gemm.bind(stream)
 
     def upload(self, host: np.ndarray, slot: str):
         """Copy a host batch to the device asynchronously, through pinned memory.
@@ -304,6 +430,25 @@ class CUDABackend(Backend):
         props = cupy.cuda.runtime.getDeviceProperties(self.index)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class _OnStream:
+    """``CUDABackend.on_stream``: the scope's stream for this thread, then the scope."""
+
+    __slots__ = ("scope", "stream", "_saved")
+
+    def __init__(self, scope, stream):
+        self.scope, self.stream, self._saved = scope, stream, []
+
+    def __enter__(self):
+        tls = self.scope._tls.__dict__
+        self._saved.append(tls.get("stream"))
+        tls["stream"] = self.stream
+        return self.scope.__enter__()
+
+    def __exit__(self, *exc):
+        self.scope.__exit__(*exc)
+        self.scope._tls.__dict__["stream"] = self._saved.pop()
 
 
 class _EventClock(Clock):

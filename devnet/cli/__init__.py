@@ -4,10 +4,6 @@ Exit codes: 0 success, 2 usage, configuration or data error, 1 runtime failure. 
 one line on stderr (``devnet: error: ...``); ``--debug`` prints the traceback too. The command
 parses and delegates: data files are read by ``devnet.data``, the task and default loss are
 decided by ``devnet.task`` (the same rules as ``dn.fit``), checkpoints by ``devnet.io``.
-
-Modules: ``config`` (run.toml's schema and checks), ``train`` (``devnet train``),
-``runfolder`` (the run folder: --resume, --overwrite, the files written), ``evaluate``
-(``devnet eval`` / ``predict``), ``dataset`` (column names, the split's source).
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet import __version__, available_backends
 from devnet.cli.config import (
     CONFIG_SCHEMA,
     EXIT_OK,
@@ -42,9 +39,7 @@ def cmd_info(args) -> int:
     """Devices, versions, and why CUDA is unavailable when it is."""
     import importlib.metadata as md
 
-    import devnet
-    from devnet.backend import available_backends
-    from devnet.backend import cuda as cuda_mod
+    from devnet.backend import cuda as cuda_mod  # imports CuPy: only this command needs it
 
     def version(dist: str) -> str:
         try:
@@ -52,7 +47,7 @@ def cmd_info(args) -> int:
         except md.PackageNotFoundError:
             return "not installed"
 
-    info = {"devnet": devnet.__version__, "python": sys.version.split()[0],
+    info = {"devnet": __version__, "python": sys.version.split()[0],
             "numpy": np.__version__, "numba": version("numba"),
             "numba-cuda": version("numba-cuda"),
             "cupy": getattr(cuda_mod.cupy, "__version__", "not installed")}
@@ -91,13 +86,10 @@ def _entry_point(module: str, what: str):
         except ImportError as exc:
             raise DevnetError(f"devnet {what} needs the {module} module ({exc}); run it from "
                               "a devnet source checkout") from None
-    main = getattr(mod, "main", None)
-    if main is None:
-        raise DevnetError(f"{module} has no main(argv) entry point yet")
-    return main
+    return mod.main
 
 
-#: subcommands whose own options are forwarded verbatim: command -> (module, its main)
+#: subcommands whose own options are forwarded verbatim: command -> the module whose main runs
 _FORWARDED = {"bench": "benchmarks", "profile": "devnet.profile"}
 
 
@@ -195,12 +187,6 @@ _COMMANDS = {
 }
 
 
-def _version() -> str:
-    from devnet import __version__
-
-    return f"devnet {__version__} (distribution devnet-mlp)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -211,13 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  devnet info\n  devnet train --config run.toml\n\n"
                "exit codes: 0 success, 2 usage, config or data error, 1 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version",
+                        version=f"devnet {__version__} (distribution devnet-mlp)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subs = {}
-    for name, (summary, example) in _COMMANDS.items():
-        subs[name] = sub.add_parser(name, parents=[common], help=summary, description=summary,
-                                    epilog=example,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = {name: sub.add_parser(name, parents=[common], help=summary, description=summary,
+                                 epilog=example,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+            for name, (summary, example) in _COMMANDS.items()}
     subs["info"].add_argument("--json", action="store_true", help="print JSON")
     p = subs["train"]
     p.add_argument("--config", required=True, help="the run's TOML file")
@@ -287,19 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     if rest is not None and ("-h" in rest or "--help" in rest):
         # ours first (what the command is, an example), then the forwarded module's options
         parser.subcommand_parsers[args.command].print_help()
-        print()
-        sys.stdout.flush()
+        print(flush=True)
     try:
         return _HANDLERS[args.command](args)
     except (UsageError, ConfigError, DataError) as exc:
-        code = EXIT_USAGE
-        err = exc
+        code, err = EXIT_USAGE, exc
     except KeyboardInterrupt:
         print("devnet: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # runtime failure: one line unless --debug
-        code = EXIT_RUNTIME
-        err = exc
+        code, err = EXIT_RUNTIME, exc
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__)
     msg = " ".join(str(err).split()) or type(err).__name__

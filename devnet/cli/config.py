@@ -10,8 +10,13 @@ import inspect
 import sys
 from pathlib import Path
 
+from devnet import losses, optim, validation
+from devnet.backend import parse_device
+from devnet.data import DATASETS
 from devnet.errors import ConfigError, lookup
-from devnet.optim.schedules import NAMED as _NAMED_SCHEDULES
+from devnet.nn import activations
+from devnet.nn import init as inits
+from devnet.task import TASKS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -20,11 +25,8 @@ class UsageError(Exception):
     """Bad command-line usage or configuration: exit code 2."""
 
 
-_SCHEDULES = tuple(_NAMED_SCHEDULES)  # optim.schedules.NAMED: the table fit(schedule=) uses
-
-
-#: every [section] of run.toml: key -> (default, check). A check returns the cleaned value or
-#: raises ConfigError; ``None`` defaults mean "not set".
+#: every [section] of run.toml: key -> (default, check). A check is a name in ``_CHECKS`` or a
+#: tuple of choices; ``None`` defaults mean "not set".
 CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {
         "dataset": ("digits", "dataset"),
@@ -57,7 +59,8 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
         "hosts": ("", "hosts"),  # "a,b" or a hostfile path; "" = this machine
     },
     "optimizer": {"name": ("adam", "optimizer"), "lr": (1e-3, "posfloat")},  # + its own args
-    "schedule": {"name": ("constant", _SCHEDULES)},  # + the schedule's own args
+    # the table fit(schedule=) uses, so a name means the same in run.toml and in Python
+    "schedule": {"name": ("constant", tuple(optim.schedules.NAMED))},  # + its own args
     "output": {
         "dir": ("runs/devnet", "str"),
         "checkpoint": ("model.safetensors", "str"),
@@ -105,9 +108,11 @@ def _prefixed(prefix: str, placed: str):
 
 
 def check_value(where: str, value, check):
-    """``value`` checked against ``check`` (a kind name or a tuple of choices)."""
+    """``value`` checked against ``check`` (a name in ``_CHECKS`` or a tuple of choices)."""
     with _prefixed(where, where):
-        return _check(where, value, check)
+        if isinstance(check, tuple):
+            return _one_of(check)(where, value)
+        return _CHECKS[check](where, value)
 
 
 def in_section(section: str, name: str):
@@ -117,89 +122,86 @@ def in_section(section: str, name: str):
 
 def loss_task(loss: str) -> str:
     """The task the named loss trains for: classification or regression."""
-    from devnet import losses
-
     return "classification" if losses.get(loss).classification else "regression"
 
 
-def _check(where: str, value, check):
-    from devnet import data as data_mod
-    from devnet import losses, validation
-    from devnet.nn import activations
-    from devnet.nn import init as inits
-    from devnet.optim import OPTIMIZERS
+# Each check takes (where, value) and returns the value to keep, or raises a ConfigError.
 
-    def bad(expected: str):
-        return ConfigError(f"{where} = {value!r}: expected {expected}")
-
-    if isinstance(check, tuple):
-        if value not in check:
-            raise ConfigError(f"{where} = {value!r}: valid choices: {', '.join(check)}")
+def _expect(accepts, expected: str):
+    """The check that ``accepts(value)``, else says what was ``expected``."""
+    def check(where: str, value):
+        if not accepts(value):
+            raise ConfigError(f"{where} = {value!r}: expected {expected}")
         return value
-    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if check == "column":
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-            raise bad("a column index (an integer, negative from the end) or a header name")
-    elif check == "header":
-        if value != "auto" and not isinstance(value, bool):
-            raise bad('"auto" (decide by the first row), true or false')
-    elif check == "seed":
-        validation.seed(where, value)
-    elif check == "progress":
-        if value != "auto" and not isinstance(value, bool):
-            raise bad('"auto", true or false')
-    elif check == "task":
-        from devnet.task import TASKS
+    return check
 
-        if value not in TASKS:
-            raise ConfigError(f"{where} = {value!r}: valid tasks: {', '.join(TASKS)}")
-    elif check == "posint":
-        return validation.positive_int(where, value)
-    elif check == "posfloat":
-        return validation.positive_number(where, value)
-    elif check == "fraction":
-        if not is_num or not 0 <= value < 1:
-            raise bad("a number in [0, 1)")
-    elif check == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif check == "hosts":
-        if not isinstance(value, str):
-            raise bad('host names "a,b" or a hostfile path ("" for this machine)')
-    elif check == "str":
-        if not isinstance(value, str) or not value:
-            raise bad("a non-empty string")
-    elif check == "sizes":
-        if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            raise bad("a list of positive integers, e.g. [128, 64]")
-    elif check == "dataset":
-        if not isinstance(value, str) or not (
-                value in data_mod.DATASETS or value.endswith((".npz", ".csv"))):
-            raise ConfigError(f"{where} = {value!r}: valid datasets: "
-                              f"{', '.join(sorted(data_mod.DATASETS))}, or a .npz / .csv path")
-    elif check == "activation":
-        if not isinstance(value, str):
-            raise bad("an activation name")
-        activations.get(value, hidden=True)
-    elif check == "init":
-        inits.get(value)
-    elif check == "loss":
-        if value != "auto":
-            lookup(losses.LOSSES, value, "loss")
-    elif check == "optimizer":
-        lookup(OPTIMIZERS, value, "optimizer")
-    elif check == "device":
-        from devnet.backend import parse_device
 
-        parse_device(value)  # the backend's own parser: a ConfigError listing valid devices
+def _one_of(choices: tuple, what: str = "choices"):
+    def check(where: str, value):
+        if value not in choices:
+            raise ConfigError(f"{where} = {value!r}: valid {what}: {', '.join(choices)}")
+        return value
+    return check
+
+
+def _kept(library_check):
+    """The check by a library lookup that raises listing the valid names."""
+    def check(where: str, value):
+        library_check(value)
+        return value
+    return check
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dataset(where: str, value):
+    if not isinstance(value, str) or not (
+            value in DATASETS or value.endswith((".npz", ".csv"))):
+        raise ConfigError(f"{where} = {value!r}: valid datasets: "
+                          f"{', '.join(sorted(DATASETS))}, or a .npz / .csv path")
     return value
+
+
+def _activation(where: str, value):
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} = {value!r}: expected an activation name")
+    activations.get(value, hidden=True)
+    return value
+
+
+_CHECKS = {
+    "column": _expect(lambda v: isinstance(v, (int, str)) and not isinstance(v, bool)
+                      and v != "",
+                      "a column index (an integer, negative from the end) or a header name"),
+    "header": _expect(lambda v: v == "auto" or isinstance(v, bool),
+                      '"auto" (decide by the first row), true or false'),
+    "progress": _expect(lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false'),
+    "fraction": _expect(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "bool": _expect(lambda v: isinstance(v, bool), "true or false"),
+    "hosts": _expect(lambda v: isinstance(v, str),
+                     'host names "a,b" or a hostfile path ("" for this machine)'),
+    "str": _expect(lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "sizes": _expect(lambda v: isinstance(v, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v),
+        "a list of positive integers, e.g. [128, 64]"),
+    "seed": validation.seed,
+    "posint": validation.positive_int,
+    "posfloat": validation.positive_number,
+    "task": _one_of(TASKS, "tasks"),
+    "dataset": _dataset,
+    "activation": _activation,
+    "init": _kept(inits.get),
+    "loss": _kept(lambda v: v == "auto" or lookup(losses.LOSSES, v, "loss")),
+    "optimizer": _kept(lambda v: lookup(optim.OPTIMIZERS, v, "optimizer")),
+    # the backend's own parser: a ConfigError listing the valid devices
+    "device": _kept(parse_device),
+}
 
 
 def _extra_args(section: str, name: str) -> dict[str, inspect.Parameter]:
     """Keyword arguments the named optimizer / schedule takes beyond the fixed keys."""
-    from devnet import optim
-
     if section == "schedule":
         return optim.schedules.named_args(name)
     # the class's signature: an optimizer's __init__ may take *args and declare its own
@@ -220,19 +222,15 @@ def validate_config(raw: dict) -> dict:
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"[{section}] must be a table")
-        out = {}
-        for key, (default, check) in schema.items():
-            value = given.get(key, default)
-            out[key] = check_value(f"{section}.{key}", value, check)
+        out = {key: check_value(f"{section}.{key}", given.get(key, default), check)
+               for key, (default, check) in schema.items()}
         valid = dict(schema)
         if section in ("optimizer", "schedule"):
             extra = _extra_args(section, out["name"])
             valid.update(extra)
             for key, value in given.items():
-                if key in extra:
-                    if isinstance(value, list):
-                        value = tuple(value)  # e.g. betas = [0.9, 0.999]
-                    out[key] = value
+                if key in extra:  # a TOML list is a tuple argument, e.g. betas = [0.9, 0.999]
+                    out[key] = tuple(value) if isinstance(value, list) else value
         for key in given:
             if key not in valid:
                 kind = f"[{section}] of {out['name']!r}" if "name" in out else f"[{section}]"

@@ -6,8 +6,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import warnings
 
 import numpy as np
+
+from devnet import data as data_mod
+from devnet.data import DataWarning
 
 
 def csv_header(data_cfg: dict):
@@ -20,10 +24,6 @@ def csv_header(data_cfg: dict):
 def data_notes(show: bool = True):
     """Shows what the loaders warn about (``devnet.data.DataWarning``: a pandas index column
     dropped) as ``devnet: note:`` lines on stderr, each once."""
-    import warnings
-
-    from devnet.data import DataWarning
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         yield
@@ -40,8 +40,6 @@ def column_names(spec: str, target_column, header) -> tuple[list[str] | None, st
     """``(feature_names, target_name)`` of a CSV with a header row, as the loader reads it;
     ``(None, None)`` for other data. Feature names that repeat cannot be matched by name:
     None then, and eval / predict match by position."""
-    from devnet import data as data_mod
-
     if not str(spec).lower().endswith(".csv"):
         return None, None
     names = data_mod.csv_columns(spec, header=header)
@@ -63,8 +61,6 @@ def split_source(spec: str, X: np.ndarray) -> dict:
     """What a train/test split is drawn from: the row count and a sha256 of the data file's
     bytes (of the features, for a bundled dataset), so that eval / predict can tell whether
     the run's split still picks the rows it held out."""
-    from devnet import data as data_mod
-
     digest = hashlib.sha256()
     if spec in data_mod.DATASETS:
         # float64 whatever dtype the model reads, so that one run folder's hash holds for

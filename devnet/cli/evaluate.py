@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+import devnet as dn
+from devnet import losses
 from devnet.cli.config import EXIT_OK, UsageError, check_value, loss_task
 from devnet.cli.dataset import csv_header, data_notes, shown_names, split_source
-from devnet.cli.runfolder import check_name_lengths, read_run_json, run_extra, same_file, save_api
+from devnet.cli.runfolder import check_name_lengths, read_run_json, run_extra, same_file
 from devnet.cli.train import fold_target_scaling
 from devnet.errors import DataError
+from devnet.task import default_loss, infer_task
 
 _PREDICT_FORMATS = (".npy", ".csv")
 #: a regression loss's link (``Loss.link``) -> outputs to predictions
@@ -23,17 +26,14 @@ _REGRESSION_LINKS = {"identity": np.asarray, "exp": np.exp}
 
 
 def _load_run(args):
-    """The checkpointed model (on ``--device``) and what the run recorded about itself.
-
-    Returns ``(model, run)``: run.json beside the checkpoint (or {}), updated with the task,
-    loss and class labels the checkpoint carries.
-    """
-    dn_io = save_api()
+    """``(model, run)``: the checkpointed model on ``--device``, and run.json beside the
+    checkpoint (or {}) updated with the task, loss and class labels the checkpoint carries;
+    ``--loss`` is checked against them."""
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {str(ckpt)!r} does not exist"
                          + (" as a file" if ckpt.exists() else ""))
-    loaded = dn_io.load_checkpoint(ckpt, backend=args.device)
+    loaded = dn.load_checkpoint(ckpt, backend=args.device)
     run_file = ckpt.parent / "run.json"
     remedy = "pass --data (and --loss) or remove the file"
     run = read_run_json(run_file, remedy) or {}
@@ -46,6 +46,7 @@ def _load_run(args):
         # a run's last.safetensors: the model trained on standardized targets (the final
         # model.safetensors has the scaling folded in and no training state)
         model = fold_target_scaling(model, run["target_scaling"])
+    _check_loss_override(args, run, model)
     return model, run
 
 
@@ -55,8 +56,6 @@ def _eval_data(args, run, model, with_target=True):
     X is raw: the model applies its own input scaling. For predict (no target), a CSV with
     one column more than the model's inputs has its target column dropped.
     """
-    import devnet as dn
-
     data_cfg = run.get("config", {}).get("data", {})
     spec = args.data or data_cfg.get("dataset")
     if spec is None:
@@ -128,8 +127,6 @@ def _load_by_name(spec, names, feats, target, task, header, dtype, with_target):
     False, where the target column may be absent). A missing feature or a column the model
     was not trained on is a DataError naming them: matching by position would silently feed
     one feature's values into another's input."""
-    import devnet as dn
-
     missing = [n for n in feats if n not in names]
     unknown = [n for n in names if n not in feats and n != target]
     if missing or unknown:
@@ -188,8 +185,6 @@ def _encode_with(classes, y, spec):
 
 def _run_loss(args, run, y, model) -> str:
     """--loss, else the run's loss, else the default for the data (``devnet.task``)."""
-    from devnet.task import default_loss, infer_task
-
     if args.loss:
         return check_value("--loss", args.loss, "loss")
     if run.get("loss"):
@@ -207,12 +202,10 @@ def _check_loss_override(args, run, model) -> None:
     share the link and task of the loss the checkpoint records; without one recorded, it must
     fit the recorded task and the model's outputs.
     """
-    from devnet import losses
-
     if not args.loss:
         return
     loss = losses.get(check_value("--loss", args.loss, "loss"))
-    task = "classification" if loss.classification else "regression"
+    task = loss_task(loss.name)
     trained = run.get("loss")
     if trained:
         ran = losses.get(trained)
@@ -235,11 +228,8 @@ def _check_loss_override(args, run, model) -> None:
 
 def cmd_eval(args) -> int:
     """Loss and metrics of a checkpoint on a dataset."""
-    import devnet as dn
-
     _check_device(args)
     model, run = _load_run(args)
-    _check_loss_override(args, run, model)
     X, y = _eval_data(args, run, model)
     if run.get("classes") is not None and y.dtype.kind in "iu":
         y = _encode_with(run["classes"], y, args.data or "the run's dataset")
@@ -275,12 +265,9 @@ def _check_predict_out(path: str) -> Path:
 
 def cmd_predict(args) -> int:
     """Predictions of a checkpoint, written to .npy or .csv."""
-    import devnet as dn
-
     _check_device(args)
     out = _check_predict_out(args.out)
     model, run = _load_run(args)
-    _check_loss_override(args, run, model)
     spec = args.data or run.get("config", {}).get("data", {}).get("dataset")
     for role, path in (("data file", spec), ("checkpoint", args.checkpoint)):
         if path is not None and same_file(out, path):
@@ -288,7 +275,7 @@ def cmd_predict(args) -> int:
                              "would destroy it")
     X, _ = _eval_data(args, run, model, with_target=False)
     X = X.astype(model.dtype)
-    loss = dn.losses.get(_run_loss(args, run, None, model))
+    loss = losses.get(_run_loss(args, run, None, model))
     if args.proba and not loss.classification:
         raise UsageError(f"--proba needs a classification run; this one's loss {loss.name!r} "
                          "predicts numbers, not class probabilities (leave out --proba)")
@@ -298,10 +285,9 @@ def cmd_predict(args) -> int:
         raw = model.predict(X)
         if loss.name == "cross_entropy":
             pred = raw.argmax(axis=1)
-        elif loss.name == "binary_cross_entropy" and raw.shape[1] == 1:
-            pred = (raw[:, 0] > 0).astype(np.int64)
         elif loss.name == "binary_cross_entropy":
             pred = (raw > 0).astype(np.int64)
+            pred = pred[:, 0] if pred.shape[1] == 1 else pred
         else:  # a regression loss's link maps the outputs to predictions (log-mean -> mean)
             pred = _REGRESSION_LINKS[loss.link](raw)
         if run.get("classes") is not None and pred.ndim == 1:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet import io as dn_io
 from devnet.cli.config import UsageError
-from devnet.errors import ConfigError, DevnetError
+from devnet.errors import ConfigError
 
 _OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_plot")
 #: the run folder's resumable training state, rewritten at the end of every epoch
@@ -34,20 +35,15 @@ def run_extra(values: dict) -> dict:
 
 
 def save_api():
-    """devnet.io, or a DevnetError saying why it failed to import."""
-    try:
-        from devnet import io as dn_io
-    except ImportError as exc:
-        raise DevnetError(f"checkpoints need devnet.io, which failed to import ({exc})") \
-            from None
+    """devnet.io: checkpoints and atomic writes."""
     return dn_io
 
 
 def same_file(a, b) -> bool:
     """Whether paths ``a`` and ``b`` name one existing file (links and ``..`` resolved)."""
     try:
-        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
-    except OSError:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # ValueError: a NUL in a path
         return False
 
 
@@ -55,12 +51,10 @@ def _name_max(path: Path) -> int:
     """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
     existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
     for folder in (path, *path.parents):
-        try:
-            if not folder.is_dir():
-                continue
-            return os.pathconf(folder, "PC_NAME_MAX")
-        except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
-            continue
+        # AttributeError: no os.pathconf (Windows)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if folder.is_dir():
+                return os.pathconf(folder, "PC_NAME_MAX")
     return 255
 
 
@@ -76,15 +70,14 @@ def check_name_lengths(path: Path, what: str, remedy: str) -> None:
                              f"system's limit of {limit}: {remedy}")
 
 
-def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
+def _check_outputs(o: dict, inputs: dict[str, Path]) -> Path:
     """The output folder, created, after checking that every output can be written there.
 
     Runs before training, so a bad ``--out`` or file name costs nothing (ConfigError, exit 2).
     ``inputs`` (role -> path: the config, the data file) must not be overwritten by an output.
     """
-    names = {key: o[key] for key in _OUTPUTS}
-    names["run"] = "run.json"
-    names["last"] = LAST  # the resumable state: output.checkpoint must not take its name
+    # LAST too: output.checkpoint must not take the resumable state's name
+    names = {key: o[key] for key in _OUTPUTS} | {"run": "run.json", "last": LAST}
     for key, name in names.items():
         if Path(name).name != name or name in (".", "..") or "\\" in name:
             raise ConfigError(f"output.{key} = {name!r}: expected a plain file name (no folder; "
@@ -118,7 +111,7 @@ def _check_outputs(o: dict, inputs: dict[str, Path] | None = None) -> Path:
         except OSError as exc:  # e.g. the whole path is over the system's limit
             raise ConfigError(f"{what}: cannot write {str(target)!r}: "
                               f"{exc.strerror or exc}") from None
-        for role, path in (inputs or {}).items():
+        for role, path in inputs.items():
             if same_file(target, path):
                 raise ConfigError(f"{what}: {str(target)!r} is the run's {role}; writing it "
                                   "would destroy it (choose another file name or output.dir)")
@@ -145,21 +138,19 @@ def _config_changes(recorded: dict, cfg: dict) -> list[str]:
     """The ``section.key`` entries in which ``cfg`` differs from a run's recorded config,
     less what a resumed run may change (``RESUMABLE_CHANGES``) and output.dir (the folder
     is the run's by construction, however it is spelled)."""
-    now = json.loads(json.dumps(cfg, default=str))  # as run.json records it
+    current = json.loads(json.dumps(cfg, default=str))  # as run.json records it
     changed = []
-    for section in sorted(set(now) | set(recorded)):
-        a, b = recorded.get(section), now.get(section)
+    for section in sorted(set(current) | set(recorded)):
+        a, b = recorded.get(section), current.get(section)
         if not isinstance(a, dict) or not isinstance(b, dict):
             if a != b:
                 changed.append(f"[{section}]")
             continue
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
-            if name in RESUMABLE_CHANGES or name == "output.dir":
-                continue
-            if a.get(key, "(unset)") != b.get(key, "(unset)"):
-                changed.append(f"{name} ({a.get(key, '(unset)')!r} -> "
-                               f"{b.get(key, '(unset)')!r})")
+            old, new = a.get(key, "(unset)"), b.get(key, "(unset)")
+            if old != new and name not in RESUMABLE_CHANGES and name != "output.dir":
+                changed.append(f"{name} ({old!r} -> {new!r})")
     return changed
 
 
@@ -193,7 +184,7 @@ def check_run_folder(out: Path, cfg: dict, args) -> dict | None:
         raise UsageError(f"--resume: the config differs from the run's in {'; '.join(changed)}; "
                          f"only {', '.join(RESUMABLE_CHANGES)} may change when resuming (or "
                          "start a new run with --overwrite or another --out)")
-    state = save_api().read_metadata(last).get("train_state") or {}
+    state = dn_io.read_metadata(last).get("train_state") or {}
     done = state.get("epoch")
     epochs = cfg["train"]["epochs"]
     if isinstance(done, int) and done >= epochs:
@@ -253,11 +244,9 @@ class RunFolder:
 
     def interrupted(self, args) -> int:
         """What a Ctrl-C during ``devnet train`` leaves: where to resume from, or nothing."""
-        last = None if self.out is None else self.out / LAST
         done = None
-        if last is not None and last.is_file():
-            with contextlib.suppress(Exception):
-                done = int(save_api().read_metadata(last)["train_state"]["epoch"])
+        with contextlib.suppress(Exception):  # no folder yet (None), no epoch saved, torn file
+            done = int(dn_io.read_metadata(self.out / LAST)["train_state"]["epoch"])
         if not self.root:  # rank 0 says what is on disk; the other ranks only that they stop
             why = ""
         elif self.replacing:  # the previous run's files are untouched
@@ -280,27 +269,24 @@ def run_json(run: dict) -> bytes:
 
 
 def write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
-    dn_io = save_api()
-    written = []
-    ckpt = out / o["checkpoint"]
+    """The finished run's files in ``out``; returns the paths written."""
+    ckpt, history_json, history_csv = (out / o[key] for key in
+                                       ("checkpoint", "history_json", "history_csv"))
     # what predicting needs travels in the checkpoint itself: task, loss, class labels, and
     # what the train/test split was drawn from
     dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=run_extra(run))
-    written.append(ckpt)
     # what eval / predict reuse for the data: the resolved config (dataset, split); what
     # --resume checks a config against
     dn_io.atomic_write(out / "run.json", run_json(run))
-    written.append(out / "run.json")
-    rows = _history_rows(hist)
-    path = out / o["history_json"]
-    path.write_text(json.dumps({"epoch": hist.epoch, "history": hist.history}, indent=2))
-    written.append(path)
-    path = out / o["history_csv"]
-    with path.open("w", newline="") as fh:
+    history_json.write_text(json.dumps({"epoch": hist.epoch, "history": hist.history},
+                                       indent=2))
+    rows = [{"epoch": epoch, **{k: v[i] for k, v in hist.history.items() if i < len(v)}}
+            for i, epoch in enumerate(hist.epoch)]
+    with history_csv.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["epoch"])
         writer.writeheader()
         writer.writerows(rows)
-    written.append(path)
+    written = [ckpt, out / "run.json", history_json, history_csv]
     png = out / o["plot"]
     if plot_history(hist, png):
         written.append(png)
@@ -311,15 +297,6 @@ def write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
         print("note: matplotlib is not installed, so no plot was written "
               "(pip install 'devnet-mlp[plot]')", file=sys.stderr)
     return written
-
-
-def _history_rows(hist) -> list[dict]:
-    rows = []
-    for i, epoch in enumerate(hist.epoch):
-        row = {"epoch": epoch}
-        row.update({k: v[i] for k, v in hist.history.items() if i < len(v)})
-        rows.append(row)
-    return rows
 
 
 #: one colour per series across both panels: training blue, validation orange

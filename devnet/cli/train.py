@@ -206,6 +206,8 @@ def _train(args, folder: RunFolder) -> int:
                       # planned for the new length (nothing changes within the old length)
                       extend_schedule=bool(args.resume))
         elapsed = time.perf_counter() - t0
+        if saver.stopped_early():  # Ctrl-C: the last finished epoch is on disk, resume there
+            raise KeyboardInterrupt
         if not root:  # rank 0 writes the run
             return EXIT_OK
         # the final model predicts in the targets' own units: the scaling folded into its
@@ -228,17 +230,26 @@ def _train(args, folder: RunFolder) -> int:
 
 class EpochCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint(path)`` that also records the run (``extra``; ``first`` runs before
-    the first save) and stops training at the next clean point once ``stopping`` is set (by
-    Ctrl-C): after the current step, or right after the epoch's save."""
+    the first save) and, once ``stop()`` was called (by Ctrl-C), stops training at the next
+    clean point: the next step boundary fit checks, or right after the epoch's save
+    (``trainer.stop_training``: the compiled epoch keeps running, no Python per step)."""
 
     def __init__(self, path: Path, extra: dict, first):
         super().__init__(path)
         self.extra, self.first = extra, first
         self.stopping = False
 
-    def on_batch_end(self, step: int, logs: dict) -> None:
-        if self.stopping:
-            raise KeyboardInterrupt
+    def stop(self) -> None:
+        """Ask the running fit (or the next one to begin) to stop at the next clean point."""
+        self.stopping = True
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            trainer.stop_training = True
+
+    def on_train_begin(self, logs: dict) -> None:
+        super().on_train_begin(logs)
+        if self.stopping:  # Ctrl-C while fit checked its inputs
+            self.trainer.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         from devnet import io
@@ -250,8 +261,11 @@ class EpochCheckpoint(ModelCheckpoint):
         io.save(t.model, self.path, optimizer=t.optimizer, history=t.history,
                 train_state=t.resume_state(), extra=self.extra)
         self.saved.append(self.path)
-        if self.stopping and epoch + 1 < t.epochs:
-            raise KeyboardInterrupt
+
+    def stopped_early(self) -> bool:
+        """Whether fit ended because of ``stop()`` before its last epoch was saved."""
+        t = getattr(self, "trainer", None)
+        return self.stopping and t is not None and t.epochs_done < t.epochs
 
 
 @contextlib.contextmanager
@@ -261,7 +275,7 @@ def _ctrl_c_stops(saver: EpochCheckpoint, enabled: bool):
     def stop(signum, frame):
         if saver.stopping:
             raise KeyboardInterrupt
-        saver.stopping = True
+        saver.stop()
 
     installed, previous = False, None
     if enabled:

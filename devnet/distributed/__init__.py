@@ -14,12 +14,6 @@ agree on the model, input scaling, loss, optimizer settings, data and training s
 epoch end the ranks check that they logged the same metrics (the same validation data) and stop
 together when any rank's callbacks stop training.
 
-Learnt from ChainerMN (its communicators and multi-node optimizer): a communicator object with
-rank / size / intra-node rank (here ``local_rank``, from MPI's shared-memory split), the NCCL
-unique id bootstrapped over MPI, parameters broadcast before the first update, rank-0
-snapshots. Unlike ChainerMN there is no pack / unpack of per-layer gradients: devnet's gradients
-already live in one flat buffer, which is handed to MPI / NCCL as is.
-
 Failures never hang: an uncaught exception on any rank aborts every rank (``sys.excepthook``
 calls ``MPI_Abort``, naming the rank), and every collective is non-blocking and polled against
 a deadline (``timeout``), checking once a second whether the ranks on this host are still alive,

@@ -1,14 +1,11 @@
 """The communicator: rank, size and the collectives ``fit`` needs, on MPI (host arrays) or
-NCCL (CUDA arrays), none of which can hang.
-
-Every collective is non-blocking and polled against a deadline (``timeout``), checking once a
-second whether the ranks on this host are still alive; an uncaught exception on any rank
-aborts every rank (``init`` installs the excepthook).
-"""
+NCCL (CUDA arrays), none of which can hang (see ``devnet.distributed``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import numbers
 import os
 import socket
@@ -124,12 +121,10 @@ def _limit_threads(local_size: int) -> None:
     if local_size <= 1 or "OMP_NUM_THREADS" in os.environ:
         return
     threads = max(1, (os.cpu_count() or 1) // local_size)
-    try:
+    with contextlib.suppress(ImportError, ValueError):
         import numba
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except (ImportError, ValueError):
-        pass
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -246,32 +241,39 @@ class Communicator:
         """End every rank of the job now (MPI_Abort)."""
         self.world.Abort(code)
 
-    def _wait(self, request, what: str) -> None:
-        """Poll ``request`` until done; DistributedError if a local rank died or time ran out.
+    def _poll(self, done, spin: int) -> list[int] | None:
+        """Call ``done()`` until it is true (returns None), checking once a second whether ranks
+        on this host died (returns them) or the deadline passed (returns []).
 
         Polling (rather than a blocking wait) is what makes a timeout possible; MPI progresses
-        inside Test(), so the loop spins briefly before it starts to sleep between polls.
+        inside Test(), so the loop spins ``spin`` times before it sleeps between polls.
         """
         start = time.monotonic()
         check = start + _LIVENESS_PERIOD
         polls = 0
-        while not request.Test():
+        while not done():
             polls += 1
-            if polls > 2000:
+            if polls > spin:
                 time.sleep(5e-5 if polls < 20000 else 1e-3)
             now = time.monotonic()
             if now >= check:
                 check = now + _LIVENESS_PERIOD
                 dead = self.dead_ranks()
-                if dead:
-                    raise self._failed(f"rank {self.rank} of {self.size}: {what} cannot "
-                                       f"complete: {name_ranks(dead)} ({self._where(dead)}) "
-                                       "exited or was killed")
-                if now - start > self.timeout:
-                    raise DistributedError(
-                        f"rank {self.rank} of {self.size}: {what} did not complete within "
-                        f"{self.timeout:g} s: another rank failed, is stuck, or is far behind "
-                        "(init(timeout=...) or DEVNET_DIST_TIMEOUT sets the limit)")
+                if dead or now - start > self.timeout:
+                    return dead
+        return None
+
+    def _wait(self, request, what: str) -> None:
+        """Wait for an MPI request; DistributedError if a local rank died or time ran out."""
+        dead = self._poll(request.Test, spin=2000)
+        if dead:
+            raise self._failed(f"rank {self.rank} of {self.size}: {what} cannot complete: "
+                               f"{name_ranks(dead)} ({self._where(dead)}) exited or was killed")
+        if dead is not None:
+            raise DistributedError(
+                f"rank {self.rank} of {self.size}: {what} did not complete within "
+                f"{self.timeout:g} s: another rank failed, is stuck, or is far behind "
+                "(init(timeout=...) or DEVNET_DIST_TIMEOUT sets the limit)")
 
     def _failed(self, message: str) -> DistributedError:
         """The error for a dead peer, its message printed at once: the launcher may kill this
@@ -345,11 +347,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def log(message: str) -> None:
-    """One line of the job's story on the "devnet" logger (info)."""
-    import logging
-
-    logging.getLogger("devnet").info(message)
+log = logging.getLogger("devnet").info  # one line of the job's story
 
 
 # --- NCCL for CUDA arrays ------------------------------------------------------------------------
@@ -369,10 +367,8 @@ def _nccl_module():
 
 def _nccl_communicator(nccl, size: int, uid: bytes, rank: int):
     """``nccl.NcclCommunicator`` for the unique id's raw bytes, in the form the binding takes:
-    bytes from CuPy 14 on, a tuple of signed chars (ncclUniqueId's ``char[128]``) in CuPy 13.
-
-    The binding's typed signature refuses the other form with a TypeError before it calls NCCL,
-    so trying bytes first never creates a second communicator.
+    bytes from CuPy 14 on, a tuple of signed chars (``char[128]``) in CuPy 13. The binding
+    refuses the other form with a TypeError before it calls NCCL: no second communicator.
     """
     try:
         return nccl.NcclCommunicator(size, uid, rank)
@@ -421,17 +417,10 @@ class _Nccl:
     def _wait(self, stream, what: str) -> None:
         """Poll an event after the NCCL call; on a dead rank or the deadline, abort NCCL."""
         event = stream.record()
-        start = time.monotonic()
-        check = start + _LIVENESS_PERIOD
-        while not event.done:
-            time.sleep(5e-5)
-            now = time.monotonic()
-            if now >= check:
-                check = now + _LIVENESS_PERIOD
-                dead = self.comm.dead_ranks()
-                if dead or now - start > self.comm.timeout:
-                    self.handle.abort()
-                    cause = (f"{name_ranks(dead)} exited or was killed" if dead else
-                             f"not complete within {self.comm.timeout:g} s")
-                    raise self.comm._failed(f"rank {self.comm.rank} of {self.comm.size}: "
-                                            f"NCCL {what}: {cause}")
+        dead = self.comm._poll(lambda: event.done, spin=0)
+        if dead is not None:
+            self.handle.abort()
+            cause = (f"{name_ranks(dead)} exited or was killed" if dead else
+                     f"not complete within {self.comm.timeout:g} s")
+            raise self.comm._failed(f"rank {self.comm.rank} of {self.comm.size}: NCCL {what}: "
+                                    f"{cause}")

@@ -4,6 +4,8 @@ failed; ``in_mpi_job`` / ``job_size`` / ``launched`` say whether this process is
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 import numbers
 import os
@@ -21,8 +23,10 @@ from devnet.distributed.communicator import DistributedError
 from devnet.errors import DevnetError, MissingDependencyError
 
 LAUNCHED_ENV = "DEVNET_DIST_LAUNCHED"
-
-
+STOP_GRACE = 10.0  # seconds the ranks get to stop after an interrupt before they are killed
+# the signals that stop a job; the launcher exits 128 + the signal's number (130, 143, 129)
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
 # set in every rank by the MPI launchers devnet knows (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI)
 _MPI_JOB_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
@@ -94,6 +98,7 @@ def mpiexec_command(nproc: int, hosts=None) -> list[str]:
     existing hostfile.
     """
     nproc = _check_nproc(nproc)
+    host_args = []
     if hosts is not None:
         if isinstance(hosts, os.PathLike) or (isinstance(hosts, str) and os.path.isfile(hosts)):
             if not os.path.isfile(hosts):
@@ -106,8 +111,7 @@ def mpiexec_command(nproc: int, hosts=None) -> list[str]:
     if exe is None:
         raise MissingDependencyError("no mpiexec found (next to this Python or on PATH); "
                                      "install it with pip install 'devnet-mlp[mpi]'")
-    cmd = [exe, "-n", str(nproc)]
-    return cmd if hosts is None else cmd + host_args
+    return [exe, "-n", str(nproc), *host_args]
 
 
 def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> int:
@@ -116,9 +120,8 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     argv: e.g. ``[sys.executable, "-m", "devnet.cli", "train", "--config", "run.toml"]``.
     hosts: None (this machine), host names ("a,b" or a list) or a hostfile path.
     Ranks sharing a machine get one BLAS/OpenMP thread per core share unless set already.
-    The job's output passes through; when a rank dies, the launcher reports only its pid
-    (MPICH: "PID 814 RUNNING AT host"), so this adds the line naming the rank, from the
-    rank table ``init`` prints.
+    The job's output passes through, and a line naming the rank that failed is added (mpiexec
+    names only its pid).
     SIGINT, SIGTERM or SIGHUP to this process stop the job (``_Stop``): every rank is
     interrupted (KeyboardInterrupt: fit's interrupt path) and killed if it has not ended
     ``STOP_GRACE`` seconds later; the return value is then 128 + the signal (130, 143, 129).
@@ -151,10 +154,8 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
         proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
         stop.started(proc)
-        pumps = [threading.Thread(target=watch.pump, args=(proc.stdout, sys.stdout),
-                                  daemon=True),
-                 threading.Thread(target=watch.pump, args=(proc.stderr, sys.stderr),
-                                  daemon=True)]
+        pumps = [threading.Thread(target=watch.pump, args=pipes, daemon=True)
+                 for pipes in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
         for pump in pumps:
             pump.start()
         rc = stop.wait()
@@ -164,15 +165,8 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
         return 128 + stop.signum
     if rc != 0:
         for line in watch.failures():
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+            _say(line)
     return rc
-
-
-STOP_GRACE = 10.0  # seconds the ranks get to stop after an interrupt before they are killed
-# the signals that stop a job; the launcher exits 128 + the signal's number (130, 143, 129)
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                      if hasattr(signal, name))
 
 
 def _is_terminal(stream) -> bool:
@@ -203,8 +197,6 @@ class _Stop:
 
     def forwarding(self):
         """Install the handlers (main thread only: elsewhere Python cannot) until exit."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
@@ -217,29 +209,26 @@ class _Stop:
         """mpiexec runs as ``proc``; a signal that came while it started is passed on now."""
         self.proc = proc
         if self.signum is not None:
-            self._send(signal.SIGINT)
+            self._interrupt()
 
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signum is None:
             self.signum = signum
             self.deadline = time.monotonic() + STOP_GRACE
-            self._send(signal.SIGINT)
+            self._interrupt()
         elif not self.forced:
             self._force()
 
     def _force(self) -> None:
         self.forced = True
         self.deadline = time.monotonic() + STOP_GRACE
-        self._send(signal.SIGINT)  # mpiexec's second interrupt: it kills every rank
+        self._interrupt()  # mpiexec's second interrupt: it kills every rank
 
-    def _send(self, sig) -> None:
-        if self.proc is None:  # not started yet: ``started`` sends it
-            return
-        try:
-            self.proc.send_signal(sig)
-        except OSError:  # gone already
-            pass
+    def _interrupt(self) -> None:
+        if self.proc is not None:  # else ``started`` sends it
+            with contextlib.suppress(OSError):  # gone already
+                self.proc.send_signal(signal.SIGINT)
 
     def wait(self) -> int:
         """mpiexec's exit code, enforcing the deadlines once a stop was asked for."""
@@ -322,12 +311,10 @@ class _FailureWatch:
 
 def _program_argv(program: list[str], hosts=None) -> list[str]:
     """The argv mpiexec runs for the launcher's ``PROGRAM [ARGS...]``: a Python script (a path
-    ending in .py, or an existing file without execute permission) is run with this Python.
-
-    mpiexec exec()s its program and looks a bare name up on PATH, so ``train.py`` alone failed
-    with "execvp error on file train.py"; programs (``python train.py``, ``./run.sh``) pass
-    unchanged. On this machine (``hosts`` None) a script that does not exist is refused here,
-    before any rank starts.
+    ending in .py, or an existing file without execute permission) is run with this Python,
+    since mpiexec can only exec() a program; programs (``python train.py``, ``./run.sh``) pass
+    unchanged. On this machine (``hosts`` None) a missing script is refused before any rank
+    starts.
     """
     first = program[0]
     script = first.lower().endswith(".py")
@@ -348,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     PROGRAM is a program (``python``, ``./run.sh``) or a Python script (``train.py``), which
     runs with this Python (``_program_argv``).
     """
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m devnet.distributed",
                                      description="Run a program as N MPI ranks (mpiexec).")
     parser.add_argument("-n", "--nproc", type=int, required=True)

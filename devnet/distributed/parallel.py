@@ -4,6 +4,7 @@ broadcasts, epoch logs, stop decisions)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -19,13 +20,11 @@ class DataParallel(StepHook):
     """What ``fit(..., comm=comm)`` does besides the single-process step (its Step hook).
 
     Built before the first step: checks that the ranks agree, broadcasts rank 0's parameters,
-    optimizer state and shuffling RNG. Then per step: ``batch`` (``shard``) picks this rank's
-    rows of the global batch, with the global row they start at (the dropout masks are keyed
-    by it, so the ranks drop what one process would), ``scale_`` weighs its loss gradient by
-    its share, ``allreduce_grads_`` sums the flat gradient buffer (as the Step's hook:
-    ``collective``, so the divergence guard's single-process replay leaves it out); per epoch
-    ``sum_losses`` adds the ranks' loss contributions, and ``root_only`` brackets the callbacks
-    with ``agree_on_logs_`` (first) and ``agree_on_stop`` (last).
+    optimizer state and shuffling RNG. Per step: ``batch`` picks this rank's rows of the global
+    batch (its ``row0`` keys the dropout masks, so the ranks drop what one process would),
+    ``scale_`` weighs its loss gradient by its share, ``allreduce_grads_`` sums the gradients
+    (``collective``: the divergence guard's single-process replay leaves it out). Per epoch:
+    ``sum_losses``, and the callbacks bracketed by ``agree_on_logs_`` and ``agree_on_stop``.
     """
 
     collective = True
@@ -169,7 +168,7 @@ class DataParallel(StepHook):
 
     def root_only(self, progress, callbacks: list):
         """Progress and file-writing callbacks (checkpoints, CSV logs) stay on rank 0; every
-        rank's callbacks are run between ``_AgreeOnLogs`` and ``_AgreeOnStop``, so that they
+        rank's callbacks run between ``agree_on_logs_`` and ``agree_on_stop``, so that they
         see rank 0's epoch logs and the ranks stop together.
         """
         if not self.is_root:
@@ -178,7 +177,8 @@ class DataParallel(StepHook):
             progress = False
             callbacks = [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint,
                                                                        CSVLogger))]
-        return progress, [_AgreeOnLogs(self), *callbacks, _AgreeOnStop(self)]
+        return progress, [_AtEpochEnd(self.agree_on_logs_), *callbacks,
+                          _AtEpochEnd(lambda epoch, logs: self.agree_on_stop(epoch))]
 
     def agree_on_logs_(self, epoch: int, logs: dict) -> None:
         """Check that every rank's epoch logs are rank 0's, then make them exactly rank 0's
@@ -227,24 +227,14 @@ class DataParallel(StepHook):
         self.trainer.stop_training = any(flags)
 
 
-class _AgreeOnLogs(Callback):
-    """Run first at each epoch end: ``DataParallel.agree_on_logs_``."""
+class _AtEpochEnd(Callback):
+    """Runs ``hook(epoch, logs)`` at each epoch end, where it sits among the callbacks."""
 
-    def __init__(self, dist: DataParallel):
-        self.dist = dist
-
-    def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.dist.agree_on_logs_(epoch, logs)
-
-
-class _AgreeOnStop(Callback):
-    """Run last at each epoch end: ``DataParallel.agree_on_stop``."""
-
-    def __init__(self, dist: DataParallel):
-        self.dist = dist
+    def __init__(self, hook):
+        self.hook = hook
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.dist.agree_on_stop(epoch)
+        self.hook(epoch, logs)
 
 
 _HINTS = {
@@ -252,12 +242,11 @@ _HINTS = {
                      "on rank 0 and broadcast it)",
     "optimizer_settings": " (give every rank the same lr, schedule and optimizer arguments)",
     "n_samples": " (each rank loads the whole data set; fit shards every batch itself)",
-    "X": " (each rank loads the whole, identical data set; fit shards every batch itself)",
-    "y": " (each rank loads the whole, identical data set; fit shards every batch itself)",
+    **dict.fromkeys(("X", "y"), " (each rank loads the whole, identical data set; fit shards "
+                                "every batch itself)"),
     "model": " (build the model from the same arguments on every rank)",
-    "epoch": " (resume every rank from the same checkpoint)",
-    "step": " (resume every rank from the same checkpoint)",
-    "optimizer_t": " (resume every rank from the same checkpoint)",
+    **dict.fromkeys(("epoch", "step", "optimizer_t"),
+                    " (resume every rank from the same checkpoint)"),
 }
 
 
@@ -265,23 +254,16 @@ _DIGEST_CHUNK = 16 << 20  # bytes hashed per update: memory stays bounded whatev
 
 
 def _digest(a: np.ndarray) -> str:
-    """A fingerprint of every byte of an array, in C order (whatever its memory layout), fed
-    to the hash in chunks: a rank whose data differ in one value must not pass, and a sample
-    of a large array would let it.
+    """A fingerprint of every byte of an array, in C order (whatever its memory layout): a rank
+    whose data differ in one value must not pass, and a sample of a large array would let it.
+    nditer hands over a C-ordered block at a time (a view where the layout allows, else a
+    bounded copy).
     """
-    import hashlib
-
     a = np.asarray(a)
     digest = hashlib.sha1()
-    if a.flags.c_contiguous:
-        data = memoryview(a.reshape(-1).view(np.uint8))  # bytes: any dtype, no copy
-        for i in range(0, len(data), _DIGEST_CHUNK):
-            digest.update(data[i:i + _DIGEST_CHUNK])
-    else:  # copies one buffer of C-ordered values at a time
-        chunk = max(1, _DIGEST_CHUNK // max(1, a.itemsize))
-        for block in np.nditer(a, flags=["external_loop", "buffered", "zerosize_ok"],
-                               order="C", buffersize=chunk):
-            digest.update(np.ascontiguousarray(block).view(np.uint8))
+    for block in np.nditer(a, flags=["external_loop", "buffered", "zerosize_ok"], order="C",
+                           buffersize=max(1, _DIGEST_CHUNK // max(1, a.itemsize))):
+        digest.update(np.ascontiguousarray(block).view(np.uint8))
     return digest.hexdigest()[:16]
 
 

@@ -11,21 +11,12 @@ File layout (a plain safetensors file, readable by any safetensors reader):
   every tensor's bytes, ``extra``: the caller's JSON dict) and ``devnet_sha256`` (the sha256
   of that JSON text).
 
-Reading parses the header ourselves (JSON only: nothing is ever executed, never pickle), then
-checks the format, version, sizes and both checksums, then the type and structure of every
-metadata field it uses (before any model is built), so a truncated, bit-flipped, foreign,
-hand-edited or future file raises a CheckpointError saying what is wrong. Only regular files
-are read (a FIFO would block forever).
-
-Writing is atomic: the bytes go to a temporary file ``.<name>.<8 random chars>.tmp`` in the
-same folder (created with mode 0666 less the umask, like any other file; ``<name>`` shortened
-when the folder's name limit needs it), fsynced, then ``os.replace``-d over the target, and the
-folder is fsynced. A crash at any point leaves the old checkpoint or the new one, never a broken
-one. A save holds an exclusive ``flock`` on its temporary file until the rename, so the next
-successful save of the same path removes only the temporary files whose writer is gone (a
-killed save's), never those of a save still running in another thread or process: concurrent
-saves to one path each land whole, the last rename wins. Every failure to write (a full disk,
-a file-size limit, a name too long) is a CheckpointError naming the path and the reason.
+Reading (``verify``) parses the header as JSON only (never pickle) and checks every byte and
+field it uses before any model is built: a truncated, bit-flipped, foreign, hand-edited or
+future file is a CheckpointError saying what is wrong. Writing (``files``) is atomic: a crash
+leaves the old checkpoint or the new one, never a broken one; concurrent saves to one path each
+land whole, the last wins; a failed write (a full disk, a file-size limit, a name too long) is
+a CheckpointError naming the path and the reason.
 
 Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``), 2 (no deep-network
 options) and 3 (current: the model config records ``block``, ``norm``, ``dropout`` and, with
@@ -36,16 +27,14 @@ without those keys is a plain MLP.
 from devnet.io.checkpoint import (
     Checkpoint,
     check_saveable,
-    history_from,
     load,
     load_checkpoint,
     read_metadata,
     save,
-    set_params_,
 )
 from devnet.io.files import atomic_write, check_save_path
 from devnet.io.verify import FORMAT, FORMAT_VERSION, check_architecture, check_loss
 
-__all__ = ["Checkpoint", "check_saveable", "history_from", "load", "load_checkpoint",
-           "read_metadata", "save", "set_params_", "atomic_write", "check_save_path", "FORMAT",
-           "FORMAT_VERSION", "check_architecture", "check_loss"]
+__all__ = ["Checkpoint", "check_saveable", "load", "load_checkpoint", "read_metadata", "save",
+           "atomic_write", "check_save_path", "FORMAT", "FORMAT_VERSION", "check_architecture",
+           "check_loss"]

@@ -44,15 +44,13 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     """Write ``model`` (and optionally its optimizer, History, resume state) to ``path``.
 
     ``extra``: a JSON-serialisable dict kept as ``meta["extra"]`` (``read_metadata(path)``).
-    The model's input scaling, if set, is saved too. The write is atomic (see the module
-    docstring). Returns the path.
+    The model's input scaling, if set, is saved too. The write is atomic. Returns the path.
     """
     from safetensors.numpy import save as st_save
 
     path = save_path(path)
     check_save_path(path)  # before the work of serialising: nothing could be written
-    if extra is None:
-        extra = {}
+    extra = {} if extra is None else extra
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict (JSON-serialisable), got "
                           f"{type(extra).__name__}")
@@ -61,11 +59,10 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     check_saveable(model, optimizer, history)
     tensors = {"params": np.ascontiguousarray(model.backend.to_numpy(model.params))}
     scaling = model.input_scaling
-    if scaling is not None:
-        for name, vec in zip(SCALING_TENSORS, scaling):
-            tensors[name] = np.ascontiguousarray(vec, dtype=np.float64)
+    for name, vec in zip(SCALING_TENSORS, scaling or ()):
+        tensors[name] = np.ascontiguousarray(vec, dtype=np.float64)
     meta: dict = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                  "devnet_version": _version(), "model": model.config(), "optimizer": None,
+                  "devnet_version": __version__, "model": model.config(), "optimizer": None,
                   "history": None, "train_state": train_state or {},
                   "input_scaling": scaling is not None, "extra": extra}
     if optimizer is not None:
@@ -82,10 +79,11 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata (extra, "
                           f"train_state or history) is not JSON-serialisable: {exc}") from None
-    if len(text.encode()) > MAX_HEADER - 2**16:  # safetensors' header limit, less the index
-        raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata is "
-                          f"{len(text.encode())} bytes, over the {MAX_HEADER >> 20} MiB a "
-                          "safetensors header holds; keep big data out of extra / train_state")
+    size = len(text.encode())
+    if size > MAX_HEADER - 2**16:  # safetensors' header limit, less the index
+        raise ConfigError(f"cannot save checkpoint {str(path)!r}: its metadata is {size} bytes, "
+                          f"over the {MAX_HEADER >> 20} MiB a safetensors header holds; keep "
+                          "big data out of extra / train_state")
     data = st_save(tensors, metadata={"devnet": text, "devnet_sha256": sha256(text.encode())})
     atomic_write(path, data)
     return path
@@ -95,9 +93,8 @@ def check_saveable(model, optimizer=None, history=None) -> None:
     """ConfigError unless ``save`` can write these and ``load`` rebuild them.
 
     Checked before anything is written, so that a save never replaces the user's previous
-    file with one that cannot be loaded: an optimizer over another model's parameters (its
-    state would not fit), one whose fields were set to bad values, or a schedule
-    ``from_config`` cannot rebuild (a custom Schedule subclass).
+    file with one that cannot be loaded (an optimizer over another model's parameters, with
+    bad field values, or with a custom Schedule that ``from_config`` cannot rebuild).
     """
     from devnet.optim import Optimizer, schedules
     from devnet.train.history import History
@@ -133,10 +130,6 @@ def check_saveable(model, optimizer=None, history=None) -> None:
                               "schedules, or save without optimizer=") from None
 
 
-def _version() -> str:
-    return __version__
-
-
 def read_metadata(path: str | os.PathLike) -> dict:
     """The verified JSON metadata of a checkpoint (no tensors are materialised)."""
     return read(path)[0]
@@ -168,7 +161,11 @@ def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
     except DevnetError as exc:
         raise CheckpointError(f"checkpoint {name!r}: cannot rebuild the model from its "
                               f"config {meta['model']!r}: {exc}") from None
-    set_params_(model, tensors["params"], name)
+    flat = tensors["params"]
+    if flat.shape != tuple(model.params.shape) or flat.dtype != model.dtype:
+        raise CheckpointError(f"{name}: params have shape {flat.shape} dtype {flat.dtype}, the "
+                              f"model needs {tuple(model.params.shape)} {model.dtype}")
+    model.backend.assign(model.params, flat)
     if meta["input_scaling"]:
         try:
             model.set_input_scaling(*(tensors[k] for k in SCALING_TENSORS))
@@ -177,26 +174,18 @@ def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
     opt = None
     if meta["optimizer"] is not None:
         state = dict(meta["optimizer"])
-        prefix = "optimizer."
-        state["state"] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state["state"] = {k.removeprefix("optimizer."): v for k, v in tensors.items()
+                          if k.startswith("optimizer.")}
         try:
             opt = optim.from_state_dict(model.parameters(), state)
         except (DevnetError, KeyError, TypeError, ValueError, AttributeError,
                 OverflowError) as exc:
             raise CheckpointError(f"checkpoint {name!r}: bad optimizer state: {exc}") from None
-    return Checkpoint(model, opt, history_from(meta["history"]), dict(meta["train_state"]),
+    return Checkpoint(model, opt, _history_from(meta["history"]), dict(meta["train_state"]),
                       meta)
 
 
-def set_params_(model, flat: np.ndarray, name: str = "checkpoint") -> None:
-    """Copy a host flat parameter vector into ``model.params`` (in place), checking its size."""
-    if flat.shape != tuple(model.params.shape) or flat.dtype != model.dtype:
-        raise CheckpointError(f"{name}: params have shape {flat.shape} dtype {flat.dtype}, the "
-                              f"model needs {tuple(model.params.shape)} {model.dtype}")
-    model.backend.assign(model.params, flat)
-
-
-def history_from(data: dict | None):
+def _history_from(data: dict | None):
     """A History rebuilt from the checkpoint's ``history`` entry (None stays None)."""
     if not data:
         return None

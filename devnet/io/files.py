@@ -9,6 +9,7 @@ files whose writer is gone. Every failure is a CheckpointError naming the path a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -24,7 +25,7 @@ except ImportError:  # Windows: no flock; a save never removes another file ther
 
 from devnet.errors import CheckpointError, ConfigError
 
-# the random middle of a temporary name (ours, and tempfile.mkstemp's in older versions)
+# the random middle of a temporary name (ours, and tempfile.mkstemp's: older saves used it)
 _TMP_MIDDLE = r"[a-z0-9_]{8}"
 _TMP_EXTRA = len(". .12345678.tmp") - 1  # bytes a temporary name adds to the target's
 _NAME_MAX = 255  # where the file system does not say (os.pathconf)
@@ -43,16 +44,13 @@ _replace = os.replace
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync
+    the folder; then remove the stale temp files of ``path`` (their writer was killed).
 
-    In that order: write the temp file, fsync it, ``os.replace`` it over ``path``, fsync the
-    folder. The file gets mode 0666 less the umask. The temp file is locked (``flock``) until
-    the rename; afterwards, stale temp files of ``path`` (``.<name>.<8 chars>.tmp``, older than
-    this write and locked by no one: their writer was killed) are removed. Any failure is a
-    CheckpointError naming ``path``; the file that was there stays as it was.
+    Any failure is a CheckpointError naming ``path``; a file already at ``path`` is left untouched.
     """
     path = check_save_path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     started = time.time()
     fd, tmp = _create_temp(folder, path.name)
     renamed = False
@@ -63,11 +61,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
             _replace(tmp, path)
             renamed = True
-    except OSError as exc:
-        _unlink_quietly(tmp, renamed)
-        raise CheckpointError(_write_failed(path, exc, len(data))) from None
-    except BaseException:
-        _unlink_quietly(tmp, renamed)
+    except BaseException as exc:
+        if not renamed:  # else the temporary name is the checkpoint now
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(_write_failed(path, exc, len(data))) from None
         raise
     _fsync_dir(folder)
     _remove_stale_temps(folder, path.name, started)
@@ -83,7 +82,7 @@ def check_save_path(path: str | os.PathLike) -> Path:
     """
     path = save_path(path)
     shown = str(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     try:
         is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
     except FileNotFoundError:
@@ -138,15 +137,6 @@ def _write_failed(path: Path, exc: OSError, size: int | None = None) -> str:
             "there is unchanged)")
 
 
-def _unlink_quietly(tmp: str, renamed: bool) -> None:
-    if renamed:  # the temporary name is the checkpoint now
-        return
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-
-
 def save_path(path) -> Path:
     """``path`` as a Path to write to; a ConfigError / CheckpointError if it cannot be one."""
     raw = os.fspath(path) if isinstance(path, os.PathLike) else path
@@ -161,9 +151,8 @@ def save_path(path) -> Path:
 def _temp_prefix(folder: Path, name: str) -> str:
     """``.<name>.``, ``name`` shortened so that the whole temporary name fits the folder's
     limit (a target name the folder takes must not fail for its temporary file)."""
-    raw = os.fsencode(name)
     room = _name_max(folder) - _TMP_EXTRA
-    return f".{os.fsdecode(raw[:room]) if len(raw) > room else name}."
+    return f".{os.fsdecode(os.fsencode(name)[:room])}."
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, str]:
@@ -217,14 +206,10 @@ def _remove_stale_temps(folder: Path, name: str, before: float) -> None:
     except OSError:
         return
     for entry in entries:
-        if not pattern.fullmatch(entry.name):
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False) and \
-                    entry.stat(follow_symlinks=False).st_mtime < before:
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False) \
+                    and entry.stat(follow_symlinks=False).st_mtime < before:
                 _remove_if_abandoned(entry.path)
-        except OSError:
-            pass  # gone already, or not ours to remove
 
 
 def _remove_if_abandoned(tmp: str) -> None:
@@ -260,48 +245,35 @@ def as_path(path, what: str) -> Path:
 
 def _fsync_dir(folder: Path) -> None:
     # makes the rename itself durable; not possible on every platform (Windows)
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_regular_file(path: Path, name: str) -> bytes:
     # A FIFO would block open() / read() forever and a device could stream without end:
     # refuse anything but a regular file, both before opening and on the opened descriptor
     # (O_NONBLOCK so that a FIFO swapped in between cannot block the open either).
+    def check_regular(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"cannot read checkpoint {name!r}: it is {_file_kind(mode)}, "
+                                  "not a regular file")
+
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {name!r}: file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
-    if not stat.S_ISREG(mode):
-        raise CheckpointError(f"cannot read checkpoint {name!r}: it is {_file_kind(mode)}, "
-                              "not a regular file")
-    try:
+        check_regular(os.stat(path).st_mode)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
                      | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            check_regular(os.fstat(fd).st_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {name!r}: file not found") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise CheckpointError(f"cannot read checkpoint {name!r}: it is "
-                                  f"{_file_kind(mode)}, not a regular file")
-        with os.fdopen(fd, "rb") as f:
-            fd = None
-            return f.read()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)

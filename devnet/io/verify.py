@@ -19,6 +19,7 @@ import numpy as np
 
 from devnet.errors import CheckpointError
 from devnet.io.files import as_path, read_regular_file
+from devnet.validation import is_seed
 
 FORMAT = "devnet-checkpoint"
 FORMAT_VERSION = 3  # 2: input scaling tensors and ``extra``; 3: block, norm, dropout
@@ -44,6 +45,7 @@ def json_default(o):
 
 
 def read(path) -> tuple[dict, dict]:
+    """The verified ``(metadata, tensors)`` of the checkpoint at ``path`` (host arrays)."""
     path = as_path(path, "load a checkpoint from")
     name = str(path)
     raw = read_regular_file(path, name)
@@ -58,7 +60,7 @@ def read(path) -> tuple[dict, dict]:
                               "match (header bytes changed)")
     try:
         meta = json.loads(text)
-    except ValueError as exc:  # pragma: no cover - caught by the checksum first
+    except ValueError as exc:  # a hand-made file with a recomputed checksum
         raise CheckpointError(f"checkpoint {name!r}: metadata is not JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{name!r} is not a devnet checkpoint (format "
@@ -75,19 +77,36 @@ def read(path) -> tuple[dict, dict]:
 
 # --- metadata validation: a hand-made file with a recomputed checksum gets here ----------------
 
-_MODEL_KEYS = {"layer_sizes", "activation", "output_activation", "init", "dtype", "seed", "alpha",
-               "block", "norm", "dropout", "dropout_seed"}
-# the architecture a config without the deep-network keys (format versions 1, 2) describes
-_DEEP_DEFAULTS = {"block": "plain", "norm": None, "dropout": 0.0}
-_MAX_LAYER_SIZE = 2**40  # far past any real layer; keeps products exact and messages sane
-
-
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_str(value) -> bool:
+    return isinstance(value, str)
+
+
+# the model config's fields besides layer_sizes, and what each must be when present
+_MODEL_FIELDS = {
+    "activation": ("a name or a list of names",
+                   lambda v: _is_str(v) or (isinstance(v, list) and all(map(_is_str, v)))),
+    "output_activation": ("a string", _is_str),
+    "init": ("a string", _is_str),
+    "dtype": ("a string", _is_str),
+    "seed": ("a non-negative integer or null", is_seed),
+    "alpha": ("a number", _is_number),
+    "block": ("a string", _is_str),
+    "norm": ("a string or null", lambda v: v is None or _is_str(v)),
+    "dropout": ("a number", _is_number),
+    "dropout_seed": ("a non-negative integer or null", is_seed),
+}
+_MODEL_KEYS = {"layer_sizes", *_MODEL_FIELDS}
+# the architecture a config without the deep-network keys (format versions 1, 2) describes
+_DEEP_DEFAULTS = {"block": "plain", "norm": None, "dropout": 0.0}
+_MAX_LAYER_SIZE = 2**40  # far past any real layer; keeps products exact and messages sane
 
 
 def _check_meta(meta: dict, name: str) -> None:
@@ -112,27 +131,9 @@ def _check_meta(meta: dict, name: str) -> None:
     if not (isinstance(sizes, list) and len(sizes) >= 2
             and all(_is_int(s) and 0 < s <= _MAX_LAYER_SIZE for s in sizes)):
         bad("model.layer_sizes", f"must list at least two positive integers, got {sizes!r}")
-    act = model.get("activation", "relu")
-    if not (isinstance(act, str) or (isinstance(act, list)
-                                     and all(isinstance(a, str) for a in act))):
-        bad("model.activation", f"must be a name or a list of names, got {act!r}")
-    for key in ("output_activation", "init", "dtype"):
-        if key in model and not isinstance(model[key], str):
-            bad(f"model.{key}", f"must be a string, got {model[key]!r}")
-    if model.get("seed") is not None and not (_is_int(model["seed"]) and model["seed"] >= 0):
-        bad("model.seed", f"must be a non-negative integer or null, got {model['seed']!r}")
-    if "alpha" in model and not _is_number(model["alpha"]):
-        bad("model.alpha", f"must be a number, got {model['alpha']!r}")
-    if "block" in model and not isinstance(model["block"], str):
-        bad("model.block", f"must be a string, got {model['block']!r}")
-    if model.get("norm") is not None and not isinstance(model["norm"], str):
-        bad("model.norm", f"must be a string or null, got {model['norm']!r}")
-    if "dropout" in model and not _is_number(model["dropout"]):
-        bad("model.dropout", f"must be a number, got {model['dropout']!r}")
-    if model.get("dropout_seed") is not None and not (_is_int(model["dropout_seed"])
-                                                      and model["dropout_seed"] >= 0):
-        bad("model.dropout_seed", f"must be a non-negative integer or null, got "
-                                  f"{model['dropout_seed']!r}")
+    for key, (what, ok) in _MODEL_FIELDS.items():
+        if key in model and not ok(model[key]):
+            bad(f"model.{key}", f"must be {what}, got {model[key]!r}")
 
     digests = meta["tensors"]
     for key, digest in digests.items():
@@ -167,7 +168,7 @@ def _check_meta(meta: dict, name: str) -> None:
     if not isinstance(meta.get("extra"), dict):
         bad("extra", f"must be a JSON object, got {meta.get('extra')!r}")
 
-    opt = meta.get("optimizer")
+    opt = meta.setdefault("optimizer", None)
     if opt is not None:
         if not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
                 and _is_int(opt.get("t")) and opt["t"] >= 0
@@ -177,14 +178,11 @@ def _check_meta(meta: dict, name: str) -> None:
                              f"hyperparameters: dict, t: int >= 0}}, got {opt!r}")
     elif any(k.startswith("optimizer.") for k in digests):
         bad("optimizer", "is null but optimizer state tensors are present")
-    meta["optimizer"] = opt
 
-    _check_history(meta.get("history"), bad)
-    meta["history"] = meta.get("history")
-    state = meta.get("train_state")
-    if state is None:
-        state = meta["train_state"] = {}
-    _check_train_state(state, bad)
+    _check_history(meta.setdefault("history", None), bad)
+    if meta.get("train_state") is None:
+        meta["train_state"] = {}
+    _check_train_state(meta["train_state"], bad)
 
 
 def _check_history(hist, bad) -> None:
@@ -204,24 +202,6 @@ def _check_history(hist, bad) -> None:
         bad("history.params", f"must be a dict, got {_short(hist.get('params'))}")
 
 
-# train_state keys devnet itself writes (Trainer.resume_state) and the types they must have;
-# other keys pass through for their readers to check
-_STATE_TYPES = {
-    "epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "seed": ("an integer >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
-    "batch_size": ("an integer > 0", lambda v: _is_int(v) and v > 0),
-    "epochs": ("an integer > 0", lambda v: _is_int(v) and v > 0),
-    "total_steps": ("an integer > 0", lambda v: _is_int(v) and v > 0),
-    "n_samples": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "shuffle": ("true or false", lambda v: isinstance(v, bool)),
-    "rng": ("a NumPy bit generator state {bit_generator: str, state: {...}, ...}",
-            lambda v: _valid_rng_state(v)),
-    "loss": ("a loss config {name: str, ...}",
-             lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)),
-}
-
-
 def _valid_rng_state(value) -> bool:
     # the one full check is NumPy's own: set it on a fresh generator of that kind
     if not (isinstance(value, dict) and isinstance(value.get("bit_generator"), str)
@@ -235,6 +215,26 @@ def _valid_rng_state(value) -> bool:
     except Exception:  # NumPy raises ValueError, TypeError, OverflowError, KeyError, ...
         return False
     return True
+
+
+_COUNT = ("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+_POSITIVE = ("an integer > 0", lambda v: _is_int(v) and v > 0)
+# train_state keys devnet itself writes (Trainer.resume_state) and the types they must have;
+# other keys pass through for their readers to check
+_STATE_TYPES = {
+    "epoch": _COUNT,
+    "step": _COUNT,
+    "seed": ("an integer >= 0 or null", is_seed),
+    "batch_size": _POSITIVE,
+    "epochs": _POSITIVE,
+    "total_steps": _POSITIVE,
+    "n_samples": _COUNT,
+    "shuffle": ("true or false", lambda v: isinstance(v, bool)),
+    "rng": ("a NumPy bit generator state {bit_generator: str, state: {...}, ...}",
+            _valid_rng_state),
+    "loss": ("a loss config {name: str, ...}",
+             lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)),
+}
 
 
 def _check_train_state(state, bad) -> None:
@@ -321,11 +321,8 @@ def check_architecture(meta_model: dict, model, name: str) -> None:
 
 def check_loss(saved: dict | None, loss, name: str) -> None:
     """CheckpointError unless the loss a checkpoint was trained with (its train state's
-    ``loss`` config: name and hyper-parameters) is ``loss``: resuming with another loss, or
-    the same one with another hyper-parameter (huber's delta), would train another objective.
-
-    A hyper-parameter the checkpoint does not record (written before it existed) is not
-    compared.
+    ``loss`` config) is ``loss``, hyper-parameters included (huber's delta): resuming with
+    another would train another objective. Only the hyper-parameters it records are compared.
     """
     if not saved:
         return

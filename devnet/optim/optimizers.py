@@ -10,17 +10,19 @@ row (``kernels/table.py``) and a short class here.
 Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
 device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
 scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
-computed on the host and uploaded (through the backend's pinned staging buffers: no
-allocation) once per ``TABLE_ROWS`` steps (once for good when they no longer change: a constant
-lr without bias corrections is a 1-row table). A step is two launches, ``opt_advance``
-(t += 1, this step's row into ``hyper``) then the hyper step kernel: no allocation, no
-host-device copy, the same arguments every step. With ``clip_norm`` one more comes first,
-``opt_clip``: one reduction writing the gradient's scale ``min(1, clip_norm / (|g| + 1e-6))``
-into ``hyper``, which the step kernel applies to g as it reads it (``model.grads`` itself is
-left as backward wrote it). The host keeps its own ``t`` in lock-step and never reads the
-device; writing ``t``, ``base_lr``, ``schedule``, ``clip_norm`` or a hyper-parameter (the
-guard's restore, resume, callbacks, the estimators' adaptive rate) marks the device copy stale,
-and the next step uploads it again (``_sync_device``).
+computed on the host a column at a time and uploaded (through the backend's pinned staging
+buffers: no allocation) once per ``TABLE_ROWS`` steps (once for good when they no longer
+change: a constant lr without bias corrections is a 1-row table); ``expect_steps`` (fit's
+remaining steps) keeps a short run from computing rows it will not use. A step is two launches,
+``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper step kernel: no
+allocation, no host-device copy, the same arguments every step. With ``clip_norm`` one more
+comes first, ``opt_clip``: one reduction writing the gradient's scale
+``min(1, clip_norm / (|g| + 1e-6))`` into ``hyper``, which the step kernel applies to g as it
+reads it (``model.grads`` itself is left as backward wrote it). The host keeps its own ``t``
+in lock-step and never reads the device; writing ``t``, ``base_lr``, ``schedule``,
+``clip_norm`` or a hyper-parameter (the guard's restore, resume, callbacks, the estimators'
+adaptive rate) marks the device copy stale, and the next step uploads it again
+(``_sync_device``).
 
 A write is checked there too (``validate``: the declared rules, so ``opt.eps = -1`` or
 ``opt.t = -3`` is a ConfigError at the next step, not a silent NaN), and every value a schedule
@@ -43,7 +45,8 @@ from devnet.nn.dense import ParameterList
 from devnet.optim.schedules import Schedule
 
 TABLE_ROWS = 1024
-"""Steps of per-step scalars uploaded at once (a refill costs TABLE_ROWS schedule calls)."""
+"""Steps of per-step scalars uploaded at once (a refill costs up to TABLE_ROWS schedule calls:
+fewer where ``Optimizer.expect_steps`` says fewer steps follow)."""
 
 
 def _betas(name: str, value) -> tuple[float, float]:
@@ -69,6 +72,21 @@ def _schedule(name: str, value) -> Schedule | None:
         return value
     raise ConfigError(f"{name} must be None or a devnet.optim.schedules.Schedule (subclass it "
                       f"for a custom curve), got {type(value).__name__}: {value!r}")
+
+
+#: the types a table value computed a column at a time may have (anything else -- an int, a
+#: bool, a string -- goes through the per-step checks of ``Optimizer._table_checked``)
+_FLOATS = frozenset((float, np.float64))
+
+
+def _columnwise(cls) -> bool:
+    """Whether ``cls._step_columns`` computes what ``cls._step_scalars`` does: both are
+    defined by the same class (a subclass overriding only ``_step_scalars`` is built a step at
+    a time)."""
+    def owner(name):
+        return next(k for k in cls.__mro__ if name in vars(k))
+
+    return owner("_step_columns") is owner("_step_scalars")
 
 
 class Hyper:
@@ -206,6 +224,7 @@ class Optimizer:
         self._table = None  # the rows in use of the table (a view of _device)
         self._clip = None  # clip_norm as last uploaded (None: no opt_clip launch)
         self._refill_at = 0  # the host step count at which the table runs out
+        self._until = None  # expect_steps: the step count the table need not go past
         self._stale = True
 
     @property
@@ -247,6 +266,15 @@ class Optimizer:
         self._t += 1  # in lock-step with the device's, whatever the update does next
         getattr(kernels, entry)(p.data, p.grad, *(state.get(b) for b in buffers),
                                 self.hyper, *flags)
+
+    def expect_steps(self, count: int | None) -> None:
+        """Plan for ``count`` more steps (None: no plan): the table of per-step scalars is
+        then built for those steps only, not ``TABLE_ROWS`` (fit gives its remaining steps: a
+        short fit builds a few rows). A hint: steps past them refill the table as usual, so
+        results never depend on it."""
+        if count is not None:
+            count = check.count("count", count, "steps planned")
+        self._until = None if count is None else self._t + count
 
     def validate(self) -> None:
         """ConfigError unless every host field obeys its declared rule.
@@ -302,6 +330,15 @@ class Optimizer:
         """The stepwise scalars (``kernels.table.hyper_columns``) of step number ``t``."""
         return (self._lr_at(t),)
 
+    def _step_columns(self, steps: range) -> list:
+        """``_step_scalars`` of the step numbers ``steps``, a column (list) per scalar: the
+        same expressions in far fewer Python calls. A subclass that overrides one of the two
+        overrides both, or the table is built from ``_step_scalars`` (``_columnwise``)."""
+        if self.schedule is None:
+            return [[self.base_lr] * len(steps)]
+        schedule = self.schedule
+        return [[schedule(t - 1) for t in steps]]
+
     def _settled(self, t: int) -> bool:
         """Whether every step from number ``t`` on has step ``t``'s stepwise scalars."""
         return self.schedule is None
@@ -311,7 +348,16 @@ class Optimizer:
         table of the next steps' scalars; one host-to-device copy, in stream order."""
         self.validate()
         t0, columns = self._t, len(self._columns)
-        steps = self._table_rows(t0, 1 if self._settled(t0 + 1) else TABLE_ROWS)
+        wanted = TABLE_ROWS if self._until is None or self._until <= t0 else \
+            min(TABLE_ROWS, self._until - t0)
+        settled = self._settled(t0 + 1)  # then one row holds every step's
+        steps = self._table_rows(t0, 1 if settled else wanted)
+        filled = len(steps)
+        if not settled and filled < TABLE_ROWS:
+            # the rows past the filled ones repeat the last (never read: the table is refilled
+            # at t0 + filled), so that it keeps its shape across refills: a captured CUDA graph
+            # of the step stays valid
+            steps = np.concatenate([steps, np.repeat(steps[-1:], TABLE_ROWS - filled, 0)])
         rows = len(steps)
         constants = self._kernel_values()
         host = np.zeros(len(self._layout) + rows * columns)
@@ -329,7 +375,7 @@ class Optimizer:
         with self.backend.scope():  # through the backend's pinned staging: no allocation
             self._device[:host.size] = self.backend.upload(host, "optimizer")
         self._table = self._device[len(self._layout):host.size].reshape(rows, columns)
-        self._refill_at = math.inf if self._settled(t0 + rows) else t0 + rows
+        self._refill_at = math.inf if self._settled(t0 + filled) else t0 + filled
         self._clip = clip
         self._stale = False
 
@@ -340,6 +386,28 @@ class Optimizer:
         first step whose values are not (a schedule growing past float's range far ahead is
         refused only when the run gets there); a ConfigError when that is the first step.
         """
+        table = self._table_columns(t0, rows)
+        return table if table is not None else self._table_checked(t0, rows)
+
+    def _table_columns(self, t0: int, rows: int) -> np.ndarray | None:
+        """``_table_rows`` a column at a time, where every value is a finite float and each lr
+        >= 0 (else None: ``_table_checked`` finds the first step that is not, and says why)."""
+        if not _columnwise(type(self)):
+            return None
+        try:
+            columns = self._step_columns(range(t0 + 1, t0 + 1 + rows))
+        except (TypeError, ValueError, ArithmeticError):
+            return None
+        if len(columns) != len(self._columns) or any(
+                len(col) != rows or not _FLOATS.issuperset(map(type, col)) for col in columns):
+            return None
+        table = np.array(columns, dtype=np.float64).T
+        if not (np.isfinite(table).all() and (table[:, 0] >= 0).all()):
+            return None
+        return np.ascontiguousarray(table)
+
+    def _table_checked(self, t0: int, rows: int) -> np.ndarray:
+        """``_table_rows`` a step at a time, each value checked."""
         columns = len(self._columns)
         good = []
         for t in range(t0 + 1, t0 + 1 + rows):
@@ -448,6 +516,11 @@ class Adam(Optimizer):
     def _step_scalars(self, t: int) -> tuple:
         b1, b2 = self.betas
         return (self._lr_at(t), 1.0 - b1**t, 1.0 - b2**t)  # lr, bc1, bc2 (hyper_columns)
+
+    def _step_columns(self, steps: range) -> list:
+        b1, b2 = self.betas
+        return [*super()._step_columns(steps), [1.0 - b1**t for t in steps],
+                [1.0 - b2**t for t in steps]]
 
     def _settled(self, t: int) -> bool:
         b1, b2 = self.betas  # b**t only falls: once 1 - b**t rounds to 1 it stays there

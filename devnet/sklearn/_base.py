@@ -1,8 +1,6 @@
 """The estimators' shared machinery: parameters, initialisation, the solvers' loops, inference
-and pickling. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task.
-
-(Over 400 lines: scikit-learn's estimator contract -- parameters, warm start, partial_fit,
-early stopping, pickling -- is one class's worth of methods.)
+and pickling, as scikit-learn's estimator contract (warm start, partial_fit, early stopping)
+asks of one class. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from scipy import sparse as _sparse
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, gen_batches, shuffle
+from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
@@ -27,11 +25,16 @@ from devnet.kernels import reference
 from devnet.nn import MLP
 from devnet.nn.usage import Usage
 from devnet.sklearn import _lbfgs, _logloss, _optim
+from devnet.train import engine as engine_mod
 from devnet.train.feed import make_feed
 
 # scikit-learn's activation names -> devnet's
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
+# Which engine runs the stochastic solvers' epochs (``devnet.train.engine.choose``): "auto"
+# (the compiled CPU epoch where eligible, else the Python step) or "python". Private, not a
+# scikit-learn parameter: tests set it to compare the two engines bit for bit.
+_ENGINE = "auto"
 
 
 def as_host(a, name: str = "X"):
@@ -53,6 +56,14 @@ def as_host(a, name: str = "X"):
     return a
 
 
+def shuffled(index: np.ndarray, random_state: np.random.RandomState) -> np.ndarray:
+    """``sklearn.utils.shuffle(index, random_state=random_state)``: the same draws, the same
+    order, without its per-call parameter validation (a tenth of a compiled digits fit)."""
+    order = np.arange(index.shape[0])
+    random_state.shuffle(order)
+    return index[order]
+
+
 def _batch_has_weight(sample_weight, order, n: int, batch_size: int) -> np.ndarray:
     """For each batch of an epoch taken in ``order``: does it weigh more than 0 in total?
 
@@ -63,6 +74,13 @@ def _batch_has_weight(sample_weight, order, n: int, batch_size: int) -> np.ndarr
     if sample_weight is None or sample_weight.min() > 0:
         return np.ones(n_batches, dtype=bool)
     return np.add.reduceat(sample_weight[order], np.arange(0, n, batch_size)) > 0
+
+
+def _weighted_runs(weighs: np.ndarray) -> list[tuple[int, int]]:
+    """(first batch, count) of each run of consecutive batches that weigh (``weighs``)."""
+    edges = np.diff(np.concatenate(([0], weighs.astype(np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b - a)) for a, b in zip(starts, stops, strict=True)]
 
 
 def _usage(estimator) -> Usage:
@@ -316,6 +334,8 @@ class BaseMLP(BaseEstimator):
         for layer in model.layers:
             self._intercept_indptr.append((start, start + layer.n_out))
             start += layer.n_out
+        self.engine_ = ("python", "solver='lbfgs': SciPy's L-BFGS asks for the full-batch "
+                        "loss and gradient, one Step.loss_and_grad per evaluation")
         result, self.n_iter_ = _lbfgs.minimize(self, objective)
         self.loss_ = result.fun
         self._download(model)
@@ -406,23 +426,33 @@ class BaseMLP(BaseEstimator):
             model, loss, opt, recorder=clipped,
             hooks=[_optim.SklearnObjective(model, value_scale, grad_scale, self.alpha)])
         feed = make_feed(model.backend, X, y, sample_weight, capacity=batch_size)
+        # the compiled CPU epoch where the step's plan covers it (the hook and the recording
+        # declare their ops); each batch's mean loss weighs its row count, as below
+        choice = engine_mod.choose(_ENGINE, step, feed, batch_size,
+                                   weighted=sample_weight is not None, batch_weight="rows")
+        self.engine_ = (choice.name, choice.reason)
+        runner = choice.runner
         sample_idx = np.arange(n)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                    sample_idx = shuffled(sample_idx, self._random_state)
                 feed.start_epoch(sample_idx if self.shuffle else None)
                 step.reset()
                 if clipped is not None:
                     clipped.start()
                 weighs = _batch_has_weight(sample_weight, sample_idx, n, batch_size)
-                for sl in gen_batches(n, batch_size):
-                    if not weighs[sl.start // batch_size]:
-                        continue  # no sample counts: no gradient, and the L2 term is / 0
-                    batch = feed.batch(sl.start, sl.stop)
-                    # the running sum weighs each batch's mean loss by its sample count
-                    step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
+                if runner is not None:  # the runs of batches that weigh, a call each
+                    for first, count in _weighted_runs(weighs):
+                        runner.run(sample_idx, first, count)
+                else:
+                    for sl in gen_batches(n, batch_size):
+                        if not weighs[sl.start // batch_size]:
+                            continue  # no sample counts: no gradient, and the L2 term is / 0
+                        batch = feed.batch(sl.start, sl.stop)
+                        # the running sum weighs each batch's mean loss by its sample count
+                        step(batch.x, batch.y, batch.w, weight=sl.stop - sl.start)
                 # read on the model's device and stream (not ordered with another's)
                 with step.scope():
                     running = step.running  # sum_b n_b loss_b (a classifier's: L2 terms)

@@ -45,6 +45,13 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     ``n_iter_``, ``t_``, ``n_features_in_``, ``feature_names_in_``, ``n_layers_``,
     ``n_outputs_``, ``out_activation_``.
 
+    ``engine_`` : (name, reason), which engine ran the last fit's steps and why: for
+    ``"sgd"`` / ``"adam"``, ``"compiled"`` (the compiled CPU epoch: one Numba call per run of
+    batches, the Python step's results bit for bit; its driver is compiled once per network
+    structure and cached on disk, seconds the first time) or ``"python"`` (one Step call per
+    batch: on a GPU, or where the step has something the plan does not cover, named in the
+    reason); for ``"lbfgs"``, ``"python"``.
+
     Where devnet is stricter than scikit-learn (each a clear ValueError, never a quiet
     difference): ``momentum`` must be < 1; ``sample_weight`` must be >= 0; ``warm_start`` /
     ``partial_fit`` refuse a changed ``hidden_layer_sizes`` (scikit-learn keeps the old network
@@ -185,6 +192,13 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``n_iter_``, ``t_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_layers_``, ``n_outputs_``,
     ``out_activation_``.
+
+    ``engine_`` : (name, reason), which engine ran the last fit's steps and why: for
+    ``"sgd"`` / ``"adam"``, ``"compiled"`` (the compiled CPU epoch: one Numba call per run of
+    batches, the Python step's results bit for bit; its driver is compiled once per network
+    structure and cached on disk, seconds the first time) or ``"python"`` (one Step call per
+    batch: on a GPU, or where the step has something the plan does not cover, named in the
+    reason); for ``"lbfgs"``, ``"python"``.
 
     scikit-learn estimator checks: all pass (``parametrize_with_checks``); none is marked as
     expected to fail (see ``EXPECTED_FAILED_CHECKS``).

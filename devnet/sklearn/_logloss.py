@@ -116,7 +116,16 @@ class ClippedLoss:
             self.z = backend.zeros((k, capacity), dtype)
             self.t = backend.zeros((k, capacity), dtype)
             self.work = backend.empty((k, capacity), dtype)
-        self.count = 0
+        # the rows recorded: a host array, so a step plan's ``record`` op advances it too
+        self.at = np.zeros(1, np.int64)
+
+    @property
+    def count(self) -> int:
+        return int(self.at[0])
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self.at[0] = value
 
     @classmethod
     def make(cls, model, link: str, capacity: int):
@@ -156,7 +165,20 @@ class ClippedLoss:
 class RecordingStep(Step):
     """``Step`` that hands each batch's logits and targets to ``recorder`` (a ``ClippedLoss``,
     or None: then it is Step) and, recording, hands on a loss value of 0: the hooks add only
-    their L2 term to it, and ``running`` sums that; the recorder gives the log-loss."""
+    their L2 term to it, and ``running`` sums that; the recorder gives the log-loss.
+
+    Its step plan (``plan_ops``) does the same: a ``record`` op into the recorder's buffers
+    and a ``zero_value`` after the loss, so the compiled epoch runs it too."""
+
+    def plan_ops(self, stage: str, ctx) -> list:
+        from devnet.train.plan import Op
+
+        rec = self.recorder
+        if rec is None or stage != "output_grad":
+            return []
+        return [Op("record", (ctx["pred"], ctx["target"], ctx.buffer("z", rec.z),
+                              ctx.buffer("t", rec.t), ctx.buffer("at", rec.at))),
+                Op("zero_value", ())]
 
     def __init__(self, model, loss, optimizer=None, hooks=(), recorder=None):
         super().__init__(model, loss, optimizer, hooks=hooks)

@@ -111,6 +111,26 @@ class SklearnObjective(StepHook):
             grad *= self.grad_scale
         return value
 
+    def plan_ops(self, stage: str, ctx) -> list:
+        """The step plan's ops for what this hook does at ``stage`` (``devnet.train.plan``):
+        the ``scale`` of dL/dpred, and the ``l2_penalty`` kernel (value and dW), each where the
+        hook runs its own."""
+        from devnet.train.plan import Op
+
+        if stage == "output_grad" and self.grad_scale != 1.0:
+            scale = ctx.buffer("grad_scale", np.array([self.grad_scale], dtype=np.float64))
+            return [Op("scale", (ctx["grad"], scale))]
+        if stage == "param_grad" and (self.alpha > 0 or self.value_scale != 1.0):
+            w, p = ctx.array("w"), ctx.array("p")
+            cast = None
+            if w is not None and w.dtype != p.dtype:  # as param_grad_ casts them
+                cast = ctx.buffer("w_cast", np.empty(w.shape, p.dtype))
+            scalars = ctx.buffer("l2_scalars", np.array([self.alpha, self.value_scale],
+                                                        dtype=np.float64))
+            return [Op("l2_penalty", (ctx["p"], ctx["g"], ctx.buffer("spans", self.spans()),
+                                      ctx["w"], ctx["x"], scalars, cast))]
+        return []
+
     def param_grad_(self, value, batch):
         if self.alpha > 0 or self.value_scale != 1.0:
             model, w = self.model, batch.w

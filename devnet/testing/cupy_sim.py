@@ -21,12 +21,14 @@ stand-in hid:
   asynchronous copy that reads them, and a host write before that copy is known to be done
   raises too (other writes after another stream's reads are not tracked).
   ``get_elapsed_time`` needs both events complete, as CUDA does.
+* A stream captures (``begin_capture``; ``cupy_graph``): its work is recorded, not run, and an
+  allocation, a host copy or synchronisation, or CuPy's own cuBLAS call there raises.
 
 ``__cuda_array_interface__`` / ``.data.ptr`` expose the host buffer. Results are NumPy's, not
 CuPy's bit for bit; random streams differ from CuPy's.
 
-``tests/test_cuda_sim_drift.py`` checks every name and signature here against the installed
-``cupy`` package; ``tests/test_cupy_standin.py`` checks each rule above.
+``tests/devices/test_cuda_sim_drift.py`` checks every name and signature here against the installed
+``cupy`` package; ``tests/devices/test_cupy_standin.py`` checks each rule above.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import weakref
 
 import numpy as np
 
+from devnet.testing import cupy_graph as _graph
 from devnet.testing import cupy_sim_cuda as _cuda
 from devnet.testing import cupy_surface as _surface
 
@@ -65,6 +68,7 @@ cuda = types.ModuleType("cupy.cuda")
 for _name in ("runtime", "Device", "Stream", "Event", "get_current_stream", "get_elapsed_time",
               "MemoryPointer"):
     setattr(cuda, _name, getattr(_cuda, _name))
+cuda.Graph = _cuda.Graph
 
 
 def _unwrap(x):
@@ -164,8 +168,8 @@ def _numpy_function(name, namespace=np):
         outs = _operands(_outs(params or (), args, kwargs))
         # a ufunc's operands are arrays or scalars, never lists (CuPy: Unsupported type)
         reads = _operands(args, sequences=not ufunc) + _operands(tuple(kwargs.values()))
-        _cuda.enqueue(reads, outs)
-        return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+        return _wrap(_graph.run("cupy", name, (args, kwargs),
+                                lambda: fn(*_unwrap(args), **_unwrap(kwargs)), reads, outs))
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = f"{namespace.__name__}.{name} on the stand-in's arrays."
@@ -180,17 +184,18 @@ def copyto(dst, src, casting="same_kind", where=None):
         if src.size != 1:
             raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
         src = src.reshape(()).item()
-    writes = _operands((dst,))
-    _cuda.enqueue(_operands((src, where)), writes)
-    np.copyto(dst._buf, _unwrap(src), casting=casting,
-              **({} if where is None else {"where": _unwrap(where)}))
+    extra = {} if where is None else {"where": _unwrap(where)}
+    _graph.run("cupy", "copyto", (dst, src, casting, where),
+               lambda: np.copyto(dst._buf, _unwrap(src), casting=casting, **extra),
+               _operands((src, where)), _operands((dst,)))
 
 
 def _operator(name):
     def op(self, *args):
         reads = _operands((self, *args), sequences=False)
-        _cuda.enqueue(reads)
-        return _wrap(getattr(self._buf, name)(*_unwrap(args)), self._device)
+        return _wrap(_graph.run("cupy", name, (self, *args),
+                                lambda: getattr(self._buf, name)(*_unwrap(args)), reads),
+                     self._device)
 
     op.__name__ = name
     return op
@@ -199,8 +204,8 @@ def _operator(name):
 def _inplace(name):
     def op(self, other):
         reads = _operands((self, other), sequences=False)
-        _cuda.enqueue(reads, (self._buf,))
-        getattr(self._buf, name)(_unwrap(other))
+        _graph.run("cupy", name, (self, other), lambda: getattr(self._buf, name)(_unwrap(other)),
+                   reads, (self._buf,))
         return self
 
     op.__name__ = name
@@ -216,21 +221,25 @@ class ndarray:  # noqa: N801 (CuPy's name)
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        _graph.check_alloc()
         ALLOCATIONS[0] += 1
         self._buf = np.empty(shape, dtype, order=order)
         self._device = runtime.getDevice()
+        _graph.register(self._buf, self._device)
         _cuda.mark_written(self._buf)
         _WRAPPERS[id(self._buf)] = self
 
     @classmethod
     def _from(cls, a: np.ndarray, device=None):
-        if a.base is None:  # a new buffer, not a view: what a device allocation would be
-            ALLOCATIONS[0] += 1
-            if _cuda._entry(_cuda._WRITES, a) is None:
-                _cuda.mark_written(a)
         self = object.__new__(cls)
         self._buf = a
         self._device = runtime.getDevice() if device is None else device
+        if a.base is None:  # a new buffer, not a view: what a device allocation would be
+            _graph.check_alloc()
+            ALLOCATIONS[0] += 1
+            if _cuda._entry(_cuda._WRITES, a) is None:
+                _cuda.mark_written(a)
+            _graph.register(a, self._device)
         _WRAPPERS[id(a)] = self
         return self
 
@@ -256,8 +265,10 @@ class ndarray:  # noqa: N801 (CuPy's name)
             _check_call("cupy", name, params, inputs, kwargs)
         outs = _operands(kwargs.get("out") or ())
         reads = _operands(inputs, sequences=False)
-        _cuda.enqueue(reads, outs)
-        return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
+        return _wrap(_graph.run("cupy", f"{name}.{method}", (inputs, kwargs),
+                                lambda: getattr(ufunc, method)(*_unwrap(inputs),
+                                                               **_unwrap(kwargs)),
+                                reads, outs))
 
     def __array_function__(self, func, types_, args, kwargs):
         """``np.<f>(device array)`` runs ``cupy.<f>``; NotImplemented (so NumPy raises
@@ -349,8 +360,9 @@ class ndarray:  # noqa: N801 (CuPy's name)
             writes = [self._buf, *outs] if name in IN_PLACE else outs
             reads = _operands((self, args, tuple(kwargs.values())),
                               host_ok=name in HOST_INDICES)
-            _cuda.enqueue(reads, writes)
-            return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)), self._device)
+            return _wrap(_graph.run("cupy", f"ndarray.{name}", (self, args, kwargs),
+                                    lambda: attr(*_unwrap(args), **_unwrap(kwargs)),
+                                    reads, writes), self._device)
 
         method.__name__ = name
         return method
@@ -365,7 +377,8 @@ class ndarray:  # noqa: N801 (CuPy's name)
         if isinstance(result, np.ndarray) and _cuda.root(result) is _cuda.root(self._buf):
             return ndarray._from(result, self._device)  # a view: no device work
         # a gather (CuPy: a kernel on the current stream; an element: a 0-d view, read later)
-        _cuda.enqueue([self._buf, *reads])
+        _graph.run("cupy", "ndarray.__getitem__", (self, key), lambda: None,
+                   [self._buf, *reads])
         return ndarray._from(np.asarray(result), self._device)
 
     def __setitem__(self, key, value):
@@ -375,8 +388,9 @@ class ndarray:  # noqa: N801 (CuPy's name)
         # a fill or copy kernel on the current device: the array must be there too
         _operands((self,))
         reads = _operands((key, value), host_ok=True)
-        _cuda.enqueue(reads, (self._buf,))
-        self._buf[_unwrap(key)] = _unwrap(value)
+        _graph.run("cupy", "ndarray.__setitem__", (self, key, value),
+                   lambda: self._buf.__setitem__(_unwrap(key), _unwrap(value)),
+                   reads, (self._buf,))
 
     def __len__(self):
         return len(self._buf)

@@ -29,12 +29,26 @@ import numpy as np
 
 DEVICE_COUNT = int(os.environ.get("DEVNET_CUDA_SIMULATOR_DEVICES", "2"))
 _tls = threading.local()
-_lock = threading.RLock()
+_lock = lock = threading.RLock()
+# queue -> its stream capture in progress (devnet.testing.cupy_graph)
+CAPTURES: dict = {}
 
 
 class StreamOrderError(RuntimeError):
     """A device buffer used, or a pinned buffer written, before the work it depends on was
     ordered before the use: a data race on a GPU."""
+
+
+class CaptureError(RuntimeError):
+    """Work that a CUDA stream capture cannot hold (an allocation, a host synchronisation or
+    copy), or that the stand-in does not capture, queued while the stream captures."""
+
+
+def _refuse_in_capture(q, what):
+    if q in CAPTURES:
+        raise CaptureError(f"work that is {what} on the {q!r} during stream capture: a capture "
+                           "holds only kernel launches, GEMMs and operations into existing "
+                           "arrays (no allocation, no host copy or synchronisation)")
 
 
 class _Runtime:
@@ -168,6 +182,7 @@ def enqueue(reads=(), writes=(), queue=None, what="used"):
     """Queue one operation on ``queue`` (default: the current stream) that reads ``reads`` and
     writes ``writes``; returns the queue."""
     q = current_queue() if queue is None else queue
+    _refuse_in_capture(q, what)
     with _lock:
         check_use(reads, q, what)
         check_use(writes, q, "overwritten")
@@ -233,6 +248,9 @@ class Device:
 
     def synchronize(self):
         """Waits for all work on this device: every queue of it is complete."""
+        for q in list(CAPTURES):
+            if q.device == self.id:
+                _refuse_in_capture(q, "waited for by Device.synchronize")
         with _lock:
             for q in list(_ALL_QUEUES):
                 if q.device == self.id:
@@ -290,7 +308,19 @@ class Stream:
         return self._queue_on(runtime.getDevice())
 
     def synchronize(self):
+        _refuse_in_capture(self._here(), "waited for by Stream.synchronize")
         _complete(self._here())
+
+    def begin_capture(self, mode=None):
+        """Record, instead of running, the work queued on this stream (cupy_graph.run)."""
+        _begin_capture(self, mode)
+
+    def end_capture(self):
+        """Stop capturing; returns the ``Graph`` of the recorded work."""
+        return _end_capture(self)
+
+    def is_capturing(self):
+        return self._here() in CAPTURES
 
     @property
     def done(self):
@@ -307,6 +337,7 @@ class Stream:
         """Work queued here from now on runs after the event's position in its queue."""
         if event._at is None:
             return  # an event never recorded: nothing to wait for, as in CUDA
+        _refuse_in_capture(self._here(), "an event waited for (not captured by the stand-in)")
         q, (other, pos, waited) = self._here(), event._at
         with _lock:
             for o, p in (*waited.items(), (other, pos)):
@@ -378,6 +409,7 @@ class Event:
                 f"cudaErrorInvalidResourceHandle: an event of device {self.device_id} recorded "
                 f"on a stream of device {device}")
         q = stream._queue_on(device)
+        _refuse_in_capture(q, "an event recorded (not captured by the stand-in)")
         with _lock:
             self._at = (q, q.n, dict(q.waited))
         self._time = time.perf_counter()
@@ -482,3 +514,71 @@ def empty_pinned(shape, dtype=float, order="C"):
 
 def zeros_pinned(shape, dtype=float, order="C"):
     return np.zeros(shape, dtype, order=order).view(PinnedArray)
+
+
+# --- stream capture and graphs: the state cupy_graph.run records into --------------------------
+
+class Capture:
+    """What one stream's capture has recorded (``cupy_graph.run`` appends to it)."""
+
+    __slots__ = ("ops", "thunks", "reads", "writes")
+
+    def __init__(self):
+        self.ops, self.thunks, self.reads, self.writes = [], [], [], []
+
+
+TRACES: dict = {}  # queue -> the lists eager work on it is appended to (cupy_graph.trace)
+
+
+def _begin_capture(stream, mode=None):
+    q = stream._here()
+    if q.legacy or q.blocking:
+        raise runtime.CUDARuntimeError(
+            "cudaErrorStreamCaptureUnsupported: capture needs a non-blocking stream "
+            "(cupy.cuda.Stream(non_blocking=True)), not the legacy default stream or a stream "
+            "that synchronises with it")
+    with lock:
+        if q in CAPTURES:
+            raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is already "
+                                           "capturing")
+        CAPTURES[q] = Capture()
+
+
+def _end_capture(stream):
+    q = stream._here()
+    with lock:
+        cap = CAPTURES.pop(q, None)
+    if cap is None:
+        raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is not capturing")
+    return Graph._made(cap)
+
+
+class Graph:
+    """``cupy.cuda.Graph``: what a capture recorded; ``launch`` replays it on a stream.
+
+    ``ops``: the recorded operations with their arguments (the stand-in's, for tests).
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("a Graph is made by stream capture (Stream.end_capture())")
+
+    @classmethod
+    def _made(cls, cap: Capture):
+        self = object.__new__(cls)
+        self.ops = tuple(cap.ops)
+        self._thunks = tuple(cap.thunks)
+        self._reads, self._writes = tuple(cap.reads), tuple(cap.writes)
+        return self
+
+    def launch(self, stream=None):
+        """Run the recorded work, in order, on ``stream`` (default: the current one)."""
+        stream = get_current_stream() if stream is None else stream
+        q = stream._here()
+        enqueue(self._reads, self._writes, q, "used by a graph launch")
+        for ops in TRACES.get(q, ()):
+            ops.extend(self.ops)
+        for thunk in self._thunks:
+            thunk()
+
+    def upload(self, stream=None):
+        """Nothing to upload in the stand-in."""

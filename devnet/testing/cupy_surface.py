@@ -1,7 +1,7 @@
 """What the installed CuPy offers, as data: the CuPy stand-in allows only these names and keywords.
 
 The tables below are read from cupy 14 (``read_installed``), restricted to what the stand-in
-can serve from NumPy; ``tests/test_cuda_sim_drift.py`` reads them again from the installed
+can serve from NumPy; ``tests/devices/test_cuda_sim_drift.py`` reads them again from the installed
 ``cupy`` and fails on any difference, so the stand-in can never accept a method, a function or
 a keyword that CuPy lacks. Regenerate them with ``python -m devnet.testing.cupy_surface``.
 

@@ -51,6 +51,21 @@ class Callback:
 
     Epochs are 0-based. ``on_batch_end`` gets ``{"size": n}`` only: reading the loss there
     would synchronise the device every step.
+
+    Stopping: fit reads ``trainer.stop_training`` after each epoch's ``on_epoch_end`` (set
+    there, as ``EarlyStopping`` does, the epoch is whole: recorded, and saved by the
+    checkpoint callbacks) and between steps. Set at any other time -- in ``on_epoch_begin``,
+    from a signal handler (``devnet train``'s Ctrl-C), from another thread -- training stops
+    at the next step boundary fit reads it at: before the next step on the Python engine,
+    before the next block of steps on the compiled one (milliseconds of work:
+    ``devnet.train.loop.block_steps``). That epoch is left unfinished: not in the History, no
+    ``on_epoch_end``, ``trainer.epochs_done`` unchanged, while the model keeps the steps it
+    took. fit then ends as usual (``on_train_end``). Under data-parallel training the ranks
+    read it at epoch ends only, where they agree on it.
+
+    A callback that overrides ``on_batch_end`` makes fit run the Python step, one call per
+    step (on small models many times slower than the compiled epoch): to stop mid-epoch,
+    set ``stop_training`` instead of checking a condition after every batch.
     """
 
     trainer: Any  #: the running ``devnet.train.Trainer``, set by fit before on_train_begin

@@ -22,7 +22,8 @@ class Trainer:
     """The state of one ``fit`` call (shared with callbacks).
 
     ``epoch``: the current 0-based epoch; ``epochs_done``: epochs completed (the resume point);
-    ``step``: optimizer steps taken by fit; ``rng``: the shuffling Generator.
+    ``step``: optimizer steps taken by fit; ``rng``: the shuffling Generator;
+    ``stop_training``: set True to stop at the next epoch end or step boundary (``Callback``).
     """
 
     def __init__(self, model, loss, optimizer, history, epochs=1, batch_size=32, seed=0,

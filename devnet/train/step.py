@@ -3,6 +3,9 @@
 ``fit``, the scikit-learn estimators (their SGD/Adam loop, and L-BFGS through
 ``loss_and_grad``), ``dn.profile``, the benchmarks and the divergence guard's replay all run
 this Step: a new capability (an all-reduce, loss scaling, graph capture) is one hook here.
+The same step as data -- its kernel and product calls over fixed buffers -- is the Step's plan
+(``devnet.train.plan``), which fit's compiled CPU engine runs a block of steps at a time
+(``devnet.train.engine``) where its hooks declare their ops (``plan_ops``).
 """
 
 from __future__ import annotations

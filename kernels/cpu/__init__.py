@@ -25,7 +25,7 @@ from devnet.kernels.cpu.deep import (  # noqa: F401
 from devnet.kernels.cpu.elementwise import act_bwd, bias_act_fwd, softmax_xent  # noqa: F401
 from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 
-for _name in (*table.ELEMENT_LOSSES, *table.STEPS, *table.STEP_HYPER):
+for _name in (*table.ELEMENT_LOSSES, *table.STEP_HYPER):
     globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
 opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty
 

@@ -1,5 +1,5 @@
-"""The CPU kernels of the optimizers: the steps (by value and reading their scalars from
-``hyper``), ``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
+"""The CPU kernels of the optimizers: the steps reading their scalars from ``hyper``,
+``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
 
 Same names and signatures as ``reference.py``. A step is one pass over the flat buffers, all
 updated in place. The layout of ``hyper`` is ``table.hyper_layout``.
@@ -13,9 +13,9 @@ from devnet.kernels import hyper as _hyper
 from devnet.kernels.cpu.build import COMMON, DTYPES, FASTMATH, N, S, build, char, pick
 from numba import njit, prange
 
-# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
-# by-value kernels, which take no clip scale, ``norms.scaled`` (g * gs, the clip's scale from
-# hyper) in the hyper ones; ``gs`` comes last (1.0, unused, from the by-value entries).
+# The step loops take their scalars by value; they read g through ``grad_in(g[i], gs)``:
+# ``norms.unscaled`` (g itself, gs unused) when the clip leaves g as it is, ``norms.scaled``
+# (g * gs, the clip's scale from hyper) when it scales it.
 
 def _sgd(p, g, lr, wd, gs):
     lr, wd, gs = real(lr), real(wd), real(gs)  # noqa: F821
@@ -71,31 +71,16 @@ def _k_step(name, grad_in):
             for c, dt in DTYPES.items()}
 
 
-_STEPS = {n: _k_step(n, "unscaled") for n in table.STEPS}  # by value
-_STEPS_SCALED = {n: _k_step(n, "scaled") for n in table.STEPS}  # the hyper entries'
-
+_STEPS = {n: _k_step(n, "unscaled") for n in table.STEPS}
+_STEPS_SCALED = {n: _k_step(n, "scaled") for n in table.STEPS}
 
 
 # --- optimizer steps: one pass over the flat buffers, all updated in place ---------------------
-
-def _step_launch(name):
-    kernels = _STEPS[name]
-
-    def launch(arrays, floats, flags):
-        pick(kernels, arrays[0])(*arrays, *floats, *flags, 1.0)  # gs: unused (unscaled)
-    return launch
-
-
-for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
-    globals()[_name] = checks.make_step(_name, _step_launch(_name))
-
-
-# The same steps with their scalars in a float64 array (``table.hyper_layout``): the CPU's
-# "device" is host memory, so the entry reads them (Python floats, as the by-value entry's) and
-# runs the very kernel the by-value entry runs, bit for bit the same update; when clipping
-# scales g (gscale != 1) the same loop reading g times gscale (``_STEPS_SCALED``). Not one
-# loop for both: under fastmath "reassoc" a multiply by a runtime 1.0 may still change how
-# LLVM groups the update (AdamW's moved by an ulp).
+# Their scalars in a float64 array (``table.hyper_layout``): the CPU's "device" is host memory,
+# so the entry reads them as Python floats and runs the by-value loop; when clipping scales g
+# (gscale != 1) the same loop reading g times gscale (``_STEPS_SCALED``). Not one loop for
+# both: under fastmath "reassoc" a multiply by a runtime 1.0 may still change how LLVM groups
+# the update (AdamW's moved by an ulp).
 
 def _step_hyper_launch(name):
     step_name = table.STEP_HYPER[name]

@@ -23,19 +23,10 @@ from devnet.kernels.cuda.deep import (  # noqa: F401
     layernorm_bwd,
     layernorm_fwd,
 )
-from devnet.kernels.cuda.device import BLOCKS_PER_SM, NT, SIM_MAX_BLOCKS, SIMULATOR, N, S  # noqa: F401
+from devnet.kernels.cuda.device import NT, SIMULATOR, N  # noqa: F401
 from devnet.kernels.cuda.elementwise import act_bwd, bias_act_fwd, softmax_xent  # noqa: F401
-from devnet.kernels.cuda.launch import (  # noqa: F401
-    DIRECT_LAUNCH_REASON,
-    DIRECT_LAUNCH_VERSIONS,
-    LOSS_RING,
-    direct_launch_refusal,
-    marshal,
-    numba_params,
-    params_difference,
-)
-from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
+from devnet.kernels.cuda.launch import DIRECT_LAUNCH_REASON, numba_params  # noqa: F401
 
-for _name in (*table.ELEMENT_LOSSES, *table.STEPS, *table.STEP_HYPER):
+for _name in (*table.ELEMENT_LOSSES, *table.STEP_HYPER):
     globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
 opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty

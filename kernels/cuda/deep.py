@@ -1,23 +1,19 @@
 """The CUDA kernels of the deep-network ops: LayerNorm rows, dropout, residual add.
 
-Same contracts as ``reference.py``'s "deep networks" section; the CUDA kernel table
-(``devnet.kernels.cuda``) exposes these functions under the same names.
+Same names and contracts as ``reference.py``'s "deep networks" section.
 
-- LayerNorm forward: the "rows" layout of softmax (a row of threads per matrix row): one pass
-  for the shifted sums, reduced in shared memory, then the normalized row.
-- LayerNorm backward: the same row pass for dX (mean(g) and mean(g xhat), then dX, with a
-  residual block's skip gradient added in the same write), and a "cols" pass for the column
-  sums dgamma and dbeta (per-block partials added by the last block, as ``act_bwd``'s db).
-- Dropout: ``scalar.dropout_keep`` of each element's global flat index ``(row0 + i) m + j``
-  (``row0``: where a shard's rows start in the batch), so the mask is the CPU's and the
-  reference's bit for bit; the activation, dropout and residual add are one "cols" pass.
+- LayerNorm forward: softmax's "rows" layout, one pass for the shifted sums, then the row.
+- LayerNorm backward: a row pass for dX (a residual block's skip gradient added in the same
+  write) and a "cols" pass for dgamma and dbeta (partials added by the last block, as db).
+- Dropout: ``scalar.dropout_keep`` of each element's global flat index ``(row0 + i) m + j``,
+  so the mask is the CPU's and the reference's bit for bit; the activation, dropout and
+  residual add are one "cols" pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
-from devnet.kernels.cuda.device import S
 from devnet.kernels.cuda.elementwise import bias_act_fwd
 from devnet.kernels.cuda.launch import Call, config, kernel
 from devnet.kernels.cuda.registry import register
@@ -162,22 +158,15 @@ def _dropout_fwd(A, threshold, scale, k0, k1, row0):
 # scalars in the arrays' type; part: float64 partial sums; count: the int32 ticket counters of
 # the last-block column sums; the dropout mask's threshold and key halves uint64
 
-_SCALAR_FUNCS = ("layernorm_stats", "layernorm", "layernorm_grad", "dropout", "dropout_keep")
 _MASK = ("threshold u64", "scale", "k0 u64", "k1 u64")  # then row0: where the shard's rows start
-
-
-def _extra(dt):
-    return {"real": dt.type, **{f: getattr(S[dt], f) for f in _SCALAR_FUNCS}}
-
-
-register("layernorm_fwd", _layernorm_fwd, table.ENTRIES["layernorm_fwd"], extra=_extra)
+register("layernorm_fwd", _layernorm_fwd, table.ENTRIES["layernorm_fwd"])
 register("layernorm_bwd_rows", _layernorm_bwd_rows,
          decl("G[n,m]", "X[n,m]", "mean[n]", "rstd[n]", "gamma[m]", "dX[n,m] w", "R[n,m]",
-              "has_r bool"), extra=_extra)
+              "has_r bool"))
 register("layernorm_bwd_cols", _layernorm_bwd_cols,
          decl("G[n,m]", "X[n,m]", "mean[n]", "rstd[n]", "part_g[P] f64 rw", "part_b[P] f64 rw",
-              "count[C] i32 rw", "dgamma[m] w", "dbeta[m] w"), extra=_extra)
-register("dropout_fwd", _dropout_fwd, decl("A[n,m] rw", *_MASK, "row0 i64"), extra=_extra)
+              "count[C] i32 rw", "dgamma[m] w", "dbeta[m] w"))
+register("dropout_fwd", _dropout_fwd, decl("A[n,m] rw", *_MASK, "row0 i64"))
 _DROP_FWD = decl("A[n,m] rw", "b[m]", "Z[n,m] w", "keep_z bool", "alpha", *_MASK, "R[n,m]",
                  "out[n,m] w", "row0 i64")
 _DROP_BWD = decl("G[n,m]", "A[n,m]", "Z[n,m]", "dZ[n,m] w", "part[P] f64 rw", "count[C] i32 rw",
@@ -186,9 +175,8 @@ _DROP_BWD = decl("G[n,m]", "A[n,m]", "Z[n,m]", "dZ[n,m] w", "part[P] f64 rw", "c
 for _a in scalar.ACTIVATIONS:
     for _drop, _resid in ((True, False), (False, True), (True, True)):
         register(f"bias_act_drop_fwd_{_a}_{int(_drop)}{int(_resid)}", _bias_act_drop_fwd,
-                 _DROP_FWD, {"value": _a, "DROP": _drop, "RESID": _resid}, extra=_extra)
-    register(f"act_drop_bwd_{_a}", _act_drop_bwd, _DROP_BWD, {"grad": f"{_a}_grad"},
-             extra=_extra)
+                 _DROP_FWD, {"value": _a, "DROP": _drop, "RESID": _resid})
+    register(f"act_drop_bwd_{_a}", _act_drop_bwd, _DROP_BWD, {"grad": f"{_a}_grad"})
 
 
 def _dropout_args(name, p, key, dtype, row0):

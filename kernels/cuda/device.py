@@ -30,8 +30,6 @@ NT = 32 if SIMULATOR else 256
 BLOCKS_PER_SM = 8
 # Under the simulator a grid of at most this many blocks, so grid-stride loops wrap around.
 SIM_MAX_BLOCKS = 2
-_NEG_INF = -math.inf
-_NAN = math.nan
 
 
 # --- scalar functions, compiled as inlined device functions -------------------------------------
@@ -156,20 +154,6 @@ def _col_finish(part, j, m, count, db):
             db[j] = s
 
 
-def _sum_finish(part, nparts, count, out):
-    """After each block's ``block_sum`` into ``part[:nparts]``: the last block writes their
-    sum to ``out[0]`` (``part[nparts]`` is its scratch slot)."""
-    if last_block(count, 0, nparts):  # noqa: F821
-        s = np.float64(0.0)
-        nt = cuda.blockDim.x * cuda.blockDim.y
-        t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        for r in range(t, nparts, nt):
-            s += part[r]
-        block_sum(s, part, nparts)  # noqa: F821
-        if t == 0:
-            out[0] = part[nparts]
-
-
 def _block_total(x, n):
     """The float64 sum of ``x[:n]`` by the whole (1-D, power-of-two) block; every thread gets
     it. Each block computes the same sum in the same order: no second launch, no atomics."""
@@ -196,37 +180,43 @@ def _sum_last(part, nparts, count):
     last block to finish, which finds their sum in ``part[nparts]``; False elsewhere."""
     if last_block(count, 0, nparts):  # noqa: F821
         s = np.float64(0.0)
-        t = cuda.threadIdx.x
-        for r in range(t, nparts, cuda.blockDim.x):
+        t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        for r in range(t, nparts, cuda.blockDim.x * cuda.blockDim.y):
             s += part[r]
         block_sum(s, part, nparts)  # noqa: F821
         return t == 0
     return False
 
 
+def _sum_finish(part, nparts, count, out):
+    """``sum_last``, then the last block writes the sum to ``out[0]``."""
+    if sum_last(part, nparts, count):  # noqa: F821
+        out[0] = part[nparts]
+
+
 def _helpers(dt):
     """The block helpers for kernels of dtype ``dt``, as inlined device functions."""
     ns = scalar.typed_globals({**globals(), "real": dt.type}, dt)
     helpers = {}
-    for name, fn in (("row_reduce", _row_reduce), ("block_sum", _block_sum),
-                     ("col_partial", _col_partial), ("last_block", _last_block),
-                     ("col_finish", _col_finish), ("sum_finish", _sum_finish),
-                     ("block_total", _block_total), ("sum_last", _sum_last)):
-        # later helpers call earlier ones: each sees those compiled before it
-        helpers[name] = cuda.jit(device=True, inline="always")(
+    # later helpers call earlier ones: each sees those compiled before it
+    for fn in (_row_reduce, _block_sum, _col_partial, _last_block, _col_finish, _block_total,
+               _sum_last, _sum_finish):
+        helpers[fn.__name__[1:]] = cuda.jit(device=True, inline="always")(
             scalar.specialise(fn, {**ns, **helpers}, dt))
     return helpers
 
 
+# The scalar functions every template may call (value, grad, loss, update: bound per kernel).
+_SHARED = ("softmax_term", "softmax_grad", "xent_label", "xent_prob", "layernorm_stats",
+           "layernorm", "layernorm_grad", "dropout", "dropout_keep")
+
+
 def _common(dt):
-    """The globals every kernel of dtype ``dt`` is given."""
+    """The globals every kernel of dtype ``dt`` is given; ``real`` its float type."""
     fns = S[dt]
-    return dict(
-        cuda=cuda, np=np, NT=NT, _NEG_INF=_NEG_INF, _NAN=_NAN, exp_=fns.exp, log_=math.log,
-        softmax_term=fns.softmax_term, softmax_grad=fns.softmax_grad,
-        xent_label=fns.xent_label, xent_prob=fns.xent_prob, **_helpers(dt),
-        **vars(N[dt]), grad_in=N[dt].unscaled,
-    )
+    return dict(cuda=cuda, np=np, NT=NT, real=dt.type, exp_=fns.exp, log_=math.log,
+                **{f: getattr(fns, f) for f in _SHARED}, **_helpers(dt), **vars(N[dt]),
+                grad_in=N[dt].unscaled)
 
 
 COMMON = {dt: _common(dt) for dt in FLOAT_TYPES}

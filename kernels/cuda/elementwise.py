@@ -1,24 +1,17 @@
 """The CUDA kernels of activations and losses: bias + activation forward, its backward with
 the bias gradient, softmax, softmax cross-entropy and the element-wise losses.
 
-Same names and signatures as ``reference.py`` (read its docstrings for the contract); arrays are
-CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float64, C-contiguous.
+Same names and signatures as ``reference.py`` (read its docstrings for the contract).
 
-- Elementwise ops are grid-stride loops (2-D over (rows, columns) for matrices, so no
-  per-element integer division); the bias gradient is a column reduction (each block sums a
-  tile of rows per column in shared memory and writes one float64 partial per column; the
-  last block of each column tile, found with an atomic ticket after a fence, adds the
-  partials: one launch, no atomics on the data, deterministic); softmax and softmax-xent give
-  each row a row of threads of a 2-D block, reduced in shared memory; a loss value is reduced
-  the same way (per-block partials, the last block sums them) into a slot of a preallocated
-  ring (``launch.LOSS_RING``): no allocation per step.
-- Precision: every kernel is compiled per dtype from clones with their float literals typed as
-  that dtype (``scalar.specialise``), and takes its scalar arguments in that dtype, so a float32
-  kernel computes in float32 (``math.exp`` of a float32 is libdevice's ``__nv_expf``; one
-  float64 literal would turn the whole chain into f64 divides and ``__nv_exp``). What stays
-  float64 on purpose: the loss totals and the scratch partial sums (column sums of db, loss
-  values), a few adds per row or block; ``tests/test_kernels_ptx.py`` checks that nothing else
-  is.
+- Elementwise ops are 2-D grid-stride loops over (rows, columns): no per-element integer
+  division. The bias gradient is a column reduction: each block writes one float64 partial per
+  column, and the last block of each column tile (an atomic ticket after a fence) adds them:
+  one launch, no atomics on the data, deterministic. Softmax and softmax-xent give each row a
+  row of threads, reduced in shared memory; a loss value is reduced like db into a slot of a
+  preallocated ring (``launch.LOSS_RING``).
+- Precision: every kernel computes in its dtype (float literals and scalar arguments typed so,
+  ``scalar.specialise``). Only the loss totals and the partial sums stay float64, a few adds
+  per row or block; ``tests/kernels/test_kernels_ptx.py`` checks that nothing else is.
 """
 
 from __future__ import annotations
@@ -39,8 +32,8 @@ _NAN = math.nan
 
 
 # --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
-# Globals bound per kernel: value / grad (an activation), loss (an element loss), update (an
-# optimizer); the helpers above, exp_, log_, softmax_term, softmax_grad, xent_* to all.
+# Globals bound per kernel: value / grad (an activation), loss (an element loss); to all,
+# device.COMMON's (the block helpers, exp_, log_, softmax_term, softmax_grad, xent_*).
 
 def _bias_act_fwd(A, b, Z, keep_z, alpha):
     # the "cols" layout of _act_bwd: no per-element integer division to recover (i, j)
@@ -158,10 +151,8 @@ def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
             lse = mx + log_(s)  # noqa: F821
             c = scale * w[i] if has_w else scale
             t = T[i]
-            # a label outside [0, k) is never used as an index: its row's loss and gradient
-            # are NaN (as on the CPU), so the loss shows it
-            # (selected in the kernel's dtype, per element: a select on the float64 total
-            # would be float64 math in a float32 kernel)
+            # a label outside [0, k) is never an index: its row's loss and gradient are NaN,
+            # as on the CPU (set per element, in the kernel's dtype, not on the float64 total)
             ok = t >= 0 and t < k
             row = 0.0
             for j in range(tx, k, bx):  # grad may be L: each element read before written
@@ -265,11 +256,7 @@ def _check_act(table_key, act):
 
 @checks.checked("bias_act_fwd", checks.ArrayLike, True)
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
-    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
-
-    A: (n, m) float32/float64 matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it
-    when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise (a row per thread row).
-    """
+    """In place ``A <- act(A + b)`` (``Z <- A + b`` first when given); see ``reference``."""
     name = f"bias_act_fwd_{act}"
     _check_act(name, act)
     n, m = A.shape
@@ -292,11 +279,8 @@ def _same_buffer(a, b):
 
 @checks.checked("act_bwd", checks.ArrayLike, True)
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
-    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``: one launch (softmax: two).
-
-    G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
-    dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
-    """
+    """``dZ <- G * act'(.)``, ``db <- column sums of dZ``: one launch (softmax: two); see
+    ``reference.act_bwd``."""
     name = f"act_bwd_{act}"
     if act != "softmax":
         _check_act(name, act)
@@ -323,17 +307,9 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
 
 # --- losses --------------------------------------------------------------------------------------
 
-def _weight_arg(c, weight, like):
-    # an unused stand-in of the right type when there is no weight (has_w=False)
-    return weight if weight is not None else like[0]
-
-
 def softmax_xent(logits, target, grad, weight, scale):
-    """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` as a 0-d array; writes ``grad``.
-
-    logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
-    ``logits``; weight: (n,) or None; scale: float. The value stays on the device (no sync).
-    """
+    """Softmax cross-entropy into ``grad``; returns the loss as a 0-d device array (no sync);
+    see ``reference.softmax_xent``."""
     labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight,
                                               checks.ArrayLike, True)
     n, k = logits.shape
@@ -345,7 +321,8 @@ def softmax_xent(logits, target, grad, weight, scale):
         name = "softmax_xent_prob"
     grid, block = config(c, "rows", n, k)
     out = c.scalar_out(dt)
-    kernel(name, dt)(c, grid, block, logits, target, grad, _weight_arg(c, weight, grad),
+    # without a weight (has_w False) a row of grad stands in for it
+    kernel(name, dt)(c, grid, block, logits, target, grad, grad[0] if weight is None else weight,
                       weight is not None, dt.type(scale), c.scratch(grid[0] + 1),
                       c.counters(1), out)
     return out.reshape(())
@@ -359,9 +336,9 @@ def _elem_launch(name):
         out = c.scalar_out(pred.dtype)
         real = pred.dtype.type
         kernel(name, pred.dtype)(c, grid, block, pred, target, grad,
-                                  _weight_arg(c, weight, grad), weight is not None, real(scale),
-                                  real(param), c.scratch(grid[0] * grid[1] + 1), c.counters(1),
-                                  out)
+                                  grad[0] if weight is None else weight, weight is not None,
+                                  real(scale), real(param), c.scratch(grid[0] * grid[1] + 1),
+                                  c.counters(1), out)
         return out.reshape(())
     return launch
 

@@ -3,23 +3,22 @@ the current stream of the current device.
 
 - Each kernel is compiled on first use for exactly one signature per dtype (``cuda.jit(sig)``,
   from ``registry``), and then launched without the dispatcher's per-call type inference.
-- Launches go on the current stream of the current device: the backend's own stream and
-  device (``CUDABackend.scope()``, entered by every kernel-table entry). Each launch checks its
-  arrays' dtype, rank, C-contiguity and device against the signature, marshals the kernel
-  parameters itself (exactly numba-cuda's ``_prepare_args`` layout, built from CuPy's
-  attributes: no Numba device-array view, no ``__cuda_array_interface__`` dict) and calls
-  cuda.core's ``launch`` with a cached config, a cached cuda.core ``Stream`` per CuPy stream
-  and the kernel loaded once per device. That direct launch runs only on the numba-cuda
-  versions it was checked on (``DIRECT_LAUNCH_VERSIONS``), and each kernel's first launch
-  compares its parameters with numba-cuda's own; elsewhere, or on a difference (a warning),
-  numba-cuda's launch runs. Under the simulator the kernels get the arrays' host buffers
-  without a copy.
+- Launches go on the current stream of the current device (the backend's ``scope()``). Each
+  launch checks its arrays against the signature, marshals the kernel parameters itself
+  (numba-cuda's ``_prepare_args`` layout, from CuPy's attributes) and calls cuda.core's
+  ``launch`` with cached config, stream and loaded kernel. That direct launch runs only on the
+  numba-cuda versions it was checked on (``DIRECT_LAUNCH_VERSIONS``), and each kernel's first
+  launch compares its parameters with numba-cuda's own; elsewhere, or on a difference (a
+  warning), numba-cuda's launch runs. Under the simulator the kernels get the arrays' host
+  buffers without a copy.
 - ``Call`` holds a public call's device, stream and reused scratch: float64 partial sums,
   int32 ticket counters, and loss values in a preallocated ring per stream (``LOSS_RING``):
   no allocation per step.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from devnet.kernels.cuda import registry
@@ -53,20 +52,16 @@ def scalar_packers(sig):
 
 
 def marshal(packers, args, device=None):
-    """The kernel parameters numba-cuda's ``Kernel._prepare_args`` would pass for ``args``.
-
-    An array (C-contiguous, checked) becomes meminfo, parent, size, itemsize, data pointer,
-    shape, strides in bytes; a scalar its ctypes value. Built straight from CuPy's attributes:
-    no Numba device-array view, no ``__cuda_array_interface__`` dict, no typeof.
+    """The kernel parameters numba-cuda's ``Kernel._prepare_args`` would pass for ``args``,
+    built straight from CuPy's attributes: an array (C-contiguous, checked) becomes meminfo,
+    parent, size, itemsize, data pointer, shape, strides in bytes; a scalar its ctypes value.
     """
     out = []
     for pack, a in zip(packers, args):
         if pack is None:
             data = a.data
             if device is not None and data.device_id != device:
-                raise DataError(f"an array on cuda:{data.device_id} was passed to a kernel "
-                                f"launching on cuda:{device}; run it under its backend's "
-                                "scope()")
+                raise _wrong_device(a, device)
             out += (0, 0, a.size, a.itemsize, data.ptr, *a.shape, *a.strides)
         else:
             out.append(pack(a))
@@ -155,35 +150,27 @@ if not SIMULATOR:
     except ImportError as exc:  # numba-cuda's own launch is used instead
         DIRECT_LAUNCH_REASON = str(exc)
 
-_LAUNCH_CONFIGS: dict[tuple, object] = {}
 
-
+@functools.cache
 def _launch_config(grid, block):
-    cfg = _LAUNCH_CONFIGS.get((grid, block))
-    if cfg is None:
-        cfg = _LAUNCH_CONFIGS[(grid, block)] = Driver.LaunchConfig(
-            grid=grid, block=block, shmem_size=0, **{_COOPERATIVE: False})
-    return cfg
+    return Driver.LaunchConfig(grid=grid, block=block, shmem_size=0, **{_COOPERATIVE: False})
 
 
 class Kernel:
     """One kernel compiled for one dtype; launched without the dispatcher's type inference.
 
-    The direct launch skips the dispatcher's typing, so nothing would notice a float64 array
-    handed to a float32 kernel or a strided view read as contiguous: ``check`` does, from the
-    signature, before every launch (dtype, rank and C-contiguity: attribute reads only).
-    Its first launch compares devnet's parameters with numba-cuda's own for the same
-    arguments; on any difference the kernel goes through numba-cuda's launch from then on.
+    Nothing else would then notice a float64 array handed to a float32 kernel or a strided view
+    read as contiguous: ``check`` does, from the signature, before every launch. The first
+    launch compares devnet's parameters with numba-cuda's own; on any difference the kernel goes
+    through numba-cuda's launch from then on.
     """
 
     __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames", "packers", "cufuncs",
                  "direct")
 
     def __init__(self, name, dtype):
-        self._setup(name, registry.signature(name, FLOAT_TYPES[np.dtype(dtype)]),
-                    registry.pyfunc(name, dtype))
-
-    def _setup(self, name, sig, pyfunc):
+        sig = registry.signature(name, FLOAT_TYPES[np.dtype(dtype)])
+        pyfunc = registry.pyfunc(name, dtype)
         self.name = name
         self.arrays = array_specs(sig)
         self.packers = scalar_packers(sig)
@@ -253,6 +240,9 @@ class Kernel:
                         self.compiled._codelibrary.get_cufunc().kernel
                 Driver.launch(c.stream, _launch_config(grid, block), kernel, *params)
                 return
+        if SIMULATOR and not c.numpy:
+            self._simulated(c, grid, block, args)
+            return
         dev = c.dev
         kargs = list(args)
         for i, _, _ in self.arrays:
@@ -260,36 +250,40 @@ class Kernel:
         # numba-cuda's public launch: it converts its own stream object for cuda.core
         self.dispatcher[grid, block, c.numba_stream()](*kargs)
 
+    def _simulated(self, c, grid, block, args):
+        """Under the simulator, on the CuPy stand-in's arrays: a launch queued on the current
+        stream through the stand-in, which records it (arguments included) while that stream
+        captures a graph and runs it otherwise."""
+        from devnet.testing import cupy_graph
 
-_KERNELS: dict[tuple, Kernel] = {}
+        for i, _, _ in self.arrays:
+            if args[i].data.device_id != c.device:
+                raise _wrong_device(args[i], c.device)
+        arrays = {i for i, _, _ in self.arrays}
+
+        def run(host):
+            self.dispatcher[grid, block, 0](*(FakeCUDAArray(a) if i in arrays else a
+                                              for i, a in enumerate(host)))
+
+        cupy_graph.launch_kernel(self.name, grid, block, args, run)
 
 
+@functools.cache
 def kernel(name, dtype):
-    key = (name, dtype)
-    k = _KERNELS.get(key)
-    if k is None:
-        if np.dtype(dtype) not in FLOAT_TYPES:
-            raise DataError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
-        k = _KERNELS[key] = Kernel(name, dtype)
-    return k
+    """Kernel ``name`` for ``dtype``, compiled on first use."""
+    if np.dtype(dtype) not in FLOAT_TYPES:
+        raise DataError(f"CUDA kernels take float32 or float64 arrays, not {dtype}")
+    return Kernel(name, dtype)
 
 
 # --- launch configurations -----------------------------------------------------------------------
 
-_MAX_BLOCKS: dict[int, int] = {}
-
-
+@functools.cache
 def _max_blocks(device):
     """Most blocks a grid-stride kernel is given on ``device`` (SMs x BLOCKS_PER_SM)."""
-    top = _MAX_BLOCKS.get(device)
-    if top is None:
-        if SIMULATOR:
-            top = SIM_MAX_BLOCKS
-        else:
-            props = _cp().cuda.runtime.getDeviceProperties(device)
-            top = props["multiProcessorCount"] * BLOCKS_PER_SM
-        top = _MAX_BLOCKS[device] = top
-    return top
+    if SIMULATOR:
+        return SIM_MAX_BLOCKS
+    return _cp().cuda.runtime.getDeviceProperties(device)["multiProcessorCount"] * BLOCKS_PER_SM
 
 
 def _pow2_at_least(n, cap):
@@ -303,7 +297,8 @@ _CONFIGS: dict[tuple, tuple] = {}
 
 
 def config(c, kind, n, m=1):
-    """(grid, block) as 3-tuples for ``kind`` on ``n`` rows x ``m`` columns on ``c``'s device."""
+    """(grid, block) as 3-tuples for ``kind`` ("flat", "cols" or "rows") on ``n`` rows x ``m``
+    columns on ``c``'s device."""
     key = (c.device, kind, n, m)
     cfg = _CONFIGS.get(key)
     if cfg is not None:
@@ -317,12 +312,10 @@ def config(c, kind, n, m=1):
         gx = -(-m // tx)
         gy = max(1, min(-(-n // ty), max(1, top // gx)))
         cfg = ((gx, gy, 1), (tx, ty, 1))
-    elif kind == "rows":  # one row of threads per matrix row
+    else:  # "rows": one row of threads per matrix row
         tx = _pow2_at_least(m, NT)
         ty = NT // tx
         cfg = ((max(1, min(-(-n // ty), top)), 1, 1), (tx, ty, 1))
-    else:  # "one": a single block
-        cfg = ((1, 1, 1), (NT, 1, 1))
     if len(_CONFIGS) > 4096:
         _CONFIGS.clear()
     _CONFIGS[key] = cfg
@@ -403,24 +396,17 @@ class Call:
             _NUMBA_STREAMS[self.key] = stream
         return stream
 
-    def _wrong_device(self, a):
-        return DataError(f"an array on cuda:{a.data.device_id} was passed to a kernel "
-                         f"launching on cuda:{self.device}; run it under its backend's scope()")
-
     def dev(self, a):
         """``a`` as a kernel argument: a cached no-sync device view (CuPy) or, under the
-        simulator, the host buffer itself (no copy)."""
+        simulator, the NumPy array itself (the CuPy stand-in's launches go through
+        ``Kernel._simulated``)."""
         if SIMULATOR:
-            if self.numpy:
-                return FakeCUDAArray(a)
-            if a.data.device_id != self.device:
-                raise self._wrong_device(a)
-            return FakeCUDAArray(a._a)
+            return FakeCUDAArray(a)
         key = (a.data.ptr, a.shape, a.strides, a.dtype.char)
         d = _VIEWS.get(key)
         if d is None:
             if a.data.device_id != self.device:
-                raise self._wrong_device(a)
+                raise _wrong_device(a, self.device)
             if len(_VIEWS) > 4096:
                 _VIEWS.clear()
             # owner=None: the view holds no reference; the caller's array outlives the launch
@@ -465,3 +451,18 @@ class Call:
         turn = ring[0]
         ring[0] = (turn + 1) % LOSS_RING
         return ring[1][turn]
+
+
+def _wrong_device(a, device):
+    return DataError(f"an array on cuda:{a.data.device_id} was passed to a kernel launching on "
+                     f"cuda:{device}; run it under its backend's scope()")
+
+
+def in_loss_ring(ptr) -> bool:
+    """True when device pointer ``ptr`` is a loss value's slot (``Call.scalar_out``): the slot
+    a loss writes moves along its ring every call, by design."""
+    for ring in _OUTS.values():
+        first, last = ring[1][0], ring[1][-1]
+        if first.data.ptr <= ptr <= last.data.ptr:
+            return True
+    return False

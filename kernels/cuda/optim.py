@@ -1,5 +1,5 @@
-"""The CUDA kernels of the optimizers: the steps (by value and reading their scalars from
-``hyper``), ``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
+"""The CUDA kernels of the optimizers: the steps reading their scalars from ``hyper``,
+``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
 
 Same names and signatures as ``reference.py``. A step is one grid-stride launch over the flat
 buffers, all updated in place. The layout of ``hyper`` is ``table.hyper_layout``.
@@ -17,9 +17,10 @@ from devnet.kernels.table import decl
 from numba import cuda
 
 # --- kernel templates ----------------------------------------------------------------------------
-# The steps read g through ``grad_in(g[i], gs)``: ``norms.unscaled`` (g itself) in the
-# by-value kernels, which take no clip scale (gs, last, is passed 1 and unused), and
-# ``norms.scaled`` (g * gs, the clip's scale) in the hyper kernels' inlined copy (``step``).
+# The step loops with their scalars by value, as ``reference.py``'s oracle takes them; each
+# hyper kernel below inlines one as ``step`` (registered under the step's name, never launched
+# by devnet: the PTX tests compare the hyper kernel's math with it), reading g through
+# ``grad_in(g[i], gs)``: ``norms.scaled``, g times the clip's scale.
 
 def _sgd(p, g, lr, wd, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
@@ -59,11 +60,9 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad, gs):
             vmax[i] = vm
 
 
-# The same steps with their scalars read from ``hyper`` (float64, ``table.hyper_layout``): the
-# by-value template above, bound as ``step`` (an inlined device function, g read scaled),
-# fed from memory. Each thread reads the slots once (``S0``, ``S1``, ...: the slot of each of
-# the row's scalars, bound as constants; ``GS`` the gradient's scale) and casts them to the
-# kernel's type, as the by-value launch casts its arguments on the host.
+# The steps with their scalars read from ``hyper`` (``table.hyper_layout``) into the by-value
+# template above, bound as ``step`` (g read scaled). ``S0``, ``S1``, ...: the slot of each of
+# the row's scalars, ``GS`` the gradient's scale's, bound as constants.
 
 def _sgd_hyper(p, g, hyper):
     step(p, g, real(hyper[S0]), real(hyper[S1]), real(hyper[GS]))  # noqa: F821
@@ -128,22 +127,19 @@ def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, c
 
 
 # --- the registry: each kernel's arguments ------------------------------------------------------
-# A by-value step takes the entry's arguments (``table.ENTRIES``) and gs, the gradient's scale
-# (1, unused by value; the hyper kernels pass hyper's); a hyper step the entry's, with a flag
-# per buffer that only a scalar gates (RMSProp's has_mom). Scalars in the arrays' type (a
-# float64 would promote); hyper and the advance's table float64 whatever it is.
-
-_REDUCE = ("part[P] f64 rw", "count[C] i32 rw")
-
+# A by-value step takes the oracle's arguments (``table.step_decl``) and gs, the gradient's
+# scale (the hyper kernels pass hyper's); a hyper step the entry's, with a flag per buffer
+# that only a scalar gates (RMSProp's has_mom). Scalars in the arrays' type (a float64 would
+# promote); hyper and the advance's table float64 whatever it is.
 
 def _step_params(name):
     if name in table.STEP_HYPER:
         gated = table.gated_scalars(table.STEP_HYPER[name])
         return table.ENTRIES[name] + decl(*(f"has_{b} bool" for b, _ in gated))
-    return table.ENTRIES[name] + decl("gs")
+    return table.step_decl(name, hyper=False) + decl("gs")
 
 
-_CLIP = decl("g[N]", "hyper[H] f64 w", *_REDUCE)
+_CLIP = decl("g[N]", "hyper[H] f64 w", "part[P] f64 rw", "count[C] i32 rw")
 _L2 = decl("p[N]", "g[N] rw", "spans[S,2] i64", "alpha", "w[n]", "has_w bool", "count",
            "value[1]", "value_scale", "part[P] f64 rw", "counter[C] i32 rw", "out[1] w")
 _STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
@@ -161,14 +157,14 @@ def _hyper_globals(step_name):
     def extra(dt):
         slots = {f"S{k}": s for k, s in enumerate(table.hyper_slots(step_name))}
         step = pyfunc(step_name, dt, grad_in=N[dt].scaled)
-        return {"real": dt.type, **slots, "GS": table.HYPER_GSCALE,
+        return {**slots, "GS": table.HYPER_GSCALE,
                 "step": cuda.jit(device=True, inline="always")(step)}
     return extra
 
 
 def _reduction_globals(dt):
     f8 = np.dtype(np.float64)
-    return {"real": dt.type, "GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
+    return {"GSCALE": table.HYPER_GSCALE, "CLIP": table.HYPER_CLIP,
             # float64 for every dtype, and the rescaled sum for float64 g: see norms.clip_scale
             "clip_scale": N[f8].clip_scale, "unit_sq": N[f8].unit_sq, "WIDE": dt == np.float64}
 
@@ -188,21 +184,6 @@ register(table.L2_KERNEL, _l2_penalty, _L2, extra=_reduction_globals, tag=_NORMS
 
 # --- the kernel table: optimizer steps, one launch over the flat buffers, all updated in place --
 
-def _step_launch(name):
-    def launch(arrays, floats, flags):
-        p = arrays[0]
-        c = Call(p)
-        grid, block = config(c, "flat", p.size)
-        real = p.dtype.type  # float scalars in p's dtype (the kernel's signature)
-        kernel(name, p.dtype)(c, grid, block, *arrays, *[real(f) for f in floats], *flags,
-                               real(1.0))  # gs: unused by value (unscaled)
-    return launch
-
-
-for _name in table.STEPS:  # sgd_step, momentum_step, ..., adamw_step
-    globals()[_name] = checks.make_step(_name, _step_launch(_name), checks.ArrayLike, True)
-
-
 def _step_hyper_launch(name):
     def launch(arrays, hyper, flags, present):
         p = arrays[0]
@@ -216,11 +197,9 @@ for _name in table.STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
     globals()[_name] = checks.make_step_hyper(_name, _step_hyper_launch(_name),
                                               checks.ArrayLike, True)
 
-_ONE_THREAD = ((1, 1, 1), (1, 1, 1))
 
-
-def _advance_launch(hyper, table_):
-    kernel(table.ADVANCE_KERNEL, np.float64)(Call(hyper), *_ONE_THREAD, hyper, table_)
+def _advance_launch(hyper, table_):  # one thread
+    kernel(table.ADVANCE_KERNEL, np.float64)(Call(hyper), (1, 1, 1), (1, 1, 1), hyper, table_)
 
 
 opt_advance = checks.make_advance(_advance_launch, checks.ArrayLike)
@@ -247,5 +226,4 @@ def _l2_launch(p, g, spans, alpha, weight, count, value, value_scale):
 
 
 opt_clip = checks.make_clip(_clip_launch, checks.ArrayLike, True)
-l2_penalty = checks.make_l2(_l2_launch, checks.ArrayLike, True, device_value=True)
 l2_penalty = checks.make_l2(_l2_launch, checks.ArrayLike, True, device_value=True)

@@ -9,7 +9,7 @@ itself is caught by any tolerance.
 Not collected by pytest (no ``test_`` prefix). Run from the repository root::
 
     .venv/bin/python tests/mutation/devnet_mutate.py            # every mutation, a table
-    .venv/bin/python tests/mutation/devnet_mutate.py adam_step  # only these kernels
+    .venv/bin/python tests/mutation/devnet_mutate.py adam_step_hyper  # only these kernels
 
 Each mutation runs in its own pytest process that loads this file as a plugin
 (``-p devnet_mutate`` with ``DEVNET_MUTATION=kernel:output``); the plugin patches
@@ -44,15 +44,14 @@ OUTPUTS: dict[str, tuple] = {
     "bias_act_fwd": (("scale", "A"), ("scale", "Z")),
     "act_bwd": (("scale", "dZ"), ("scale", "db")),
     **{name: _LOSS for name in ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber", "poisson")},
-    **{name: tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
     # the deep-network kernels; ``out`` is written only when a residual R is given
     "layernorm_fwd": (("scale", "Y"), ("scale", "mean"), ("scale", "rstd")),
     "layernorm_bwd": (("scale", "dX"), ("scale", "dgamma"), ("scale", "dbeta")),
     "dropout_fwd": (("scale", "A"),),
     "bias_act_drop_fwd": (("scale", "A"), ("scale", "Z"), ("scale", "out")),
     "act_drop_bwd": (("scale", "dZ"), ("scale", "db")),
-    # the graph-ready optimizer: the step kernels reading their scalars from
-    # ``hyper`` (what training runs), the advance and the clip writing ``hyper``, the L2 term
+    # the optimizer: the step kernels reading their scalars from ``hyper`` (what training
+    # runs), the advance and the clip writing ``hyper``, the L2 term
     **{f"{name}_hyper": tuple(("delta", arg) for arg in args) for name, args in _STEPS.items()},
     "opt_advance": (("delta", "hyper"),),
     "opt_clip": (("delta", "hyper"),),
@@ -60,34 +59,35 @@ OUTPUTS: dict[str, tuple] = {
 }
 
 # which tests should catch a mutation of each kernel: (test file, -k expression)
-_KERNEL_TESTS = "tests/test_kernels_cpu.py"
-_DEEP_TESTS = "tests/test_deep.py"
-_HYPER_TESTS = "tests/test_optim_hyper.py"
-_L2_CLIP_TESTS = "tests/test_l2_clip.py"
+_KERNEL_TESTS = "tests/kernels/test_kernels_cpu.py"
+_DEEP_TESTS = "tests/model/test_deep.py"
+_HYPER_TESTS = "tests/optim/test_optim_hyper.py"
+_L2_CLIP_TESTS = "tests/kernels/test_l2_clip.py"
 SELECT: dict[str, list[tuple[str, str]]] = {
     "bias_act_fwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
     "act_bwd": [(_KERNEL_TESTS, "test_bias_act_fwd_and_bwd")],
     "softmax_xent": [(_KERNEL_TESTS, "test_softmax_xent")],
     **{name: [(_KERNEL_TESTS, f"test_elementwise_losses and {name}")]
        for name in ("sigmoid_bce", "mse", "mae", "huber", "poisson")},
-    **{name: [(_KERNEL_TESTS, "test_simple_steps and " + name)]
-       for name in ("sgd_step", "momentum_step", "nesterov_step")},
-    "rmsprop_step": [(_KERNEL_TESTS, "test_rmsprop_step")],
-    "adam_step": [(_KERNEL_TESTS, "test_adam_steps and adam_step")],
-    "adamw_step": [(_KERNEL_TESTS, "test_adam_steps and adamw_step")],
     **{name: [(_DEEP_TESTS, "test_layernorm_fused_matches_reference")]
        for name in ("layernorm_fwd", "layernorm_bwd")},
     "dropout_fwd": [(_DEEP_TESTS, "test_dropout_masks_are_bit_identical_and_have_the_rate")],
     **{name: [(_DEEP_TESTS, "test_activation_dropout_residual_fused_matches_reference")]
        for name in ("bias_act_drop_fwd", "act_drop_bwd")},
-    **{f"{name}_hyper": [(_HYPER_TESTS, "bit_identical or by_value_entry")] for name in _STEPS},
+    # the step tests run each in-place entry against the oracle's by-value step (the
+    # optimizer-level tests build their host-side oracle from the same, mutated, entry)
+    **{f"{name}_hyper": [(_KERNEL_TESTS, "test_simple_steps and " + name)]
+       for name in ("sgd_step", "momentum_step", "nesterov_step")},
+    "rmsprop_step_hyper": [(_KERNEL_TESTS, "test_rmsprop_step")],
+    "adam_step_hyper": [(_KERNEL_TESTS, "test_adam_steps and adam_step")],
+    "adamw_step_hyper": [(_KERNEL_TESTS, "test_adam_steps and adamw_step")],
     "opt_advance": [(_HYPER_TESTS, "bit_identical or thousands_of_steps or advance")],
     "opt_clip": [(_L2_CLIP_TESTS, "clip")],
     "l2_penalty": [(_L2_CLIP_TESTS, "l2")],
 }
 # the kernels a training step runs (relu/tanh/gelu MLP, cross-entropy, Adam): the end-to-end
 # parity test must catch these too, independently of the kernel tests
-PARITY = ("tests/test_parity.py", "test_fused_cpu_kernels_match_reference_step_by_step")
+PARITY = ("tests/kernels/test_parity.py", "test_fused_cpu_kernels_match_reference_step_by_step")
 PARITY_KERNELS = ("bias_act_fwd", "act_bwd", "softmax_xent", "adam_step_hyper", "opt_advance")
 # outputs the parity run never produces: Adam there runs without amsgrad (vmax is None)
 PARITY_NOT_RUN = ("adam_step_hyper:vmax",)

@@ -1,0 +1,153 @@
+"""Which engine runs fit's steps: Step's own Python path, one step per call; the compiled CPU
+epoch (``devnet.train.compiled``), one call per block of steps between the guard's checks; or,
+on CUDA, the step captured once as a CUDA graph and replayed per step (``devnet.train.graph``).
+
+``choose`` decides once per fit and says why; ``CompiledEpoch`` runs the blocks through the
+Step's plans (one for full batches, one for the partial last batch), splitting a block where
+the optimizer's table of per-step scalars needs a refill.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from devnet.errors import ConfigError, lookup
+from devnet.train import compiled
+from devnet.train import graph as graph_mod
+from devnet.train import plan as plan_mod
+
+ENGINES = ("auto", "python", "compiled", "graph")
+
+
+class Choice(NamedTuple):
+    """The engine fit runs (``name``: "python", "compiled" or "graph"), why, and what runs
+    it: ``runner`` the compiled epoch (its blocks), or ``step`` the per-step callable (the
+    Step, or its GraphStep)."""
+
+    name: str
+    reason: str
+    runner: object = None
+    step: object = None
+
+
+def check_engine(engine) -> str:
+    return lookup({e: e for e in ENGINES}, engine, "engine")
+
+
+def _refuse(engine: str, reason: str):
+    raise ConfigError(f"engine={engine!r} cannot run this fit: {reason}; use engine='auto' "
+                      "(falls back to the Python step) or 'python'")
+
+
+def choose(engine: str, step, feed, batch_size: int, blockers=(), weighted: bool = False,
+           batch_weight: str = "share", step_index: bool = False) -> Choice:
+    """The engine for ``fit(engine=...)``: "python" runs Step per step; "compiled" the
+    compiled CPU epoch and "graph" the CUDA graph, each a ConfigError naming the reason where
+    it cannot; "auto" whichever of the two the device has, where it can. ``blockers``: the
+    caller's reasons against the compiled epoch (callbacks per batch, data parallelism);
+    ``weighted``: the batches carry sample weights; ``batch_weight``: how the compiled epoch
+    weighs a batch's loss in the running sum (``CompiledEpoch``); ``step_index``: the caller
+    gives ``runner.run`` each block's step index (``CompiledEpoch.run``'s ``index``), which
+    keys the dropout masks: without it a model with dropout runs the Python step."""
+    engine = check_engine(engine)
+    if engine == "python":
+        return Choice("python", "engine='python' was asked for", step=step)
+    on_gpu = getattr(step.model.backend, "graph_reason", None) is not None  # CUDA backends
+    if engine == "graph" or (engine == "auto" and on_gpu):
+        ok, why = graph_mod.graph_eligible(step, weighted)
+        if ok:
+            return Choice("graph", why, step=graph_mod.GraphStep(step, batch_size))
+        if engine == "graph":
+            _refuse(engine, why)
+        return Choice("python", why, step=step)
+    reason = next((b for b in blockers if b), None) or plan_mod.unsupported(step) or \
+        compiled.unavailable(step.model.backend)
+    if reason is None and not step_index and any(plan_mod.dropped(step)):
+        reason = (f"dropout={step.model.dropout}: the caller does not give the compiled "
+                  "epoch the step index that keys the masks")
+    if reason is None and not isinstance(getattr(feed, "X", None), np.ndarray):
+        reason = "the data is staged batch by batch, not held in host arrays"
+    if reason is not None:
+        if engine == "compiled":
+            _refuse(engine, reason)
+        return Choice("python", reason, step=step)
+    return Choice("compiled", "every op of the step is in the compiled plan",
+                  CompiledEpoch(step, feed, batch_size, batch_weight), step)
+
+
+class CompiledEpoch:
+    """Runs steps of an epoch (positions in its order) with the compiled driver.
+
+    ``feed``: the epoch's data (``DeviceFeed``: host arrays, on the CPU used in place);
+    ``batch_size``: the full batch; the last, partial batch has a plan of its own size.
+    ``batch_weight``: each batch's loss in ``step.running`` is weighted by "share" (its rows
+    over batch_size: 1 for a full batch; fit's Python loop) or "rows" (its row count: the
+    estimators' sum of per-sample losses).
+    """
+
+    BATCH_WEIGHTS = ("share", "rows")
+
+    def __init__(self, step, feed, batch_size: int, batch_weight: str = "share"):
+        self.step, self.feed = step, feed
+        self.n = feed.n
+        # a batch of fewer rows (the last, or the only one when batch_size > n) adds its loss
+        # weighted by its share of batch_size, as fit's Python loop does
+        self.batch_size = batch_size
+        self.batch_weight = lookup({k: k for k in self.BATCH_WEIGHTS}, batch_weight,
+                                   "batch_weight")
+        self.full = self.n // batch_size  # full batches per epoch; then one of n % bs rows
+        self._plans: dict = {}
+
+    def _plan(self, rows: int):
+        opt = self.step.optimizer
+        clip = opt._clip is not None  # after the sync: whether opt_clip runs
+        plan = self._plans.get(rows)
+        if plan is None or plan.optimizer is not opt or \
+                any(op.kind == "clip" for op in plan.ops) != clip or \
+                plan.buffers["p"] is not self.step.model.params:
+            feed = self.feed
+            plan = self._plans[rows] = plan_mod.build(self.step, rows, feed.X, feed.y, feed.w)
+        return plan
+
+    def _weight(self, rows: int) -> float:
+        if self.batch_weight == "rows":
+            return float(rows)
+        return 1.0 if rows == self.batch_size else rows / self.batch_size
+
+    def run(self, order, first: int, count: int, index: int = 0) -> None:
+        """Steps ``first .. first + count - 1`` of the epoch whose sample order is ``order``
+        (None: 0..n-1); each adds its loss to ``step.running`` weighted as ``batch_weight``
+        says (by default its batch's share of a full batch, as fit's Python loop does).
+        ``index``: step ``first``'s index (Step's ``index``, fit's global step count): step
+        ``first + k`` draws the dropout masks Step draws at index + k."""
+        order = plan_mod.order_array(order, self.n)
+        opt, model = self.step.optimizer, self.step.model
+        s, end = first, first + count
+        with model.backend.scope():
+            while s < end:
+                left = plan_mod.steps_left(opt)  # syncs the optimizer's device copy
+                if s < self.full:
+                    k = min(end, self.full) - s
+                    k = min(k, left)
+                    plan = self._plan(self.batch_size)
+                    compiled.run_compiled(plan, order, s * self.batch_size, k,
+                                          self._weight(plan.n), index + s - first)
+                else:  # the partial last batch
+                    k = 1
+                    plan = self._plan(self.n - self.full * self.batch_size)
+                    compiled.run_compiled(plan, order, self.full * self.batch_size, 1,
+                                          self._weight(plan.n), index + s - first)
+                s += k
+        # the model's last forward is the plan's: backward / layer_outputs read it (with
+        # dropout or deep blocks: its masks' keys and each layer's input, as
+        # Passes._forward_deep leaves them)
+        buf = plan.buffers
+        model._X, model._n, model._keys = buf.get("xs", buf["x"]), plan.n, None
+        if "step_index" in buf or model._deep:
+            model._keys = plan_mod.dropout_keys(self.step, index + end - 1 - first)
+            model._row0 = 0
+            model._work[plan.n].inputs = [model._X] + [
+                buf[f"R{i}" if layer.residual else f"A{i}"]
+                for i, layer in enumerate(model.layers[:-1])]
