@@ -50,7 +50,15 @@ N = {c: norms.compiled(njit(inline="always"), dt) for c, dt in DTYPES.items()}
 # keeps exp's Cody-Waite reduction x - k*ln2_hi - k*ln2_lo intact: with "nsz" it was folded to
 # x - k*ln2, and exp lost accuracy growing with |x| (4.5 ulp at 88 in float32, 211 ulp at 700 in
 # float64, against 1.0 and 2.3 without), at no measured speed difference.
-FASTMATH = frozenset({"reassoc", "contract", "arcp"})
+# Without "arcp" a division stays a division. With it, a kernel's bits depended on where it
+# was compiled: the compiled epoch's driver, loaded from the disk cache before the process had
+# built the kernels, ran its own copy of each, re-optimised with the driver, and LayerNorm's
+# row means came out 1 ulp apart from the same kernel called from Python (87 of 180 float32
+# fits, up to 1.8e-7 after 3 epochs; 0 of 180 without "arcp"; step time within noise).
+FASTMATH = frozenset({"reassoc", "contract"})
+FLAGS_TAG = "fm_" + "_".join(sorted(FASTMATH))
+"""The flags in each kernel's cache name: Numba's disk cache keys on the defining file, not on
+the compile options, so a change of flags must rename the kernels."""
 
 
 def build(template, tag, dtype, **funcs):
@@ -59,14 +67,14 @@ def build(template, tag, dtype, **funcs):
     A clone per (op, scalar function, dtype) rather than a closure: Numba never finds a closure
     over a dispatcher in its on-disk cache (the pickled dispatcher carries a per-process uuid).
     The cache name carries the dtype (the clones share their bytecode, which the cache index
-    keys on) and ``scalar.SOURCE_TAG``, so editing scalar.py recompiles.
+    keys on), ``scalar.SOURCE_TAG``, so editing scalar.py recompiles, and ``FLAGS_TAG``.
     """
     ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dtype}, dtype)
     kernels = []
     for parallel in (False, True):
         fn = scalar.specialise(template, ns, dtype)
         fn.__qualname__ = (f"{tag}_{np.dtype(dtype).name}_{'par' if parallel else 'ser'}_"
-                           f"{scalar.SOURCE_TAG}")
+                           f"{scalar.SOURCE_TAG}_{FLAGS_TAG}")
         kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy",
                             fastmath=set(FASTMATH))(fn))
     return tuple(kernels)

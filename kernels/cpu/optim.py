@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from devnet.kernels import checks, norms, scalar, table
 from devnet.kernels import hyper as _hyper
-from devnet.kernels.cpu.build import COMMON, DTYPES, FASTMATH, N, S, build, char, pick
+from devnet.kernels.cpu.build import COMMON, DTYPES, FASTMATH, FLAGS_TAG, N, S, build, char, pick
 from numba import njit, prange
 
 # The step loops take their scalars by value; they read g through ``grad_in(g[i], gs)``:
@@ -159,7 +159,8 @@ def _reduction(template, tag):
                  "WIDE": c == "d"}
         ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dt}, dt)
         fn = scalar.specialise(template, ns, dt)
-        fn.__qualname__ = f"{tag}_{np.dtype(dt).name}_{_hyper.LAYOUT_TAG}_{norms.SOURCE_TAG}"
+        fn.__qualname__ = (f"{tag}_{np.dtype(dt).name}_{_hyper.LAYOUT_TAG}_{norms.SOURCE_TAG}_"
+                           f"{FLAGS_TAG}")
         out[c] = njit(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))(fn)
     return out
 

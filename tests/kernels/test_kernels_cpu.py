@@ -26,7 +26,7 @@ TOL = {np.float32: dict(rtol=1e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol
 @pytest.fixture(params=["serial", "parallel"])
 def mode(request, monkeypatch):
     """Run each kernel both below and above the parallel threshold."""
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1 << 62 if request.param == "serial" else 0)
+    monkeypatch.setattr(cpu.build, "PARALLEL_MIN", 1 << 62 if request.param == "serial" else 0)
     return request.param
 
 

@@ -250,7 +250,7 @@ def test_data_parallel_dropout_shard_masks_equal_the_whole_batchs_rows(table, dt
     """A shard (rows r0..r0+k-1 of a batch, ``row0=r0``) gets the whole batch's masks there:
     the ranks of a data-parallel step drop what one process would."""
     kernels = reference if table == "reference" else kcpu
-    monkeypatch.setattr(kcpu, "PARALLEL_MIN", 0 if table == "parallel" else 1 << 62)
+    monkeypatch.setattr(kcpu.build, "PARALLEL_MIN", 0 if table == "parallel" else 1 << 62)
     n, m = int(rng.integers(40, 90)), int(rng.integers(3, 40))
     r0 = int(rng.integers(1, n - 5))
     k = int(rng.integers(1, n - r0 + 1))
