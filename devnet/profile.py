@@ -351,12 +351,12 @@ def _engine(step, X, y, repeats: int, timed: bool):
     n, be = len(X), step.model.backend
     copies = repeats + 1 if timed else 1
     feed = make_feed(be, np.concatenate([X] * copies), np.concatenate([y] * copies), None, n)
-    chosen = choose("auto", step, feed, n)
+    chosen = choose("auto", step, feed, n, step_index=True)  # fit gives the step index
     if not timed or chosen.runner is None:
         return chosen.name, chosen.reason, None
     chosen.runner.run(None, 0, 1)  # compiles the driver
     clock = be.clock()
-    chosen.runner.run(None, 1, repeats)
+    chosen.runner.run(None, 1, repeats, index=1)
     return chosen.name, chosen.reason, clock.elapsed() / repeats
 
 

@@ -409,10 +409,23 @@ def test_profile_says_which_engine_fit_runs(rng):
                      ceilings=ceil, compiled=True)
     assert rep.engine == "compiled" and rep.compiled_step_s > 0
     assert "fit's engine: compiled" in str(rep) and rep.to_dict()["engine"] == "compiled"
+    # dropout: fit gives the compiled epoch the step index that keys the masks
     rep = dn.profile(dn.MLP([6, 7, 5, 3], backend="cpu", dropout=0.2), X, y, repeats=2,
-                     warmup=1, ceilings=ceil)
-    assert rep.engine == "python" and "dropout" in rep.engine_reason
+                     warmup=1, ceilings=ceil, compiled=True)
+    assert rep.engine == "compiled" and rep.compiled_step_s > 0
+
+    class Stepwise(dn.optim.Adam):
+        def step(self):
+            super().step()
+
+    model = dn.MLP([6, 7, 5, 3], backend="cpu")
+    rep = dn.profile(model, X, y, optimizer=Stepwise(model.parameters()), repeats=2,
+                     warmup=1, ceilings=ceil, compiled=True)
+    assert rep.engine == "python" and "overrides step()" in rep.engine_reason
     assert rep.compiled_step_s is None
+    X, y = digits_like(rng, n=40)  # and fit runs what profile says it runs
+    assert dn.fit(model, X, y, optimizer=Stepwise(model.parameters()), epochs=1,
+                  progress=False).params["engine"] == "python"
 
 
 def test_engine_compiled_on_an_ineligible_fit_is_a_config_error(rng):
