@@ -166,21 +166,6 @@ class DataWarning(UserWarning):
     """A data file was read with a change worth knowing (a pandas index column dropped)."""
 
 
-#: the dtypes the loaders return X (and regression targets) in
-DTYPES = ("float32", "float64")
-
-
-def _float_dtype(dtype) -> np.dtype:
-    """``dtype`` ("float32", "float64" or the NumPy types) as a np.dtype, or a ConfigError."""
-    try:
-        dt = np.dtype(dtype) if dtype is not None else None
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ConfigError(f"dtype = {dtype!r}: valid dtypes: {', '.join(DTYPES)}")
-    return dt
-
-
 def _cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """Float64 ``a`` as ``dtype``, or a DataError where a value lies beyond its range (it would
     become inf)."""
@@ -205,7 +190,7 @@ def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
     ``dtype`` for regression; None when ``with_target`` is False. ``target_column``,
     ``header`` and ``columns`` apply to CSV files only (see ``load_csv``).
     """
-    dtype = _float_dtype(dtype)
+    dtype = validation.float_dtype("dtype", dtype)
     if columns is not None and not str(spec).lower().endswith(".csv"):
         raise ConfigError(f"columns = {columns!r} selects CSV columns by name; {str(spec)!r} "
                           "is no .csv file (leave columns out)")
@@ -395,7 +380,7 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
     is dropped with a ``DataWarning`` (column indices then count without it); any other
     column without a name is a DataError.
     """
-    dtype = _float_dtype(dtype)
+    dtype = validation.float_dtype("dtype", dtype)
     path = _open_file(path)
     rows, lines, names, skipped = _read_table(path, header)
     width = len(rows[0])
@@ -477,7 +462,7 @@ def load_npz(path, task: str = "auto", with_target: bool = True, dtype="float32"
     X as ``dtype`` (float32 by default, or float64); y as in ``load_dataset`` (None when
     ``with_target`` is False). Never unpickles.
     """
-    dtype = _float_dtype(dtype)
+    dtype = validation.float_dtype("dtype", dtype)
     path = _open_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:

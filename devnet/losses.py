@@ -25,9 +25,6 @@ from devnet.errors import ConfigError, DataError, lookup
 from devnet.kernels.reference import get_xp
 from devnet.targets import TARGETS, cast, class_labels_or_probs, class_target
 
-# Prediction dtypes the fused kernels compute in; ``loss(...)`` also takes float16 (widened).
-PRED_DTYPES = ("float32", "float64")
-
 
 def _as_array(name: str, a, xp):
     """``a`` as an ``xp`` array; lists / tuples are converted; a DataError if that fails."""
@@ -135,11 +132,11 @@ class Loss:
         if not isinstance(pred, xp.ndarray):
             raise DataError(f"{self.name}: pred must be a NumPy or CuPy array, got "
                             f"{type(pred).__name__} (loss(pred, target) also takes lists)")
-        if pred.dtype.name not in PRED_DTYPES:
+        if pred.dtype.name not in validation.FLOAT_DTYPES:
             hint = (" (integer predictions would get an integer gradient; are pred and target "
                     "swapped?)" if pred.dtype.kind in "biu" else "")
             raise DataError(f"{self.name}: predictions must be floating point, one of "
-                            f"{', '.join(PRED_DTYPES)}; got {pred.dtype}{hint}")
+                            f"{', '.join(validation.FLOAT_DTYPES)}; got {pred.dtype}{hint}")
         if pred.ndim != 2:
             raise DataError(f"{self.name}: predictions must be 2-D (n, k), got shape "
                             f"{tuple(pred.shape)}")

@@ -20,6 +20,9 @@ from devnet.errors import ConfigError, DataError
 from devnet.kernels.reference import get_xp
 from devnet.targets import bounds, check_class_labels, whole
 
+#: the float dtypes models, data loaders and losses work in
+FLOAT_DTYPES = ("float32", "float64")
+
 # Largest integer every integer up to which a float type represents exactly.
 _EXACT_INT = {np.dtype("float32"): 2**24, np.dtype("float64"): 2**53}
 
@@ -29,6 +32,18 @@ class DataConversionWarning(UserWarning):
 
 
 # --- hyper-parameters -----------------------------------------------------------------------
+
+def float_dtype(name: str, value) -> np.dtype:
+    """``value`` ("float32", "float64" or the NumPy types) as a native-order np.dtype (the
+    kernels cannot type '>f8'), or a ConfigError naming the valid ones."""
+    try:
+        dt = None if value is None else np.dtype(value)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ConfigError(f"{name} = {value!r}: valid dtypes: {', '.join(FLOAT_DTYPES)}")
+    return np.dtype(dt.name)
+
 
 def real(value) -> bool:
     """Whether ``value`` is a finite real number (NumPy's too), not a bool."""

@@ -25,7 +25,6 @@ from devnet.nn.dense import Dense, ParameterList
 from devnet.nn.passes import Passes
 from devnet.nn.usage import Usage
 
-DTYPES = ("float32", "float64")
 BLOCKS = ("plain", "residual")
 NORMS = (None, "layernorm")
 
@@ -74,7 +73,7 @@ class MLP(Passes):
         sizes = _check_sizes(layer_sizes)
         hidden = _check_activations(activation, len(sizes) - 2)
         activations.get(output_activation)
-        dtype = _check_dtype(dtype)
+        dtype = validation.float_dtype("dtype", dtype)
         initializers.get(init)
         seed = validation.seed("seed", seed)
         if not (_is_finite_real(alpha) and alpha >= 0):
@@ -327,16 +326,6 @@ def _check_activations(activation, n_hidden: int) -> list[str]:
     for name in hidden:
         activations.get(name, hidden=True)
     return hidden
-
-
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        dt = None if dtype is None else np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
-    return np.dtype(dt.name)  # native byte order: the kernels cannot type '>f8'
 
 
 def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
