@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet import validation
 from devnet.backend import Backend, get_backend
 from devnet.backend.host import detach as _detach
 from devnet.backend.host import to_numpy
@@ -123,7 +124,7 @@ def export_parameters(model, to: str | None = None) -> dict:
     memory with the model (writing to them changes the model); JAX arrays are immutable.
     """
     wrap = {None: lambda a: a, "torch": to_torch, "jax": to_jax}
-    _check_model(model)
+    validation.check_model(model)
     if not (to is None or isinstance(to, str)) or to not in wrap:  # a list is unhashable
         raise ConfigError(f"unknown export target {to!r}; valid targets: None, jax, torch")
     return {p.name: wrap[to](p.data) for p in model.parameters()}
@@ -197,7 +198,7 @@ def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
     first layer so that a plain Linear stack computes the same function:
     ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean / scale) @ W).
     """
-    _check_model(model)
+    validation.check_model(model)
     if model.block != "plain" or model.norm is not None:
         raise ConfigError(f"only plain MLPs export as a Linear stack; this model has "
                           f"block={model.block!r}, norm={model.norm!r}")
@@ -209,13 +210,6 @@ def _host_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
         layers[0] = ((W / scale[:, None]).astype(model.dtype),
                      (b - (mean / scale) @ W).astype(model.dtype))
     return layers
-
-
-def _check_model(model) -> None:
-    from devnet.nn import MLP
-
-    if not isinstance(model, MLP):
-        raise ConfigError(f"expected a devnet MLP, got {type(model).__name__}")
 
 
 def _parse_sequential(modules) -> tuple[list, list[str], float]:

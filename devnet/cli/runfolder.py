@@ -34,11 +34,6 @@ def run_extra(values: dict) -> dict:
     return {k: values[k] for k in RUN_EXTRA if k in values}
 
 
-def save_api():
-    """devnet.io: checkpoints and atomic writes."""
-    return dn_io
-
-
 def same_file(a, b) -> bool:
     """Whether paths ``a`` and ``b`` name one existing file (links and ``..`` resolved)."""
     try:
@@ -47,21 +42,10 @@ def same_file(a, b) -> bool:
         return False
 
 
-def _name_max(path: Path) -> int:
-    """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
-    existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
-    for folder in (path, *path.parents):
-        # AttributeError: no os.pathconf (Windows)
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            if folder.is_dir():
-                return os.pathconf(folder, "PC_NAME_MAX")
-    return 255
-
-
 def check_name_lengths(path: Path, what: str, remedy: str) -> None:
     """UsageError unless every name in ``path`` fits the file system's limit: the OSError
     would otherwise come when writing, after the work (training) is done."""
-    limit = _name_max(path)
+    limit = dn_io.files.name_max(path)
     for part in path.parts:
         size = len(os.fsencode(part))
         if size > limit:

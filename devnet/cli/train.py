@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devnet import io as dn_io
 from devnet.callbacks import ModelCheckpoint
 from devnet.cli.config import (
     CONFIG_SCHEMA,
@@ -32,7 +33,6 @@ from devnet.cli.runfolder import (
     run_extra,
     run_files,
     run_json,
-    save_api,
     write_run,
 )
 from devnet.errors import ConfigError, DataError
@@ -184,7 +184,7 @@ def _train(args, folder: RunFolder) -> int:
     # every epoch: the resumable state, atomically; run.json (the config --resume checks)
     # first, so that a folder with an epoch on disk always says what run it holds
     saver = EpochCheckpoint(out / LAST, run_extra(run),
-                            lambda: save_api().atomic_write(out / "run.json", run_json(run)))
+                            lambda: dn_io.atomic_write(out / "run.json", run_json(run)))
     callbacks = ([dn.GradientFlow()] if train_cfg["gradient_flow"] else []) + [saver]
     if args.overwrite and root:  # the previous run's files go only now that all checks passed
         for path in run_files(out, cfg["output"], previous):
@@ -192,7 +192,7 @@ def _train(args, folder: RunFolder) -> int:
     folder.replacing = False
     resumed = None
     if args.resume:
-        resumed = (save_api().read_metadata(out / LAST).get("train_state") or {}).get("epoch")
+        resumed = (dn_io.read_metadata(out / LAST).get("train_state") or {}).get("epoch")
     t0 = time.perf_counter()
     # a first Ctrl-C also lets a finished run write its final files: else --resume would find
     # every epoch done and no model.safetensors

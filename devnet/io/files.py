@@ -92,7 +92,7 @@ def check_save_path(path: str | os.PathLike) -> Path:
     if not is_dir:
         raise CheckpointError(f"cannot save checkpoint to {shown!r}: folder "
                               f"{str(folder)!r} does not exist")
-    limit = _name_max(folder)
+    limit = name_max(folder)
     size = len(os.fsencode(path.name))
     if size > limit:
         raise CheckpointError(f"cannot save checkpoint to {shown!r}: its file name is {size} "
@@ -120,11 +120,15 @@ def check_save_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _name_max(folder: Path) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or not said
-        return _NAME_MAX
+def name_max(path: Path) -> int:
+    """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
+    existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
+    for folder in (path, *path.parents):
+        # AttributeError: no os.pathconf (Windows)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if folder.is_dir():
+                return os.pathconf(folder, "PC_NAME_MAX")
+    return _NAME_MAX
 
 
 def _write_failed(path: Path, exc: OSError, size: int | None = None) -> str:
@@ -151,7 +155,7 @@ def save_path(path) -> Path:
 def _temp_prefix(folder: Path, name: str) -> str:
     """``.<name>.``, ``name`` shortened so that the whole temporary name fits the folder's
     limit (a target name the folder takes must not fail for its temporary file)."""
-    room = _name_max(folder) - _TMP_EXTRA
+    room = name_max(folder) - _TMP_EXTRA
     return f".{os.fsdecode(os.fsencode(name)[:room])}."
 
 
