@@ -61,23 +61,33 @@ class Op(NamedTuple):
         return dict(self.attrs)[name]
 
 
-class StepPlan(NamedTuple):
+class StepPlan:
     """The ops of one step over ``buffers`` (name -> array) for batches of ``n`` rows.
 
     ``structure``: what a compiled executor is built from (the ops, the arrays' dtypes and
-    ranks), the same for every batch size. ``optimizer``: whose ``hyper`` / table the step
-    reads (the table is re-read at each run: a refill replaces it).
+    ranks), the same for every batch size; computed once, with its hash (a run looks its
+    driver up by it). ``optimizer``: whose ``hyper`` / table the step reads (the table is
+    re-read at each run: a refill replaces it).
     """
 
-    n: int
-    ops: tuple
-    buffers: dict
-    optimizer: object
+    __slots__ = ("n", "ops", "buffers", "optimizer", "structure")
 
-    @property
-    def structure(self) -> tuple:
-        arrays = tuple((k, v.dtype.str, v.ndim) for k, v in sorted(self.buffers.items()))
-        return (self.ops, arrays)
+    def __init__(self, n: int, ops: tuple, buffers: dict, optimizer):
+        self.n, self.ops, self.buffers, self.optimizer = n, ops, buffers, optimizer
+        arrays = tuple((k, v.dtype.str, v.ndim) for k, v in sorted(buffers.items()))
+        self.structure = _Structure((ops, arrays))
+
+
+class _Structure(tuple):
+    """A plan's structure, its hash computed once (ops hash field by field, every run)."""
+
+    def __new__(cls, items):
+        self = super().__new__(cls, items)
+        self._hash = tuple.__hash__(self)
+        return self
+
+    def __hash__(self):
+        return self._hash
 
 
 # --- eligibility ---------------------------------------------------------------------------
