@@ -47,6 +47,22 @@ def unavailable(backend) -> str | None:
     return None
 
 
+def parallel_reason(step, batch_size: int) -> str | None:
+    """Why the compiled epoch would not give ``step``'s results: its driver runs the serial
+    kernels, while the Python step takes the parallel ones (whose sums are split in chunks,
+    so they round otherwise) for operands of ``PARALLEL_MIN`` elements and more
+    (``devnet.kernels.cpu.set_parallel_min``); None where no operand reaches it."""
+    from devnet.kernels.cpu import build
+
+    model = step.model
+    largest = max(batch_size * max(model.layer_sizes), model.params.size)
+    if build.PARALLEL_MIN <= largest:
+        return (f"kernels go parallel from {build.PARALLEL_MIN} elements (set_parallel_min) "
+                f"and this step has operands of {largest}; the compiled epoch runs serial "
+                "kernels, whose sums round otherwise")
+    return None
+
+
 # --- the drivers' disk cache -----------------------------------------------------------------
 # A driver takes seconds of Numba per plan structure. Its module is written to a file named by
 # the hash of its text, of the sources of everything it inlines (the kernels, this module, the

@@ -63,7 +63,7 @@ def choose(engine: str, step, feed, batch_size: int, blockers=(), weighted: bool
             _refuse(engine, why)
         return Choice("python", why, step=step)
     reason = next((b for b in blockers if b), None) or plan_mod.unsupported(step) or \
-        compiled.unavailable(step.model.backend)
+        compiled.unavailable(step.model.backend) or compiled.parallel_reason(step, batch_size)
     if reason is None and not step_index and any(plan_mod.dropped(step)):
         reason = (f"dropout={step.model.dropout}: the caller does not give the compiled "
                   "epoch the step index that keys the masks")
@@ -101,15 +101,15 @@ class CompiledEpoch:
         self._plans: dict = {}
 
     def _plan(self, rows: int):
-        opt = self.step.optimizer
-        clip = opt._clip is not None  # after the sync: whether opt_clip runs
-        plan = self._plans.get(rows)
-        if plan is None or plan.optimizer is not opt or \
-                any(op.kind == "clip" for op in plan.ops) != clip or \
-                plan.buffers["p"] is not self.step.model.params:
+        # rebuilt where the step's model, loss or optimizer changed what a plan takes from
+        # them (a callback between epochs setting the input scaling, a new clip_norm)
+        key = plan_mod.inputs_key(self.step)
+        got = self._plans.get(rows)
+        if got is None or not plan_mod.same_inputs(got[0], key):
             feed = self.feed
-            plan = self._plans[rows] = plan_mod.build(self.step, rows, feed.X, feed.y, feed.w)
-        return plan
+            got = self._plans[rows] = (key, plan_mod.build(self.step, rows, feed.X, feed.y,
+                                                           feed.w))
+        return got[1]
 
     def _weight(self, rows: int) -> float:
         if self.batch_weight == "rows":
@@ -122,7 +122,18 @@ class CompiledEpoch:
         says (by default its batch's share of a full batch, as fit's Python loop does).
         ``index``: step ``first``'s index (Step's ``index``, fit's global step count): step
         ``first + k`` draws the dropout masks Step draws at index + k."""
+        steps = self.full + (self.n % self.batch_size > 0)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                   for v in (first, count)) or first < 0 or count < 0 or first + count > steps:
+            raise ConfigError(f"steps first={first!r}, count={count!r}: the epoch has steps "
+                              f"0..{steps - 1} ({self.n} samples in batches of "
+                              f"{self.batch_size})")
         order = plan_mod.order_array(order, self.n)
+        if order.shape != (self.n,) or self.n and not 0 <= order.min() <= order.max() < self.n:
+            raise ConfigError(f"order must hold {self.n} sample indices in 0..{self.n - 1} "
+                              "(the driver reads the rows it names unchecked)")
+        if count == 0:
+            return
         opt, model = self.step.optimizer, self.step.model
         s, end = first, first + count
         with model.backend.scope():

@@ -27,6 +27,7 @@ the step is warmed up and captured again.
 from __future__ import annotations
 
 from devnet.errors import ConfigError
+from devnet.train import plan
 
 
 def graph_eligible(step, weighted: bool = False) -> tuple[bool, str]:
@@ -47,6 +48,9 @@ def graph_eligible(step, weighted: bool = False) -> tuple[bool, str]:
     if step.hooks:
         return False, ("Step hooks (such as the data-parallel gradient sum) run host code "
                        "between the stages")
+    overrides = plan.step_overrides(step)
+    if overrides:  # host code in the step, run once at capture and never at a replay
+        return False, f"{type(step).__name__} overrides the Step's {', '.join(overrides)}"
     if step.training and model.dropout > 0:
         return False, ("dropout's masks are keyed by the step count, a kernel argument the "
                        "host passes every step")
@@ -100,13 +104,18 @@ class GraphStep:
 
     def _key(self):
         """What the captured launches depend on besides the fixed buffers' contents (the work
-        buffers by identity: ``_work`` holds the captured ones, so the id is never reused)."""
+        buffers by identity: ``_work`` holds the captured ones, so the id is never reused; the
+        input scaling's arrays by address, as the graph reads them; the leaky slope and the
+        loss's parameters, kernel arguments)."""
         model, opt = self.step.model, self.step.optimizer
         table = opt._table
+        scaling = tuple(None if a is None else a.data.ptr
+                        for a in (model._dev_mean, model._dev_scale))
         return (model.params.data.ptr, model.grads.data.ptr, opt.hyper.data.ptr,
                 None if table is None else (table.data.ptr, table.shape),
                 opt._clip is None, tuple(b.data.ptr for b in opt.state.values()),
-                id(model._work.get(self.batch_size)), self.step.running.data.ptr)
+                id(model._work.get(self.batch_size)), self.step.running.data.ptr, scaling,
+                model.alpha, tuple(self.step.loss.params().items()))
 
     def __call__(self, x, y, w=None, index: int = 0, weight: float = 1.0, rows=None,
                  row0: int = 0):

@@ -46,6 +46,7 @@ from devnet import optim as optim_mod
 from devnet.errors import ConfigError
 from devnet.kernels import scalar
 from devnet.kernels import table as ktable
+from devnet.kernels.reference import get_xp
 from devnet.train import blas
 
 
@@ -102,7 +103,7 @@ def _declares(obj) -> bool:
     return callable(getattr(obj, "plan_ops", None))
 
 
-def _step_overrides(step) -> list[str]:
+def step_overrides(step) -> list[str]:
     """The Step methods ``type(step)`` overrides (a plain Step: none)."""
     from devnet.train.step import Step
 
@@ -119,7 +120,7 @@ def unsupported(step) -> str | None:
     if opaque:
         return (f"Step hooks ({', '.join(opaque)}) run Python code every step (they declare "
                 "no plan_ops)")
-    overrides = _step_overrides(step)
+    overrides = step_overrides(step)
     if overrides and not _declares(step):
         return (f"the Step subclass {type(step).__name__} overrides "
                 f"{', '.join(overrides)} and declares no plan_ops")
@@ -200,6 +201,9 @@ def build(step, n: int, X, y, w) -> StepPlan:
         target = "yk"
     if has_w:
         ops.append(Op("normalise", ("w", "wn")))
+    # the loss's checks that read no data (a Huber delta that is 0 in pred's dtype): the
+    # Python step runs them at every call, a plan once, when it is built
+    loss._check_arrays(buf[pred], None, buf["grad"], None, get_xp(buf[pred]))
     kernel = loss.kernel
     labels = kernel in ktable.LABEL_LOSSES and y.ndim == 1
     param = next(iter(loss.params().values()), 1.0)
@@ -260,6 +264,25 @@ def dropped(step) -> list:
     if not (step.training and model.dropout > 0):
         return [0.0] * len(model.layers)
     return [float(layer.dropout) for layer in model.layers]
+
+
+def inputs_key(step) -> tuple:
+    """What a plan (or a captured graph) takes from ``step`` besides its buffers' contents and
+    a caller may change between runs (a callback between epochs): the flat parameters, the
+    optimizer and its clipping, the input scaling's arrays, the dropout seed and rates, the
+    leaky slope, the loss's parameters. Compare two with ``same_inputs``."""
+    model, opt = step.model, step.optimizer
+    return (model.params, opt, opt is not None and opt._clip is not None, model._dev_mean,
+            model._dev_scale, model.dropout_seed, tuple(dropped(step)), model.alpha,
+            tuple(step.loss.params().items()))
+
+
+def same_inputs(a: tuple, b: tuple) -> bool:
+    """Whether two ``inputs_key``s are the same: arrays and objects by identity (the key
+    holds them, so no other array can take their place), numbers by value."""
+    return len(a) == len(b) and all(
+        x is y or (isinstance(x, (int, float, tuple)) and type(x) is type(y) and x == y)
+        for x, y in zip(a, b))
 
 
 def dropout_keys(step, index: int) -> list:

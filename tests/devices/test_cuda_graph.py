@@ -329,6 +329,10 @@ def test_eligibility_reasons(rng):
     def step_of(model, **kw):
         return Step(model, "mse", dn.optim.SGD(model.parameters(), lr=0.1), **kw)
 
+    class Recording(Step):  # host code in a stage: it would run once, at the capture
+        def output_grad(self, *args, **kwargs):
+            return super().output_grad(*args, **kwargs)
+
     plain = dn.MLP([3, 4, 2], backend="cuda", seed=0)
     assert graph_eligible(step_of(plain)) == (True, "captured once per batch size, replayed "
                                                     "per step")
@@ -337,6 +341,8 @@ def test_eligibility_reasons(rng):
         "sample weights": (step_of(plain), True),
         "Step hooks": (step_of(plain, hooks=[StepHook()]), False),
         "no optimizer": (Step(plain, "mse"), False),
+        "overrides output_grad": (Recording(plain, "mse", dn.optim.SGD(plain.parameters())),
+                                  False),
         "reference kernels": (step_of(dn.MLP([3, 4, 2], seed=0, backend=dn.get_backend(
             "cuda", kernels="reference"))), False),
     }

@@ -642,3 +642,78 @@ def test_a_driver_module_names_every_kernel_it_calls(rng):
         model, opt_, loss_, X, y, w = make(rng, *case, sizes=[3, 4, 4, 2])
         texts.add(codegen.source(plan_mod.build(Step(model, loss_, opt_), 4, X, y, w))[0])
     assert len(texts) == 5
+
+
+# --- what the compiled epoch must see as the Python step does ---------------------------------
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_a_huber_delta_that_is_zero_in_float32_is_refused_by_both_engines(rng, engine):
+    X = rng.normal(size=(20, 3)).astype(np.float32)
+    y = rng.normal(size=(20, 2)).astype(np.float32)
+    model = dn.MLP([3, 4, 2], seed=int(rng.integers(1 << 30)), backend="cpu")
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match="huber delta=1e-50 is 0 in float32"):
+        dn.fit(model, X, y, loss=dn.losses.Huber(delta=1e-50), epochs=1, batch_size=8,
+               engine=engine, progress=False, train_metrics=False)
+    assert np.array_equal(model.params, before)
+
+
+def test_parallel_kernels_leave_fit_to_the_python_step(rng, monkeypatch):
+    # the driver runs the serial kernels; the Python step's parallel ones split their sums
+    from devnet.kernels.cpu import build
+
+    X, y = digits_like(rng, n=60)
+    model = dn.MLP([6, 16, 3], backend="cpu")
+    monkeypatch.setattr(build, "PARALLEL_MIN", int(rng.integers(1, 16 * 16)))
+    hist = dn.fit(model, X, y, epochs=1, batch_size=16, progress=False)
+    assert hist.params["engine"] == "python"
+    assert "set_parallel_min" in hist.params["engine_reason"]
+    with pytest.raises(ConfigError, match="set_parallel_min"):
+        dn.fit(model, X, y, epochs=1, batch_size=16, progress=False, engine="compiled")
+    monkeypatch.setattr(build, "PARALLEL_MIN", max(model.params.size, 16 * 16) + 1)  # above all
+    assert dn.fit(model, X, y, epochs=1, batch_size=16,
+                  progress=False).params["engine"] == "compiled"
+
+
+class Rescale(dn.Callback):
+    """Sets the model's input scaling after the first epoch, its leaky slope after the
+    second."""
+
+    def on_epoch_end(self, epoch, logs):
+        model = self.trainer.model
+        if epoch == 0:
+            model.set_input_scaling(np.full(model.n_in, 0.5), np.full(model.n_in, 2.0))
+        elif epoch == 1:
+            model.alpha = 0.2
+
+
+def test_a_callback_changing_the_model_between_epochs_is_seen_by_the_compiled_epoch(rng):
+    X, y = digits_like(rng, n=int(rng.integers(40, 80)))
+    seed = int(rng.integers(1 << 30))
+    (mp, hp), (mc, hc) = [
+        (model, dn.fit(model, X, y, engine=name, epochs=3, batch_size=8, progress=False,
+                       seed=seed, callbacks=[Rescale()]))
+        for name in ("python", "compiled")
+        for model in [dn.MLP([6, 7, 5, 3], activation="leaky_relu", seed=seed,
+                             backend="cpu")]]
+    assert (hp.params["engine"], hc.params["engine"]) == ("python", "compiled")
+    assert mc.alpha == 0.2 and mc._dev_mean is not None
+    assert equal(mp.params, mc.params)
+    assert equal(hp.history["loss"], hc.history["loss"])
+
+
+def test_a_compiled_epoch_refuses_steps_and_orders_outside_its_epoch(rng):
+    X, y = digits_like(rng, n=20)
+    model = dn.MLP([6, 5, 3], backend="cpu")
+    step = Step(model, "cross_entropy", dn.optim.Adam(model.parameters()))
+    runner = engine.CompiledEpoch(step, make_feed(model.backend, X, y, None, 5), 5)
+    before = model.params.copy()
+    for order, first, count in ((None, 3, 2), (None, -1, 1), (None, 0, -1), (None, 0.5, 1),
+                                (np.arange(19), 0, 1), (np.arange(1, 21), 0, 1)):
+        with pytest.raises(ConfigError, match="steps first|order must hold"):
+            runner.run(order, first, count)
+    runner.run(None, 2, 0)  # no steps: nothing runs
+    assert np.array_equal(model.params, before)
+    runner.run(rng.permutation(20), 0, 4)
+    assert not np.array_equal(model.params, before)
+    plan_mod.steps_left(step.optimizer)
