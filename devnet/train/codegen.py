@@ -176,7 +176,14 @@ def _add(em, op, a):
 def _normalise(em, op, a):
     w, wn = (a[n] for n in op.args)
     k = em.kernel("_c.pairwise()")
-    em.emit(f"m = {k}({w}, 0, {w}.shape[0]) / {w}.shape[0]")
+    if em.dtype[op.args[0]] == "float64":  # NumPy's pairwise sum over the whole array
+        em.emit(f"m = {k}({w}, 0, {w}.shape[0]) / {w}.shape[0]")
+    else:  # cast in buffers of np.getbufsize() elements: each summed pairwise, in turn
+        em.emit("m = 0.0")
+        em.emit(f"buf = np.int64({em.const(np.getbufsize())})")
+        em.emit(f"for lo in range(0, {w}.shape[0], buf):")
+        em.emit(f"    m += {k}({w}, lo, min(buf, {w}.shape[0] - lo))")
+        em.emit(f"m = m / {w}.shape[0]")
     em.emit("m = m if m > 0 else 1.0")
     em.emit(f"for i in range({w}.shape[0]):")
     em.emit(f"    {wn}[i] = np.float64({w}[i]) / m")
@@ -297,8 +304,9 @@ _ADVANCE = None
 
 
 def _pairwise_py(a, lo, n):
-    # NumPy's pairwise summation (``np.add.reduce`` of one block of up to 8192 elements, in
-    # float64): the driver's mean of the batch weights is then the one losses.py takes.
+    # NumPy's pairwise summation of a[lo:lo + n] in float64 (``np.add.reduce``'s inner loop
+    # over one contiguous run): the driver's mean of the batch weights is then the one
+    # losses.py takes (``_normalise``).
     # NumPy recurses (halves cut at a multiple of 8 down to blocks of 128 at most, left +
     # right); here the same tree walked with a stack: a cached Numba function that calls a
     # recursive one crashed when loaded from the disk cache (Numba 0.68).

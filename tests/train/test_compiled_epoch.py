@@ -717,3 +717,25 @@ def test_a_compiled_epoch_refuses_steps_and_orders_outside_its_epoch(rng):
     runner.run(rng.permutation(20), 0, 4)
     assert not np.array_equal(model.params, before)
     plan_mod.steps_left(step.optimizer)
+
+
+def test_the_driver_averages_float32_weights_as_numpy_does(rng):
+    # NumPy sums float32 weights cast to float64 in buffers of np.getbufsize() elements
+    # (8192), not in one pairwise tree: a batch over a buffer's length, weights of every scale
+    n = int(rng.integers(2 * 8192 + 1, 40000))
+    X, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 1))
+    w = np.empty(n, np.float32)
+    model = dn.MLP([2, 1], dtype="float64", backend="cpu")
+    opt = dn.optim.SGD(model.parameters(), lr=0.1)
+    runs = []
+    for run in (plan_mod.run_python, compiled.run_compiled):
+        m, o = twin(model, opt)
+        runs.append((run, plan_mod.build(Step(m, "mse", o), n, X, y, w), o))
+    for _ in range(8):  # about a third of such draws differed in the mean's last bit
+        w[:] = rng.random(n) * 2.0 ** rng.integers(-30, 30, n)
+        got = []
+        for run, plan, o in runs:
+            plan_mod.steps_left(o)
+            run(plan, None, 0, 1)
+            got.append(plan.buffers["wn"].copy())
+        assert np.array_equal(got[0], got[1])
