@@ -267,8 +267,10 @@ def _run_suites(args, suites, backend, gpu, settings, threads, torch, sklearn) -
     # thread pools as they stand after the runs (Numba's layer is only known after one ran)
     results["meta"]["threads"] = env.threads(threads if torch else None)
     results["meta"]["loadavg_end"] = env.loadavg()
+    others = env.other_share(results["meta"]["cpu_start"], env.cpu_clock(), env.cores())
+    results["meta"]["other_cpu_share"] = others
     results["meta"]["quiet"], results["meta"]["quiet_reason"] = env.quiet(
-        results["meta"]["loadavg_start"], results["meta"]["loadavg_end"], env.cores())
+        results["meta"]["loadavg_start"], others, env.cores())
     results["targets"] = report.check_targets(results)
     results["targets_not_measured"] = report.not_measured(results)
 

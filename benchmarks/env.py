@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import socket
+import time
 
 import devnet as dn
 
@@ -105,9 +106,36 @@ def device_info(backend) -> dict:
             "kernels": getattr(backend.kernels, "source", "?")}
 
 
-# A run is "quiet" only when the 1-minute load average, at start and at end, stays below this
-# fraction of the usable cores: beyond it other work competes for the cores being measured.
+# A run is "quiet" only when, before it, the 1-minute load average and, during it, the CPU time
+# of every other process stay below this fraction of the usable cores: beyond it other work
+# competes for the cores being measured. (The load average at the end counts the run's own
+# threads: a 2-thread run on 2 cores ends near 2 with nothing else running.)
 QUIET_LOAD_PER_CORE = 0.25
+
+
+def cpu_clock() -> dict | None:
+    """The machine's busy CPU seconds (``/proc/stat``), this process's own and its waited-for
+    children's, and a wall clock: ``other_share`` of two such readings is the other processes'
+    share of the cores between them. None where ``/proc/stat`` cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    t = os.times()
+    return {"busy_s": (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"),
+            "own_s": t.user + t.system + t.children_user + t.children_system,
+            "wall_s": time.monotonic()}
+
+
+def other_share(start: dict | None, end: dict | None, n_cores: int) -> float | None:
+    """The fraction of ``n_cores`` that other processes kept busy from ``start`` to ``end``
+    (``cpu_clock`` readings), or None where either is missing."""
+    if not start or not end or end["wall_s"] <= start["wall_s"]:
+        return None
+    other = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return max(0.0, other) / ((end["wall_s"] - start["wall_s"]) * n_cores)
 
 
 def cores() -> int:
@@ -129,17 +157,24 @@ def blas_threads_full() -> list[dict]:
     return list(tpc.threadpool_info()) if tpc is not None else []
 
 
-def quiet(load_start: list[float] | None, load_end: list[float] | None,
+def quiet(load_start: list[float] | None, others: float | None,
           n_cores: int) -> tuple[bool | None, str]:
-    """(quiet?, why): None when the load average cannot be read on this platform."""
-    if load_start is None:
-        return None, "load average unavailable on this platform"
-    limit = QUIET_LOAD_PER_CORE * n_cores
-    worst = max(load_start[0], load_end[0] if load_end else 0.0)
-    if worst > limit:
-        return False, (f"NOT quiet: 1-min load average reached {worst:.2f} on {n_cores} cores "
-                       f"(quiet means <= {limit:.2f}); other work skewed these figures")
-    return True, f"quiet: 1-min load average <= {worst:.2f} on {n_cores} cores"
+    """(quiet?, why) from the 1-minute load average before the run and ``others``, the other
+    processes' share of the cores during it (``other_share``); None when neither can be read."""
+    if load_start is None and others is None:
+        return None, "neither the load average nor the CPU times can be read on this platform"
+    limit = QUIET_LOAD_PER_CORE
+    if load_start is not None and load_start[0] > limit * n_cores:
+        return False, (f"NOT quiet: the 1-min load average was {load_start[0]:.2f} on "
+                       f"{n_cores} cores at the start (quiet means <= {limit * n_cores:.2f}); "
+                       "other work skewed these figures")
+    if others is not None and others > limit:
+        return False, (f"NOT quiet: other processes kept {others:.0%} of the {n_cores} cores "
+                       f"busy during the run (quiet means <= {limit:.0%}); other work skewed "
+                       "these figures")
+    said = [] if load_start is None else [f"1-min load average {load_start[0]:.2f} at start"]
+    said += [] if others is None else [f"other processes {others:.0%} of the cores during it"]
+    return True, f"quiet: {', '.join(said)} ({n_cores} cores)"
 
 
 def machine() -> dict:
@@ -168,6 +203,7 @@ def meta(backend, quick: bool, argv: list[str], torch_threads: int | None) -> di
         **device_info(backend),
         "quick": quick,
         "loadavg_start": loadavg(),
+        "cpu_start": cpu_clock(),
         "argv": list(argv),
         "versions": versions(),
         "threads": threads(torch_threads),

@@ -243,11 +243,24 @@ def test_report_targets_on_synthetic_results():
 
 
 def test_run_is_not_called_quiet_under_load():
-    assert env.quiet([0.1, 0.1, 0.1], [0.2, 0.1, 0.1], 2)[0] is True
-    ok, why = env.quiet([0.1, 0.1, 0.1], [3.5, 1.0, 0.5], 2)
-    assert ok is False and "NOT quiet" in why and "3.50" in why
-    assert env.quiet([1.2, 1, 1], [0.0, 0, 0], 4)[0] is False
+    assert env.quiet([0.1, 0.1, 0.1], 0.05, 2)[0] is True
+    ok, why = env.quiet([0.1, 0.1, 0.1], 0.6, 2)  # other processes during the run
+    assert ok is False and "NOT quiet" in why and "60%" in why
+    ok, why = env.quiet([1.2, 1, 1], 0.0, 4)  # a loaded machine at the start
+    assert ok is False and "1.20" in why
+    assert env.quiet(None, 0.1, 2)[0] is True and env.quiet([0.1] * 3, None, 2)[0] is True
     assert env.quiet(None, None, 2)[0] is None
+
+
+def test_other_work_is_the_machines_busy_time_less_the_runs_own():
+    # 2 s on 2 cores: 4 busy core-seconds, 3 of them the run's (its threads, its children)
+    start = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0}
+    end = {"busy_s": 104.0, "own_s": 13.0, "wall_s": 52.0}
+    assert env.other_share(start, end, 2) == pytest.approx(0.25)
+    assert env.other_share(start, {**end, "own_s": 15.0}, 2) == 0.0  # never below 0
+    assert env.other_share(start, None, 2) is None
+    clock = env.cpu_clock()
+    assert clock is None or set(clock) == {"busy_s", "own_s", "wall_s"}
 
 
 def test_interleaved_settles_each_block_on_its_own_function(monkeypatch):
