@@ -390,4 +390,4 @@ def check_model(model) -> None:
     """A ConfigError unless ``model`` looks like a devnet MLP."""
     needed = ("forward", "backward", "params", "grads", "n_in", "n_out", "dtype", "backend")
     if not all(hasattr(model, a) for a in needed):
-        raise ConfigError(f"model must be a devnet MLP (dn.MLP), got {type(model).__name__}")
+        raise ConfigError(f"model must be a devnet MLP (devnet.MLP), got {type(model).__name__}")
