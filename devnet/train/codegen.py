@@ -181,8 +181,8 @@ def _normalise(em, op, a):
     else:  # cast in buffers of np.getbufsize() elements: each summed pairwise, in turn
         em.emit("m = 0.0")
         em.emit(f"buf = np.int64({em.const(np.getbufsize())})")
-        em.emit(f"for lo in range(0, {w}.shape[0], buf):")
-        em.emit(f"    m += {k}({w}, lo, min(buf, {w}.shape[0] - lo))")
+        em.emit(f"for j0 in range(0, {w}.shape[0], buf):")
+        em.emit(f"    m += {k}({w}, j0, min(buf, {w}.shape[0] - j0))")
         em.emit(f"m = m / {w}.shape[0]")
     em.emit("m = m if m > 0 else 1.0")
     em.emit(f"for i in range({w}.shape[0]):")

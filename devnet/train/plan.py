@@ -80,7 +80,8 @@ class StepPlan:
 
 
 class _Structure(tuple):
-    """A plan's structure, its hash computed once (ops hash field by field, every run)."""
+    """A plan's structure with its hash computed once: hashing it walks every field of every
+    op, and each run looks its driver up by it."""
 
     def __new__(cls, items):
         self = super().__new__(cls, items)
