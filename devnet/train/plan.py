@@ -78,6 +78,28 @@ class StepPlan:
         arrays = tuple((k, v.dtype.str, v.ndim) for k, v in sorted(buffers.items()))
         self.structure = _Structure((ops, arrays))
 
+    def rebound(self, **arrays) -> StepPlan:
+        """This plan over other arrays of the same dtypes and ranks in place of the named
+        buffers (a later fit's data set, its Step's ``running`` and dL/dpred); None: a
+        buffer the plan does not use (its ``W`` when unweighted)."""
+        buffers = dict(self.buffers)
+        for name, a in arrays.items():
+            old = buffers.get(name)
+            if (a is None) != (old is None) or a is not None and (
+                    a.dtype != old.dtype or a.ndim != old.ndim or a.shape[1:] != old.shape[1:]):
+                raise ConfigError(f"cannot rebind the plan's buffer {name!r}: it needs "
+                                  f"{_describe(old)}, got {_describe(a)}")
+            if a is not None:
+                buffers[name] = a
+        plan = object.__new__(StepPlan)
+        plan.n, plan.ops, plan.buffers, plan.optimizer = self.n, self.ops, buffers, self.optimizer
+        plan.structure = self.structure
+        return plan
+
+
+def _describe(a) -> str:
+    return "none" if a is None else f"{a.ndim}-d {a.dtype} rows of shape {a.shape[1:]}"
+
 
 class _Structure(tuple):
     """A plan's structure with its hash computed once: hashing it walks every field of every

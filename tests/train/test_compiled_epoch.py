@@ -739,3 +739,52 @@ def test_the_driver_averages_float32_weights_as_numpy_does(rng):
             run(plan, None, 0, 1)
             got.append(plan.buffers["wn"].copy())
         assert np.array_equal(got[0], got[1])
+
+
+def test_a_loop_of_fits_reuses_the_models_plans_on_each_fits_own_data(rng, monkeypatch):
+    # fit after fit of one model and optimizer: a fit whose Step matches the last one's
+    # (loss class, weighted or not) runs the kept plans rebound to its own data; every fit
+    # trains on its own data, weights and loss, as the Python step does
+    n = int(rng.integers(40, 80))
+    X1, y1 = digits_like(rng, n=n)
+    X2, y2 = digits_like(rng, n=n)
+    onehot = np.eye(3, dtype=np.float32)[y1]
+    w2 = rng.uniform(0.2, 1.0, n)
+    seed = int(rng.integers(1 << 30))
+    runs = [(X1, y1, {}), (X2, y2, {}), (X2, y2, {"sample_weight": w2}),
+            (X1, onehot, {"loss": "mse"}), (X1, y1, {})]
+    built = []
+    build = plan_mod.build
+    monkeypatch.setattr(plan_mod, "build", lambda *a: built.append(a[1]) or build(*a))
+    results = {}
+    for name in ("python", "compiled"):
+        model = dn.MLP([6, 7, 5, 3], seed=seed, backend="cpu")
+        opt = dn.optim.Adam(model.parameters(), lr=0.01)
+        losses = [dn.fit(model, X, y, optimizer=opt, engine=name, epochs=1, batch_size=16,
+                         progress=False, seed=seed, **kw).history["loss"][-1]
+                  for X, y, kw in runs]
+        results[name] = (model.params.copy(), losses)
+    assert equal(results["python"][0], results["compiled"][0])
+    assert equal(results["python"][1], results["compiled"][1])
+    # new plans for the first fit, the weighted one, the mse one and the last (its Step is
+    # the first's, but the kept plans are mse's by then); none for the second
+    sizes = [16] + [n % 16] * (n % 16 > 0)
+    assert sorted(built) == sorted(sizes * 4)
+
+
+def test_a_models_kept_plans_hold_no_data_and_die_with_it(rng):
+    import gc
+    import weakref
+
+    X, y = digits_like(rng, n=40)
+    X = np.ascontiguousarray(X, np.float32)  # trained on in place
+    model = dn.MLP([6, 7, 5, 3], seed=1, backend="cpu")
+    dn.fit(model, X, y, engine="compiled", epochs=1, batch_size=16, progress=False)
+    assert model in engine._KEPT
+    X_ref, model_ref = weakref.ref(X), weakref.ref(model)
+    del X, y
+    gc.collect()
+    assert X_ref() is None  # the data set is the fit's, not the model's
+    del model
+    gc.collect()
+    assert model_ref() is None
