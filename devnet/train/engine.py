@@ -45,7 +45,8 @@ def _refuse(engine: str, reason: str):
 
 
 def choose(engine: str, step, feed, batch_size: int, blockers=(), weighted: bool = False,
-           batch_weight: str = "share", step_index: bool = False) -> Choice:
+           batch_weight: str = "share", step_index: bool = False,
+           keep_plans: bool = False) -> Choice:
     """The engine for ``fit(engine=...)``: "python" runs Step per step; "compiled" the
     compiled CPU epoch and "graph" the CUDA graph, each a ConfigError naming the reason where
     it cannot; "auto" whichever of the two the device has, where it can. ``blockers``: the
@@ -53,7 +54,10 @@ def choose(engine: str, step, feed, batch_size: int, blockers=(), weighted: bool
     ``weighted``: the batches carry sample weights; ``batch_weight``: how the compiled epoch
     weighs a batch's loss in the running sum (``CompiledEpoch``); ``step_index``: the caller
     gives ``runner.run`` each block's step index (``CompiledEpoch.run``'s ``index``), which
-    keys the dropout masks: without it a model with dropout runs the Python step."""
+    keys the dropout masks: without it a model with dropout runs the Python step.
+    ``keep_plans``: keep the compiled epoch's plans for the model's next fit with the same
+    optimizer (where the optimizer is the user's: one the caller built is new at each call,
+    and plans over it would only hold its state)."""
     engine = check_engine(engine)
     if engine == "python":
         return Choice("python", "engine='python' was asked for", step=step)
@@ -77,23 +81,24 @@ def choose(engine: str, step, feed, batch_size: int, blockers=(), weighted: bool
             _refuse(engine, reason)
         return Choice("python", reason, step=step)
     return Choice("compiled", "every op of the step is in the compiled plan",
-                  CompiledEpoch(step, feed, batch_size, batch_weight), step)
+                  CompiledEpoch(step, feed, batch_size, batch_weight, keep_plans), step)
 
 
-# A model's plans, kept from one fit to the next (a loop of short fits: building an epoch's two
-# plans costs about a tenth of a digits epoch). Kept without the fit's data: each fit rebinds
-# its data set, its Step's running sum and dL/dpred. Only a plain Step's (a hook's buffers are
-# its own). A plan holds arrays and the optimizer, never the model: the model's death drops it.
+# A model's plans, kept from one fit to the next with the same optimizer (a loop of short fits:
+# building an epoch's two plans costs about a tenth of a digits epoch). Kept without the fit's
+# data: each fit rebinds its data set, its Step's running sum and dL/dpred. Only a plain
+# Step's (a hook's buffers are its own). A plan holds arrays and the optimizer, never the
+# model: the model's death drops it.
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEPT_LOCK = threading.Lock()
 
 
-def _kept_plan(step, rows: int, key: tuple, feed) -> plan_mod.StepPlan:
+def _kept_plan(step, rows: int, key: tuple, feed, keep: bool) -> plan_mod.StepPlan:
     """``step``'s plan for batches of ``rows`` over ``feed``'s data: the model's kept plan,
-    rebound, where its Step matched this one; else a new plan, then kept."""
+    rebound, where its Step matched this one; else a new plan, then kept if ``keep``."""
     data = {"X": feed.X, "Y": feed.y, "W": feed.w, "running": step.running.reshape(1),
             "grad": step.grad_buffer(rows)}
-    plain = not step.hooks and type(step) is Step
+    plain = keep and not step.hooks and type(step) is Step
     ident = (type(step.loss), step.training)
     with _KEPT_LOCK:
         kept = _KEPT.get(step.model, {}).get(rows) if plain else None
@@ -127,8 +132,9 @@ class CompiledEpoch:
 
     BATCH_WEIGHTS = ("share", "rows")
 
-    def __init__(self, step, feed, batch_size: int, batch_weight: str = "share"):
-        self.step, self.feed = step, feed
+    def __init__(self, step, feed, batch_size: int, batch_weight: str = "share",
+                 keep_plans: bool = False):
+        self.step, self.feed, self.keep_plans = step, feed, keep_plans
         self.n = feed.n
         # a batch of fewer rows (the last, or the only one when batch_size > n) adds its loss
         # weighted by its share of batch_size, as fit's Python loop does
@@ -144,7 +150,8 @@ class CompiledEpoch:
         key = plan_mod.inputs_key(self.step)
         got = self._plans.get(rows)
         if got is None or not plan_mod.same_inputs(got[0], key):
-            got = self._plans[rows] = (key, _kept_plan(self.step, rows, key, self.feed))
+            got = self._plans[rows] = (key, _kept_plan(self.step, rows, key, self.feed,
+                                                       self.keep_plans))
         return got[1]
 
     def _weight(self, rows: int) -> float:

@@ -315,7 +315,7 @@ def fit(model, X, y, loss="auto", optimizer="adam", epochs: int = 10, batch_size
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
                 model.backend.scope(), model.backend.thread_limits():
             _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every,
-                  progress, train_metrics, engine)
+                  progress, train_metrics, engine, keep_plans=opt is optimizer)
     except BaseException as exc:
         for cb in callbacks:
             cb.on_train_abort(exc)
@@ -405,7 +405,7 @@ def _per_step_callbacks(callbacks) -> str | None:
 
 
 def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every, progress,
-          train_metrics, engine="auto"):
+          train_metrics, engine="auto", keep_plans=False):
     model, loss, opt, history = trainer.model, trainer.loss, trainer.optimizer, trainer.history
     be = model.backend
     n, bs = len(X), trainer.batch_size
@@ -417,7 +417,8 @@ def _loop(trainer, X, y, sw, val, callbacks, steps_per_epoch, guard, guard_every
     val_y = None if val is None else (val[0], be.asarray(val[1]), val[2])
     ran = choose(engine, step, feed, bs, (
         None if dist is None else "data-parallel training (comm=...) all-reduces every step",
-        _per_step_callbacks(callbacks)), weighted=sw is not None, step_index=True)
+        _per_step_callbacks(callbacks)), weighted=sw is not None, step_index=True,
+        keep_plans=keep_plans)
     history.params.update(engine=ran.name, engine_reason=ran.reason)
     _log.log(logging.INFO if progress is True else logging.DEBUG,
              "fit runs the %s engine: %s", ran.name, ran.reason)

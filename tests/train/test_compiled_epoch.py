@@ -780,6 +780,9 @@ def test_a_models_kept_plans_hold_no_data_and_die_with_it(rng):
     X = np.ascontiguousarray(X, np.float32)  # trained on in place
     model = dn.MLP([6, 7, 5, 3], seed=1, backend="cpu")
     dn.fit(model, X, y, engine="compiled", epochs=1, batch_size=16, progress=False)
+    assert model not in engine._KEPT  # fit's own optimizer: new at the next fit
+    dn.fit(model, X, y, optimizer=dn.optim.SGD(model.parameters(), lr=0.1),
+           engine="compiled", epochs=1, batch_size=16, progress=False)
     assert model in engine._KEPT
     X_ref, model_ref = weakref.ref(X), weakref.ref(model)
     del X, y
