@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import datafiles
 from helpers.cli import one_line_error, run_cli
 
 import devnet as dn
@@ -34,25 +35,9 @@ def write_table(path, columns: dict, header=True, index=False):
     return path
 
 
-def write_config(path, dataset, out, data="", epochs=3, hidden=16, lr=0.05):
-    path.write_text(f"""
-[data]
-dataset = "{dataset}"
-test_size = 0.25
-{data}
-[model]
-hidden = [{hidden}]
-[optimizer]
-lr = {lr}
-[train]
-epochs = {epochs}
-batch_size = 16
-device = "cpu"
-progress = false
-[output]
-dir = "{out}"
-""")
-    return path
+def write_config(path, dataset, out, data="", epochs=3):
+    return datafiles.write_config(path, dataset, out, data=data, epochs=epochs, hidden=16,
+                                  batch_size=16)
 
 
 def separable(rng, n=120):

@@ -1,14 +1,21 @@
 """devnet's direct kernel launch, through the real cuda.core ``launch``, without a GPU.
 
-The launch must reach the driver call itself with nothing on the way (no warning, no
-conversion of a foreign stream object): with no driver here, that is cuda.core's
-"driver library not found" error, raised from ``cuLaunchKernelEx``. The direct launch runs
-only on the numba-cuda versions it was checked on, and a kernel whose parameters differ from
-numba-cuda's own goes through numba-cuda's launch instead, with a warning.
+devnet marshals kernel parameters itself (``kernels/cuda/launch.py``'s ``marshal``) instead of
+going through numba-cuda's launch. Each kernel of ``kernels/cuda/`` is launched through the
+real ``launch.Kernel`` on real CuPy arrays over made-up device memory (slices of larger arrays
+among them), as on a GPU up to the driver call: the parameters it hands to cuda.core must be
+numba-cuda's own ``_prepare_args`` for the same arguments, as the bytes cuda.core's
+``ParamHolder`` stores for the driver. The launch must reach the driver call itself with
+nothing on the way (no warning, no conversion of a foreign stream object): with no driver
+here, that is cuda.core's "driver library not found" error, raised from ``cuLaunchKernelEx``.
+The direct launch runs only on the numba-cuda versions it was checked on, and a kernel whose
+parameters differ from numba-cuda's own goes through numba-cuda's launch instead, with a
+warning. The stand-ins are in ``helpers/launch_fakes.py``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import traceback
 import warnings
@@ -25,7 +32,10 @@ pytest.importorskip("cuda.core")
 pytest.importorskip("cupy")
 
 from devnet.kernels.cuda import launch as kcuda  # noqa: E402
-from helpers.launch_fakes import STREAM_PTR, install  # noqa: E402
+from devnet.kernels.cuda import registry  # noqa: E402
+from helpers import ptx_targets as ptx  # noqa: E402
+from helpers.launch_fakes import STREAM_PTR, args_for, install  # noqa: E402
+from numba import types  # noqa: E402
 
 DriverNotFound = pytest.importorskip("cuda.pathfinder").DynamicLibNotFoundError
 
@@ -158,3 +168,67 @@ def test_numbas_parameters_are_compared_on_the_first_launch_only(fake_launch, rn
     for _ in range(3):
         k(kcuda.Call(args[0]), (1, 1, 1), (32, 1, 1), *args)
     assert len(prepared) == 5 and len(direct) == 3 and k.direct is True
+
+
+# (Kernel class, kernel name, dtype) of every kernel the package launches
+_TARGETS = [(kcuda.Kernel, label) for label, _, _ in
+            ptx.PTX_TARGETS + ptx.PTX_HYPER_TARGETS] + \
+    [(kcuda.Kernel, label) for label, _, _ in ptx.DEEP_PTX_TARGETS]
+
+
+def _param_bytes(holder, params):
+    """What cuda.core's ``ParamHolder`` stores for each parameter, read back."""
+    pointers = (ctypes.c_void_p * len(params)).from_address(holder.ptr)
+    out = []
+    for p, ptr in zip(params, pointers):
+        if isinstance(p, (bool, np.bool_)):
+            size = 1
+        elif isinstance(p, (int, float)):
+            size = 8  # intptr_t, double
+        elif isinstance(p, np.generic):
+            size = p.itemsize
+        else:
+            size = ctypes.sizeof(p)
+        out.append(ctypes.string_at(ptr, size))
+    return out
+
+
+def test_every_kernel_is_covered():
+    names = {label.split("[")[0] for _, label in _TARGETS}
+    assert set(registry.SPECS) == names
+    assert len(_TARGETS) == 2 * len(names) - 1  # opt_advance: float64 only
+
+
+@pytest.mark.parametrize("kernel_class, label", _TARGETS, ids=[t[1] for t in _TARGETS])
+def test_launch_parameters_are_numba_cudas_byte_for_byte(fake_launch, rng, monkeypatch,
+                                                         kernel_class, label):
+    from cuda.core import Stream
+    from cuda.core._kernel_arg_handler import ParamHolder
+
+    arrays, numba_launches = fake_launch
+    name, dtype = label[:-1].split("[")
+    sent = []
+    monkeypatch.setattr(kcuda.Driver, "launch", staticmethod(
+        lambda stream, config, kernel, *params: sent.append((stream, params))))
+    k = kernel_class(name, dtype)
+    args = args_for(k.compiled.signature, arrays, rng)
+    c = kcuda.Call(args[0])
+    k(c, (1, 1, 1), (32, 1, 1), *args)  # the first launch also checks against numba-cuda
+    assert k.direct is True and numba_launches == []
+    (stream, ours), = sent
+    assert isinstance(stream, Stream) and int(stream.handle) == STREAM_PTR
+    theirs = kcuda.numba_params(k.compiled, args, stream)
+    assert [type(p) for p in ours] == [type(p) for p in theirs]
+    assert _param_bytes(ParamHolder(list(ours)), ours) == \
+        _param_bytes(ParamHolder(theirs), theirs)
+    # each array's data pointer is where it starts (a view: past its base's first rows)
+    starts = [arrays.starts[id(a)] for a in args if id(a) in arrays.starts]
+    ptrs = []
+    i = 0
+    for t in k.compiled.signature.args:
+        if isinstance(t, types.Array):
+            ptrs.append(ours[i + 4])
+            i += 5 + 2 * t.ndim
+        else:
+            i += 1
+    assert ptrs == starts and i == len(ours)

@@ -21,14 +21,15 @@ def labelled(rng, n=24, d=2):
     return X, y
 
 
-def write_config(path, dataset, out, data="", epochs=1, optimizer="", schedule="", output=""):
+def write_config(path, dataset, out, data="", epochs=1, optimizer="", schedule="", output="",
+                 hidden=8, batch_size=8):
     path.write_text(f"""
 [data]
 dataset = "{dataset}"
 test_size = 0.25
 {data}
 [model]
-hidden = [8]
+hidden = [{hidden}]
 [optimizer]
 lr = 0.05
 {optimizer}
@@ -36,7 +37,7 @@ lr = 0.05
 {schedule}
 [train]
 epochs = {epochs}
-batch_size = 8
+batch_size = {batch_size}
 device = "cpu"
 progress = false
 [output]
