@@ -121,15 +121,18 @@ def _tag() -> str:
 
 def _module(text: str):
     """The driver module of ``text``: imported from its file in the cache directory (written
-    once, atomically: processes run side by side), or executed in memory where there is no
-    cache directory. (module namespace, its directory or None)."""
+    once, atomically: processes run side by side; a new one prunes the directory), or
+    executed in memory where there is no cache directory. (module namespace, its directory or
+    None)."""
     where = cache_dir()
     digest = hashlib.sha256((_tag() + "\0" + text).encode()).hexdigest()[:24]
     name = f"devnet_plan_{digest}"
     if where is not None:
         path = os.path.join(where, name + ".py")
         try:
+            _used(where, name)
             if _read(path) != text:  # absent (or not this text: written anew)
+                prune(where, MAX_DRIVERS - 1)
                 fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{name}-", suffix=".tmp")
                 try:
                     with os.fdopen(fd, "w") as fh:
@@ -164,6 +167,41 @@ def _module(text: str):
 
 
 _STAMP = 1_000_000_000.0  # the driver modules' modification time (2001-09-09)
+
+MAX_DRIVERS = 128
+"""Driver modules the disk cache keeps (with Numba's files, about 0.4 MB each): a new one
+removes the least recently used beyond it. A driver is marked used when a process first
+loads it (its ``.used`` file's time: the modules' own times are fixed, see ``_STAMP``)."""
+
+
+def _used(where: str, name: str) -> None:
+    with contextlib.suppress(OSError):
+        path = os.path.join(where, name + ".used")
+        with open(path, "a"):
+            pass
+        os.utime(path)
+
+
+def prune(where: str, keep: int = MAX_DRIVERS) -> list[str]:
+    """Remove the least recently used driver modules of the cache directory ``where`` beyond
+    ``keep``, with their Numba files; returns the names removed. Another process may be
+    loading one meanwhile: it then compiles it again, and nothing fails."""
+    def last_used(name):
+        try:
+            return os.stat(os.path.join(where, name + ".used")).st_mtime
+        except OSError:
+            return 0.0
+
+    names = sorted((os.path.basename(p)[:-3]
+                    for p in glob.glob(os.path.join(where, "devnet_plan_*.py"))),
+                   key=last_used, reverse=True)
+    gone = names[max(keep, 0):]
+    for name in gone:
+        for f in [os.path.join(where, name + ".py"), os.path.join(where, name + ".used"),
+                  *glob.glob(os.path.join(where, "__pycache__", name + ".*"))]:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+    return gone
 
 
 def _read(path: str) -> str | None:

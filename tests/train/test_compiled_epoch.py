@@ -563,12 +563,33 @@ def test_a_driver_compiled_in_one_process_is_loaded_from_disk_in_the_next(rng, t
     for info in cold:
         assert info["engine"] == "compiled" and info["drivers"] == drivers >= 1
         assert info["hits"] + info["misses"] == drivers and info["dir"] == str(cache)
-    assert any(p.name.endswith(".py") for p in cache.iterdir())
+    modules = {p.name[:-3] for p in cache.glob("devnet_plan_*.py")}
+    assert len(modules) == drivers and {p.name[:-5] for p in cache.glob("*.used")} == modules
     warm, err = finish_child(start_child(data, tmp_path / "p2.npy", cache))
     assert (warm["hits"], warm["misses"]) == (drivers, 0), warm
     got = [np.load(tmp_path / f"p{i}.npy") for i in range(3)]
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
     assert equal(got[2], python_params(spec))
+
+
+def test_the_disk_cache_keeps_the_most_recently_used_drivers(tmp_path):
+    pycache = tmp_path / "__pycache__"
+    pycache.mkdir()
+    names = [f"devnet_plan_{i:024x}" for i in range(5)]
+    for age, name in enumerate(names):  # names[4] used last
+        (tmp_path / f"{name}.py").write_text("")
+        for suffix in (".driver-22.py311.nbi", ".driver-22.py311.1.nbc"):
+            (pycache / f"{name}{suffix}").write_text("")
+        used = tmp_path / f"{name}.used"
+        used.write_text("")
+        os.utime(used, (1e9 + 10 * age, 1e9 + 10 * age))
+    (tmp_path / f"{names[1]}.used").unlink()  # never marked used: first to go
+    (tmp_path / "other.py").write_text("")
+    assert sorted(compiled.prune(str(tmp_path), keep=3)) == [names[0], names[1]]
+    left = {p.name.split(".")[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == {*names[2:], "other"}
+    assert len(list(pycache.iterdir())) == 6
+    assert compiled.prune(str(tmp_path), keep=3) == []
 
 
 # A fresh process fits residual LayerNorm models (one driver), with engine="compiled", before
