@@ -168,7 +168,7 @@ def _module(text: str):
 
 _STAMP = 1_000_000_000.0  # the driver modules' modification time (2001-09-09)
 
-MAX_DRIVERS = 128
+MAX_DRIVERS = 256
 """Driver modules the disk cache keeps (with Numba's files, about 0.4 MB each): a new one
 removes the least recently used beyond it. A driver is marked used when a process first
 loads it (its ``.used`` file's time: the modules' own times are fixed, see ``_STAMP``)."""
