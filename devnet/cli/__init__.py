@@ -73,7 +73,7 @@ def cmd_info(args) -> int:
 
 
 def _entry_point(module: str, what: str):
-    """``module.main``, importing the repository's ``benchmarks`` from a checkout if needed."""
+    """``module.main``, found in a source checkout if it is not installed (``benchmarks``)."""
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -209,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the run's TOML file")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--batch-size", type=int, dest="batch_size",
-                   help="override train.batch_size")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
     p.add_argument("--lr", type=float, help="override optimizer.lr")
     p.add_argument("--nproc", type=int,
                    help="override train.nproc: data-parallel ranks, launched under mpiexec")
@@ -258,8 +257,7 @@ _HANDLERS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "predict": 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``devnet`` command; returns the exit code (0, 1 or 2)."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv, rest = _split_forwarded(argv)
+    argv, rest = _split_forwarded(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)

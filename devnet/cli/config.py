@@ -1,7 +1,5 @@
-"""run.toml: its schema (every section, key, default and check), reading and validating it.
-
-Also what every part of the command shares: the exit codes and ``UsageError``.
-"""
+"""run.toml: its schema, reading and validating it; the command's exit codes and
+``UsageError``."""
 
 from __future__ import annotations
 
@@ -25,8 +23,8 @@ class UsageError(Exception):
     """Bad command-line usage or configuration: exit code 2."""
 
 
-#: every [section] of run.toml: key -> (default, check). A check is a name in ``_CHECKS`` or a
-#: tuple of choices; ``None`` defaults mean "not set".
+#: every [section] of run.toml: key -> (default, check: a name in ``_CHECKS`` or a tuple of
+#: choices)
 CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {
         "dataset": ("digits", "dataset"),
@@ -59,7 +57,6 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple]] = {
         "hosts": ("", "hosts"),  # "a,b" or a hostfile path; "" = this machine
     },
     "optimizer": {"name": ("adam", "optimizer"), "lr": (1e-3, "posfloat")},  # + its own args
-    # the table fit(schedule=) uses, so a name means the same in run.toml and in Python
     "schedule": {"name": ("constant", tuple(optim.schedules.NAMED))},  # + its own args
     "output": {
         "dir": ("runs/devnet", "str"),
@@ -97,8 +94,7 @@ def load_toml(path: Path) -> dict:
 
 @contextlib.contextmanager
 def _prefixed(prefix: str, placed: str):
-    """Prefixes a ConfigError raised inside with ``prefix``, unless its message starts with
-    ``placed`` (it already says where it comes from)."""
+    """Prefixes a ConfigError raised inside with ``prefix``, unless it starts with ``placed``."""
     try:
         yield
     except ConfigError as exc:
@@ -128,7 +124,6 @@ def loss_task(loss: str) -> str:
 # Each check takes (where, value) and returns the value to keep, or raises a ConfigError.
 
 def _expect(accepts, expected: str):
-    """The check that ``accepts(value)``, else says what was ``expected``."""
     def check(where: str, value):
         if not accepts(value):
             raise ConfigError(f"{where} = {value!r}: expected {expected}")
@@ -145,7 +140,7 @@ def _one_of(choices: tuple, what: str = "choices"):
 
 
 def _kept(library_check):
-    """The check by a library lookup that raises listing the valid names."""
+    """The check by a library lookup (which raises listing the valid names)."""
     def check(where: str, value):
         library_check(value)
         return value
@@ -195,7 +190,6 @@ _CHECKS = {
     "init": _kept(inits.get),
     "loss": _kept(lambda v: v == "auto" or lookup(losses.LOSSES, v, "loss")),
     "optimizer": _kept(lambda v: lookup(optim.OPTIMIZERS, v, "optimizer")),
-    # the backend's own parser: a ConfigError listing the valid devices
     "device": _kept(parse_device),
 }
 
@@ -204,7 +198,6 @@ def _extra_args(section: str, name: str) -> dict[str, inspect.Parameter]:
     """Keyword arguments the named optimizer / schedule takes beyond the fixed keys."""
     if section == "schedule":
         return optim.schedules.named_args(name)
-    # the class's signature: an optimizer's __init__ may take *args and declare its own
     params = inspect.signature(optim.OPTIMIZERS[name]).parameters
     return {k: p for k, p in params.items() if k not in ("params", "lr")}
 

@@ -22,8 +22,7 @@ def csv_header(data_cfg: dict):
 
 @contextlib.contextmanager
 def data_notes(show: bool = True):
-    """Shows what the loaders warn about (``devnet.data.DataWarning``: a pandas index column
-    dropped) as ``devnet: note:`` lines on stderr, each once."""
+    """Shows the loaders' ``DataWarning``s as ``devnet: note:`` lines on stderr, each once."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         yield
@@ -37,9 +36,8 @@ def data_notes(show: bool = True):
 
 
 def column_names(spec: str, target_column, header) -> tuple[list[str] | None, str | None]:
-    """``(feature_names, target_name)`` of a CSV with a header row, as the loader reads it;
-    ``(None, None)`` for other data. Feature names that repeat cannot be matched by name:
-    None then, and eval / predict match by position."""
+    """``(feature_names, target_name)`` of a CSV with a header row, else ``(None, None)``;
+    feature names None when some repeat (eval / predict then match by position)."""
     if not str(spec).lower().endswith(".csv"):
         return None, None
     names = data_mod.csv_columns(spec, header=header)
@@ -58,13 +56,10 @@ def shown_names(names: list[str], limit: int = 6, head: int = 3) -> str:
 
 
 def split_source(spec: str, X: np.ndarray) -> dict:
-    """What a train/test split is drawn from: the row count and a sha256 of the data file's
-    bytes (of the features, for a bundled dataset), so that eval / predict can tell whether
-    the run's split still picks the rows it held out."""
+    """The row count and a sha256 of the data file's bytes (of a bundled dataset's features):
+    whether the run's split still picks the rows it held out."""
     digest = hashlib.sha256()
-    if spec in data_mod.DATASETS:
-        # float64 whatever dtype the model reads, so that one run folder's hash holds for
-        # every dtype (the bundled features are float32 values: this is exact)
+    if spec in data_mod.DATASETS:  # float64 for every dtype (float32 values: exact)
         X = np.ascontiguousarray(X, dtype=np.float64)
         digest.update(f"{X.dtype.str} {X.shape}".encode())
         digest.update(X.tobytes())

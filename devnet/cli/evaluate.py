@@ -26,16 +26,14 @@ _REGRESSION_LINKS = {"identity": np.asarray, "exp": np.exp}
 
 
 def _load_run(args):
-    """``(model, run)``: the checkpointed model on ``--device``, and run.json beside the
-    checkpoint (or {}) updated with the task, loss and class labels the checkpoint carries;
-    ``--loss`` is checked against them."""
+    """``(model, run)``: the model on ``--device``, and run.json beside the checkpoint (or {})
+    updated with what the checkpoint records; ``--loss`` is checked against them."""
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {str(ckpt)!r} does not exist"
                          + (" as a file" if ckpt.exists() else ""))
     loaded = dn.load_checkpoint(ckpt, backend=args.device)
-    run_file = ckpt.parent / "run.json"
-    remedy = "pass --data (and --loss) or remove the file"
+    run_file, remedy = ckpt.parent / "run.json", "pass --data (and --loss) or remove the file"
     run = read_run_json(run_file, remedy) or {}
     if not isinstance(run.get("config", {}).get("data", {}), dict):
         raise UsageError(f"{run_file}: broken run.json (expected an object with a 'config' "
@@ -43,19 +41,15 @@ def _load_run(args):
     run.update(run_extra(loaded.meta.get("extra") or {}))
     model = loaded.model
     if run.get("target_scaling") and loaded.train_state:
-        # a run's last.safetensors: the model trained on standardized targets (the final
-        # model.safetensors has the scaling folded in and no training state)
+        # last.safetensors: trained on standardized targets (model.safetensors has them folded)
         model = fold_target_scaling(model, run["target_scaling"])
     _check_loss_override(args, run, model)
     return model, run
 
 
 def _eval_data(args, run, model, with_target=True):
-    """(X, y) for eval / predict: ``--data`` or the run's dataset, ``--split`` of it.
-
-    X is raw: the model applies its own input scaling. For predict (no target), a CSV with
-    one column more than the model's inputs has its target column dropped.
-    """
+    """Raw (X, y) for eval / predict: ``--split`` of ``--data`` or the run's dataset. Without
+    the target, a CSV with one column more than the model's inputs has its target dropped."""
     data_cfg = run.get("config", {}).get("data", {})
     spec = args.data or data_cfg.get("dataset")
     if spec is None:
@@ -68,8 +62,7 @@ def _eval_data(args, run, model, with_target=True):
     header = csv_header(data_cfg)
     own = args.data is None or args.data == data_cfg.get("dataset") or same_file(
         args.data, data_cfg.get("dataset") or "")
-    feats, target = run.get("feature_names"), run.get("target_name")
-    dtype = model.dtype
+    feats, target, dtype = run.get("feature_names"), run.get("target_name"), model.dtype
     with data_notes():
         is_csv = str(spec).lower().endswith(".csv")
         names = dn.data.csv_columns(spec, header=header) if is_csv else None
@@ -84,24 +77,19 @@ def _eval_data(args, run, model, with_target=True):
                     why += f" (the model was trained on {shown_names(feats)})"
                 print(f"devnet: note: {why}: its columns are matched to the model's inputs by "
                       "position", file=sys.stderr)
-            if with_target or args.data is None:
-                # the run's own dataset keeps its layout: the target column is dropped by the
-                # loader
+            if with_target or args.data is None:  # the run's own layout: the loader drops y
                 X, y = dn.data.load_dataset(spec, target_column, task=task, header=header,
                                             dtype=dtype)
             else:
                 X, y = dn.data.load_dataset(spec, with_target=False, header=header, dtype=dtype)
-                if X.shape[1] == model.n_in + 1 and is_csv:
-                    # the file holds the target column too: the loader drops it (by index or
-                    # name)
+                if X.shape[1] == model.n_in + 1 and is_csv:  # the target column too: drop it
                     X, _ = dn.data.load_dataset(spec, target_column, task="regression",
                                                 header=header, dtype=dtype)
     if X.shape[1] != model.n_in:
         raise DataError(f"{spec}: has {X.shape[1]} feature columns, the model takes "
                         f"{model.n_in}")
-    split = args.split
-    if split is None:  # the run's split means nothing on another file: that is used whole
-        split = "test" if own else "all"
+    # the run's split means nothing on another file: that is used whole
+    split = args.split or ("test" if own else "all")
     if split != "all":
         size, seed = data_cfg.get("test_size", 0.2), data_cfg.get("seed", 0)
         if not size:
@@ -110,11 +98,8 @@ def _eval_data(args, run, model, with_target=True):
         order = np.arange(len(X))
         tr, te, _, _ = dn.data.train_test_split(order, order, size, seed=seed)
         rows = te if split == "test" else tr
-        X = X[rows]
-        y = None if y is None else y[rows]
-    if not with_target:
-        y = None
-    return X, y
+        X, y = X[rows], None if y is None else y[rows]
+    return X, (y if with_target else None)
 
 
 def _quoted(names: list[str]) -> str:
@@ -122,11 +107,9 @@ def _quoted(names: list[str]) -> str:
 
 
 def _load_by_name(spec, names, feats, target, task, header, dtype, with_target):
-    """(X, y) of a CSV whose header names its columns: the run's feature columns in the
-    order the model was trained on; y from the target column (None when ``with_target`` is
-    False, where the target column may be absent). A missing feature or a column the model
-    was not trained on is a DataError naming them: matching by position would silently feed
-    one feature's values into another's input."""
+    """(X, y) of a CSV with a header: the run's feature columns in training order, y (when
+    ``with_target``) from the target column. A missing or unknown column is a DataError
+    (matching by position would feed one feature's values into another's input)."""
     missing = [n for n in feats if n not in names]
     unknown = [n for n in names if n not in feats and n != target]
     if missing or unknown:
@@ -147,14 +130,10 @@ def _load_by_name(spec, names, feats, target, task, header, dtype, with_target):
 
 
 def _check_split_source(run, spec, X, split, own) -> None:
-    """Refuse the run's split on its own data file when that changed since training; warn
-    when an explicit ``--split`` is applied to other data.
-
-    The split picks rows by position among ``len(X)``: one row more, or the rows reordered,
-    and "test" holds rows the model trained on.
-    """
+    """Refuse the run's split of its own data file when that changed since training (the split
+    picks rows by position: "test" would hold training rows); warn for other data."""
     recorded = run.get("split_source")
-    if not recorded:  # a run that recorded no split source: nothing to compare
+    if not recorded:
         return
     now = split_source(spec, X)
     if now == recorded:
@@ -195,13 +174,9 @@ def _run_loss(args, run, y, model) -> str:
 
 
 def _check_loss_override(args, run, model) -> None:
-    """UsageError unless ``--loss`` reads the model's outputs the way the run trained them.
-
-    A loss with another link (softmax, sigmoid, identity, exp) or task turns the outputs into
-    numbers that mean nothing (all-1.0 "probabilities", 0/1 matrices for labels), so it must
-    share the link and task of the loss the checkpoint records; without one recorded, it must
-    fit the recorded task and the model's outputs.
-    """
+    """UsageError unless ``--loss`` shares the link and task of the run's loss (another reads
+    the outputs as meaningless numbers); without one recorded, it must fit the recorded task
+    and the model's outputs."""
     if not args.loss:
         return
     loss = losses.get(check_value("--loss", args.loss, "loss"))
@@ -307,9 +282,8 @@ def cmd_predict(args) -> int:
 
 
 def _prediction_columns(run: dict, k: int, proba: bool) -> list[str]:
-    """The header of a predictions CSV: one column per class, named by its label, for
-    probabilities; else the target's name (``prediction`` when the run recorded none), or
-    ``output_1..k`` for several outputs."""
+    """A predictions CSV's header: the class labels for probabilities, else the target's name
+    (or ``prediction``), or ``output_1..k``."""
     classes = run.get("classes")
     if proba:
         labels = classes if classes is not None and len(classes) == k else range(k)

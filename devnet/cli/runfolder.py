@@ -20,7 +20,7 @@ from devnet.errors import ConfigError
 _OUTPUTS = ("checkpoint", "history_json", "history_csv", "plot", "gradient_flow_plot")
 #: the run folder's resumable training state, rewritten at the end of every epoch
 LAST = "last.safetensors"
-#: what --resume may change: how long and where the run trains, how it shows progress
+#: what --resume may change
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.progress")
 #: what a run records about itself in its checkpoint (``extra``) as well as in run.json
 RUN_EXTRA = ("task", "loss", "classes", "split_source", "target_scaling", "feature_names",
@@ -43,8 +43,8 @@ def same_file(a, b) -> bool:
 
 
 def check_name_lengths(path: Path, what: str, remedy: str) -> None:
-    """UsageError unless every name in ``path`` fits the file system's limit: the OSError
-    would otherwise come when writing, after the work (training) is done."""
+    """UsageError unless every name in ``path`` fits the file system's limit (else the OSError
+    would come when writing, after the training)."""
     limit = dn_io.files.name_max(path)
     for part in path.parts:
         size = len(os.fsencode(part))
@@ -55,12 +55,8 @@ def check_name_lengths(path: Path, what: str, remedy: str) -> None:
 
 
 def _check_outputs(o: dict, inputs: dict[str, Path]) -> Path:
-    """The output folder, created, after checking that every output can be written there.
-
-    Runs before training, so a bad ``--out`` or file name costs nothing (ConfigError, exit 2).
-    ``inputs`` (role -> path: the config, the data file) must not be overwritten by an output.
-    """
-    # LAST too: output.checkpoint must not take the resumable state's name
+    """The output folder, created, once every output was checked writable (before training:
+    ConfigError, exit 2) and none is one of ``inputs`` (role -> path)."""
     names = {key: o[key] for key in _OUTPUTS} | {"run": "run.json", "last": LAST}
     for key, name in names.items():
         if Path(name).name != name or name in (".", "..") or "\\" in name:
@@ -119,9 +115,8 @@ def read_run_json(path: Path, remedy: str | None) -> dict | None:
 
 
 def _config_changes(recorded: dict, cfg: dict) -> list[str]:
-    """The ``section.key`` entries in which ``cfg`` differs from a run's recorded config,
-    less what a resumed run may change (``RESUMABLE_CHANGES``) and output.dir (the folder
-    is the run's by construction, however it is spelled)."""
+    """The ``section.key`` entries in which ``cfg`` differs from a run's recorded config, less
+    ``RESUMABLE_CHANGES`` and output.dir (the folder is the run's, however it is spelled)."""
     current = json.loads(json.dumps(cfg, default=str))  # as run.json records it
     changed = []
     for section in sorted(set(current) | set(recorded)):
@@ -139,9 +134,8 @@ def _config_changes(recorded: dict, cfg: dict) -> list[str]:
 
 
 def check_run_folder(out: Path, cfg: dict, args) -> dict | None:
-    """Refuse to train into a folder that already holds a run unless --resume / --overwrite;
-    for --resume, refuse unless there is a run to resume with this config. Returns the
-    folder's run.json (None if there is none)."""
+    """UsageError for a folder that holds a run without --resume / --overwrite, or for
+    --resume without a run to resume with this config; returns its run.json (or None)."""
     o = cfg["output"]
     held = [name for name in ("run.json", LAST, o["checkpoint"]) if (out / name).is_file()]
     if not args.resume:
@@ -168,8 +162,7 @@ def check_run_folder(out: Path, cfg: dict, args) -> dict | None:
         raise UsageError(f"--resume: the config differs from the run's in {'; '.join(changed)}; "
                          f"only {', '.join(RESUMABLE_CHANGES)} may change when resuming (or "
                          "start a new run with --overwrite or another --out)")
-    state = dn_io.read_metadata(last).get("train_state") or {}
-    done = state.get("epoch")
+    done = (dn_io.read_metadata(last).get("train_state") or {}).get("epoch")
     epochs = cfg["train"]["epochs"]
     if isinstance(done, int) and done >= epochs:
         raise UsageError(f"--resume: the run in {str(out)!r} has trained {done} epochs, and "
@@ -179,8 +172,8 @@ def check_run_folder(out: Path, cfg: dict, args) -> dict | None:
 
 
 def run_files(out: Path, o: dict, previous: dict | None) -> list[Path]:
-    """The files a run writes in ``out`` (under this config's names and the previous run's)
-    that are there: what --overwrite removes, and nothing else."""
+    """The run files (by this config's names and the previous run's) present in ``out``: what
+    --overwrite removes, and nothing else."""
     names = {"run.json", LAST, *(o[key] for key in _OUTPUTS)}
     old = ((previous or {}).get("config") or {}).get("output") or {}
     if isinstance(old, dict):
@@ -191,8 +184,8 @@ def run_files(out: Path, o: dict, previous: dict | None) -> list[Path]:
 
 
 class RunFolder:
-    """The run folder of one ``devnet train``: what this run created there, so that a run that
-    fails or is interrupted before its first epoch leaves no folder of its own behind."""
+    """The run folder of one ``devnet train``: what it created, so that a run that fails or is
+    interrupted before its first epoch leaves no folder of its own behind."""
 
     def __init__(self):
         self.out: Path | None = None
@@ -202,15 +195,13 @@ class RunFolder:
         self.replacing = False  # --overwrite given, the previous run's files not yet removed
 
     def make(self, o: dict, inputs: dict) -> Path:
-        """``_check_outputs``, remembering the first folder of output.dir that did not exist."""
+        """``_check_outputs``, remembering the topmost folder of output.dir it creates."""
         out = self.out = Path(o["dir"]).expanduser()
         with contextlib.suppress(OSError, ValueError):
-            missing = None
             for folder in (out, *out.parents):
                 if folder.exists():
                     break
-                missing = folder
-            self.created = missing
+                self.created = folder
         self.out = _check_outputs(o, inputs)
         return self.out
 
@@ -253,14 +244,11 @@ def run_json(run: dict) -> bytes:
 
 
 def write_run(out: Path, o: dict, model, opt, hist, run: dict) -> list[Path]:
-    """The finished run's files in ``out``; returns the paths written."""
+    """The finished run's files in ``out`` (what predicting needs in the checkpoint itself too);
+    returns the paths written."""
     ckpt, history_json, history_csv = (out / o[key] for key in
                                        ("checkpoint", "history_json", "history_csv"))
-    # what predicting needs travels in the checkpoint itself: task, loss, class labels, and
-    # what the train/test split was drawn from
     dn_io.save(model, ckpt, optimizer=opt, history=hist, extra=run_extra(run))
-    # what eval / predict reuse for the data: the resolved config (dataset, split); what
-    # --resume checks a config against
     dn_io.atomic_write(out / "run.json", run_json(run))
     history_json.write_text(json.dumps({"epoch": hist.epoch, "history": hist.history},
                                        indent=2))
@@ -288,8 +276,7 @@ _SERIES_COLOURS = {"train": "tab:blue", "validation": "tab:orange"}
 
 
 def plot_history(hist, path: Path) -> bool:
-    """Loss and the task metric (training and validation) per epoch to an image; False without
-    matplotlib."""
+    """``history_figure`` written to ``path``; False without matplotlib."""
     try:
         import matplotlib
 
@@ -304,8 +291,8 @@ def plot_history(hist, path: Path) -> bool:
 
 
 def history_figure(hist):
-    """The matplotlib Figure of ``plot_history``: a loss panel and a metric panel, training
-    and validation in the same two colours in both, integer epoch ticks."""
+    """A matplotlib Figure: loss and the task metric per epoch, training and validation in the
+    same two colours in both panels."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -81,8 +81,7 @@ def _train(args, folder: RunFolder) -> int:
     out = folder.make(cfg["output"], inputs)
     previous = check_run_folder(out, cfg, args)
     folder.replacing = bool(args.overwrite)
-    comm = None
-    nproc = train_cfg["nproc"]
+    comm, nproc = None, train_cfg["nproc"]
     from devnet import distributed
 
     if nproc > 1 and not distributed.in_mpi_job():  # start the ranks: each runs this command
@@ -96,9 +95,7 @@ def _train(args, folder: RunFolder) -> int:
                               "train without mpiexec and let --nproc start the ranks")
         if train_cfg["device"] == "auto":
             train_cfg["device"] = comm.device  # one GPU per local rank, else the CPU
-    root = comm is None or comm.rank == 0
-    folder.root = root
-
+    root = folder.root = comm is None or comm.rank == 0
     # an explicit loss says the task when the config leaves it to "auto"
     task = data_cfg["task"]
     if train_cfg["loss"] != "auto":
@@ -148,9 +145,8 @@ def _train(args, folder: RunFolder) -> int:
                                                       seed=data_cfg["seed"])
     else:
         Xtr, Xte, ytr, yte = X, None, y, None
-    scaling = None
-    if task == "regression":
-        scaling = _target_scaling(ytr, dn.losses.get(loss), data_cfg, target_name)
+    scaling = (_target_scaling(ytr, dn.losses.get(loss), data_cfg, target_name)
+               if task == "regression" else None)
     if scaling is not None:  # train on standardized targets; the final model is folded back
         ytr = _scale_targets(ytr, scaling, model_cfg["dtype"])
         yte = None if yte is None else _scale_targets(yte, scaling, model_cfg["dtype"])
@@ -167,8 +163,7 @@ def _train(args, folder: RunFolder) -> int:
 
     opt_args = {k: v for k, v in cfg["optimizer"].items() if k not in ("name", "lr")}
     lr = cfg["optimizer"]["lr"]
-    # optim.schedules.NAMED, the table fit(schedule=...) uses: "step" and "warmup_cosine"
-    # mean the same here and in Python, their unset arguments derived from the run's length
+    # fit(schedule=...)'s table: unset arguments derive from the run's length, as in Python
     steps = train_cfg["epochs"] * math.ceil(len(Xtr) / train_cfg["batch_size"])
     with in_section("schedule", cfg["schedule"]["name"]):
         sched = optim.schedules.build(dict(cfg["schedule"]), lr, steps)
@@ -181,8 +176,7 @@ def _train(args, folder: RunFolder) -> int:
     run = {"config": cfg, "loss": loss, "task": task, "classes": labels,
            "split_source": source, "feature_names": feature_names, "target_name": target_name,
            "target_scaling": scaling}
-    # every epoch: the resumable state, atomically; run.json (the config --resume checks)
-    # first, so that a folder with an epoch on disk always says what run it holds
+    # run.json before the first epoch's state: a folder with an epoch says what run it holds
     saver = EpochCheckpoint(out / LAST, run_extra(run),
                             lambda: dn_io.atomic_write(out / "run.json", run_json(run)))
     callbacks = ([dn.GradientFlow()] if train_cfg["gradient_flow"] else []) + [saver]
@@ -190,28 +184,23 @@ def _train(args, folder: RunFolder) -> int:
         for path in run_files(out, cfg["output"], previous):
             path.unlink()
     folder.replacing = False
-    resumed = None
-    if args.resume:
-        resumed = (dn_io.read_metadata(out / LAST).get("train_state") or {}).get("epoch")
+    resumed = ((dn_io.read_metadata(out / LAST).get("train_state") or {}).get("epoch")
+               if args.resume else None)
     t0 = time.perf_counter()
-    # a first Ctrl-C also lets a finished run write its final files: else --resume would find
-    # every epoch done and no model.safetensors
+    # a Ctrl-C after the last epoch still writes the final files (else nothing to resume)
     with _ctrl_c_stops(saver, enabled=comm is None):
         hist = dn.fit(model, Xtr, ytr, loss=loss, optimizer=opt, epochs=train_cfg["epochs"],
                       batch_size=train_cfg["batch_size"], validation_data=validation,
                       seed=train_cfg["seed"], progress=train_cfg["progress"], task=task,
                       callbacks=callbacks, comm=comm,
                       resume_from=out / LAST if args.resume else None,
-                      # a run extended past its planned length follows the lr curve of a run
-                      # planned for the new length (nothing changes within the old length)
                       extend_schedule=bool(args.resume))
         elapsed = time.perf_counter() - t0
         if saver.stopped_early():  # Ctrl-C: the last finished epoch is on disk, resume there
             raise KeyboardInterrupt
         if not root:  # rank 0 writes the run
             return EXIT_OK
-        # the final model predicts in the targets' own units: the scaling folded into its
-        # last layer; the optimizer's state belongs to the standardized model: in last only
+        # the final model predicts in the targets' units; the optimizer's state is LAST's only
         final = model if scaling is None else fold_target_scaling(model, scaling)
         written = write_run(out, cfg["output"], final, opt if scaling is None else None,
                             hist, run)
@@ -229,15 +218,13 @@ def _train(args, folder: RunFolder) -> int:
 
 
 class EpochCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint(path)`` that also records the run (``extra``; ``first`` runs before
-    the first save) and, once ``stop()`` was called (by Ctrl-C), stops training at the next
-    clean point: the next step boundary fit checks, or right after the epoch's save
-    (``trainer.stop_training``: the compiled epoch keeps running, no Python per step)."""
+    """``ModelCheckpoint(path)`` that also records the run (``extra``; ``first()`` runs before
+    the first save) and, after ``stop()`` (Ctrl-C), stops training at the next clean point: a
+    step boundary fit checks, or right after the epoch's save (a compiled epoch runs on)."""
 
     def __init__(self, path: Path, extra: dict, first):
         super().__init__(path)
-        self.extra, self.first = extra, first
-        self.stopping = False
+        self.extra, self.first, self.stopping = extra, first, False
 
     def stop(self) -> None:
         """Ask the running fit (or the next one to begin) to stop at the next clean point."""
@@ -270,8 +257,8 @@ class EpochCheckpoint(ModelCheckpoint):
 
 @contextlib.contextmanager
 def _ctrl_c_stops(saver: EpochCheckpoint, enabled: bool):
-    """While training: the first Ctrl-C (SIGINT) asks ``saver`` to stop at the next clean
-    point, so the last finished epoch's state is whole on disk; a second one stops at once."""
+    """While training, a first Ctrl-C asks ``saver`` to stop at the next clean point (the last
+    epoch's state whole on disk); a second one stops at once."""
     def stop(signum, frame):
         if saver.stopping:
             raise KeyboardInterrupt
@@ -302,9 +289,9 @@ def _target_name(data_cfg: dict, column: int, columns: int, name: str | None) ->
 
 
 def _target_scaling(ytr: np.ndarray, loss, data_cfg: dict, name: str | None) -> dict | None:
-    """For a regression run: the targets' standardization (``{"mean": [...], "scale": [...]}``
-    of the training split, per output column), or None. Without data.standardize, warns when
-    a target's scale is far from the unit scale training works at."""
+    """A regression run's target standardization (``{"mean": [...], "scale": [...]}`` of the
+    training split, per column), or None; without data.standardize, warns when a target is
+    far from unit scale."""
     if loss.link != "identity":
         if data_cfg["standardize"]:
             print(f"devnet: note: data.standardize = true scales the inputs only: loss "
@@ -337,8 +324,8 @@ def _scale_targets(y: np.ndarray, scaling: dict, dtype) -> np.ndarray:
 
 
 def fold_target_scaling(model, scaling: dict):
-    """A copy of ``model`` whose outputs are ``outputs * scale + mean``: the last layer's
-    weight columns and bias scaled (``Z = X @ W + b`` with the identity output activation)."""
+    """A copy of ``model`` whose outputs are ``outputs * scale + mean`` (the last layer's W and b
+    scaled: its output activation is the identity)."""
     final = copy.deepcopy(model)
     layer, be = final.layers[-1], final.backend
     mean, scale = np.asarray(scaling["mean"]), np.asarray(scaling["scale"])
@@ -349,8 +336,8 @@ def fold_target_scaling(model, scaling: dict):
 
 def _describe_data(data_cfg: dict, train_cfg: dict, task: str, loss: str, y, n_out: int,
                    n_features: int, feature_names, target_name) -> None:
-    """One line on stdout: the task and where it came from, the loss, the classes / outputs
-    and the features; a warning on stderr for many classes with few samples each."""
+    """One stdout line: the task and why, the loss, the outputs and the features; a warning for
+    many classes with few samples each."""
     from devnet.task import MAX_CLASSES
 
     target = repr(target_name) if target_name else "the target"
@@ -387,7 +374,7 @@ def _describe_data(data_cfg: dict, train_cfg: dict, task: str, loss: str, y, n_o
 
 
 def _resolve_dataset(spec: str, config_path: Path) -> str:
-    """A bundled name as is; a file path relative to the config file's folder, made absolute."""
+    """A bundled name as is; a path made absolute, relative to the config file's folder."""
     from devnet import data as data_mod
 
     if spec in data_mod.DATASETS:

@@ -4,21 +4,16 @@
     model = dn.MLP([784, 1024, 10], backend=comm.device)
     dn.fit(model, X, y, batch_size=512, comm=comm)     # 512 = the GLOBAL batch
 
-Every rank holds the whole data set and the same model. Each step every rank takes its share
-(a contiguous slice) of the same globally shuffled batch, scales its loss gradient by its share
-of the batch (rows, or sample weight), and the flat gradient buffer is summed across ranks in
-place -- one all-reduce per step -- so every rank holds the single-process mean gradient before
-the one-pass optimizer update. Parameters, optimizer state and the dropout seed are broadcast
-from rank 0 before the first step, after the ranks have checked (one small all-gather) that they
-agree on the model, input scaling, loss, optimizer settings, data and training state. At each
-epoch end the ranks check that they logged the same metrics (the same validation data) and stop
-together when any rank's callbacks stop training.
+Every rank holds the whole data set and the same model. Each step every rank takes a
+contiguous slice of the same globally shuffled batch, scales its loss gradient by its share
+(rows, or sample weight), and one in-place all-reduce of the flat gradient buffer gives every
+rank the single-process mean gradient. Before the first step the ranks check (one small
+all-gather) that they agree on model, data and settings, and rank 0's state is broadcast; at
+each epoch end they check that they logged the same metrics and stop together.
 
-Failures never hang: an uncaught exception on any rank aborts every rank (``sys.excepthook``
-calls ``MPI_Abort``, naming the rank), and every collective is non-blocking and polled against
-a deadline (``timeout``), checking once a second whether the ranks on this host are still alive,
-so a rank that was killed is named within about a second and one that stopped answering within
-``timeout`` seconds.
+Failures never hang: an uncaught exception on any rank aborts every rank (naming it), and every
+collective is non-blocking and polled against a deadline (``timeout``), checking once a second
+whether the ranks on this host are alive: a killed rank is named within about a second.
 """
 
 from devnet.distributed.communicator import (

@@ -32,13 +32,10 @@ _COMM: Communicator | None = None
 def init(timeout: float | None = None, limit_threads: bool = True) -> Communicator:
     """The communicator of this process (MPI_COMM_WORLD), set up once; later calls return it.
 
-    timeout: seconds (> 0; inf: no limit) a collective may wait for the other ranks before
-        raising DistributedError (default ``DEVNET_DIST_TIMEOUT`` or 60); given to a later call,
-        it replaces the first one's. A rank that died on this host is detected within about a
-        second whatever the timeout.
-    limit_threads: ranks sharing a machine split its cores: unless OMP_NUM_THREADS is set, BLAS
-        and Numba are held to ``cpu_count // local_size`` threads each (threadpoolctl, if
-        installed, for BLAS).
+    timeout: seconds (> 0; inf: no limit) a collective waits for the other ranks before raising
+        DistributedError (default ``DEVNET_DIST_TIMEOUT`` or 60); a later call's replaces it.
+    limit_threads: unless OMP_NUM_THREADS is set, ranks sharing a machine hold BLAS and Numba
+        to ``cpu_count // local_size`` threads each.
     Installs an excepthook that aborts every rank when one raises uncaught.
     """
     global _COMM
@@ -70,7 +67,6 @@ def _check_timeout(value, where: str) -> float:
 
 
 def _env_timeout() -> float:
-    """``DEVNET_DIST_TIMEOUT`` as seconds > 0, or DEFAULT_TIMEOUT when it is unset."""
     text = os.environ.get(TIMEOUT_ENV)
     if text is None:
         return DEFAULT_TIMEOUT
@@ -93,25 +89,20 @@ def _import_mpi():
 
 
 def _install_excepthook(comm: Communicator) -> None:
-    """An uncaught exception on one rank would leave the others waiting in a collective:
-    print it, name the rank, and abort the whole job.
-    """
+    """Print an uncaught exception naming the rank, then abort the job (else the other ranks
+    would wait in a collective)."""
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        if comm.size > 1:  # the one line that matters first, then the traceback
+        if comm.size > 1:
             what = ("was interrupted (KeyboardInterrupt)" if issubclass(
                 exc_type, KeyboardInterrupt) else f"failed with {exc_type.__name__}: {exc}")
-            sys.stderr.write(f"devnet.distributed: rank {comm.rank} of {comm.size} "
-                             f"(pid {os.getpid()} on {comm.host}) {what}; aborting every "
-                             "rank\n")
-            sys.stderr.flush()
+            say(f"devnet.distributed: rank {comm.rank} of {comm.size} (pid {os.getpid()} on "
+                f"{comm.host}) {what}; aborting every rank")
         previous(exc_type, exc, tb)
         if comm.size > 1:
             sys.stderr.flush()
-            # MPI_Abort kills the launcher's output forwarding too: give it time to pass the
-            # message on first
-            time.sleep(_ABORT_GRACE)
+            time.sleep(_ABORT_GRACE)  # MPI_Abort also kills the launcher's output forwarding
             comm.abort(1)
 
     sys.excepthook = hook
@@ -139,21 +130,16 @@ _THREAD_LIMITER = None  # kept alive: threadpoolctl restores the limits when it 
 class Communicator:
     """Rank, size and the collectives fit needs, on MPI (host arrays) or NCCL (CUDA arrays).
 
-    ``rank``/``size``: this process in the job; ``local_rank``/``local_size``: among the ranks
-    on this machine (one GPU per local rank); ``device``: the backend name this rank should
-    train on ("cuda:<local_rank mod GPUs>" when CuPy sees GPUs, else "cpu").
+    ``local_rank``/``local_size``: among the ranks on this machine; ``device``: the backend
+    this rank trains on ("cuda:<local_rank mod GPUs>" when CuPy sees GPUs, else "cpu").
     """
 
     def __init__(self, mpi, world, timeout: float):
-        self.mpi = mpi
-        self.world = world
-        self.timeout = timeout
-        self.rank = world.Get_rank()
-        self.size = world.Get_size()
+        self.mpi, self.world, self.timeout = mpi, world, timeout
+        self.rank, self.size = world.Get_rank(), world.Get_size()
         self.host = socket.gethostname()
         local = world.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = local.Get_rank()
-        self.local_size = local.Get_size()
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         self._nccl = {}  # device id -> _Nccl
         # who is who: one line from rank 0 maps pids (as a launcher reports them) to ranks
@@ -181,8 +167,7 @@ class Communicator:
 
     def allreduce_sum_(self, buf, what: str = "all-reduce", xp=None) -> None:
         """Sum ``buf`` over the ranks, in place. buf: a contiguous host (MPI) or CUDA (NCCL)
-        array, the same shape and dtype on every rank; xp: its array module (CUDA arrays).
-        """
+        array, the same shape and dtype on every rank; xp: its array module (CUDA arrays)."""
         _check_buffer(buf, what, "iufc")
         if self.size == 1:
             return
@@ -207,9 +192,8 @@ class Communicator:
             self._wait(self.world.Ibarrier(), what)
 
     def allgather_json(self, obj, what: str = "all-gather") -> list:
-        """Every rank's JSON-serialisable ``obj``, in rank order (any size: the lengths are
-        gathered first, so ranks whose objects differ in size still meet).
-        """
+        """Every rank's JSON-serialisable ``obj``, in rank order (the lengths are gathered
+        first, so objects may differ in size)."""
         try:
             blob = json.dumps(obj, sort_keys=True, allow_nan=True).encode()
         except (TypeError, ValueError) as exc:
@@ -245,12 +229,11 @@ class Communicator:
         """Call ``done()`` until it is true (returns None), checking once a second whether ranks
         on this host died (returns them) or the deadline passed (returns []).
 
-        Polling (rather than a blocking wait) is what makes a timeout possible; MPI progresses
-        inside Test(), so the loop spins ``spin`` times before it sleeps between polls.
+        Polling makes a timeout possible; MPI progresses inside Test(), so the loop spins
+        ``spin`` times before it sleeps between polls.
         """
         start = time.monotonic()
-        check = start + _LIVENESS_PERIOD
-        polls = 0
+        check, polls = start + _LIVENESS_PERIOD, 0
         while not done():
             polls += 1
             if polls > spin:
@@ -276,11 +259,9 @@ class Communicator:
                 "(init(timeout=...) or DEVNET_DIST_TIMEOUT sets the limit)")
 
     def _failed(self, message: str) -> DistributedError:
-        """The error for a dead peer, its message printed at once: the launcher may kill this
-        rank too before a traceback gets out.
-        """
-        sys.stderr.write(f"devnet.distributed: {message}\n")
-        sys.stderr.flush()
+        """The error for a dead peer, printed at once: the launcher may kill this rank before a
+        traceback gets out."""
+        say(f"devnet.distributed: {message}")
         return DistributedError(message)
 
     def dead_ranks(self) -> list[int]:
@@ -304,9 +285,8 @@ class Communicator:
 
 def _check_buffer(buf, what: str, kinds: str) -> None:
     """A DistributedError unless ``buf`` is a writable C-contiguous NumPy array, or a CuPy-style
-    device array (``.data.device_id``), of a dtype kind in ``kinds`` (checked on every world
-    size, so a script that works on one rank works on N).
-    """
+    device array, of a dtype kind in ``kinds`` (checked at any size: what runs on 1 rank runs
+    on N)."""
     if not isinstance(buf, np.ndarray) and not hasattr(getattr(buf, "data", None),
                                                            "device_id"):
         raise DistributedError(f"{what}: needs a NumPy array (MPI) or a CuPy array (NCCL), "
@@ -316,11 +296,10 @@ def _check_buffer(buf, what: str, kinds: str) -> None:
         valid = {"b": "bool", "i": "int", "u": "uint", "f": "float", "c": "complex"}
         raise DistributedError(f"{what}: cannot reduce {dtype} arrays; valid kinds: "
                                f"{', '.join(valid[k] for k in kinds)}")
-    flags = buf.flags
-    if not flags.c_contiguous:
+    if not buf.flags.c_contiguous:
         raise DistributedError(f"{what}: the array must be C-contiguous (one block of memory, "
                                "in place), got a strided view; pass a contiguous array")
-    if isinstance(buf, np.ndarray) and not flags.writeable:
+    if isinstance(buf, np.ndarray) and not buf.flags.writeable:
         raise DistributedError(f"{what}: the array is read-only; the collective writes in place")
 
 
@@ -350,6 +329,12 @@ def _alive(pid: int) -> bool:
 log = logging.getLogger("devnet").info  # one line of the job's story
 
 
+def say(line: str) -> None:
+    """``line`` on stderr, flushed at once."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 # --- NCCL for CUDA arrays ------------------------------------------------------------------------
 
 def _nccl_module():
@@ -366,10 +351,8 @@ def _nccl_module():
 
 
 def _nccl_communicator(nccl, size: int, uid: bytes, rank: int):
-    """``nccl.NcclCommunicator`` for the unique id's raw bytes, in the form the binding takes:
-    bytes from CuPy 14 on, a tuple of signed chars (``char[128]``) in CuPy 13. The binding
-    refuses the other form with a TypeError before it calls NCCL: no second communicator.
-    """
+    """``nccl.NcclCommunicator`` for the unique id: bytes from CuPy 14 on, a tuple of signed
+    chars in CuPy 13 (the binding raises TypeError for the other form before calling NCCL)."""
     try:
         return nccl.NcclCommunicator(size, uid, rank)
     except TypeError:
@@ -383,8 +366,8 @@ class _Nccl:
         self.comm, self.nccl, self.xp, self.device = comm, _nccl_module(), xp, device
         self.types = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32,
                       np.dtype(np.float64): self.nccl.NCCL_FLOAT64}
-        uid = None
-        if comm.rank == 0:  # bytes (CuPy >= 14) or signed chars (CuPy 13): sent as 0..255
+        uid = None  # bytes (CuPy >= 14) or signed chars (CuPy 13): sent as 0..255
+        if comm.rank == 0:
             uid = list(bytes(v & 0xFF for v in self.nccl.get_unique_id()))
         uid = bytes(comm.bcast_json(uid, what="NCCL id broadcast"))
         with xp.cuda.Device(device):
@@ -397,25 +380,24 @@ class _Nccl:
             raise DistributedError(f"NCCL all-reduce of {buf.dtype} arrays: valid dtypes are "
                                    "float32, float64") from None
 
-    # Each call runs on the communicator's device, on that device's current stream (the
-    # backend's, inside its scope): the completion event must be recorded there, or it is
-    # done at once and the deadline never applies.
-
     def allreduce_sum_(self, buf, what: str) -> None:
-        with self.xp.cuda.Device(self.device):
-            stream = self.xp.cuda.get_current_stream()
-            self.handle.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._type(buf),
-                                  self.nccl.NCCL_SUM, stream.ptr)
-            self._wait(stream, what)
+        self._run(lambda s: self.handle.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                                  self._type(buf), self.nccl.NCCL_SUM, s), what)
 
     def bcast_(self, buf, root: int, what: str) -> None:
+        self._run(lambda s: self.handle.bcast(buf.data.ptr, buf.size, self._type(buf), root, s),
+                  what)
+
+    def _run(self, call, what: str) -> None:
+        """``call(stream_ptr)`` on the device's current stream (the backend's, inside its scope:
+        an event recorded on another would be done at once and escape the deadline), then poll
+        its completion; on a dead rank or the deadline, abort NCCL."""
         with self.xp.cuda.Device(self.device):
             stream = self.xp.cuda.get_current_stream()
-            self.handle.bcast(buf.data.ptr, buf.size, self._type(buf), root, stream.ptr)
+            call(stream.ptr)
             self._wait(stream, what)
 
     def _wait(self, stream, what: str) -> None:
-        """Poll an event after the NCCL call; on a dead rank or the deadline, abort NCCL."""
         event = stream.record()
         dead = self.comm._poll(lambda: event.done, spin=0)
         if dead is not None:

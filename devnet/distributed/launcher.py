@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from devnet.distributed.communicator import DistributedError
+from devnet.distributed.communicator import DistributedError, say
 from devnet.errors import DevnetError, MissingDependencyError
 
 LAUNCHED_ENV = "DEVNET_DIST_LAUNCHED"
@@ -38,8 +38,8 @@ def in_mpi_job(env=None) -> bool:
 
 
 def job_size(env=None) -> int | None:
-    """The ranks of the MPI job this process belongs to, as its launcher says (MPICH/Hydra and
-    Slurm's PMI, Open MPI), without importing MPI; None outside a job or when not said."""
+    """The ranks of this process's MPI job, as its launcher says (without importing MPI); None
+    outside a job or when not said."""
     env = os.environ if env is None else env
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
         try:
@@ -50,11 +50,8 @@ def job_size(env=None) -> int | None:
 
 
 def launched() -> bool:
-    """True inside a job started by ``launch`` (so a CLI run does not launch itself again).
-
-    Both the flag ``launch`` sets and an MPI launcher's rank variable must be present: a flag
-    leaked into a plain process would otherwise run one process where N were asked for.
-    """
+    """True inside a job started by ``launch``: its flag and an MPI rank variable are both set
+    (a flag leaked into a plain process must not make it run alone where N were asked for)."""
     return os.environ.get(LAUNCHED_ENV) == "1" and in_mpi_job()
 
 
@@ -92,11 +89,8 @@ def _check_hosts(hosts) -> list[str]:
 
 
 def mpiexec_command(nproc: int, hosts=None) -> list[str]:
-    """``mpiexec -n nproc [-hosts a,b | -f hostfile]``: the one next to this Python first.
-
-    hosts: None (this machine), "a,b", a list of names, or the path (str or PathLike) of an
-    existing hostfile.
-    """
+    """``mpiexec -n nproc [-hosts a,b | -f hostfile]``, preferring the one next to this Python.
+    hosts: None (this machine), "a,b", a list of names, or an existing hostfile's path."""
     nproc = _check_nproc(nproc)
     host_args = []
     if hosts is not None:
@@ -117,14 +111,10 @@ def mpiexec_command(nproc: int, hosts=None) -> list[str]:
 def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> int:
     """Run ``argv`` (a program and its arguments) as ``nproc`` ranks under mpiexec; its exit code.
 
-    argv: e.g. ``[sys.executable, "-m", "devnet.cli", "train", "--config", "run.toml"]``.
-    hosts: None (this machine), host names ("a,b" or a list) or a hostfile path.
-    Ranks sharing a machine get one BLAS/OpenMP thread per core share unless set already.
-    The job's output passes through, and a line naming the rank that failed is added (mpiexec
-    names only its pid).
-    SIGINT, SIGTERM or SIGHUP to this process stop the job (``_Stop``): every rank is
-    interrupted (KeyboardInterrupt: fit's interrupt path) and killed if it has not ended
-    ``STOP_GRACE`` seconds later; the return value is then 128 + the signal (130, 143, 129).
+    hosts: as for ``mpiexec_command``. Ranks sharing a machine get their share of the cores as
+    BLAS/OpenMP threads unless set already. The output passes through, plus a line naming the
+    rank that failed (mpiexec names only its pid). SIGINT, SIGTERM or SIGHUP stop the job
+    (``_Stop``); the return value is then 128 + the signal.
     """
     if isinstance(argv, (str, bytes, os.PathLike)) or not isinstance(argv, (list, tuple)) \
             or not argv or not all(isinstance(a, (str, os.PathLike)) for a in argv):
@@ -145,9 +135,8 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, per_rank)
     watch = _FailureWatch()
-    # mpiexec in a process group of its own: a Ctrl-C at the terminal reaches only this
-    # launcher, which passes it on once (a second Ctrl-C would make mpiexec kill the ranks
-    # at once); a background group cannot read the terminal, so it gets no terminal stdin
+    # mpiexec in a process group of its own: a terminal Ctrl-C reaches only this launcher,
+    # which passes it on once; a background group cannot read the terminal: no stdin
     stdin = subprocess.DEVNULL if _is_terminal(sys.stdin) else None
     stop = _Stop(nproc)
     with stop.forwarding():  # from before the start: no moment leaves the job unsupervised
@@ -165,7 +154,7 @@ def launch(argv: list[str], nproc: int, hosts=None, env: dict | None = None) -> 
         return 128 + stop.signum
     if rc != 0:
         for line in watch.failures():
-            _say(line)
+            say(line)
     return rc
 
 
@@ -177,26 +166,23 @@ def _is_terminal(stream) -> bool:
 
 
 class _Stop:
-    """How the launcher ends a job when it is told to stop (SIGINT, SIGTERM, SIGHUP).
+    """How the launcher ends a job on SIGINT, SIGTERM or SIGHUP.
 
-    The first signal becomes one SIGINT to mpiexec, which passes it to every rank: each
-    raises KeyboardInterrupt and leaves fit by its interrupt path (callbacks told, no
-    checkpoint half-written). A second signal, or ranks still running ``STOP_GRACE`` seconds
-    later, sends mpiexec a second SIGINT: it kills the ranks at once; SIGKILL to mpiexec's
-    group follows if even that does not end it. The handler only records and forwards (a
-    signal may arrive while this thread writes): ``wait`` reports and enforces the deadlines.
+    The first signal becomes one SIGINT to mpiexec, which passes it to every rank (fit's
+    KeyboardInterrupt path: no checkpoint half-written). A second signal, or ranks still
+    running ``STOP_GRACE`` seconds later, sends a second SIGINT (mpiexec kills the ranks);
+    SIGKILL to mpiexec's group follows if even that fails. The handler only records and
+    forwards (it may interrupt this thread's writes): ``wait`` reports and enforces deadlines.
     """
 
     def __init__(self, nproc: int):
         self.proc, self.nproc = None, nproc
         self.signum: int | None = None
-        self.signals = 0  # received so far
-        self.told = 0  # of them reported
-        self.forced = False
-        self.deadline = math.inf
+        self.signals = self.told = 0  # signals received, and reported
+        self.forced, self.deadline = False, math.inf
 
     def forwarding(self):
-        """Install the handlers (main thread only: elsewhere Python cannot) until exit."""
+        """Install the handlers (main thread only) until exit."""
         stack = contextlib.ExitStack()
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
@@ -206,7 +192,7 @@ class _Stop:
         return stack
 
     def started(self, proc) -> None:
-        """mpiexec runs as ``proc``; a signal that came while it started is passed on now."""
+        """mpiexec runs as ``proc``; a signal that came while it started is passed on."""
         self.proc = proc
         if self.signum is not None:
             self._interrupt()
@@ -243,10 +229,10 @@ class _Stop:
                 continue
             if not self.forced:
                 self._force()
-                _say(f"devnet.distributed: the ranks did not stop within {STOP_GRACE:g} s: "
+                say(f"devnet.distributed: the ranks did not stop within {STOP_GRACE:g} s: "
                      "killing them")
             else:
-                _say("devnet.distributed: mpiexec did not end the ranks: killing it")
+                say("devnet.distributed: mpiexec did not end the ranks: killing it")
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (AttributeError, OSError):  # no process groups (Windows), gone
@@ -257,17 +243,12 @@ class _Stop:
         if self.signals > self.told and self.signum is not None:
             name = signal.Signals(self.signum).name
             if self.told == 0:
-                _say(f"devnet.distributed: {name}: stopping the {self.nproc} ranks (an "
+                say(f"devnet.distributed: {name}: stopping the {self.nproc} ranks (an "
                      "interrupt to each; checkpoints already written stay valid); another "
                      f"signal, or {STOP_GRACE:g} s, kills them")
             if self.signals > 1 and self.forced:
-                _say("devnet.distributed: signalled again: killing the ranks")
+                say("devnet.distributed: signalled again: killing the ranks")
             self.told = self.signals
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 class _FailureWatch:
@@ -310,12 +291,9 @@ class _FailureWatch:
 
 
 def _program_argv(program: list[str], hosts=None) -> list[str]:
-    """The argv mpiexec runs for the launcher's ``PROGRAM [ARGS...]``: a Python script (a path
-    ending in .py, or an existing file without execute permission) is run with this Python,
-    since mpiexec can only exec() a program; programs (``python train.py``, ``./run.sh``) pass
-    unchanged. On this machine (``hosts`` None) a missing script is refused before any rank
-    starts.
-    """
+    """The argv mpiexec runs for ``PROGRAM [ARGS...]``: a Python script (ending in .py, or a
+    file mpiexec could not exec) runs with this Python; programs pass unchanged. Without
+    ``hosts`` a missing script is refused before any rank starts."""
     first = program[0]
     script = first.lower().endswith(".py")
     if not script and os.path.isfile(first) and not os.access(first, os.X_OK) \
@@ -330,11 +308,7 @@ def _program_argv(program: list[str], hosts=None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m devnet.distributed -n N [--hosts H] PROGRAM [ARGS...]``: ``launch`` it.
-
-    PROGRAM is a program (``python``, ``./run.sh``) or a Python script (``train.py``), which
-    runs with this Python (``_program_argv``).
-    """
+    """``python -m devnet.distributed -n N [--hosts H] PROGRAM [ARGS...]``: ``launch`` it."""
     parser = argparse.ArgumentParser(prog="python -m devnet.distributed",
                                      description="Run a program as N MPI ranks (mpiexec).")
     parser.add_argument("-n", "--nproc", type=int, required=True)

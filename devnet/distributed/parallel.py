@@ -17,14 +17,14 @@ from devnet.train.step import Batch, StepHook
 
 
 class DataParallel(StepHook):
-    """What ``fit(..., comm=comm)`` does besides the single-process step (its Step hook).
+    """What ``fit(..., comm=comm)`` adds to the single-process step (its Step hook).
 
-    Built before the first step: checks that the ranks agree, broadcasts rank 0's parameters,
-    optimizer state and shuffling RNG. Per step: ``batch`` picks this rank's rows of the global
-    batch (its ``row0`` keys the dropout masks, so the ranks drop what one process would),
-    ``scale_`` weighs its loss gradient by its share, ``allreduce_grads_`` sums the gradients
-    (``collective``: the divergence guard's single-process replay leaves it out). Per epoch:
-    ``sum_losses``, and the callbacks bracketed by ``agree_on_logs_`` and ``agree_on_stop``.
+    Built before the first step: checks that the ranks agree, broadcasts rank 0's state. Per
+    step: ``batch`` picks this rank's rows (its ``row0`` keys the dropout masks, so the ranks
+    drop what one process would), ``scale_`` weighs its loss gradient by its share,
+    ``allreduce_grads_`` sums the gradients (``collective``: the divergence guard's
+    single-process replay leaves it out). Per epoch: ``sum_losses``, and the callbacks
+    bracketed by ``agree_on_logs_`` and ``agree_on_stop``.
     """
 
     collective = True
@@ -33,10 +33,8 @@ class DataParallel(StepHook):
         if not isinstance(comm, Communicator):
             raise DistributedError(f"comm must be the Communicator from "
                                    f"devnet.distributed.init(), got {type(comm).__name__}")
-        self.comm, self.trainer = comm, trainer
-        self.model = trainer.model
-        self.sample_weight = sample_weight
-        self.factor = 1.0
+        self.comm, self.trainer, self.model = comm, trainer, trainer.model
+        self.sample_weight, self.factor = sample_weight, 1.0
         self._check_agreement(X, y, sample_weight)
         self._broadcast_state()
 
@@ -45,9 +43,8 @@ class DataParallel(StepHook):
         return self.comm.rank == 0
 
     def _signature(self, X, y, sw) -> dict:
-        t = self.trainer
+        t, scaling = self.trainer, self.model.input_scaling
         opt = t.optimizer
-        scaling = self.model.input_scaling
         return {
             # seed and dropout_seed: rank 0's parameters and dropout seed are broadcast
             "model": {k: v for k, v in self.model.config().items()
@@ -80,29 +77,23 @@ class DataParallel(StepHook):
                         f"Every rank must run fit on the same model, data and settings{hint}")
 
     def _broadcast_state(self) -> None:
-        """Rank 0's parameters, optimizer state and shuffling RNG on every rank."""
-        comm, opt, t = self.comm, self.trainer.optimizer, self.trainer
-        be = self.model.backend
-        # on the backend's device and stream, ordered with the steps that follow
-        with be.scope():
+        """Rank 0's parameters, optimizer state, shuffling RNG and dropout seed on every rank."""
+        comm, opt, t, be = self.comm, self.trainer.optimizer, self.trainer, self.model.backend
+        with be.scope():  # on the backend's stream, ordered with the steps that follow
             comm.bcast_(self.model.params, what="parameter broadcast", xp=be.xp)
             for name in sorted(opt.state):
                 comm.bcast_(opt.state[name], what=f"optimizer state {name!r} broadcast",
                             xp=be.xp)
-        # seed=None draws a different seed on every rank; the batches must be the same
+        # seed=None draws a different seed on every rank: the batches and masks must agree
         state = comm.bcast_json(_jsonable(t.rng.bit_generator.state), what="RNG broadcast")
         t.rng.bit_generator.state = state
-        # and so are the dropout masks (MLP(seed=None) draws its dropout seed per rank too)
         self.model.dropout_seed = comm.bcast_json(self.model.dropout_seed,
                                                   what="dropout seed broadcast")
 
     def shard(self, order, lo: int, hi: int) -> tuple[int, int]:
         """This rank's positions [a, b) of the global batch at positions lo..hi-1 of the epoch's
-        ``order`` (a contiguous part of it; order None: 0..n-1); sets ``factor``.
-
-        A rank whose share is empty (a last batch smaller than the world) takes the batch's
-        first row with factor 0: its gradient adds exactly 0, and no kernel sees 0 rows.
-        """
+        ``order`` (None: 0..n-1); sets ``factor``. An empty share (a last batch smaller than
+        the world) takes the first row with factor 0: no kernel sees 0 rows."""
         n, size, rank = hi - lo, self.comm.size, self.comm.rank
         a, b = lo + rank * n // size, lo + (rank + 1) * n // size
         if b == a:
@@ -124,22 +115,18 @@ class DataParallel(StepHook):
         a, b = self.shard(feed.order, lo, hi)
         return feed.batch(a, b)._replace(row0=a - lo)
 
-    # the Step hooks: this rank's share of dL/dpred, then the all-reduce of the gradients
-
     def output_grad_(self, grad, value, batch):
-        """Step hook: ``scale_`` (weigh this rank's rows by their share of the global batch)."""
+        """Step hook: ``scale_``."""
         return self.scale_(grad, value)
 
     def param_grad_(self, value, batch):
-        """Step hook: ``allreduce_grads_`` (sum the gradient over the ranks) before the update."""
+        """Step hook: ``allreduce_grads_`` before the update."""
         self.allreduce_grads_()
         return value
 
     def scale_(self, grad, value):
-        """``grad *= factor`` in place (dL/dpred of this rank's rows); returns value * factor.
-
-        After this the sum over ranks of the gradients (and values) is the global batch mean.
-        """
+        """``grad *= factor`` in place (dL/dpred of this rank's rows); returns value * factor:
+        summed over the ranks they are the global batch mean."""
         if self.factor != 1.0:
             grad *= grad.dtype.type(self.factor)
             value = value * self.factor
@@ -152,10 +139,7 @@ class DataParallel(StepHook):
 
     def sum_losses(self, acc, last):
         """The epoch's loss sums added over the ranks: (acc, last) as floats (last may be None).
-
-        Also checks that the ranks' parameters are still the same (a float64 sum of them, one
-        number per rank): a silently drifting rank would train another model.
-        """
+        Also checks that the ranks' parameters still agree (a float64 sum per rank)."""
         vals = np.array([float(acc), 0.0 if last is None else float(last)])
         self.comm.allreduce_sum_(vals, f"epoch {self.trainer.epoch} loss sum")
         check = float(self.model.backend.xp.sum(self.model.params, dtype=np.float64))
@@ -167,10 +151,8 @@ class DataParallel(StepHook):
         return float(vals[0]), None if last is None else float(vals[1])
 
     def root_only(self, progress, callbacks: list):
-        """Progress and file-writing callbacks (checkpoints, CSV logs) stay on rank 0; every
-        rank's callbacks run between ``agree_on_logs_`` and ``agree_on_stop``, so that they
-        see rank 0's epoch logs and the ranks stop together.
-        """
+        """Progress and file-writing callbacks stay on rank 0; every rank's callbacks run between
+        ``agree_on_logs_`` and ``agree_on_stop``."""
         if not self.is_root:
             from devnet.callbacks import CSVLogger, ModelCheckpoint
 
@@ -181,13 +163,10 @@ class DataParallel(StepHook):
                           _AtEpochEnd(lambda epoch, logs: self.agree_on_stop(epoch))]
 
     def agree_on_logs_(self, epoch: int, logs: dict) -> None:
-        """Check that every rank's epoch logs are rank 0's, then make them exactly rank 0's
-        (in ``logs`` and the History), so callbacks decide alike on every rank.
-
-        The parameters are the same on every rank, so the metrics differ only when the ranks
-        evaluate different data (validation_data) -- or, in the last digits, run different
-        BLAS builds: the tolerance is by dtype.
-        """
+        """Check that every rank's epoch logs are rank 0's, then make them exactly rank 0's (in
+        ``logs`` and the History), so callbacks decide alike. With equal parameters only other
+        validation data -- or, in the last digits, other BLAS builds -- differ: hence a
+        tolerance by dtype."""
         mine = {k: float(v) for k, v in logs.items()
                 if k != "time" and isinstance(v, numbers.Real)}
         every = self.comm.allgather_json(mine, f"epoch {epoch} logs")
@@ -215,9 +194,8 @@ class DataParallel(StepHook):
                 history[key][-1] = value
 
     def agree_on_stop(self, epoch: int) -> None:
-        """Stop every rank when any rank's callbacks stopped it (else the others would wait
-        in the next step's all-reduce until the timeout).
-        """
+        """Stop every rank when any rank's callbacks stopped it (else the others would wait in
+        the next all-reduce until the timeout)."""
         flags = self.comm.allgather_json(bool(self.trainer.stop_training),
                                          f"epoch {epoch} stop decision")
         if any(flags) and not all(flags) and self.is_root:
@@ -254,11 +232,8 @@ _DIGEST_CHUNK = 16 << 20  # bytes hashed per update: memory stays bounded whatev
 
 
 def _digest(a: np.ndarray) -> str:
-    """A fingerprint of every byte of an array, in C order (whatever its memory layout): a rank
-    whose data differ in one value must not pass, and a sample of a large array would let it.
-    nditer hands over a C-ordered block at a time (a view where the layout allows, else a
-    bounded copy).
-    """
+    """A fingerprint of every byte of an array in C order, whatever its layout (not a sample:
+    one differing value must not pass), hashed a bounded block at a time."""
     a = np.asarray(a)
     digest = hashlib.sha1()
     for block in np.nditer(a, flags=["external_loop", "buffered", "zerosize_ok"], order="C",

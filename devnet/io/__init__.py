@@ -11,17 +11,13 @@ File layout (a plain safetensors file, readable by any safetensors reader):
   every tensor's bytes, ``extra``: the caller's JSON dict) and ``devnet_sha256`` (the sha256
   of that JSON text).
 
-Reading (``verify``) parses the header as JSON only (never pickle) and checks every byte and
-field it uses before any model is built: a truncated, bit-flipped, foreign, hand-edited or
-future file is a CheckpointError saying what is wrong. Writing (``files``) is atomic: a crash
-leaves the old checkpoint or the new one, never a broken one; concurrent saves to one path each
-land whole, the last wins; a failed write (a full disk, a file-size limit, a name too long) is
-a CheckpointError naming the path and the reason.
+Reading (``verify``) parses JSON only (never pickle) and checks every byte and field before
+any model is built; writing (``files``) is atomic: a crash leaves the old file or the new one,
+concurrent saves each land whole. Every failure is a CheckpointError saying what is wrong.
 
-Format versions: 1 (devnet <= 0.1: no input scaling, no ``extra``), 2 (no deep-network
-options) and 3 (current: the model config records ``block``, ``norm``, ``dropout`` and, with
-dropout, ``dropout_seed``; LayerNorm's gamma and beta are in ``params``) are read; a config
-without those keys is a plain MLP.
+Format versions read: 1 (no input scaling, no ``extra``), 2 (no deep-network options) and 3
+(the model config records ``block``, ``norm``, ``dropout`` and ``dropout_seed``; LayerNorm's
+gamma and beta are in ``params``); a config without those keys is a plain MLP.
 """
 
 from devnet.io.checkpoint import (

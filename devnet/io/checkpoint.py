@@ -26,9 +26,8 @@ from devnet.io.verify import (
 
 @dataclass
 class Checkpoint:
-    """Everything a checkpoint holds, loaded: ``model``, ``optimizer`` (or None), the History
-    (or None), ``train_state`` (epoch, step, rng, ... for resume; {} if absent), ``meta``.
-    """
+    """A loaded checkpoint: ``model``, ``optimizer`` and ``history`` (or None), ``train_state``
+    (for resume; {} if absent), ``meta``."""
 
     model: object
     optimizer: object | None
@@ -37,19 +36,15 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
 
 
-# --- writing --------------------------------------------------------------------------------
-
 def save(model, path: str | os.PathLike, optimizer=None, history=None,
          train_state: dict | None = None, extra: dict | None = None) -> Path:
-    """Write ``model`` (and optionally its optimizer, History, resume state) to ``path``.
-
-    ``extra``: a JSON-serialisable dict kept as ``meta["extra"]`` (``read_metadata(path)``).
-    The model's input scaling, if set, is saved too. The write is atomic. Returns the path.
-    """
+    """Write ``model`` (its input scaling too; optionally its optimizer, History and resume
+    state) atomically to ``path``; returns the path. ``extra``: a JSON-serialisable dict kept
+    as ``read_metadata(path)["extra"]``."""
     from safetensors.numpy import save as st_save
 
     path = save_path(path)
-    check_save_path(path)  # before the work of serialising: nothing could be written
+    check_save_path(path)  # before the work of serialising
     extra = {} if extra is None else extra
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict (JSON-serialisable), got "
@@ -90,12 +85,8 @@ def save(model, path: str | os.PathLike, optimizer=None, history=None,
 
 
 def check_saveable(model, optimizer=None, history=None) -> None:
-    """ConfigError unless ``save`` can write these and ``load`` rebuild them.
-
-    Checked before anything is written, so that a save never replaces the user's previous
-    file with one that cannot be loaded (an optimizer over another model's parameters, with
-    bad field values, or with a custom Schedule that ``from_config`` cannot rebuild).
-    """
+    """ConfigError unless ``save`` can write these and ``load`` rebuild them (checked before
+    writing: a save never replaces the previous file with one that cannot be loaded)."""
     from devnet.optim import Optimizer, schedules
     from devnet.train.history import History
 
@@ -136,24 +127,19 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike, backend="auto"):
-    """Load a checkpoint: returns ``(model, optimizer)``, the optimizer None if none was saved.
-
-    ``backend`` is any device spec; a checkpoint saved on one device loads on any other.
-    """
+    """``(model, optimizer)`` of a checkpoint (optimizer None if none was saved), on
+    ``backend`` (any device spec, whatever device saved it)."""
     ck = load_checkpoint(path, backend)
     return ck.model, ck.optimizer
 
 
 def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
-    """Load everything in a checkpoint (model, optimizer, History, resume state).
-
-    The model gets the saved input scaling back, so it predicts on raw data.
-    """
+    """Everything in a checkpoint (model with its input scaling, optimizer, History, resume
+    state)."""
     from devnet import optim
     from devnet.nn import MLP
 
-    meta, tensors = read(path)
-    name = str(path)
+    (meta, tensors), name = read(path), str(path)
     try:
         model = MLP(**meta["model"], backend=backend)
     except DeviceUnavailableError:
@@ -186,7 +172,7 @@ def load_checkpoint(path: str | os.PathLike, backend="auto") -> Checkpoint:
 
 
 def _history_from(data: dict | None):
-    """A History rebuilt from the checkpoint's ``history`` entry (None stays None)."""
+    """A History rebuilt from the checkpoint's ``history`` entry, or None."""
     if not data:
         return None
     from devnet.train.history import History

@@ -25,7 +25,7 @@ except ImportError:  # Windows: no flock; a save never removes another file ther
 
 from devnet.errors import CheckpointError, ConfigError
 
-# the random middle of a temporary name (ours, and tempfile.mkstemp's: older saves used it)
+# the random middle of a temporary name (ours, and tempfile.mkstemp's)
 _TMP_MIDDLE = r"[a-z0-9_]{8}"
 _TMP_EXTRA = len(". .12345678.tmp") - 1  # bytes a temporary name adds to the target's
 _NAME_MAX = 255  # where the file system does not say (os.pathconf)
@@ -44,16 +44,12 @@ _replace = os.replace
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync
-    the folder; then remove the stale temp files of ``path`` (their writer was killed).
-
-    Any failure is a CheckpointError naming ``path``; a file already at ``path`` is left untouched.
+    """Write ``data`` to ``path`` atomically (see the module docstring), then remove the stale
+    temporary files of ``path``. A failure is a CheckpointError and leaves ``path`` untouched.
     """
     path = check_save_path(path)
-    folder = path.parent
-    started = time.time()
+    folder, started, renamed = path.parent, time.time(), False
     fd, tmp = _create_temp(folder, path.name)
-    renamed = False
     try:
         with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
             f.write(data)
@@ -73,16 +69,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 
 def check_save_path(path: str | os.PathLike) -> Path:
-    """The file ``save`` would write for ``path`` (a symlink's target), or a CheckpointError
-    for what can be known before writing: a missing folder, a file name longer than the
-    folder allows, a path that is a folder or another non-file, a read-only file.
-
-    ``fit(checkpoint=...)`` and ModelCheckpoint call it before the first epoch, so that a
-    path no save could write costs no training.
+    """The file ``save`` would write for ``path`` (a symlink's target), or a CheckpointError for
+    what is known before writing: a missing folder, a name too long, a non-file, a read-only
+    file (checked before training, so that an unwritable path costs no epoch).
     """
     path = save_path(path)
-    shown = str(path)
-    folder = path.parent
+    shown, folder = str(path), path.parent
     try:
         is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
     except FileNotFoundError:
@@ -100,9 +92,7 @@ def check_save_path(path: str | os.PathLike) -> Path:
                               "name")
     try:
         mode = os.lstat(path).st_mode
-        if stat.S_ISLNK(mode):
-            # replace the file the link points to, not the link (which may be the user's
-            # "latest" pointer): the temporary file goes beside the target
+        if stat.S_ISLNK(mode):  # replace the link's target, not the link (a "latest" pointer)
             path = Path(os.path.realpath(path))
             mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -121,11 +111,10 @@ def check_save_path(path: str | os.PathLike) -> Path:
 
 
 def name_max(path: Path) -> int:
-    """The longest file name, in bytes, that the file system holding ``path`` (or the nearest
-    existing folder above it) takes; 255 (Linux, macOS, Windows) where it cannot be asked."""
+    """The longest file name, in bytes, on the file system of ``path`` (or its nearest existing
+    folder); 255 where it cannot be asked."""
     for folder in (path, *path.parents):
-        # AttributeError: no os.pathconf (Windows)
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no pathconf: Windows
             if folder.is_dir():
                 return os.pathconf(folder, "PC_NAME_MAX")
     return _NAME_MAX
@@ -145,25 +134,22 @@ def save_path(path) -> Path:
     """``path`` as a Path to write to; a ConfigError / CheckpointError if it cannot be one."""
     raw = os.fspath(path) if isinstance(path, os.PathLike) else path
     path = as_path(path, "save a checkpoint to")
-    if isinstance(raw, str) and raw.endswith(("/", os.sep)):
-        # Path("run/") is Path("run"): the checkpoint would become a file named like the folder
+    if isinstance(raw, str) and raw.endswith(("/", os.sep)):  # Path("run/") is Path("run")
         raise CheckpointError(f"cannot save checkpoint to {raw!r}: the path ends with a "
                               "separator, so it names a folder; give a file name")
     return path
 
 
 def _temp_prefix(folder: Path, name: str) -> str:
-    """``.<name>.``, ``name`` shortened so that the whole temporary name fits the folder's
-    limit (a target name the folder takes must not fail for its temporary file)."""
+    """``.<name>.``, ``name`` shortened so that the temporary name fits the folder's limit."""
     room = name_max(folder) - _TMP_EXTRA
     return f".{os.fsdecode(os.fsencode(name)[:room])}."
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, str]:
-    """A new temporary file for ``name`` in ``folder``: (fd, path), the fd holding the file's
-    exclusive lock (so that ``_remove_stale_temps`` of another save leaves it alone)."""
-    # os.open with 0o666 lets the kernel apply the umask, as for any file the user writes
-    # (tempfile.mkstemp would force 0600).
+    """A new temporary file for ``name`` in ``folder``: (fd, path), the fd holding its
+    exclusive lock. Mode 0o666 less the umask, as for any file the user writes (not mkstemp's
+    0600)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
     prefix = _temp_prefix(folder, name)
@@ -198,9 +184,8 @@ def _lock_own(fd: int, tmp: str) -> bool:
 
 
 def _remove_stale_temps(folder: Path, name: str, before: float) -> None:
-    """Remove ``.<name>.<8 chars>.tmp`` regular files last written before ``before`` whose
-    writer is gone: their lock is free (a running save holds its own until the rename).
-    Without flock (Windows) none is removed: a running save's file looks the same."""
+    """Remove ``.<name>.<8 chars>.tmp`` files last written before ``before`` whose lock is free
+    (their writer is gone). Without flock none is removed."""
     if fcntl is None:
         return
     pattern = re.compile(re.escape(_temp_prefix(folder, name)) + _TMP_MIDDLE
@@ -248,7 +233,7 @@ def as_path(path, what: str) -> Path:
 
 
 def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible on every platform (Windows)
+    """Make the rename durable (where the platform can: not Windows)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -258,9 +243,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def read_regular_file(path: Path, name: str) -> bytes:
-    # A FIFO would block open() / read() forever and a device could stream without end:
-    # refuse anything but a regular file, both before opening and on the opened descriptor
-    # (O_NONBLOCK so that a FIFO swapped in between cannot block the open either).
+    # A FIFO would block forever, a device stream without end: only a regular file, checked
+    # before opening and on the descriptor (O_NONBLOCK: a FIFO swapped in cannot block open).
     def check_regular(mode: int) -> None:
         if not stat.S_ISREG(mode):
             raise CheckpointError(f"cannot read checkpoint {name!r}: it is {_file_kind(mode)}, "

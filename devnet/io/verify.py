@@ -1,10 +1,6 @@
-"""The checkpoint format, and reading it back verified.
-
-A checkpoint is a plain safetensors file: tensors plus one JSON metadata entry and its sha256
-(see ``devnet.io``). ``read`` parses the header itself (JSON only: nothing is ever executed),
-checks the format, version, sizes and both checksums, then the type and structure of every
-metadata field that a hand-made file with a recomputed checksum could forge, each a
-CheckpointError naming the field.
+"""The checkpoint format (see ``devnet.io``), and reading it back verified: ``read`` parses the
+header as JSON only, checks the format, version, sizes and both checksums, then every metadata
+field a hand-made file with a recomputed checksum could forge (a CheckpointError naming it).
 """
 
 from __future__ import annotations
@@ -75,8 +71,6 @@ def read(path) -> tuple[dict, dict]:
     return meta, tensors
 
 
-# --- metadata validation: a hand-made file with a recomputed checksum gets here ----------------
-
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -110,10 +104,8 @@ _MAX_LAYER_SIZE = 2**40  # far past any real layer; keeps products exact and mes
 
 
 def _check_meta(meta: dict, name: str) -> None:
-    """CheckpointError unless every metadata field devnet reads has the right type and shape.
-
-    Fills the defaults of older format versions (``extra``: {}, ``input_scaling``: False).
-    """
+    """CheckpointError unless every metadata field devnet reads has the right type and shape;
+    fills the defaults of older format versions."""
     from devnet.nn.mlp import n_parameters
 
     def bad(field_name: str, why: str):
@@ -153,7 +145,7 @@ def _check_meta(meta: dict, name: str) -> None:
         bad("params", f"({got}) do not match the model config: layer_sizes {sizes} need "
                       f"{n_params} {dtype} parameters")
 
-    if meta["format_version"] < 2:  # written before input scaling and extra existed
+    if meta["format_version"] < 2:
         meta.setdefault("input_scaling", False)
         meta.setdefault("extra", {})
     scaling = meta.get("input_scaling")
@@ -219,8 +211,7 @@ def _valid_rng_state(value) -> bool:
 
 _COUNT = ("an integer >= 0", lambda v: _is_int(v) and v >= 0)
 _POSITIVE = ("an integer > 0", lambda v: _is_int(v) and v > 0)
-# train_state keys devnet itself writes (Trainer.resume_state) and the types they must have;
-# other keys pass through for their readers to check
+# train_state keys Trainer.resume_state writes, and their types; other keys pass through
 _STATE_TYPES = {
     "epoch": _COUNT,
     "step": _COUNT,
@@ -320,10 +311,8 @@ def check_architecture(meta_model: dict, model, name: str) -> None:
 
 
 def check_loss(saved: dict | None, loss, name: str) -> None:
-    """CheckpointError unless the loss a checkpoint was trained with (its train state's
-    ``loss`` config) is ``loss``, hyper-parameters included (huber's delta): resuming with
-    another would train another objective. Only the hyper-parameters it records are compared.
-    """
+    """CheckpointError unless the checkpoint's train-state ``loss`` config is ``loss``, the
+    hyper-parameters it records included (resuming with another trains another objective)."""
     if not saved:
         return
     mine = loss.config()
