@@ -68,23 +68,20 @@ def get_backend(spec: str | Backend | None = "auto", kernels: str = "fused") -> 
     """The backend for ``spec``: ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a Backend (returned).
 
     ``kernels`` is ``"fused"`` (the device's compiled kernels) or ``"reference"`` (the
-    xp-generic oracle). Backends are cached per device and kernel set: every spelling of one
-    device ("auto" where it picks the CPU, "cpu", " CPU ", "cuda:01" and "cuda:1") is the same
-    instance, so ``model.to(spec)`` never moves a model to the device it is on (which would
-    reallocate its gradient buffer under an optimizer built over the old one). ``"auto"`` (any
-    case) and None read ``DEVNET_DEVICE``.
+    xp-generic oracle). ``"auto"`` and None read ``DEVNET_DEVICE``. Backends are cached per
+    device and kernel set: every spelling of one device ("auto" where it picks the CPU, " CPU ",
+    "cuda:01") is the same instance, so ``model.to(spec)`` never moves a model to the device it
+    is on (which would reallocate its gradient buffer under an optimizer built over the old one).
     """
     if isinstance(spec, Backend):
         return spec
-    kind, _ = ("auto", None) if spec is None else parse_device(spec)
+    kind, index = ("auto", None) if spec is None else parse_device(spec)
     if kind == "auto":
         env = os.environ.get("DEVNET_DEVICE", "").strip() or "auto"
         try:
             kind, index = parse_device(env)
         except ConfigError as exc:
             raise ConfigError(f"environment variable DEVNET_DEVICE: {exc}") from None
-    else:
-        kind, index = parse_device(spec)  # a ConfigError before anything is cached
     if kind == "auto":
         key = ("auto", kernels)
         if key not in _cache:
@@ -97,10 +94,8 @@ def _device(device: str, kernels: str) -> Backend:
     """The cached backend of ``device`` ("cpu" or "cuda:N"), made on first use."""
     key = (device, kernels)
     if key not in _cache:
-        if device == "cpu":
-            backend = CPUBackend(kernels)
-        else:
-            backend = _cuda().CUDABackend(int(device.split(":")[1]), kernels)
+        backend = CPUBackend(kernels) if device == "cpu" else \
+            _cuda().CUDABackend(int(device.split(":")[1]), kernels)
         backend.reason = "requested"
         _cache[key] = backend
     return _cache[key]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import time
+from contextlib import nullcontext
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
 
+from devnet.kernels import reference
 from devnet.kernels import table as kernel_names
+
+#: the kernel sets: the device's compiled kernels, or the xp-generic oracle
+KERNEL_SETS = {"fused": 0, "reference": 0}
 
 
 def kernel_table(module: ModuleType, unchecked: bool = False) -> SimpleNamespace:
@@ -20,9 +26,7 @@ def kernel_table(module: ModuleType, unchecked: bool = False) -> SimpleNamespace
     entries = {n: getattr(module, n) for n in kernel_names.KERNEL_NAMES}
     if unchecked:
         entries = {n: getattr(f, "unchecked", f) for n, f in entries.items()}
-    table = SimpleNamespace(**entries)
-    table.source = module.__name__
-    return table
+    return SimpleNamespace(**entries, source=module.__name__)
 
 
 class Clock:
@@ -144,15 +148,19 @@ class Backend:
 
         Code that calls ``xp`` directly (not through the backend) does so inside it.
         """
-        from contextlib import nullcontext
-
         return nullcontext()
 
     def thread_limits(self):
         """A context manager that keeps the device's thread pools from fighting (no-op here)."""
-        from contextlib import nullcontext
-
         return nullcontext()
+
+    def _load_kernels(self, kernels: str, fused: str) -> None:
+        """Set ``kernels`` and ``raw_kernels`` from the reference oracle or module ``fused``
+        (imported only when chosen: it compiles the device's kernels)."""
+        self.kernel_set = kernels
+        module = reference if kernels == "reference" else importlib.import_module(fused)
+        self.kernels = kernel_table(module)
+        self.raw_kernels = kernel_table(module, unchecked=True)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.device} kernels={self.kernels.source}>"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from devnet import validation
-from devnet.backend.base import Backend, kernel_table
+from devnet.backend.base import KERNEL_SETS, Backend
 from devnet.errors import DataError, lookup
-from devnet.kernels import reference
 
 
 class CPUBackend(Backend):
@@ -20,12 +17,8 @@ class CPUBackend(Backend):
     xp = np
 
     def __init__(self, kernels: str = "fused"):
-        lookup({"fused": 0, "reference": 0}, kernels, "kernel set")
-        self.kernel_set = kernels
-        module = reference if kernels == "reference" else \
-            importlib.import_module("devnet.kernels.cpu")
-        self.kernels = kernel_table(module)
-        self.raw_kernels = kernel_table(module, unchecked=True)
+        lookup(KERNEL_SETS, kernels, "kernel set")
+        self._load_kernels(kernels, "devnet.kernels.cpu")
 
     def asarray(self, a, dtype=None):
         try:

@@ -5,17 +5,15 @@ Importing this module never fails: without CuPy, numba-cuda or a usable GPU it r
 
 Device state is per backend, never global: every operation of a ``CUDABackend`` (allocations,
 transfers, matmuls, each kernel of its table) runs under its own device and stream
-(``scope()``), so ``cuda:1`` and ``cuda:0`` backends, or a ``fit`` in another thread, each keep
-to their GPU whatever device is current around them.
+(``scope()``), whatever device is current around it, in any thread.
 
-``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) builds this same backend over Numba's CUDA
-simulator and ``devnet.testing.cupy_sim``, a NumPy-backed stand-in for CuPy, so the whole GPU
-path runs without a GPU (slowly: keep data tiny). It must be set before numba is imported.
+``DEVNET_CUDA_SIMULATOR=1`` (tests and CI only) builds this backend over Numba's CUDA simulator
+and ``devnet.testing.cupy_sim`` (slowly: keep data tiny).
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import os
 import sys
 import threading
@@ -23,9 +21,8 @@ import time
 
 import numpy as np
 
-from devnet.backend.base import Backend, Clock, kernel_table
+from devnet.backend.base import KERNEL_SETS, Backend, Clock
 from devnet.errors import DeviceUnavailableError, lookup
-from devnet.kernels import reference
 from devnet.kernels import table as kernel_names
 
 SIMULATOR = os.environ.get("DEVNET_CUDA_SIMULATOR") == "1"
@@ -35,11 +32,9 @@ if SIMULATOR:
     from devnet.testing.cupy_graph import cublas
 
     cupyx = cupy.cupyx
-    # every ``import cupy`` in devnet (the reference kernels' get_xp, the kernel launcher)
-    # then finds the stand-in
+    # every ``import cupy`` in devnet (get_xp, the kernel launcher) then finds the stand-in
     sys.modules.update({"cupy": cupy, "cupy.cuda": cupy.cuda, "cupy.random": cupy.random,
-                        "cupy.linalg": cupy.linalg,
-                        "cupyx": cupyx})
+                        "cupy.linalg": cupy.linalg, "cupyx": cupyx})
     IMPORT_ERROR: str | None = None
 else:
     try:
@@ -47,13 +42,11 @@ else:
         import cupyx
 
         IMPORT_ERROR = None
-    except ModuleNotFoundError:
+    except Exception as exc:  # ModuleNotFoundError, or a broken CUDA install raising on import
         cupy = cupyx = None
         IMPORT_ERROR = ("CuPy is not installed (pip install 'devnet-mlp[cuda12]' or "
-                        "'devnet-mlp[cuda13]')")
-    except Exception as exc:  # a broken CUDA install raising on import
-        cupy = cupyx = None
-        IMPORT_ERROR = f"CuPy failed to import ({type(exc).__name__}: {exc})"
+                        "'devnet-mlp[cuda13]')" if isinstance(exc, ModuleNotFoundError) else
+                        f"CuPy failed to import ({type(exc).__name__}: {exc})")
 
 
 def device_count() -> int:
@@ -70,7 +63,7 @@ def _trivial_kernel(a):  # compiled once per device to prove the kernel toolchai
     a[0] = 1.0
 
 
-_NUMBA_REASON: list = []
+_NUMBA_REASON: list = []  # [the cached numba_cuda_reason()]
 _COMPILE_REASON: dict[int, str | None] = {}
 
 
@@ -240,9 +233,7 @@ class _Gemm:
         if not (a.ndim == b.ndim == out.ndim == 2 and a.dtype == b.dtype == dt and
                 dt in self._ones and out.flags.c_contiguous and
                 out.shape == (a.shape[0], b.shape[1]) and a.shape[1] == b.shape[0] and
-                min(*a.shape, b.shape[1]) > 0):
-            return False
-        if self._operand(a) is None or self._operand(b) is None:
+                min(*a.shape, b.shape[1]) > 0 and self._operand(a) and self._operand(b)):
             return False
         lo, hi = out.data.ptr, out.data.ptr + out.nbytes
         for x in (a, b):
@@ -254,14 +245,12 @@ class _Gemm:
     def __call__(self, a, b, out):
         """``out <- a @ b`` on the current stream (arrays ``covers`` takes)."""
         (op_a, lda), (op_b, ldb) = self._operand(a), self._operand(b)
-        m, k = a.shape
-        n = b.shape[1]
+        (m, k), n = a.shape, b.shape[1]
         ones = self._ones[out.dtype]
-        alpha = ones.data.ptr
+        alpha = ones.data.ptr  # beta: the next element
         gemm = self.lib.sgemm if out.dtype == np.float32 else self.lib.dgemm
-        handle = self._handle(cupy.cuda.get_current_stream().ptr)
-        gemm(handle, op_b, op_a, n, m, k, alpha, b.data.ptr, ldb, a.data.ptr, lda,
-             alpha + ones.itemsize, out.data.ptr, n)
+        gemm(self._handle(cupy.cuda.get_current_stream().ptr), op_b, op_a, n, m, k, alpha,
+             b.data.ptr, ldb, a.data.ptr, lda, alpha + ones.itemsize, out.data.ptr, n)
         return out
 
 
@@ -290,7 +279,7 @@ class CUDABackend(Backend):
     name = "cuda"
 
     def __init__(self, index: int = 0, kernels: str = "fused"):
-        lookup({"fused": 0, "reference": 0}, kernels, "kernel set")
+        lookup(KERNEL_SETS, kernels, "kernel set")
         reason = unavailable_reason(index)
         if reason:
             raise DeviceUnavailableError(f"cuda:{index} is unavailable: {reason}")
@@ -298,19 +287,14 @@ class CUDABackend(Backend):
         self.device = f"cuda:{index}"
         self.simulated = SIMULATOR
         self.xp = cupy
-        self.kernel_set = kernels
         self._device = cupy.cuda.Device(index)
-        with self._device:
-            self.stream = cupy.cuda.Stream(non_blocking=False)
-        self._scope = _Scope(index, self.stream)
-        self._stagers: dict[tuple, _Stager] = {}
         lib, self.gemm_reason = _cublas()
         with self._device:
+            self.stream = cupy.cuda.Stream(non_blocking=False)
             self._gemm = None if lib is None else _Gemm(lib, index)
-        module = reference if kernels == "reference" else \
-            importlib.import_module("devnet.kernels.cuda")
-        self.kernels = kernel_table(module)
-        self.raw_kernels = kernel_table(module, unchecked=True)
+        self._scope = _Scope(index, self.stream)
+        self._stagers: dict[tuple, _Stager] = {}
+        self._load_kernels(kernels, "devnet.kernels.cuda")
         for table in (self.kernels, self.raw_kernels):
             for name in kernel_names.KERNEL_NAMES:
                 setattr(table, name, _OnDevice(getattr(table, name), self._scope))
@@ -391,10 +375,17 @@ class CUDABackend(Backend):
         with self._device:
             return cupy.cuda.Event(disable_timing=True)
 
+    @contextlib.contextmanager
     def on_stream(self, stream):
         """A context in which this thread's ``scope()`` runs on ``stream`` instead of the
         backend's own stream (a stream of this device), and is entered."""
-        return _OnStream(self._scope, stream)
+        tls = self._scope._tls.__dict__
+        saved, tls["stream"] = tls.get("stream"), stream
+        try:
+            with self._scope as scope:
+                yield scope
+        finally:
+            tls["stream"] = saved
 
     def bind_gemm(self, stream) -> None:
         """Bind this thread's cuBLAS handle to ``stream`` before a capture on it."""
@@ -432,25 +423,6 @@ class CUDABackend(Backend):
         return name.decode() if isinstance(name, bytes) else str(name)
 
 
-class _OnStream:
-    """``CUDABackend.on_stream``: the scope's stream for this thread, then the scope."""
-
-    __slots__ = ("scope", "stream", "_saved")
-
-    def __init__(self, scope, stream):
-        self.scope, self.stream, self._saved = scope, stream, []
-
-    def __enter__(self):
-        tls = self.scope._tls.__dict__
-        self._saved.append(tls.get("stream"))
-        tls["stream"] = self.stream
-        return self.scope.__enter__()
-
-    def __exit__(self, *exc):
-        self.scope.__exit__(*exc)
-        self.scope._tls.__dict__["stream"] = self._saved.pop()
-
-
 class _EventClock(Clock):
     """``Backend.clock()`` on a GPU: device time between two events on the backend's stream.
 
@@ -461,15 +433,11 @@ class _EventClock(Clock):
     __slots__ = ("_start", "_end")
 
     def __init__(self, backend: CUDABackend, sync: bool = True):
-        self.backend, self.sync = backend, sync
-        if sync:
-            backend.synchronize()
+        super().__init__(backend, sync)
         with backend._device:
             self._start = cupy.cuda.Event()
             self._start.record(backend.stream)
         self._end = None
-        self._t0 = time.perf_counter()
-        self._t1 = None
 
     def stop(self) -> _EventClock:
         """Record the end event (idempotent, does not wait); returns self."""

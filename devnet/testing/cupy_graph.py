@@ -1,21 +1,15 @@
 """Stream capture, CUDA graphs and the low-level cuBLAS GEMMs for the CuPy stand-in.
 
-Between ``Stream.begin_capture()`` and ``end_capture()`` the stand-in runs nothing on the
-capturing stream: each kernel launch (``launch_kernel``, called by the kernel launcher under the
-simulator), each CuPy operation into an existing array and each cuBLAS GEMM is recorded, with
-its arguments (``Op``), and ``Graph.launch`` replays them in order. As on a GPU, what a capture
-cannot hold is refused (``CaptureError``): an allocation on the capturing stream, a host
-synchronisation or copy, an operation without ``out=`` (its result would be a new array),
-``cublas.setStream`` while a stream is capturing (CuPy refuses cuBLAS calls in a capture: the
-handle must be bound before it begins).
+Between ``Stream.begin_capture()`` and ``end_capture()`` the capturing stream runs nothing:
+each kernel launch (``launch_kernel``), CuPy operation into an existing array and cuBLAS GEMM is
+recorded with its arguments (``Op``), and ``Graph.launch`` replays them in order. As on a GPU,
+a capture refuses (``CaptureError``) an allocation, a host synchronisation or copy, an operation
+without ``out=``, and ``cublas.setStream`` (the handle must be bound before the capture).
+``trace(stream)`` records the same ``Op`` list for eager work, for tests to compare.
 
-``trace(stream)`` records the same ``Op`` list for work run eagerly on a stream, so a test can
-compare one step's eager arguments with those a graph captured.
-
-``cublas`` mirrors ``cupy_backends.cuda.libs.cublas``'s names, signatures and constants (a test
-reads them from the installed package). Its GEMMs take raw device pointers, as the real ones:
-the stand-in finds the allocation each operand lies in (``register`` keeps every allocation's
-address range), so an operand out of bounds is an error, not a read of stray memory.
+``cublas`` mirrors ``cupy_backends.cuda.libs.cublas``'s names, signatures and constants. Its
+GEMMs take raw device pointers: each operand must lie in a live allocation (``register``), so
+one out of bounds is an error, not a read of stray memory.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ import contextlib
 import ctypes
 import itertools
 import types
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -44,8 +37,8 @@ class Op(NamedTuple):
 
 
 def describe(value):
-    """``value`` as comparable data: arrays by pointer, shape, strides and dtype (what a
-    kernel receives), scalars by value, containers element by element."""
+    """``value`` as comparable data: arrays as in ``Op``, scalars by value, containers element
+    by element."""
     buf = getattr(value, "_buf", value)  # a stand-in array: its host buffer
     if isinstance(buf, np.ndarray):
         return ("array", buf.__array_interface__["data"][0], buf.shape, buf.strides,
@@ -71,8 +64,8 @@ CUPY_CUBLAS = frozenset({"matmul", "dot", "vdot", "inner", "tensordot", "ndarray
 
 @contextlib.contextmanager
 def trace(stream):
-    """``with trace(stream) as ops:`` appends an ``Op`` for each operation run on ``stream``
-    (on the current device), eagerly or by a graph launch."""
+    """``with trace(stream) as ops:`` appends an ``Op`` for each operation run on ``stream``,
+    eagerly or by a graph launch."""
     q = stream._here()
     ops: list[Op] = []
     _cuda.TRACES.setdefault(q, []).append(ops)
@@ -131,16 +124,12 @@ def check_alloc() -> None:
 
 # --- device memory by address (for the pointer-taking cuBLAS calls) ---------------------------
 
-_MEMORY: dict[int, tuple] = {}  # address -> (weakref to the root buffer, nbytes, device)
+_MEMORY = _cuda.BufferTable()  # address -> (weakref to the root buffer, nbytes, device)
 
 
 def register(buf: np.ndarray, device: int) -> None:
     """Record a new device allocation (a root NumPy buffer) and its device."""
-    if len(_MEMORY) > 4096:
-        for addr, (ref, _, _) in list(_MEMORY.items()):
-            if ref() is None:
-                del _MEMORY[addr]
-    _MEMORY[buf.__array_interface__["data"][0]] = (weakref.ref(buf), buf.nbytes, device)
+    _MEMORY.put(buf.__array_interface__["data"][0], buf, buf.nbytes, device)
 
 
 def _memory(ptr: int, nbytes: int, device: int, what: str) -> np.ndarray:

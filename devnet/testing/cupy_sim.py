@@ -1,11 +1,8 @@
-"""A NumPy-backed stand-in for the part of CuPy devnet uses: tests and CI only.
+"""A NumPy-backed stand-in for the part of CuPy devnet uses (``DEVNET_CUDA_SIMULATOR=1``).
 
-With ``DEVNET_CUDA_SIMULATOR=1`` the CUDA backend imports this module as ``cupy`` (and its
-``cupyx``) and Numba runs the kernels on its CUDA simulator, so the whole CUDA backend (device
-contexts, streams, events, pinned staging, kernels, ``matmul(out=)``) runs without a GPU.
-
-It is never looser than CuPy, so code that passes here does not fail on a GPU for a reason the
-stand-in hid:
+The CUDA backend imports it as ``cupy`` and Numba simulates the kernels, so the whole CUDA
+backend runs without a GPU. It is never looser than CuPy, so code that passes here does not
+fail on a GPU for a reason the stand-in hid:
 
 * ``ndarray`` is not a NumPy array: implicit conversion (``np.asarray(a)``) raises, and so does a
   host NumPy array as an operand of device arithmetic (CuPy: ``TypeError: Unsupported type``).
@@ -14,13 +11,8 @@ stand-in hid:
   access). A stream is entered only on its own device; ``set`` takes only the same dtype.
 * Methods, functions, ``Generator`` draws and their keywords are only those of the installed
   CuPy (``cupy_surface``): no ``where=`` in a reduction, no ``Generator.normal``.
-* Work is queued on streams (``cupy_sim_cuda``): a device array remembers the stream and
-  position of its last write, and a use of it on another stream, or a host read, that nothing
-  ordered after that write (same stream, the legacy default stream's implicit ordering,
-  ``wait_event``, a synchronize) raises ``StreamOrderError``. Pinned buffers remember the
-  asynchronous copy that reads them, and a host write before that copy is known to be done
-  raises too (other writes after another stream's reads are not tracked).
-  ``get_elapsed_time`` needs both events complete, as CUDA does.
+* Work is queued on streams (``cupy_sim_cuda``): a use of an array, or a write to a pinned
+  buffer, that nothing orders after the work it depends on raises ``StreamOrderError``.
 * A stream captures (``begin_capture``; ``cupy_graph``): its work is recorded, not run, and an
   allocation, a host copy or synchronisation, or CuPy's own cuBLAS call there raises.
 
@@ -34,6 +26,7 @@ CuPy's bit for bit; random streams differ from CuPy's.
 from __future__ import annotations
 
 import builtins
+import sys
 import types
 import weakref
 
@@ -47,11 +40,8 @@ __version__ = "14.0.0+devnet-sim"
 DEVICE_COUNT = _cuda.DEVICE_COUNT
 # id(NumPy buffer) -> its stand-in array, while that lives (see _wrap)
 _WRAPPERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-# device allocations made so far (new buffers, not views), for tests and benchmarks that count
-# them (CuPy's equivalent is a memory hook)
-ALLOCATIONS = [0]
-IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. Please use "
-                       "`.get()` to construct a NumPy array explicitly.")
+ALLOCATIONS = [0]  # device allocations (new buffers, not views), for benchmarks to count
+IMPLICIT_CONVERSION = "Implicit conversion to a NumPy array is not allowed."
 # ndarray methods that write their array (the others return new arrays or views)
 IN_PLACE = frozenset({"fill", "sort", "put", "partition"})
 # ndarray methods that copy to the host, synchronously (as ``get()``)
@@ -66,9 +56,8 @@ runtime = _cuda.runtime
 StreamOrderError = _cuda.StreamOrderError
 cuda = types.ModuleType("cupy.cuda")
 for _name in ("runtime", "Device", "Stream", "Event", "get_current_stream", "get_elapsed_time",
-              "MemoryPointer"):
+              "MemoryPointer", "Graph"):
     setattr(cuda, _name, getattr(_cuda, _name))
-cuda.Graph = _cuda.Graph
 
 
 def _unwrap(x):
@@ -89,8 +78,7 @@ def _wrap(x, device=None):
         known = _WRAPPERS.get(id(x))
         if known is not None and known._buf is x:
             return known
-        if _cuda._entry(_cuda._WRITES, _cuda.root(x)) is None:
-            _cuda.mark_written(x)
+        _cuda.mark_new(x)
         return ndarray._from(x, device)
     if isinstance(x, np.generic):
         return ndarray._from(np.asarray(x), device)
@@ -129,10 +117,16 @@ def _operands(args, host_ok=False, sequences=True):
     return found
 
 
+def _names(params):
+    """The named parameters, and whether there is a variadic one."""
+    names = [p for p in params if not p.startswith("*")]
+    return names, len(names) < len(params)
+
+
 def _check_call(owner, name, params, args, kwargs):
     """CuPy's parameters, not NumPy's: unknown keywords and extra positionals raise."""
-    names = [p for p in params if not p.startswith("*")]
-    if not builtins.any(p.startswith("*") for p in params) and len(args) > len(names):
+    names, variadic = _names(params)
+    if not variadic and len(args) > len(names):
         raise TypeError(f"{owner}.{name}() takes at most {len(names)} arguments "
                         f"({len(args)} given)")
     for key in kwargs:
@@ -145,8 +139,8 @@ def _outs(params, args, kwargs):
     """The ``out`` argument of a call, given by keyword or by position."""
     if "out" in kwargs:
         return [kwargs["out"]]
-    names = [p for p in params if not p.startswith("*")]
-    if "out" in names and not builtins.any(p.startswith("*") for p in params):
+    names, variadic = _names(params)
+    if "out" in names and not variadic:
         i = names.index("out")
         if i < len(args):
             return [args[i]]
@@ -190,23 +184,14 @@ def copyto(dst, src, casting="same_kind", where=None):
                _operands((src, where)), _operands((dst,)))
 
 
-def _operator(name):
+def _operator(name, inplace=False):
+    """``ndarray.<name>``: a new array, or with ``inplace`` this one, written."""
     def op(self, *args):
         reads = _operands((self, *args), sequences=False)
-        return _wrap(_graph.run("cupy", name, (self, *args),
-                                lambda: getattr(self._buf, name)(*_unwrap(args)), reads),
-                     self._device)
-
-    op.__name__ = name
-    return op
-
-
-def _inplace(name):
-    def op(self, other):
-        reads = _operands((self, other), sequences=False)
-        _graph.run("cupy", name, (self, other), lambda: getattr(self._buf, name)(_unwrap(other)),
-                   reads, (self._buf,))
-        return self
+        result = _graph.run("cupy", name, (self, *args),
+                            lambda: getattr(self._buf, name)(*_unwrap(args)), reads,
+                            (self._buf,) if inplace else ())
+        return self if inplace else _wrap(result, self._device)
 
     op.__name__ = name
     return op
@@ -221,27 +206,23 @@ class ndarray:  # noqa: N801 (CuPy's name)
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
-        _graph.check_alloc()
-        ALLOCATIONS[0] += 1
-        self._buf = np.empty(shape, dtype, order=order)
-        self._device = runtime.getDevice()
-        _graph.register(self._buf, self._device)
-        _cuda.mark_written(self._buf)
-        _WRAPPERS[id(self._buf)] = self
+        self._adopt(np.empty(shape, dtype, order=order), None)
 
     @classmethod
     def _from(cls, a: np.ndarray, device=None):
         self = object.__new__(cls)
+        self._adopt(a, device)
+        return self
+
+    def _adopt(self, a: np.ndarray, device):
         self._buf = a
         self._device = runtime.getDevice() if device is None else device
         if a.base is None:  # a new buffer, not a view: what a device allocation would be
             _graph.check_alloc()
             ALLOCATIONS[0] += 1
-            if _cuda._entry(_cuda._WRITES, a) is None:
-                _cuda.mark_written(a)
+            _cuda.mark_new(a)
             _graph.register(a, self._device)
         _WRAPPERS[id(a)] = self
-        return self
 
     @property
     def _a(self):
@@ -252,7 +233,8 @@ class ndarray:  # noqa: N801 (CuPy's name)
 
     # what CuPy refuses
     def __array__(self, dtype=None, copy=None):
-        raise TypeError(IMPLICIT_CONVERSION)
+        raise TypeError(f"{IMPLICIT_CONVERSION} Please use `.get()` to construct a NumPy "
+                        "array explicitly.")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """A NumPy ufunc on device arrays runs as CuPy's namesake: only ufuncs CuPy has, with
@@ -306,11 +288,10 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return self._buf
 
     def get(self, stream=None, order="C", out=None, blocking=True):
-        q = self._host_queue(stream)
         if blocking:
-            _cuda.host_read((self._buf,), q)
+            self._read_to_host(stream)
         else:
-            _cuda.enqueue((self._buf,), (), q, "read by the host")
+            _cuda.enqueue((self._buf,), (), self._host_queue(stream), "read by the host")
         if out is not None:
             np.copyto(out, self._buf)
             return out
@@ -383,8 +364,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
-            raise TypeError(IMPLICIT_CONVERSION.replace(" Please use `.get()` to construct "
-                                                        "a NumPy array explicitly.", ""))
+            raise TypeError(IMPLICIT_CONVERSION)
         # a fill or copy kernel on the current device: the array must be there too
         _operands((self,))
         reads = _operands((key, value), host_ok=True)
@@ -398,32 +378,26 @@ class ndarray:  # noqa: N801 (CuPy's name)
     def __iter__(self):
         return (self[i] for i in range(len(self._buf)))
 
-    def __float__(self):
-        return float(self._read_to_host())
-
-    def __int__(self):
-        return int(self._read_to_host())
-
-    def __bool__(self):
-        return bool(self._read_to_host())
-
-    def __complex__(self):
-        return complex(self._read_to_host())
-
-    def __repr__(self):
-        return repr(self._read_to_host())
-
-    def __str__(self):
-        return str(self._read_to_host())
-
     __hash__ = None
+
+
+def _host_conversion(convert):
+    def method(self):  # a synchronous copy to the host, as CuPy's
+        return convert(self._read_to_host())
+
+    method.__name__ = f"__{convert.__name__}__"
+    return method
+
+
+for _convert in (float, int, bool, complex, repr, str):
+    setattr(ndarray, f"__{_convert.__name__}__", _host_conversion(_convert))
 
 
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
               "xor", "lshift", "rshift"):
     setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
     setattr(ndarray, f"__r{_name}__", _operator(f"__r{_name}__"))
-    setattr(ndarray, f"__i{_name}__", _inplace(f"__i{_name}__"))
+    setattr(ndarray, f"__i{_name}__", _operator(f"__i{_name}__", inplace=True))
 for _name in ("neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne"):
     setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
 
@@ -480,8 +454,6 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
 
 def get_array_module(*args):
     """This module when any argument is a stand-in array, else NumPy."""
-    import sys
-
     # builtins.any: this module's own ``any`` is NumPy's
     return sys.modules[__name__] if builtins.any(isinstance(a, ndarray) for a in args) else np
 
@@ -518,9 +490,7 @@ class _Generator:
             bound = {**dict(zip(params, args)), **kwargs}
             _operands(bound.values())
             out = bound.pop("out", None)
-            dtype = bound.get("dtype") if name not in _NUMPY_DRAW_DTYPE else None
-            if dtype is not None:
-                del bound["dtype"]
+            dtype = None if name in _NUMPY_DRAW_DTYPE else bound.pop("dtype", None)
             if out is not None:
                 if not isinstance(out, ndarray) or name not in _NUMPY_DRAW_OUT:
                     raise TypeError(f"out must be a cupy.ndarray, not {type(out)}")
@@ -550,8 +520,5 @@ random.Generator = _Generator
 
 # --- cupyx -------------------------------------------------------------------------------------
 
-empty_pinned = _cuda.empty_pinned
-zeros_pinned = _cuda.zeros_pinned
 cupyx = types.ModuleType("cupyx")
-cupyx.empty_pinned = empty_pinned
-cupyx.zeros_pinned = zeros_pinned
+cupyx.empty_pinned, cupyx.zeros_pinned = _cuda.empty_pinned, _cuda.zeros_pinned

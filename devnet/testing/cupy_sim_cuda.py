@@ -1,20 +1,20 @@
 """``cupy.cuda`` for the CuPy stand-in: devices, streams, events, and the order work runs in.
 
-The stand-in computes at once, on the host, so nothing here ever waits. What it keeps instead is
-the order a GPU would impose, so that a missing synchronisation fails in CI:
+The stand-in computes at once, on the host, so nothing here ever waits. It keeps instead the
+order a GPU would impose, so that a missing synchronisation fails in CI:
 
 * every stream (per device, the legacy default stream included) is a ``_Queue`` of numbered
   operations; an event records a position in one queue;
 * each device buffer remembers the queue and position of its last write (``mark_written``), and
-  each use of it (``check_use``) by another queue must be ordered after that write: by the same
-  queue, the legacy default stream's implicit ordering with blocking streams of its device, a
-  ``wait_event`` on an event recorded after it, or a host synchronisation (``Stream``,
-  ``Event`` or ``Device.synchronize``, a blocking ``get``, an ``Event.done`` that said True);
-* a pinned host buffer remembers the asynchronous copy that reads it, and a host write to it
-  before that copy is known to be complete raises.
+  a use of it (``check_use``) on another queue must be ordered after that write: by the legacy
+  default stream's implicit ordering with blocking streams of its device, a ``wait_event`` on an
+  event recorded after it, or a host synchronisation (``synchronize``, a blocking ``get``,
+  ``done``);
+* a pinned host buffer remembers the asynchronous copy that reads it; a host write to it before
+  that copy is known to be complete raises.
 
-A use that no rule orders raises ``StreamOrderError``: on a GPU it would read or overwrite data
-that the other stream may not have produced or consumed yet.
+A use that no rule orders raises ``StreamOrderError``: on a GPU it would be a data race. Not
+tracked: a device write on one stream after another stream's read of the buffer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 DEVICE_COUNT = int(os.environ.get("DEVNET_CUDA_SIMULATOR_DEVICES", "2"))
 _tls = threading.local()
-_lock = lock = threading.RLock()
+lock = threading.RLock()
 # queue -> its stream capture in progress (devnet.testing.cupy_graph)
 CAPTURES: dict = {}
 
@@ -78,17 +78,10 @@ class _Runtime:
 
     @staticmethod
     def memGetInfo():  # noqa: N802
-        # (free, total) bytes: the simulated device's memory, all free (nothing is tracked)
-        total = _Runtime.getDeviceProperties(_Runtime.getDevice())["totalGlobalMem"]
-        return total, total
+        """(free, total) bytes: all free (the stand-in does not track device memory)."""
+        return 1 << 30, 1 << 30
 
-    @staticmethod
-    def driverGetVersion():  # noqa: N802
-        return 12090
-
-    @staticmethod
-    def runtimeGetVersion():  # noqa: N802
-        return 12090
+    driverGetVersion = runtimeGetVersion = staticmethod(lambda: 12090)  # noqa: N815
 
 
 runtime = _Runtime()
@@ -130,11 +123,10 @@ _ALL_QUEUES: weakref.WeakSet = weakref.WeakSet()
 
 
 def _legacy_queue(device):
-    q = _LEGACY.get(device)
-    if q is None:
-        q = _LEGACY[device] = _Queue(device, 0, blocking=True)
-        _ALL_QUEUES.add(q)
-    return q
+    if device not in _LEGACY:
+        _LEGACY[device] = _Queue(device, 0, blocking=True)
+        _ALL_QUEUES.add(_LEGACY[device])
+    return _LEGACY[device]
 
 
 def current_queue():
@@ -142,10 +134,27 @@ def current_queue():
     return get_current_stream()._queue_on(runtime.getDevice())
 
 
-# id(root NumPy buffer) -> (weakref to it, queue, position) of its last device write
-_WRITES: dict[int, tuple] = {}
-# id(root pinned buffer) -> (weakref to it, queue, position) of the async copy reading it
-_PINNED_READS: dict[int, tuple] = {}
+class BufferTable(dict):
+    """key -> (weakref to a buffer, *info); entries of dead buffers are swept as it grows."""
+
+    sweep_at = 4096
+
+    def put(self, key, buf, *info):
+        if len(self) > self.sweep_at:
+            for k, e in list(self.items()):
+                if e[0]() is None:
+                    del self[k]
+            self.sweep_at = max(4096, 4 * len(self))
+        self[key] = (weakref.ref(buf), *info)
+
+    def live(self, buf):
+        """The entry of ``buf`` (keyed by its id), or None."""
+        e = self.get(id(buf))
+        return e if e is not None and e[0]() is buf else None
+
+
+_WRITES = BufferTable()  # id(root buffer) -> (ref, queue, position) of its last device write
+_PINNED_READS = BufferTable()  # id(root pinned buffer) -> (ref, queue, position) of its copy
 
 
 def root(a: np.ndarray) -> np.ndarray:
@@ -153,13 +162,6 @@ def root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
     return a
-
-
-def _entry(table, buf):
-    e = table.get(id(buf))
-    if e is not None and e[0]() is buf:
-        return e
-    return None
 
 
 def _describe(buf):
@@ -170,7 +172,7 @@ def check_use(bufs, queue, what="used"):
     """Raise StreamOrderError unless ``queue`` is ordered after the last write of each buffer
     (NumPy arrays of the stand-in's device arrays)."""
     for b in bufs:
-        e = _entry(_WRITES, root(b))
+        e = _WRITES.live(root(b))
         if e is not None and not queue.orders_after(e[1], e[2]):
             raise StreamOrderError(
                 f"{_describe(b)} written on the {e[1]!r} is {what} on the {queue!r} with "
@@ -183,7 +185,7 @@ def enqueue(reads=(), writes=(), queue=None, what="used"):
     writes ``writes``; returns the queue."""
     q = current_queue() if queue is None else queue
     _refuse_in_capture(q, what)
-    with _lock:
+    with lock:
         check_use(reads, q, what)
         check_use(writes, q, "overwritten")
         q.n += 1
@@ -197,29 +199,23 @@ def mark_written(buf, queue=None, pos=None):
     operation of the current stream, such as the allocation or upload that made ``buf``)."""
     q = current_queue() if queue is None else queue
     r = root(buf)
-    with _lock:
+    with lock:
         if pos is None:
             q.n += 1
             pos = q.n
-        if len(_WRITES) > 4 * _purge_at[0]:
-            _purge(_WRITES)
-        _WRITES[id(r)] = (weakref.ref(r), q, pos)
+        _WRITES.put(id(r), r, q, pos)
 
 
-_purge_at = [4096]
-
-
-def _purge(table):
-    for key, e in list(table.items()):
-        if e[0]() is None:
-            del table[key]
-    _purge_at[0] = max(4096, len(table))
+def mark_new(buf):
+    """``mark_written(buf)`` unless its last write is already known."""
+    if _WRITES.live(root(buf)) is None:
+        mark_written(buf)
 
 
 def _complete(q, pos=None, waited=None):
     """The host knows ``q``'s work up to ``pos`` (default: all queued) is complete, and with
     it the work of other queues it had waited for by then (``waited``, default: so far)."""
-    with _lock:
+    with lock:
         q.done = max(q.done, q.n if pos is None else pos)
         for other, p in list((q.waited if waited is None else waited).items()):
             other.done = max(other.done, p)
@@ -251,14 +247,14 @@ class Device:
         for q in list(CAPTURES):
             if q.device == self.id:
                 _refuse_in_capture(q, "waited for by Device.synchronize")
-        with _lock:
+        with lock:
             for q in list(_ALL_QUEUES):
                 if q.device == self.id:
                     q.done = q.n
 
     def __enter__(self):
         self._previous.append(runtime.getDevice())
-        runtime.setDevice(self.id)
+        self.use()
         return self
 
     def __exit__(self, *exc):
@@ -313,11 +309,26 @@ class Stream:
 
     def begin_capture(self, mode=None):
         """Record, instead of running, the work queued on this stream (cupy_graph.run)."""
-        _begin_capture(self, mode)
+        q = self._here()
+        if q.legacy or q.blocking:
+            raise runtime.CUDARuntimeError(
+                "cudaErrorStreamCaptureUnsupported: capture needs a non-blocking stream "
+                "(cupy.cuda.Stream(non_blocking=True)), not the legacy default stream or a "
+                "stream that synchronises with it")
+        with lock:
+            if q in CAPTURES:
+                raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is already "
+                                               "capturing")
+            CAPTURES[q] = Capture()
 
     def end_capture(self):
         """Stop capturing; returns the ``Graph`` of the recorded work."""
-        return _end_capture(self)
+        q = self._here()
+        with lock:
+            cap = CAPTURES.pop(q, None)
+        if cap is None:
+            raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is not capturing")
+        return Graph._made(cap)
 
     def is_capturing(self):
         return self._here() in CAPTURES
@@ -339,7 +350,7 @@ class Stream:
             return  # an event never recorded: nothing to wait for, as in CUDA
         _refuse_in_capture(self._here(), "an event waited for (not captured by the stand-in)")
         q, (other, pos, waited) = self._here(), event._at
-        with _lock:
+        with lock:
             for o, p in (*waited.items(), (other, pos)):
                 if o is not q and q.waited.get(o, 0) < p:
                     q.waited[o] = p
@@ -351,10 +362,8 @@ class Stream:
 
     def __enter__(self):
         _check_stream_device(self.device_id)
-        device = runtime.getDevice()
-        self._previous.append((device, get_current_stream()))
-        _current_streams()[device] = self
-        return self
+        self._previous.append((runtime.getDevice(), get_current_stream()))
+        return self.use()
 
     def __exit__(self, *exc):
         device, previous = self._previous.pop()
@@ -374,10 +383,7 @@ Stream.null = Stream(null=True)
 
 
 def _current_streams():
-    streams = getattr(_tls, "streams", None)
-    if streams is None:
-        streams = _tls.streams = {}
-    return streams
+    return _tls.__dict__.setdefault("streams", {})
 
 
 def get_current_stream(device_id=-1):
@@ -410,7 +416,7 @@ class Event:
                 f"on a stream of device {device}")
         q = stream._queue_on(device)
         _refuse_in_capture(q, "an event recorded (not captured by the stand-in)")
-        with _lock:
+        with lock:
             self._at = (q, q.n, dict(q.waited))
         self._time = time.perf_counter()
 
@@ -467,14 +473,15 @@ class PinnedArray(np.ndarray):
         super().__setitem__(key, value)
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        def plain(a):
+            return a.view(np.ndarray) if isinstance(a, PinnedArray) else a
+
         for o in out or ():
             if isinstance(o, PinnedArray):
                 _check_pinned_write(o)
-        inputs = tuple(i.view(np.ndarray) if isinstance(i, PinnedArray) else i for i in inputs)
         if out is not None:
-            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, PinnedArray) else o
-                                  for o in out)
-        return getattr(ufunc, method)(*inputs, **kwargs)
+            kwargs["out"] = tuple(map(plain, out))
+        return getattr(ufunc, method)(*map(plain, inputs), **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
         if func is np.copyto:
@@ -489,7 +496,7 @@ class PinnedArray(np.ndarray):
 
 
 def _check_pinned_write(a):
-    e = _entry(_PINNED_READS, root(a))
+    e = _PINNED_READS.live(root(a))
     if e is not None and e[1].done < e[2]:
         raise StreamOrderError(
             f"a host write to pinned {_describe(a)} while the asynchronous copy out of it "
@@ -502,9 +509,7 @@ def mark_pinned_read(host: np.ndarray, queue):
     CUDA copies pageable memory before the call returns)."""
     if isinstance(host, PinnedArray):
         r = root(host)
-        if len(_PINNED_READS) > 1024:
-            _purge(_PINNED_READS)
-        _PINNED_READS[id(r)] = (weakref.ref(r), queue, queue.n)
+        _PINNED_READS.put(id(r), r, queue, queue.n)
 
 
 def empty_pinned(shape, dtype=float, order="C"):
@@ -528,29 +533,6 @@ class Capture:
 
 
 TRACES: dict = {}  # queue -> the lists eager work on it is appended to (cupy_graph.trace)
-
-
-def _begin_capture(stream, mode=None):
-    q = stream._here()
-    if q.legacy or q.blocking:
-        raise runtime.CUDARuntimeError(
-            "cudaErrorStreamCaptureUnsupported: capture needs a non-blocking stream "
-            "(cupy.cuda.Stream(non_blocking=True)), not the legacy default stream or a stream "
-            "that synchronises with it")
-    with lock:
-        if q in CAPTURES:
-            raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is already "
-                                           "capturing")
-        CAPTURES[q] = Capture()
-
-
-def _end_capture(stream):
-    q = stream._here()
-    with lock:
-        cap = CAPTURES.pop(q, None)
-    if cap is None:
-        raise runtime.CUDARuntimeError(f"cudaErrorIllegalState: the {q!r} is not capturing")
-    return Graph._made(cap)
 
 
 class Graph:

@@ -13,13 +13,16 @@ marks an attribute that is not a method (NDARRAY) or a ufunc (FUNCTIONS: keyword
 from __future__ import annotations
 
 import re
+import textwrap
 
 # keywords every CuPy ufunc's __call__ takes: add(x1, x2, /, out=None, *, casting=, dtype=)
 UFUNC_KEYWORDS = ("out", "casting", "dtype")
 
 # @generated-tables (python -m devnet.testing.cupy_surface)
 NDARRAY = {
-    'T': None,
+    **dict.fromkeys((  # attributes, not methods
+        'T', 'base', 'data', 'device', 'dtype', 'flags', 'flat', 'imag', 'itemsize', 'mT',
+        'nbytes', 'ndim', 'real', 'shape', 'size', 'strides')),
     'all': ('axis', 'out', 'keepdims'),
     'any': ('axis', 'out', 'keepdims'),
     'argmax': ('axis', 'out', 'dtype', 'keepdims'),
@@ -27,7 +30,6 @@ NDARRAY = {
     'argpartition': ('kth', 'axis'),
     'argsort': ('axis', 'kind'),
     'astype': ('dtype', 'order', 'casting', 'subok', 'copy'),
-    'base': None,
     'byteswap': ('inplace',),
     'choose': ('choices', 'out', 'mode'),
     'clip': ('min', 'max', 'out'),
@@ -37,42 +39,28 @@ NDARRAY = {
     'copy': ('order',),
     'cumprod': ('axis', 'dtype', 'out'),
     'cumsum': ('axis', 'dtype', 'out'),
-    'data': None,
-    'device': None,
     'diagonal': ('offset', 'axis1', 'axis2'),
     'dot': ('b', 'out'),
-    'dtype': None,
     'dump': ('file',),
     'dumps': (),
     'fill': ('value',),
-    'flags': None,
-    'flat': None,
     'flatten': ('order',),
-    'imag': None,
     'item': (),
-    'itemsize': None,
-    'mT': None,
     'max': ('axis', 'out', 'keepdims'),
     'mean': ('axis', 'dtype', 'out', 'keepdims'),
     'min': ('axis', 'out', 'keepdims'),
-    'nbytes': None,
-    'ndim': None,
     'nonzero': (),
     'partition': ('kth', 'axis'),
     'prod': ('axis', 'dtype', 'out', 'keepdims'),
     'put': ('indices', 'values', 'mode'),
     'ravel': ('order',),
-    'real': None,
     'repeat': ('repeats', 'axis'),
     'reshape': ('*shape', 'order', 'copy'),
     'round': ('decimals', 'out'),
     'searchsorted': ('v', 'side', 'sorter'),
-    'shape': None,
-    'size': None,
     'sort': ('axis', 'kind'),
     'squeeze': ('axis',),
     'std': ('axis', 'dtype', 'out', 'ddof', 'keepdims'),
-    'strides': None,
     'sum': ('axis', 'dtype', 'out', 'keepdims'),
     'swapaxes': ('axis1', 'axis2'),
     'take': ('indices', 'axis', 'out'),
@@ -105,9 +93,10 @@ GENERATOR = {
     'uniform': ('low', 'high', 'size', 'dtype'),
 }
 FUNCTIONS = {
-    'abs': None,
-    'absolute': None,
-    'add': None,
+    **dict.fromkeys((  # ufuncs
+        'abs', 'absolute', 'add', 'cos', 'divide', 'exp', 'expm1', 'isfinite', 'isinf', 'isnan',
+        'log', 'log1p', 'logaddexp', 'maximum', 'minimum', 'multiply', 'sign', 'sin', 'sqrt',
+        'square', 'subtract', 'tanh')),
     'all': ('a', 'axis', 'out', 'keepdims'),
     'allclose': ('a', 'b', 'rtol', 'atol', 'equal_nan'),
     'any': ('a', 'axis', 'out', 'keepdims'),
@@ -118,45 +107,26 @@ FUNCTIONS = {
     'clip': ('a', 'a_min', 'a_max', 'out'),
     'concatenate': ('tup', 'axis', 'out', 'dtype', 'casting'),
     'copyto': ('dst', 'src', 'casting', 'where'),
-    'cos': None,
     'count_nonzero': ('a', 'axis'),
-    'divide': None,
     'dot': ('a', 'b', 'out'),
     'empty': ('shape', 'dtype', 'order'),
     'empty_like': ('prototype', 'dtype', 'order', 'subok', 'shape'),
-    'exp': None,
-    'expm1': None,
     'full': ('shape', 'fill_value', 'dtype', 'order'),
     'full_like': ('a', 'fill_value', 'dtype', 'order', 'subok', 'shape'),
-    'isfinite': None,
-    'isinf': None,
-    'isnan': None,
     'linspace': ('start', 'stop', 'num', 'endpoint', 'retstep', 'dtype', 'axis'),
-    'log': None,
-    'log1p': None,
-    'logaddexp': None,
     'matmul': ('*args', 'axes', 'axis', 'keepdims', 'casting', 'dtype', 'signature', 'order',
                'out'),
     'max': ('a', 'axis', 'out', 'keepdims'),
-    'maximum': None,
     'mean': ('a', 'axis', 'dtype', 'out', 'keepdims'),
     'min': ('a', 'axis', 'out', 'keepdims'),
-    'minimum': None,
-    'multiply': None,
     'ones': ('shape', 'dtype', 'order'),
     'ones_like': ('a', 'dtype', 'order', 'subok', 'shape'),
     'prod': ('a', 'axis', 'dtype', 'out', 'keepdims'),
     'ravel': ('a', 'order'),
     'reshape': ('a', 'newshape', 'order', 'copy'),
-    'sign': None,
-    'sin': None,
-    'sqrt': None,
-    'square': None,
     'stack': ('tup', 'axis', 'out', 'dtype', 'casting'),
     'std': ('a', 'axis', 'dtype', 'out', 'ddof', 'keepdims'),
-    'subtract': None,
     'sum': ('a', 'axis', 'dtype', 'out', 'keepdims'),
-    'tanh': None,
     'unique': ('ar', 'return_index', 'return_inverse', 'return_counts', 'axis', 'equal_nan'),
     'where': ('condition', 'x', 'y'),
     'zeros': ('shape', 'dtype', 'order'),
@@ -184,13 +154,9 @@ def _doc_params(obj):
     m = re.match(r"^[\w.]+\((.*)\)( ->.*)?$", first[0]) if first else None
     if m is None:
         return None
-    names = []
-    for p in _split_top(m.group(1)):
-        p = p.split("=")[0].strip().replace("\\", "")
-        if p in ("*", "/"):
-            continue
-        names.append(p.split()[-1])
-    return tuple(n for n in names if n != "self")
+    # "int a=None" -> "a"; the markers "*" and "/" are not parameters
+    names = [p.split("=")[0].replace("\\", "").split()[-1] for p in _split_top(m.group(1))]
+    return tuple(n for n in names if n not in ("self", "*", "/"))
 
 
 def _params(obj):
@@ -225,6 +191,24 @@ def read_installed(cupy, ndarray_names, generator_names, function_names):
     return ndarray, generator, functions
 
 
+def _format(title, table):
+    """``table`` as source: names without parameters grouped first, then one entry a line."""
+    out = [f"{title} = {{"]
+    plain = sorted(n for n, v in table.items() if v is None)
+    if plain:
+        out.append(f"    **dict.fromkeys((  # {_PLAIN[title]}")
+        out += [f"        {line}" for line in textwrap.wrap(", ".join(map(repr, plain)), 91)]
+        out[-1] += ")),"
+    for name in sorted(n for n in table if table[n] is not None):
+        head = f"    {name!r}: ("
+        out += textwrap.wrap(f"{head}{repr(table[name])[1:]},", 99,
+                             subsequent_indent=" " * len(head))
+    return out + ["}"]
+
+
+_PLAIN = {"NDARRAY": "attributes, not methods", "FUNCTIONS": "ufuncs"}
+
+
 def _generate():
     import cupy
     import numpy as np
@@ -232,18 +216,9 @@ def _generate():
     ndarray_names = [n for n in dir(cupy.ndarray) if not n.startswith("_")
                      and hasattr(np.ndarray, n)]
     generator_names = [n for n in dir(cupy.random.Generator) if not n.startswith("_")]
-    try:
-        function_names = list(FUNCTIONS)
-    except NameError:
-        function_names = []
-    tables = read_installed(cupy, ndarray_names, generator_names, function_names)
-    out = []
-    for title, table in zip(("NDARRAY", "GENERATOR", "FUNCTIONS"), tables):
-        out.append(f"{title} = {{")
-        for name in sorted(table):
-            out.append(f"    {name!r}: {table[name]!r},")
-        out.append("}")
-    return "\n".join(out)
+    tables = read_installed(cupy, ndarray_names, generator_names, list(FUNCTIONS))
+    return "\n".join(line for title, table in zip(("NDARRAY", "GENERATOR", "FUNCTIONS"), tables)
+                     for line in _format(title, table))
 
 
 if __name__ == "__main__":
