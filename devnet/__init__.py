@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 def __getattr__(name):
     # dn.distributed is imported on first use: imported here, ``python -m devnet.distributed``
     # (the launcher) would find itself in sys.modules before it runs and warn (runpy)

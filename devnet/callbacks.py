@@ -34,14 +34,6 @@ def _path(who: str, path) -> str:
     return os.fspath(path)
 
 
-def _mode(monitor: str, mode: str) -> str:
-    if mode == "auto":
-        return "max" if monitor.removeprefix("val_") in _MAX_METRICS else "min"
-    if mode not in ("min", "max"):
-        raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-    return mode
-
-
 def _monitored(logs: dict, monitor: str, who: str) -> float:
     if monitor not in logs:
         hint = " (pass validation_data or validation_split to fit)" if monitor.startswith(
@@ -58,8 +50,11 @@ class _Improvement:
         if not isinstance(monitor, str) or not monitor:
             raise ConfigError(f"monitor must be the name of an epoch log entry (e.g. 'loss', "
                               f"'val_loss', 'val_accuracy'), got {monitor!r}")
-        self.monitor = monitor
-        self.mode = _mode(monitor, mode)
+        if mode == "auto":
+            mode = "max" if monitor.removeprefix("val_") in _MAX_METRICS else "min"
+        elif mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
         if not (real(min_delta) and min_delta >= 0):
             raise ConfigError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
@@ -85,14 +80,11 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.patience = count("patience", patience)
         self.restore_best = flag("restore_best", restore_best)
-        self.wait = 0
-        self.best_epoch: int | None = None
-        self.stopped_epoch: int | None = None
+        self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
         self._best_params = None
 
     def on_train_begin(self, logs: dict) -> None:
-        self.wait = 0
-        self.stopped_epoch = None
+        self.wait, self.stopped_epoch = 0, None
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         value = _monitored(logs, self.monitor, "EarlyStopping")
@@ -139,10 +131,9 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
 
     def on_train_begin(self, logs: dict) -> None:
-        """Refuse before the first epoch what the first save would refuse after it: a path
-        no save can write (``io.check_save_path``: a missing folder, a file name too long, a
-        folder or read-only file in the way; with ``{...}`` fields, only the folder part is
-        known) or an optimizer that cannot be saved (``io.check_saveable``)."""
+        """Refuse before the first epoch what the first save would refuse after it: a path no
+        save can write (with ``{...}`` fields, only its folder is known) or an optimizer that
+        cannot be saved."""
         from devnet import io
 
         folder = os.path.dirname(self.path)
@@ -218,11 +209,8 @@ class CSVLogger(Callback):
     """Append one row per epoch (epoch, then every log key) to a CSV file, flushed each epoch.
 
     ``append=False`` starts a new file (header first); ``append=True`` continues an existing
-    one (e.g. when resuming) and writes the header only if the file is empty. The existing
-    header must have been written with the same ``separator`` (refused before training
-    otherwise); keys the resumed run logs that the header lacks are added as columns (the
-    earlier rows get empty cells), so every row is whole.
-    ``separator``: one of ``CSV_SEPARATORS``.
+    one (e.g. when resuming), written with the same ``separator`` (one of ``CSV_SEPARATORS``);
+    keys the header lacks are added as columns (earlier rows get empty cells).
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ","):
@@ -233,15 +221,12 @@ class CSVLogger(Callback):
                               f"number, a log name or CSV quoting, one of "
                               f"{', '.join(map(repr, CSV_SEPARATORS))}; got {separator!r}")
         self.separator = separator
-        self._file = None
-        self._writer = None
-        self._keys: list[str] | None = None
+        self._file = self._writer = self._keys = None
 
     def on_train_begin(self, logs: dict) -> None:
         self._keys = None
         try:
-            has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
-            if has_rows:
+            if self.append and self.path.exists() and self.path.stat().st_size > 0:
                 self._keys = self._read_header()
             self._file = open(self.path, "a" if self.append else "w", newline="")
         except OSError as exc:
@@ -251,7 +236,7 @@ class CSVLogger(Callback):
 
     def _read_header(self) -> list[str]:
         """The log keys of the existing file's header; a ConfigError unless it is a CSVLogger
-        header read with this separator (rows in another layout would be unreadable)."""
+        header read with this separator."""
         with open(self.path, newline="") as f:
             header = next(csv.reader(f, delimiter=self.separator), None)
         if not header or header[0] != "epoch" or len(header) < 2:
@@ -277,7 +262,7 @@ class CSVLogger(Callback):
 
     def _add_columns(self, keys: list[str]) -> None:
         """Rewrite the log with ``keys`` added to its header (earlier rows: empty cells), then
-        continue appending: a resumed run that logs more (validation added) keeps every key."""
+        continue appending."""
         self._file.close()
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f, delimiter=self.separator))
@@ -304,21 +289,16 @@ class GradientFlow(Callback):
     """Per layer and epoch: the weights' gradient norm and update ratio, into the History.
 
     ``history["grad_norm/layers.i"]``: the root mean square over the epoch's steps of
-    ``||dW_i||`` (the Frobenius norm of layer i's weight gradient), the quantity that shows
-    vanishing gradients: in a deep plain sigmoid stack the first layers' values are orders of
-    magnitude below the last's. ``history["update_ratio/layers.i"]``: ``||W_i(end) -
-    W_i(start)|| / ||W_i(start)||`` over the epoch, how far the optimizer moved the layer.
-    Plot them with ``history.plot_gradient_flow(path)``.
-
-    Cost: one fused multiply-add over the flat gradient buffer per step, on the device (no
-    host read); one per-layer reduction and one parameter copy per epoch.
+    ``||dW_i||`` (Frobenius), which shows vanishing gradients; ``history["update_ratio/
+    layers.i"]``: ``||W_i(end) - W_i(start)|| / ||W_i(start)||`` over the epoch. Plot them with
+    ``history.plot_gradient_flow(path)``. Cost: one multiply-add over the flat gradient buffer
+    per step on the device (no host read); one reduction and parameter copy per epoch.
     """
 
     def on_train_begin(self, logs: dict) -> None:
         model = self.trainer.model
         self._sq = model.backend.zeros(model.grads.shape, model.dtype)
-        self._start = model.params.copy()
-        self._steps = 0
+        self._start, self._steps = model.params.copy(), 0
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         model = self.trainer.model

@@ -1,10 +1,8 @@
 """Datasets: the bundled ones, CSV / NPZ files, splitting, standardization, label encoding.
 
-The loaders return ``(X, y)`` with X float32 (n, d) -- what ``dn.MLP`` takes by default --
-and y whose dtype says the task: int64 class labels for classification, float targets of the
-same dtype as X for regression (``devnet.task`` decides which). ``dtype="float64"`` keeps every
-digit. Files are parsed in float64 and cast once, so a value is the nearest float32 to the
-text. The command line and the Python API share them, so a file means the same in both.
+The loaders return ``(X, y)``: X float32 (n, d) (``dtype="float64"`` keeps every digit), y
+int64 class labels for classification or X's dtype for regression (``devnet.task`` decides).
+Files are parsed in float64 and cast once. The CLI and the Python API share them.
 """
 
 from __future__ import annotations
@@ -68,10 +66,8 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_standardization(X) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column ``(mean, scale)`` of X (n, d), float64 (d,) each; constant columns get scale 1.
-
-    Pass only the training rows: statistics of the test rows would leak into the model.
-    """
+    """Per-column ``(mean, scale)`` of X (n, d), float64 (d,) each (a constant column's scale
+    is 1). Pass only the training rows: the test rows' statistics would leak into the model."""
     X = _array("fit_standardization: X", X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise DataError(f"fit_standardization needs a numeric 2-D array (n, d) with n >= 1, got "
@@ -118,11 +114,8 @@ def _array(name: str, a) -> np.ndarray:
 
 
 def train_test_split(X, y, test_size: float = 0.25, seed: int | None = 0):
-    """Shuffle and split; returns X_train, X_test, y_train, y_test.
-
-    X and y: arrays (or lists) with the same number of rows, at least two; each part gets at
-    least one row. ``round(n * test_size)`` rows (at least 1) go to the test part.
-    """
+    """Shuffle and split X and y (same number of rows, at least two); returns X_train, X_test,
+    y_train, y_test. ``round(n * test_size)`` rows go to the test part; each part gets >= 1."""
     test_size = validation.fraction("test_size", test_size)
     seed = validation.seed("seed", seed)
     X, y = (np.asarray(a) if not hasattr(a, "shape") and a is not None else a for a in (X, y))
@@ -146,10 +139,8 @@ def train_test_split(X, y, test_size: float = 0.25, seed: int | None = 0):
 
 
 def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes, codes)``: the sorted distinct labels and y as int64 indices 0..K-1 into them.
-
-    ``classes[codes]`` gives y back; predictions (indices) map to labels the same way.
-    """
+    """``(classes, codes)``: the sorted distinct labels and y as int64 indices 0..K-1 into them
+    (``classes[codes]`` gives y back)."""
     arr = np.asarray(y)
     if arr.ndim != 1 or arr.dtype.kind not in "biufUS":
         raise DataError(f"encode_labels needs a 1-D array of labels (numbers or strings), got "
@@ -167,8 +158,7 @@ class DataWarning(UserWarning):
 
 
 def _cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    """Float64 ``a`` as ``dtype``, or a DataError where a value lies beyond its range (it would
-    become inf)."""
+    """Float64 ``a`` as ``dtype``, or a DataError where a value lies beyond its range."""
     if dtype == a.dtype:
         return a
     big = np.abs(a) > np.finfo(dtype).max
@@ -185,10 +175,9 @@ def load_dataset(spec, target_column: int | str = -1, task: str = "auto",
                  columns=None):
     """``(X, y)`` from a bundled dataset name, a ``.csv`` or a ``.npz`` file.
 
-    X: (n, d) of ``dtype`` (float32, the default model's, or float64). y: int64 class labels
-    when the task (given, or ``devnet.task.infer_task`` for ``"auto"``) is classification,
-    ``dtype`` for regression; None when ``with_target`` is False. ``target_column``,
-    ``header`` and ``columns`` apply to CSV files only (see ``load_csv``).
+    X: (n, d) of ``dtype`` (float32 or float64). y: int64 class labels when the task (given, or
+    ``devnet.task.infer_task``) is classification, ``dtype`` for regression; None when
+    ``with_target`` is False. ``target_column``, ``header`` and ``columns``: see ``load_csv``.
     """
     dtype = validation.float_dtype("dtype", dtype)
     if columns is not None and not str(spec).lower().endswith(".csv"):
@@ -253,9 +242,8 @@ def _read_rows(path: Path) -> tuple[list[list[str]], list[int]]:
 def _split_header(path: Path, rows: list, lines: list, header) -> list[str] | None:
     """The header names (removed from ``rows`` / ``lines``), or None when there is none.
 
-    ``header=None`` decides by the first row: names only (no finite number) is a header,
-    numbers only is data. A row of both is refused: silently taking it as a header would
-    drop a data row with one bad cell ("1,,0", "0x10", a decimal comma).
+    ``header=None`` decides by the first row: names only is a header, numbers only is data;
+    both is refused (as a header it would silently drop a data row with one bad cell).
     """
     if header is not None and not isinstance(header, (bool, np.bool_)):
         raise ConfigError(f"header must be True, False or None (decide by the first row), "
@@ -290,9 +278,8 @@ def _is_range_index(rows: list[list[str]]) -> bool:
 
 
 def _read_table(path: Path, header) -> tuple[list, list, list[str] | None, int]:
-    """``(rows, lines, names, skipped)``: the data rows of a CSV file (all of one width), the
-    line each ends on, the header names (None without a header) and how many leading columns
-    were dropped (1 for pandas' index column, else 0; see ``load_csv``)."""
+    """``(rows, lines, names, skipped)``: a CSV file's data rows (all of one width), the line
+    each ends on, the header names (or None) and the leading columns dropped (pandas' index)."""
     rows, lines = _read_rows(path)
     header_line = lines[0] if lines else 1
     names = _split_header(path, rows, lines, header)
@@ -332,8 +319,7 @@ def csv_columns(path, header: bool | None = None) -> list[str] | None:
 
 def column_index(target_column, names: list[str] | None, width: int, where) -> int:
     """``target_column`` (an index, negative from the end, or a header name) as 0..width-1."""
-    if isinstance(target_column, (int, np.integer)) and not isinstance(
-            target_column, (bool, np.bool_)):
+    if validation.is_int(target_column):
         if not -width <= target_column < width:
             raise ConfigError(f"target_column = {target_column!r} is out of range for {where}, "
                               f"which has {width} columns: valid {-width}..{width - 1}"
@@ -367,18 +353,15 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
     """``(X, y)`` from a numeric CSV file (comma-separated, an optional header row).
 
     The target is column ``target_column``: an index (negative counts from the end) or a
-    header name. X is the other columns, (n, d) of ``dtype``: float32 (the default model's) or
-    float64; every cell is parsed in float64 and cast once (a value beyond float32's range is
-    a DataError). y as in ``load_dataset``; with ``with_target=False`` X is every column and y
-    is None. ``columns``: header names of the columns X takes, in that order (the others,
-    the target aside, are left out). ``header``: None decides by the first row (all names: a
-    header; all numbers: data; both: a DataError), True / False say.
+    header name. X is the other columns, (n, d) of ``dtype`` (float32 or float64; a value
+    beyond its range is a DataError); y as in ``load_dataset``; with ``with_target=False`` X
+    is every column and y is None. ``columns``: header names of the columns X takes, in that
+    order. ``header``: None decides by the first row (all names: a header; all numbers: data;
+    both: a DataError), True / False say.
 
-    Every cell must be a finite number: an empty, NaN or Inf cell is a DataError naming its
-    line and column (both counted from 1; devnet does not impute missing values). A first
-    column without a name holding exactly 0..n-1 is the index pandas' ``to_csv()`` writes: it
-    is dropped with a ``DataWarning`` (column indices then count without it); any other
-    column without a name is a DataError.
+    Every cell must be a finite number (else a DataError naming its line and column, from 1).
+    A first column without a name holding exactly 0..n-1 (pandas' ``to_csv()`` index) is
+    dropped with a ``DataWarning``; any other column without a name is a DataError.
     """
     dtype = validation.float_dtype("dtype", dtype)
     path = _open_file(path)
@@ -422,11 +405,10 @@ def load_csv(path, target_column: int | str = -1, task: str = "auto", with_targe
                             f"which is not a finite number ({int(bad.sum())} such cell(s) in the "
                             "column); drop or fill those rows (devnet does not impute missing "
                             "values)")
-        if j != col and dtype != table.dtype:
-            big = np.abs(table[:, j]) > np.finfo(dtype).max
-            if big.any():
-                i = int(np.argmax(big))
-                _cast(table[i:i + 1, j], dtype, f"{path}, line {lines[i]}: {cell(j)}")
+        big = np.abs(table[:, j]) > np.finfo(dtype).max  # would become inf in dtype
+        if j != col and big.any():
+            i = int(np.argmax(big))
+            _cast(table[i:i + 1, j], dtype, f"{path}, line {lines[i]}: {cell(j)}")
     X = table[:, picked].astype(dtype)
     if col is None:
         return X, None
@@ -457,11 +439,8 @@ def _pick_columns(columns, names, col, path) -> list[int]:
 
 
 def load_npz(path, task: str = "auto", with_target: bool = True, dtype="float32"):
-    """``(X, y)`` from an ``.npz`` file with arrays ``X`` (n, d) and ``y`` (n,) or (n, k).
-
-    X as ``dtype`` (float32 by default, or float64); y as in ``load_dataset`` (None when
-    ``with_target`` is False). Never unpickles.
-    """
+    """``(X, y)`` from an ``.npz`` file with arrays ``X`` (n, d) and ``y`` (n,) or (n, k): X as
+    ``dtype``, y as in ``load_dataset`` (None when ``with_target`` is False). Never unpickles."""
     dtype = validation.float_dtype("dtype", dtype)
     path = _open_file(path)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 
 class DevnetError(Exception):
@@ -30,8 +30,7 @@ class DivergenceError(DevnetError, FloatingPointError):
 
 
 class ModelBusyError(DevnetError, RuntimeError):
-    """A model is being trained by another thread: training or predicting with it now would
-    read or write parameters mid-update."""
+    """Another thread is training the model: using it now would meet parameters mid-update."""
 
 
 def lookup(table: Mapping, name, kind: str):
@@ -39,11 +38,8 @@ def lookup(table: Mapping, name, kind: str):
     if isinstance(name, str) and name in table:
         return table[name]
     plural = kind + ("es" if kind.endswith("s") else "s")
-    raise ConfigError(f"unknown {kind} {name!r}; valid {plural}: {_names(table)}")
-
-
-def _names(names: Iterable) -> str:
-    return ", ".join(sorted(str(n) for n in names))
+    valid = ", ".join(sorted(str(n) for n in table))
+    raise ConfigError(f"unknown {kind} {name!r}; valid {plural}: {valid}")
 
 
 class MissingDependencyError(DevnetError, ImportError):

@@ -2,14 +2,9 @@
 
 Two doors: ``loss(pred, target)`` (any array-like, checked, a new gradient) and
 ``loss.forward_backward_(pred, target, grad)`` (device arrays, your buffer). Both check their
-inputs unless the caller passes ``checked=True``, which ``fit`` does after checking the whole
-data set once (``devnet.validation``): the checks cost a few passes over the batch and, on a
-GPU, a synchronisation, which a training step must not pay.
-
-A loss declares the kind of target it takes (``TARGETS``: any finite values, values in
-[0, 1], values >= 0, or class labels / probabilities); the checks of each kind are written
-once, in ``devnet.targets``, and ``devnet.validation`` runs the same value rules at fit's data
-edge.
+inputs unless the caller passes ``checked=True``, as ``fit`` does after checking the whole data
+set once: the checks cost passes over the batch and, on a GPU, a sync a step must not pay.
+A loss declares the kind of target it takes (``devnet.targets.TARGETS``), whose rules live there.
 """
 
 from __future__ import annotations
@@ -33,18 +28,10 @@ def _as_array(name: str, a, xp):
     if a is None or isinstance(a, (str, bytes)):
         raise DataError(f"{name} must be a numeric array, got {type(a).__name__}")
     try:
-        arr = xp.asarray(detach(a))  # a torch tensor that requires grad refuses to export
+        return xp.asarray(detach(a))  # a torch tensor that requires grad refuses to export
     except (ValueError, TypeError, RuntimeError) as exc:
         raise DataError(f"{name} could not be read as a numeric array (ragged rows or "
                         f"mixed types?): {exc}") from None
-    return arr
-
-
-def _real(name: str, a):
-    """A DataError unless ``a`` holds real numbers (bool, int or float)."""
-    if a.dtype.kind not in "biuf":
-        raise DataError(f"{name} must hold real numbers (bool, int or float), got dtype "
-                        f"{a.dtype}")
 
 
 def _finite(name: str, a, xp, what: str = "") -> None:
@@ -53,12 +40,10 @@ def _finite(name: str, a, xp, what: str = "") -> None:
 
 
 def _normalised_weights(w, dtype, xp):
-    """``w / mean(w)`` in ``dtype``, divided in float64; a batch weighing 0 in total stays 0.
+    """``w / mean(w)`` in ``dtype``; a batch weighing 0 in total (only from ``fit``) stays 0.
 
-    float64 because a float32 mean of float32 weights of 1e38 overflows to inf and every weight
-    became 0 (loss 0, nothing learnt). All-zero weights can reach here only from ``fit``, whose
-    data set as a whole is checked to weigh more than 0: such a batch contributes nothing,
-    rather than NaN. Normalised weights never exceed n, so the cast cannot overflow.
+    Divided in float64: a float32 mean of float32 weights of 1e38 overflows to inf (every
+    weight 0). Normalised weights never exceed n, so the cast cannot overflow.
     """
     mean = w.mean(dtype=xp.float64)
     return (w / xp.where(mean > 0, mean, 1.0)).astype(dtype, copy=False)
@@ -67,13 +52,10 @@ def _normalised_weights(w, dtype, xp):
 class Loss:
     """A loss over ``pred`` (n, k) and ``target``; ``value, dpred = loss(pred, target)``.
 
-    Attributes:
-        name: the table key.
-        kernel: the kernel-table entry computing value and gradient.
-        link: the activation mapping the model's raw outputs to predictions
-            (``softmax`` / ``sigmoid`` for the fused classification losses, else identity).
-        classification: True when targets are class labels / probabilities.
-        target: the kind of target it takes (``TARGETS``), which decides the checks.
+    Attributes: ``name`` (the table key), ``kernel`` (the kernel-table entry), ``link`` (the
+    activation mapping raw outputs to predictions: softmax / sigmoid for the fused
+    classification losses), ``classification`` (targets are class labels / probabilities),
+    ``target`` (the kind of target it takes, ``TARGETS``, which decides the checks).
     """
 
     name = "loss"
@@ -106,18 +88,14 @@ class Loss:
 
     def check_values(self, target, dtype, name: str = "targets") -> None:
         """A DataError unless ``target``, shaped for the kernel, obeys the value rule of this
-        loss's target kind (``TARGETS``). The one place each rule lives: the unchecked door
-        (``prepare_target``) and fit / evaluate's data edge (``validation.check_y``) both run
-        it. dtype: the dtype the loss computes in (tolerances); name: the argument, for the
-        message.
-        """
+        loss's target kind (``TARGETS``), for ``prepare_target`` and ``validation.check_y``
+        alike. dtype: the dtype the loss computes in (tolerances); name: for the message."""
         TARGETS[self.target].values(self.name, target, dtype, name)
 
     def prepare_target(self, pred, target, xp):
-        """``target`` checked (values too) and converted to what the kernel takes: real
-        numbers shaped like ``pred`` in its dtype (class labels: int64), obeying the kind's
-        value rule."""
-        _real(f"{self.name} target", target)
+        """``target`` checked (values too) and converted to what the kernel takes: shaped like
+        ``pred`` in its dtype (class labels: int64)."""
+        validation.real_dtype(f"{self.name} target", target)
         if self.target == "classes":
             return class_labels_or_probs(pred, target, xp)
         target = cast(self.check_target(pred, target), pred.dtype)
@@ -174,9 +152,9 @@ class Loss:
         sample_weight: (n,) or None, normalised to mean 1 so the loss stays a weighted mean.
         backend: whose kernel table to use (default: the device ``pred`` lives on).
         checked: the caller has already checked target (and sample_weight) as
-            ``prepare_target`` does, e.g. ``fit`` once for the whole data set: skip the checks
-            that read the data (and synchronise a GPU). Shapes and dtypes are checked either
-            way, and a label out of range then gives a NaN loss, never an out-of-bounds access.
+            ``prepare_target`` does: skip the checks that read the data. Shapes and dtypes are
+            checked either way; a label out of range then gives a NaN loss, never an
+            out-of-bounds access.
         The returned value is a device scalar: reading it (``float``) synchronises.
         """
         be = backend or backend_of(pred)
@@ -185,9 +163,8 @@ class Loss:
         with be.scope():  # a caller's arrays may be another device's: on pred's, in its scope
             value = self._forward_backward(pred, _on_device(be, target), grad,
                                            _on_device(be, sample_weight), be, False)
-            # the checks passed finite inputs, so an infinite value is an overflow of pred's
-            # dtype (an mse target of 1.8e19 in float32): say so, not a silent inf (this door
-            # synchronises anyway)
+            # the inputs were finite, so an infinite value overflowed pred's dtype (an mse
+            # target of 1.8e19 in float32): say so (this door synchronises anyway)
             if not bool(get_xp(pred).isfinite(value)):
                 raise DataError(f"{self.name}: the loss overflowed {pred.dtype} on finite "
                                 "inputs (predictions or targets too large for it); scale the "
@@ -209,11 +186,8 @@ class Loss:
         return kernel(pred, target, grad, w, self._scale(pred), **self.params())
 
     def __call__(self, pred, target, sample_weight=None):
-        """Mean loss (a float) and its gradient w.r.t. ``pred`` (a new array).
-
-        pred: (n, k) floats (float16 is widened to float32; lists are converted; integer
-        predictions are refused: their gradient would be truncated to integers).
-        """
+        """Mean loss (a float) and its gradient w.r.t. ``pred`` (a new array). pred: (n, k)
+        floats (float16 is widened to float32; lists are converted; integers are refused)."""
         xp = get_xp(pred)
         pred = _as_array(f"{self.name} predictions", pred, xp)
         if pred.dtype == np.float16:
@@ -285,23 +259,13 @@ class BinaryCrossEntropy(Loss):
 
 
 class Poisson(Loss):
-    """Half Poisson deviance with a log link: the model outputs ``z = log(mean)``.
-
-    ``mean(t log(t / mu) - t + mu)`` with ``mu = exp(z)``: 0 where ``mu = t``, as
-    scikit-learn's ``MLPRegressor(loss="poisson")``; targets: counts or rates ``t >= 0``.
-    """
+    """Half Poisson deviance ``mean(t log(t / mu) - t + mu)``, ``mu = exp(z)`` (log link), as
+    scikit-learn's ``MLPRegressor(loss="poisson")``; targets: counts or rates ``t >= 0``."""
 
     name, kernel, link, target = "poisson", "poisson", "exp", "non_negative"
 
 
-LOSSES = {
-    "mse": MSE,
-    "mae": MAE,
-    "huber": Huber,
-    "cross_entropy": CrossEntropy,
-    "binary_cross_entropy": BinaryCrossEntropy,
-    "poisson": Poisson,
-}
+LOSSES = {c.name: c for c in (MSE, MAE, Huber, CrossEntropy, BinaryCrossEntropy, Poisson)}
 
 
 def get(name: str | Loss, **kwargs) -> Loss:

@@ -1,9 +1,8 @@
 """What targets must be: class labels 0..K-1, and the value rule of each loss's target kind.
 
-One home for these rules, whoever asks: fit's data edge (``devnet.validation.check_y``), the
-``devnet`` command and ``loss="auto"`` (``devnet.task``) on the host, and the losses' checked
-door (``devnet.losses``) on a batch wherever it lives (NumPy or CuPy). Each raises a DataError
-naming the argument and saying what was expected.
+One home for these rules, whoever asks: fit's data edge (``devnet.validation.check_y``),
+``devnet.task`` and the CLI on the host, and the losses' checked door on a batch wherever it
+lives (NumPy or CuPy). Each raises a DataError naming the argument and what was expected.
 """
 
 from __future__ import annotations
@@ -43,11 +42,11 @@ def whole(arr: np.ndarray) -> bool:
         return bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
 
 
-def value_list(arr: np.ndarray, limit: int = 8) -> str:
+def value_list(arr: np.ndarray, limit: int = 8, what: str = "values") -> str:
     """Up to ``limit`` values of ``arr``, for a message."""
     shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
                       for v in arr[:limit].tolist())
-    return shown + (f", ... ({len(arr)} values)" if len(arr) > limit else "")
+    return shown + (f", ... ({len(arr)} {what})" if len(arr) > limit else "")
 
 
 def check_binary_labels(y, name: str = "y") -> None:
@@ -120,12 +119,7 @@ def check_class_labels(y, n_out: int | None = None, name: str = "y") -> int:
     return k
 
 
-# --- targets, by the kind a loss declares (``devnet.losses``: ``Loss.target``) ----------------
-# Device-generic (NumPy or CuPy): the losses' unchecked door runs them on a batch where it
-# lives, fit's data edge (``check_y``) on the host.
-
-_SHOWN = 5  # bad labels named in an error message
-
+# --- targets, by the kind a loss declares (``Loss.target``); NumPy or CuPy ------------------
 
 def cast(a, dtype):
     """``a`` as ``dtype``; values beyond its range become inf, which the caller reports."""
@@ -139,12 +133,10 @@ def bounds(a) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _label_list(xp, labels) -> str:
-    """Up to ``_SHOWN`` distinct values of ``labels`` (a device array), for a message."""
+def _label_list(labels) -> str:
+    """Up to 5 distinct values of ``labels`` (a device array), for a message."""
     values = np.unique(np.asarray(labels.get() if hasattr(labels, "get") else labels))
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
-                      for v in values[:_SHOWN].tolist())
-    return shown + (f", ... ({len(values)} distinct)" if len(values) > _SHOWN else "")
+    return value_list(values, 5, "distinct")
 
 
 def _class_count(k: int) -> None:
@@ -195,13 +187,13 @@ def class_labels_or_probs(pred, target, xp):
         bad = target[(target < 0) | (target >= k)]
         raise DataError(f"cross_entropy labels must be integers in [0, {k}) (0..{k - 1}) "
                         f"for predictions with {k} columns; got out-of-range label(s) "
-                        f"{_label_list(xp, bad)}")
+                        f"{_label_list(bad)}")
     labels = target.astype(xp.int64, copy=False)  # in range now: no overflow
     if target.dtype.kind == "f":
         frac = labels != target
         if bool(frac.any()):
             raise DataError(f"cross_entropy labels must be whole numbers (class indices "
-                            f"0..{k - 1}), got {_label_list(xp, target[frac])}")
+                            f"0..{k - 1}), got {_label_list(target[frac])}")
     return labels
 
 
@@ -228,9 +220,8 @@ def _non_negative_values(loss: str, target, dtype, name: str) -> None:
 
 def _class_values(loss: str, target, dtype, name: str = "targets") -> None:
     """Class probabilities (n, k): in [0, 1], each row summing to 1 within ``sqrt(eps)`` of
-    ``dtype`` (scikit-learn's ``log_loss`` tolerance). A row that does not is no
-    distribution: an all-zero row would score loss 0 and teach nothing. Labels (1-D) are
-    checked by ``class_labels_or_probs`` / ``check_class_labels``."""
+    ``dtype`` (scikit-learn's ``log_loss`` tolerance; an all-zero row would score loss 0 and
+    teach nothing). Labels (1-D) are checked by ``class_labels_or_probs``."""
     if target.ndim != 2:
         return
     lo, hi = bounds(target)

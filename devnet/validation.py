@@ -1,10 +1,9 @@
 """Input checks run once at the edge of fit / evaluate / predict, never inside the step.
 
-Every check raises a DataError (the data is wrong) or a ConfigError (an argument is wrong) whose
-message names the argument and says what was expected. Checks return the input converted to
-what the step needs (C-contiguous host arrays of the model's dtype, integer labels), so the step
-itself never converts or checks anything. What targets must be (class labels, each loss's
-target kind) is ``devnet.targets``'s, which ``check_y`` runs.
+Every check raises a DataError (the data is wrong) or a ConfigError (an argument is wrong)
+naming the argument and what was expected, and returns the input converted to what the step
+needs (C-contiguous host arrays of the model's dtype, integer labels). The target rules are
+``devnet.targets``'s, which ``check_y`` runs.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from devnet.targets import bounds, check_class_labels, whole
 #: the float dtypes models, data loaders and losses work in
 FLOAT_DTYPES = ("float32", "float64")
 
-# Largest integer every integer up to which a float type represents exactly.
+# every integer up to this is exact in the float type
 _EXACT_INT = {np.dtype("float32"): 2**24, np.dtype("float64"): 2**53}
 
 
@@ -55,6 +54,11 @@ def real(value) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int past float's range: no float rule can take it
         return False
+
+
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def flag(name: str, value) -> bool:
@@ -111,8 +115,7 @@ def pair(name: str, value, rule, names: tuple[str, str]) -> tuple[float, float]:
 
 def count(name: str, value, what: str = "") -> int:
     """``value`` as an int >= 0 (NumPy integers too, not bools); ``what`` glosses ``name``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
-            and value >= 0:
+    if is_int(value) and value >= 0:
         return int(value)
     raise ConfigError(f"{name}{f' ({what})' if what else ''} must be an integer >= 0, "
                       f"got {value!r}")
@@ -120,8 +123,7 @@ def count(name: str, value, what: str = "") -> int:
 
 def is_seed(value) -> bool:
     """Whether ``value`` is a seed: None or an int >= 0 (NumPy integers too), not a bool."""
-    return value is None or isinstance(value, numbers.Integral) \
-        and not isinstance(value, (bool, np.bool_)) and bool(value >= 0)
+    return value is None or is_int(value) and bool(value >= 0)
 
 
 def seed(name: str, value) -> int | None:
@@ -173,7 +175,12 @@ def _host(name: str, a, backend) -> np.ndarray:
     if backend is not None and backend.is_array(a) and not isinstance(a, np.ndarray):
         a = backend.to_numpy(a)
     elif not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):
-        a = tensor_to_numpy(a, name)
+        try:  # a torch / JAX tensor, by DLPack
+            a = to_numpy(a)
+        except (TypeError, RuntimeError, ValueError, BufferError) as exc:
+            raise DataError(f"{name} ({type(a).__module__}.{type(a).__name__}, dtype "
+                            f"{getattr(a, 'dtype', '?')}) has no NumPy form: {exc}. Convert it "
+                            "to a dense float32/float64 array first (e.g. t.float())") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NumPy < 2 only warns on ragged lists
@@ -185,17 +192,6 @@ def _host(name: str, a, backend) -> np.ndarray:
         raise DataError(f"{name} has dtype {arr.dtype} ({_kind(arr.dtype)}); expected a "
                         "numeric (float, int or bool) array")
     return arr
-
-
-def tensor_to_numpy(a, name: str) -> np.ndarray:
-    """A torch / JAX / CuPy tensor as a NumPy array (by DLPack), or a DataError naming it
-    when it has no NumPy form (bfloat16, sparse, ...) and saying how to convert it."""
-    try:
-        return to_numpy(a)
-    except (TypeError, RuntimeError, ValueError, BufferError) as exc:
-        raise DataError(f"{name} ({type(a).__module__}.{type(a).__name__}, dtype "
-                        f"{getattr(a, 'dtype', '?')}) has no NumPy form: {exc}. Convert it "
-                        "to a dense float32/float64 array first (e.g. t.float())") from None
 
 
 def check_range(name: str, arr: np.ndarray, dtype) -> None:
@@ -325,15 +321,19 @@ def _labels_or_probs(arr: np.ndarray, n: int, k: int, name: str) -> np.ndarray:
     return arr
 
 
+def real_dtype(name: str, a) -> None:
+    """A DataError unless array ``a`` holds real numbers (bool, int or float)."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers (bool, int or float), got dtype "
+                        f"{a.dtype}")
+
+
 def sample_weights(w, n: int, name: str = "sample_weight"):
     """Sample weights (n,) as float64 scaled to a maximum of 1 (NumPy or CuPy, where ``w``
-    lives): the rule for fit's data edge and the losses alike. Weights must hold real numbers,
-    one per sample, finite, >= 0 and not all zero. Scaling by the maximum keeps a mean taken
-    later from overflowing even float64. One host read (sync) when they pass.
+    lives), for fit's data edge and the losses alike: real numbers, one per sample, finite,
+    >= 0, not all zero. The scaling keeps a later mean from overflowing. One host read (sync).
     """
-    if w.dtype.kind not in "biuf":
-        raise DataError(f"{name} must hold real numbers (bool, int or float), got dtype "
-                        f"{w.dtype}")
+    real_dtype(name, w)
     if w.shape != (n,):
         raise DataError(f"{name} must have shape ({n},), one weight per sample, got "
                         f"{tuple(w.shape)}")
@@ -341,9 +341,7 @@ def sample_weights(w, n: int, name: str = "sample_weight"):
     w = w.astype(xp.float64, copy=False)
     lo, hi = bounds(w)  # NaN propagates into both
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        bad = to_numpy(~xp.isfinite(w))  # the error path: a copy to the host is no cost
-        raise DataError(f"{name} contains {int(bad.sum())} NaN/Inf value(s), first at "
-                        f"{name}{_first_bad(bad)}; expected finite numbers")
+        _finite(name, to_numpy(w))  # the error path: a copy to the host is no cost
     if lo < 0:
         host = to_numpy(w)
         bad = host < 0
@@ -357,12 +355,8 @@ def sample_weights(w, n: int, name: str = "sample_weight"):
 
 def check_sample_weight(model, w, n: int, name: str = "sample_weight") -> np.ndarray | None:
     """Weights (n,) (``sample_weights``) rescaled to mean 1 in float64, then cast to the
-    model's dtype; None passes.
-
-    Only their ratios matter (the loss is a weighted mean), so rescaling changes no result,
-    but it keeps every weight representable: float32 weights near 1e38 would overflow their
-    own mean (zeroing every weight) and float64 weights beyond float32's range would become
-    inf in a float32 model.
+    model's dtype; None passes. Only their ratios matter (the loss is a weighted mean); the
+    rescaling keeps every weight representable in the model's dtype.
     """
     if w is None:
         return None

@@ -22,16 +22,12 @@ class Parameter(NamedTuple):
 
 
 class ParameterList(list):
-    """The model's Parameters plus the two flat buffers they are views of.
-
-    Optimizers update ``data`` (1-D, every parameter) from ``grad`` in one pass.
-    """
+    """The model's Parameters plus the two flat (1-D) buffers they are views of, ``data`` and
+    ``grad``, which optimizers update in one pass."""
 
     def __init__(self, params, data, grad, backend):
         super().__init__(params)
-        self.data = data
-        self.grad = grad
-        self.backend = backend
+        self.data, self.grad, self.backend = data, grad, backend
 
 
 class _View:
@@ -39,13 +35,11 @@ class _View:
 
     Assigning an array to it (``layer.W = new_W``) copies the values INTO the view: rebinding
     the attribute would leave a private array that forward reads but optimizers (which update
-    the flat buffer) never touch. ``bind_`` points the view itself (an unbound layer holds
-    None).
+    the flat buffer) never touch. ``Dense.bind_`` points the view itself (unbound: None).
     """
 
     def __set_name__(self, owner, name):
-        self.slot = "_" + name
-        self.name = name
+        self.slot, self.name = "_" + name, name
 
     def __get__(self, layer, owner=None):
         return self if layer is None else layer.__dict__.get(self.slot)
@@ -56,10 +50,6 @@ class _View:
             layer.__dict__[self.slot] = value
         elif value is not view:  # ``layer.W += dW`` has already written into the view
             _copy_into(view, value, f"{layer.name}.{self.name}")
-
-    @staticmethod
-    def bind(layer, name: str, view) -> None:
-        layer.__dict__["_" + name] = view
 
 
 def _copy_into(view, value, name: str) -> None:
@@ -102,31 +92,18 @@ def _check_representable(xp, arr, dtype, name: str) -> None:
 class Dense:
     """One fully connected layer ``A = act(X @ W + b)``; W is (n_in, n_out), b is (n_out,).
 
-    ``W``, ``b``, ``dW`` and ``db`` are views into the owning MLP's flat buffers. Options (set
-    by the MLP, see its docstring): ``norm`` LayerNorm on the layer's input first (learned
-    ``gamma``, ``beta`` of shape (n_in,), views too, after W and b); ``residual`` adds the input
-    to the output (a pre-norm residual block, n_in == n_out); ``dropout`` the rate applied to
-    the activation during training.
+    ``W``, ``b``, ``dW`` and ``db`` are views into the owning MLP's flat buffers. Options (see
+    ``MLP``): ``norm`` LayerNorm on the input first (``gamma``, ``beta`` (n_in,), views after W
+    and b); ``residual`` adds the input to the output (n_in == n_out); ``dropout`` its rate.
     """
 
-    W = _View()
-    b = _View()
-    dW = _View()
-    db = _View()
-    gamma = _View()
-    beta = _View()
-    dgamma = _View()
-    dbeta = _View()
+    W, b, dW, db = _View(), _View(), _View(), _View()
+    gamma, beta, dgamma, dbeta = _View(), _View(), _View(), _View()
 
     def __init__(self, name: str, n_in: int, n_out: int, activation: str, norm: bool = False,
                  residual: bool = False, dropout: float = 0.0):
-        self.name = name
-        self.n_in = n_in
-        self.n_out = n_out
-        self.activation = activation
-        self.norm = norm
-        self.residual = residual
-        self.dropout = dropout
+        self.name, self.n_in, self.n_out, self.activation = name, n_in, n_out, activation
+        self.norm, self.residual, self.dropout = norm, residual, dropout
         self.unbind_()
         self.offset = None  # set by bind_
 
@@ -149,13 +126,13 @@ class Dense:
             views.update(gamma=params[end - 2 * self.n_in:mid], beta=params[mid:end],
                          dgamma=grads[end - 2 * self.n_in:mid], dbeta=grads[mid:end])
         for name in _VIEWS:
-            _View.bind(self, name, views.get(name))
+            self.__dict__["_" + name] = views.get(name)
         return end
 
     def unbind_(self) -> None:
         """Drop the views into a model's buffers (W, b, ... become None)."""
         for name in _VIEWS:
-            _View.bind(self, name, None)
+            self.__dict__["_" + name] = None
 
     def parameters(self) -> list[Parameter]:
         params = [Parameter(f"{self.name}.W", self.W, self.dW),

@@ -1,14 +1,9 @@
-"""The multi-layer perceptron: its layers, flat parameter buffers, devices, copies and config.
-
-The forward and backward passes over those buffers are ``devnet.nn.passes.Passes``, which
-``MLP`` inherits; users see the one class ``MLP``.
-"""
+"""The multi-layer perceptron: its layers, flat parameter buffers, devices, copies and config;
+its forward and backward passes are ``devnet.nn.passes.Passes``, which ``MLP`` inherits."""
 
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import os
 import threading
 from collections import OrderedDict
@@ -36,19 +31,16 @@ class MLP(Passes):
     and ``.b`` are views, LayerNorm's gamma and beta too), gradients likewise, so an optimizer
     updates the whole model in one kernel launch.
 
-    Deep networks: with ``block="residual"``, hidden layer i (1 <= i <= len(layer_sizes) - 3,
-    i.e. every layer but the first and the output layer) whose input and output widths are
-    equal is a pre-norm residual block ``h <- h + dropout(act(norm(h) @ W + b))``; the first
-    layer, the output layer and any layer that changes the width are plain (projection)
-    layers ``h <- dropout(act(norm(h) @ W + b))``. ``norm="layernorm"`` normalizes the input of
-    every layer but the first (whose input is the data: see ``set_input_scaling``), residual
-    or not, output layer included: per row ``gamma (h - mean) / sqrt(var + 1e-5) + beta``, gamma
-    starting at 1 and beta at 0. ``dropout=p`` drops each hidden activation (not the output)
-    with probability p during training only (``forward(X, training=True, step=s)``: fit does
-    that), scaling the kept ones by 1 / (1 - p); the mask is a hash of (dropout_seed, s, layer,
-    element), identical on every device and after a resume. The element is counted in the whole
-    batch (``forward(..., row0=r)`` for rows r.. of it): the masks of a batch's parts are the
-    masks of the batch, so data-parallel ranks drop what one process would.
+    Deep networks: with ``block="residual"``, every layer but the first and the output layer
+    whose input and output widths are equal is a pre-norm residual block
+    ``h <- h + dropout(act(norm(h) @ W + b))``; the others are plain layers
+    ``h <- dropout(act(norm(h) @ W + b))``. ``norm="layernorm"`` normalizes the input of every
+    layer but the first (the data: see ``set_input_scaling``), per row ``gamma (h - mean) /
+    sqrt(var + 1e-5) + beta`` (gamma starts at 1, beta at 0). ``dropout=p`` drops each hidden
+    activation with probability p in training only (``forward(X, training=True, step=s)``),
+    scaling the kept ones by 1 / (1 - p); the mask hashes (dropout_seed, s, layer, element),
+    the element counted in the whole batch (``row0``): identical on every device, after a
+    resume and across data-parallel ranks.
 
     Args:
         layer_sizes: at least two positive ints.
@@ -76,7 +68,7 @@ class MLP(Passes):
         dtype = validation.float_dtype("dtype", dtype)
         initializers.get(init)
         seed = validation.seed("seed", seed)
-        if not (_is_finite_real(alpha) and alpha >= 0):
+        if not (validation.real(alpha) and alpha >= 0):
             raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
         block, norm, dropout = _check_deep(block, norm, dropout)
         if dropout_seed is None:
@@ -84,16 +76,11 @@ class MLP(Passes):
                 int(np.random.SeedSequence().entropy % 2**63)
         dropout_seed = validation.seed("dropout_seed", dropout_seed)
 
-        self.layer_sizes = sizes
-        self.activations = hidden + [output_activation]
+        self.layer_sizes, self.activations = sizes, hidden + [output_activation]
         self.activation = activation if isinstance(activation, str) else list(activation)
-        self.output_activation = output_activation
-        self.init = init
-        self.dtype = dtype
-        self.seed = seed
-        self.alpha = float(alpha)
+        self.output_activation, self.init, self.dtype = output_activation, init, dtype
+        self.seed, self.alpha, self.dropout_seed = seed, float(alpha), dropout_seed
         self.block, self.norm, self.dropout = block, norm, dropout
-        self.dropout_seed = dropout_seed
         last = len(sizes) - 2
         self.layers = [
             Dense(f"layers.{i}", sizes[i], sizes[i + 1], act,
@@ -141,16 +128,12 @@ class MLP(Passes):
         with be.scope():  # the layers' views of the flat buffers, made on their device
             for layer in self.layers:
                 offset = layer.bind_(self.params, self.grads, offset)
-        self._work = OrderedDict()  # the training forward's work buffers, by batch size;
-        # inference's work buffers, one set per thread: threads predicting at once write
-        # nothing another one reads (``_inference_buffers``)
-        self._local = threading.local()
-        self._n = None
-        self._X = None
+        self._work = OrderedDict()  # the training forward's work buffers, by batch size
+        self._local = threading.local()  # inference's, one set per thread: nothing shared
+        self._n = self._X = None
         self._upload_scaling()
 
-    def _upload_scaling(self) -> None:
-        # device copies in the model's dtype, used by forward / backward
+    def _upload_scaling(self) -> None:  # device copies in the model's dtype
         if self._in_mean is None:
             self._dev_mean = self._dev_scale = None
         else:
@@ -165,23 +148,18 @@ class MLP(Passes):
         fit / evaluate / predict then take raw data; ``backward`` returns dL/d(raw X).
         """
         with self._usage.exclusive("set_input_scaling()"):
-            self._set_input_scaling(mean, scale)
-
-    def _set_input_scaling(self, mean, scale) -> None:
-        if mean is None and scale is None:
-            new_mean = new_scale = None
-        else:
-            new_mean = _scaling_vector("mean", mean, self.n_in)
-            new_scale = _scaling_vector("scale", scale, self.n_in)
-            if not np.all(new_scale > 0):
-                bad = np.flatnonzero(~(new_scale > 0))
-                raise DataError(f"input scaling: scale must be > 0 for every feature; "
-                                f"scale[{bad[0]}] = {float(new_scale[bad[0]])!r} "
-                                f"({bad.size} bad entries)")
-            _representable(new_mean, new_scale, self.dtype)
-        self._in_mean, self._in_scale = new_mean, new_scale
-        self._n = self._X = None  # a cached forward used the old scaling
-        self._upload_scaling()
+            if mean is not None or scale is not None:  # (None, None) clears it
+                mean = _scaling_vector("mean", mean, self.n_in)
+                scale = _scaling_vector("scale", scale, self.n_in)
+                if not np.all(scale > 0):
+                    bad = np.flatnonzero(~(scale > 0))
+                    raise DataError(f"input scaling: scale must be > 0 for every feature; "
+                                    f"scale[{bad[0]}] = {float(scale[bad[0]])!r} "
+                                    f"({bad.size} bad entries)")
+                _representable(mean, scale, self.dtype)
+            self._in_mean, self._in_scale = mean, scale
+            self._n = self._X = None  # a cached forward used the old scaling
+            self._upload_scaling()
 
     @property
     def input_scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -191,10 +169,8 @@ class MLP(Passes):
         return self._in_mean.copy(), self._in_scale.copy()
 
     def to(self, backend: str | Backend) -> MLP:
-        """Move the parameters to another device (in place); returns self.
-
-        Optimizers built on the old buffers must be rebuilt (or reloaded from a checkpoint).
-        """
+        """Move the parameters to another device (in place); returns self. Optimizers built on
+        the old buffers must be rebuilt (or reloaded from a checkpoint)."""
         new = get_backend(backend)
         with self._usage.exclusive("model.to()"):
             if new is not self.backend:
@@ -204,10 +180,9 @@ class MLP(Passes):
         return self
 
     # --- copies ----------------------------------------------------------------------------
-    # A plain deepcopy / pickle would copy each layer's W, b, ... as an array of its own, no
-    # longer a view into the copy's flat ``params``: an optimizer over the copy's parameters()
-    # would update a buffer its forward never reads. The state keeps the flat buffers (host
-    # copies) and the device spec instead; restoring binds fresh views, as ``to`` does.
+    # A plain deepcopy / pickle would copy each layer's W, b, ... as arrays of their own, no
+    # longer views into the copy's flat ``params`` (which its optimizer updates). The state
+    # keeps the flat buffers (host copies) and the device spec; restoring binds fresh views.
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -282,22 +257,13 @@ def _unbound(layer: Dense) -> Dense:
     return layer
 
 
-def _is_finite_real(value) -> bool:
-    try:
-        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
-            and math.isfinite(value)
-    except OverflowError:  # an int past float range
-        return False
-
-
 def _check_sizes(layer_sizes) -> list[int]:
     try:
         sizes = list(layer_sizes)
     except TypeError:
         sizes = None
     if isinstance(layer_sizes, (str, bytes)) or sizes is None or len(sizes) < 2 \
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_))
-                        and s > 0 for s in sizes):
+            or not all(validation.is_int(s) and s > 0 for s in sizes):
         raise ConfigError(f"layer_sizes must list at least two positive integers "
                           f"[n_in, ..., n_out], got {layer_sizes!r}")
     return [int(s) for s in sizes]
@@ -334,10 +300,9 @@ def _check_deep(block, norm, dropout) -> tuple[str, str | None, float]:
     if not (norm is None or isinstance(norm, str) and norm in NORMS):
         raise ConfigError(f"unknown norm {norm!r}; valid norms: None, "
                           f"{', '.join(repr(n) for n in NORMS if n)}")
-    if not (_is_finite_real(dropout) and 0 <= dropout < 1):
+    if not (validation.real(dropout) and 0 <= dropout < 1):
         raise ConfigError(f"dropout must be a rate in [0, 1), got {dropout!r}")
     return block, norm, float(dropout)
-
 
 
 def _scaling_vector(name: str, value, n_in: int) -> np.ndarray:

@@ -1,15 +1,13 @@
 """The MLP's forward and hand-written backward passes over its preallocated work buffers.
 
-``Passes`` is the half of ``MLP`` that runs the network: the training forward / backward (plain
-and deep: residual blocks, LayerNorm, dropout), inference from many threads at once, and the
-per-batch-size work buffers both use. ``MLP`` (``devnet.nn.mlp``) builds the parameters and
-buffers these methods read.
+``Passes`` is the half of ``MLP`` (which inherits it) that runs the network: training forward
+/ backward (plain and deep: residual blocks, LayerNorm, dropout), inference from many threads
+at once, and the per-batch-size work buffers both use.
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from devnet.backend.host import detach, to_numpy
 from devnet.errors import ConfigError, DataError
 from devnet.kernels import scalar
 from devnet.nn import activations
-from devnet.nn.usage import get_ident
 
 _MAX_CACHED_BATCH_SIZES = 4  # work buffers kept for this many batch sizes (LRU)
 # NumPy < 2 only warns on ragged lists, with this (moved to np.exceptions in 1.25)
@@ -31,37 +28,26 @@ _MAX_ROW0 = 2**62  # row0 + the element count must fit the kernels' int64 elemen
 
 
 def _own_buffers(method):
-    """Run ``method``, which calls the unchecked kernels (``backend.raw_kernels``): it checks
-    X / dY itself, and every other buffer its kernels touch is the model's own, allocated to
-    agree. It runs in the backend's scope: its own xp calls (input scaling, copies) go to
-    whichever device is current. The training buffers it uses belong to the thread training
-    the model, if one does: another thread is refused (one comparison, no lock, in the
-    training step)."""
+    """Run ``method`` in the backend's scope, refused while another thread trains the model.
+    ``method`` calls the unchecked kernels (``backend.raw_kernels``): it checks X / dY itself,
+    and every other buffer its kernels touch is the model's own, allocated to agree."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        owner = self._usage.owner
-        if owner is not None and owner != get_ident():
-            raise self._usage.busy(f"model.{method.__name__}()")
+        self._usage.check(f"model.{method.__name__}()")
         with self.backend.scope():
             return method(self, *args, **kwargs)
     return run
 
 
 def _inference(method):
-    """Run ``method`` as one inference: registered with the model's Usage (refused while
-    another thread trains the model; a training claim waits for it), in the backend's scope;
-    it calls the unchecked kernels (its buffers are the calling thread's own)."""
+    """Run ``method`` as one inference (``Usage.shared``) in the backend's scope; it calls the
+    unchecked kernels (its buffers are the calling thread's own)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        usage = self._usage
-        me = usage.enter_shared(f"model.{method.__name__}()")
-        try:
-            with self.backend.scope():
-                return method(self, *args, **kwargs)
-        finally:
-            usage.exit_shared(me)
+        with self._usage.shared(f"model.{method.__name__}()"), self.backend.scope():
+            return method(self, *args, **kwargs)
     return run
 
 
@@ -99,11 +85,8 @@ class _Work:
 
 
 class Passes:
-    """The forward, backward and inference methods of ``MLP``, which inherits them. They read
-    what ``MLP`` sets up: its layers (views into the flat buffers), backend, dtype, the device
-    copies of the input scaling, the ``_work`` / ``_local`` buffer caches and ``_usage``."""
-
-    # --- forward and backward --------------------------------------------------------------
+    """The forward, backward and inference methods of ``MLP``; they read what ``MLP`` sets up
+    (layers, backend, dtype, input scaling, the ``_work`` / ``_local`` caches, ``_usage``)."""
 
     def _buffers(self, n: int) -> _Work:
         """The training forward / backward's buffers for n samples (LRU of batch sizes)."""
@@ -114,8 +97,7 @@ class Passes:
         return work
 
     def _inference_buffers(self, n: int) -> _Work:
-        """The calling thread's inference buffers for n samples: no backward follows, so no
-        gradients, pre-activations or output buffer (the caller gives ``out``)."""
+        """The calling thread's inference buffers for n samples."""
         cache = getattr(self._local, "work", None)
         if cache is None:
             cache = self._local.work = OrderedDict()
@@ -125,18 +107,13 @@ class Passes:
         be, dt = self.backend, self.dtype
         last = len(self.layers) - 1
         try:
-            if training:
-                work = _Work(
-                    A=[be.empty((n, layer.n_out), dt) for layer in self.layers],
-                    Z=[be.empty((n, layer.n_out), dt)
-                       if activations.get(layer.activation).needs_preactivation else None
-                       for layer in self.layers],
-                    G=[be.empty((n, layer.n_out), dt) for layer in self.layers],
-                )
-            else:
-                work = _Work(A=[be.empty((n, layer.n_out), dt) if i < last else None
-                                for i, layer in enumerate(self.layers)],
-                             Z=[None] * len(self.layers), G=[])
+            work = _Work(  # inference: no output (the caller's), pre-activations or gradients
+                A=[be.empty((n, layer.n_out), dt) if training or i < last else None
+                   for i, layer in enumerate(self.layers)],
+                Z=[be.empty((n, layer.n_out), dt) if training and
+                   activations.get(layer.activation).needs_preactivation else None
+                   for layer in self.layers],
+                G=[be.empty((n, layer.n_out), dt) for layer in self.layers] if training else [])
             if self._deep:
                 def each(attr, shape, grad=False):  # gradient buffers: backward's only
                     return [be.empty(shape(layer), dt)
@@ -159,9 +136,9 @@ class Passes:
         return work
 
     def owns(self, a) -> bool:
-        """True when ``a`` is (a view of) a buffer of the training forward / backward: the
-        output ``forward`` returns, ``layer_outputs()``, the dL/dX of ``backward``. The next
-        forward of that batch size overwrites it: fit copies such data first."""
+        """True when ``a`` is (a view of) a training forward / backward buffer (``forward``'s
+        output, ``layer_outputs()``, ``backward``'s dL/dX), which the next forward of that
+        batch size overwrites: fit copies such data first."""
         return any(work.owns(a) for work in self._work.values())
 
     def _device_array(self, a, name: str):
@@ -187,9 +164,8 @@ class Passes:
         ``training=True`` applies dropout with the masks of optimizer step ``step`` (fit passes
         its global step count); the default, inference, never drops. ``row0``: X's first row
         within the step's whole batch (a data-parallel rank's shard starts there), so the masks
-        are those the whole batch's rows row0..row0+n-1 get. The result is the model's
-        own output buffer, overwritten by the next forward with the same batch size: copy it
-        to keep it. Caches only what ``backward`` needs.
+        are those the whole batch's rows row0..row0+n-1 get. The result is the model's own
+        buffer, overwritten by the next forward with the same batch size: copy it to keep it.
         """
         X = self._as_input(X)
         drop = _check_training(training, step, row0) and self.dropout > 0
@@ -243,12 +219,12 @@ class Passes:
                 kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
                                           keys[i] or 0, inputs[i], work.R[i], row0=row0)
                 A = work.R[i]
+            elif p > 0:
+                kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p, keys[i],
+                                          row0=row0)
+                A = out
             else:
-                if p > 0:
-                    kernels.bias_act_drop_fwd(layer.activation, out, layer.b, Z, alpha, p,
-                                              keys[i], row0=row0)
-                else:
-                    kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
+                kernels.bias_act_fwd(layer.activation, out, layer.b, Z, alpha)
                 A = out
         work.inputs = inputs
         return A, keys
@@ -287,11 +263,8 @@ class Passes:
 
     @_own_buffers
     def backward(self, dY, input_grad: bool = True):
-        """Backpropagate dL/dY (n, n_out) through the last ``forward``.
-
-        Overwrites every layer's ``dW`` and ``db``; returns dL/dX (n, n_in), or None when
-        ``input_grad=False`` (saves the first layer's input-gradient matmul).
-        """
+        """Backpropagate dL/dY (n, n_out) through the last ``forward``: overwrites every layer's
+        ``dW`` and ``db``; returns dL/dX (n, n_in), or None when ``input_grad=False``."""
         if self._n is None:
             raise DataError("backward() called before forward(): there is no forward pass to "
                             "backpropagate through; call model.forward(X) on the batch first")
@@ -380,7 +353,7 @@ class Passes:
 
     def predict(self, X, batch_size: int = 4096):
         """Outputs for X in batches; a NumPy array unless X already lives on the device."""
-        if not _is_int(batch_size) or batch_size <= 0:
+        if not validation.is_int(batch_size) or batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
         on_device = self.backend.is_array(X)
@@ -393,8 +366,8 @@ class Passes:
 
     @_inference
     def _predict(self, X, batch_size: int):
-        """The outputs for X (n, n_in) in batches, on the model's device; one inference, so a
-        training claim from another thread waits for all of its batches."""
+        """The outputs for X (n, n_in) in batches, on the model's device: one inference, so a
+        training claim waits for all of its batches."""
         xp = self.backend.xp
         out = self.backend.empty((X.shape[0], self.n_out), self.dtype)
         for i in range(0, X.shape[0], batch_size):
@@ -410,11 +383,8 @@ class Passes:
     @_inference
     def infer_(self, X, out):
         """Write the inference output for X (n, n_in) into ``out`` (n, n_out), both on the
-        model's device in its dtype; returns ``out``.
-
-        Safe from many threads at once: it uses the calling thread's own work buffers and none
-        of the state ``backward`` reads (refused while another thread trains the model).
-        """
+        model's device in its dtype; returns ``out``. Safe from many threads at once (refused
+        while another thread trains the model)."""
         X = self._as_input(X)
         if not (self.backend.is_array(out) and out.shape == (X.shape[0], self.n_out)
                 and out.dtype == self.dtype and out.flags.c_contiguous):
@@ -452,10 +422,6 @@ def _cached(cache: OrderedDict, n: int, make) -> _Work:
     return work
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def _numeric(backend, a, name: str):
     """``a`` as an array of real numbers (on ``backend``'s device, or NumPy for None), dtype
     kept; a DataError for anything else (strings, objects, complex, ragged lists, tensors that
@@ -481,10 +447,10 @@ def _numeric(backend, a, name: str):
 
 def _check_training(training, step, row0=0) -> bool:
     training = validation.flag("training", training)
-    if not (_is_int(step) and step >= 0):
+    if not (validation.is_int(step) and step >= 0):
         raise ConfigError(f"step must be a non-negative integer (the optimizer step that keys "
                           f"the dropout masks), got {step!r}")
-    if not (_is_int(row0) and 0 <= row0 <= _MAX_ROW0):
+    if not (validation.is_int(row0) and 0 <= row0 <= _MAX_ROW0):
         raise ConfigError(f"row0 must be a non-negative integer up to 2**62 (the first row's "
                           f"index in the step's whole batch, which keys the dropout masks), got "
                           f"{row0!r}")

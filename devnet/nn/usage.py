@@ -9,6 +9,7 @@ on other threads (they finish on their own), so nothing they read changes under 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from devnet.errors import ModelBusyError
@@ -25,8 +26,7 @@ class Usage:
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
-        self.owner = None
-        self.what = None
+        self.owner = self.what = None
         self.depth = 0
         self.readers: dict[int, int] = {}
 
@@ -39,87 +39,55 @@ class Usage:
             "once no thread trains the model")
 
     def check(self, what: str) -> None:
-        """ModelBusyError unless no other thread trains the model (no lock: one read)."""
+        """ModelBusyError unless no other thread trains the model (no lock: one read, for the
+        training step)."""
         owner = self.owner
         if owner is not None and owner != get_ident():
             raise self.busy(what)
 
-    # --- inference: shared ---------------------------------------------------------------
-
-    def enter_shared(self, what: str) -> int:
-        """Register an inference of this thread; returns the thread id for ``exit_shared``."""
+    @contextlib.contextmanager
+    def shared(self, what: str):
+        """``with usage.shared("predict"):`` one inference of this thread, refused while
+        another thread trains the model."""
         me = get_ident()
         with self._cond:
             if self.owner is not None and self.owner != me:
                 raise self.busy(what)
             self.readers[me] = self.readers.get(me, 0) + 1
-        return me
+        try:
+            yield
+        finally:
+            with self._cond:
+                left = self.readers[me] - 1
+                if left:
+                    self.readers[me] = left
+                else:
+                    del self.readers[me]
+                    self._cond.notify_all()
 
-    def exit_shared(self, me: int) -> None:
-        with self._cond:
-            left = self.readers[me] - 1
-            if left:
-                self.readers[me] = left
-            else:
-                del self.readers[me]
-                self._cond.notify_all()
-
-    # --- training: exclusive -------------------------------------------------------------
-
-    def enter_exclusive(self, what: str) -> None:
-        """Claim the model for this thread's training (re-entrant: a callback of fit may call
-        ``set_input_scaling``); ModelBusyError when another thread holds it. Waits for other
-        threads' running inferences, which are refused from now on."""
+    @contextlib.contextmanager
+    def exclusive(self, what: str):
+        """``with usage.exclusive("fit"):`` claim the model for this thread's training
+        (re-entrant: a callback of fit may call ``set_input_scaling``); ModelBusyError when
+        another thread holds it. Waits for other threads' running inferences, which are
+        refused from now on."""
         me = get_ident()
         with self._cond:
             if self.owner == me:
                 self.depth += 1
-                return
-            if self.owner is not None:
+            elif self.owner is not None:
                 raise ModelBusyError(
                     f"{what} refused: another thread is already training this model "
                     f"({self.what}); two trainings at once would overwrite each other's "
                     "updates. Train it in one thread at a time, or train a copy "
                     "(copy.deepcopy(model))")
-            self.owner, self.what, self.depth = me, what, 1
-            self._cond.wait_for(lambda: not any(t != me for t in self.readers))
-
-    def exit_exclusive(self) -> None:
-        with self._cond:
-            self.depth -= 1
-            if not self.depth:
-                self.owner = self.what = None
-
-    def exclusive(self, what: str) -> _Exclusive:
-        """``with usage.exclusive("fit"):`` -- enter_exclusive / exit_exclusive."""
-        return _Exclusive(self, what)
-
-    def shared(self, what: str) -> _Shared:
-        """``with usage.shared("predict"):`` -- enter_shared / exit_shared."""
-        return _Shared(self, what)
-
-
-class _Exclusive:
-    __slots__ = ("usage", "what")
-
-    def __init__(self, usage: Usage, what: str):
-        self.usage, self.what = usage, what
-
-    def __enter__(self):
-        self.usage.enter_exclusive(self.what)
-
-    def __exit__(self, *exc):
-        self.usage.exit_exclusive()
-
-
-class _Shared:
-    __slots__ = ("usage", "what", "me")
-
-    def __init__(self, usage: Usage, what: str):
-        self.usage, self.what = usage, what
-
-    def __enter__(self):
-        self.me = self.usage.enter_shared(self.what)
-
-    def __exit__(self, *exc):
-        self.usage.exit_shared(self.me)
+            else:
+                self.owner, self.what, self.depth = me, what, 1
+                self._cond.wait_for(lambda: not any(t != me for t in self.readers))
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.depth -= 1
+                if not self.depth:
+                    self.owner = self.what = None

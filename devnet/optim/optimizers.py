@@ -1,34 +1,20 @@
 """Optimizers: one fused pass over the model's flat parameter buffer per step.
 
-Each hyper-parameter is declared once, as a ``Hyper`` in its class's ``hypers`` (name, rule,
-default, the ``kernels.table.hyper_layout`` slot it fills): the constructor's signature and
-checks, the checks of a value written later, ``hyperparameters()``, ``state_dict`` and the repr
-are derived from those declarations; the state buffers and the step kernel's arguments from the
-``kernels.table.STEPS`` row. Adding an optimizer: its scalar update (``kernels/scalar.py``), its
-row (``kernels/table.py``) and a short class here.
+Each hyper-parameter is declared once, as a ``Hyper`` in its class's ``hypers``: the
+constructor's signature and checks, ``hyperparameters()``, ``state_dict`` and the repr derive
+from it; the state buffers and the step kernel's arguments from the ``kernels.table.STEPS``
+row. Adding an optimizer: its scalar update (``kernels/scalar.py``), its row
+(``kernels/table.py``) and a short class here.
 
-Graph-ready: a step passes no scalar by value. Each optimizer owns ``hyper``, a small float64
-device array of its step kernel's scalars (``kernels.table.hyper_layout``), and a table of the
-scalars that change per step (lr, Adam's bias corrections) for the next ``TABLE_ROWS`` steps,
-computed on the host a column at a time and uploaded (through the backend's pinned staging
-buffers: no allocation) once per ``TABLE_ROWS`` steps (once for good when they no longer
-change: a constant lr without bias corrections is a 1-row table); ``expect_steps`` (fit's
-remaining steps) keeps a short run from computing rows it will not use. A step is two launches,
-``opt_advance`` (t += 1, this step's row into ``hyper``) then the hyper step kernel: no
-allocation, no host-device copy, the same arguments every step. With ``clip_norm`` one more
-comes first, ``opt_clip``: one reduction writing the gradient's scale
-``min(1, clip_norm / (|g| + 1e-6))`` into ``hyper``, which the step kernel applies to g as it
-reads it (``model.grads`` itself is left as backward wrote it). The host keeps its own ``t``
-in lock-step and never reads the device; writing ``t``, ``base_lr``, ``schedule``,
-``clip_norm`` or a hyper-parameter (the guard's restore, resume, callbacks, the estimators'
-adaptive rate) marks the device copy stale, and the next step uploads it again
-(``_sync_device``).
-
-A write is checked there too (``validate``: the declared rules, so ``opt.eps = -1`` or
-``opt.t = -3`` is a ConfigError at the next step, not a silent NaN), and every value a schedule
-returns for the table must be a finite number >= 0. Choices that decide the kernel or the
-state buffers (``amsgrad``, ``centered``, ``nesterov``, momentum on or off) are fixed at
-construction. Nothing of this runs per step.
+Graph-ready: a step passes no scalar by value. ``hyper`` is a float64 device array of the step
+kernel's scalars (``kernels.table.hyper_layout``); the per-step scalars (lr, Adam's bias
+corrections) of the next ``TABLE_ROWS`` steps are computed on the host and uploaded in one
+copy (one row for good once they stop changing). A step is ``opt_advance`` (t += 1, this
+step's row into ``hyper``) then the step kernel, preceded with ``clip_norm`` by ``opt_clip``
+(the gradient's scale into ``hyper``; ``model.grads`` is left as backward wrote it): no
+allocation, no host-device copy. The host keeps ``t`` in lock-step and never reads the
+device; writing a field marks the device copy stale, and the next step checks (``validate``)
+and uploads it again (``_sync_device``).
 """
 
 from __future__ import annotations
@@ -44,17 +30,11 @@ from devnet.kernels import table as kernel_table
 from devnet.nn.dense import ParameterList
 from devnet.optim.schedules import Schedule
 
-TABLE_ROWS = 1024
-"""Steps of per-step scalars uploaded at once (a refill costs up to TABLE_ROWS schedule calls:
-fewer where ``Optimizer.expect_steps`` says fewer steps follow)."""
+TABLE_ROWS = 1024  # steps of per-step scalars uploaded at once (fewer: ``expect_steps``)
 
 
 def _betas(name: str, value) -> tuple[float, float]:
     return check.pair(name, value, check.unit, ("beta1", "beta2"))
-
-
-def _steps_done(name: str, value) -> int:
-    return check.count(name, value, "completed steps")
 
 
 def _base_lr(name: str, value):
@@ -74,15 +54,13 @@ def _schedule(name: str, value) -> Schedule | None:
                       f"for a custom curve), got {type(value).__name__}: {value!r}")
 
 
-#: the types a table value computed a column at a time may have (anything else -- an int, a
-#: bool, a string -- goes through the per-step checks of ``Optimizer._table_checked``)
+#: the types a column-wise table value may have (others go through ``_table_checked``)
 _FLOATS = frozenset((float, np.float64))
 
 
 def _columnwise(cls) -> bool:
-    """Whether ``cls._step_columns`` computes what ``cls._step_scalars`` does: both are
-    defined by the same class (a subclass overriding only ``_step_scalars`` is built a step at
-    a time)."""
+    """Whether ``cls._step_columns`` and ``cls._step_scalars`` come from the same class (a
+    subclass overriding only ``_step_scalars`` is built a step at a time)."""
     def owner(name):
         return next(k for k in cls.__mro__ if name in vars(k))
 
@@ -90,13 +68,12 @@ def _columnwise(cls) -> bool:
 
 
 class Hyper:
-    """One optimizer field, declared once: its rule, default and kernel slot.
+    """One optimizer field (stored under ``_<name>``), declared once: rule, default, slot.
 
-    An Optimizer attribute stored under ``_<name>``. ``slot``: the ``hyper_layout`` name the
-    value fills, or one name per item of a pair (Adam's betas), or a step kernel flag's name
-    (passed to the kernel); None: the kernel does not read it. ``fixed``: a choice that
-    selects the kernel or the state buffers: a later write of another value is a ConfigError
-    (it would be silently ignored); any other write marks the device copy stale.
+    ``slot``: the ``hyper_layout`` name the value fills, one per item of a pair (Adam's betas),
+    or a step kernel flag's name; None: the kernel does not read it. ``fixed``: it selects the
+    kernel or the state buffers, so a later write of another value is a ConfigError; any other
+    write marks the device copy stale.
     """
 
     def __init__(self, name: str, rule, default=None, slot=None,
@@ -148,10 +125,9 @@ class Optimizer:
         clip_norm: clip the global gradient norm to this value in the update (None: off); the
             gradient buffer itself is not scaled.
 
-    ``hyper``: the step kernel's scalars on the device (float64, ``kernels.table.hyper_layout``
-    of ``kernel``); see the module docstring. A subclass declares ``hypers`` (the constructor's
-    arguments after lr, in order), ``lr_default``, ``kernel`` (its ``kernels.table.STEPS``
-    row) and ``buffers`` (the row's state buffers -> their ``state`` names).
+    A subclass declares ``hypers`` (the constructor's arguments after lr, in order),
+    ``lr_default``, ``kernel`` (its ``kernels.table.STEPS`` row) and ``buffers`` (the row's
+    state buffers -> their ``state`` names).
     """
 
     name = "optimizer"
@@ -160,7 +136,7 @@ class Optimizer:
     hypers: tuple[Hyper, ...] = (WEIGHT_DECAY, CLIP_NORM)
     buffers: dict[str, str] = {}
     # the host fields besides the hyper-parameters that the device copy is built from
-    t = Hyper("t", _steps_done, 0)  #: completed steps
+    t = Hyper("t", lambda name, value: check.count(name, value, "completed steps"), 0)
     base_lr = Hyper("base_lr", _base_lr)
     schedule = Hyper("schedule", _schedule)
     weight_decay, clip_norm = WEIGHT_DECAY, CLIP_NORM
@@ -247,43 +223,30 @@ class Optimizer:
         return value
 
     def step(self) -> None:
-        """Update every parameter from its gradient, in one pass over the flat buffer.
-
-        Two launches with the same arguments every step: ``opt_advance`` (the device's step
-        count and this step's lr / bias corrections), then the hyper step kernel; with
-        ``clip_norm``, ``opt_clip`` (the gradient's scale into ``hyper``) before them.
-        """
+        """Update every parameter from its gradient, in one pass over the flat buffer."""
         if self._stale or self._t >= self._refill_at:
             self._sync_device()  # before opt_clip: the upload resets its slot to 1
         # every buffer below is this optimizer's or the model's, allocated to agree: the
         # unchecked kernels, as in the MLP's own passes
         kernels, p = self.backend.raw_kernels, self.params
         entry, buffers, flags = self._launch
-        state = self.state
         if self._clip is not None:
             kernels.opt_clip(p.grad, self.hyper)
         kernels.opt_advance(self.hyper, self._table)
         self._t += 1  # in lock-step with the device's, whatever the update does next
-        getattr(kernels, entry)(p.data, p.grad, *(state.get(b) for b in buffers),
+        getattr(kernels, entry)(p.data, p.grad, *(self.state.get(b) for b in buffers),
                                 self.hyper, *flags)
 
     def expect_steps(self, count: int | None) -> None:
-        """Plan for ``count`` more steps (None: no plan): the table of per-step scalars is
-        then built for those steps only, not ``TABLE_ROWS`` (fit gives its remaining steps: a
-        short fit builds a few rows). A hint: steps past them refill the table as usual, so
-        results never depend on it."""
+        """Plan for ``count`` more steps (None: no plan): the table of per-step scalars is then
+        built for those steps only, not ``TABLE_ROWS``. A hint: results never depend on it."""
         if count is not None:
             count = check.count("count", count, "steps planned")
         self._until = None if count is None else self._t + count
 
     def validate(self) -> None:
-        """ConfigError unless every host field obeys its declared rule.
-
-        Run by the next step after any write to a field (and by ``fit`` and ``devnet.save``),
-        so that a bad value written after construction (``opt.eps = -1``, ``opt.t = -3``,
-        ``opt.betas = (2, 0.5)``) is refused before it reaches the kernel. Values are stored
-        normalised (floats, ints).
-        """
+        """ConfigError unless every host field obeys its declared rule (``opt.eps = -1`` is
+        refused at the next step, ``fit`` or ``devnet.save``); stores the values normalised."""
         for h in (Optimizer.t, Optimizer.base_lr, Optimizer.schedule, *self.hypers):
             try:
                 value = h.rule(h.name, getattr(self, h.name))
@@ -298,7 +261,6 @@ class Optimizer:
         self._check_together(written=True)
 
     def _unbuffered(self, slot: str):
-        """The error for a value written to a field whose state buffer was not built."""
         h = next(h for h in self.hypers if slot in h.slots(getattr(self, h.name)))
         cls, value = type(self).__name__, getattr(self, h.name)
         raise ConfigError(f"{cls}: {h.name}={value!r} was written to an {cls} built with "
@@ -306,8 +268,8 @@ class Optimizer:
                           f"{cls}(..., {h.name}={value!r}) instead")
 
     def _check_together(self, written: bool) -> None:
-        """A ConfigError when the hyper-parameters contradict one another (``written``: the
-        check of values written after construction)."""
+        """A ConfigError when the hyper-parameters contradict one another (``written``: after
+        construction)."""
 
     # --- the device copy of the scalars --------------------------------------------------------
 
@@ -331,9 +293,8 @@ class Optimizer:
         return (self._lr_at(t),)
 
     def _step_columns(self, steps: range) -> list:
-        """``_step_scalars`` of the step numbers ``steps``, a column (list) per scalar: the
-        same expressions in far fewer Python calls. A subclass that overrides one of the two
-        overrides both, or the table is built from ``_step_scalars`` (``_columnwise``)."""
+        """``_step_scalars`` of the step numbers ``steps``, a column (list) per scalar, in far
+        fewer Python calls (``_columnwise``)."""
         if self.schedule is None:
             return [[self.base_lr] * len(steps)]
         schedule = self.schedule
@@ -344,8 +305,7 @@ class Optimizer:
         return self.schedule is None
 
     def _sync_device(self) -> None:
-        """Upload the device copy from the host fields: ``hyper`` (t, constants) and the
-        table of the next steps' scalars; one host-to-device copy, in stream order."""
+        """Upload ``hyper`` and the table of the next steps' scalars in one copy."""
         self.validate()
         t0, columns = self._t, len(self._columns)
         wanted = TABLE_ROWS if self._until is None or self._until <= t0 else \
@@ -382,16 +342,16 @@ class Optimizer:
     def _table_rows(self, t0: int, rows: int) -> np.ndarray:
         """The stepwise scalars of steps ``t0 + 1 ..`` (float64, (<= rows, columns)).
 
-        Every value must be a finite real number and the lr >= 0. The table stops before the
-        first step whose values are not (a schedule growing past float's range far ahead is
-        refused only when the run gets there); a ConfigError when that is the first step.
+        The table stops before the first step whose values are not finite reals with lr >= 0
+        (a schedule leaving float range far ahead is refused only when the run gets there); a
+        ConfigError when that is the first step.
         """
         table = self._table_columns(t0, rows)
         return table if table is not None else self._table_checked(t0, rows)
 
     def _table_columns(self, t0: int, rows: int) -> np.ndarray | None:
-        """``_table_rows`` a column at a time, where every value is a finite float and each lr
-        >= 0 (else None: ``_table_checked`` finds the first step that is not, and says why)."""
+        """``_table_rows`` a column at a time, or None where a value is not a finite float
+        with lr >= 0 (``_table_checked`` then finds it and says why)."""
         if not _columnwise(type(self)):
             return None
         try:
@@ -439,10 +399,8 @@ class Optimizer:
                 for h in self.hypers}
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: kind, hyper-parameters, step count and state buffers.
-
-        State buffers are returned as NumPy arrays (host copies).
-        """
+        """Everything needed to resume: kind, hyper-parameters, step count and state buffers
+        (NumPy host copies)."""
         lr = self.schedule.config() if self.schedule is not None else self.base_lr
         return {"name": self.name, "lr": lr, "hyperparameters": self.hyperparameters(),
                 "t": self.t,
@@ -483,14 +441,11 @@ class SGD(Optimizer):
         return "nesterov_step" if self.nesterov else "momentum_step"
 
     def _check_together(self, written: bool) -> None:
-        if not written:
-            if self.nesterov and self.momentum == 0:
-                raise ConfigError("nesterov=True needs momentum > 0")
-            return
-        if self.momentum > 0 and self.kernel == "sgd_step":
+        if written and self.momentum > 0 and self.kernel == "sgd_step":
             self._unbuffered("mu")
         if self.nesterov and self.momentum == 0:
-            raise ConfigError("SGD: nesterov=True needs momentum > 0, got momentum=0")
+            raise ConfigError("SGD: nesterov=True needs momentum > 0, got momentum=0" if written
+                              else "nesterov=True needs momentum > 0")
 
 
 class RMSProp(Optimizer):

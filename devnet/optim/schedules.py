@@ -15,8 +15,8 @@ from devnet.validation import real
 
 def _rate(name: str, value, *, allow_zero: bool = False, most: float | None = None) -> float:
     """A finite float > 0 (>= 0 with ``allow_zero``; <= ``most``); NumPy scalars accepted."""
-    if not real(value) or value < 0 or (value == 0 and not allow_zero) or (most is not None
-                                                                  and value > most):
+    if not (real(value) and value >= 0 and (value > 0 or allow_zero)
+            and (most is None or value <= most)):
         bound = ">= 0" if allow_zero else "> 0"
         bound += f" and <= {most:g}" if most is not None else ""
         raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
@@ -39,21 +39,16 @@ class Schedule:
 
     name = "schedule"
 
-    # The step from which the lr stays at its final value; None: it never settles (constant,
-    # step, exponential). Resuming past a finished schedule is checked against it.
+    # the step from which the lr stays at its final value (None: never); resuming checks it
     horizon: int | None = None
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError
 
     def extended(self, planned_steps: int, new_steps: int) -> Schedule:
-        """This schedule with its time axis stretched by ``new_steps / planned_steps``.
-
-        The lr curve a run planned for ``new_steps`` instead of ``planned_steps`` would follow:
-        cosine ``total_steps`` and step ``step_size`` scale by the ratio (rounded, >= 1),
-        exponential ``gamma`` becomes ``gamma ** (planned / new)``; warm-up keeps its length
-        and stretches what follows it. Constant schedules are returned unchanged.
-        """
+        """This schedule with its time axis stretched by ``new_steps / planned_steps`` (step
+        counts rounded, >= 1; exponential ``gamma ** (planned / new)``; warm-up keeps its length
+        and stretches what follows it; a constant schedule is returned unchanged)."""
         return self
 
     def config(self) -> dict:
@@ -170,30 +165,13 @@ class Warmup(Schedule):
 SCHEDULES = {s.name: s for s in (Constant, Step, Exponential, Cosine, Warmup)}
 
 
-def constant(lr: float) -> Constant:
-    return Constant(lr)
-
-
-def step(lr: float, step_size: int, gamma: float = 0.1) -> Step:
-    return Step(lr, step_size, gamma)
-
-
-def exponential(lr: float, gamma: float) -> Exponential:
-    return Exponential(lr, gamma)
-
-
-def cosine(lr: float, total_steps: int, min_lr: float = 0.0) -> Cosine:
-    return Cosine(lr, total_steps, min_lr)
-
-
-def warmup(inner: Schedule, warmup_steps: int, start_factor: float = 0.0) -> Warmup:
-    return Warmup(inner, warmup_steps, start_factor)
+constant, step, exponential, cosine, warmup = Constant, Step, Exponential, Cosine, Warmup
 
 
 def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> Warmup:
     """Linear warm-up for ``warmup_steps``, then cosine decay over the remaining steps."""
-    warmup_steps, total_steps = _count("warmup_steps", warmup_steps), _count("total_steps",
-                                                                           total_steps)
+    warmup_steps = _count("warmup_steps", warmup_steps)
+    total_steps = _count("total_steps", total_steps)
     return Warmup(Cosine(lr, max(total_steps - warmup_steps, 1), min_lr), warmup_steps)
 
 
@@ -227,10 +205,6 @@ def _named_exponential(lr, total_steps, gamma=None):
     return exponential(lr, 0.01 ** (1 / max(total_steps, 1)) if gamma is None else gamma)
 
 
-def _named_cosine(lr, total_steps, min_lr=0.0):
-    return cosine(lr, total_steps, min_lr)
-
-
 def _named_warmup_cosine(lr, total_steps, warmup_steps=None, min_lr=0.0):
     # warm-up over the first 5% of the run unless warmup_steps is given
     if warmup_steps is not None and not isinstance(warmup_steps, bool) and \
@@ -247,7 +221,7 @@ NAMED = {
     "constant": lambda lr, total_steps: constant(lr),
     "step": _named_step,
     "exponential": _named_exponential,
-    "cosine": _named_cosine,
+    "cosine": Cosine,
     "warmup_cosine": _named_warmup_cosine,
 }
 
