@@ -276,6 +276,8 @@ def get(name: str | Loss, **kwargs) -> Loss:
                               f"{name!r}; pass them to its constructor instead")
         return name
     cls = lookup(LOSSES, name, "loss")
+    if not kwargs:
+        return cls()
     valid = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
