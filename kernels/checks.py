@@ -1,11 +1,10 @@
 """O(1) argument checks of the fused kernel entries, from ``table.ARRAYS``: shapes, dtypes, layout.
 
-Numba kernels (CPU and CUDA) do not check bounds: a mismatched buffer would be read or written
-outside its array. Every public entry of ``cpu/`` and the ``cuda`` package checks first
-(attribute reads only, a DataError naming the argument) and keeps the kernel without the checks
-as its ``unchecked`` attribute: the backends' ``raw_kernels``, for buffers devnet allocated
-itself (on a small model the checks cost more than the kernels: 2-8-1, b4, 26 of a 37 us
-backward).
+Numba kernels do not check bounds: a mismatched buffer would be read or written outside its
+array. Every public entry of ``cpu/`` and ``cuda/`` checks first (attribute reads only, a
+DataError naming the argument) and keeps the kernel without the checks as its ``unchecked``
+attribute (the backends' ``raw_kernels``, for buffers devnet allocated itself: on a small model
+the checks cost more than the kernels).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import functools
 import inspect
 
 import numpy as np
+from devnet.kernels import scalar
 from devnet.kernels.table import (
     ARRAYS,
     CLIP_KERNEL,
@@ -22,6 +22,7 @@ from devnet.kernels.table import (
     HYPER_STEPWISE0,
     L2_KERNEL,
     LOSSES,
+    NEEDS_PREACTIVATION,
     REDUCTION_ARRAYS,
     STEP_HYPER,
     STEPS,
@@ -30,7 +31,7 @@ from devnet.kernels.table import (
     step_hyper_argnames,
 )
 
-from devnet.errors import DataError
+from devnet.errors import ConfigError, DataError, lookup
 
 
 class _Structural(type):
@@ -45,8 +46,7 @@ class ArrayLike(metaclass=_Structural):
 
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# Sizes that must be at least 1 (a row's first element is read: the shift of LayerNorm's
-# one-pass variance, softmax's running max).
+# Sizes that must be at least 1: a row's first element is read (LayerNorm's shift, a row max).
 MIN_SIZES = {"bias_act_fwd": ("m",), "layernorm_fwd": ("m",), "bias_act_drop_fwd": ("m",)}
 
 
@@ -124,7 +124,7 @@ def checked(name: str, array_type=np.ndarray, contiguous: bool = False):
 
 
 def _pair(build):
-    """``build(True)``, the checked public entry, with ``build(False)`` as its ``unchecked``."""
+    """``build(True)``, the checked entry, with ``build(False)`` as its ``unchecked``."""
     entry = build(True)
     entry.unchecked = build(False)
     functools.update_wrapper(entry.unchecked, entry)
@@ -138,13 +138,38 @@ def residual_out(name: str, R, out) -> None:
                         "given together or not at all")
 
 
-def dropout_row0(name: str, row0) -> int:
-    """``row0`` (the global row of a dropout kernel's first row) as an int, or a DataError."""
+def elementwise_act(act) -> None:
+    """A ConfigError listing the elementwise activations unless ``act`` is one."""
+    if act not in scalar.ACTIVATIONS:  # softmax is row-wise: no hidden layer uses it
+        lookup(scalar.ACTIVATIONS, act, "elementwise activation")
+
+
+def preactivation(name: str, act: str, Z, A):
+    """``Z``, or ``A`` in its place when None: a DataError where ``act`` needs Z."""
+    if Z is None:
+        if act in NEEDS_PREACTIVATION:
+            raise DataError(f"{name}({act!r}) needs the pre-activation Z")
+        return A
+    return Z
+
+
+def dropout_args(name: str, p, key, row0, real=None) -> tuple:
+    """``(threshold, 1/(1-p), 1-p, k0, k1, row0)`` for a dropout kernel (with ``real``, the
+    CUDA kernels' dtype: the two scales cast to it, row0 an int64); a ConfigError unless
+    0 <= p < 1, a DataError unless row0 (the global row of the array's first row) is a
+    non-negative integer."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
+    key = int(key) & 0xFFFFFFFFFFFFFFFF
     if isinstance(row0, (bool, np.bool_)) or not isinstance(row0, (int, np.integer)) \
             or row0 < 0:
         raise DataError(f"{name}: row0 (the global row of the array's first row, keying its "
                         f"dropout masks) must be a non-negative integer, got {row0!r}")
-    return int(row0)
+    scale, inv, row0 = 1.0 / (1.0 - p), 1.0 - p, int(row0)
+    if real is not None:
+        scale, inv, row0 = real(scale), real(inv), np.int64(row0)
+    return (np.uint64(scalar.dropout_threshold(p)), scale, inv, np.uint64(key & 0xFFFFFFFF),
+            np.uint64(key >> 32), row0)
 
 
 def _type_names(array_type) -> str:
@@ -205,14 +230,13 @@ def float64_array(name: str, arg: str, a, ndim: int, array_type=np.ndarray,
 
 
 def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool = False):
-    """The public entry of hyper step ``name`` (``table.STEP_HYPER``, e.g. ``adam_step_hyper``).
+    """The public entry ``name(p, *buffers, hyper, *flags)`` of hyper step ``name``.
 
-    ``name(p, *buffers, hyper, *flags)``: checks the buffers (one shape (N,), one dtype) and
-    ``hyper``'s layout (never its values: no sync); refuses a state buffer left None while a
-    flag uses it (the kernel would update p twice instead); a buffer gated by a scalar may be
-    None (its term is then off, see ``table``). Calls ``launch(arrays, hyper, flags,
-    present)``, unused buffers replaced by ``p``; ``present``: per ``table.gated_scalars``
-    pair, whether its buffer was given.
+    Checks the buffers (one shape (N,), one dtype) and ``hyper``'s layout (never its values: no
+    sync); refuses a state buffer left None while a flag uses it; a buffer gated by a scalar
+    may be None (its term is then off). Calls ``launch(arrays, hyper, flags, present)``, None
+    buffers replaced by ``p``; ``present``: per ``table.gated_scalars`` pair, whether its
+    buffer was given.
     """
     step_name = STEP_HYPER[name]
     row = STEPS[step_name]
@@ -254,11 +278,9 @@ def make_step_hyper(name: str, launch, array_type=np.ndarray, contiguous: bool =
 
 
 def make_advance(launch, array_type=np.ndarray):
-    """The public entry ``opt_advance(hyper, table)``: checks, then ``launch(hyper, table)``.
-
-    hyper: a writable float64 (H,) array; table: a float64 (rows >= 1, columns) array, with
-    H >= the header's slots + columns. Values are not read (no sync): the kernel clamps the row.
-    """
+    """The public entry ``opt_advance(hyper, table)``: checks (no values read: no sync), then
+    ``launch(hyper, table)``. hyper: writable float64 (H,), H >= header + columns; table:
+    float64 (rows >= 1, columns)."""
     name = "opt_advance"
 
     def opt_advance(hyper, table):
@@ -284,9 +306,7 @@ def _hyper_slots(name: str, hyper, need: int, what: str) -> None:
 
 def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
     """The public entry ``opt_clip(g, hyper)``: checks (no sync), then ``launch(g, hyper)``.
-
-    g: (N,) float32/float64; hyper: a writable float64 (H,) array of at least the header's slots.
-    """
+    g: (N,) float32/float64; hyper: writable float64 (H,), at least the header's slots."""
     name = CLIP_KERNEL
 
     def build(checking):
@@ -307,9 +327,9 @@ def make_clip(launch, array_type=np.ndarray, contiguous: bool = False):
 
 
 def _spans(name: str, spans, n: int, array_type) -> None:
-    """A DataError unless ``spans`` is a C-contiguous (k, 2) int64 array; on the host (NumPy)
-    also unless its spans are sorted, disjoint and within [0, n]. A device array's values are
-    not read (no sync): the kernels clamp every span into the buffer (``norms.span_bounds``)."""
+    """A DataError unless ``spans`` is a C-contiguous (k, 2) int64 array; on the host also
+    unless its spans are sorted, disjoint and within [0, n] (device values are not read: the
+    kernels clamp every span, ``norms.span_bounds``)."""
     if not isinstance(spans, array_type) or spans.dtype != np.int64 or spans.ndim != 2 \
             or spans.shape[1] != 2 or not spans.flags.c_contiguous:
         what = (f"a {spans.ndim}-D {spans.dtype} array of shape {tuple(spans.shape)}"
@@ -330,9 +350,9 @@ def make_l2(launch, array_type=np.ndarray, contiguous: bool = False,
             device_value: bool = False):
     """The public entry ``l2_penalty(p, g, spans, alpha, weight, count, value, value_scale)``.
 
-    Checks the arrays, the scalars (real numbers) and ``value``: with ``device_value`` a
-    1-element array of p's dtype (read by the kernel: no sync), else a real number or a
-    1-element array (read here). Then ``launch(...)`` with the same arguments, scalars floats.
+    Checks the arrays, the scalars and ``value`` (with ``device_value`` a 1-element array of
+    p's dtype, read by the kernel; else a real number or a 1-element array, read here), then
+    ``launch(...)`` with the same arguments, scalars as floats.
     """
     name = L2_KERNEL
     args = tuple(p.name for p in ENTRIES[name])
@@ -377,12 +397,9 @@ def _describe(a) -> str:
 
 def loss_args(name: str, pred, target, grad, weight, array_type=np.ndarray,
               contiguous: bool = False):
-    """(labels, target, weight) of loss kernel ``name`` checked in O(1), shaped and cast for
-    the kernel, or a DataError; ``labels``: target is (n,) integer class labels.
-
-    Shapes, dtypes and writability only, never the values (softmax_xent's kernels check each
-    label's bounds): a wrong argument is a DataError, not a Numba typing error.
-    """
+    """(labels, target, weight) of loss kernel ``name`` checked in O(1) (shapes, dtypes,
+    writability: never values), shaped and cast for the kernel, or a DataError; ``labels``:
+    target is (n,) integer class labels."""
     arrays = {"pred": pred, "target": target, "grad": grad}
     if weight is not None:
         arrays["weight"] = weight

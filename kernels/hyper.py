@@ -1,25 +1,23 @@
 """``opt_advance``: an optimizer's per-step scalars advanced on the device, one thread.
 
-One plain-Python template, compiled by ``cpu/`` (``njit``) and ``cuda/`` (a one-thread
-kernel); ``reference.opt_advance`` is its xp-generic oracle. The layout of ``hyper`` and
-``table`` is ``table.hyper_layout`` (read that comment block first).
+Compiled by ``cpu/`` (``njit``) and ``cuda/`` (a one-thread kernel); ``reference.opt_advance``
+is its oracle. The layout of ``hyper`` and ``table``: ``table.hyper_layout``.
 """
 
 from __future__ import annotations
 
 from devnet.kernels.table import HYPER_CLIP, HYPER_GSCALE, HYPER_STEPWISE0, HYPER_T, HYPER_T0
 
+# The slots baked into the compiled kernels, in their cache names (Numba's disk cache watches
+# only the file a kernel is defined in, not table.py).
 LAYOUT_TAG = f"{HYPER_T}{HYPER_T0}{HYPER_GSCALE}{HYPER_CLIP}{HYPER_STEPWISE0}"
-"""The slots baked into the compiled kernels: part of their cache names (Numba's disk cache
-watches only the file a kernel is defined in, not ``table.py``)."""
 
 
 def opt_advance(hyper, table):
     """``t += 1``; the stepwise slots <- row ``min(t - 1 - t0, rows - 1)`` of ``table``.
 
     hyper: (H,) float64, H >= 2 + table's columns; table: (rows, columns) float64, rows >= 1.
-    The row index is clamped to [0, rows - 1] whatever ``hyper`` holds (NaN included): no
-    read outside ``table``.
+    The row is clamped to [0, rows - 1] whatever ``hyper`` holds (NaN included).
     """
     t = hyper[HYPER_T] + 1.0
     hyper[HYPER_T] = t

@@ -1,15 +1,11 @@
-"""The scalar math of the reductions over a model's flat buffers, written once: scikit-learn's
-L2 term (``l2_penalty``) and gradient-norm clipping (``opt_clip``, and the gradient scale the
-hyper steps apply as they read g).
+"""The scalar math of the reductions over the flat buffers: scikit-learn's L2 term
+(``l2_penalty``) and gradient-norm clipping (``opt_clip``, and the scale the hyper steps apply
+to g).
 
-Plain Python, compiled like ``scalar.py``'s functions (``compiled``: float literals typed per
-dtype, each function inlined) by ``cpu/`` and ``cuda/``; ``reference.py`` runs the same
-functions on host floats. Apart from ``scalar.py`` so that its edits do not recompile every
-kernel: the kernels using these functions carry ``SOURCE_TAG`` in their cache names.
-
-Sums of squares are accumulated in float64 by the kernels; what these functions see is the
-finished sum, in the kernel's dtype (a float32 kernel keeps float32 math, as ``scalar.py``),
-except ``clip_scale``, which the kernels of every dtype run in float64: see there.
+Compiled like ``scalar.py`` by ``cpu/`` and ``cuda/``; ``reference.py`` runs the same functions
+on host floats. Apart from ``scalar.py`` so that its edits do not recompile every kernel. The
+kernels sum squares in float64 and pass the finished sum in their dtype, except to
+``clip_scale``, which runs in float64 for every dtype.
 """
 
 from __future__ import annotations
@@ -18,15 +14,14 @@ import hashlib
 import inspect
 import math
 import sys
-from types import FunctionType, SimpleNamespace
+from types import SimpleNamespace
 
 from devnet.kernels import scalar
 
 
 def span_bounds(start, stop, prev, n):
-    """``[lo, hi)`` of the span ``[start, stop)`` clamped into ``[prev, n]``: whatever a span
-    array holds (out of range, reversed, overlapping the previous span), a kernel looping over
-    the clamped spans in order stays inside the buffer and visits each element once."""
+    """``[start, stop)`` clamped into ``[prev, n]``: whatever a span array holds, a kernel
+    looping over the clamped spans in order stays inside the buffer, each element once."""
     lo = min(max(start, prev), n)
     hi = min(max(stop, lo), n)
     return lo, hi
@@ -47,22 +42,19 @@ def l2_value(value, value_scale, alpha, sq, sw):
 
 def clip_scale(sq, clip, unit):
     """``min(1, clip / (unit * sqrt(sq) + 1e-6))`` for ``sq = |g / unit|**2`` (unit 1, or
-    max|g| where ``|g|**2`` overflows); a NaN norm stays NaN (a plain ``min`` would read it as
-    1, "no clipping", and hide the divergence).
+    max|g| where ``|g|**2`` overflows); a NaN norm stays NaN (a plain ``min`` would hide it).
 
-    Float64 whatever g's dtype (``cpu/`` and ``cuda/`` bind the float64 copy): a float32
-    gradient of norm 2e19 has a square beyond float32's range, so a float32 ``sq`` is inf,
-    the scale 0 and every update skipped: the very exploding gradient clipping exists for.
-    Only a float64 g (norm past 1.3e154) overflows the float64 sum: the kernels then sum the
-    squares of ``g / max|g|`` instead and pass ``unit = max|g|``.
+    Float64 whatever g's dtype: a float32 g of norm 2e19 squares past float32's range, which
+    would make the scale 0 and skip every update. Only a float64 g (norm past 1.3e154)
+    overflows the float64 sum: the kernels then pass the squares of ``g / max|g|`` and
+    ``unit = max|g|``.
     """
     s = clip / (unit * math.sqrt(sq) + 1e-6)
     return 1.0 if s >= 1.0 else s
 
 
 def unit_sq(g):
-    """``(|g / max|g||**2, max|g|)``: the squared norm of a float64 g whose squares overflow
-    the float64 sum, taken over g scaled to at most 1 (see ``clip_scale``)."""
+    """``(|g / max|g||**2, max|g|)``, for a float64 g whose squares overflow (``clip_scale``)."""
     top = 0.0
     for i in range(g.size):
         top = max(top, abs(g[i]))
@@ -81,15 +73,14 @@ def scaled(g, gscale):  # the hyper steps: g times hyper's gscale (1 without cli
     return g * gscale
 
 
-_FUNCTIONS = (span_bounds, l2_coef, l2_grad, l2_value, clip_scale, unit_sq, unscaled,
-              scaled)
+_FUNCTIONS = (span_bounds, l2_coef, l2_grad, l2_value, clip_scale, unit_sq, unscaled, scaled)
 
 
 def compiled(decorate, dtype) -> SimpleNamespace:
     """Every function above for ``dtype`` through ``decorate`` (as ``scalar.compiled``)."""
     ns = scalar.typed_globals(globals(), dtype)
     return SimpleNamespace(**{fn.__name__: decorate(scalar.specialise(fn, ns, dtype))
-                              for fn in _FUNCTIONS if isinstance(fn, FunctionType)})
+                              for fn in _FUNCTIONS})
 
 
 SOURCE_TAG = hashlib.sha1(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]

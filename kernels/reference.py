@@ -1,12 +1,11 @@
 """xp-generic (NumPy or CuPy) versions of every fused op: the oracle kernels are tested against.
 
-Every kernel of ``cpu/`` and the ``cuda`` package has its counterpart here, of the same name and
-signature; the by-value optimizer steps (``adam_step``, ...) are the oracle's alone, the math the
-in-place ``<step>_hyper`` kernels are tested against. Conventions shared by all kernel tables:
+Every kernel of ``cpu/`` and ``cuda/`` has its counterpart here, of the same name and signature;
+the by-value optimizer steps (``adam_step``, ...) are the oracle's alone. Conventions shared by
+all kernel tables:
 
 - matrices are C-contiguous ``(n_samples, n_features)``; dtypes float32 or float64;
 - ``act`` is an activation name from ``ACTIVATION_NAMES``; ``alpha`` is leaky_relu's slope;
-- a function that writes into an argument says so; outputs may alias inputs where documented;
 - losses return ``scale * sum_i w_i * l_i`` (a 0-d array / scalar on the array's device) and
   write ``grad = scale * w_i * dl_i/dpred`` so the caller picks the mean (``scale = 1/n``);
 - optimizer steps update ``p`` and their state buffers in place over the whole flat buffer.
@@ -20,8 +19,7 @@ import math
 import numpy as np
 from devnet.kernels import norms, scalar
 
-# The registry (names, which activations need Z, which losses take labels, ...) lives in
-# table.py; re-exported here for the tests and benchmarks that read it from the oracle.
+# re-exported from table.py for the tests and benchmarks that read them from the oracle
 from devnet.kernels.table import (  # noqa: F401
     ACTIVATION_NAMES,
     HYPER_CLIP,
@@ -65,9 +63,7 @@ def _sigmoid(xp, z):
     return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-# --- activations: value and derivative side by side, keyed by name ----------------------------
-# value(xp, z, alpha); grad(xp, a, z, alpha) = d act / d z at each element, from the output a
-# (or z where needed).
+# --- activations: value(xp, z, alpha) and d act / d z = grad(xp, a, z, alpha), by name ---------
 
 def _gelu(xp, z, alpha):  # tanh approximation (Hendrycks & Gimpel), as in GPT-2
     return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + 0.044715 * z**3)))
@@ -115,10 +111,10 @@ def _act(act, which):
 
 
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
-    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
+    """In place ``A <- act(A + b)``; ``Z <- A + b`` first when given.
 
-    A: (n, m) matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it exactly when
-    ``act in NEEDS_PREACTIVATION``. Row-wise ``softmax`` is allowed (output layers).
+    A: (n, m) matmul output; b: (m,); Z: (n, m) or None, needed when ``act in
+    NEEDS_PREACTIVATION``. Row-wise ``softmax`` is allowed (output layers).
     """
     xp = get_xp(A)
     A += b
@@ -130,9 +126,8 @@ def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     """``dZ <- G * act'(.)`` and ``db <- column sums of dZ``, in one pass.
 
-    G: (n, m) upstream gradient dL/dA; A: (n, m) forward output; Z: (n, m) pre-activation or
-    None (needed for ``NEEDS_PREACTIVATION``); dZ: (n, m) output, may be ``G`` itself;
-    db: (m,) output. For ``softmax`` the row-wise Jacobian is applied:
+    G: (n, m) dL/dA; A: (n, m) forward output; Z: (n, m) pre-activation or None (needed for
+    ``NEEDS_PREACTIVATION``); dZ: (n, m), may be G; db: (m,). Softmax applies its row Jacobian
     ``dZ = A * (G - sum(G * A, axis=1))``.
     """
     xp = get_xp(G)
@@ -158,10 +153,9 @@ def _row_weight(xp, weight, n, dtype):
 def softmax_xent(logits, target, grad, weight, scale):
     """Softmax cross-entropy from logits; returns ``scale * sum_i w_i l_i``; writes ``grad``.
 
-    logits: (n, k). target: (n,) integer labels in [0, k) or (n, k) probabilities (rows need
-    not sum to 1: ``l_i = sum_k t_ik (lse_i - z_ik)``). grad: (n, k) output, may be ``logits``.
-    weight: (n,) or None. scale: float. A label outside [0, k) (or not a whole number) makes
-    its row's loss and gradient NaN, never an index.
+    logits: (n, k); target: (n,) integer labels or (n, k) probabilities (``l_i = sum_k t_ik
+    (lse_i - z_ik)``); grad: (n, k), may be logits; weight: (n,) or None. A label outside
+    [0, k) (or not a whole number) makes its row's loss and gradient NaN, never an index.
     """
     xp = get_xp(logits)
     n, k = logits.shape
@@ -171,8 +165,7 @@ def softmax_xent(logits, target, grad, weight, scale):
     p = xp.exp(logits - lse)
     if target.ndim == 1:
         rows = xp.arange(n)
-        # a label that is not an integer in [0, k) gives a NaN row, as the fused kernels do:
-        # astype alone wrapped -1 to the last class and indexed past k
+        # a label that is not an integer in [0, k) gives a NaN row, as the fused kernels do
         valid = (target >= 0) & (target < k)
         t = xp.where(valid, target, 0).astype(xp.int64)
         valid &= t == target  # whole numbers only
@@ -252,11 +245,9 @@ for _name in ELEMENT_LOSSES:
     globals()[_name] = _element_loss(_name)
 
 
-# --- optimizer steps: one pass over the flat parameter buffer ----------------------------------
-# p, g and every state buffer are 1-D arrays of the same length and dtype; p and the state are
-# updated in place; scalars are Python floats. ``wd`` is L2 weight decay added to the gradient
-# (coupled), except in adamw_step where it is decoupled. No kernel table holds these: the
-# fused steps are the ``<step>_hyper`` entries below, which must match them bit for bit.
+# --- optimizer steps: p, g and the state (N,) of one dtype, p and the state in place ---------
+# ``wd`` is L2 weight decay added to the gradient, except in adamw_step (decoupled). No kernel
+# table holds these: the ``<step>_hyper`` kernels must match them bit for bit.
 
 def sgd_step(p, g, lr, wd):
     """``p -= lr (g + wd p)``."""
@@ -280,11 +271,10 @@ def nesterov_step(p, g, buf, lr, mu, wd):
 
 
 def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
-    """RMSProp (Hinton): ``sq = rho sq + (1 - rho) d**2``; step ``d / (sqrt(sq) + eps)``.
+    """RMSProp: ``sq = rho sq + (1 - rho) d**2``; step ``d / (sqrt(sq) + eps)``.
 
-    centered: also ``gavg = rho gavg + (1 - rho) d`` and the denominator uses
-    ``sqrt(sq - gavg**2)``. mu > 0: ``mom = mu mom + step; p -= lr mom``. ``mom`` and ``gavg``
-    may be None when unused (mu == 0, not centered).
+    centered: ``gavg = rho gavg + (1 - rho) d``, denominator ``sqrt(sq - gavg**2) + eps``;
+    mu > 0: ``mom = mu mom + step; p -= lr mom``. mom / gavg may be None when unused.
     """
     xp = get_xp(p)
     d = g + wd * p
@@ -305,17 +295,13 @@ def rmsprop_step(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered):
 
 
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """Adam (Kingma & Ba) with L2 ``wd``; bc1 = 1 - beta1**t, bc2 = 1 - beta2**t.
-
-    ``m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d**2``; amsgrad: ``vmax = max(vmax, v)`` is
-    used instead of v; ``p -= lr (m / bc1) / (sqrt(v / bc2) + eps)``. vmax may be None unless
-    amsgrad.
-    """
+    """Adam with L2 ``wd``: ``p -= lr (m / bc1) / (sqrt(v / bc2) + eps)``, bc1 = 1 - beta1**t,
+    bc2 = 1 - beta2**t; amsgrad: ``vmax = max(vmax, v)`` in place of v (else vmax may be None)."""
     _adam(p, g + wd * p, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
 
 
 def adamw_step(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
-    """AdamW (Loshchilov & Hutter): decoupled decay ``p *= 1 - lr wd``, then Adam on ``g``."""
+    """AdamW: decoupled decay ``p *= 1 - lr wd``, then Adam on ``g``."""
     p *= 1 - lr * wd
     _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad)
 
@@ -334,14 +320,12 @@ def _adam(p, d, m, v, vmax, lr, beta1, beta2, eps, bc1, bc2, amsgrad):
     p -= lr * (m / bc1) / (xp.sqrt(vhat / bc2) + eps)
 
 
-# The same steps with their scalars in a float64 device array (``table.hyper_layout``), and the
-# per-step advance of that array. The oracle reads the scalars to the host (a sync on CuPy) and
-# runs the by-value step above: the fused kernels must match it bit for bit.
+# The same steps with their scalars in a float64 array (``table.hyper_layout``), and its
+# per-step advance. The oracle reads the scalars to the host and runs the by-value step above.
 
 def opt_advance(hyper, table):
-    """``t += 1`` in ``hyper``, then its stepwise slots <- row ``min(t - 1 - t0, rows - 1)``
-    of ``table`` (clamped to >= 0). hyper: (H,) float64, in place; table: (rows, columns)
-    float64."""
+    """In place ``t += 1``, then the stepwise slots <- row ``min(t - 1 - t0, rows - 1)`` (>= 0)
+    of ``table``. hyper: (H,) float64; table: (rows, columns) float64."""
     xp = get_xp(hyper)
     hyper[HYPER_T] += 1.0
     ahead = xp.minimum(hyper[HYPER_T] - hyper[HYPER_T0], table.shape[0])
@@ -360,7 +344,7 @@ def _step_hyper(name):
     def step(*args):
         values = args[n_arrays].tolist()
         scalars = [values[s] for s in slots]
-        for pos, k in gated:  # a gated buffer left None: its term off (see table)
+        for pos, k in gated:  # a gated buffer left None: its term off
             if args[pos] is None:
                 scalars[k] = 0.0
         arrays = list(args[:n_arrays])
@@ -381,17 +365,11 @@ for _name in STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
     globals()[_name] = _step_hyper(_name)
 
 
-# --- reductions over the flat buffers (``table``'s "reductions" block; math in norms.py) ------
-# The oracle reads its sums back to the host (a sync on CuPy); the fused kernels do not.
+# --- reductions over the flat buffers (math in norms.py; sums read to the host) ---------------
 
 def opt_clip(g, hyper):
-    """``hyper[gscale] <- min(1, hyper[clip] / (|g| + 1e-6))``; g (N,) is not changed.
-
-    |g|**2 is summed and the scale computed in float64 whatever g's dtype
-    (``norms.clip_scale``: a float32 square past float32's range must not zero the scale; a
-    float64 sum that overflows is taken again over g / max|g|). hyper: (H,) float64, H >= the
-    header's 4 slots.
-    """
+    """``hyper[gscale] <- min(1, hyper[clip] / (|g| + 1e-6))``, in float64 whatever g's dtype
+    (``norms.clip_scale``). g: (N,), unchanged; hyper: (H,) float64, H >= the header's slots."""
     g64 = g.astype(np.float64)
     top = np.float64(1.0)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -406,11 +384,10 @@ def opt_clip(g, hyper):
 def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
     """scikit-learn's L2 term over the weight spans of the flat buffers, in place on g.
 
-    p, g: (N,) flat parameters and gradient; spans: (k, 2) int64 ``[start, stop)`` offsets of
-    the weights in p (sorted, disjoint, within [0, N]; ``norms.span_bounds`` clamps any other);
-    alpha: the L2 strength; weight: (n,) the batch's sample weights or None; count: the
-    batch's sample count, used when weight is None; value: the loss value (a number or a
-    1-element array); value_scale: its factor. With ``sw = sum(weight)`` (or count):
+    p, g: (N,); spans: (k, 2) int64 ``[start, stop)`` offsets of the weights in p (sorted,
+    disjoint; ``norms.span_bounds`` clamps any other); alpha: the L2 strength; weight: (n,)
+    sample weights or None (then ``count`` samples); value: the loss value (a number or a
+    1-element array), times value_scale. With ``sw = sum(weight)`` (or count):
     ``g[span] += alpha / sw * p[span]``; returns ``value * value_scale + 0.5 alpha
     sum(p[spans]**2) / sw`` (squares summed in float64).
     """
@@ -434,9 +411,8 @@ def l2_penalty(p, g, spans, alpha, weight, count, value, value_scale=1.0):
 
 
 # --- deep networks: LayerNorm rows, dropout, the residual add ----------------------------------
-# Dropout masks: ``scalar.dropout_keep`` on each element's C-order flat index, keyed by
-# ``key = scalar.dropout_key(seed, step, layer)``: its uint64 arithmetic runs on NumPy / CuPy
-# arrays as it is, so every table draws the same bits.
+# Dropout masks: ``scalar.dropout_keep`` (uint64 arithmetic, run on the arrays as it is) on each
+# element's C-order flat index, keyed by ``scalar.dropout_key(seed, step, layer)``.
 
 def dropout_mask(xp, shape, p, key, row0=0):
     """The keep mask (bool, ``shape``) of dropout rate ``p`` and 64-bit ``key``; ``row0``: the
@@ -458,11 +434,9 @@ def dropout_scales(p, dtype):
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout: ``A <- A / (1 - p)`` where kept, 0 where dropped.
 
-    A: (n, m) float32/float64, C-contiguous; p: rate in [0, 1); key: 64-bit int
-    (``scalar.dropout_key``); row0: the global row of A's first row (A may be rows
-    row0..row0+n-1 of a larger batch: a data-parallel rank's shard). The mask is a pure
-    function of (key, global flat index (row0 + i) m + j, p), so the shards' masks are the
-    whole batch's. Its backward is the same call on the gradient.
+    A: (n, m); p: rate in [0, 1); key: 64-bit int (``scalar.dropout_key``); row0: the global
+    row of A's first row (a data-parallel shard): the mask is a function of (key, (row0 + i) m
+    + j, p), so the shards' masks are the whole batch's. Its backward is the same call on G.
     """
     xp = get_xp(A)
     scale, _ = dropout_scales(p, A.dtype)
@@ -472,10 +446,8 @@ def dropout_fwd(A, p, key, row0=0):
 
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))`` (``Z <- A + b`` first when given); then, when ``R``
-    is given, ``out <- R + A`` (a residual block's output).
-
-    A, Z, R, out: (n, m); b: (m,); p, key, row0: as ``dropout_fwd`` (p = 0: no dropout).
-    Elementwise activations only.
+    is given, ``out <- R + A``. A, Z, R, out: (n, m); b: (m,); p, key, row0: as
+    ``dropout_fwd`` (p = 0: no dropout). Elementwise activations only.
     """
     bias_act_fwd(act, A, b, Z, alpha)
     if p > 0:
@@ -485,12 +457,9 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
 
 
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
-    """Backward of ``bias_act_drop_fwd``'s activation and dropout: ``dZ <- G * mask / (1 - p) *
-    act'(.)``, ``db <- column sums of dZ``.
-
-    A: the forward's output (after dropout): where kept, ``act = A (1 - p)`` is recovered from
-    it, so nothing else is stored. G, Z, dZ: (n, m), dZ may be G; db: (m,); p, key, row0: the
-    forward's (the mask is recomputed).
+    """Backward of ``bias_act_drop_fwd``: ``dZ <- G * mask / (1 - p) * act'(.)``, ``db <-
+    column sums of dZ``. A: the forward's output, ``act = A (1 - p)`` where kept; G, Z, dZ:
+    (n, m), dZ may be G; db: (m,); p, key, row0: the forward's (the mask is recomputed).
     """
     xp = get_xp(G)
     scale, inv = dropout_scales(p, G.dtype)
@@ -501,10 +470,10 @@ def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
 
 
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=LAYERNORM_EPS):
-    """Per row: ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; writes ``mean``, ``rstd``.
+    """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; writes ``mean``, ``rstd``.
 
-    X, Y: (n, m); gamma, beta: (m,); mean, rstd: (n,) outputs (``rstd = 1/sqrt(var + eps)``,
-    the biased variance); all one float dtype. Y must not alias X.
+    X, Y: (n, m), Y not aliasing X; gamma, beta: (m,); mean, rstd: (n,) (``rstd = 1/sqrt(var +
+    eps)``, the biased variance); all one float dtype.
     """
     xp = get_xp(X)
     mu = X.mean(axis=1)
@@ -515,11 +484,9 @@ def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=LAYERNORM_EPS):
 
 
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
-    """Backward of ``layernorm_fwd``: ``dX <- dL/dX`` (plus ``R`` when given: a residual
-    block's skip gradient, fused), ``dgamma``, ``dbeta`` <- column sums.
-
-    G: (n, m) dL/dY; X, mean, rstd: the forward's input and statistics; dX: (n, m) output, may
-    be G or R; dgamma, dbeta: (m,) outputs.
+    """Backward of ``layernorm_fwd``: ``dX <- dL/dX`` (plus ``R``, a residual block's skip
+    gradient, when given), ``dgamma``, ``dbeta``. G: (n, m) dL/dY; X, mean, rstd: the
+    forward's; dX: (n, m), may be G or R; dgamma, dbeta: (m,).
     """
     xhat = (X - mean[:, None]) * rstd[:, None]
     g = G * gamma

@@ -1,24 +1,19 @@
 """The scalar math of every fused op, written once; ``cpu/`` and ``cuda/`` compile it.
 
-Plain Python functions on scalars, no decorators: Numba inlines them into CPU loops and CUDA
-kernels, and they run as they are in plain Python.
+Plain Python functions on scalars: Numba inlines them into CPU loops and CUDA kernels.
+``compiled(decorate, dtype)`` clones each with its float literals and float globals typed as
+``dtype``: Numba types a Python float literal as float64, which would send a whole float32
+kernel to float64 (half the SIMD lanes, f64 divides on the GPU).
 
-Precision follows the array: ``compiled(decorate, dtype)`` clones every function with its float
-literals and float globals turned into ``dtype`` scalars, since Numba types a Python float
-literal as float64 and one would send a whole float32 kernel to float64 (half the SIMD lanes,
-f64 divides on the GPU). Kernels take hyper-parameters in the array's dtype too.
-
-- activations: ``<name>(z, alpha)`` the value and ``<name>_grad(a, z, alpha)`` the derivative
-  from the output ``a`` or the pre-activation ``z``; ``ACTIVATIONS`` maps names to the pair
-  (each kernel is specialised per activation: an in-loop switch blocks vectorisation);
+- activations: ``<name>(z, alpha)`` and ``<name>_grad(a, z, alpha)`` (from the output ``a`` or
+  the pre-activation ``z``); ``ACTIVATIONS`` maps names to the pair;
 - losses: ``<name>(pred, target, delta) -> (value, dvalue/dpred)`` per element, and the pieces
   of a softmax-cross-entropy row;
 - optimizers: the per-element update of each step, returning the new parameter and state.
 
-``exp`` and ``log1p`` are written out (range reduction + polynomial) so that LLVM can vectorise
-the CPU loops: without SVML ``math.exp`` is a libm call per element (1M float64 exps: 11.8 ms,
-against 2.1 ms). float32 kernels get ``exp_f32`` (``DTYPE_FUNCTIONS``): degree 6 is a float32
-ulp where float64 needs degree 12.
+``exp`` and ``log1p`` are written out so that LLVM can vectorise the CPU loops: without SVML
+``math.exp`` is a libm call per element (1M float64 exps: 11.8 ms, against 2.1 ms); float32
+gets ``exp_f32`` (degree 6, where float64 needs 12).
 """
 
 from __future__ import annotations
@@ -59,12 +54,10 @@ _LN2_LO_F32 = -2.12194440e-4
 
 
 def exp_f32(x):
-    """``e**x`` to about 1 ulp in float32 over the normal range; 0 from -87 down, inf from
-    88.73 up.
+    """``e**x`` to about 1 ulp in float32; 0 from -87 down, inf from 88.73 up.
 
-    Subnormal results are flushed to 0 on purpose: x86 takes a microcode assist per subnormal
-    element (bias + sigmoid over 1M float32 at z = -95: 11.3 ms, against 0.74 ms at z = -5),
-    and an activation or softmax term under 1e-38 is as good as 0.
+    Subnormal results are flushed to 0: x86 takes a microcode assist per subnormal element
+    (bias + sigmoid over 1M float32 at z = -95: 11.3 ms, against 0.74 ms at z = -5).
     """
     xc = min(max(x, -87.0), 89.0)  # so k stays in [-126, 128]: no NaN from inf * 0
     k = np.floor(xc * _LOG2E + 0.5)  # np.floor keeps x's type (math.floor is an int64)
@@ -110,11 +103,9 @@ def tanh_of(z):
     return y if z >= 0 else -y
 
 
-# tanh(x) / x = P(x**2) / Q(x**2) on |x| <= 8, fitted for float32 (Lawson's iteration, least
-# maximum relative error): 5.5 ulp at most, never above 1 (fitted to 9 it reached 1 + 2 ulp).
-# No exp and no branch: bias + tanh over 1M float32 in 0.26 ms, against 0.73 ms with tanh_of.
-# Only the tanh activation's value uses it: gelu's derivative needs 1 + t near t = -1 to a
-# fraction of an ulp, so gelu keeps tanh_of, and so does float64 (twice the terms needed).
+# tanh(x) / x = P(x**2) / Q(x**2) on |x| <= 8, fitted for float32 (Lawson): 5.5 ulp at most,
+# never above 1; no exp, no branch (bias + tanh, 1M float32: 0.26 ms against 0.73 ms). Only the
+# tanh activation uses it: gelu's derivative needs 1 + t near t = -1 to a fraction of an ulp.
 def tanh_value(z):
     """The tanh activation's value: ``tanh_of``, or ``tanh_rational_f32`` in float32."""
     return tanh_of(z)
@@ -270,8 +261,6 @@ def poisson(z, t, delta):
     return mu - t + (t * (math.log(t) - z) if t > 0 else 0.0), mu - t
 
 
-# Which of these are loss kernels, and their hyper-parameters: table.LOSSES.
-
 
 # --- optimizers: the update of one element -----------------------------------------------------
 # Arguments and hyper-parameters as in reference.py; each returns the new (p, state...).
@@ -330,12 +319,9 @@ def adamw(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad):
 # --- deep networks: LayerNorm rows and counter-based dropout -----------------------------------
 
 def layernorm_stats(shift, s1, s2, m, eps):
-    """A row's ``(mean, 1 / sqrt(var + eps))`` from its shifted sums ``s1 = sum(x - shift)``,
-    ``s2 = sum((x - shift)**2)`` over ``m`` elements (``m`` in the kernel's dtype).
-
-    Shifting by one of the row's own elements (``x[0]``) keeps ``s2 / m - (s1 / m)**2`` from
-    cancelling in float32 when the mean is large against the spread.
-    """
+    """A row's ``(mean, 1 / sqrt(var + eps))`` from ``s1 = sum(x - shift)``,
+    ``s2 = sum((x - shift)**2)`` over ``m`` elements (``m`` in the kernel's dtype); shifting by
+    the row's ``x[0]`` keeps the variance from cancelling in float32 when the mean is large."""
     d = s1 / m
     var = max(s2 / m - d * d, 0.0)
     return shift + d, 1.0 / math.sqrt(var + eps)
@@ -352,7 +338,7 @@ def layernorm_grad(g, xhat, g_mean, gx_mean, rstd):
 
 # Dropout masks come from a counter-based hash of (key, element): no generator state, so the
 # same (seed, step, layer) gives the same mask on every device, thread order and resume, and
-# backward recomputes it. uint64 holding 32-bit words: the same in Numba, CUDA and NumPy.
+# backward recomputes it. uint64s holding 32-bit words: the same in Numba, CUDA and NumPy.
 _U32 = np.uint64(0xFFFFFFFF)
 _MIX1 = np.uint64(0x7FEB352D)
 _MIX2 = np.uint64(0x846CA68B)
@@ -400,14 +386,12 @@ def dropout_threshold(p):
 
 # --- compiling this module ---------------------------------------------------------------------
 
-DTYPE_FUNCTIONS = {
-    np.dtype(np.float32): {"exp": "exp_f32", "tanh_value": "tanh_rational_f32"},
-}
-"""Per dtype, functions replaced by a version for that precision, under the name callers use."""
+# Per dtype, functions replaced by a version for that precision, under the name callers use.
+DTYPE_FUNCTIONS = {np.dtype(np.float32): {"exp": "exp_f32", "tanh_value": "tanh_rational_f32"}}
 
 
 def typed_code(code: CodeType, dtype) -> CodeType:
-    """``code`` with every float literal a ``dtype`` scalar (nested code objects too)."""
+    """``code`` with every float literal (nested code too) a ``dtype`` scalar."""
     ftype = np.dtype(dtype).type
     consts = tuple(
         ftype(c) if type(c) is float else typed_code(c, dtype) if isinstance(c, CodeType) else c
@@ -422,11 +406,8 @@ def typed_globals(ns: dict, dtype) -> dict:
 
 
 def specialise(fn: FunctionType, ns: dict, dtype, name: str | None = None) -> FunctionType:
-    """A clone of ``fn`` computing in ``dtype``: float literals typed, globals from ``ns``.
-
-    Numba then infers ``dtype`` throughout for ``dtype`` arguments (a float64 would promote).
-    ``ns`` should come from ``typed_globals`` so float constants read as globals follow too.
-    """
+    """A clone of ``fn`` computing in ``dtype``: float literals typed, globals from ``ns``
+    (from ``typed_globals``, so float constants read as globals follow too)."""
     clone = FunctionType(typed_code(fn.__code__, dtype), ns, name or fn.__name__,
                          fn.__defaults__, fn.__closure__)
     clone.__qualname__ = fn.__qualname__
@@ -434,9 +415,8 @@ def specialise(fn: FunctionType, ns: dict, dtype, name: str | None = None) -> Fu
 
 
 def compiled(decorate, dtype=np.float64) -> SimpleNamespace:
-    """Every function above for ``dtype``, through ``decorate`` (e.g.
-    ``numba.njit(inline="always")``), each calling the others' compiled copies (``exp`` is
-    ``exp_f32`` for float32: ``DTYPE_FUNCTIONS``)."""
+    """Every function above for ``dtype`` through ``decorate`` (e.g. ``njit(inline="always")``),
+    each calling the others' compiled copies (``DTYPE_FUNCTIONS`` swapped in)."""
     ns = typed_globals(globals(), dtype)
     for name, obj in globals().items():
         if isinstance(obj, FunctionType) and obj.__module__ == __name__ and obj not in _TOOLS:
@@ -450,5 +430,5 @@ _TOOLS = (typed_code, typed_globals, specialise, compiled)
 
 
 SOURCE_TAG = hashlib.sha1(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]
-"""Hash of this file: compiled kernels put it in their cache names, so an edit here recompiles
-them (Numba's on-disk cache only watches the file a kernel is defined in)."""
+"""Hash of this file, in compiled kernels' cache names: Numba's disk cache only watches the
+file a kernel is defined in."""

@@ -1,14 +1,12 @@
 """The kernel registry: every op's name, arguments and flags, as data (no math, no oracle).
 
-``cpu/`` and ``cuda/`` generate their loss and optimizer entries from ``LOSSES`` and ``STEPS``;
-every backend's kernel table holds ``KERNEL_NAMES``; production code reads these names from
-here, not from ``reference.py``. Adding a loss or an optimizer: its scalar math in
-``scalar.py``, its row here, its reference version and its test.
+Every backend's kernel table holds ``KERNEL_NAMES``; ``cpu/`` and ``cuda/`` generate their loss
+and optimizer entries from ``LOSSES`` and ``STEPS``. Adding a loss or an optimizer: its scalar
+math in ``scalar.py``, its row here, its reference version and its test.
 
-``ENTRIES`` declares every entry's arguments once (name, symbolic shape, type, read / written /
-optional); generated from it: ``ARRAYS`` (what ``checks.py`` checks in O(1) before any kernel
-runs), the profiler's byte model (``traffic``) and, through the same ``decl``, the CUDA
-kernels' signatures and parameter marshalling (``kernels/cuda/registry.py``).
+``ENTRIES`` declares every entry's arguments once; generated from it: ``ARRAYS`` (what
+``checks.py`` checks), the profiler's byte model (``traffic``) and, through ``decl``, the CUDA
+kernels' signatures and marshalling (``cuda/registry.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +17,9 @@ from typing import NamedTuple
 # --- activations -------------------------------------------------------------------------------
 
 ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax")
-# Activations whose derivative cannot be recovered from the output alone: the forward pass must
-# keep the pre-activation Z for them. All others differentiate from the output A.
+# Activations whose derivative needs the pre-activation Z (all others use the output A).
 NEEDS_PREACTIVATION = frozenset({"gelu", "silu"})
-# Activations that mix a row (not elementwise); only allowed as an output activation.
+# Activations that mix a row; only allowed as an output activation.
 ROWWISE = frozenset({"softmax"})
 
 
@@ -95,20 +92,17 @@ STEP_KERNELS = tuple(STEPS)  #: the by-value steps: the oracle's (``reference.py
 # ``<step>_hyper(p, *buffers, hyper, *flags)`` runs ``<step>`` with its float scalars read from
 # ``hyper``, a float64 (H,) device array: a CUDA graph captures kernel arguments once, so a
 # replayed step must find its lr and bias corrections in memory. ``opt_advance(hyper, table)``
-# (one thread) runs before it each step: t += 1, then the ``STEPWISE`` scalars are copied from
-# row ``min(t - 1 - t0, rows - 1)`` of ``table``, a float64 (rows, len(stepwise)) array the host
-# fills ahead of time, bit for bit what the by-value call passes. The rest of ``hyper`` is
-# constant. A state buffer gated by a scalar (RMSProp's ``mom``, used when ``mu > 0``) may be
-# None in a hyper call: its term is then off (mu read as 0), as the device value cannot be
-# checked without a sync. ``opt_clip(g, hyper)`` writes ``min(1, clip / (|g| + 1e-6))`` into
-# the header's ``gscale``, and every hyper step multiplies g by it as it reads g (1.0 without
-# clipping).
+# runs before it each step: t += 1, then the ``STEPWISE`` scalars are copied from row
+# ``min(t - 1 - t0, rows - 1)`` of ``table``, which the host fills ahead of time; the rest of
+# ``hyper`` is constant. A state buffer gated by a scalar (RMSProp's ``mom``, used when
+# ``mu > 0``) may be None in a hyper call: its term is then off (the device value cannot be
+# checked without a sync). ``opt_clip(g, hyper)`` writes the clip scale into ``gscale``, which
+# every hyper step multiplies g by (1.0 without clipping).
 
 HYPER_T, HYPER_T0 = 0, 1  #: completed steps; the step count the table's first row follows
 HYPER_GSCALE, HYPER_CLIP = 2, 3  #: the gradient's scale; the clip norm (inf: no clipping)
 HYPER_HEADER = ("t", "t0", "gscale", "clip")
-HYPER_DEFAULTS = {"gscale": 1.0, "clip": math.inf}
-"""Header slots' values when nothing sets them: no clipping, the gradient as it is."""
+HYPER_DEFAULTS = {"gscale": 1.0, "clip": math.inf}  #: unset header slots: no clipping
 STEPWISE = ("lr", "bc1", "bc2")  #: scalars that may change every step, as table columns
 HYPER_STEPWISE0 = len(HYPER_HEADER)  #: the slot of the first table column
 ADVANCE_KERNEL = "opt_advance"
@@ -130,8 +124,7 @@ def hyper_layout(name: str) -> tuple[str, ...]:
 
 def hyper_values(name: str, values: dict) -> list[float]:
     """Step kernel ``name``'s hyper slots (``hyper_layout``) filled from ``values`` (slot name
-    -> value; a slot it lacks: ``HYPER_DEFAULTS``, else 0): the array a call with these
-    scalars by value reads, e.g. ``hyper_values("adam_step", {"lr": 1e-3, ...})``."""
+    -> value; a slot it lacks: ``HYPER_DEFAULTS``, else 0)."""
     return [float(values.get(k, HYPER_DEFAULTS.get(k, 0.0))) for k in hyper_layout(name)]
 
 
@@ -152,9 +145,7 @@ def step_hyper_argnames(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in ENTRIES[name])
 
 
-# --- the whole table ---------------------------------------------------------------------------
-# The reductions over the flat buffers, one launch each: ``opt_clip`` (above) and
-# ``l2_penalty``, scikit-learn's L2 term over the weights' spans of p (``reference.l2_penalty``).
+# --- the whole table (the reductions: ``opt_clip`` above, ``l2_penalty`` the L2 term) ----------
 CLIP_KERNEL = "opt_clip"
 L2_KERNEL = "l2_penalty"
 
@@ -167,19 +158,18 @@ LAYERNORM_EPS = 1e-5
 
 # --- argument declarations: every entry's arguments, declared once, in call order --------------
 
+# Argument types: ``real`` the model's float dtype (arrays and scalars alike); ``f64`` float64
+# whatever the model's; ``label`` int32 or int64 class labels; ``int`` a Python integer;
+# ``str`` a name (an activation).
 DTYPES = ("real", "f64", "i32", "i64", "label", "u64", "bool", "int", "str")
-"""Argument types: ``real`` the model's float dtype (float32 or float64, arrays and scalars
-alike); ``f64`` float64 whatever the model's; ``label`` int32 or int64 class labels; ``int``
-a Python integer; ``str`` a name (an activation)."""
 
 
 class Param(NamedTuple):
     """One argument: name, symbolic shape (() for a scalar), type (``DTYPES``) and use.
 
-    ``read`` / ``written``: what the kernel does with an array (in place: both); ``mutable``:
-    an output may alias it, so it must be writable though the kernel itself only reads it;
-    ``optional``: may be None. ``traffic``: how the byte model counts it ("" each read and
-    each write once; "skip": a few scalars in memory, not counted; "row": one row of it read).
+    ``mutable``: an output may alias it, so it must be writable though only read; ``optional``:
+    may be None. ``traffic``: how the byte model counts it ("" each read and write once;
+    "skip": not counted; "row": one row of it read).
     """
 
     name: str
@@ -226,6 +216,7 @@ def _loss_decl(name: str) -> tuple[Param, ...]:
                 *(p for p, _ in LOSSES[name].params))
 
 
+# Every entry of the kernel table (``KERNEL_NAMES``), its arguments in call order.
 ENTRIES: dict[str, tuple[Param, ...]] = {
     "bias_act_fwd": decl("act str", "A[n,m] rw", "b[m]", "Z[n,m] wo", "alpha"),
     "act_bwd": decl("act str", "G[n,m] rm", "A[n,m]", "Z[n,m] ro", "dZ[n,m] w", "db[m] w",
@@ -248,7 +239,6 @@ ENTRIES: dict[str, tuple[Param, ...]] = {
     L2_KERNEL: decl("p[N]", "g[N] rw", "spans[S,2] i64 r skip", "alpha", "weight[n] ro",
                     "count int", "value[1] f64 r skip", "value_scale"),
 }
-"""Every entry of the kernel table (``KERNEL_NAMES``), its arguments in call order."""
 
 
 def traffic(name: str, args: tuple, kwargs: dict | None = None) -> int:
@@ -288,10 +278,9 @@ def _arrays(name: str) -> tuple[Arg, ...]:
                  for i, p in enumerate(ENTRIES[name]) if p.shape and p.dtype == "real")
 
 
-# Array arguments of every non-loss entry (losses: ``checks.loss_args``). Shapes name sizes:
-# every argument using "n" must agree on it. Positions count from 0 (act is argument 0).
+# Array arguments of every non-loss entry (losses: ``checks.loss_args``); every argument using
+# a size symbol ("n") must agree on it.
 ARRAYS = {name: _arrays(name) for name in ("bias_act_fwd", "act_bwd", *DEEP_KERNELS,
                                            *STEP_HYPER)}
-# The reductions' float arrays, apart: their other arguments have their own checks
-# (``checks.make_l2`` / ``make_clip``), and tests build calls from ARRAYS alone.
+# The reductions' float arrays, apart: tests build calls from ARRAYS alone.
 REDUCTION_ARRAYS = {name: _arrays(name) for name in (L2_KERNEL, CLIP_KERNEL)}

@@ -121,7 +121,7 @@ def _drop_words(em, op, a):
 
 
 def _drop_args(em, op) -> str:
-    # ``deep._dropout_args``: the threshold, 1 / (1 - p) (and 1 - p), read as constants
+    # ``checks.dropout_args``: the threshold, 1 / (1 - p) (and 1 - p), read as constants
     p = op.attr("p")
     return (f"np.uint64({em.const(float(scalar.dropout_threshold(p)))}), "
             f"{em.const(1.0 / (1.0 - p))}")
@@ -405,7 +405,7 @@ _M1, _M2, _M3 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 def _dropout_words_py(seed, step, layer):
     # ``scalar.dropout_key(seed, step, layer)`` in uint64 arithmetic (wrapping as the
-    # reference's & 2**64 - 1 does), split as ``deep._dropout_args`` splits it: (low, high)
+    # reference's & 2**64 - 1 does), split as ``checks.dropout_args`` splits it: (low, high)
     z = seed
     for r in range(3):
         if r == 1:

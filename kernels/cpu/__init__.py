@@ -10,24 +10,16 @@ Same names and signatures as ``reference.py`` (read its docstrings for the contr
 
 from __future__ import annotations
 
-from devnet.kernels import table
 from devnet.kernels.cpu import build as _build
+from devnet.kernels.cpu import deep as _deep
 from devnet.kernels.cpu import elementwise as _elementwise
 from devnet.kernels.cpu import optim as _optim
 from devnet.kernels.cpu.build import DTYPES, FASTMATH, N, S, set_parallel_min  # noqa: F401
-from devnet.kernels.cpu.deep import (  # noqa: F401
-    act_drop_bwd,
-    bias_act_drop_fwd,
-    dropout_fwd,
-    layernorm_bwd,
-    layernorm_fwd,
-)
-from devnet.kernels.cpu.elementwise import act_bwd, bias_act_fwd, softmax_xent  # noqa: F401
 from devnet.kernels.table import KERNEL_NAMES, NEEDS_PREACTIVATION  # noqa: F401
 
-for _name in (*table.ELEMENT_LOSSES, *table.STEP_HYPER):
-    globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
-opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty
+for _name in KERNEL_NAMES:
+    globals()[_name] = next(getattr(m, _name) for m in (_elementwise, _optim, _deep)
+                            if hasattr(m, _name))
 
 
 def __getattr__(name):

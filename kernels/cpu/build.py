@@ -2,34 +2,25 @@
 flags, the (serial, parallel) clones of a loop template, and the size from which the parallel
 one runs.
 
-Each op is compiled twice from one loop body: serial, and ``parallel=True`` over row / element
-chunks; the entry picks one by size (``pick``). Each kernel is specialised per dtype
-(``scalar.specialise``: the float literals of the loop and of the scalar functions typed as the
-array's dtype, ``exp_f32`` for float32) and the entries cast scalar arguments to it, so float32
-kernels compute in float32: 8 lanes of AVX2 instead of 4, float32 divides, square roots and
-exp. Only loss totals are summed in float64.
-
-Thread pools (2-core machine, OpenBLAS with 2 threads, Numba's workqueue layer): see
-``PARALLEL_MIN`` for the measured threshold; below it every kernel runs serially, so a small
-MLP's step never enters a Numba parallel region and never fights OpenBLAS for the cores.
+Each op is compiled twice from one loop body, serial and ``parallel=True``; the entry picks one
+by size (``pick``). Each kernel is specialised per dtype (``scalar.specialise``) and casts its
+scalar arguments to it, so float32 kernels compute in float32 (8 AVX2 lanes instead of 4); only
+loss totals are summed in float64.
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import norms, scalar
 from numba import njit
 
-# Element count from which a kernel runs as a Numba parallel region: never, by default. Measured
-# on this 2-core KVM Xeon (numba 0.68.1 workqueue layer, OpenBLAS 0.3.31 pthreads x2), float32
-# 1000x1000, no matmul running: bias+relu 0.15 ms serial vs 6.3 ms parallel, act_bwd relu
-# 0.47 vs 12.4 ms, sgd 0.29 vs 6.1 ms, adam 2.7 vs 7.6 ms; only gelu was close (2.4 vs 8.0 ms,
-# still slower). A parallel region costs more than the whole serial kernel here, so kernels stay
-# serial and OpenBLAS keeps both cores. Inside a training step it is worse, since OpenBLAS's
-# threads spin after each product (`python -m benchmarks threads`, step with every kernel
-# parallel / serial: tiny 2.3x, S 131x, M1 34x, M 4.8x slower); with NUMBA_THREADING_LAYER=omp
-# and OMP_WAIT_POLICY=passive parallel was still 8% (M1) and 4% (M) slower than serial.
-# Raise it with set_parallel_min on machines with more cores.
+# Element count from which a kernel runs as a Numba parallel region: never, by default. On the
+# 2-core machine a parallel region costs more than the whole serial kernel (float32 1000x1000:
+# bias+relu 0.15 ms serial vs 6.3 ms parallel, adam 2.7 vs 7.6 ms), and inside a step it fights
+# OpenBLAS's spinning threads (every kernel parallel: S 131x, M 4.8x slower; see
+# `python -m benchmarks threads`). Raise it with set_parallel_min on machines with more cores.
 PARALLEL_MIN = 1 << 62
 
 
@@ -45,30 +36,22 @@ DTYPES = {"f": np.float32, "d": np.float64}
 S = {c: scalar.compiled(njit(inline="always"), dt) for c, dt in DTYPES.items()}
 # The reductions' scalar math (clip scale, L2 term, the gradient scale of the hyper steps).
 N = {c: norms.compiled(njit(inline="always"), dt) for c, dt in DTYPES.items()}
-# Fast-math flags of every kernel. "reassoc" lets LLVM vectorise sums; without "nsz" LLVM's
-# Reassociate pass and InstCombine's factoring leave floating-point chains alone, which is what
-# keeps exp's Cody-Waite reduction x - k*ln2_hi - k*ln2_lo intact: with "nsz" it was folded to
-# x - k*ln2, and exp lost accuracy growing with |x| (4.5 ulp at 88 in float32, 211 ulp at 700 in
-# float64, against 1.0 and 2.3 without), at no measured speed difference.
-# Without "arcp" a division stays a division. With it, a kernel's bits depended on where it
-# was compiled: the compiled epoch's driver, loaded from the disk cache before the process had
-# built the kernels, ran its own copy of each, re-optimised with the driver, and LayerNorm
-# models came out an ulp apart from the same kernels called from Python (87 of 180 float32
-# fits, up to 1.8e-7 after 3 epochs; 0 of 180 without "arcp"). It cost the step 1-2 % at M1
-# and on a LayerNorm model, nothing measurable at tiny and S (5 interleaved rounds).
+# Fast-math flags of every kernel. "reassoc" lets LLVM vectorise sums. No "nsz": with it LLVM
+# folded exp's Cody-Waite reduction x - k*ln2_hi - k*ln2_lo to x - k*ln2 (211 ulp at 700 in
+# float64). No "arcp": with it a kernel's bits depended on where it was compiled (inlined into
+# the compiled epoch's driver, LayerNorm models came out an ulp apart).
 FASTMATH = frozenset({"reassoc", "contract"})
+# The flags in each kernel's cache name: Numba's disk cache keys on the defining file, not on
+# the compile options.
 FLAGS_TAG = "fm_" + "_".join(sorted(FASTMATH))
-"""The flags in each kernel's cache name: Numba's disk cache keys on the defining file, not on
-the compile options, so a change of flags must rename the kernels."""
 
 
 def build(template, tag, dtype, **funcs):
     """(serial, parallel) kernels for ``dtype`` from ``template`` with ``funcs`` as globals.
 
-    A clone per (op, scalar function, dtype) rather than a closure: Numba never finds a closure
-    over a dispatcher in its on-disk cache (the pickled dispatcher carries a per-process uuid).
-    The cache name carries the dtype (the clones share their bytecode, which the cache index
-    keys on), ``scalar.SOURCE_TAG``, so editing scalar.py recompiles, and ``FLAGS_TAG``.
+    A clone rather than a closure: Numba never finds a closure over a dispatcher in its disk
+    cache. The cache name carries the dtype (the clones share their bytecode),
+    ``scalar.SOURCE_TAG`` and ``FLAGS_TAG``.
     """
     ns = scalar.typed_globals({**template.__globals__, **funcs, "real": dtype}, dtype)
     kernels = []
@@ -79,7 +62,6 @@ def build(template, tag, dtype, **funcs):
         kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy",
                             fastmath=set(FASTMATH))(fn))
     return tuple(kernels)
-
 
 
 def _row_max(row):
@@ -112,22 +94,20 @@ def _col_sums(part, db):
         db[j] = s
 
 
-
 def _softmax_exp_row(z, g, mx, inplace):
     """``g_j <- exp(z_j - mx)``; returns their sum. ``inplace``: g is z (see _act_bwd)."""
     s = 0.0
     if inplace:
         for j in range(g.shape[0]):
-            e = softmax_term(g[j], mx)  # noqa: F821
+            e = softmax_term(g[j], mx)
             g[j] = e
             s += e
     else:
         for j in range(g.shape[0]):
-            e = softmax_term(z[j], mx)  # noqa: F821
+            e = softmax_term(z[j], mx)
             g[j] = e
             s += e
     return s
-
 
 
 def _common(c):
@@ -144,7 +124,6 @@ def _common(c):
 
 
 COMMON = {c: _common(c) for c in DTYPES}
-"""dtype char -> the helpers every kernel of that dtype is given as globals."""
 
 
 def k(template, tag, **names):
@@ -154,25 +133,25 @@ def k(template, tag, **names):
             for c, dt in DTYPES.items()}
 
 
+def char(a):
+    """The dtype char of the kernels for array ``a``: float32's, else float64's."""
+    return "f" if a.dtype.char == "f" else "d"
+
 
 def pick(kernels, a):
     """The kernel of ``kernels`` (``{dtype char: (serial, parallel)}``) for array ``a``."""
-    return kernels["f" if a.dtype.char == "f" else "d"][a.size >= PARALLEL_MIN]
+    return kernels[char(a)][a.size >= PARALLEL_MIN]
+
+
+NCHUNKS = 2  # row chunks of a parallel column-sum kernel: one per core
 
 
 def chunks(a):
-    """Row chunks of a parallel column-sum kernel over ``a``: one per core, 1 when serial."""
+    """Row chunks of a column-sum kernel over ``a``: NCHUNKS when parallel, else 1."""
     return NCHUNKS if a.size >= PARALLEL_MIN else 1
 
 
-NCHUNKS = 2  # row chunks of a parallel act_bwd: one per core
-
-
 def same(out, a):
-    """Whether ``out`` is ``a`` itself (an in-place call). Another view of the same memory
-    is still correct, only slower: it takes the loop with the runtime overlap check."""
+    """Whether ``out`` is ``a`` itself (an in-place call); another view of the same memory is
+    correct too, only slower (the loop with the runtime overlap check)."""
     return out is a
-
-
-def char(a):
-    return "f" if a.dtype.char == "f" else "d"

@@ -1,27 +1,26 @@
 """The CPU kernels of the deep-network ops: LayerNorm rows, dropout, the residual add.
 
 Same contracts as ``reference.py``'s "deep networks" section. Flags that change a loop's body
-(keep Z, dropout, residual add) are compile-time globals of each specialisation, not runtime
-ifs: a branch per element blocks vectorisation, and an unused output aliased to A (as
-``elementwise._bias_act_fwd``'s comment explains) must not even be named in the loop.
+(keep Z, dropout, residual add) are compile-time globals of each specialisation: a branch per
+element blocks vectorisation, and an unused output aliased to A must not even be named in the
+loop (see ``elementwise._bias_act_fwd``).
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import numpy as np
-from devnet.kernels import checks, scalar
+from devnet.kernels import checks
 from devnet.kernels.cpu import build as _b
 from devnet.kernels.cpu.build import COMMON, DTYPES, S, build, chunks, same
-from devnet.kernels.table import NEEDS_PREACTIVATION
 from numba import prange
-
-from devnet.errors import DataError, lookup
 
 
 def _layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps):
-    eps = real(eps)  # noqa: F821
+    eps = real(eps)
     n, m = X.shape
-    mm = real(m)  # noqa: F821  (an int64 m would promote float32 math to float64)
+    mm = real(m)  # an int64 m would promote float32 math to float64
     for i in prange(n):
         shift = X[i, 0]
         s1 = 0.0
@@ -30,18 +29,18 @@ def _layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps):
             d = X[i, j] - shift
             s1 += d
             s2 += d * d
-        mu, r = layernorm_stats(shift, s1, s2, mm, eps)  # noqa: F821
+        mu, r = layernorm_stats(shift, s1, s2, mm, eps)
         mean[i] = mu
         rstd[i] = r
         for j in range(m):  # the row is in L1 now
-            Y[i, j] = layernorm(X[i, j], mu, r, gamma[j], beta[j])  # noqa: F821
+            Y[i, j] = layernorm(X[i, j], mu, r, gamma[j], beta[j])
 
 
 def _layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R, nchunks):
     # per row: one pass for mean(g), mean(g xhat) and the dgamma / dbeta partials, then dX
     # from the row in L1; row chunks with their own partial column sums, as _act_bwd
     n, m = G.shape
-    mm = real(m)  # noqa: F821
+    mm = real(m)
     pg = np.zeros((nchunks, m), dtype=dgamma.dtype)
     pb = np.zeros((nchunks, m), dtype=dgamma.dtype)
     step = (n + nchunks - 1) // nchunks
@@ -64,35 +63,33 @@ def _layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R, nchunks):
             sg = sg / mm
             sgx = sgx / mm
             for j in range(m):
-                d = layernorm_grad(G[i, j] * gamma[j], (X[i, j] - mu) * r,  # noqa: F821
-                                   sg, sgx, r)
-                if RESID:  # noqa: F821
+                d = layernorm_grad(G[i, j] * gamma[j], (X[i, j] - mu) * r, sg, sgx, r)
+                if RESID:
                     d += R[i, j]
                 dX[i, j] = d
-    col_sums(pg, dgamma)  # noqa: F821
-    col_sums(pb, dbeta)  # noqa: F821
+    col_sums(pg, dgamma)
+    col_sums(pb, dbeta)
 
 
 def _bias_act_drop_fwd(A, b, Z, alpha, threshold, scale, k0, k1, R, out, row0):
-    alpha, scale = real(alpha), real(scale)  # noqa: F821
+    alpha, scale = real(alpha), real(scale)
     n, m = A.shape
     for i in prange(n):
         base = np.uint64((row0 + i) * m)  # the global flat index: masks of a shard's rows
         for j in range(m):
             z = A[i, j] + b[j]
-            if KEEP_Z:  # noqa: F821
+            if KEEP_Z:
                 Z[i, j] = z
-            a = value(z, alpha)  # noqa: F821
-            if DROP:  # noqa: F821
-                a = dropout(a, dropout_keep(base + np.uint64(j), k0, k1, threshold),  # noqa: F821
-                            scale)
+            a = value(z, alpha)
+            if DROP:
+                a = dropout(a, dropout_keep(base + np.uint64(j), k0, k1, threshold), scale)
             A[i, j] = a
-            if RESID:  # noqa: F821
+            if RESID:
                 out[i, j] = R[i, j] + a
 
 
 def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks, row0):
-    alpha, scale, inv = real(alpha), real(scale), real(inv)  # noqa: F821
+    alpha, scale, inv = real(alpha), real(scale), real(inv)
     # as _act_bwd; the activation's output is recovered as A (1 - p) where kept
     n, m = G.shape
     part = np.zeros((nchunks, m), dtype=db.dtype)
@@ -102,25 +99,23 @@ def _act_drop_bwd(G, A, Z, dZ, db, alpha, threshold, scale, inv, k0, k1, nchunks
         for i in range(c * step, min(n, (c + 1) * step)):
             base = np.uint64((row0 + i) * m)
             for j in range(m):
-                keep = dropout_keep(base + np.uint64(j), k0, k1, threshold)  # noqa: F821
-                d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep,  # noqa: F821
-                            scale)
-                if INPLACE:  # noqa: F821
+                keep = dropout_keep(base + np.uint64(j), k0, k1, threshold)
+                d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep, scale)
+                if INPLACE:
                     G[i, j] = d
                 else:
                     dZ[i, j] = d
                 acc[j] += d
-    col_sums(part, db)  # noqa: F821
+    col_sums(part, db)
 
 
 def _dropout_fwd(A, threshold, scale, k0, k1, row0):
-    scale = real(scale)  # noqa: F821
+    scale = real(scale)
     n, m = A.shape
     for i in prange(n):
         base = np.uint64((row0 + i) * m)
         for j in range(m):
-            A[i, j] = dropout(A[i, j], dropout_keep(base + np.uint64(j), k0, k1,  # noqa: F821
-                                                    threshold), scale)
+            A[i, j] = dropout(A[i, j], dropout_keep(base + np.uint64(j), k0, k1, threshold), scale)
 
 
 _DEEP: dict[tuple, dict] = {}
@@ -141,26 +136,7 @@ def _deep(template, tag, c, **funcs):
 
 
 def _deep_pick(template, tag, a, **funcs):
-    c = "f" if a.dtype.char == "f" else "d"
-    return _deep(template, tag, c, **funcs)[a.size >= _b.PARALLEL_MIN]
-
-
-def _elementwise_act(act):
-    if act not in scalar.ACTIVATIONS:  # softmax is row-wise: no hidden layer uses it
-        lookup(scalar.ACTIVATIONS, act, "elementwise activation")
-
-
-def _dropout_args(name, p, key, row0):
-    """(threshold, 1/(1-p), 1-p, k0, k1, row0) for the kernels; ConfigError unless
-    0 <= p < 1, DataError unless row0 is a non-negative integer."""
-    from devnet.errors import ConfigError
-
-    if not 0.0 <= p < 1.0:
-        raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
-    key = int(key) & 0xFFFFFFFFFFFFFFFF
-    return (np.uint64(scalar.dropout_threshold(p)), 1.0 / (1.0 - p), 1.0 - p,
-            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32),
-            checks.dropout_row0(name, row0))
+    return _deep(template, tag, _b.char(a), **funcs)[a.size >= _b.PARALLEL_MIN]
 
 
 @checks.checked("layernorm_fwd")
@@ -175,15 +151,14 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
     resid = R is not None
     kernel = _deep_pick(_layernorm_bwd, f"layernorm_bwd_{int(resid)}", G, RESID=resid)
-    kernel(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R if resid else G,
-           chunks(G))
+    kernel(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R if resid else G, chunks(G))
 
 
 @checks.checked("dropout_fwd")
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout of A (n, m), rows from global row ``row0``; see
     ``reference.dropout_fwd``."""
-    threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, row0)
+    threshold, scale, _, k0, k1, row0 = checks.dropout_args("dropout_fwd", p, key, row0)
     kernel = _deep_pick(_dropout_fwd, "dropout_fwd", A)
     kernel(A, threshold, scale, k0, k1, row0)
 
@@ -191,9 +166,9 @@ def dropout_fwd(A, p, key, row0=0):
 @checks.checked("bias_act_drop_fwd")
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
-    _elementwise_act(act)
+    checks.elementwise_act(act)
     checks.residual_out("bias_act_drop_fwd", R, out)
-    threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, row0)
+    threshold, scale, _, k0, k1, row0 = checks.dropout_args("bias_act_drop_fwd", p, key, row0)
     keep_z, drop, resid = Z is not None, p > 0, R is not None
     kernel = _deep_pick(_bias_act_drop_fwd,
                         f"bias_act_drop_fwd_{act}_{int(keep_z)}{int(drop)}{int(resid)}", A,
@@ -205,14 +180,10 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
 @checks.checked("act_drop_bwd")
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
-    _elementwise_act(act)
-    if Z is None:
-        if act in NEEDS_PREACTIVATION:
-            raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
-        Z = A
-    threshold, scale, inv, k0, k1, row0 = _dropout_args("act_drop_bwd", p, key, row0)
+    checks.elementwise_act(act)
+    Z = checks.preactivation("act_drop_bwd", act, Z, A)
+    threshold, scale, inv, k0, k1, row0 = checks.dropout_args("act_drop_bwd", p, key, row0)
     inplace = same(dZ, G)
     kernel = _deep_pick(_act_drop_bwd, f"act_drop_bwd_{act}_{int(inplace)}", G,
                         grad=f"{act}_grad", INPLACE=inplace)
-    kernel(G, A, Z, dZ, db, float(alpha), threshold, scale, inv, k0, k1,
-           chunks(G), row0)
+    kernel(G, A, Z, dZ, db, float(alpha), threshold, scale, inv, k0, k1, chunks(G), row0)

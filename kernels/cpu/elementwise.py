@@ -1,31 +1,30 @@
 """The CPU kernels of activations and losses: bias + activation forward, its backward with the
 bias gradient, softmax, softmax cross-entropy and the element-wise losses.
 
-Same names and signatures as ``reference.py`` (read its docstrings for the contract).
-Activations get one specialised kernel each (a clone with the scalar function bound): an
-in-loop switch on an activation code blocks vectorisation (bias+relu on 1000x1000 float32:
+Same names and signatures as ``reference.py``. Each activation gets its own specialised kernel:
+an in-loop switch on an activation code blocks vectorisation (bias+relu, 1000x1000 float32:
 1.97 ms with the switch, 0.14 ms specialised).
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
 from devnet.kernels.cpu.build import chunks, k, pick, same
-from devnet.kernels.table import NEEDS_PREACTIVATION
 from numba import prange
 
-from devnet.errors import DataError, lookup
+from devnet.errors import lookup
 
-# --- kernel templates: plain functions, compiled by build with their scalar functions bound --
-# Globals bound per kernel: value / grad (an activation), loss (an element loss), update (an
-# optimizer); the names in COMMON are bound to all, and ``real``, the kernel's dtype.
-# Scalar arguments come in as Python floats and are cast to ``real`` first thing: the
-# dispatcher's fast path takes a Python float, while a NumPy float32 argument cost ~0.2 us to
-# make and type, each (adam_step on 33 elements: 0.75 us with floats, 2.1 us with float32s).
+# --- kernel templates, compiled by build.k with their scalar functions bound ------------------
+# Globals bound per kernel: value / grad (an activation), loss (an element loss); to all,
+# build.COMMON's and ``real``, the kernel's dtype. Scalar arguments come in as Python floats
+# (the dispatcher's fast path: a NumPy float32 argument cost ~0.2 us each) and are cast to
+# ``real`` first thing.
 
 def _bias_act_fwd(A, b, Z, keep_z, alpha):
-    alpha = real(alpha)  # noqa: F821
+    alpha = real(alpha)
     # Two loops, not one with `if keep_z: Z[i, j] = z` inside: without Z the wrapper passes A
     # as Z, the vectoriser's runtime overlap check on Z vs A then fails and every element ran
     # in the scalar remainder loop (bias+sigmoid 1000x1000 float32: 5.4-11 ms vs 0.87 ms), and
@@ -36,16 +35,15 @@ def _bias_act_fwd(A, b, Z, keep_z, alpha):
             for j in range(m):
                 z = A[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = value(z, alpha)  # noqa: F821
+                A[i, j] = value(z, alpha)
     else:
         for i in prange(n):
             for j in range(m):
-                A[i, j] = value(A[i, j] + b[j], alpha)  # noqa: F821
-
+                A[i, j] = value(A[i, j] + b[j], alpha)
 
 
 def _act_bwd(G, A, Z, dZ, db, alpha, nchunks, inplace):
-    alpha = real(alpha)  # noqa: F821
+    alpha = real(alpha)
     # Rows split in nchunks, each with its own contiguous partial column sums (the inner loop
     # over columns vectorises), added at the end. ``inplace`` (dZ is G): a loop that names only
     # G, since the vectoriser's runtime overlap check of dZ against G would send every element
@@ -58,15 +56,15 @@ def _act_bwd(G, A, Z, dZ, db, alpha, nchunks, inplace):
         for i in range(c * step, min(n, (c + 1) * step)):
             if inplace:
                 for j in range(m):
-                    d = G[i, j] * grad(A[i, j], Z[i, j], alpha)  # noqa: F821
+                    d = G[i, j] * grad(A[i, j], Z[i, j], alpha)
                     G[i, j] = d
                     acc[j] += d
             else:
                 for j in range(m):
-                    d = G[i, j] * grad(A[i, j], Z[i, j], alpha)  # noqa: F821
+                    d = G[i, j] * grad(A[i, j], Z[i, j], alpha)
                     dZ[i, j] = d
                     acc[j] += d
-    col_sums(part, db)  # noqa: F821
+    col_sums(part, db)
 
 
 def _softmax_fwd(A, b, Z, keep_z, alpha):
@@ -78,10 +76,10 @@ def _softmax_fwd(A, b, Z, keep_z, alpha):
         if keep_z:
             for j in range(m):
                 Z[i, j] = A[i, j]
-        mx = row_max(A[i])  # noqa: F821
+        mx = row_max(A[i])
         s = 0.0
         for j in range(m):
-            e = softmax_term(A[i, j], mx)  # noqa: F821
+            e = softmax_term(A[i, j], mx)
             A[i, j] = e
             s += e
         r = 1.0 / s
@@ -101,20 +99,19 @@ def _softmax_bwd(G, A, Z, dZ, db, alpha, nchunks, inplace):
                 ga += G[i, j] * A[i, j]
             if inplace:  # see _act_bwd
                 for j in range(m):
-                    d = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
+                    d = softmax_grad(A[i, j], G[i, j], ga)
                     G[i, j] = d
                     acc[j] += d
             else:
                 for j in range(m):
-                    d = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
+                    d = softmax_grad(A[i, j], G[i, j], ga)
                     dZ[i, j] = d
                     acc[j] += d
-    col_sums(part, db)  # noqa: F821
-
+    col_sums(part, db)
 
 
 def _xent_label(Z, T, grad, w, has_w, scale, inplace):
-    scale = real(scale)  # noqa: F821
+    scale = real(scale)
     # Per row: max; exp (once per element) into grad with its sum; grad *= c / s, then the
     # one-hot subtracted at the label. 1000x1000 float32: 4.2 ms with exp twice per element.
     # A label outside [0, k) gives that row a NaN loss and a NaN gradient and is never used
@@ -129,49 +126,49 @@ def _xent_label(Z, T, grad, w, has_w, scale, inplace):
                 grad[i, j] = np.nan
             total += np.nan
         else:
-            mx = row_max(Z[i])  # noqa: F821
+            mx = row_max(Z[i])
             zt = Z[i, t]
-            s = softmax_exp_row(Z[i], grad[i], mx, inplace)  # noqa: F821
+            s = softmax_exp_row(Z[i], grad[i], mx, inplace)
             c = scale * w[i] if has_w else scale
             r = c / s
             for j in range(k):
                 grad[i, j] = grad[i, j] * r
             grad[i, t] = grad[i, t] - c
-            total += c * xent_label_row(np.log(s), mx, zt)  # noqa: F821
+            total += c * xent_label_row(np.log(s), mx, zt)
     return total
 
 
 def _xent_prob(Z, T, grad, w, has_w, scale, inplace):
-    scale = real(scale)  # noqa: F821
+    scale = real(scale)
     # as _xent_label; the row sums of t and t (mx - z) are taken before grad overwrites Z
     n, k = Z.shape
     total = np.float64(0.0)  # see _xent_label
     for i in prange(n):
-        mx = row_max(Z[i])  # noqa: F821
+        mx = row_max(Z[i])
         tsum = 0.0
         tz = 0.0
         for j in range(k):
             t = T[i, j]
             tsum += t
             tz += t * (mx - Z[i, j])
-        s = softmax_exp_row(Z[i], grad[i], mx, inplace)  # noqa: F821
+        s = softmax_exp_row(Z[i], grad[i], mx, inplace)
         c = scale * w[i] if has_w else scale
         r = c * tsum / s
         for j in range(k):
             grad[i, j] = grad[i, j] * r - c * T[i, j]
-        total += c * xent_prob_row(np.log(s), tsum, tz)  # noqa: F821
+        total += c * xent_prob_row(np.log(s), tsum, tz)
     return total
 
 
 def _elem_loss_kernel(P, T, grad, w, has_w, scale, delta):
-    scale, delta = real(scale), real(delta)  # noqa: F821
+    scale, delta = real(scale), real(delta)
     n, k = P.shape
     total = np.float64(0.0)  # see _xent_label
     for i in prange(n):
         c = scale * w[i] if has_w else scale
         row = 0.0
         for j in range(k):
-            v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
+            v, d = loss(P[i, j], T[i, j], delta)
             row += v
             grad[i, j] = c * d
         total += c * row
@@ -184,13 +181,10 @@ _BWD = {a: k(_act_bwd, f"act_bwd_{a}", grad=f"{a}_grad") for a in scalar.ACTIVAT
 _BWD["softmax"] = k(_softmax_bwd, "act_bwd_softmax")
 _XENT_LABEL = k(_xent_label, "softmax_xent_label")
 _XENT_PROB = k(_xent_prob, "softmax_xent_prob")
-# the loss and optimizer kernels of every table row (table.LOSSES, table.STEPS)
-_ELEM = {n: k(_elem_loss_kernel, n, loss=row.scalar)
-         for n, row in table.LOSSES.items() if row.scalar is not None}
+_ELEM = {n: k(_elem_loss_kernel, n, loss=table.LOSSES[n].scalar) for n in table.ELEMENT_LOSSES}
 
 
-# --- the kernel table: activations ---------------------------------------------------------------
-
+# --- the kernel table ----------------------------------------------------------------------------
 
 def _kernel(by_act, act, a):
     try:
@@ -202,40 +196,21 @@ def _kernel(by_act, act, a):
 
 @checks.checked("bias_act_fwd")
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
-    """In place: ``A <- act(A + b)``; ``Z <- A + b`` first when ``Z`` is given.
-
-    A: (n, m) float32/float64 matmul output, overwritten. b: (m,). Z: (n, m) or None; pass it
-    when ``act in NEEDS_PREACTIVATION``. ``softmax`` is applied row-wise.
-    """
+    """In place ``A <- act(A + b)`` (``Z <- A + b`` first when given); see ``reference``."""
     kernel = _kernel(_FWD, act, A)
     kernel(A, b, A if Z is None else Z, Z is not None, float(alpha))
 
 
 @checks.checked("act_bwd")
 def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
-    """``dZ <- G * act'(.)`` and ``db <- column sums of dZ`` in one pass over G.
-
-    G, A: (n, m); Z: (n, m) pre-activation or None (required for ``NEEDS_PREACTIVATION``);
-    dZ: (n, m) output, may be ``G``; db: (m,) output. Softmax applies the row Jacobian.
-    """
+    """``dZ <- G * act'(.)``, ``db <- column sums of dZ``, one pass; see ``reference``."""
     kernel = _kernel(_BWD, act, G)
-    if Z is None:
-        if act in NEEDS_PREACTIVATION:
-            raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")
-        Z = A
-    kernel(G, A, Z, dZ, db, float(alpha), chunks(G),
-           same(dZ, G))
+    Z = checks.preactivation("act_bwd", act, Z, A)
+    kernel(G, A, Z, dZ, db, float(alpha), chunks(G), same(dZ, G))
 
-
-# --- losses -------------------------------------------------------------------------------------
 
 def softmax_xent(logits, target, grad, weight, scale):
-    """Softmax cross-entropy; returns ``scale * sum_i w_i l_i`` (float); writes ``grad``.
-
-    logits: (n, k); target: (n,) integer labels or (n, k) probabilities; grad: (n, k), may be
-    ``logits``; weight: (n,) or None; scale: float. A label outside [0, k) gives its row a
-    NaN loss and NaN gradient (no out-of-bounds access).
-    """
+    """Softmax cross-entropy into ``grad``; returns the loss as a float; see ``reference``."""
     labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight)
     kernel = pick(_XENT_LABEL if labels else _XENT_PROB, logits)
     w = logits[:, 0] if weight is None else weight

@@ -13,20 +13,13 @@ CuPy arrays (or NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``), float32 or float
 
 from __future__ import annotations
 
-from devnet.kernels import table
+from devnet.kernels.cuda import deep as _deep
 from devnet.kernels.cuda import elementwise as _elementwise
 from devnet.kernels.cuda import optim as _optim
-from devnet.kernels.cuda.deep import (  # noqa: F401
-    act_drop_bwd,
-    bias_act_drop_fwd,
-    dropout_fwd,
-    layernorm_bwd,
-    layernorm_fwd,
-)
 from devnet.kernels.cuda.device import NT, SIMULATOR, N  # noqa: F401
-from devnet.kernels.cuda.elementwise import act_bwd, bias_act_fwd, softmax_xent  # noqa: F401
 from devnet.kernels.cuda.launch import DIRECT_LAUNCH_REASON, numba_params  # noqa: F401
+from devnet.kernels.table import KERNEL_NAMES
 
-for _name in (*table.ELEMENT_LOSSES, *table.STEP_HYPER):
-    globals()[_name] = getattr(_elementwise if _name in table.ELEMENT_LOSSES else _optim, _name)
-opt_advance, opt_clip, l2_penalty = _optim.opt_advance, _optim.opt_clip, _optim.l2_penalty
+for _name in KERNEL_NAMES:
+    globals()[_name] = next(getattr(m, _name) for m in (_elementwise, _optim, _deep)
+                            if hasattr(m, _name))

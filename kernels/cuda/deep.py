@@ -3,30 +3,30 @@
 Same names and contracts as ``reference.py``'s "deep networks" section.
 
 - LayerNorm forward: softmax's "rows" layout, one pass for the shifted sums, then the row.
-- LayerNorm backward: a row pass for dX (a residual block's skip gradient added in the same
-  write) and a "cols" pass for dgamma and dbeta (partials added by the last block, as db).
+- LayerNorm backward: a row pass for dX (plus a residual block's skip gradient) and a "cols"
+  pass for dgamma and dbeta (partials added by the last block, as db).
 - Dropout: ``scalar.dropout_keep`` of each element's global flat index ``(row0 + i) m + j``,
-  so the mask is the CPU's and the reference's bit for bit; the activation, dropout and
-  residual add are one "cols" pass.
+  the CPU's and the reference's mask bit for bit; activation, dropout and residual add are one
+  "cols" pass.
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
 from devnet.kernels.cuda.elementwise import bias_act_fwd
-from devnet.kernels.cuda.launch import Call, config, kernel
+from devnet.kernels.cuda.launch import config, kernel, start
 from devnet.kernels.cuda.registry import register
-from devnet.kernels.table import NEEDS_PREACTIVATION, decl
+from devnet.kernels.table import decl
 from numba import cuda
-
-from devnet.errors import ConfigError, DataError, lookup
 
 # --- kernel templates (globals bound per kernel: value / grad, DROP, RESID, the helpers) ------
 
 def _layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps):
     n, m = X.shape
-    mm = real(m)  # noqa: F821
+    mm = real(m)
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
     by = cuda.blockDim.y
@@ -41,20 +41,20 @@ def _layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps):
                 d = X[i, j] - shift
                 s1 += d
                 s2 += d * d
-        s1 = row_reduce(s1, False)  # noqa: F821
-        s2 = row_reduce(s2, False)  # noqa: F821
+        s1 = row_reduce(s1, False)
+        s2 = row_reduce(s2, False)
         if i < n:
-            mu, r = layernorm_stats(shift, s1, s2, mm, eps)  # noqa: F821
+            mu, r = layernorm_stats(shift, s1, s2, mm, eps)
             if tx == 0:
                 mean[i] = mu
                 rstd[i] = r
             for j in range(tx, m, bx):
-                Y[i, j] = layernorm(X[i, j], mu, r, gamma[j], beta[j])  # noqa: F821
+                Y[i, j] = layernorm(X[i, j], mu, r, gamma[j], beta[j])
 
 
 def _layernorm_bwd_rows(G, X, mean, rstd, gamma, dX, R, has_r):
     n, m = G.shape
-    mm = real(m)  # noqa: F821
+    mm = real(m)
     tx = cuda.threadIdx.x
     bx = cuda.blockDim.x
     by = cuda.blockDim.y
@@ -71,12 +71,11 @@ def _layernorm_bwd_rows(G, X, mean, rstd, gamma, dX, R, has_r):
                 g = G[i, j] * gamma[j]
                 sg += g
                 sgx += g * ((X[i, j] - mu) * r)
-        sg = row_reduce(sg, False) / mm  # noqa: F821
-        sgx = row_reduce(sgx, False) / mm  # noqa: F821
+        sg = row_reduce(sg, False) / mm
+        sgx = row_reduce(sgx, False) / mm
         if i < n:
             for j in range(tx, m, bx):  # dX may be G or R: each element read before written
-                d = layernorm_grad(G[i, j] * gamma[j], (X[i, j] - mu) * r, sg, sgx,  # noqa: F821
-                                   r)
+                d = layernorm_grad(G[i, j] * gamma[j], (X[i, j] - mu) * r, sg, sgx, r)
                 if has_r:
                     d += R[i, j]
                 dX[i, j] = d
@@ -95,10 +94,10 @@ def _layernorm_bwd_cols(G, X, mean, rstd, part_g, part_b, count, dgamma, dbeta):
             dy = G[i, j]
             ag += dy * ((X[i, j] - mean[i]) * rstd[i])
             ab += dy
-    col_partial(ag, j, m, part_g)  # noqa: F821
+    col_partial(ag, j, m, part_g)
     cuda.syncthreads()  # thread row 0 has read the first sums before the second are written
-    col_partial(ab, j, m, part_b)  # noqa: F821
-    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):  # noqa: F821
+    col_partial(ab, j, m, part_b)
+    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):
         if cuda.threadIdx.y == 0 and j < m:
             sg = np.float64(0.0)  # the partials are float64
             sb = np.float64(0.0)
@@ -119,13 +118,13 @@ def _bias_act_drop_fwd(A, b, Z, keep_z, alpha, threshold, scale, k0, k1, R, out,
             z = A[i, j] + bj
             if keep_z:
                 Z[i, j] = z
-            a = value(z, alpha)  # noqa: F821
-            if DROP:  # noqa: F821
+            a = value(z, alpha)
+            if DROP:
                 # the global flat index: the masks of a shard's rows are the whole batch's
-                a = dropout(a, dropout_keep(np.uint64((row0 + i) * m + j), k0, k1,  # noqa: F821
+                a = dropout(a, dropout_keep(np.uint64((row0 + i) * m + j), k0, k1,
                                             threshold), scale)
             A[i, j] = a
-            if RESID:  # noqa: F821
+            if RESID:
                 out[i, j] = R[i, j] + a
 
 
@@ -136,12 +135,12 @@ def _act_drop_bwd(G, A, Z, dZ, part, count, db, alpha, threshold, scale, inv, k0
     if j < m:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
-            keep = dropout_keep(np.uint64((row0 + i) * m + j), k0, k1, threshold)  # noqa: F821
-            d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep, scale)  # noqa: F821
+            keep = dropout_keep(np.uint64((row0 + i) * m + j), k0, k1, threshold)
+            d = dropout(G[i, j] * grad(A[i, j] * inv, Z[i, j], alpha), keep, scale)
             dZ[i, j] = d
             acc += d
-    col_partial(acc, j, m, part)  # noqa: F821
-    col_finish(part, j, m, count, db)  # noqa: F821
+    col_partial(acc, j, m, part)
+    col_finish(part, j, m, count, db)
 
 
 def _dropout_fwd(A, threshold, scale, k0, k1, row0):
@@ -150,13 +149,11 @@ def _dropout_fwd(A, threshold, scale, k0, k1, row0):
     if j < m:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
-            A[i, j] = dropout(A[i, j], dropout_keep(np.uint64((row0 + i) * m + j),  # noqa: F821
+            A[i, j] = dropout(A[i, j], dropout_keep(np.uint64((row0 + i) * m + j),
                                                     k0, k1, threshold), scale)
 
 
-# --- the registry: each kernel's arguments ------------------------------------------------------
-# scalars in the arrays' type; part: float64 partial sums; count: the int32 ticket counters of
-# the last-block column sums; the dropout mask's threshold and key halves uint64
+# --- the registry: each kernel's arguments (as elementwise.py's; the mask's words uint64) -------
 
 _MASK = ("threshold u64", "scale", "k0 u64", "k1 u64")  # then row0: where the shard's rows start
 register("layernorm_fwd", _layernorm_fwd, table.ENTRIES["layernorm_fwd"])
@@ -179,31 +176,12 @@ for _a in scalar.ACTIVATIONS:
     register(f"act_drop_bwd_{_a}", _act_drop_bwd, _DROP_BWD, {"grad": f"{_a}_grad"})
 
 
-def _dropout_args(name, p, key, dtype, row0):
-    """(threshold, 1/(1-p), 1-p, k0, k1, row0) as kernel arguments; ConfigError unless
-    0 <= p < 1, DataError unless row0 is a non-negative integer."""
-    if not 0.0 <= p < 1.0:
-        raise ConfigError(f"dropout rate must be in [0, 1), got {p!r}")
-    key = int(key) & 0xFFFFFFFFFFFFFFFF
-    real = np.dtype(dtype).type
-    return (np.uint64(scalar.dropout_threshold(p)), real(1.0 / (1.0 - p)), real(1.0 - p),
-            np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32),
-            np.int64(checks.dropout_row0(name, row0)))
-
-
-def _elementwise_act(act):
-    if act not in scalar.ACTIVATIONS:
-        lookup(scalar.ACTIVATIONS, act, "elementwise activation")
-
-
 # --- the public kernels (signatures and contracts: reference.py) --------------------------------
 
 @checks.checked("layernorm_fwd", checks.ArrayLike, True)
 def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
     """Per row ``Y <- gamma (X - mean) / sqrt(var + eps) + beta``; see ``reference``."""
-    n, m = X.shape
-    c = Call(X)
-    grid, block = config(c, "rows", n, m)
+    c, grid, block = start(X, "rows")
     kernel("layernorm_fwd", X.dtype)(c, grid, block, X, gamma, beta, Y, mean, rstd,
                                       X.dtype.type(eps))
 
@@ -211,16 +189,14 @@ def layernorm_fwd(X, gamma, beta, Y, mean, rstd, eps=1e-5):
 @checks.checked("layernorm_bwd", checks.ArrayLike, True)
 def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
     """``dX <- dL/dX (+ R)``, ``dgamma``, ``dbeta``; see ``reference.layernorm_bwd``."""
-    n, m = G.shape
     dt = G.dtype
-    c = Call(G)
     # the column sums first: dX may be G, which the row pass overwrites
-    grid, block = config(c, "cols", n, m)
-    k = grid[1] * m
+    c, grid, block = start(G, "cols")
+    k = grid[1] * G.shape[1]
     part = c.scratch(2 * k)
     kernel("layernorm_bwd_cols", dt)(c, grid, block, G, X, mean, rstd, part[:k], part[k:2 * k],
                                       c.counters(grid[0]), dgamma, dbeta)
-    rgrid, rblock = config(c, "rows", n, m)
+    rgrid, rblock = config(c, "rows", *G.shape)
     kernel("layernorm_bwd_rows", dt)(c, rgrid, rblock, G, X, mean, rstd, gamma, dX,
                                       G if R is None else R, R is not None)
 
@@ -229,27 +205,24 @@ def layernorm_bwd(G, X, mean, rstd, gamma, dX, dgamma, dbeta, R=None):
 def dropout_fwd(A, p, key, row0=0):
     """In place inverted dropout of A (n, m), rows from global row ``row0``; see
     ``reference.dropout_fwd``."""
-    threshold, scale, _, k0, k1, row0 = _dropout_args("dropout_fwd", p, key, A.dtype, row0)
-    n, m = A.shape
-    c = Call(A)
-    grid, block = config(c, "cols", n, m)
+    threshold, scale, _, k0, k1, row0 = checks.dropout_args("dropout_fwd", p, key, row0,
+                                                            A.dtype.type)
+    c, grid, block = start(A, "cols")
     kernel("dropout_fwd", A.dtype)(c, grid, block, A, threshold, scale, k0, k1, row0)
 
 
 @checks.checked("bias_act_drop_fwd", checks.ArrayLike, True)
 def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
     """In place ``A <- dropout(act(A + b))``, then ``out <- R + A`` when R is given."""
-    _elementwise_act(act)
+    checks.elementwise_act(act)
     checks.residual_out("bias_act_drop_fwd", R, out)
     drop, resid = p > 0, R is not None
-    threshold, scale, _, k0, k1, row0 = _dropout_args("bias_act_drop_fwd", p, key, A.dtype,
-                                                      row0)
+    threshold, scale, _, k0, k1, row0 = checks.dropout_args("bias_act_drop_fwd", p, key, row0,
+                                                            A.dtype.type)
     if not (drop or resid):
         bias_act_fwd.unchecked(act, A, b, Z, alpha)  # its arguments are checked here
         return
-    n, m = A.shape
-    c = Call(A)
-    grid, block = config(c, "cols", n, m)
+    c, grid, block = start(A, "cols")
     kernel(f"bias_act_drop_fwd_{act}_{int(drop)}{int(resid)}", A.dtype)(
         c, grid, block, A, b, A if Z is None else Z, Z is not None, A.dtype.type(alpha),
         threshold, scale, k0, k1, R if resid else A, out if resid else A, row0)
@@ -258,16 +231,13 @@ def bias_act_drop_fwd(act, A, b, Z, alpha, p, key, R=None, out=None, row0=0):
 @checks.checked("act_drop_bwd", checks.ArrayLike, True)
 def act_drop_bwd(act, G, A, Z, dZ, db, alpha, p, key, row0=0):
     """``dZ <- G * mask / (1 - p) * act'``, ``db <- column sums``; see ``reference``."""
-    _elementwise_act(act)
-    if Z is None:
-        if act in NEEDS_PREACTIVATION:
-            raise DataError(f"act_drop_bwd({act!r}) needs the pre-activation Z")
-        Z = A
-    threshold, scale, inv, k0, k1, row0 = _dropout_args("act_drop_bwd", p, key, G.dtype, row0)
-    n, m = G.shape
-    c = Call(G)
-    grid, block = config(c, "cols", n, m)
-    kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, c.scratch(grid[1] * m),
+    checks.elementwise_act(act)
+    Z = checks.preactivation("act_drop_bwd", act, Z, A)
+    threshold, scale, inv, k0, k1, row0 = checks.dropout_args("act_drop_bwd", p, key, row0,
+                                                              G.dtype.type)
+    c, grid, block = start(G, "cols")
+    part = c.scratch(grid[1] * G.shape[1])
+    kernel(f"act_drop_bwd_{act}", G.dtype)(c, grid, block, G, A, Z, dZ, part,
                                             c.counters(grid[0]), db, G.dtype.type(alpha),
                                             threshold, scale, inv, k0, k1, row0)
 

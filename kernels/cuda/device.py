@@ -2,17 +2,14 @@
 inlined device functions per dtype, and the block-level helpers (row and block reductions,
 column partials, the last-block ticket) the kernel templates call.
 
-``scalar.py``'s functions become ``cuda.jit(device=True, inline="always")`` device functions
-(``scalar.compiled``). ``inline="always"`` inlines them at Numba-IR level: besides saving the
-calls, that is what lets ``compile_ptx`` run without a GPU (a non-inlined device function asks
-the driver for the current device's compute capability when it is compiled).
-
-``scalar.exp`` / ``scalar.exp_f32`` / ``scalar.log1p`` are CPU-vectorisation versions (a bit-cast
-``2**k`` that does not compile for CUDA without a driver); the GPU gets ``math.exp`` /
-``math.log1p`` (libdevice) in their place through ``scalar.compiled``'s globals, so every caller
-of ``exp`` uses them.
+``inline="always"`` (at Numba-IR level) is what lets ``compile_ptx`` run without a GPU: a
+non-inlined device function asks the driver for the device's compute capability. ``scalar``'s
+``exp`` / ``exp_f32`` / ``log1p`` are CPU-vectorisation versions; the GPU gets libdevice's in
+their place, so every caller of ``exp`` uses them.
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import math
@@ -23,8 +20,7 @@ from devnet.kernels import norms, scalar
 from numba import cuda, types
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-# Threads per block. 256 on a GPU (8 warps: enough to hide latency, small enough for many
-# resident blocks per SM); 32 under the simulator, which runs every thread as a Python thread.
+# Threads per block: 8 warps on a GPU; 32 under the simulator (a Python thread each).
 NT = 32 if SIMULATOR else 256
 # Blocks per SM a grid-stride kernel is given at most (H100: 132 SMs x 8 = 1056 blocks).
 BLOCKS_PER_SM = 8
@@ -51,21 +47,16 @@ def _device(fn):
 
 
 FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
-# The scalar functions per dtype (their float literals in that dtype).
 S = {dt: scalar.compiled(_device, dt) for dt in FLOAT_TYPES}
-# The reductions' scalar math (clip scale, L2 term, the hyper steps' gradient scale).
 N = {dt: norms.compiled(_device, dt) for dt in FLOAT_TYPES}
 
 
 # --- block-level helpers (inlined into the kernels) ----------------------------------------------
 
 def _row_reduce(x, is_max):
-    """Max or sum of ``x`` over threadIdx.x, per threadIdx.y; every thread gets the result.
-
-    blockDim.x must be a power of two; every thread of the block must call it (syncthreads).
-    In the kernel's dtype ``real``: a row's max and exp sum feed each element's exp.
-    """
-    sh = cuda.shared.array(NT, real)  # noqa: F821
+    """Max or sum of ``x`` over threadIdx.x, per threadIdx.y, in the kernel's dtype; every
+    thread gets it. blockDim.x a power of two; every thread of the block must call it."""
+    sh = cuda.shared.array(NT, real)
     tx = cuda.threadIdx.x
     base = cuda.threadIdx.y * cuda.blockDim.x
     cuda.syncthreads()  # earlier readers of sh are done
@@ -84,10 +75,7 @@ def _row_reduce(x, is_max):
 
 
 def _block_sum(x, part, slot):
-    """Sum ``x`` over the whole block (power-of-two size) into ``part[slot]`` (thread 0).
-
-    float64 in every kernel: it sums loss totals and float64 partials.
-    """
+    """Sum float64 ``x`` over the whole (power-of-two) block into ``part[slot]`` (thread 0)."""
     sh = cuda.shared.array(NT, np.float64)
     nt = cuda.blockDim.x * cuda.blockDim.y
     t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
@@ -104,12 +92,9 @@ def _block_sum(x, part, slot):
 
 
 def _col_partial(acc, j, m, part):
-    """Sum ``acc`` over threadIdx.y (one column j per threadIdx.x) into ``part[blockIdx.y, j]``.
-
-    ``part`` is the flat (gridDim.y, m) float64 scratch; blockDim.y a power of two. Sums in
-    the kernel's dtype ``real`` (a few rows per column), stored as float64.
-    """
-    sh = cuda.shared.array(NT, real)  # noqa: F821
+    """Sum ``acc`` over threadIdx.y (column j per threadIdx.x) into ``part[blockIdx.y, j]``
+    of the flat (gridDim.y, m) float64 scratch; in the kernel's dtype, blockDim.y a power of 2."""
+    sh = cuda.shared.array(NT, real)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     bx = cuda.blockDim.x
@@ -128,9 +113,8 @@ def _col_partial(acc, j, m, part):
 def _last_block(count, slot, total):
     """True, in every thread, in the block that is the last of ``total`` to finish here.
 
-    ``count[slot]`` is an int32 ticket counter, 0 between launches (the last block resets
-    it). Each thread fences its earlier global writes first, so the last block reads every
-    other block's partials: one launch does what a second "sum the partials" launch did.
+    ``count[slot]``: an int32 ticket counter, 0 between launches (the last block resets it).
+    Each thread fences its global writes first, so the last block reads every block's partials.
     """
     flag = cuda.shared.array(1, np.int32)
     cuda.threadfence()
@@ -146,7 +130,7 @@ def _last_block(count, slot, total):
 
 def _col_finish(part, j, m, count, db):
     """After ``col_partial``: the last row block of this column tile writes ``db[j]``."""
-    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):  # noqa: F821
+    if last_block(count, cuda.blockIdx.x, cuda.gridDim.y):
         if cuda.threadIdx.y == 0 and j < m:
             s = np.float64(0.0)  # the partials are float64
             for r in range(cuda.gridDim.y):
@@ -155,8 +139,8 @@ def _col_finish(part, j, m, count, db):
 
 
 def _block_total(x, n):
-    """The float64 sum of ``x[:n]`` by the whole (1-D, power-of-two) block; every thread gets
-    it. Each block computes the same sum in the same order: no second launch, no atomics."""
+    """The float64 sum of ``x[:n]`` by the whole (1-D, power-of-two) block, to every thread;
+    each block computes the same sum in the same order."""
     sh = cuda.shared.array(NT, np.float64)
     t = cuda.threadIdx.x
     s = np.float64(0.0)
@@ -176,21 +160,21 @@ def _block_total(x, n):
 
 
 def _sum_last(part, nparts, count):
-    """After each block's ``block_sum`` into ``part[:nparts]``: True in (thread 0 of) the
-    last block to finish, which finds their sum in ``part[nparts]``; False elsewhere."""
-    if last_block(count, 0, nparts):  # noqa: F821
+    """After each block's ``block_sum`` into ``part[:nparts]``: True in thread 0 of the last
+    block, which finds their sum in ``part[nparts]``."""
+    if last_block(count, 0, nparts):
         s = np.float64(0.0)
         t = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         for r in range(t, nparts, cuda.blockDim.x * cuda.blockDim.y):
             s += part[r]
-        block_sum(s, part, nparts)  # noqa: F821
+        block_sum(s, part, nparts)
         return t == 0
     return False
 
 
 def _sum_finish(part, nparts, count, out):
     """``sum_last``, then the last block writes the sum to ``out[0]``."""
-    if sum_last(part, nparts, count):  # noqa: F821
+    if sum_last(part, nparts, count):
         out[0] = part[nparts]
 
 
@@ -220,4 +204,3 @@ def _common(dt):
 
 
 COMMON = {dt: _common(dt) for dt in FLOAT_TYPES}
-"""dtype -> the globals every kernel template of that dtype is cloned with."""

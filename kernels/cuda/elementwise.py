@@ -1,39 +1,38 @@
 """The CUDA kernels of activations and losses: bias + activation forward, its backward with
 the bias gradient, softmax, softmax cross-entropy and the element-wise losses.
 
-Same names and signatures as ``reference.py`` (read its docstrings for the contract).
+Same names and signatures as ``reference.py``.
 
 - Elementwise ops are 2-D grid-stride loops over (rows, columns): no per-element integer
   division. The bias gradient is a column reduction: each block writes one float64 partial per
-  column, and the last block of each column tile (an atomic ticket after a fence) adds them:
-  one launch, no atomics on the data, deterministic. Softmax and softmax-xent give each row a
-  row of threads, reduced in shared memory; a loss value is reduced like db into a slot of a
-  preallocated ring (``launch.LOSS_RING``).
-- Precision: every kernel computes in its dtype (float literals and scalar arguments typed so,
-  ``scalar.specialise``). Only the loss totals and the partial sums stay float64, a few adds
-  per row or block; ``tests/kernels/test_kernels_ptx.py`` checks that nothing else is.
+  column and the last block of each column tile (an atomic ticket after a fence) adds them: one
+  launch, deterministic. Softmax and softmax-xent give each row a row of threads, reduced in
+  shared memory; a loss value is reduced like db into a slot of ``launch.LOSS_RING``.
+- Every kernel computes in its dtype; only loss totals and partial sums are float64
+  (``tests/kernels/test_kernels_ptx.py`` checks that nothing else is).
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import math
 
 import numpy as np
 from devnet.kernels import checks, scalar, table
-from devnet.kernels.cuda.launch import Call, config, kernel
+from devnet.kernels.cuda.launch import config, kernel, start
 from devnet.kernels.cuda.registry import SPECS, register
-from devnet.kernels.table import NEEDS_PREACTIVATION, decl
+from devnet.kernels.table import ACTIVATION_NAMES, decl
 from numba import cuda
 
-from devnet.errors import DataError, lookup
+from devnet.errors import lookup
 
 _NEG_INF = -math.inf
 _NAN = math.nan
 
 
-# --- kernel templates: plain functions, cloned with their scalar functions bound as globals ---
-# Globals bound per kernel: value / grad (an activation), loss (an element loss); to all,
-# device.COMMON's (the block helpers, exp_, log_, softmax_term, softmax_grad, xent_*).
+# --- kernel templates, cloned with their scalar functions bound as globals --------------------
+# Bound per kernel: value / grad (an activation), loss (an element loss); to all, device.COMMON.
 
 def _bias_act_fwd(A, b, Z, keep_z, alpha):
     # the "cols" layout of _act_bwd: no per-element integer division to recover (i, j)
@@ -46,7 +45,7 @@ def _bias_act_fwd(A, b, Z, keep_z, alpha):
             z = A[i, j] + bj
             if keep_z:
                 Z[i, j] = z
-            A[i, j] = value(z, alpha)  # noqa: F821
+            A[i, j] = value(z, alpha)
 
 
 def _act_bwd(G, A, Z, dZ, part, count, db, alpha):
@@ -59,11 +58,11 @@ def _act_bwd(G, A, Z, dZ, part, count, db, alpha):
     if j < m:
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
-            d = G[i, j] * grad(A[i, j], Z[i, j], alpha)  # noqa: F821
+            d = G[i, j] * grad(A[i, j], Z[i, j], alpha)
             dZ[i, j] = d
             acc += d
-    col_partial(acc, j, m, part)  # noqa: F821
-    col_finish(part, j, m, count, db)  # noqa: F821
+    col_partial(acc, j, m, part)
+    col_finish(part, j, m, count, db)
 
 
 def _col_partials(X, part, count, db):
@@ -75,8 +74,8 @@ def _col_partials(X, part, count, db):
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
             acc += X[i, j]
-    col_partial(acc, j, m, part)  # noqa: F821
-    col_finish(part, j, m, count, db)  # noqa: F821
+    col_partial(acc, j, m, part)
+    col_finish(part, j, m, count, db)
 
 
 # Row kernels: block (tx, ty) = (a power of two >= the row length or NT, NT // that); thread row
@@ -98,14 +97,14 @@ def _softmax_fwd(A, b, Z, keep_z, alpha):
                     Z[i, j] = z
                 A[i, j] = z
                 mx = max(mx, z)
-        mx = row_reduce(mx, True)  # noqa: F821
+        mx = row_reduce(mx, True)
         s = 0.0
         if i < n:
             for j in range(tx, k, bx):
-                e = softmax_term(A[i, j], mx)  # noqa: F821
+                e = softmax_term(A[i, j], mx)
                 A[i, j] = e
                 s += e
-        s = row_reduce(s, False)  # noqa: F821
+        s = row_reduce(s, False)
         if i < n:
             r = 1.0 / s
             for j in range(tx, k, bx):
@@ -123,10 +122,10 @@ def _softmax_bwd_rows(G, A, dZ):
         if i < n:
             for j in range(tx, k, bx):
                 ga += G[i, j] * A[i, j]
-        ga = row_reduce(ga, False)  # noqa: F821
+        ga = row_reduce(ga, False)
         if i < n:
             for j in range(tx, k, bx):
-                dZ[i, j] = softmax_grad(A[i, j], G[i, j], ga)  # noqa: F821
+                dZ[i, j] = softmax_grad(A[i, j], G[i, j], ga)
 
 
 def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
@@ -141,14 +140,14 @@ def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
         if i < n:
             for j in range(tx, k, bx):
                 mx = max(mx, L[i, j])
-        mx = row_reduce(mx, True)  # noqa: F821
+        mx = row_reduce(mx, True)
         s = 0.0
         if i < n:
             for j in range(tx, k, bx):
-                s += exp_(L[i, j] - mx)  # noqa: F821
-        s = row_reduce(s, False)  # noqa: F821
+                s += exp_(L[i, j] - mx)
+        s = row_reduce(s, False)
         if i < n:
-            lse = mx + log_(s)  # noqa: F821
+            lse = mx + log_(s)
             c = scale * w[i] if has_w else scale
             t = T[i]
             # a label outside [0, k) is never an index: its row's loss and gradient are NaN,
@@ -156,15 +155,15 @@ def _xent_label(L, T, grad, w, has_w, scale, part, count, out):
             ok = t >= 0 and t < k
             row = 0.0
             for j in range(tx, k, bx):  # grad may be L: each element read before written
-                v, d = xent_label(L[i, j], lse, j == t)  # noqa: F821
+                v, d = xent_label(L[i, j], lse, j == t)
                 if not ok:
                     v = _NAN
                     d = _NAN
                 row += v
                 grad[i, j] = c * d
             total += c * row
-    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
-    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
+    block_sum(total, part, cuda.blockIdx.x)
+    sum_finish(part, cuda.gridDim.x, count, out)
 
 
 def _xent_prob(L, T, grad, w, has_w, scale, part, count, out):
@@ -181,24 +180,24 @@ def _xent_prob(L, T, grad, w, has_w, scale, part, count, out):
             for j in range(tx, k, bx):
                 mx = max(mx, L[i, j])
                 ts += T[i, j]
-        mx = row_reduce(mx, True)  # noqa: F821
-        tsum = row_reduce(ts, False)  # noqa: F821
+        mx = row_reduce(mx, True)
+        tsum = row_reduce(ts, False)
         s = 0.0
         if i < n:
             for j in range(tx, k, bx):
-                s += exp_(L[i, j] - mx)  # noqa: F821
-        s = row_reduce(s, False)  # noqa: F821
+                s += exp_(L[i, j] - mx)
+        s = row_reduce(s, False)
         if i < n:
-            lse = mx + log_(s)  # noqa: F821
+            lse = mx + log_(s)
             c = scale * w[i] if has_w else scale
             row = 0.0
             for j in range(tx, k, bx):
-                v, d = xent_prob(L[i, j], lse, T[i, j], tsum)  # noqa: F821
+                v, d = xent_prob(L[i, j], lse, T[i, j], tsum)
                 row += v
                 grad[i, j] = c * d
             total += c * row
-    block_sum(total, part, cuda.blockIdx.x)  # noqa: F821
-    sum_finish(part, cuda.gridDim.x, count, out)  # noqa: F821
+    block_sum(total, part, cuda.blockIdx.x)
+    sum_finish(part, cuda.gridDim.x, count, out)
 
 
 def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
@@ -210,11 +209,11 @@ def _elem_loss(P, T, grad, w, has_w, scale, delta, part, count, out):
         step = cuda.gridDim.y * cuda.blockDim.y
         for i in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, n, step):
             c = scale * w[i] if has_w else scale
-            v, d = loss(P[i, j], T[i, j], delta)  # noqa: F821
+            v, d = loss(P[i, j], T[i, j], delta)
             total += c * v
             grad[i, j] = c * d
-    block_sum(total, part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)  # noqa: F821
-    sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)  # noqa: F821
+    block_sum(total, part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)
+    sum_finish(part, cuda.gridDim.x * cuda.gridDim.y, count, out)
 
 
 # --- the registry: each kernel's arguments ------------------------------------------------------
@@ -243,25 +242,23 @@ register("softmax_xent_label_i64", _xent_label, _xent("T[n] i64"))
 register("softmax_xent_prob", _xent_prob, _xent("T[n,k]"))
 _ELEM_LOSS = decl("P[n,k]", "T[n,k]", "grad[n,k] w", "w[n]", "has_w bool", "scale", "delta",
                   *_TOTAL)
-for _n, _row in table.LOSSES.items():  # the element losses of every table row
-    if _row.scalar is not None:
-        register(_n, _elem_loss, _ELEM_LOSS, {"loss": _row.scalar})
+for _n in table.ELEMENT_LOSSES:
+    register(_n, _elem_loss, _ELEM_LOSS, {"loss": table.LOSSES[_n].scalar})
+
 
 def _check_act(table_key, act):
     if table_key not in SPECS:
-        lookup({**{a: 0 for a in scalar.ACTIVATIONS}, "softmax": 0}, act, "activation")
+        lookup(dict.fromkeys(ACTIVATION_NAMES), act, "activation")
 
 
-# --- the kernel table: activations ---------------------------------------------------------------
+# --- the kernel table ----------------------------------------------------------------------------
 
 @checks.checked("bias_act_fwd", checks.ArrayLike, True)
 def bias_act_fwd(act, A, b, Z=None, alpha=0.01):
     """In place ``A <- act(A + b)`` (``Z <- A + b`` first when given); see ``reference``."""
     name = f"bias_act_fwd_{act}"
     _check_act(name, act)
-    n, m = A.shape
-    c = Call(A)
-    grid, block = config(c, "rows" if act == "softmax" else "cols", n, m)
+    c, grid, block = start(A, "rows" if act == "softmax" else "cols")
     kernel(name, A.dtype)(c, grid, block, A, b, A if Z is None else Z, Z is not None,
                            A.dtype.type(alpha))
 
@@ -284,18 +281,13 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
     name = f"act_bwd_{act}"
     if act != "softmax":
         _check_act(name, act)
-    if Z is None:
-        if act in NEEDS_PREACTIVATION:
-            raise DataError(f"act_bwd({act!r}) needs the pre-activation Z")
-        Z = A
-    n, m = G.shape
-    c = Call(G)
+    Z = checks.preactivation("act_bwd", act, Z, A)
     dt = G.dtype
-    grid, block = config(c, "cols", n, m)
-    part = c.scratch(grid[1] * m)
+    c, grid, block = start(G, "cols")
+    part = c.scratch(grid[1] * G.shape[1])
     count = c.counters(grid[0])
     if act == "softmax":
-        rgrid, rblock = config(c, "rows", n, m)
+        rgrid, rblock = config(c, "rows", *G.shape)
         kernel("softmax_bwd_rows", dt)(c, rgrid, rblock, G, A, dZ)
         kernel("col_partials", dt)(c, grid, block, dZ, part, count, db)
     elif act == "identity" and _same_buffer(dZ, G):
@@ -305,21 +297,15 @@ def act_bwd(act, G, A, Z, dZ, db, alpha=0.01):
         kernel(name, dt)(c, grid, block, G, A, Z, dZ, part, count, db, dt.type(alpha))
 
 
-# --- losses --------------------------------------------------------------------------------------
-
 def softmax_xent(logits, target, grad, weight, scale):
     """Softmax cross-entropy into ``grad``; returns the loss as a 0-d device array (no sync);
     see ``reference.softmax_xent``."""
     labels, target, weight = checks.loss_args("softmax_xent", logits, target, grad, weight,
                                               checks.ArrayLike, True)
-    n, k = logits.shape
     dt = logits.dtype
-    c = Call(logits)
-    if labels:
-        name = f"softmax_xent_label_{'i32' if target.dtype == np.int32 else 'i64'}"
-    else:
-        name = "softmax_xent_prob"
-    grid, block = config(c, "rows", n, k)
+    c, grid, block = start(logits, "rows")
+    name = (f"softmax_xent_label_{'i32' if target.dtype == np.int32 else 'i64'}" if labels
+            else "softmax_xent_prob")
     out = c.scalar_out(dt)
     # without a weight (has_w False) a row of grad stands in for it
     kernel(name, dt)(c, grid, block, logits, target, grad, grad[0] if weight is None else weight,
@@ -330,9 +316,7 @@ def softmax_xent(logits, target, grad, weight, scale):
 
 def _elem_launch(name):
     def launch(pred, target, grad, weight, scale, param):
-        n, k = pred.shape
-        c = Call(pred)
-        grid, block = config(c, "cols", n, k)
+        c, grid, block = start(pred, "cols")
         out = c.scalar_out(pred.dtype)
         real = pred.dtype.type
         kernel(name, pred.dtype)(c, grid, block, pred, target, grad,

@@ -1,19 +1,14 @@
 """How the CUDA kernels are launched: compiled once per dtype, checked, marshalled, and put on
-the current stream of the current device.
+the current stream of the current device (the backend's ``scope()``).
 
-- Each kernel is compiled on first use for exactly one signature per dtype (``cuda.jit(sig)``,
-  from ``registry``), and then launched without the dispatcher's per-call type inference.
-- Launches go on the current stream of the current device (the backend's ``scope()``). Each
-  launch checks its arrays against the signature, marshals the kernel parameters itself
-  (numba-cuda's ``_prepare_args`` layout, from CuPy's attributes) and calls cuda.core's
-  ``launch`` with cached config, stream and loaded kernel. That direct launch runs only on the
-  numba-cuda versions it was checked on (``DIRECT_LAUNCH_VERSIONS``), and each kernel's first
-  launch compares its parameters with numba-cuda's own; elsewhere, or on a difference (a
-  warning), numba-cuda's launch runs. Under the simulator the kernels get the arrays' host
-  buffers without a copy.
-- ``Call`` holds a public call's device, stream and reused scratch: float64 partial sums,
-  int32 ticket counters, and loss values in a preallocated ring per stream (``LOSS_RING``):
-  no allocation per step.
+- Each kernel is compiled on first use for one signature per dtype (``registry``) and launched
+  without the dispatcher's per-call type inference: each launch checks its arrays against the
+  signature, marshals the parameters itself (numba-cuda's ``_prepare_args`` layout) and calls
+  cuda.core's ``launch``. That direct launch runs only on the numba-cuda versions it was
+  checked on (``DIRECT_LAUNCH_VERSIONS``) and while a kernel's first launch finds the same
+  parameters as numba-cuda's own; elsewhere numba-cuda's launch runs.
+- ``Call`` holds a public call's device, stream and reused scratch: float64 partial sums, int32
+  ticket counters, and a ring of loss values per stream (``LOSS_RING``): no allocation per step.
 """
 
 from __future__ import annotations
@@ -52,10 +47,9 @@ def scalar_packers(sig):
 
 
 def marshal(packers, args, device=None):
-    """The kernel parameters numba-cuda's ``Kernel._prepare_args`` would pass for ``args``,
-    built straight from CuPy's attributes: an array (C-contiguous, checked) becomes meminfo,
-    parent, size, itemsize, data pointer, shape, strides in bytes; a scalar its ctypes value.
-    """
+    """The kernel parameters numba-cuda's ``Kernel._prepare_args`` would pass for ``args``, from
+    CuPy's attributes: an array gives meminfo, parent, size, itemsize, data pointer, shape,
+    strides in bytes; a scalar its ctypes value."""
     out = []
     for pack, a in zip(packers, args):
         if pack is None:
@@ -69,8 +63,7 @@ def marshal(packers, args, device=None):
 
 
 def numba_params(compiled, args, stream):
-    """numba-cuda's own kernel parameters for ``args``: its ``Kernel._prepare_args`` over
-    its own argument types (what its ``launch`` would hand to cuda.core)."""
+    """numba-cuda's own kernel parameters for ``args`` (what its ``launch`` hands cuda.core)."""
     retr, params = [], []
     for ty, value in zip(compiled.argument_types, args):
         compiled._prepare_args(ty, value, stream, retr, params)
@@ -95,8 +88,7 @@ def _param_bytes(p):
 
 
 def params_difference(ours, theirs):
-    """None when both parameter lists give cuda.core the same bytes, else the first
-    difference in words."""
+    """None when both parameter lists give cuda.core the same bytes, else the first difference."""
     if len(ours) != len(theirs):
         return f"{len(ours)} parameters, numba-cuda's launch passes {len(theirs)}"
     for i, (a, b) in enumerate(zip(ours, theirs)):
@@ -108,9 +100,7 @@ def params_difference(ours, theirs):
 class Driver:
     """cuda.core's ``launch`` and ``Stream``, when devnet's direct launch is used."""
 
-    launch = None
-    LaunchConfig = None
-    Stream = None
+    launch = LaunchConfig = Stream = None
 
 
 # The direct launch leans on numba-cuda's private launch internals (``Kernel._prepare_args``'s
@@ -120,8 +110,7 @@ DIRECT_LAUNCH_REASON = "the CUDA simulator runs every kernel through the dispatc
 
 
 def direct_launch_refusal(version):
-    """Why numba-cuda ``version`` (its ``__version__``) does not get the direct launch, or
-    None."""
+    """Why numba-cuda ``version`` does not get the direct launch, or None."""
     import re
 
     found = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
@@ -160,9 +149,8 @@ class Kernel:
     """One kernel compiled for one dtype; launched without the dispatcher's type inference.
 
     Nothing else would then notice a float64 array handed to a float32 kernel or a strided view
-    read as contiguous: ``check`` does, from the signature, before every launch. The first
-    launch compares devnet's parameters with numba-cuda's own; on any difference the kernel goes
-    through numba-cuda's launch from then on.
+    read as contiguous: ``check`` does, before every launch. On any difference between the
+    first launch's parameters and numba-cuda's own, numba-cuda's launch runs from then on.
     """
 
     __slots__ = ("name", "dispatcher", "compiled", "arrays", "argnames", "packers", "cufuncs",
@@ -189,8 +177,7 @@ class Kernel:
 
     def check(self, args, host=None):
         """A DataError naming the argument unless each array matches the signature and, when
-        ``host`` is given, is a NumPy array (True: the simulator's kernel tests) or a device
-        array (False), as the launch's first array is."""
+        ``host`` is given, is a NumPy array (True) or a device array (False), as the first is."""
         for i, dtype, ndim in self.arrays:
             a = args[i]
             if host is not None and isinstance(a, np.ndarray) != host:
@@ -228,8 +215,6 @@ class Kernel:
         """Launch on ``c``'s device and stream; ``args`` are arrays (CuPy) and scalars."""
         self.check(args, c.numpy)
         if self.direct is not False:
-            # numba-cuda's launch minus its per-call work: parameters marshalled here from
-            # the CuPy arrays, the loaded kernel, the stream and the launch config cached
             params = marshal(self.packers, args, c.device)
             if self.direct is None:
                 self.direct = self._agrees_with_numba(c, args, params)
@@ -251,9 +236,8 @@ class Kernel:
         self.dispatcher[grid, block, c.numba_stream()](*kargs)
 
     def _simulated(self, c, grid, block, args):
-        """Under the simulator, on the CuPy stand-in's arrays: a launch queued on the current
-        stream through the stand-in, which records it (arguments included) while that stream
-        captures a graph and runs it otherwise."""
+        """Under the simulator, on the CuPy stand-in's arrays: the launch queued through the
+        stand-in, which records it while its stream captures a graph and runs it otherwise."""
         from devnet.testing import cupy_graph
 
         for i, _, _ in self.arrays:
@@ -296,9 +280,15 @@ def _pow2_at_least(n, cap):
 _CONFIGS: dict[tuple, tuple] = {}
 
 
+def start(a, kind):
+    """``(Call(a), grid, block)`` for a ``kind`` launch (``config``) over ``a``'s shape."""
+    c = Call(a)
+    return (c, *config(c, kind, *a.shape))
+
+
 def config(c, kind, n, m=1):
-    """(grid, block) as 3-tuples for ``kind`` ("flat", "cols" or "rows") on ``n`` rows x ``m``
-    columns on ``c``'s device."""
+    """(grid, block) 3-tuples for ``kind`` ("flat", "cols", "rows"), ``n`` x ``m``, on ``c``'s
+    device."""
     key = (c.device, kind, n, m)
     cfg = _CONFIGS.get(key)
     if cfg is not None:
@@ -339,8 +329,7 @@ def _cp():
 if SIMULATOR:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-# Every cache below is keyed by device first: a pointer, a stream or an SM count of one GPU
-# must never serve a launch on another.
+# Every cache below is keyed by device first: one GPU's pointer or stream never serves another.
 _VIEWS: dict[tuple, object] = {}
 _STREAMS: dict[tuple, object] = {}  # cuda.core Streams, for the direct launch
 _NUMBA_STREAMS: dict[tuple, object] = {}  # numba-cuda's, for its own launch
@@ -352,11 +341,8 @@ LOSS_RING = 64
 
 
 class Call:
-    """Device, stream and scratch for one public call, on CuPy or (simulator) NumPy arrays.
-
-    The launch goes to the current device and stream (the backend's ``scope()``): arrays of
-    another device are refused rather than read through the wrong context.
-    """
+    """Device, stream and scratch for one public call, on CuPy or (simulator) NumPy arrays;
+    arrays of another device than the current one are refused."""
 
     __slots__ = ("numpy", "device", "stream", "key")
 
@@ -379,9 +365,8 @@ class Call:
             return
         stream = _STREAMS.get(self.key)
         if stream is None:
-            # one cuda.core Stream per CuPy stream: cuda.core's launch takes nothing else
-            # without a per-launch conversion (and a DeprecationWarning); ptr 0 is CuPy's null
-            # stream, the legacy default stream, as it is for the driver
+            # one cuda.core Stream per CuPy stream (else a conversion per launch); ptr 0 is
+            # CuPy's null stream, the legacy default stream, as for the driver
             stream = _STREAMS[self.key] = Driver.Stream.from_handle(ptr)
         self.stream = stream
 
@@ -397,9 +382,8 @@ class Call:
         return stream
 
     def dev(self, a):
-        """``a`` as a kernel argument: a cached no-sync device view (CuPy) or, under the
-        simulator, the NumPy array itself (the CuPy stand-in's launches go through
-        ``Kernel._simulated``)."""
+        """``a`` as a kernel argument: a cached no-sync device view, or under the simulator the
+        host array wrapped."""
         if SIMULATOR:
             return FakeCUDAArray(a)
         key = (a.data.ptr, a.shape, a.strides, a.dtype.char)
@@ -426,11 +410,8 @@ class Call:
         return buf
 
     def counters(self, size):
-        """int32 ticket counters (>= ``size``, all 0) for last-block sums on this stream.
-
-        Each launch's last block resets the counters it used, so they stay 0 between
-        launches; launches on one stream never overlap.
-        """
+        """int32 ticket counters (>= ``size``, all 0) for last-block sums on this stream: each
+        launch's last block resets those it used, and launches on one stream never overlap."""
         if self.numpy:
             return np.zeros(max(int(size), 1), np.int32)
         key = (*self.key, "count")
@@ -459,8 +440,7 @@ def _wrong_device(a, device):
 
 
 def in_loss_ring(ptr) -> bool:
-    """True when device pointer ``ptr`` is a loss value's slot (``Call.scalar_out``): the slot
-    a loss writes moves along its ring every call, by design."""
+    """True when device pointer ``ptr`` is a loss value's slot (``Call.scalar_out``)."""
     for ring in _OUTS.values():
         first, last = ring[1][0], ring[1][-1]
         if first.data.ptr <= ptr <= last.data.ptr:

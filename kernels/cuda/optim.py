@@ -1,35 +1,35 @@
-"""The CUDA kernels of the optimizers: the steps reading their scalars from ``hyper``,
-``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
+"""The CUDA kernels of the optimizers: the steps reading their scalars from ``hyper``
+(``table.hyper_layout``), ``opt_advance``, the gradient clip scale and scikit-learn's L2 term.
 
-Same names and signatures as ``reference.py``. A step is one grid-stride launch over the flat
-buffers, all updated in place. The layout of ``hyper`` is ``table.hyper_layout``.
+Same names and signatures as ``reference.py``; a step is one grid-stride launch.
 """
 
+# The kernel templates read names bound as globals when they are cloned (value, real, ...).
+# ruff: noqa: F821
 from __future__ import annotations
 
 import numpy as np
 from devnet.kernels import checks, norms, table
 from devnet.kernels import hyper as _hyper
 from devnet.kernels.cuda.device import N
-from devnet.kernels.cuda.launch import Call, config, kernel
+from devnet.kernels.cuda.launch import Call, kernel, start
 from devnet.kernels.cuda.registry import pyfunc, register
 from devnet.kernels.table import decl
 from numba import cuda
 
 # --- kernel templates ----------------------------------------------------------------------------
-# The step loops with their scalars by value, as ``reference.py``'s oracle takes them; each
-# hyper kernel below inlines one as ``step`` (registered under the step's name, never launched
-# by devnet: the PTX tests compare the hyper kernel's math with it), reading g through
-# ``grad_in(g[i], gs)``: ``norms.scaled``, g times the clip's scale.
+# The step loops with their scalars by value, as the oracle takes them; each hyper kernel below
+# inlines one as ``step`` reading g times the clip's scale (``grad_in``: ``norms.scaled``).
+# Registered under the step's name too, never launched: the PTX tests compare with it.
 
 def _sgd(p, g, lr, wd, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[i] = update(p[i], grad_in(g[i], gs), lr, wd)  # noqa: F821
+        p[i] = update(p[i], grad_in(g[i], gs), lr, wd)
 
 
 def _heavy_ball(p, g, buf, lr, mu, wd, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        pi, bi = update(p[i], grad_in(g[i], gs), buf[i], lr, mu, wd)  # noqa: F821
+        pi, bi = update(p[i], grad_in(g[i], gs), buf[i], lr, mu, wd)
         p[i] = pi
         buf[i] = bi
 
@@ -37,8 +37,8 @@ def _heavy_ball(p, g, buf, lr, mu, wd, gs):
 def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered, gs):
     use_mom = mu > 0
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        pi, s, mo, ga = update(  # noqa: F821
-            p[i], grad_in(g[i], gs), sq[i], mom[i] if use_mom else 0.0,  # noqa: F821
+        pi, s, mo, ga = update(
+            p[i], grad_in(g[i], gs), sq[i], mom[i] if use_mom else 0.0,
             gavg[i] if centered else 0.0, lr, rho, mu, eps, wd, centered)
         p[i] = pi
         sq[i] = s
@@ -50,8 +50,8 @@ def _rmsprop(p, g, sq, mom, gavg, lr, rho, mu, eps, wd, centered, gs):
 
 def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad, gs):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        pi, mi, vi, vm = update(  # noqa: F821
-            p[i], grad_in(g[i], gs), m[i], v[i], vmax[i] if amsgrad else 0.0,  # noqa: F821
+        pi, mi, vi, vm = update(
+            p[i], grad_in(g[i], gs), m[i], v[i], vmax[i] if amsgrad else 0.0,
             lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad)
         p[i] = pi
         m[i] = mi
@@ -60,77 +60,71 @@ def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, bc1, bc2, amsgrad, gs):
             vmax[i] = vm
 
 
-# The steps with their scalars read from ``hyper`` (``table.hyper_layout``) into the by-value
-# template above, bound as ``step`` (g read scaled). ``S0``, ``S1``, ...: the slot of each of
-# the row's scalars, ``GS`` the gradient's scale's, bound as constants.
+# The hyper steps: ``S0``, ``S1``, ...: the slot of each of the row's scalars, ``GS`` the
+# gradient scale's, bound as constants.
 
 def _sgd_hyper(p, g, hyper):
-    step(p, g, real(hyper[S0]), real(hyper[S1]), real(hyper[GS]))  # noqa: F821
+    step(p, g, real(hyper[S0]), real(hyper[S1]), real(hyper[GS]))
 
 
 def _heavy_ball_hyper(p, g, buf, hyper):
-    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
-         real(hyper[GS]))  # noqa: F821
+    step(p, g, buf, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]), real(hyper[GS]))
 
 
 def _rmsprop_hyper(p, g, sq, mom, gavg, hyper, centered, has_mom):
     # without a mom buffer (p stands in for it) momentum is off whatever hyper holds
-    mu = real(hyper[S2]) if has_mom else real(0.0)  # noqa: F821
-    step(p, g, sq, mom, gavg, real(hyper[S0]), real(hyper[S1]), mu,  # noqa: F821
-         real(hyper[S3]), real(hyper[S4]), centered, real(hyper[GS]))  # noqa: F821
+    mu = real(hyper[S2]) if has_mom else real(0.0)
+    step(p, g, sq, mom, gavg, real(hyper[S0]), real(hyper[S1]), mu,
+         real(hyper[S3]), real(hyper[S4]), centered, real(hyper[GS]))
 
 
 def _adam_hyper(p, g, m, v, vmax, hyper, amsgrad):
-    step(p, g, m, v, vmax, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),  # noqa: F821
-         real(hyper[S3]), real(hyper[S4]), real(hyper[S5]), real(hyper[S6]),  # noqa: F821
-         amsgrad, real(hyper[GS]))  # noqa: F821
+    step(p, g, m, v, vmax, real(hyper[S0]), real(hyper[S1]), real(hyper[S2]),
+         real(hyper[S3]), real(hyper[S4]), real(hyper[S5]), real(hyper[S6]),
+         amsgrad, real(hyper[GS]))
 
 
-# --- reductions over the flat buffers: the clip scale and scikit-learn's L2 term ---------------
-# One launch each: a grid-stride pass summing squares in float64 per thread, block partials,
-# the last block finishing the sum (``sum_last``) and the scalar math (norms.py, kernel dtype).
+# --- reductions over the flat buffers: one launch each, squares summed in float64, the last
+# block finishing the sum (``sum_last``) and the scalar math (norms.py)
 
 def _opt_clip(g, hyper, part, count):
     acc = np.float64(0.0)
     for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
         gi = np.float64(g[i])  # squared in float64: a float32 g of 2e19 squares past its range
         acc += gi * gi
-    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
-    if sum_last(part, cuda.gridDim.x, count):  # noqa: F821
+    block_sum(acc, part, cuda.blockIdx.x)
+    if sum_last(part, cuda.gridDim.x, count):
         sq = part[cuda.gridDim.x]
         top = np.float64(1.0)
         # only a float64 g (see norms.clip_scale); one thread: a diverging run's rare case
-        if WIDE and sq == np.inf:  # noqa: F821
-            sq, top = unit_sq(g)  # noqa: F821
-        hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)  # noqa: F821
+        if WIDE and sq == np.inf:
+            sq, top = unit_sq(g)
+        hyper[GSCALE] = clip_scale(sq, hyper[CLIP], top)
 
 
 def _l2_penalty(p, g, spans, alpha, w, has_w, count, value, value_scale, part, counter, out):
     sw = np.float64(count)
     if has_w:  # the batch's weight sum, by every block alike: no other launch, no host sync
-        sw = block_total(w, w.size)  # noqa: F821
-    coef = l2_coef(alpha, real(sw))  # noqa: F821
+        sw = block_total(w, w.size)
+    coef = l2_coef(alpha, real(sw))
     acc = np.float64(0.0)
     n = p.size
     prev = 0
     for s in range(spans.shape[0]):
-        lo, hi = span_bounds(spans[s, 0], spans[s, 1], prev, n)  # noqa: F821
+        lo, hi = span_bounds(spans[s, 0], spans[s, 1], prev, n)
         prev = hi
         for i in range(lo + cuda.grid(1), hi, cuda.gridsize(1)):
             pi = p[i]
-            g[i] = l2_grad(pi, g[i], coef)  # noqa: F821
+            g[i] = l2_grad(pi, g[i], coef)
             acc += np.float64(pi * pi)
-    block_sum(acc, part, cuda.blockIdx.x)  # noqa: F821
-    if sum_last(part, cuda.gridDim.x, counter):  # noqa: F821
-        out[0] = l2_value(value[0], value_scale, alpha, real(part[cuda.gridDim.x]),  # noqa: F821
-                          real(sw))  # noqa: F821
+    block_sum(acc, part, cuda.blockIdx.x)
+    if sum_last(part, cuda.gridDim.x, counter):
+        out[0] = l2_value(value[0], value_scale, alpha, real(part[cuda.gridDim.x]), real(sw))
 
 
 # --- the registry: each kernel's arguments ------------------------------------------------------
-# A by-value step takes the oracle's arguments (``table.step_decl``) and gs, the gradient's
-# scale (the hyper kernels pass hyper's); a hyper step the entry's, with a flag per buffer
-# that only a scalar gates (RMSProp's has_mom). Scalars in the arrays' type (a float64 would
-# promote); hyper and the advance's table float64 whatever it is.
+# A by-value step takes the oracle's arguments and gs, the gradient's scale; a hyper step the
+# entry's, with a flag per buffer that only a scalar gates (RMSProp's has_mom).
 
 def _step_params(name):
     if name in table.STEP_HYPER:
@@ -145,9 +139,8 @@ _L2 = decl("p[N]", "g[N] rw", "spans[S,2] i64", "alpha", "w[n]", "has_w bool", "
 _STEP_TEMPLATES = {"sgd": _sgd, "heavy_ball": _heavy_ball, "rmsprop": _rmsprop, "adam": _adam}
 _HYPER_TEMPLATES = {"sgd": _sgd_hyper, "heavy_ball": _heavy_ball_hyper,
                     "rmsprop": _rmsprop_hyper, "adam": _adam_hyper}
-# what the compiled code depends on beyond scalar.py, in the cache names: norms.py's hash where
-# its functions are inlined, the slots of hyper where they are baked in (Numba's disk cache
-# watches only the file a kernel is defined in)
+# in the cache names, what the compiled code depends on beyond scalar.py: norms.py's hash, the
+# slots of hyper baked in
 _NORMS_TAG = norms.SOURCE_TAG + "_"
 _HYPER_TAG = _hyper.LAYOUT_TAG + "_" + "".join(
     "".join(map(str, table.hyper_slots(s))) for s in table.STEPS) + "_"
@@ -182,14 +175,12 @@ register(table.CLIP_KERNEL, _opt_clip, _CLIP, extra=_reduction_globals,
 register(table.L2_KERNEL, _l2_penalty, _L2, extra=_reduction_globals, tag=_NORMS_TAG)
 
 
-# --- the kernel table: optimizer steps, one launch over the flat buffers, all updated in place --
+# --- the kernel table ----------------------------------------------------------------------------
 
 def _step_hyper_launch(name):
     def launch(arrays, hyper, flags, present):
-        p = arrays[0]
-        c = Call(p)
-        grid, block = config(c, "flat", p.size)
-        kernel(name, p.dtype)(c, grid, block, *arrays, hyper, *flags, *present)
+        c, grid, block = start(arrays[0], "flat")
+        kernel(name, arrays[0].dtype)(c, grid, block, *arrays, hyper, *flags, *present)
     return launch
 
 
@@ -206,16 +197,14 @@ opt_advance = checks.make_advance(_advance_launch, checks.ArrayLike)
 
 
 def _clip_launch(g, hyper):
-    c = Call(g)
-    grid, block = config(c, "flat", g.size)
+    c, grid, block = start(g, "flat")
     kernel(table.CLIP_KERNEL, g.dtype)(c, grid, block, g, hyper, c.scratch(grid[0] + 1),
                                         c.counters(1))
 
 
 def _l2_launch(p, g, spans, alpha, weight, count, value, value_scale):
-    c = Call(p)
     dt = p.dtype
-    grid, block = config(c, "flat", p.size)
+    c, grid, block = start(p, "flat")
     out = c.scalar_out(dt)
     real = dt.type
     kernel(table.L2_KERNEL, dt)(c, grid, block, p, g, spans, real(alpha),

@@ -1,10 +1,8 @@
 """The CUDA kernel registry: kernel name -> template, arguments and the globals it is cloned with.
 
-Each kernel module (``elementwise``, ``optim``, ``deep``) registers its kernels here when it is
-imported; ``launch.Kernel`` compiles one from its name and dtype. A kernel is a plain-Python
-template cloned per dtype with its scalar functions bound as globals (as ``cpu/`` does): one
-specialised kernel per activation, loss and optimizer, its float literals typed as the dtype
-(``scalar.specialise``).
+The kernel modules register their kernels when imported; ``launch.Kernel`` compiles one from its
+name and dtype: its template cloned per dtype with its scalar functions bound as globals (as
+``cpu/`` does).
 """
 
 from __future__ import annotations
@@ -46,8 +44,7 @@ _TYPES = {"f64": types.float64, "i32": types.int32, "i64": types.int64, "u64": t
 
 
 def numba_type(param, ft):
-    """The Numba type of argument ``param`` in a kernel of float type ``ft``: scalars in ft
-    (a float64 would promote the kernel's math); C-contiguous arrays."""
+    """The Numba type of ``param`` in a kernel of float type ``ft`` (arrays C-contiguous)."""
     t = ft if param.dtype == "real" else _TYPES[param.dtype]
     if not param.shape:
         return t
@@ -60,8 +57,7 @@ def signature(name, ft):
 
 
 def pyfunc(name, dtype, **override):
-    """The plain-Python kernel ``name`` for ``dtype``: its template cloned with its functions
-    as globals and its float literals in ``dtype`` (``scalar.specialise``); ``override``:
+    """The plain-Python kernel ``name`` for ``dtype`` (``scalar.specialise``); ``override``:
     globals to bind instead (the hyper kernels' ``step`` reads g scaled)."""
     dt = np.dtype(dtype)
     spec = SPECS[name]
@@ -71,7 +67,6 @@ def pyfunc(name, dtype, **override):
     ns = scalar.typed_globals(
         {**spec.template.__globals__, **COMMON[dt], **bound, **extra, **override}, dt)
     fn = scalar.specialise(spec.template, ns, dt)
-    # the name carries the dtype (the clones share their bytecode) and scalar.py's hash: Numba's
-    # disk cache then recompiles when it changes (and when what ``tag`` stands for does)
+    # the dtype (the clones share their bytecode) and what the code depends on, for Numba's cache
     fn.__qualname__ = f"{name}_{dt.name}_{spec.tag}{scalar.SOURCE_TAG}"
     return fn
