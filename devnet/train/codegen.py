@@ -370,8 +370,8 @@ def pairwise():
     """``_pairwise_py`` compiled (disk-cached, as a global of a cached driver must be)."""
     global _pairwise
     if _pairwise is None:
-        from numba import njit
-        _pairwise = njit(cache=True, nogil=True, error_model="numpy")(_pairwise_py)
+        from devnet.kernels.cpu.build import jit
+        _pairwise = jit(_pairwise_py, nogil=True, error_model="numpy")
     return _pairwise
 
 
@@ -423,8 +423,8 @@ def dropout_words():
     """``_dropout_words_py`` compiled (disk-cached, as a global of a cached driver must be)."""
     global _dropout_words
     if _dropout_words is None:
-        from numba import njit
-        _dropout_words = njit(cache=True, nogil=True)(_dropout_words_py)
+        from devnet.kernels.cpu.build import jit
+        _dropout_words = jit(_dropout_words_py, nogil=True)
     return _dropout_words
 
 

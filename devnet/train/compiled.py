@@ -233,13 +233,16 @@ def driver(plan):
         fn = _DRIVERS.get(key)
         if fn is None:
             from numba import njit
+
+            from devnet.kernels.cpu.build import jit
             text, names, consts = codegen.source(plan)
             ns, where = _module(text)
             try:
-                fn = njit(cache=where is not None, nogil=True, error_model="numpy")(ns["driver"])
+                fn = (jit if where is not None else njit)(ns["driver"], nogil=True,
+                                                          error_model="numpy")
             except RuntimeError as exc:  # Numba found no cache directory it can write
                 _CACHE["reason"], where = f"Numba cannot cache there: {exc}", None
-                fn = njit(nogil=True, error_model="numpy")(ns["driver"])
+                fn = njit(ns["driver"], nogil=True, error_model="numpy")
             _CACHE["dir"] = where
             fn = _DRIVERS[key] = (fn, names, consts)
     return fn

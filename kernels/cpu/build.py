@@ -12,9 +12,12 @@ loss totals are summed in float64.
 # ruff: noqa: F821
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from devnet.kernels import norms, scalar
 from numba import njit
+from numba.core.caching import FunctionCache
 
 # Element count from which a kernel runs as a Numba parallel region: never, by default. On the
 # 2-core machine a parallel region costs more than the whole serial kernel (float32 1000x1000:
@@ -46,6 +49,35 @@ FASTMATH = frozenset({"reassoc", "contract"})
 FLAGS_TAG = "fm_" + "_".join(sorted(FASTMATH))
 
 
+class _Cache(FunctionCache):
+    """Numba's disk cache of one function, where a failed write (a full disk, a file size
+    limit, a folder that became read-only) leaves the function compiled for this process: a
+    warning, not an OSError from the call that compiled it. A write that failed halfway is a
+    miss for the next process (Numba writes the index before the data file)."""
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except OSError as exc:
+            if not _UNCACHED:
+                logging.getLogger("devnet").warning(
+                    "devnet: Numba could not write its disk cache (%s: %s): compiled kernels "
+                    "are kept for this process only, and compiled again by the next",
+                    type(exc).__name__, exc)
+            _UNCACHED.append(self._name)
+
+
+_UNCACHED: list = []  # the functions whose cache write failed, in this process
+
+
+def jit(fn, **options):
+    """``njit(cache=True, **options)(fn)`` with a cache write that may fail (``_Cache``): a
+    RuntimeError only where Numba finds no cache folder at all, as ``cache=True``."""
+    dispatcher = njit(**options)(fn)
+    dispatcher._cache = _Cache(dispatcher.py_func)  # Dispatcher.enable_caching's own line
+    return dispatcher
+
+
 def build(template, tag, dtype, **funcs):
     """(serial, parallel) kernels for ``dtype`` from ``template`` with ``funcs`` as globals.
 
@@ -59,8 +91,8 @@ def build(template, tag, dtype, **funcs):
         fn = scalar.specialise(template, ns, dtype)
         fn.__qualname__ = (f"{tag}_{np.dtype(dtype).name}_{'par' if parallel else 'ser'}_"
                            f"{scalar.SOURCE_TAG}_{FLAGS_TAG}")
-        kernels.append(njit(cache=True, parallel=parallel, nogil=True, error_model="numpy",
-                            fastmath=set(FASTMATH))(fn))
+        kernels.append(jit(fn, parallel=parallel, nogil=True, error_model="numpy",
+                           fastmath=set(FASTMATH)))
     return tuple(kernels)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from devnet.kernels import checks, norms, scalar, table
 from devnet.kernels import hyper as _hyper
-from devnet.kernels.cpu.build import COMMON, DTYPES, N, S, build, char, pick
-from numba import njit, prange
+from devnet.kernels.cpu.build import COMMON, DTYPES, N, S, build, char, jit, pick
+from numba import prange
 
 # The step loops take their scalars by value and read g through ``grad_in(g[i], gs)``:
 # ``norms.unscaled`` (g itself) or ``norms.scaled`` (g times the clip's scale).
@@ -105,7 +105,7 @@ for _name in table.STEP_HYPER:  # sgd_step_hyper, ..., adamw_step_hyper
 def _advance_kernel():  # one thread's work: serial, float64 whatever the model's dtype
     fn = scalar.specialise(_hyper.opt_advance, _hyper.opt_advance.__globals__, np.float64)
     fn.__qualname__ = f"opt_advance_{_hyper.LAYOUT_TAG}"  # the slots are in its cache name
-    return njit(cache=True, nogil=True, error_model="numpy")(fn)
+    return jit(fn, nogil=True, error_model="numpy")
 
 
 opt_advance = checks.make_advance(_advance_kernel())

@@ -459,3 +459,29 @@ def test_float32_kernels_compute_in_float32():
         ret = fn.nopython_signatures[-1].return_type
         kinds = ret.types if isinstance(ret, types.BaseTuple) else (ret,)
         assert all(t == types.float32 for t in kinds), (fn, ret)
+
+
+def test_a_failed_cache_write_leaves_the_kernel_compiled_with_one_warning(monkeypatch, caplog,
+                                                                          rng):
+    # a full disk or a file size limit while Numba writes its cache: the call that compiled
+    # the kernel returns its result, one warning says why the next process compiles again
+    import errno
+
+    from numba.core import caching
+
+    def full(self, sig, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(caching.Cache, "_save_overload", full)
+    monkeypatch.setattr(cpu.build, "_UNCACHED", [])
+    scale = float(rng.uniform(1.5, 3.0))
+
+    def twice(x):
+        return x * 2.0
+
+    kernels = [cpu.build.jit(twice) for _ in range(2)]
+    with caplog.at_level("WARNING", logger="devnet"):
+        assert [k(scale) for k in kernels] == [2.0 * scale] * 2
+    warned = [r.getMessage() for r in caplog.records if r.name == "devnet"]
+    assert len(warned) == 1 and "No space left on device" in warned[0], warned
+    assert len(cpu.build._UNCACHED) == 2
