@@ -40,12 +40,8 @@ _META_KEY = "devnet.activations"
 
 
 def from_dlpack(x, backend: str | Backend = "auto"):
-    """``x`` (any DLPack / CUDA-array-interface producer) as an array on ``backend``.
-
-    Shares memory when ``x`` already lives on that device (a CPU tensor for the CPU backend,
-    a tensor on the same GPU for CUDA); otherwise copies it: from another GPU device to
-    device, from elsewhere through the host.
-    """
+    """``x`` (any DLPack / CUDA-array-interface producer) as an array on ``backend``: shared
+    when ``x`` already lives on that device, else copied (GPU to GPU, or through the host)."""
     be = get_backend(backend)
     return _numeric(_from_dlpack(be, _detach(x)), x)
 
@@ -96,9 +92,8 @@ def _numeric(arr, original):
 def as_array(x, backend: str | Backend = "auto"):
     """The edge conversion for ``fit`` / ``predict`` inputs: ``x`` on ``backend``'s device.
 
-    Device arrays pass through; torch / JAX / CuPy tensors arrive by DLPack (zero-copy on the
-    same device); anything else (lists, NumPy on a GPU backend) is copied with ``asarray``.
-    The dtype is kept: cast afterwards if the model needs another.
+    Device arrays pass through; tensors arrive by DLPack (zero-copy on the same device);
+    anything else (lists, NumPy on a GPU backend) is copied. The dtype is kept.
     """
     be = get_backend(backend)
     if be.is_array(x):
@@ -119,9 +114,8 @@ def as_array(x, backend: str | Backend = "auto"):
 def export_parameters(model, to: str | None = None) -> dict:
     """The model's parameters by name (``layers.0.W`` (n_in, n_out), ``layers.0.b``, ...).
 
-    ``to=None`` returns the backend's own arrays (NumPy / CuPy views, which export
-    ``__dlpack__``); ``"torch"`` or ``"jax"`` wraps each view by DLPack. Torch tensors share
-    memory with the model (writing to them changes the model); JAX arrays are immutable.
+    ``to=None``: the backend's own arrays (NumPy / CuPy views); ``"torch"`` or ``"jax"`` wraps
+    each view by DLPack. Torch tensors share the model's memory; JAX arrays are immutable.
     """
     wrap = {None: lambda a: a, "torch": to_torch, "jax": to_jax}
     validation.check_model(model)
@@ -173,10 +167,8 @@ def _torch_act(torch, name: str, alpha: float):
 
 
 def to_torch_sequential(model):
-    """A ``torch.nn.Sequential`` of Linear (+ activation) layers computing what ``model`` does.
-
-    Weights are copied to the CPU in the model's dtype; Linear.weight = W.T.
-    """
+    """A ``torch.nn.Sequential`` of Linear (+ activation) layers computing what ``model`` does
+    (weights copied to the CPU in the model's dtype)."""
     torch = _import("torch", "PyTorch")
     host_layers = _host_layers(model)
     dtype = getattr(torch, model.dtype.name)
@@ -305,11 +297,9 @@ def from_torch_sequential(seq, backend: str | Backend = "auto", dtype: str | Non
 
 
 def export_torch(model, path: str | Path) -> Path:
-    """Write ``model`` as the safetensors ``state_dict`` of ``to_torch_sequential(model)``.
-
-    Keys are ``"<index>.weight"`` (out, in) and ``"<index>.bias"``, so
-    ``seq.load_state_dict(safetensors.torch.load_file(path))`` loads it; the metadata records
-    the activations so ``import_torch`` rebuilds the same network. Needs no PyTorch.
+    """Write ``model`` as the safetensors ``state_dict`` of ``to_torch_sequential(model)``
+    (keys ``"<index>.weight"`` (out, in) and ``"<index>.bias"``), with the activations in its
+    metadata for ``import_torch``. Needs no PyTorch.
     """
     from safetensors.numpy import save_file
 

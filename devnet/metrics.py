@@ -12,7 +12,7 @@ is finite, its square is not. A prediction that is NaN or Inf scores NaN, never 
 
 from __future__ import annotations
 
-from devnet.errors import ConfigError, DataError
+from devnet.errors import DataError, lookup
 from devnet.kernels.reference import get_xp
 
 LINKS = ("exp", "identity", "sigmoid", "softmax")  # the losses' links (``Loss.link``)
@@ -57,7 +57,7 @@ def _like_pred(name: str, pred, target):
                     f"({pred.shape[0]},) for one output), got {tuple(target.shape)}")
 
 
-def _mean(values, w, xp):
+def _mean(values, w):
     """Mean of ``values`` over axis 0, weighted by ``w`` (n,) when given (``np.average``)."""
     if w is None:
         return values.mean(axis=0)
@@ -65,8 +65,9 @@ def _mean(values, w, xp):
     return (values * w).sum(axis=0) / w.sum()
 
 
-def _score(value, pred, xp) -> float:
+def _score(value, pred) -> float:
     """``value`` as a float; NaN when any prediction is NaN or Inf."""
+    xp = get_xp(pred)
     return float(xp.where(xp.isfinite(pred).all(), value, xp.nan))
 
 
@@ -76,10 +77,8 @@ def accuracy(pred, target, link: str, sample_weight=None) -> float:
     pred: (n, k) raw outputs; target: labels (n,) or one-hot (n, k); for the sigmoid link
     (n, k) 0/1 targets, every output of a row must match.
     """
-    if link not in LINKS:
-        raise ConfigError(f"unknown link {link!r}; valid links: {', '.join(LINKS)}")
+    lookup(dict.fromkeys(LINKS), link, "link")
     pred, target, w = _arrays("accuracy", pred, target, sample_weight)
-    xp = get_xp(pred)
     if link == "sigmoid":  # multi-label: every output must match, threshold at logit 0
         hit = ((pred > 0) == (_like_pred("accuracy", pred, target) > 0.5)).all(axis=1)
     else:
@@ -95,7 +94,7 @@ def accuracy(pred, target, link: str, sample_weight=None) -> float:
                             f"{tuple(pred.shape)}, got {tuple(target.shape)}")
         labels = target if target.ndim == 1 else target.argmax(axis=1)
         hit = pred.argmax(axis=1) == labels
-    return _score(_mean(hit.astype(xp.float64), w, xp), pred, xp)
+    return _score(_mean(hit.astype(pred.dtype), w), pred)
 
 
 def r2(pred, target, sample_weight=None) -> float:
@@ -103,16 +102,15 @@ def r2(pred, target, sample_weight=None) -> float:
     pred, target, w = _arrays("r2", pred, target, sample_weight)
     target = _like_pred("r2", pred, target)
     xp = get_xp(pred)
-    ss_res = _mean((target - pred) ** 2, w, xp)
-    ss_tot = _mean((target - _mean(target, w, xp)) ** 2, w, xp)
+    ss_res = _mean((target - pred) ** 2, w)
+    ss_tot = _mean((target - _mean(target, w)) ** 2, w)
     # a constant target scores 1 when matched exactly, else 0 (as scikit-learn)
     score = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1),
                      xp.where(ss_res == 0, 1.0, 0.0))
-    return _score(score.mean(), pred, xp)
+    return _score(score.mean(), pred)
 
 
 def mae(pred, target, sample_weight=None) -> float:
     """Mean absolute error over all elements (``mean_absolute_error``, uniform over outputs)."""
     pred, target, w = _arrays("mae", pred, target, sample_weight)
-    xp = get_xp(pred)
-    return _score(_mean(abs(pred - _like_pred("mae", pred, target)), w, xp).mean(), pred, xp)
+    return _score(_mean(abs(pred - _like_pred("mae", pred, target)), w).mean(), pred)

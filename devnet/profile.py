@@ -1,21 +1,16 @@
 """Per-layer, per-op breakdown of one training step, against ceilings measured on the spot.
 
 ``profile(model, X, y)`` runs the training step itself (``devnet.train.Step``) with the backend
-swapped for a proxy that times every ``matmul`` and kernel call it forwards, so the ops timed are
-exactly the ops the MLP runs. Each op is attributed to its layer by the arrays it is handed
-(``W``, ``b``, ``dW``, ``db`` are views owned by one layer).
+swapped for a proxy that times every ``matmul`` and kernel call it forwards; each op is
+attributed to its layer by the arrays it is handed (``W``, ``b``, ``dW``, ``db`` are views
+owned by one layer).
 
-An op's time is its median over ``repeats`` instrumented steps. ``host_s`` is the host's time
-in the call (on a GPU the launch cost: ops are not synchronised, so the host runs ahead as in
-training); ``time_s`` is the op's run: on the CPU the same, on a GPU the time between CUDA
-events around the op on the backend's stream. The step time is the median of uninstrumented
-steps; what the ops leave of it is reported as ``python/glue``. Ceilings: the bandwidth of a
-plain copy and the GFLOP/s of a large square GEMM, measured in the same call.
-
-    report = dn.profile(model, X, y, loss="cross_entropy")
-    print(report); report.to_dict()
-
-``devnet profile --sizes 784-1024-1024-10 --batch-size 256`` (the CLI calls ``main``).
+An op's time is its median over ``repeats`` instrumented steps: ``host_s`` the host's time in
+the call (on a GPU the launch cost: ops are not synchronised, the host runs ahead as in
+training), ``time_s`` the op's run (on a GPU, CUDA events around it on the backend's stream).
+The step time is the median of uninstrumented steps; what the ops leave of it is
+``python/glue``. Ceilings: a plain copy's bandwidth and a large square GEMM's GFLOP/s, measured
+in the same call. ``devnet profile --sizes 784-1024-1024-10`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -98,8 +93,7 @@ class _Recorder:
         flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
         nbytes = sum(int(m.nbytes) for m in (a, b, out))
         if id(b) in self.layer_of["W"]:
-            i = self.layer_of["W"][id(b)]
-            label = (f"layers.{i}", "forward matmul  X@W")
+            label = (f"layers.{self.layer_of['W'][id(b)]}", "forward matmul  X@W")
         elif id(out) in self.layer_of["dW"]:
             self.current = self.layer_of["dW"][id(out)]
             label = (f"layers.{self.current}", "backward matmul dW=X.T@dZ")
@@ -192,8 +186,8 @@ def measure_ceilings(backend, dtype="float32", copy_mb: float = 64, gemm_n: int 
     gpu = hasattr(getattr(xp, "cuda", None), "Event")  # CuPy's arrays
     m = gemm_n or (8192 if gpu else 1024)
     rng = np.random.default_rng(0)
-    a = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
-    b = backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
+    a, b = (backend.asarray(rng.standard_normal((m, m), dtype=np.float32).astype(dtype))
+            for _ in range(2))
     c = backend.empty((m, m), dtype)
     t_gemm = median_time(lambda: backend.matmul(a, b, out=c))
     return {"copy_gbs": 2 * src.nbytes / t_copy / 1e9, "gemm_gflops": 2.0 * m**3 / t_gemm / 1e9,
@@ -268,13 +262,12 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     Args:
         model: a devnet MLP (its parameters are trained by the profiled steps).
         X: (n, n_in) batch; y: its targets for ``loss`` (labels (n,) for cross_entropy).
-        loss: a loss name or Loss, or "auto" (fit's rule, ``devnet.task``: it reads y, and
-            refuses a batch too small to tell labels from targets); optimizer: a name or an
-            Optimizer over ``model``.
+        loss: a loss name or Loss, or "auto" (fit's rule, ``devnet.task``, which refuses a
+            batch too small to tell labels from targets); optimizer: a name or an Optimizer.
         repeats: instrumented (and uninstrumented) steps whose medians are reported.
         ceilings: reuse ``measure_ceilings(...)`` output instead of measuring again.
         compiled: also time the step under fit's compiled engine (``compiled_step_s``: the
-            batch run ``repeats`` times in one call; compiles the step's driver first).
+            batch run ``repeats`` times in one call, after compiling the step's driver).
     """
     check_model(model)
     repeats = positive_int("repeats", repeats)
@@ -282,8 +275,7 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
     if ceilings is not None:
         ceilings = _check_ceilings(ceilings)
     be = model.backend
-    # the step runs with its data checks off, as in fit: a label out of range or a NaN would
-    # otherwise be timed, not refused
+    # the step runs with its data checks off, as in fit: check here, or bad data is timed
     X = check_X(model, X)
     if isinstance(loss, str) and loss == "auto":
         loss = resolve_loss(model, loss, "auto", y)
@@ -303,9 +295,8 @@ def profile(model, X, y, loss="cross_entropy", optimizer="adam", repeats: int = 
         step_times.append(clock.elapsed())
 
     rec = _Recorder(be, model)
-    proxy = _ProxyBackend(be, rec)
     per_step = []  # per instrumented step: {(layer, op): (s, host s, calls, bytes, flops)}
-    model.backend, opt.backend = proxy, proxy
+    model.backend = opt.backend = _ProxyBackend(be, rec)
     try:
         for _ in range(repeats + 1):
             rec.events.clear()

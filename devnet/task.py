@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from devnet.errors import ConfigError, DataError
+from devnet.errors import DataError, lookup
 from devnet.targets import check_binary_labels, check_class_labels, numeric, value_list, whole
 
 # check_class_labels is part of this module's API; the label rules live in devnet.targets
@@ -27,9 +27,7 @@ MAX_CLASSES = 256
 
 def check_task(task) -> str:
     """``task`` if it is one of ``TASKS``, else a ConfigError listing them."""
-    if not isinstance(task, str) or task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    return task
+    return lookup({t: t for t in TASKS}, task, "task")
 
 
 def infer_task(y, task: str = "auto", name: str = "y") -> str:

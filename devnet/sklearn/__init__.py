@@ -6,11 +6,10 @@ They take scikit-learn's MLP parameters (solvers ``"lbfgs"``, ``"sgd"`` and ``"a
     from devnet.sklearn import MLPClassifier
     clf = MLPClassifier(hidden_layer_sizes=(256,), device="cuda", dtype="float32").fit(X, y)
 
-The training mirrors scikit-learn's (same initialisation, shuffling, early-stopping split,
-random-state use, Adam formula, L-BFGS-B call and loss convention for ``loss_curve_``), so with
-the same data and seed the two agree to rounding in float64. Fitted attributes are NumPy arrays
-whatever the device; the device copy of the network is a cache, dropped when the estimator is
-pickled and rebuilt from ``coefs_`` / ``intercepts_`` on the next call.
+The training mirrors scikit-learn's (initialisation, shuffling, early-stopping split, Adam
+formula, L-BFGS-B call, ``loss_curve_``), so with the same data and seed the two agree to
+rounding in float64. Fitted attributes are NumPy arrays whatever the device; the device network
+is a cache, dropped on pickling and rebuilt from ``coefs_`` / ``intercepts_``.
 
 Needs scikit-learn and SciPy: ``pip install 'devnet-mlp[sklearn]'``.
 """

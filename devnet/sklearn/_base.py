@@ -1,6 +1,5 @@
 """The estimators' shared machinery: parameters, initialisation, the solvers' loops, inference
-and pickling, as scikit-learn's estimator contract (warm start, partial_fit, early stopping)
-asks of one class. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task.
+and pickling. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the task.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from scipy import sparse as _sparse
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state, column_or_1d, gen_batches
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import _check_sample_weight, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from devnet import losses as losses_mod
 from devnet.backend import get_backend
@@ -90,24 +89,26 @@ def _usage(estimator) -> Usage:
     return usage if usage is not None else estimator.__dict__.setdefault("_usage", Usage())
 
 
-def _claims_estimator(fit):
-    """Run ``fit`` with the estimator claimed for this thread: it replaces ``coefs_`` and the
-    network, so another thread's fit or predict of the same estimator meanwhile is a
-    ModelBusyError, and the claim waits for the predictions already running."""
-    @functools.wraps(fit)
-    def run(self, *args, **kwargs):
-        with _usage(self).exclusive(f"{type(self).__name__}.fit"):
-            return fit(self, *args, **kwargs)
-    return run
+def _holding(mode: str, what: str):
+    """Run the method holding the estimator's Usage in ``mode``: "exclusive" for a fit (it
+    replaces ``coefs_`` and the network, so another thread's fit or predict of the same
+    estimator meanwhile is a ModelBusyError, and the claim waits for the predictions already
+    running), "shared" for one inference."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            with getattr(_usage(self), mode)(f"{type(self).__name__}.{what}"):
+                return method(self, *args, **kwargs)
+        return run
+    return wrap
 
 
-def _reads_estimator(outputs):
-    """Run ``outputs`` as one inference of the estimator (see ``_claims_estimator``)."""
-    @functools.wraps(outputs)
-    def run(self, *args, **kwargs):
-        with _usage(self).shared(f"{type(self).__name__}.predict"):
-            return outputs(self, *args, **kwargs)
-    return run
+def store_params(estimator, params: dict) -> None:
+    """Set ``__init__``'s arguments (its ``locals()``) as attributes, unchanged, as
+    scikit-learn's estimator contract asks."""
+    for name, value in params.items():
+        if name != "self":
+            setattr(estimator, name, value)
 
 
 class BaseMLP(BaseEstimator):
@@ -166,6 +167,12 @@ class BaseMLP(BaseEstimator):
             raise ConfigError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
+    def _check_data(self, X, y, reset: bool, **kwargs):
+        """``validate_data`` of (X, y) as both estimators take them; a (n, 1) y as (n,)."""
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset, **kwargs)
+        return X, column_or_1d(y, warn=True) if y.ndim == 2 and y.shape[1] == 1 else y
+
     def _check_solver(self) -> bool:
         """scikit-learn's rule: ``partial_fit`` exists only for the stochastic solvers."""
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -173,7 +180,7 @@ class BaseMLP(BaseEstimator):
                                  f"{self.solver} is not stochastic.")
         return True
 
-    @_claims_estimator
+    @_holding("exclusive", "fit")
     def _fit(self, X, y, sample_weight=None, incremental=False):
         X, y = as_host(X), as_host(y, "y")
         sample_weight = as_host(sample_weight, "sample_weight")
@@ -204,9 +211,8 @@ class BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(y, layer_units)
-        elif [c.shape[0] for c in self.coefs_] + [self.n_outputs_] != layer_units:
-            raise ValueError(f"warm_start/partial_fit needs the fitted layer sizes "
-                             f"{[c.shape[0] for c in self.coefs_] + [self.n_outputs_]}, "
+        elif (fitted := [c.shape[0] for c in self.coefs_] + [self.n_outputs_]) != layer_units:
+            raise ValueError(f"warm_start/partial_fit needs the fitted layer sizes {fitted}, "
                              f"got {layer_units}")
         # the network is this thread's until the fit returns: another thread's fit or predict
         # of this estimator meanwhile is a ModelBusyError, not a write into its parameters
@@ -240,25 +246,20 @@ class BaseMLP(BaseEstimator):
         if self.solver in _STOCHASTIC_SOLVERS:  # as scikit-learn: no loss_curve_ for lbfgs
             self.loss_curve_ = []
             self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.best_loss_ = np.inf
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
+            early = self.early_stopping
+            self.validation_scores_ = [] if early else None
+            self.best_validation_score_ = -np.inf if early else None
+            self.best_loss_ = None if early else np.inf
         for name in ("_model", "_optimizer", "_optimizer_state"):
             self.__dict__.pop(name, None)
 
     def _network(self, refresh: bool = True) -> MLP:
         """The device network holding ``coefs_`` / ``intercepts_`` (built or refreshed).
 
-        The fitted attributes are the truth (a user may edit them in place, replace an item
-        or set ``activation`` / ``device``): the network is rebuilt when its shape,
-        activation, dtype or device no longer match, and the parameters are uploaded unless
-        ``refresh`` is False and ``coefs_`` is the list the last download produced -- only the
-        fit loop passes False, between its own downloads.
+        The fitted attributes are the truth (a user may edit them or set ``activation`` /
+        ``device``): the network is rebuilt when its shape, activation, dtype or device no
+        longer match, and the parameters are uploaded unless ``refresh`` is False (the fit
+        loop, between its own downloads) and ``coefs_`` is the list the last download made.
         """
         coefs, intercepts = self._checked_parameters()
         sizes = [c.shape[0] for c in coefs] + [coefs[-1].shape[1]]
@@ -325,29 +326,10 @@ class BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, y, sample_weight):
         model = self._network()
         objective = _lbfgs.Objective(self, model, X, y, sample_weight)
-        # scikit-learn's bookkeeping for its packed vector, mirrored for code that reads it
-        self._coef_indptr, self._intercept_indptr, start = [], [], 0
-        for layer in model.layers:
-            end = start + layer.n_in * layer.n_out
-            self._coef_indptr.append((start, end, (layer.n_in, layer.n_out)))
-            start = end
-        for layer in model.layers:
-            self._intercept_indptr.append((start, start + layer.n_out))
-            start += layer.n_out
         self.engine_ = ("python", "solver='lbfgs': SciPy's L-BFGS asks for the full-batch "
                         "loss and gradient, one Step.loss_and_grad per evaluation")
         result, self.n_iter_ = _lbfgs.minimize(self, objective)
         self.loss_ = result.fun
-        self._download(model)
-
-    def _unpack(self, packed_parameters) -> None:
-        """Set ``coefs_`` / ``intercepts_`` from scikit-learn's packed vector."""
-        order, _ = _lbfgs.packed_layout([c.shape[0] for c in self.coefs_]
-                                        + [self.coefs_[-1].shape[1]])
-        flat = np.empty(order.size, dtype=self.coefs_[0].dtype)
-        flat[order] = packed_parameters
-        model = self._network()
-        model.backend.assign(model.params, flat)
         self._download(model)
 
     def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight=None, *buffers):
@@ -373,12 +355,9 @@ class BaseMLP(BaseEstimator):
         state = self.__dict__.pop("_optimizer_state", None)
         if incremental and opt is not None:  # same optimizer, moved to a new network
             state = opt.state_dict()
-        if incremental and state is not None:  # resume the moments (also after unpickling)
-            opt = _optim.restore(self.solver, model, self, state)
-        else:
-            opt = _optim.make(self.solver, model, self)
-        self._optimizer = opt
-        return opt
+        # incremental: resume the moments (also after unpickling)
+        self._optimizer = _optim.make(self.solver, model, self, state if incremental else None)
+        return self._optimizer
 
     def _fit_stochastic(self, X, y, sample_weight, incremental):
         model = self._network()  # uploads coefs_: a warm start begins from them as they are
@@ -402,12 +381,11 @@ class BaseMLP(BaseEstimator):
             split = train_test_split(*parts, random_state=self._random_state,
                                      test_size=self.validation_fraction, stratify=stratify)
             X, X_val, y, y_val = split[:4]
-            sample_weight, sw_val = (split[4], split[5]) if sample_weight is not None \
-                else (None, None)
+            sample_weight, sw_val = split[4:] or (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
-            y_val = self._val_targets(y_val)
+            y_val = self._decode(y_val)
         y = y.astype(self._dtype)
         n = X.shape[0]
         if self.batch_size == "auto":
@@ -498,9 +476,7 @@ class BaseMLP(BaseEstimator):
                 if self.verbose:
                     print(msg + f" Setting learning rate to {opt.base_lr:f}")
                 return False
-            if self.verbose:
-                print(msg + " Learning rate too small. Stopping.")
-            return True
+            msg += " Learning rate too small."
         if self.verbose:
             print(msg + " Stopping.")
         return True
@@ -511,28 +487,20 @@ class BaseMLP(BaseEstimator):
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
-            if score < self.best_validation_score_ + self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
+            worse = score < self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
                 self._best_coefs = [c.copy() for c in self.coefs_]
                 self._best_intercepts = [b.copy() for b in self.intercepts_]
         else:
-            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if self.loss_curve_[-1] < self.best_loss_:
-                self.best_loss_ = self.loss_curve_[-1]
-
-    def _val_targets(self, y_val):
-        return y_val
+            loss = self.loss_curve_[-1]
+            worse = loss > self.best_loss_ - self.tol
+            self.best_loss_ = min(self.best_loss_, loss)  # the old one on a tie or NaN
+        self._no_improvement_count = self._no_improvement_count + 1 if worse else 0
 
     # --- inference --------------------------------------------------------------------------
 
-    @_reads_estimator
+    @_holding("shared", "predict")
     def _outputs(self, X, check_input=True):
         """Raw network outputs (n, n_outputs_) as NumPy, after the output activation."""
         X = as_host(X)
@@ -552,24 +520,36 @@ class BaseMLP(BaseEstimator):
         link = "sigmoid" if self.out_activation_ == "logistic" else "softmax"
         return reference.act_fwd(link, out)
 
-    def _score_with_function(self, X, y, sample_weight, score_function):
+    def _decode(self, y):
+        """Network outputs (or encoded targets) as the estimator's targets."""
+        return y
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._outputs(X, check_input=check_input)
+        return self._decode(y_pred.ravel() if y_pred.shape[1] == 1 else y_pred)
+
+    def predict(self, X):
+        """Predicted classes or values for X: (n_samples,), or (n_samples, n_outputs) for
+        multi-label or multi-output targets."""
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def _score(self, X, y, sample_weight=None):
+        """``_metric`` (accuracy or R^2) of the predictions; NaN when one is not finite."""
         y_pred = self._predict(X, check_input=False)
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
-        return score_function(y, y_pred, sample_weight=sample_weight)
+        return self._metric(y, y_pred, sample_weight=sample_weight)
 
     # --- pickling: the device network and optimizer are caches ------------------------------
 
     def __getstate__(self):
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(
-            self.__dict__)
-        state = dict(state)
+        state = dict(super().__getstate__())
         opt = state.pop("_optimizer", None)
         if opt is not None:
             state["_optimizer_state"] = opt.state_dict()
-        state.pop("_model", None)
-        state.pop("_synced", None)
-        state.pop("_usage", None)  # which threads use this object, not its state
+        for cache in ("_model", "_synced", "_usage"):  # _usage: which threads use it, not state
+            state.pop(cache, None)
         return state
 
     def __sklearn_tags__(self):

@@ -6,14 +6,13 @@ import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import column_or_1d
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from devnet.errors import DataError
-from devnet.sklearn._base import BaseMLP, as_host
+from devnet.sklearn._base import BaseMLP, as_host, store_params
 
 #: scikit-learn estimator checks these estimators are known not to pass, with the reason
 #: (used as ``expected_failed_checks`` in the tests; also listed in each class docstring).
@@ -34,34 +33,27 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     Binary and multi-label targets train logistic outputs with ``binary_cross_entropy``,
     multi-class ones a softmax with ``cross_entropy``. ``loss_curve_`` (``loss_``,
-    ``best_loss_`` and the ``tol`` stopping rule with it) follows scikit-learn's convention:
-    per batch, the mean log-loss of the probabilities clipped to ``[eps, 1 - eps]`` (``eps``
-    of the dtype; a saturated output counts ``-log(eps)``, not the logit's exact loss) plus
-    ``0.5 * alpha * ||W||^2 / batch_size``. The gradient is the unclipped one, as
-    scikit-learn's.
+    ``best_loss_``, the ``tol`` rule) is scikit-learn's: per batch, the mean log-loss of the
+    probabilities clipped to ``[eps, 1 - eps]`` (a saturated output counts ``-log(eps)``) plus
+    ``0.5 * alpha * ||W||^2 / batch_size``; the gradient is the unclipped one, as theirs.
 
     Fitted attributes (NumPy): ``classes_``, ``coefs_``, ``intercepts_``, ``loss_``,
     ``loss_curve_``, ``best_loss_``, ``validation_scores_``, ``best_validation_score_``,
     ``n_iter_``, ``t_``, ``n_features_in_``, ``feature_names_in_``, ``n_layers_``,
-    ``n_outputs_``, ``out_activation_``.
+    ``n_outputs_``, ``out_activation_``; and ``engine_``, (name, reason): what ran the last
+    fit's steps, ``"compiled"`` (sgd / adam on the CPU: one Numba call per run of batches, the
+    Python step's results bit for bit; compiled once per network structure, cached on disk)
+    or ``"python"`` (one Step call per batch or L-BFGS evaluation; the reason says why).
 
-    ``engine_`` : (name, reason), which engine ran the last fit's steps and why: for
-    ``"sgd"`` / ``"adam"``, ``"compiled"`` (the compiled CPU epoch: one Numba call per run of
-    batches, the Python step's results bit for bit; its driver is compiled once per network
-    structure and cached on disk, seconds the first time) or ``"python"`` (one Step call per
-    batch: on a GPU, or where the step has something the plan does not cover, named in the
-    reason); for ``"lbfgs"``, ``"python"``.
-
-    Where devnet is stricter than scikit-learn (each a clear ValueError, never a quiet
-    difference): ``momentum`` must be < 1; ``sample_weight`` must be >= 0; ``warm_start`` /
-    ``partial_fit`` refuse a changed ``hidden_layer_sizes`` (scikit-learn keeps the old network
-    silently). A batch whose samples all weigh 0 is skipped (scikit-learn raises
+    Stricter than scikit-learn (each a ValueError, never a quiet difference): ``momentum``
+    < 1; ``sample_weight`` >= 0; ``warm_start`` / ``partial_fit`` refuse a changed
+    ``hidden_layer_sizes``. A batch whose samples all weigh 0 is skipped (scikit-learn raises
     ZeroDivisionError). The device network follows the fitted attributes and ``activation`` /
-    ``device`` as they are at each call, as scikit-learn's arrays do.
-
-    scikit-learn estimator checks: all pass (``parametrize_with_checks``); none is marked as
-    expected to fail (see ``EXPECTED_FAILED_CHECKS``).
+    ``device`` as they are at each call. All scikit-learn estimator checks pass
+    (``EXPECTED_FAILED_CHECKS`` is empty).
     """
+
+    _metric = staticmethod(accuracy_score)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -70,31 +62,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  device="auto", dtype=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.device = device
-        self.dtype = dtype
+        store_params(self, locals())
 
     def _task(self):
         if self._label_binarizer.y_type_ == "multiclass":
@@ -104,10 +72,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return "binary_cross_entropy", k, k, "logistic"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=(np.float64, np.float32), reset=reset)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
+        X, y = self._check_data(X, y, reset)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y)
@@ -123,25 +88,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
                                  f"has {self.classes_}. 'y' has {classes}.")
         # one-hot rows (multi-class), one column (binary) or an indicator matrix (multi-label)
-        y = self._label_binarizer.transform(y).astype(bool)
-        return X, y
+        return X, self._label_binarizer.transform(y).astype(bool)
 
-    def _val_targets(self, y_val):
-        return self._label_binarizer.inverse_transform(y_val)
-
-    def _predict(self, X, check_input=True):
-        y_pred = self._outputs(X, check_input=check_input)
-        if self.n_outputs_ == 1:
-            y_pred = y_pred.ravel()
-        return self._label_binarizer.inverse_transform(y_pred)
-
-    def _score(self, X, y, sample_weight=None):
-        return self._score_with_function(X, y, sample_weight, accuracy_score)
-
-    def predict(self, X):
-        """Predicted classes (n_samples,) or, multi-label, (n_samples, n_classes)."""
-        check_is_fitted(self)
-        return self._predict(X)
+    def _decode(self, y):
+        return self._label_binarizer.inverse_transform(y)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns ordered as ``classes_``."""
@@ -149,7 +99,6 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         y_pred = self._outputs(X)
         if self.n_outputs_ == 1:
             y_pred = y_pred.ravel()
-        if y_pred.ndim == 1:
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
@@ -186,28 +135,20 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     scikit-learn's half squared error (``mean((y - p)**2) / 2``), or for ``"poisson"`` its half
     Poisson deviance summed over the outputs (an exp output, targets >= 0), plus
     ``0.5 * alpha * ||W||^2 / batch_size`` per batch. ``loss="poisson"`` refuses negative
-    targets; the other differences from scikit-learn are :class:`MLPClassifier`'s.
+    targets; ``engine_``, the estimator checks and the other differences from scikit-learn are
+    :class:`MLPClassifier`'s.
 
     Fitted attributes (NumPy): ``coefs_``, ``intercepts_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``n_iter_``, ``t_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_layers_``, ``n_outputs_``,
     ``out_activation_``.
-
-    ``engine_`` : (name, reason), which engine ran the last fit's steps and why: for
-    ``"sgd"`` / ``"adam"``, ``"compiled"`` (the compiled CPU epoch: one Numba call per run of
-    batches, the Python step's results bit for bit; its driver is compiled once per network
-    structure and cached on disk, seconds the first time) or ``"python"`` (one Step call per
-    batch: on a GPU, or where the step has something the plan does not cover, named in the
-    reason); for ``"lbfgs"``, ``"python"``.
-
-    scikit-learn estimator checks: all pass (``parametrize_with_checks``); none is marked as
-    expected to fail (see ``EXPECTED_FAILED_CHECKS``).
     """
 
     _parameter_constraints: dict = {
         **BaseMLP._parameter_constraints,
         "loss": [StrOptions({"squared_error", "poisson"})],
     }
+    _metric = staticmethod(r2_score)
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -216,32 +157,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  device="auto", dtype=None):
-        self.loss = loss
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.device = device
-        self.dtype = dtype
+        store_params(self, locals())
 
     def _task(self):
         k = float(self.n_outputs_)
@@ -254,10 +170,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return "mse", 0.5, k / 2.0, "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
+        X, y = self._check_data(X, y, reset, y_numeric=True)
         if y.dtype.kind not in "biuf":
             # validate_data converts object arrays only: text (numbers or not) would fail
             # later, in a cast deep in the fit loop or in the Poisson check
@@ -272,18 +185,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                              f"loss='poisson' (a Poisson mean is >= 0); got a minimum of "
                              f"{y.min():g}")
         return X, y
-
-    def _predict(self, X, check_input=True):
-        y_pred = self._outputs(X, check_input=check_input)
-        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
-
-    def _score(self, X, y, sample_weight=None):
-        return self._score_with_function(X, y, sample_weight, r2_score)
-
-    def predict(self, X):
-        """Predicted values (n_samples,) or, multi-output, (n_samples, n_outputs)."""
-        check_is_fitted(self)
-        return self._predict(X)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):

@@ -2,11 +2,9 @@
 and gradient evaluated by devnet on the model's device.
 
 SciPy sees scikit-learn's packed vector (every layer's coefficients, then every intercept, each
-C-order), not devnet's flat buffer (W0, b0, W1, b1, ...): L-BFGS's iterates do not depend on
-the order in exact arithmetic, but its dot products round differently in another order, and
-the point is to follow scikit-learn's run to rounding. Each evaluation copies the parameters
-host -> device once and the flat gradient device -> host once; the reordering is a gather on
-the host.
+C-order), not devnet's flat buffer (W0, b0, W1, b1, ...): L-BFGS's dot products round
+differently in another order, and the point is to follow scikit-learn's run to rounding. Each
+evaluation copies the parameters host -> device once and the gradient back once.
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
-import scipy
 import scipy.optimize
+from sklearn.utils.fixes import parse_version, sp_base_version
 from sklearn.utils.optimize import _check_optimize_result  # its ConvergenceWarning texts
 
 from devnet import losses as losses_mod
@@ -60,8 +58,7 @@ class Objective:
         self.sw_sum = n if sample_weight is None else sample_weight.sum()
         self.order, self.coef_slices = packed_layout(model.layer_sizes)
         self.n_coef = self.coef_slices[-1].stop
-        loss_name, self.value_scale, self.grad_scale, link = est._task()
-        self.loss = losses_mod.get(loss_name)
+        loss_name, self.value_scale, grad_scale, link = est._task()
         self.alpha = float(est.alpha)
         self.host = np.empty(model.n_params, model.dtype)  # devnet's layout, on the host
         # a classifier's log-loss clips its probabilities, as scikit-learn's objective does
@@ -69,9 +66,8 @@ class Objective:
         # each sample's weight in scikit-learn's average (None: 1 / n each)
         self.factors = None if sample_weight is None else be.asarray(
             np.asarray(sample_weight, dtype=np.float64) / self.sw_sum, np.float64)
-        self.step = RecordingStep(model, self.loss, None, recorder=self.clipped,
-                                  hooks=[SklearnObjective(model, grad_scale=self.grad_scale)])
-        self.n_calls = 0
+        self.step = RecordingStep(model, losses_mod.get(loss_name), None, recorder=self.clipped,
+                                  hooks=[SklearnObjective(model, grad_scale=grad_scale)])
 
     def pack(self) -> np.ndarray:
         """The model's current parameters as scikit-learn's packed float64 vector."""
@@ -83,15 +79,13 @@ class Objective:
         self.backend.assign(self.model.params, self.host)
 
     def __call__(self, packed):
-        self.n_calls += 1
         self.load(packed)
-        model = self.model
-        # Step's forward, loss and backward (no update): the value as devnet computes it, the
-        # gradient scaled by the task's factor; the L2 term follows in float64 on the host
+        # Step's forward, loss and backward (no update), the gradient scaled by the task's
+        # factor; the L2 term follows in float64 on the host
         if self.clipped is not None:
             self.clipped.start()
         value = self.step.loss_and_grad(self.X, self.y, self.weight)
-        grad = np.asarray(self.backend.to_numpy(model.grads)[self.order], dtype=np.float64)
+        grad = np.asarray(self.backend.to_numpy(self.model.grads)[self.order], dtype=np.float64)
         # L2 on the coefficients, summed and scaled as scikit-learn's _backprop does
         values = 0
         for s in self.coef_slices:
@@ -111,15 +105,10 @@ def minimize(est, objective: Objective):
     OptimizeResult after scikit-learn's convergence check (its ConvergenceWarning)."""
     iprint = 1 if est.verbose is True or est.verbose >= 1 else -1
     # scikit-learn passes iprint only to SciPy < 1.15 (deprecated there, then removed)
-    extra = {"iprint": iprint} if _scipy_before((1, 15)) else {}
+    extra = {"iprint": iprint} if sp_base_version < parse_version("1.15") else {}
     result = scipy.optimize.minimize(
         objective, objective.pack(), method="L-BFGS-B", jac=True,
         options={"maxfun": est.max_fun, "maxiter": est.max_iter, "gtol": est.tol, **extra})
     n_iter = _check_optimize_result("lbfgs", result, est.max_iter)
     objective.load(result.x)
     return result, n_iter
-
-
-def _scipy_before(version: tuple[int, int]) -> bool:
-    parts = scipy.__version__.split(".")[:2]
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts) < version

@@ -1,19 +1,15 @@
 """scikit-learn's reported log-loss: probabilities clipped to ``[eps, 1 - eps]``.
 
-scikit-learn's classifiers report (``loss_curve_``, ``loss_``, ``best_loss_``, the ``tol`` /
-``n_iter_no_change`` stopping rule, L-BFGS's objective value) the log-loss of the predicted
-probabilities clipped to ``[eps, 1 - eps]``, ``eps = np.finfo(dtype).eps`` (``log_loss`` /
-``binary_log_loss`` in ``sklearn/neural_network/_base.py``), while their gradient comes from
-the unclipped softmax / logistic (``deltas[last] = activations[-1] - y`` in ``_backprop``).
-devnet's loss kernels give the exact loss of the logits. The two agree until an output
-saturates (a probability within eps of 0 or 1): there scikit-learn's per-term loss stops at
-``-log(eps)`` (36.04 in float64) while the exact one follows the logit; and near saturation
-scikit-learn's ``log(1 - p)`` keeps only the digits of ``1 - p`` that the rounded p has.
+scikit-learn's classifiers report (``loss_curve_``, ``loss_``, ``best_loss_``, the stopping
+rule, L-BFGS's objective) the log-loss of the probabilities clipped to ``[eps, 1 - eps]``,
+``eps = np.finfo(dtype).eps``, while their gradient comes from the unclipped softmax /
+logistic. devnet's loss kernels give the exact loss of the logits; the two differ once an
+output saturates (scikit-learn's term stops at ``-log(eps)``, 36.04 in float64, and its
+``log(1 - p)`` keeps only the digits of ``1 - p`` that the rounded p has).
 
-So the classifiers' Step keeps the kernels' exact gradient but not their value: it records
-each step's logits and targets (two copies per step) and carries only the L2 term, and the
-epoch's loss is computed once at its end, from the logits, with scikit-learn's arithmetic
-(probabilities, clip, log), each batch's samples weighed as its ``np.average`` weighs them.
+So the classifiers' Step keeps the kernels' gradient but not their value: it records each
+step's logits and targets and carries only the L2 term; the epoch's loss is computed once at
+its end with scikit-learn's arithmetic, each batch weighed as its ``np.average`` weighs it.
 """
 
 from __future__ import annotations
@@ -37,8 +33,7 @@ def _limits(dtype) -> tuple:
     return eps, 1 - eps, -np.log1p(-eps), -np.log(eps)
 
 
-# Clips are maximum then minimum (NaN stays NaN, as np.clip): ufuncs, without np.clip's Python
-# layers; the per-epoch pass is about ten calls over (k, n), in place where it can be.
+# Clips are maximum then minimum (NaN stays NaN, as np.clip) without np.clip's Python layers.
 
 def _logistic_losses(xp, z, t, work):
     # binary_log_loss in scikit-learn's arithmetic: p = expit(z) = 1 / (1 + exp(-z)), clipped,
@@ -56,11 +51,10 @@ def _logistic_losses(xp, z, t, work):
 
 
 def _softmax_losses(xp, z, t, work):
-    # log_loss: -sum_k t_k log clip(p_k), p = softmax(z). The classifier's targets are one-hot
-    # (LabelBinarizer), so it is -log clip(p_c) = clip(logsumexp(z) - z_c) (the log is
-    # monotone); scikit-learn's p-space arithmetic differs from this by rounding (~1e-16).
-    # As logsumexp(z - m) - (z_c - m), m the max: the digits that logsumexp(z) - z_c would
-    # cancel for large logits stay
+    # log_loss: -sum_k t_k log clip(p_k), p = softmax(z), t one-hot: -log clip(p_c) =
+    # clip(logsumexp(z) - z_c) (the log is monotone; scikit-learn's p-space arithmetic differs
+    # by rounding, ~1e-16). As logsumexp(z - m) - (z_c - m), m the max, so that large logits
+    # keep their digits
     _, _, lo, hi = _limits(z.dtype)
     m = z.max(axis=0)
     neg = xp.multiply(t, z, out=work).sum(axis=0)  # z_c: the other terms add 0
@@ -147,9 +141,8 @@ class ClippedLoss:
     def total(self, factors=None, start=0.0):
         """``start + sum_i f_i loss_i`` over the recorded rows (a float64 device scalar).
 
-        factors: (count,) float64 per-row factors (host or device; ``batch_factors``), or
-        None for 1 each; start: a number or a device scalar of the model's device (the Step's
-        ``running``), added on that device.
+        factors: (count,) float64 (``batch_factors``), or None for 1 each; start: a number or
+        a device scalar of the model's device (the Step's ``running``).
         """
         xp = self.backend.xp
         with self.backend.scope():
@@ -164,11 +157,9 @@ class ClippedLoss:
 
 class RecordingStep(Step):
     """``Step`` that hands each batch's logits and targets to ``recorder`` (a ``ClippedLoss``,
-    or None: then it is Step) and, recording, hands on a loss value of 0: the hooks add only
-    their L2 term to it, and ``running`` sums that; the recorder gives the log-loss.
-
-    Its step plan (``plan_ops``) does the same: a ``record`` op into the recorder's buffers
-    and a ``zero_value`` after the loss, so the compiled epoch runs it too."""
+    or None: then it is Step) and, recording, hands on a loss value of 0, so ``running`` sums
+    only the hooks' L2 terms. ``plan_ops`` declares the same (``record``, ``zero_value``) for
+    the compiled epoch."""
 
     def plan_ops(self, stage: str, ctx) -> list:
         from devnet.train.plan import Op

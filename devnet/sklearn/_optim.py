@@ -5,8 +5,7 @@ and their objective (a ``devnet.train.Step`` hook: scikit-learn's loss scaling a
 the bias corrections into the step size, ``lr * sqrt(1 - b2**t) / (1 - b1**t) * m /
 (sqrt(v) + eps)``, which differs by how much eps weighs (loss curves apart by up to 2.8%).
 ``SklearnAdam`` runs the same fused ``adam_step`` kernel with that step size and the
-corrections set to 1, so the estimators follow scikit-learn while devnet's Adam keeps its own.
-Both expose ``learning_rate`` as scikit-learn's optimizers do.
+corrections set to 1. Both optimizers expose ``learning_rate`` as scikit-learn's do.
 """
 
 from __future__ import annotations
@@ -57,22 +56,21 @@ class SklearnAdam(optim.Adam):
         return (self._step_size(t), 1.0, 1.0)  # lr, bc1, bc2 of step t
 
 
-def make(solver: str, model, est):
-    """The optimizer for ``est``'s stochastic ``solver`` over ``model``'s flat buffers."""
+def make(solver: str, model, est, state: dict | None = None):
+    """The optimizer for ``est``'s stochastic ``solver`` over ``model``'s flat buffers, with
+    the saved moments, step count and current rate of ``state`` (a ``state_dict()``) if given.
+    """
     if solver == "sgd":
         nesterov = bool(est.nesterovs_momentum and est.momentum > 0)
-        return SklearnSGD(model, lr=est.learning_rate_init, momentum=est.momentum,
-                          nesterov=nesterov)
-    return SklearnAdam(model, lr=est.learning_rate_init, betas=(est.beta_1, est.beta_2),
-                       eps=est.epsilon)
-
-
-def restore(solver: str, model, est, state: dict):
-    """``make`` then the saved moments, step count and current rate (``state_dict()``)."""
-    opt = make(solver, model, est)
-    opt.load_state_dict(state)
-    if isinstance(state.get("lr"), (int, float)):
-        opt.base_lr = float(state["lr"])
+        opt = SklearnSGD(model, lr=est.learning_rate_init, momentum=est.momentum,
+                         nesterov=nesterov)
+    else:
+        opt = SklearnAdam(model, lr=est.learning_rate_init, betas=(est.beta_1, est.beta_2),
+                          eps=est.epsilon)
+    if state is not None:
+        opt.load_state_dict(state)
+        if isinstance(state.get("lr"), (int, float)):
+            opt.base_lr = float(state["lr"])
     return opt
 
 
@@ -82,11 +80,8 @@ class SklearnObjective(StepHook):
     ``value_scale`` / ``grad_scale``: the task's factors (``_task()``) on the loss value and on
     dL/dpred; ``alpha``: scikit-learn's L2 term ``0.5 * alpha * ||W||^2 / sum(sample_weight)``
     on the weights (not the biases), added to the value and, as ``alpha / sum(w) * W``, to dW.
-
-    The value's scale and the L2 term are one ``l2_penalty`` kernel launch in ``param_grad_``
-    (over the weights' spans of the flat buffers, built once; the batch's weight sum taken by
-    the kernel): no allocation, no host sync. ``output_grad_`` scales dL/dpred in place (one
-    launch when ``grad_scale != 1``) and leaves the value to ``param_grad_``.
+    Value scale and L2 term are one ``l2_penalty`` launch in ``param_grad_``: no allocation,
+    no host sync.
     """
 
     def __init__(self, model, value_scale: float = 1.0, grad_scale: float = 1.0,
@@ -112,9 +107,7 @@ class SklearnObjective(StepHook):
         return value
 
     def plan_ops(self, stage: str, ctx) -> list:
-        """The step plan's ops for what this hook does at ``stage`` (``devnet.train.plan``):
-        the ``scale`` of dL/dpred, and the ``l2_penalty`` kernel (value and dW), each where the
-        hook runs its own."""
+        """The step plan's ops (``devnet.train.plan``) doing what the hook does at ``stage``."""
         from devnet.train.plan import Op
 
         if stage == "output_grad" and self.grad_scale != 1.0:
@@ -136,8 +129,7 @@ class SklearnObjective(StepHook):
             model, w = self.model, batch.w
             if w is not None and w.dtype != model.dtype:  # the estimators stage them so
                 w = w.astype(model.dtype)
-            # over the batch's total sample weight (scikit-learn's _backprop): the count when
-            # unweighted, else summed by the kernel (a device value: no sync)
+            # over the batch's total sample weight (scikit-learn's _backprop), summed on device
             value = model.backend.kernels.l2_penalty(
                 model.params, model.grads, self.spans(), self.alpha, w, batch.x.shape[0],
                 value, self.value_scale)
