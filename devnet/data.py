@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from devnet import validation
-from devnet.errors import ConfigError, DataError, MissingDependencyError, lookup
+from devnet.errors import ConfigError, DataError, MissingDependencyError, lookup, warn
 from devnet.task import infer_task
 
 
@@ -296,9 +295,9 @@ def _read_table(path: Path, header) -> tuple[list, list, list[str] | None, int]:
                         "values; every column needs one name")
     skipped = 0
     if names is not None and width > 1 and not names[0] and _is_range_index(rows):
-        warnings.warn(f"{path}: dropped column 1, which has no name and holds 0..{len(rows) - 1}"
+        warn(f"{path}: dropped column 1, which has no name and holds 0..{len(rows) - 1}"
                       ": the index pandas' to_csv() writes (to_csv(index=False) leaves it out)",
-                      DataWarning, stacklevel=3)
+                      DataWarning)
         rows = [row[1:] for row in rows]
         names, skipped = names[1:], 1
     if names is not None and "" in names:

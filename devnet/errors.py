@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping
 
 
@@ -44,3 +46,13 @@ def lookup(table: Mapping, name, kind: str):
 
 class MissingDependencyError(DevnetError, ImportError):
     """An optional dependency is not installed; the message says what to ``pip install``."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` at the user's line: the first caller outside devnet (and outside
+    scikit-learn, whose wrappers call the estimators), whatever decorators lie between."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
+            "devnet", "sklearn"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

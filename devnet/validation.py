@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from devnet.backend.host import to_numpy
-from devnet.errors import ConfigError, DataError
+from devnet.errors import ConfigError, DataError, warn
 from devnet.kernels.reference import get_xp
 from devnet.targets import bounds, check_class_labels, whole
 
@@ -248,8 +248,8 @@ def to_dtype(name: str, arr: np.ndarray, dtype: np.dtype, what: str = "the model
                         f"converting would lose precision; convert it yourself "
                         f"({name}.astype('{dtype.name}')) or build the model with "
                         "dtype='float64'")
-    warnings.warn(f"{name} converted from {arr.dtype} to {dtype.name} (lossless) to match "
-                  f"{what}", DataConversionWarning, stacklevel=4)
+    warn(f"{name} converted from {arr.dtype} to {dtype.name} (lossless) to match "
+                  f"{what}", DataConversionWarning)
     return np.ascontiguousarray(arr, dtype=dtype)
 
 

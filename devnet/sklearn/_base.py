@@ -5,7 +5,6 @@ and pickling. ``MLPClassifier`` / ``MLPRegressor`` (``_estimators.py``) add the 
 from __future__ import annotations
 
 import functools
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,7 +18,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from devnet import losses as losses_mod
 from devnet.backend import get_backend
-from devnet.errors import ConfigError, DataError, lookup
+from devnet.errors import ConfigError, DataError, lookup, warn
 from devnet.kernels import reference
 from devnet.nn import MLP
 from devnet.nn.usage import Usage
@@ -392,8 +391,8 @@ class BaseMLP(BaseEstimator):
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                              "going to be clipped", stacklevel=3)
+                warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n))
 
         # one Step with scikit-learn's objective as its hook; the feed keeps the data on the
@@ -459,11 +458,11 @@ class BaseMLP(BaseEstimator):
                 if incremental:
                     break
                 if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                    warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning, stacklevel=3)
+                                  ConvergenceWarning)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warn("Training interrupted by user.")
         if early_stopping:  # restore the best weights
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
             self._synced = None

@@ -5,14 +5,13 @@ optimizers and schedules by name, argument checks, and resuming from a checkpoin
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import numpy as np
 
 from devnet import losses as losses_mod
 from devnet import optim as optim_mod
 from devnet import task as task_mod
-from devnet.errors import CheckpointError, ConfigError, lookup
+from devnet.errors import CheckpointError, ConfigError, lookup, warn
 from devnet.optim import schedules as sched_mod
 from devnet.train.history import Callback, History
 from devnet.validation import _host
@@ -68,9 +67,9 @@ class Trainer:
                                   "ModelCheckpoint") from None
         for key in ("batch_size", "shuffle", "n_samples"):
             if key in state and state[key] != getattr(self, key):
-                warnings.warn(f"resuming from {name!r} with {key}={getattr(self, key)!r} but "
+                warn(f"resuming from {name!r} with {key}={getattr(self, key)!r} but "
                               f"the checkpoint was trained with {state[key]!r}: the result will "
-                              "not match an uninterrupted run", stacklevel=3)
+                              "not match an uninterrupted run")
 
 
 # --- schedules by name --------------------------------------------------------------------------
@@ -194,9 +193,9 @@ def resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: bool
     io.check_loss(ck.train_state.get("loss"), trainer.loss, name)
     trainer.restore(ck.train_state, name)
     if trainer.epochs_done >= trainer.epochs:
-        warnings.warn(f"{name!r} has already trained {trainer.epochs_done} epochs and fit was "
+        warn(f"{name!r} has already trained {trainer.epochs_done} epochs and fit was "
                       f"given epochs={trainer.epochs}, the total to reach: nothing is trained. "
-                      f"Pass epochs > {trainer.epochs_done} to continue", stacklevel=3)
+                      f"Pass epochs > {trainer.epochs_done} to continue")
     model.backend.assign(model.params, ck.model.params)
     model.dropout_seed = ck.model.dropout_seed  # the masks continue as in the saved run
     state = ck.optimizer.state_dict()
@@ -257,13 +256,13 @@ def _resume_schedule(trainer, state, name, steps_per_epoch, extend_schedule) -> 
     if extend_schedule:
         opt.schedule = sched.extended(planned, new)
         return
-    warnings.warn(
+    warn(
         f"resuming from {name!r} to {trainer.epochs} epochs ({new} steps), but its learning-rate "
         f"schedule {sched!r} was planned for {planned} steps: the {new - planned} extra steps "
         f"would train at lr {_lr_range(sched, planned, new)}, the schedule's end. Pass "
         "fit(..., extend_schedule=True) to stretch the schedule over "
         f"{new} steps (as if the run had been planned for {trainer.epochs} epochs from the "
-        "start).", ScheduleHorizonWarning, stacklevel=4)
+        "start).", ScheduleHorizonWarning)
 
 
 def _lr_range(sched, first: int, end: int) -> str:
@@ -280,10 +279,10 @@ def check_horizon(sched, total_steps: int) -> None:
     horizon = None if sched is None else sched.horizon
     if horizon is None or total_steps <= horizon or sched(horizon) > 0:
         return
-    warnings.warn(
+    warn(
         f"the learning-rate schedule {sched!r} reaches lr 0 at step {horizon}, but this fit "
         f"runs {total_steps} steps: the last {total_steps - horizon} steps would not train. "
         f"Build the schedule with total_steps={total_steps} (minus any warm-up), or give "
-        "schedule= by name so fit sizes it.", ScheduleHorizonWarning, stacklevel=3)
+        "schedule= by name so fit sizes it.", ScheduleHorizonWarning)
 
 

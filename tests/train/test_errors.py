@@ -237,3 +237,26 @@ def test_validation_is_not_repeated_in_the_step(rng, monkeypatch):
     X, y = _data(rng, 64)
     _fit(X, y, epochs=3, batch_size=4)
     assert len(calls) == 1
+
+
+def test_every_warning_points_at_the_callers_line(tmp_path, rng):
+    # through fit's thread claim, the estimators' locks and scikit-learn's fit wrapper: the
+    # warning names this file, where the user would look, not a line inside devnet
+    from devnet.optim import schedules
+    from devnet.sklearn import MLPRegressor
+
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    y = X[:, 0] + 0.1 * rng.standard_normal(40).astype(np.float32)
+    model = dn.MLP([3, 4, 1], seed=int(rng.integers(1 << 30)))
+    path = tmp_path / "run.safetensors"
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        dn.fit(model, X, y, epochs=3, progress=False, schedule=schedules.Cosine(0.01, 2),
+               checkpoint=path)
+        dn.fit(model, X, y, epochs=3, progress=False, resume_from=path)
+        dn.fit(model, X.astype(np.float64), y, epochs=1, progress=False)
+        MLPRegressor(hidden_layer_sizes=(3,), max_iter=2).fit(X, y)
+    kinds = {w.category.__name__ for w in got}
+    assert {"ScheduleHorizonWarning", "UserWarning", "DataConversionWarning",
+            "ConvergenceWarning"} <= kinds, kinds
+    assert [(w.filename, w.category.__name__) for w in got if w.filename != __file__] == []
