@@ -99,10 +99,15 @@ def _kept_plan(step, rows: int, key: tuple, feed, keep: bool) -> plan_mod.StepPl
     data = {"X": feed.X, "Y": feed.y, "W": feed.w, "running": step.running.reshape(1),
             "grad": step.grad_buffer(rows)}
     plain = keep and not step.hooks and type(step) is Step
-    ident = (type(step.loss), step.training)
-    with _KEPT_LOCK:
-        kept = _KEPT.get(step.model, {}).get(rows) if plain else None
-    if kept is not None and kept[0] == ident and plan_mod.same_inputs(kept[1], key):
+    kept = None
+    if plain:
+        # the model's buffers for this batch size now: the plan's only while the model's LRU
+        # of batch sizes has kept them (another fit or forward may have dropped them since)
+        ident, work = (type(step.loss), step.training), step.model._buffers(rows)
+        with _KEPT_LOCK:
+            kept = _KEPT.get(step.model, {}).get(rows)
+    if kept is not None and kept[0] == ident and kept[3] is work and \
+            plan_mod.same_inputs(kept[1], key):
         try:
             return kept[2].rebound(**data)
         except ConfigError:  # other data dtypes or row shapes: a new plan
@@ -111,7 +116,7 @@ def _kept_plan(step, rows: int, key: tuple, feed, keep: bool) -> plan_mod.StepPl
     if plain:
         shell = plan.rebound(**{k: None if a is None else _shell(a) for k, a in data.items()})
         with _KEPT_LOCK:
-            _KEPT.setdefault(step.model, {})[rows] = (ident, key, shell)
+            _KEPT.setdefault(step.model, {})[rows] = (ident, key, shell, work)
     return plan
 
 

@@ -812,3 +812,29 @@ def test_a_models_kept_plans_hold_no_data_and_die_with_it(rng):
     del model
     gc.collect()
     assert model_ref() is None
+
+
+def test_kept_plans_are_rebuilt_when_the_model_dropped_their_buffers(rng, monkeypatch):
+    # between two fits, forwards at five other batch sizes push the fit's batch size out of
+    # the model's LRU of work buffers: the next fit must build its plans on the new buffers
+    # (a kept plan would train in buffers the model no longer reads: backward, layer_outputs)
+    X, y = digits_like(rng, n=int(rng.integers(40, 80)))
+    seed = int(rng.integers(1 << 30))
+    built = []
+    build = plan_mod.build
+    monkeypatch.setattr(plan_mod, "build", lambda *a: built.append(a[1]) or build(*a))
+    out = {}
+    for name in ("python", "compiled"):
+        model = dn.MLP([6, 7, 7, 3], block="residual", norm="layernorm", seed=seed,
+                       backend="cpu")
+        opt = dn.optim.Adam(model.parameters(), lr=0.01)
+        kw = dict(optimizer=opt, engine=name, epochs=1, batch_size=16, progress=False,
+                  seed=seed)
+        dn.fit(model, X, y, **kw)
+        for k in range(1, 6):
+            model.forward(X[:k], training=True)
+        dn.fit(model, X, y, **kw)
+        grads = model.layer_outputs()[-1].copy(), model.params.copy()
+        out[name] = grads
+    assert all(equal(a, b) for a, b in zip(out["python"], out["compiled"]))
+    assert built.count(16) == 2  # the second fit's plan is built anew
