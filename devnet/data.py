@@ -296,8 +296,8 @@ def _read_table(path: Path, header) -> tuple[list, list, list[str] | None, int]:
     skipped = 0
     if names is not None and width > 1 and not names[0] and _is_range_index(rows):
         warn(f"{path}: dropped column 1, which has no name and holds 0..{len(rows) - 1}"
-                      ": the index pandas' to_csv() writes (to_csv(index=False) leaves it out)",
-                      DataWarning)
+             ": the index pandas' to_csv() writes (to_csv(index=False) leaves it out)",
+             DataWarning)
         rows = [row[1:] for row in rows]
         names, skipped = names[1:], 1
     if names is not None and "" in names:

@@ -249,7 +249,7 @@ def to_dtype(name: str, arr: np.ndarray, dtype: np.dtype, what: str = "the model
                         f"({name}.astype('{dtype.name}')) or build the model with "
                         "dtype='float64'")
     warn(f"{name} converted from {arr.dtype} to {dtype.name} (lossless) to match "
-                  f"{what}", DataConversionWarning)
+         f"{what}", DataConversionWarning)
     return np.ascontiguousarray(arr, dtype=dtype)
 
 

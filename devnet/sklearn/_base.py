@@ -392,7 +392,7 @@ class BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                              "going to be clipped")
+                     "going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n))
 
         # one Step with scikit-learn's objective as its hook; the feed keeps the data on the
@@ -459,8 +459,8 @@ class BaseMLP(BaseEstimator):
                     break
                 if self.n_iter_ == self.max_iter:
                     warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
-                                  "reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning)
+                         "reached and the optimization hasn't converged yet.",
+                         ConvergenceWarning)
         except KeyboardInterrupt:
             warn("Training interrupted by user.")
         if early_stopping:  # restore the best weights

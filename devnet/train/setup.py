@@ -68,8 +68,8 @@ class Trainer:
         for key in ("batch_size", "shuffle", "n_samples"):
             if key in state and state[key] != getattr(self, key):
                 warn(f"resuming from {name!r} with {key}={getattr(self, key)!r} but "
-                              f"the checkpoint was trained with {state[key]!r}: the result will "
-                              "not match an uninterrupted run")
+                     f"the checkpoint was trained with {state[key]!r}: the result will "
+                     "not match an uninterrupted run")
 
 
 # --- schedules by name --------------------------------------------------------------------------
@@ -194,8 +194,8 @@ def resume(trainer, optimizer, path, steps_per_epoch: int, extend_schedule: bool
     trainer.restore(ck.train_state, name)
     if trainer.epochs_done >= trainer.epochs:
         warn(f"{name!r} has already trained {trainer.epochs_done} epochs and fit was "
-                      f"given epochs={trainer.epochs}, the total to reach: nothing is trained. "
-                      f"Pass epochs > {trainer.epochs_done} to continue")
+             f"given epochs={trainer.epochs}, the total to reach: nothing is trained. "
+             f"Pass epochs > {trainer.epochs_done} to continue")
     model.backend.assign(model.params, ck.model.params)
     model.dropout_seed = ck.model.dropout_seed  # the masks continue as in the saved run
     state = ck.optimizer.state_dict()
